@@ -1,0 +1,51 @@
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from jobs.models import CallbackAttempt, EndpointPolicy, Job, JobStatus, KindSettings
+from jobs.services import job_cancel, job_requeue
+
+
+class CallbackAttemptInline(admin.TabularInline):
+    model = CallbackAttempt
+    extra = 0
+    can_delete = False
+    readonly_fields = ["n", "at", "status_code", "error", "duration_ms"]
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    """Jobs are records: read-only, changed only through the actions below."""
+
+    list_display = ["id", "owner", "kind", "mode", "status", "cost", "attempts", "cached", "created_at", "run_ms"]
+    list_filter = ["status", "mode", "kind", "cached", "callback_status"]
+    search_fields = ["id", "owner__username"]
+    date_hierarchy = "created_at"
+    inlines = [CallbackAttemptInline]
+    actions = ["requeue_failed", "cancel_queued"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Job | None = None) -> list[str]:
+        return [field.name for field in Job._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Requeue selected failed jobs")
+    def requeue_failed(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        requeued = sum(job_requeue(job_id=job.pk) for job in queryset.filter(status=JobStatus.FAILED))
+        self.message_user(request, f"Requeued {requeued} failed job(s).", messages.SUCCESS)
+
+    @admin.action(description="Cancel selected queued jobs")
+    def cancel_queued(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        canceled = 0
+        for job in queryset.filter(status=JobStatus.QUEUED):
+            job_cancel(user=request.user, job_id=job.pk)
+            canceled += 1
+        self.message_user(request, f"Canceled {canceled} queued job(s).", messages.SUCCESS)
+
+
+admin.site.register(EndpointPolicy)
+admin.site.register(KindSettings)

@@ -1,0 +1,43 @@
+"""What a job kind is: one small module registers one of these."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rest_framework import serializers
+
+
+class KindError(Exception):
+    """A kind could not produce a result.
+
+    `transient` failures (the outside world misbehaved) may be retried and count against the
+    circuit breaker; the others are final and, when the input was at fault, not refunded.
+    """
+
+    def __init__(self, code: str, message: str, *, transient: bool = False, callers_fault: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.transient = transient
+        self.callers_fault = callers_fault
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a kind may know about the job it runs for."""
+
+    owner_id: int
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    serializer_class: type[serializers.Serializer]
+    run: Callable[[dict[str, Any], RunContext], dict[str, Any]]
+    cost: int
+    cacheable: bool
+    does_io: bool
+    time_limit: int
+    retries: int = 0
+    sensitive_fields: tuple[str, ...] = field(default=())

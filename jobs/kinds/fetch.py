@@ -1,0 +1,48 @@
+"""`fetch`: I/O-bound GET of an external http(s) URL; returns status, size and SHA-256 of the body."""
+
+import hashlib
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.core.validators import URLValidator
+from rest_framework import serializers
+
+from jobs.kinds.base import Kind, KindError, RunContext
+
+
+class FetchInput(serializers.Serializer):
+    url = serializers.CharField(max_length=2048, validators=[URLValidator(schemes=["http", "https"])])
+
+
+def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    size = 0
+    timeout = httpx.Timeout(settings.FETCH_READ_TIMEOUT, connect=settings.FETCH_CONNECT_TIMEOUT)
+    try:
+        with (
+            httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client,
+            client.stream("GET", params["url"], headers={"User-Agent": "Jobsite-fetch/1"}) as response,
+        ):
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > settings.FETCH_MAX_BYTES:
+                    raise KindError("response_too_large", f"body exceeds {settings.FETCH_MAX_BYTES} bytes")
+                digest.update(chunk)
+    except httpx.HTTPError as exc:
+        raise KindError("upstream_unreachable", f"{type(exc).__name__}: {exc}", transient=True) from None
+    if response.status_code >= 500:
+        raise KindError("upstream_error", f"upstream answered {response.status_code}", transient=True)
+    return {"status_code": response.status_code, "bytes": size, "sha256": digest.hexdigest()}
+
+
+KIND = Kind(
+    name="fetch",
+    serializer_class=FetchInput,
+    run=run,
+    cost=2,
+    cacheable=False,
+    does_io=True,
+    time_limit=30,
+    retries=2,
+)

@@ -1,0 +1,48 @@
+"""`hash`: CPU-bound iterated SHA-256, the original backend's compute_work bit for bit."""
+
+import hashlib
+from typing import Any
+
+from rest_framework import serializers
+
+from jobs.kinds.base import Kind, RunContext
+
+MAX_DATA_CHARS = 10_000
+"""Longest `data` accepted."""
+
+MAX_ITERATIONS = 1_000_000
+"""Most iterations accepted: about a second of CPU on one core."""
+
+
+class HashInput(serializers.Serializer):
+    # trim_whitespace off: the hash must cover `data` exactly as sent.
+    data = serializers.CharField(min_length=1, max_length=MAX_DATA_CHARS, trim_whitespace=False)
+    iterations = serializers.IntegerField(min_value=1, max_value=MAX_ITERATIONS, default=1000)
+
+    def validate_data(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("This field may not be blank.")
+        return value
+
+
+def compute_hash(data: str, iterations: int) -> dict[str, Any]:
+    input_hash = hashlib.sha256(data.encode("utf-8")).hexdigest()
+    current = input_hash
+    for i in range(iterations):
+        current = hashlib.sha256(f"{current}:{i}".encode()).hexdigest()
+    return {"input_hash": input_hash, "output_hash": current, "iterations": iterations}
+
+
+def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
+    return compute_hash(params["data"], params["iterations"])
+
+
+KIND = Kind(
+    name="hash",
+    serializer_class=HashInput,
+    run=run,
+    cost=1,
+    cacheable=True,
+    does_io=False,
+    time_limit=30,
+)

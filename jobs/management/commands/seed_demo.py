@@ -1,0 +1,36 @@
+import secrets
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from accounts.models import User
+
+DEMO_ADMIN = "admin"
+DEMO_USER = "demo"
+
+
+class Command(BaseCommand):
+    help = "Create (or refresh) the demo admin and demo user, and print how to reach the service."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--url", default="http://127.0.0.1:8000", help="Base URL the service listens on.")
+
+    def handle(self, *args: Any, url: str, **options: Any) -> None:
+        admin_password = secrets.token_urlsafe(12)
+        user_password = secrets.token_urlsafe(12)
+        admin, _ = User.objects.get_or_create(username=DEMO_ADMIN, defaults={"is_staff": True, "is_superuser": True})
+        admin.set_password(admin_password)
+        admin.save()
+        demo, _ = User.objects.get_or_create(username=DEMO_USER)
+        demo.set_password(user_password)
+        demo.save()
+        lines = [
+            f"API          {url}/api/v1/",
+            f"Swagger UI   {url}/api/docs/",
+            f"Admin        {url}/admin/   (user {DEMO_ADMIN}, password {admin_password})",
+            f"RQ dashboard {url}/admin/rq/",
+            f"Metrics      {url}/metrics",
+            f"Health       {url}/healthz",
+            f"Demo user    {DEMO_USER} / {user_password}",
+        ]
+        self.stdout.write("\n".join(lines))

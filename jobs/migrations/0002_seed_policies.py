@@ -1,0 +1,20 @@
+"""Seed a policy row per endpoint and a settings row per kind from the defaults in jobs.policies."""
+
+from django.db import migrations
+
+
+def seed(apps, schema_editor):
+    from jobs.kinds import KINDS
+    from jobs.policies import ENDPOINT_DEFAULTS, kind_defaults
+
+    EndpointPolicy = apps.get_model("jobs", "EndpointPolicy")
+    KindSettings = apps.get_model("jobs", "KindSettings")
+    for name, defaults in ENDPOINT_DEFAULTS.items():
+        EndpointPolicy.objects.get_or_create(name=name, defaults=defaults)
+    for kind_name in KINDS:
+        KindSettings.objects.get_or_create(kind=kind_name, defaults=kind_defaults(kind_name))
+
+
+class Migration(migrations.Migration):
+    dependencies = [("jobs", "0001_initial")]
+    operations = [migrations.RunPython(seed, migrations.RunPython.noop)]

@@ -1,0 +1,182 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+"""A job in one of these never changes status again."""
+
+
+class JobMode(models.TextChoices):
+    SYNC = "sync"
+    ASYNC = "async"
+
+
+class CallbackStatus(models.TextChoices):
+    NONE = "none"
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class Job(models.Model):
+    """The record of one job; the database, not Redis, is the source of truth for it."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    endpoint = models.CharField(max_length=64, help_text="Name of the endpoint policy it was submitted under.")
+    kind = models.CharField(max_length=32)
+    mode = models.CharField(max_length=8, choices=JobMode.choices)
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    input = models.JSONField(default=dict)
+    result = models.JSONField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    cost = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    cached = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    queue_wait_ms = models.PositiveIntegerField(null=True, blank=True)
+    run_ms = models.PositiveIntegerField(null=True, blank=True)
+    callback_url = models.URLField(max_length=2048, blank=True)
+    callback_status = models.CharField(max_length=16, choices=CallbackStatus.choices, default=CallbackStatus.NONE)
+    delivery_id = models.UUIDField(default=uuid.uuid4, editable=False, help_text="webhook-id, stable across retries")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="job_owner_created"),
+            models.Index(fields=["owner", "status", "-created_at"], name="job_owner_status"),
+            models.Index(fields=["owner", "kind", "-created_at"], name="job_owner_kind"),
+            models.Index(fields=["owner", "mode", "-created_at"], name="job_owner_mode"),
+            models.Index(fields=["status", "created_at"], name="job_status_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.mode} {self.id} ({self.status})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class CallbackAttempt(models.Model):
+    """One webhook delivery attempt of a job's final JSON to its callback_url."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="callback_attempts")
+    n = models.PositiveSmallIntegerField()
+    at = models.DateTimeField(auto_now_add=True)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=255, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["job", "n"]
+        constraints = [models.UniqueConstraint(fields=["job", "n"], name="callback_attempt_unique_n")]
+
+    def __str__(self) -> str:
+        return f"attempt {self.n} of {self.job_id}"
+
+
+class RateLimitAlgorithm(models.TextChoices):
+    NONE = "none"
+    TOKEN_BUCKET = "token_bucket"
+    FIXED_WINDOW = "fixed_window"
+    SLIDING_WINDOW = "sliding_window"
+    THROTTLE = "throttle"
+    DEBOUNCE = "debounce"
+
+
+class RateLimitKey(models.TextChoices):
+    USER = "user"
+    IP = "ip"
+    GLOBAL = "global"
+
+
+class CacheAlgorithm(models.TextChoices):
+    NONE = "none"
+    FIFO = "fifo"
+    LIFO = "lifo"
+    LRU = "lru"
+    MRU = "mru"
+    LFU = "lfu"
+
+
+class EndpointPolicy(models.Model):
+    """Who may call one endpoint and how often; defaults live in jobs.policies, the row wins."""
+
+    name = models.CharField(max_length=64, unique=True)
+    enabled = models.BooleanField(default=True)
+    auth_required = models.BooleanField(default=True)
+    roles = models.CharField(max_length=255, blank=True, help_text="Comma list; any one suffices.")
+    scopes = models.CharField(max_length=255, blank=True, help_text="Comma list; the key must carry all.")
+    ip_allowlist = models.BooleanField(default=False)
+    mfa_required = models.BooleanField(default=False)
+    rate_limit_algorithm = models.CharField(
+        max_length=16, choices=RateLimitAlgorithm.choices, default=RateLimitAlgorithm.NONE
+    )
+    rate_limit_key = models.CharField(max_length=8, choices=RateLimitKey.choices, default=RateLimitKey.USER)
+    rate_limit = models.PositiveIntegerField(default=60, help_text="Bucket capacity or window limit.")
+    rate_window = models.PositiveIntegerField(default=60, help_text="Seconds: window, refill period or interval.")
+    refill_rate = models.PositiveIntegerField(default=60, help_text="Tokens added per rate_window.")
+    max_concurrent_per_user = models.PositiveIntegerField(default=0, help_text="0: no cap.")
+    max_concurrent_global = models.PositiveIntegerField(default=0, help_text="0: no cap.")
+    queue_max_depth = models.PositiveIntegerField(default=10000)
+    idempotency_ttl = models.PositiveIntegerField(default=86400, help_text="Seconds.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "endpoint policies"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def role_list(self) -> list[str]:
+        return [role.strip() for role in self.roles.split(",") if role.strip()]
+
+    @property
+    def scope_list(self) -> list[str]:
+        return [scope.strip() for scope in self.scopes.split(",") if scope.strip()]
+
+
+class KindSettings(models.Model):
+    """What a job of one kind costs and how it runs; defaults come from the kind's module."""
+
+    kind = models.CharField(max_length=32, unique=True)
+    cost = models.PositiveIntegerField(default=1)
+    cache_algorithm = models.CharField(max_length=8, choices=CacheAlgorithm.choices, default=CacheAlgorithm.NONE)
+    cache_capacity = models.PositiveIntegerField(default=1000)
+    cache_ttl = models.PositiveIntegerField(default=3600, help_text="Seconds.")
+    circuit_threshold = models.PositiveIntegerField(default=5, help_text="Consecutive failures; 0: no breaker.")
+    circuit_recovery = models.PositiveIntegerField(default=30, help_text="Seconds before half-open.")
+    retries = models.PositiveIntegerField(default=0)
+    retry_backoff = models.FloatField(default=1.0, help_text="Seconds, base of the exponential backoff.")
+    time_limit = models.PositiveIntegerField(default=60, help_text="Seconds.")
+    encrypt_fields = models.CharField(max_length=255, blank=True, help_text="Comma list of input fields.")
+    callback_retries = models.PositiveIntegerField(default=3)
+    callback_backoff = models.FloatField(default=1.0, help_text="Seconds, base of the exponential backoff.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "kind settings"
+        ordering = ["kind"]
+
+    def __str__(self) -> str:
+        return f"kind.{self.kind}"
+
+    @property
+    def encrypt_field_list(self) -> list[str]:
+        return [field.strip() for field in self.encrypt_fields.split(",") if field.strip()]

@@ -1,0 +1,75 @@
+"""RQ queues Jobsite uses, and enqueueing that never loses a job: the database row comes first."""
+
+import logging
+from uuid import UUID
+
+import django_rq
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus as RQJobStatus
+
+logger = logging.getLogger(__name__)
+
+JOBS_QUEUE = "jobs"
+"""Async jobs of every kind."""
+
+CALLBACKS_QUEUE = "callbacks"
+"""Webhook deliveries, apart so that slow receivers never hold up job workers."""
+
+MAINTENANCE_QUEUE = "maintenance"
+"""The periodic reconciler."""
+
+ALL_QUEUES = (JOBS_QUEUE, CALLBACKS_QUEUE, MAINTENANCE_QUEUE)
+
+RESULT_TTL = 60
+"""Seconds RQ keeps a finished RQ job; the result itself lives in the database."""
+
+_PENDING_RQ_STATUSES = frozenset({RQJobStatus.QUEUED, RQJobStatus.STARTED, RQJobStatus.SCHEDULED, RQJobStatus.DEFERRED})
+
+
+def get_queue(name: str) -> Queue:
+    # We enqueue after commit ourselves (see enqueue_job), so django-rq must not defer it again.
+    return django_rq.get_queue(name, commit_mode="auto")
+
+
+def queue_depth(name: str = JOBS_QUEUE) -> int:
+    return get_queue(name).count
+
+
+def enqueue_job(job_id: UUID, *, time_limit: int) -> None:
+    """Put a job on the jobs queue; RQ's job id is ours, and RQ enforces the kind's time limit."""
+    get_queue(JOBS_QUEUE).enqueue(
+        "jobs.tasks.execute_job",
+        str(job_id),
+        job_id=str(job_id),
+        job_timeout=time_limit,
+        result_ttl=RESULT_TTL,
+        failure_ttl=RESULT_TTL,
+    )
+
+
+def enqueue_job_or_defer(job_id: UUID, *, time_limit: int) -> None:
+    """After commit: enqueue now, or leave the job queued in the database for the reconciler."""
+    try:
+        enqueue_job(job_id, time_limit=time_limit)
+    except RedisError:
+        logger.warning("enqueue failed; the reconciler will enqueue job %s", job_id, exc_info=True)
+
+
+def is_pending_in_rq(job_id: UUID) -> bool:
+    """Whether RQ still holds this job and will (or does) run it."""
+    try:
+        rq_job = RQJob.fetch(str(job_id), connection=get_queue(JOBS_QUEUE).connection)
+    except NoSuchJobError:
+        return False
+    return rq_job.get_status(refresh=False) in _PENDING_RQ_STATUSES
+
+
+def discard_job(job_id: UUID) -> None:
+    """Best effort: drop a canceled job from its queue (the worker's claim would skip it anyway)."""
+    try:
+        get_queue(JOBS_QUEUE).remove(str(job_id))
+    except RedisError:
+        logger.info("could not remove job %s from its queue", job_id, exc_info=True)

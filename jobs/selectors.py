@@ -1,0 +1,33 @@
+"""Reads of jobs: ownership is checked here, once."""
+
+from typing import Any
+
+from django.db.models import Count, QuerySet
+
+from accounts.models import User
+from jobs.models import Job
+
+
+def job_list(*, user: User, mode: str = "", status: str = "", kind: str = "") -> QuerySet[Job]:
+    """The user's own jobs (staff: everyone's), newest first, optionally filtered."""
+    jobs = Job.objects.all() if user.is_staff else Job.objects.filter(owner=user)
+    if mode:
+        jobs = jobs.filter(mode=mode)
+    if status:
+        jobs = jobs.filter(status=status)
+    if kind:
+        jobs = jobs.filter(kind=kind)
+    return jobs
+
+
+def job_get(*, user: User, job_id: Any) -> Job | None:
+    """One job if the user may see it; another user's job is indistinguishable from a missing one."""
+    jobs = Job.objects.all() if user.is_staff else Job.objects.filter(owner=user)
+    return jobs.prefetch_related("callback_attempts").filter(pk=job_id).first()
+
+
+def job_stats_for_owner(*, owner_id: int) -> dict[str, Any]:
+    jobs = Job.objects.filter(owner_id=owner_id)
+    by_status = dict(jobs.values_list("status").annotate(n=Count("id")).order_by())
+    by_kind = dict(jobs.values_list("kind").annotate(n=Count("id")).order_by())
+    return {"total": sum(by_status.values()), "by_status": by_status, "by_kind": by_kind}

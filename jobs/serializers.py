@@ -1,0 +1,83 @@
+from typing import Any
+
+from django.core.validators import URLValidator
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from jobs.kinds import KINDS
+from jobs.models import CallbackAttempt, Job, JobMode, JobStatus
+
+
+class JobRequestSerializer(serializers.Serializer):
+    """The submission envelope; `input` is validated by the kind's own serializer."""
+
+    kind = serializers.ChoiceField(choices=sorted(KINDS))
+    input = serializers.DictField(default=dict)
+    callback_url = serializers.CharField(
+        max_length=2048, required=False, validators=[URLValidator(schemes=["http", "https"])]
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("callback_url") and self.context.get("mode") != JobMode.ASYNC:
+            raise serializers.ValidationError({"callback_url": ["Only async jobs take a callback_url."]})
+        kind_input = KINDS[attrs["kind"]].serializer_class(data=attrs["input"])
+        if not kind_input.is_valid():
+            raise serializers.ValidationError({"input": kind_input.errors})
+        attrs["input"] = dict(kind_input.validated_data)
+        return attrs
+
+
+class CallbackAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = CallbackAttempt
+        fields = ["n", "at", "status_code", "error", "duration_ms"]
+
+
+class JobErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class JobCallbackSerializer(serializers.Serializer):
+    url = serializers.CharField(allow_blank=True)
+    status = serializers.CharField()
+    attempts = CallbackAttemptSerializer(many=True)
+
+
+class JobSerializer(serializers.ModelSerializer):
+    input = serializers.SerializerMethodField()
+    error = serializers.SerializerMethodField()
+    callback = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = [
+            "id", "kind", "mode", "status", "input", "result", "error", "cost", "attempts", "cached",
+            "created_at", "started_at", "finished_at", "queue_wait_ms", "run_ms", "callback",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.DictField())
+    def get_input(self, job: Job) -> dict[str, Any]:
+        return dict(job.input)
+
+    @extend_schema_field(JobErrorSerializer(allow_null=True))
+    def get_error(self, job: Job) -> dict[str, str] | None:
+        if not job.error_code:
+            return None
+        return {"code": job.error_code, "message": job.error_message}
+
+    @extend_schema_field(JobCallbackSerializer)
+    def get_callback(self, job: Job) -> dict[str, Any]:
+        attempts = CallbackAttemptSerializer(job.callback_attempts.all(), many=True).data
+        return {"url": job.callback_url, "status": job.callback_status, "attempts": attempts}
+
+
+class JobListQuerySerializer(serializers.Serializer):
+    mode = serializers.ChoiceField(choices=JobMode.choices, required=False)
+    status = serializers.ChoiceField(choices=JobStatus.choices, required=False)
+    kind = serializers.ChoiceField(choices=sorted(KINDS), required=False)
+
+
+class ExportQuerySerializer(serializers.Serializer):
+    format = serializers.ChoiceField(choices=["jsonl", "csv"], default="jsonl")

@@ -1,0 +1,12 @@
+from django.urls import path
+
+from jobs import views
+
+urlpatterns = [
+    path("jobs/", views.JobListView.as_view(), name="jobs-list"),
+    path("jobs/sync/", views.JobSyncView.as_view(), name="jobs-sync"),
+    path("jobs/async/", views.JobAsyncView.as_view(), name="jobs-async"),
+    path("jobs/export/", views.JobExportView.as_view(), name="jobs-export"),
+    path("jobs/<uuid:job_id>/", views.JobDetailView.as_view(), name="jobs-detail"),
+    path("jobs/<uuid:job_id>/cancel/", views.JobCancelView.as_view(), name="jobs-cancel"),
+]

@@ -1,0 +1,209 @@
+"""Thin views: validate, call one service or selector, serialise."""
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.pagination import CursorPagination
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from jobs.models import Job, JobMode
+from jobs.selectors import job_get, job_list
+from jobs.serializers import (
+    ExportQuerySerializer,
+    JobListQuerySerializer,
+    JobRequestSerializer,
+    JobSerializer,
+)
+from jobs.services import job_cancel, job_submit
+from jobsite.api import EndpointView
+from jobsite.errors import NotFound
+
+PROBLEM = OpenApiResponse(description="problem+json error (see `code`)")
+
+
+class JobSubmitView(EndpointView):
+    mode: str
+
+    def post(self, request: Request) -> Response:
+        envelope = JobRequestSerializer(data=request.data, context={"mode": self.mode})
+        envelope.is_valid(raise_exception=True)
+        job = job_submit(
+            user=request.user,
+            policy=request.policy,
+            kind_name=envelope.validated_data["kind"],
+            params=envelope.validated_data["input"],
+            mode=self.mode,
+            callback_url=envelope.validated_data.get("callback_url", ""),
+        )
+        return self.job_response(job)
+
+    def job_response(self, job: Job) -> Response:
+        return Response(JobSerializer(job).data, status=status.HTTP_200_OK)
+
+
+class JobSyncView(JobSubmitView):
+    endpoint = "jobs.sync"
+    mode = JobMode.SYNC
+
+    @extend_schema(
+        operation_id="jobs_sync",
+        summary="Run a job now; the result is in the response",
+        request=JobRequestSerializer,
+        responses={200: JobSerializer, 400: PROBLEM, 401: PROBLEM, 402: PROBLEM, 429: PROBLEM, 502: PROBLEM},
+    )
+    def post(self, request: Request) -> Response:
+        return super().post(request)
+
+
+class JobAsyncView(JobSubmitView):
+    endpoint = "jobs.async"
+    mode = JobMode.ASYNC
+
+    @extend_schema(
+        operation_id="jobs_async",
+        summary="Queue a job; poll its Location or receive a signed webhook",
+        request=JobRequestSerializer,
+        responses={202: JobSerializer, 400: PROBLEM, 401: PROBLEM, 402: PROBLEM, 429: PROBLEM, 503: PROBLEM},
+    )
+    def post(self, request: Request) -> Response:
+        return super().post(request)
+
+    def job_response(self, job: Job) -> Response:
+        return Response(
+            JobSerializer(job).data,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": f"/api/v1/jobs/{job.id}/"},
+        )
+
+
+class JobCursorPagination(CursorPagination):
+    ordering = ("-created_at", "-id")
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class JobListView(EndpointView):
+    endpoint = "jobs.read"
+
+    @extend_schema(
+        operation_id="jobs_list",
+        summary="Own jobs (staff: all), newest first",
+        parameters=[JobListQuerySerializer, OpenApiParameter("page_size", int), OpenApiParameter("cursor", str)],
+        responses={200: JobSerializer(many=True), 400: PROBLEM, 401: PROBLEM},
+    )
+    def get(self, request: Request) -> Response:
+        filters = JobListQuerySerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        jobs = job_list(user=request.user, **filters.validated_data).prefetch_related("callback_attempts")
+        paginator = JobCursorPagination()
+        page = paginator.paginate_queryset(jobs, request, view=self)
+        return paginator.get_paginated_response(JobSerializer(page, many=True).data)
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    candidates = [tag.strip().removeprefix("W/") for tag in header.split(",")]
+    return "*" in candidates or etag in candidates
+
+
+class JobDetailView(EndpointView):
+    endpoint = "jobs.read"
+
+    @extend_schema(
+        operation_id="jobs_detail",
+        summary="One job with its webhook delivery attempts; ETag / If-None-Match supported",
+        responses={200: JobSerializer, 304: OpenApiResponse(description="Not modified"), 404: PROBLEM},
+    )
+    def get(self, request: Request, job_id: UUID) -> Response:
+        job = job_get(user=request.user, job_id=job_id)
+        if job is None:
+            raise NotFound("No such job.")
+        data = JobSerializer(job).data
+        etag = _etag(JSONRenderer().render(data))
+        if _etag_matches(request.headers.get("If-None-Match", ""), etag):
+            return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+        return Response(data, headers={"ETag": etag})
+
+
+class JobCancelView(EndpointView):
+    endpoint = "jobs.async"
+
+    @extend_schema(
+        operation_id="jobs_cancel",
+        summary="Cancel a queued job (credits refunded)",
+        request=None,
+        responses={200: JobSerializer, 404: PROBLEM, 409: PROBLEM},
+    )
+    def post(self, request: Request, job_id: UUID) -> Response:
+        return Response(JobSerializer(job_cancel(user=request.user, job_id=job_id)).data)
+
+
+EXPORT_CSV_COLUMNS = [
+    "id", "kind", "mode", "status", "cost", "attempts", "cached", "created_at", "started_at",
+    "finished_at", "queue_wait_ms", "run_ms", "error_code", "error_message", "input", "result",
+]  # fmt: skip
+
+
+def _export_jsonl(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+    for row in rows:
+        yield json.dumps(row, separators=(",", ":")) + "\n"
+
+
+def _export_csv(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+
+    def flush() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    writer.writerow(EXPORT_CSV_COLUMNS)
+    yield flush()
+    for row in rows:
+        error = row["error"] or {"code": "", "message": ""}
+        flat = {**row, "error_code": error["code"], "error_message": error["message"]}
+        flat["input"] = json.dumps(row["input"], separators=(",", ":"))
+        flat["result"] = json.dumps(row["result"], separators=(",", ":"))
+        writer.writerow(["" if flat[column] is None else flat[column] for column in EXPORT_CSV_COLUMNS])
+        yield flush()
+
+
+class JobExportView(EndpointView):
+    endpoint = "jobs.read"
+    EXPORT_CHUNK = 500
+
+    @extend_schema(
+        operation_id="jobs_export",
+        summary="Stream own jobs as JSON lines or CSV",
+        parameters=[ExportQuerySerializer],
+        responses={(200, "application/x-ndjson"): OpenApiTypes.STR, (200, "text/csv"): OpenApiTypes.STR},
+    )
+    def get(self, request: Request) -> StreamingHttpResponse:
+        query = ExportQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        jobs = job_list(user=request.user).prefetch_related("callback_attempts")
+        rows = (JobSerializer(job).data for job in jobs.iterator(chunk_size=self.EXPORT_CHUNK))
+        if query.validated_data["format"] == "csv":
+            response = StreamingHttpResponse(_export_csv(rows), content_type="text/csv; charset=utf-8")
+            response["Content-Disposition"] = 'attachment; filename="jobs.csv"'
+        else:
+            response = StreamingHttpResponse(_export_jsonl(rows), content_type="application/x-ndjson")
+            response["Content-Disposition"] = 'attachment; filename="jobs.jsonl"'
+        return response

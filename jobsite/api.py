@@ -1,0 +1,26 @@
+"""The base of every policy-governed API view: it loads the endpoint's policy before DRF's checks."""
+
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+
+def load_endpoint_policy(name: str) -> Any:
+    # Indirection through a setting keeps dependencies pointing one way (jobs -> credits -> accounts).
+    return import_string(settings.ENDPOINT_POLICY_LOADER)(name)
+
+
+class EndpointView(APIView):
+    """An API view governed by the EndpointPolicy named `endpoint`; the policy is on `request.policy`."""
+
+    endpoint: ClassVar[str]
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        request.policy = load_endpoint_policy(self.endpoint)
+        super().initial(request, *args, **kwargs)
+
+    def get_permissions(self) -> list[Any]:
+        return [permission() for permission in import_string(settings.ENDPOINT_PERMISSIONS)()]

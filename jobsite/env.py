@@ -1,0 +1,76 @@
+"""Strict parsing of the environment: every setting is read here once, and bad values fail loudly."""
+
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+from django.core.exceptions import ImproperlyConfigured
+
+T = TypeVar("T")
+
+_TRUE = {"true", "1"}
+_FALSE = {"false", "0"}
+
+
+def _read(name: str, default: T, parse: Callable[[str], T]) -> T:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse(raw.strip())
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"environment variable {name}={raw!r}: {exc}") from None
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected true/false (or 1/0)")
+
+
+def _parse_list(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_str(name: str, default: str = "") -> str:
+    return _read(name, default, str)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    return _read(name, default, _parse_bool)
+
+
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum}")
+        return value
+
+    return _read(name, default, parse)
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum}")
+        return value
+
+    return _read(name, default, parse)
+
+
+def env_list(name: str, default: list[str] | None = None) -> list[str]:
+    return _read(name, list(default or []), _parse_list)
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return raw
+
+    return _read(name, default, parse)

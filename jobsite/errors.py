@@ -1,0 +1,149 @@
+"""One exception hierarchy for the whole service, rendered as RFC 9457 problem+json in one handler."""
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+from rest_framework.views import set_rollback
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class ServiceError(Exception):
+    """Base of every error a service raises on purpose; carries its HTTP status and stable code."""
+
+    status = 500
+    code = "internal_error"
+    title = "Internal error"
+
+    def __init__(self, detail: str = "", *, headers: dict[str, str] | None = None, **extra: Any):
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class InvalidInput(ServiceError):
+    status, code, title = 400, "validation_error", "Invalid input"
+
+    def __init__(self, errors: list[dict[str, str]], detail: str = "The request has invalid fields."):
+        super().__init__(detail, errors=errors)
+
+
+class CallbackUrlForbidden(ServiceError):
+    status, code, title = 400, "callback_url_forbidden", "Callback URL forbidden"
+
+
+class NotAuthenticated(ServiceError):
+    status, code, title = 401, "not_authenticated", "Not authenticated"
+
+
+class PermissionDenied(ServiceError):
+    status, code, title = 403, "permission_denied", "Permission denied"
+
+
+class NotFound(ServiceError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class NotCancellable(ServiceError):
+    status, code, title = 409, "not_cancellable", "Job cannot be canceled"
+
+
+class JobFailed(ServiceError):
+    status, code, title = 502, "job_failed", "Job failed"
+
+
+class QueueFull(ServiceError):
+    status, code, title = 503, "queue_full", "Queue full"
+
+
+class ServiceUnavailable(ServiceError):
+    status, code, title = 503, "service_unavailable", "Service unavailable"
+
+
+def problem(
+    status: int, code: str, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "type": f"urn:jobsite:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+
+
+def _field_errors(detail: Any, prefix: str = "") -> list[dict[str, str]]:
+    """Flatten DRF's nested error detail into [{field, message}] with dotted field paths."""
+    if isinstance(detail, dict):
+        errors = []
+        for key, value in detail.items():
+            field = prefix if key == "non_field_errors" else (f"{prefix}.{key}" if prefix else str(key))
+            errors.extend(_field_errors(value, field))
+        return errors
+    if isinstance(detail, list):
+        if all(not isinstance(item, dict | list) for item in detail):
+            return [{"field": prefix or "body", "message": str(item)} for item in detail]
+        errors = []
+        for index, item in enumerate(detail):
+            errors.extend(_field_errors(item, f"{prefix}.{index}" if prefix else str(index)))
+        return errors
+    return [{"field": prefix or "body", "message": str(detail)}]
+
+
+def _as_service_error(exc: Exception) -> ServiceError | None:
+    """Translate DRF's and Django's exceptions into ours, so one renderer serves them all."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, drf.ValidationError):
+        return InvalidInput(_field_errors(exc.detail))
+    if isinstance(exc, drf.ParseError):
+        return InvalidInput([{"field": "body", "message": str(exc.detail)}], "The request body is not valid JSON.")
+    if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
+        return NotAuthenticated(str(exc.detail))
+    if isinstance(exc, drf.PermissionDenied | DjangoPermissionDenied):
+        return PermissionDenied(str(getattr(exc, "detail", "")) or PermissionDenied.title)
+    if isinstance(exc, drf.NotFound | Http404):
+        return NotFound("No such resource.")
+    if isinstance(exc, drf.APIException):
+        error = ServiceError(str(exc.detail))
+        error.status, error.code, error.title = exc.status_code, exc.default_code, str(exc.default_detail)
+        return error
+    return None
+
+
+def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF EXCEPTION_HANDLER: every error leaves as problem+json with a stable `code`."""
+    error = _as_service_error(exc)
+    if error is None:
+        return None  # a bug: Django's handler500 renders it, still as problem+json
+    set_rollback()
+    body = problem(error.status, error.code, error.title, error.detail, **error.extra)
+    headers = dict(error.headers)
+    if isinstance(exc, drf.APIException) and getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = exc.auth_header
+    wait = getattr(exc, "wait", None)
+    if wait is not None:
+        headers["Retry-After"] = str(max(1, int(wait + 0.999)))
+    return Response(body, status=error.status, headers=headers, content_type=PROBLEM_CONTENT_TYPE)
+
+
+def problem_response(error: ServiceError) -> JsonResponse:
+    """Plain-Django twin of the DRF handler, for code outside DRF views (middleware, handler404/500)."""
+    body = problem(error.status, error.code, error.title, error.detail, **error.extra)
+    response = JsonResponse(body, status=error.status, content_type=PROBLEM_CONTENT_TYPE)
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return problem_response(NotFound("No such resource."))
+
+
+def handler500(request: HttpRequest) -> JsonResponse:
+    return problem_response(ServiceError("An unexpected error occurred; it has been logged."))

@@ -1,0 +1,25 @@
+"""The one Redis connection factory, and the key prefix every Jobsite key lives under."""
+
+from functools import lru_cache
+
+from django.conf import settings
+from redis import Redis
+
+KEY_PREFIX = "jobsite:"
+"""Every key Jobsite writes starts with this (RQ keeps its own `rq:` prefix)."""
+
+
+def redis_key(*parts: object) -> str:
+    """Build a namespaced key: redis_key("policy", "version") -> "jobsite:policy:version"."""
+    return KEY_PREFIX + ":".join(str(part) for part in parts)
+
+
+@lru_cache(maxsize=1)
+def get_redis() -> Redis:
+    """Shared client (thread-safe pool) with short timeouts, so a dead Redis never hangs a request."""
+    return Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        health_check_interval=30,
+    )

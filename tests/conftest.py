@@ -1,0 +1,222 @@
+"""Shared fixtures: real Redis, real database, real processes (gunicorn, rqworker), real HTTP servers."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+from rq import SimpleWorker
+
+from accounts.models import User
+from jobs import queues
+from jobsite.redis import get_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis() -> Iterator[None]:
+    """Each test starts with an empty Redis database (tests use their own database number)."""
+    get_redis().flushdb()
+    yield
+
+
+@pytest.fixture
+def make_user(db: None) -> Callable[..., User]:
+    counter = iter(range(1, 10_000))
+
+    def make(username: str | None = None, **fields: Any) -> User:
+        return User.objects.create_user(username=username or f"user{next(counter)}", password="pw", **fields)
+
+    return make
+
+
+@pytest.fixture
+def user(make_user: Callable[..., User]) -> User:
+    return make_user("alice")
+
+
+@pytest.fixture
+def other_user(make_user: Callable[..., User]) -> User:
+    return make_user("bob")
+
+
+@pytest.fixture
+def client_for() -> Callable[[User], APIClient]:
+    def make(user: User) -> APIClient:
+        client = APIClient()
+        client.force_authenticate(user)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def api(client_for: Callable[[User], APIClient], user: User) -> APIClient:
+    return client_for(user)
+
+
+def run_worker_burst(*queue_names: str) -> None:
+    """Run an in-process RQ SimpleWorker until the queues are empty."""
+    names = queue_names or (queues.JOBS_QUEUE,)
+    worker = SimpleWorker([queues.get_queue(name) for name in names], connection=queues.get_queue(names[0]).connection)
+    worker.work(burst=True, with_scheduler=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _test_database_url() -> str:
+    settings = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{settings['NAME']}"
+    user = settings.get("USER") or "postgres"
+    return f"postgres://{user}@{settings.get('HOST') or '127.0.0.1'}:{settings.get('PORT') or 5432}/{settings['NAME']}"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a child process that shares this test session's database and Redis."""
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=_test_database_url(),
+        DJANGO_SETTINGS_MODULE="jobsite.settings",
+        CALLBACK_ALLOW_PRIVATE="true",
+        POLICY_CHECK_INTERVAL="0.2",
+    )
+    env.update(extra)
+    return env
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 15.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def server_url(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
+    """One gunicorn for the whole session, on the test database; tests using it need transactional_db."""
+    port = free_port()
+    log = open(ROOT / "var" / "test-gunicorn.log", "w")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+         "--threads", "16", "--worker-class", "gthread", "--timeout", "60"],
+        cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code in (200, 503)
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, timeout=30, interval=0.2)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start `manage.py rqworker` processes on the test database; each is ended after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(*queue_names: str, **env: str) -> subprocess.Popen:
+        names = list(queue_names or (queues.JOBS_QUEUE,))
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "rqworker", *names, "--worker-class", "rq.worker.SimpleWorker"],
+            cwd=ROOT, env=subprocess_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+class LocalHTTPServer:
+    """A real HTTP server on 127.0.0.1 whose answers a test sets: stands in for third parties."""
+
+    def __init__(self, handler: Callable[[BaseHTTPRequestHandler], None]):
+        self.requests: list[dict[str, Any]] = []
+        self.handler = handler
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                outer.requests.append(
+                    {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+                )
+                outer.handler(self)
+
+            do_GET = do_POST = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def respond(
+    request: BaseHTTPRequestHandler, status: int, body: bytes = b"", headers: dict[str, str] | None = None
+) -> None:
+    request.send_response(status)
+    for name, value in (headers or {}).items():
+        request.send_header(name, value)
+    request.send_header("Content-Length", str(len(body)))
+    request.end_headers()
+    request.wfile.write(body)
+
+
+@pytest.fixture
+def http_server() -> Iterator[Callable[[Callable[[BaseHTTPRequestHandler], None]], LocalHTTPServer]]:
+    servers: list[LocalHTTPServer] = []
+
+    def start(handler: Callable[[BaseHTTPRequestHandler], None]) -> LocalHTTPServer:
+        server = LocalHTTPServer(handler)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()

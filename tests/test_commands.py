@@ -1,0 +1,30 @@
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from accounts.models import User
+from jobs.models import Job, JobMode, JobStatus
+
+
+@pytest.mark.django_db
+def test_purge_jobs_deletes_only_old_finished_jobs(user: User, capsys: pytest.CaptureFixture[str]) -> None:
+    old = timezone.now() - timedelta(days=40)
+    common = {"owner": user, "endpoint": "jobs.async", "kind": "hash", "mode": JobMode.ASYNC}
+    old_done = Job.objects.create(**common, status=JobStatus.SUCCEEDED, finished_at=old)
+    recent_done = Job.objects.create(**common, status=JobStatus.FAILED, finished_at=timezone.now())
+    old_queued = Job.objects.create(**common, status=JobStatus.QUEUED)
+    call_command("purge_jobs", "--older-than", "30")
+    assert "deleted 1 job(s)" in capsys.readouterr().out
+    assert set(Job.objects.values_list("pk", flat=True)) == {recent_done.pk, old_queued.pk}
+    assert not Job.objects.filter(pk=old_done.pk).exists()
+
+
+@pytest.mark.django_db
+def test_seed_demo_prints_urls_and_credentials(capsys: pytest.CaptureFixture[str]) -> None:
+    call_command("seed_demo", "--url", "http://127.0.0.1:9999")
+    out = capsys.readouterr().out
+    assert "http://127.0.0.1:9999/api/docs/" in out and "http://127.0.0.1:9999/admin/" in out
+    assert User.objects.get(username="admin").is_staff
+    assert User.objects.filter(username="demo").exists()
