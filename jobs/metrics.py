@@ -1,0 +1,66 @@
+"""Prometheus metrics of jobs, webhooks, limits, credits, cache and circuit.
+
+Web and worker processes write to PROMETHEUS_MULTIPROC_DIR (the launcher sets it), so one scrape of
+/metrics shows what every process did; live state (queue depths, circuit states) is read from Redis at
+scrape time by `RedisStateCollector`.
+"""
+
+import os
+from collections.abc import Iterator
+
+import prometheus_client
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
+
+from jobs import queues
+
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+"""Seconds; jobs range from sub-millisecond hashes to fetches bounded by their time limit."""
+
+JOBS_SUBMITTED = Counter("jobsite_jobs_submitted_total", "Jobs accepted, by kind and mode.", ["kind", "mode"])
+JOBS_FINISHED = Counter(
+    "jobsite_jobs_finished_total", "Jobs that reached a final state, by kind, mode and outcome.",
+    ["kind", "mode", "outcome"],
+)  # fmt: skip
+JOB_QUEUE_WAIT = Histogram(
+    "jobsite_job_queue_wait_seconds", "Time from acceptance to a worker's claim.", ["kind"], buckets=DURATION_BUCKETS
+)
+JOB_RUN_TIME = Histogram("jobsite_job_run_seconds", "Time a job ran.", ["kind"], buckets=DURATION_BUCKETS)
+WEBHOOK_DELIVERIES = Counter(
+    "jobsite_webhook_deliveries_total", "Webhook delivery attempts, by outcome and attempt number.",
+    ["outcome", "attempt"],
+)  # fmt: skip
+RATE_LIMIT_REJECTIONS = Counter(
+    "jobsite_rate_limit_rejections_total", "Requests refused by a limit, by endpoint and algorithm.",
+    ["endpoint", "algorithm"],
+)  # fmt: skip
+CREDITS = Counter("jobsite_credits_total", "Credits moved by job charges and refunds.", ["type"])
+CACHE_LOOKUPS = Counter("jobsite_cache_lookups_total", "Result cache lookups, by kind and result.", ["kind", "result"])
+
+
+class RedisStateCollector(Collector):
+    """Live state read at scrape time: queue depths (and circuit states, when a breaker is configured)."""
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("jobsite_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"])
+        try:
+            for name in queues.ALL_QUEUES:
+                depth.add_metric([name], queues.queue_depth(name))
+        except RedisError:
+            return
+        yield depth
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """/metrics: every process's counters (multiprocess mode) plus live Redis state."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = CollectorRegistry()
+        registry.register(prometheus_client.REGISTRY)  # type: ignore[arg-type]
+    registry.register(RedisStateCollector())
+    return HttpResponse(prometheus_client.generate_latest(registry), content_type=prometheus_client.CONTENT_TYPE_LATEST)

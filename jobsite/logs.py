@@ -1,0 +1,117 @@
+"""Structured logs (structlog over stdlib logging) with secrets redacted at the logging layer.
+
+Every record, ours or a library's, passes through `redact` before it is rendered, so a secret that reaches
+a log call by mistake still never reaches the output.
+"""
+
+import logging
+import re
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+REDACTED = "[REDACTED]"
+
+SECRET_KEY_NAMES = re.compile(
+    r"(authorization|api[_-]?key|password|passwd|secret|token|mfa[_-]?code|x-mfa-code|otp|cookie|signature)",
+    re.IGNORECASE,
+)
+"""Event keys whose values are always replaced, whatever they hold."""
+
+SECRET_VALUE_PATTERNS = [
+    re.compile(r"(?i)\b((?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]+"),
+    re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"),
+    re.compile(r"\bjs_[A-Za-z0-9]+\.[A-Za-z0-9_-]{16,}"),  # API keys: <prefix>.<secret>
+    re.compile(r"\bgAAAAA[A-Za-z0-9_=-]{20,}"),  # Fernet tokens
+    re.compile(r"(?i)(x-mfa-code[\"']?\s*[:=]\s*[\"']?)\d{6}"),
+    re.compile(r"\bv1,[A-Za-z0-9+/=]{20,}"),  # webhook signatures
+]
+"""Secrets recognised inside any string value (messages included)."""
+
+
+def _scrub(text: str) -> str:
+    for pattern in SECRET_VALUE_PATTERNS:
+        text = pattern.sub((r"\1" if pattern.groups else "") + REDACTED, text)
+    return text
+
+
+def _redact_value(key: str, value: Any) -> Any:
+    if isinstance(key, str) and SECRET_KEY_NAMES.search(key):
+        return REDACTED
+    if isinstance(value, str):
+        return _scrub(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(k, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redact_value("", v) for v in value)
+    return value
+
+
+def redact(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: drop secret-named fields' values and scrub secret-looking substrings."""
+    for key in list(event_dict):
+        event_dict[key] = _redact_value(key, event_dict[key])
+    return event_dict
+
+
+def _shared_processors() -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.stdlib.ExtraAdder(),
+    ]
+
+
+def logging_config(level: str, fmt: str) -> dict[str, Any]:
+    """The LOGGING dict for settings: stdlib records and structlog events share one redacting formatter."""
+    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "structured": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "foreign_pre_chain": _shared_processors(),
+                "processors": [
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    redact,
+                    renderer,
+                ],
+            }
+        },
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
+        "root": {"handlers": ["console"], "level": level},
+        "loggers": {
+            "django.db.backends": {"level": "INFO"},  # SQL at DEBUG would log parameters verbatim
+            "rq.worker": {"level": level},
+        },
+    }
+
+
+def configure_structlog() -> None:
+    structlog.configure(
+        processors=[*_shared_processors(), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str) -> Any:
+    return structlog.stdlib.get_logger(name)
+
+
+def bind_context(**values: Any) -> None:
+    """Add request/job context (request_id, user_id, job_id, endpoint) to every later record."""
+    structlog.contextvars.bind_contextvars(**{k: v for k, v in values.items() if v is not None})
+
+
+def clear_context() -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+logging.captureWarnings(True)
