@@ -4,7 +4,7 @@ Method: enqueue N no-op jobs (`operator.add`), run `rq worker --burst` with each
 Redis database, and take throughput from RQ's own timestamps (first job started -> last job ended), so that
 process start-up is not counted. Both classes run in the same invocation; the ratio is what to compare.
 
-    .venv/bin/python bench/worker_class.py [-n 200] [--redis redis://127.0.0.1:6379/9]
+    .venv/bin/python -m bench.worker_class [-n 200] [--redis redis://127.0.0.1:6379/9]
 """
 
 import argparse
