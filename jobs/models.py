@@ -52,6 +52,7 @@ class Job(models.Model):
     callback_url = models.URLField(max_length=2048, blank=True)
     callback_status = models.CharField(max_length=16, choices=CallbackStatus.choices, default=CallbackStatus.NONE)
     delivery_id = models.UUIDField(default=uuid.uuid4, editable=False, help_text="webhook-id, stable across retries")
+    trace_context = models.JSONField(default=dict, blank=True, help_text="W3C trace context of the submission.")
 
     class Meta:
         ordering = ["-created_at", "-id"]

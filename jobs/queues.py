@@ -10,6 +10,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQJobStatus
 
+from jobsite.tracing import TRACE_META_KEY
+
 logger = logging.getLogger(__name__)
 
 JOBS_QUEUE = "jobs"
@@ -38,8 +40,8 @@ def queue_depth(name: str = JOBS_QUEUE) -> int:
     return get_queue(name).count
 
 
-def enqueue_job(job_id: UUID, *, time_limit: int) -> None:
-    """Put a job on the jobs queue; RQ's job id is ours, and RQ enforces the kind's time limit."""
+def enqueue_job(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
+    """Put a job on the jobs queue; RQ's job id is ours, RQ enforces the kind's time limit, meta carries the trace."""
     get_queue(JOBS_QUEUE).enqueue(
         "jobs.tasks.execute_job",
         str(job_id),
@@ -47,13 +49,14 @@ def enqueue_job(job_id: UUID, *, time_limit: int) -> None:
         job_timeout=time_limit,
         result_ttl=RESULT_TTL,
         failure_ttl=RESULT_TTL,
+        meta={TRACE_META_KEY: trace_context or {}},
     )
 
 
-def enqueue_job_or_defer(job_id: UUID, *, time_limit: int) -> None:
+def enqueue_job_or_defer(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
     """After commit: enqueue now, or leave the job queued in the database for the reconciler."""
     try:
-        enqueue_job(job_id, time_limit=time_limit)
+        enqueue_job(job_id, time_limit=time_limit, trace_context=trace_context)
     except RedisError:
         logger.warning("enqueue failed; the reconciler will enqueue job %s", job_id, exc_info=True)
 

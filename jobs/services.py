@@ -15,14 +15,16 @@ from redis.exceptions import RedisError
 from rq.timeouts import JobTimeoutException
 
 from accounts.models import User
-from jobs import queues
+from jobs import metrics, queues
 from jobs.kinds import KINDS, KindError, RunContext
 from jobs.models import FINAL_STATUSES, EndpointPolicy, Job, JobMode, JobStatus
 from jobs.policies import get_kind_settings
 from jobs.selectors import job_get
 from jobsite.errors import JobFailed, NotCancellable, NotFound, QueueFull, ServiceUnavailable
+from jobsite.tracing import get_tracer, inject_context
 
 logger = logging.getLogger(__name__)
+tracer = get_tracer()
 
 
 def _elapsed_ms(start: datetime, end: datetime) -> int:
@@ -59,6 +61,7 @@ def _job_run_sync(*, user: User, policy: EndpointPolicy, kind_name: str, params:
         started_at=now,
         queue_wait_ms=0,
     )
+    metrics.JOBS_SUBMITTED.labels(kind=kind_name, mode=JobMode.SYNC).inc()
     _job_run(job)
     job.refresh_from_db()
     if job.status == JobStatus.FAILED:
@@ -83,7 +86,7 @@ def _job_enqueue(
             queue_capacity=policy.queue_max_depth,
         )
     kind_settings = get_kind_settings(kind_name)
-    with transaction.atomic():
+    with transaction.atomic(), tracer.start_as_current_span("job.enqueue", attributes={"job.kind": kind_name}) as span:
         job = Job.objects.create(
             owner=user,
             endpoint=policy.name,
@@ -92,8 +95,14 @@ def _job_enqueue(
             input=params,
             cost=kind_settings.cost,
             callback_url=callback_url,
+            trace_context=inject_context(),
         )
-        transaction.on_commit(partial(queues.enqueue_job_or_defer, job.id, time_limit=kind_settings.time_limit))
+        span.set_attribute("job.id", str(job.id))
+        enqueue = partial(
+            queues.enqueue_job_or_defer, job.id, time_limit=kind_settings.time_limit, trace_context=job.trace_context
+        )
+        transaction.on_commit(enqueue)
+    metrics.JOBS_SUBMITTED.labels(kind=kind_name, mode=JobMode.ASYNC).inc()
     return job
 
 
@@ -108,6 +117,7 @@ def _job_claim(job_id: UUID) -> Job | None:
     job = Job.objects.get(pk=job_id)
     job.queue_wait_ms = _elapsed_ms(job.created_at, now)
     Job.objects.filter(pk=job_id).update(queue_wait_ms=job.queue_wait_ms)
+    metrics.JOB_QUEUE_WAIT.labels(kind=job.kind).observe(job.queue_wait_ms / 1000)
     return job
 
 
@@ -130,15 +140,20 @@ def _job_finish(job: Job, *, status: str, result: Any = None, error_code: str = 
 
 def _job_on_final(job: Job) -> None:
     """Everything that follows a job reaching a final state."""
-    logger.info("job %s %s", job.id, job.status)
+    logger.info("job finished", extra={"job_id": str(job.id), "status": job.status, "kind": job.kind})
+    metrics.JOBS_FINISHED.labels(kind=job.kind, mode=job.mode, outcome=job.status).inc()
+    if job.run_ms is not None:
+        metrics.JOB_RUN_TIME.labels(kind=job.kind).observe(job.run_ms / 1000)
 
 
 def _job_run(job: Job) -> None:
     """Run a claimed job's kind and record its outcome; never raises for the kind's own failures."""
     kind = KINDS[job.kind]
     started = time.perf_counter()
+    attributes = {"job.id": str(job.id), "job.kind": job.kind, "job.attempt": job.attempts}
     try:
-        result = kind.run(job.input, RunContext(owner_id=job.owner_id, job_id=str(job.id)))
+        with tracer.start_as_current_span("job.run", attributes=attributes):
+            result = kind.run(job.input, RunContext(owner_id=job.owner_id, job_id=str(job.id)))
     except KindError as exc:
         _job_finish(job, status=JobStatus.FAILED, error_code=exc.code, error_message=exc.message)
     except JobTimeoutException:
@@ -187,7 +202,10 @@ def job_requeue(*, job_id: UUID) -> bool:
         )  # fmt: skip
         if requeued:
             time_limit = get_kind_settings(job.kind).time_limit
-            transaction.on_commit(partial(queues.enqueue_job_or_defer, job.pk, time_limit=time_limit))
+            enqueue = partial(
+                queues.enqueue_job_or_defer, job.pk, time_limit=time_limit, trace_context=job.trace_context
+            )
+            transaction.on_commit(enqueue)
     return bool(requeued)
 
 
@@ -198,7 +216,8 @@ def _job_requeue_or_fail(job: Job, *, reason: str) -> str:
             status=JobStatus.QUEUED, started_at=None
         )
         if requeued:
-            queues.enqueue_job(job.pk, time_limit=get_kind_settings(job.kind).time_limit)
+            time_limit = get_kind_settings(job.kind).time_limit
+            queues.enqueue_job(job.pk, time_limit=time_limit, trace_context=job.trace_context)
             return "requeued"
         return "skipped"
     failed = _job_finish(job, status=JobStatus.FAILED, error_code="worker_lost", error_message=reason)
@@ -211,9 +230,10 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     report = {"requeued": 0, "failed": 0}
     queued_cutoff = now - timedelta(seconds=settings.RECONCILE_QUEUED_GRACE)
     stale_queued = Job.objects.filter(status=JobStatus.QUEUED, mode=JobMode.ASYNC, created_at__lt=queued_cutoff)
-    for job in stale_queued.only("id", "kind").iterator():
+    for job in stale_queued.only("id", "kind", "trace_context").iterator():
         if not queues.is_pending_in_rq(job.pk):
-            queues.enqueue_job(job.pk, time_limit=get_kind_settings(job.kind).time_limit)
+            time_limit = get_kind_settings(job.kind).time_limit
+            queues.enqueue_job(job.pk, time_limit=time_limit, trace_context=job.trace_context)
             report["requeued"] += 1
     grace = timedelta(seconds=settings.RECONCILE_RUNNING_GRACE)
     for job in Job.objects.filter(status=JobStatus.RUNNING, started_at__lt=now - grace).iterator():
