@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from redis.exceptions import RedisError
@@ -132,4 +133,6 @@ def policies_changed() -> None:
 @receiver([post_save, post_delete], sender=EndpointPolicy)
 @receiver([post_save, post_delete], sender=KindSettings)
 def _on_policy_change(**kwargs: Any) -> None:
-    policies_changed()
+    # After commit: a version bumped earlier could let another process cache the old row under the new version.
+    _cache.clear()
+    transaction.on_commit(policies_changed)
