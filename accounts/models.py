@@ -1,3 +1,4 @@
+import contextlib
 import ipaddress
 
 from django.conf import settings
@@ -108,7 +109,7 @@ class IpAllowEntry(models.Model):
     def clean(self) -> None:
         if self.user_id and self.api_key_id:
             raise ValidationError("An entry belongs to a user, to an API key, or (neither) to everyone; not both.")
-        if self.cidr:
+        with contextlib.suppress(ValueError):  # the field's validator reports it
             self.cidr = str(ipaddress.ip_network(self.cidr.strip(), strict=False))
 
     @property

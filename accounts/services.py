@@ -7,6 +7,7 @@ import secrets
 from datetime import datetime
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -33,7 +34,7 @@ def api_key_create(
     scope_text = ",".join(dict.fromkeys(scope.strip() for scope in scopes if scope.strip()))
     try:
         validate_scopes(scope_text)
-    except Exception as exc:
+    except ValidationError as exc:
         raise InvalidInput([{"field": "scopes", "message": " ".join(exc.messages)}]) from None
     prefix = API_KEY_PREFIX + secrets.token_hex(settings.API_KEY_PREFIX_BYTES)
     raw_key = f"{prefix}.{secrets.token_urlsafe(settings.API_KEY_SECRET_BYTES)}"
@@ -79,7 +80,12 @@ def ip_allow_entry_create(
     *, cidr: str, user: User | None = None, api_key: ApiKey | None = None, note: str = ""
 ) -> IpAllowEntry:
     entry = IpAllowEntry(cidr=cidr, user=user, api_key=api_key, note=note)
-    entry.full_clean()  # normalises the network and checks it has one owner at most
+    try:
+        entry.full_clean()  # normalises the network and checks it has one owner at most
+    except ValidationError as exc:
+        raise InvalidInput(
+            [{"field": field, "message": " ".join(messages)} for field, messages in exc.message_dict.items()]
+        ) from None
     entry.save()
     return entry
 

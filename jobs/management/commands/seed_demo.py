@@ -3,7 +3,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from accounts.models import User
+from accounts.models import SCOPES, User
+from accounts.services import api_key_create
 
 DEMO_ADMIN = "admin"
 DEMO_USER = "demo"
@@ -24,6 +25,7 @@ class Command(BaseCommand):
         demo, _ = User.objects.get_or_create(username=DEMO_USER)
         demo.set_password(user_password)
         demo.save()
+        _, demo_key = api_key_create(owner=demo, name="demo (seed_demo)", scopes=list(SCOPES))
         lines = [
             f"API          {url}/api/v1/",
             f"Swagger UI   {url}/api/docs/",
@@ -32,5 +34,6 @@ class Command(BaseCommand):
             f"Metrics      {url}/metrics",
             f"Health       {url}/healthz",
             f"Demo user    {DEMO_USER} / {user_password}",
+            f"Demo API key {demo_key}   (Authorization: Bearer <key>)",
         ]
         self.stdout.write("\n".join(lines))
