@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from django.db import connection
+from django.test.utils import override_settings
 from rest_framework.test import APIClient
 from rq import SimpleWorker
 
@@ -24,6 +25,13 @@ from jobs import queues
 from jobsite.redis import get_redis
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fast_password_hashing() -> Iterator[None]:
+    """Tests create many users; PBKDF2's deliberate slowness (~0.5 s a user) buys nothing here."""
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
 
 
 @pytest.fixture(autouse=True)
