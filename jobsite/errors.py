@@ -140,6 +140,12 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
     headers = dict(error.headers)
     if isinstance(exc, drf.APIException) and getattr(exc, "auth_header", None):
         headers["WWW-Authenticate"] = exc.auth_header
+    view = context.get("view")
+    if error.status == 401 and "WWW-Authenticate" not in headers and view is not None:
+        # Every 401 names the scheme to use (RFC 9110), also when a permission check raised it.
+        challenge = view.get_authenticate_header(context["request"])
+        if challenge:
+            headers["WWW-Authenticate"] = challenge
     wait = getattr(exc, "wait", None)
     if wait is not None:
         headers["Retry-After"] = str(max(1, int(wait + 0.999)))

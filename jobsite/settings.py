@@ -149,6 +149,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # SQL parameters carry secrets (TOTP seeds, key hashes): never log queries, whatever LOG_LEVEL says.
+    "loggers": {"django.db.backends": {"level": "INFO"}},
 }
 
 # The `fetch` kind: bounds on what one fetch may cost.
