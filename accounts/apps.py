@@ -6,6 +6,9 @@ class AccountsConfig(AppConfig):
     name = "accounts"
     default = True
 
+    def ready(self) -> None:
+        from accounts import schema  # noqa: F401 - registers the OpenAPI extension
+
 
 class JobsiteAdminConfig(admin_apps.AdminConfig):
     """django.contrib.admin with our OTP-aware site as `admin.site`, so every register() lands there."""

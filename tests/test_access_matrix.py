@@ -27,6 +27,7 @@ from tests.conftest import bearer
 SKIPPED = {
     "admin/": "the Django admin: staff-only, checked by test_admin_requires_staff_and_otp",
     "admin/rq/": "the RQ dashboard inside the admin: checked by test_admin_requires_staff_and_otp",
+    "api-auth/": "DRF's session login/logout pages for the browsable API (sessions: test_session_login_...)",
     "api/schema/": "the OpenAPI schema (documentation)",
     "api/docs/": "Swagger UI (documentation)",
     "metrics": "Prometheus metrics",
@@ -277,3 +278,15 @@ def test_admin_requires_staff_and_otp(make_user: Callable[..., User]) -> None:
     # An API key never opens the admin: it is for the API only.
     _, raw_key = api_key_create(owner=staff, scopes=list(SCOPES))
     assert Client(**bearer(raw_key)).get("/admin/").status_code == 302
+
+
+@pytest.mark.django_db
+def test_session_login_for_the_browsable_api_carries_every_scope_but_not_mfa(user: User) -> None:
+    browser = Client()
+    assert browser.get("/api/v1/me/").status_code == 401
+    login = browser.post("/api-auth/login/", {"username": user.username, "password": "pw", "next": "/api/v1/me/"})
+    assert login.status_code == 302
+    assert browser.get("/api/v1/me/", HTTP_ACCEPT="application/json").json()["scopes"] == list(SCOPES)
+    assert "text/html" in browser.get("/api/v1/jobs/", HTTP_ACCEPT="text/html")["Content-Type"]
+    set_policy("jobs.read", mfa_required=True)
+    assert browser.get("/api/v1/jobs/", HTTP_ACCEPT="application/json").json()["code"] == "mfa_required"
