@@ -1,5 +1,17 @@
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 
 
 class AccountsConfig(AppConfig):
     name = "accounts"
+    default = True
+
+    def ready(self) -> None:
+        from accounts import schema  # noqa: F401 - registers the OpenAPI extension
+
+
+class JobsiteAdminConfig(admin_apps.AdminConfig):
+    """django.contrib.admin with our OTP-aware site as `admin.site`, so every register() lands there."""
+
+    default = False
+    default_site = "accounts.admin_site.JobsiteAdminSite"

@@ -1,8 +1,13 @@
+from typing import Any
+
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db import transaction
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
+from jobs.forms import EndpointPolicyForm, KindSettingsForm
 from jobs.models import CallbackAttempt, EndpointPolicy, Job, JobStatus, KindSettings
+from jobs.policies import policies_changed
 from jobs.services import job_cancel, job_requeue
 
 
@@ -47,5 +52,32 @@ class JobAdmin(admin.ModelAdmin):
         self.message_user(request, f"Canceled {canceled} queued job(s).", messages.SUCCESS)
 
 
-admin.site.register(EndpointPolicy)
-admin.site.register(KindSettings)
+class PolicyAdmin(admin.ModelAdmin):
+    """Validated by the same forms as `manage.py policy`; the name of a row is fixed once created."""
+
+    identity: str
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
+        return [self.identity, "updated_at"] if obj else ["updated_at"]
+
+    def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        # The save signal fires inside the admin's transaction; bump again once the row is visible.
+        transaction.on_commit(policies_changed)
+
+
+@admin.register(EndpointPolicy)
+class EndpointPolicyAdmin(PolicyAdmin):
+    form = EndpointPolicyForm
+    identity = "name"
+    list_display = ["name", "enabled", "auth_required", "roles", "scopes", "ip_allowlist", "mfa_required",
+                    "rate_limit_algorithm", "rate_limit", "rate_window", "updated_at"]  # fmt: skip
+    list_filter = ["enabled", "auth_required", "ip_allowlist", "mfa_required", "rate_limit_algorithm"]
+
+
+@admin.register(KindSettings)
+class KindSettingsAdmin(PolicyAdmin):
+    form = KindSettingsForm
+    identity = "kind"
+    list_display = ["kind", "cost", "cache_algorithm", "cache_capacity", "cache_ttl", "circuit_threshold",
+                    "retries", "time_limit", "updated_at"]  # fmt: skip

@@ -19,7 +19,8 @@ class EndpointView(APIView):
     endpoint: ClassVar[str]
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        request.policy = load_endpoint_policy(self.endpoint)
+        # On the HttpRequest too: the browsable API re-checks permissions on clones that only share it.
+        request.policy = request._request.policy = load_endpoint_policy(self.endpoint)
         super().initial(request, *args, **kwargs)
 
     def get_permissions(self) -> list[Any]:

@@ -6,7 +6,6 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
-from rest_framework.views import set_rollback
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -40,8 +39,20 @@ class NotAuthenticated(ServiceError):
     status, code, title = 401, "not_authenticated", "Not authenticated"
 
 
+class MfaRequired(ServiceError):
+    status, code, title = 401, "mfa_required", "MFA code required"
+
+
+class MfaInvalid(ServiceError):
+    status, code, title = 401, "mfa_invalid", "MFA code invalid"
+
+
 class PermissionDenied(ServiceError):
     status, code, title = 403, "permission_denied", "Permission denied"
+
+
+class IpNotAllowed(ServiceError):
+    status, code, title = 403, "ip_not_allowed", "IP address not allowed"
 
 
 class NotFound(ServiceError):
@@ -121,11 +132,20 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
     error = _as_service_error(exc)
     if error is None:
         return None  # a bug: Django's handler500 renders it, still as problem+json
+    # Imported here: rest_framework.views loads the authentication classes, which raise these errors.
+    from rest_framework.views import set_rollback
+
     set_rollback()
     body = problem(error.status, error.code, error.title, error.detail, **error.extra)
     headers = dict(error.headers)
     if isinstance(exc, drf.APIException) and getattr(exc, "auth_header", None):
         headers["WWW-Authenticate"] = exc.auth_header
+    view = context.get("view")
+    if error.status == 401 and "WWW-Authenticate" not in headers and view is not None:
+        # Every 401 names the scheme to use (RFC 9110), also when a permission check raised it.
+        challenge = view.get_authenticate_header(context["request"])
+        if challenge:
+            headers["WWW-Authenticate"] = challenge
     wait = getattr(exc, "wait", None)
     if wait is not None:
         headers["Retry-After"] = str(max(1, int(wait + 0.999)))

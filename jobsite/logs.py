@@ -22,7 +22,7 @@ SECRET_KEY_NAMES = re.compile(
 SECRET_VALUE_PATTERNS = [
     re.compile(r"(?i)\b((?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]+"),
     re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"),
-    re.compile(r"\bjs_[A-Za-z0-9]+\.[A-Za-z0-9_-]{16,}"),  # API keys: <prefix>.<secret>
+    re.compile(r"(\bjsk_[0-9a-f]+\.)[A-Za-z0-9_-]{8,}"),  # API keys: the prefix identifies, the secret goes
     re.compile(r"\bgAAAAA[A-Za-z0-9_=-]{20,}"),  # Fernet tokens
     re.compile(r"(?i)(x-mfa-code[\"']?\s*[:=]\s*[\"']?)\d{6}"),
     re.compile(r"\bv1,[A-Za-z0-9+/=]{20,}"),  # webhook signatures
@@ -86,7 +86,8 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
         "root": {"handlers": ["console"], "level": level},
         "loggers": {
-            "django.db.backends": {"level": "INFO"},  # SQL at DEBUG would log parameters verbatim
+            # SQL parameters carry secrets (TOTP seeds, key hashes): never log queries, whatever LOG_LEVEL says.
+            "django.db.backends": {"level": "INFO"},
             "rq.worker": {"level": level},
         },
     }

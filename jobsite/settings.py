@@ -1,5 +1,6 @@
 """Jobsite settings: every value comes from the environment through jobsite.env (strict, fails loudly)."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -22,7 +23,7 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 INSTALLED_APPS = [
     "jobsite",
     "django_prometheus",
-    "django.contrib.admin",
+    "accounts.apps.JobsiteAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -111,8 +112,8 @@ LOG_FORMAT = env_choice("LOG_FORMAT", "json", ("json", "console"))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -158,6 +159,17 @@ POLICY_CHECK_INTERVAL = env_float("POLICY_CHECK_INTERVAL", 0.5, minimum=0.0)
 
 QUEUE_FULL_RETRY_AFTER = env_int("QUEUE_FULL_RETRY_AFTER", 5, minimum=1)
 """Seconds a client told `queue_full` should wait."""
+
+API_KEY_PREFIX_BYTES = 6
+"""Random bytes in a key's visible prefix (hex): enough to be unique, short enough to read."""
+API_KEY_SECRET_BYTES = 32
+"""Random bytes in a key's secret part: 256 bits, so a fast keyed hash suffices to store it."""
+API_KEY_TOUCH_INTERVAL = timedelta(seconds=env_int("API_KEY_TOUCH_INTERVAL", 60, minimum=1))
+"""A key's last_used_at is written at most this often."""
+
+OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "Jobsite")
+OTP_TOTP_THROTTLE_FACTOR = env_int("OTP_TOTP_THROTTLE_FACTOR", 1, minimum=0)
+"""django-otp: after n failed codes a device refuses codes for factor * 2**(n-1) seconds; 0 turns it off."""
 
 ENDPOINT_POLICY_LOADER = "jobs.policies.get_endpoint_policy"
 ENDPOINT_PERMISSIONS = "accounts.permissions.policy_permission_classes"

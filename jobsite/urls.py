@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from django_rq.urls import get_admin_urlpatterns, get_api_urlpatterns
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from jobs.health import healthz
@@ -7,10 +8,17 @@ from jobs.metrics import metrics_view
 
 urlpatterns = [
     path("api/v1/", include("jobs.urls")),
+    path("api/v1/", include("accounts.urls")),
+    # DRF's session login/logout for the browsable API and Swagger UI.
+    path("api-auth/", include("rest_framework.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("healthz", healthz, name="healthz"),
-    path("admin/rq/", include("django_rq.urls")),
+    # The RQ dashboard behind the admin site's own check (staff, plus OTP for staff with a device).
+    path(
+        "admin/rq/",
+        include((get_api_urlpatterns() + get_admin_urlpatterns(view_wrapper=admin.site.admin_view), "django_rq")),
+    ),
     path("admin/", admin.site.urls),
     path("metrics", metrics_view, name="metrics"),
 ]

@@ -15,14 +15,23 @@ from typing import Any
 import httpx
 import pytest
 from django.db import connection
+from django.test.utils import override_settings
 from rest_framework.test import APIClient
 from rq import SimpleWorker
 
-from accounts.models import User
+from accounts.models import SCOPES, User
+from accounts.services import api_key_create
 from jobs import queues
 from jobsite.redis import get_redis
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fast_password_hashing() -> Iterator[None]:
+    """Tests create many users; PBKDF2's deliberate slowness (~0.5 s a user) buys nothing here."""
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -52,11 +61,18 @@ def other_user(make_user: Callable[..., User]) -> User:
     return make_user("bob")
 
 
+def bearer(raw_key: str) -> dict[str, str]:
+    return {"HTTP_AUTHORIZATION": f"Bearer {raw_key}"}
+
+
 @pytest.fixture
 def client_for() -> Callable[[User], APIClient]:
+    """A client authenticated as the user with a real API key carrying every scope."""
+
     def make(user: User) -> APIClient:
+        _, raw_key = api_key_create(owner=user, name="test", scopes=list(SCOPES))
         client = APIClient()
-        client.force_authenticate(user)
+        client.credentials(**bearer(raw_key))
         return client
 
     return make

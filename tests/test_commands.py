@@ -3,6 +3,7 @@ from datetime import timedelta
 import pytest
 from django.core.management import call_command
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from accounts.models import User
 from jobs.models import Job, JobMode, JobStatus
@@ -27,4 +28,7 @@ def test_seed_demo_prints_urls_and_credentials(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert "http://127.0.0.1:9999/api/docs/" in out and "http://127.0.0.1:9999/admin/" in out
     assert User.objects.get(username="admin").is_staff
-    assert User.objects.filter(username="demo").exists()
+    demo = User.objects.get(username="demo")
+    demo_key = next(line for line in out.splitlines() if line.startswith("Demo API key")).split()[3]
+    client = APIClient(HTTP_AUTHORIZATION=f"Bearer {demo_key}")
+    assert client.get("/api/v1/me/").json()["username"] == demo.username

@@ -92,8 +92,15 @@ def test_other_users_job_is_404(api: APIClient, other_user: User, client_for: Ca
         assert response.status_code == 404
         assert response.json()["code"] == "not_found"
     assert intruder.get("/api/v1/jobs/").json()["results"] == []
+    assert intruder.get("/api/v1/jobs/?status=queued&kind=hash&mode=async").json()["results"] == []
     assert intruder.get("/api/v1/jobs/export/?format=jsonl").getvalue() == b""
+    assert job_id not in intruder.get("/api/v1/jobs/export/?format=csv").getvalue().decode()
+    stats = intruder.post("/api/v1/jobs/sync/", {"kind": "stats", "input": {}}, format="json").json()["result"]
+    assert stats["by_kind"] == {"stats": 1}  # only the intruder's own stats job, nothing of the victim's
     assert Job.objects.get(pk=job_id).status == JobStatus.QUEUED
+    # The owner still sees and cancels it: the 404s above were about ownership, not a broken job.
+    assert api.get(f"/api/v1/jobs/{job_id}/").status_code == 200
+    assert api.post(f"/api/v1/jobs/{job_id}/cancel/").status_code == 200
 
 
 def test_cancel_queued_then_not_cancellable(api: APIClient) -> None:

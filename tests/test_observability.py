@@ -74,7 +74,7 @@ def test_secrets_are_redacted_in_every_record() -> None:
     saved = root.handlers[:], root.level
     logging.config.dictConfig(config)
     try:
-        secrets = ["js_ab12cd.0123456789abcdefghij", "whsec_c2VjcmV0LXNpZ25pbmcta2V5", "123456"]
+        secrets = ["jsk_ab12cd.0123456789abcdefghij", "whsec_c2VjcmV0LXNpZ25pbmcta2V5", "123456"]
         logging.getLogger("django.request").warning("Authorization: Bearer %s", secrets[0])
         logging.getLogger("thirdparty").info("signing with %s", secrets[1])
         get_logger("jobs").info("mfa", mfa_code=secrets[2], headers={"X-MFA-Code": secrets[2], "Accept": "json"})

@@ -3,10 +3,12 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from accounts.models import User
+from accounts.models import SCOPES, ApiKey, User
+from accounts.services import api_key_create, api_key_revoke
 
 DEMO_ADMIN = "admin"
 DEMO_USER = "demo"
+DEMO_KEY_NAME = "demo (seed_demo)"
 
 
 class Command(BaseCommand):
@@ -24,6 +26,9 @@ class Command(BaseCommand):
         demo, _ = User.objects.get_or_create(username=DEMO_USER)
         demo.set_password(user_password)
         demo.save()
+        for old_key in ApiKey.objects.filter(owner=demo, name=DEMO_KEY_NAME, revoked_at__isnull=True):
+            api_key_revoke(prefix=old_key.prefix)  # one live demo key: the one printed below
+        _, demo_key = api_key_create(owner=demo, name=DEMO_KEY_NAME, scopes=list(SCOPES))
         lines = [
             f"API          {url}/api/v1/",
             f"Swagger UI   {url}/api/docs/",
@@ -32,5 +37,6 @@ class Command(BaseCommand):
             f"Metrics      {url}/metrics",
             f"Health       {url}/healthz",
             f"Demo user    {DEMO_USER} / {user_password}",
+            f"Demo API key {demo_key}   (Authorization: Bearer <key>)",
         ]
         self.stdout.write("\n".join(lines))

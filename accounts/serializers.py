@@ -1,0 +1,22 @@
+from rest_framework import serializers
+
+
+class MeSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    is_staff = serializers.BooleanField()
+    roles = serializers.ListField(child=serializers.CharField())
+    scopes = serializers.ListField(child=serializers.CharField(), help_text="The key's scopes; a session has all.")
+    mfa_enrolled = serializers.BooleanField()
+
+
+class TotpEnrolmentSerializer(serializers.Serializer):
+    provisioning_uri = serializers.CharField()
+    qr_png = serializers.CharField(help_text="Base64 PNG of the provisioning URI as a QR code.")
+
+
+class TotpConfirmSerializer(serializers.Serializer):
+    code = serializers.RegexField(r"^\d{6,8}$", max_length=8)
+
+
+class MfaStatusSerializer(serializers.Serializer):
+    mfa_enrolled = serializers.BooleanField()

@@ -1,0 +1,86 @@
+"""The caller's own account: who am I, and TOTP enrolment. Not policy rows: AccountAccess governs them."""
+
+import base64
+import io
+
+import qrcode
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import request_api_key
+from accounts.models import SCOPES
+from accounts.permissions import MFA_HEADER, AccountAccess, require_mfa_code
+from accounts.selectors import user_has_mfa, user_role_names
+from accounts.serializers import MeSerializer, MfaStatusSerializer, TotpConfirmSerializer, TotpEnrolmentSerializer
+from accounts.services import totp_confirm, totp_enrol, totp_remove
+from jobsite.errors import NotFound
+
+PROBLEM = OpenApiResponse(description="problem+json error (see `code`)")
+
+
+def _qr_png_base64(text: str) -> str:
+    buffer = io.BytesIO()
+    qrcode.make(text).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class AccountView(APIView):
+    permission_classes = [AccountAccess]
+
+
+class MeView(AccountView):
+    @extend_schema(operation_id="me", summary="The caller", responses={200: MeSerializer, 401: PROBLEM})
+    def get(self, request: Request) -> Response:
+        key = request_api_key(request)
+        data = {
+            "username": request.user.get_username(),
+            "is_staff": request.user.is_staff,
+            "roles": sorted(user_role_names(user=request.user)),
+            "scopes": key.scope_list if key is not None else list(SCOPES),
+            "mfa_enrolled": user_has_mfa(user=request.user),
+        }
+        return Response(MeSerializer(data).data)
+
+
+class TotpView(AccountView):
+    @extend_schema(
+        operation_id="me_mfa_totp_enrol",
+        summary="Start TOTP enrolment (needs scope account:write)",
+        request=None,
+        responses={201: TotpEnrolmentSerializer, 400: PROBLEM, 401: PROBLEM, 403: PROBLEM},
+    )
+    def post(self, request: Request) -> Response:
+        device = totp_enrol(user=request.user)
+        uri = device.config_url
+        data = {"provisioning_uri": uri, "qr_png": _qr_png_base64(uri)}
+        return Response(TotpEnrolmentSerializer(data).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        operation_id="me_mfa_totp_remove",
+        summary="Remove the TOTP device (needs scope account:write and a code in X-MFA-Code)",
+        parameters=[OpenApiParameter(MFA_HEADER, str, OpenApiParameter.HEADER, required=True)],
+        responses={204: None, 401: PROBLEM, 403: PROBLEM, 404: PROBLEM},
+    )
+    def delete(self, request: Request) -> Response:
+        if not user_has_mfa(user=request.user):
+            raise NotFound("No TOTP device is enrolled.")
+        require_mfa_code(request)
+        totp_remove(user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TotpConfirmView(AccountView):
+    @extend_schema(
+        operation_id="me_mfa_totp_confirm",
+        summary="Confirm TOTP enrolment with a first code (needs scope account:write)",
+        request=TotpConfirmSerializer,
+        responses={200: MfaStatusSerializer, 400: PROBLEM, 401: PROBLEM, 403: PROBLEM},
+    )
+    def post(self, request: Request) -> Response:
+        body = TotpConfirmSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        totp_confirm(user=request.user, code=body.validated_data["code"])
+        return Response(MfaStatusSerializer({"mfa_enrolled": True}).data)

@@ -1,0 +1,34 @@
+"""Helpers for the access-control tests: policies, keys, TOTP codes."""
+
+import time
+from typing import Any
+
+from django_otp.oath import TOTP
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from accounts.models import User
+from jobs.models import EndpointPolicy
+from jobs.policies import ENDPOINT_DEFAULTS
+
+
+def set_policy(name: str, **fields: Any) -> EndpointPolicy:
+    """Store the policy row: its defaults plus `fields` (the save signal invalidates every policy cache)."""
+    policy, _ = EndpointPolicy.objects.update_or_create(name=name, defaults={**ENDPOINT_DEFAULTS[name], **fields})
+    return policy
+
+
+def totp_code(device: TOTPDevice, steps: int = 0) -> str:
+    """The code the user's authenticator shows now (or `steps` time steps later): it knows no drift."""
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits)
+    totp.time = time.time() + steps * device.step
+    return f"{totp.token():0{device.digits}d}"
+
+
+def wrong_code(device: TOTPDevice) -> str:
+    """A well-formed code that is valid for no step within the device's tolerance."""
+    valid = {totp_code(device, steps) for steps in range(-3 * device.tolerance - 1, 3 * device.tolerance + 2)}
+    return next(code for code in (f"{n:06d}" for n in range(1_000_000)) if code not in valid)
+
+
+def confirmed_device(user: User) -> TOTPDevice:
+    return TOTPDevice.objects.create(user=user, name="default", confirmed=True)
