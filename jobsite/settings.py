@@ -161,6 +161,9 @@ POLICY_CHECK_INTERVAL = env_float("POLICY_CHECK_INTERVAL", 0.5, minimum=0.0)
 QUEUE_FULL_RETRY_AFTER = env_int("QUEUE_FULL_RETRY_AFTER", 5, minimum=1)
 """Seconds a client told `queue_full` should wait."""
 
+NEW_USER_CREDITS = env_int("NEW_USER_CREDITS", 1000, minimum=0)
+"""Credits granted once to every new user (0: none; staff grant them with grant_credits or the admin)."""
+
 ENDPOINT_POLICY_LOADER = "jobs.policies.get_endpoint_policy"
 ENDPOINT_PERMISSIONS = "accounts.permissions.policy_permission_classes"
 """The one place that decides which permission checks a policy-governed endpoint runs."""

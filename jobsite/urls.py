@@ -6,6 +6,7 @@ from jobs.health import healthz
 
 urlpatterns = [
     path("api/v1/", include("jobs.urls")),
+    path("api/v1/", include("credits.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("healthz", healthz, name="healthz"),
