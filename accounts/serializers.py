@@ -7,6 +7,7 @@ class MeSerializer(serializers.Serializer):
     roles = serializers.ListField(child=serializers.CharField())
     scopes = serializers.ListField(child=serializers.CharField(), help_text="The key's scopes; a session has all.")
     mfa_enrolled = serializers.BooleanField()
+    balance = serializers.IntegerField(help_text="Credits available.")
 
 
 class TotpEnrolmentSerializer(serializers.Serializer):

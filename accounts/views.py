@@ -4,6 +4,8 @@ import base64
 import io
 
 import qrcode
+from django.conf import settings
+from django.utils.module_loading import import_string
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
@@ -41,6 +43,7 @@ class MeView(AccountView):
             "roles": sorted(user_role_names(user=request.user)),
             "scopes": key.scope_list if key is not None else list(SCOPES),
             "mfa_enrolled": user_has_mfa(user=request.user),
+            "balance": import_string(settings.ACCOUNT_BALANCE_SELECTOR)(user=request.user),
         }
         return Response(MeSerializer(data).data)
 

@@ -3,3 +3,6 @@ from django.apps import AppConfig
 
 class CreditsConfig(AppConfig):
     name = "credits"
+
+    def ready(self) -> None:
+        from credits import signals  # noqa: F401 - connects the receivers

@@ -1,0 +1,52 @@
+"""The credit ledger: one account per user, and append-only entries that explain every change of it."""
+
+from django.conf import settings
+from django.db import models
+
+
+class CreditAccount(models.Model):
+    """A user's balance; only credits.services changes it, always together with a ledger entry."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="credit_account"
+    )
+    balance = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(balance__gte=0), name="credit_balance_not_negative")]
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.balance})"
+
+
+class EntryType(models.TextChoices):
+    GRANT = "grant"
+    CHARGE = "charge"
+    REFUND = "refund"
+    ADJUSTMENT = "adjustment"
+
+
+class LedgerEntry(models.Model):
+    """One posting; never updated nor deleted, so the sum of an account's entries is its balance."""
+
+    account = models.ForeignKey(CreditAccount, on_delete=models.CASCADE, related_name="entries")
+    type = models.CharField(max_length=16, choices=EntryType.choices)
+    amount = models.BigIntegerField(help_text="Signed: + adds, - spends.")
+    balance_after = models.BigIntegerField()
+    reason = models.CharField(max_length=255, blank=True)
+    # Not a foreign key: dependencies point jobs -> credits, never back.
+    job_id = models.UUIDField(null=True, blank=True, db_index=True)
+    posting_key = models.CharField(max_length=128, unique=True, help_text="A posting with this key happens once.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["account", "-created_at", "-id"], name="ledger_account_created")]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.amount:+d} -> {self.balance_after}"

@@ -44,6 +44,9 @@ class Job(models.Model):
     cost = models.PositiveIntegerField(default=0)
     attempts = models.PositiveSmallIntegerField(default=0)
     cached = models.BooleanField(default=False)
+    attempt_log = models.JSONField(
+        default=list, blank=True, help_text="One entry per failed attempt: n, at, code, message, callers_fault."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -4,8 +4,10 @@ from django.core.validators import URLValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from jobs.encryption import masked_input, open_result
 from jobs.kinds import KINDS
 from jobs.models import CallbackAttempt, Job, JobMode, JobStatus
+from jobs.policies import get_kind_settings
 
 
 class JobRequestSerializer(serializers.Serializer):
@@ -46,20 +48,25 @@ class JobCallbackSerializer(serializers.Serializer):
 
 class JobSerializer(serializers.ModelSerializer):
     input = serializers.SerializerMethodField()
+    result = serializers.SerializerMethodField()
     error = serializers.SerializerMethodField()
     callback = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
         fields = [
-            "id", "kind", "mode", "status", "input", "result", "error", "cost", "attempts", "cached",
-            "created_at", "started_at", "finished_at", "queue_wait_ms", "run_ms", "callback",
+            "id", "kind", "mode", "status", "input", "result", "error", "cost", "attempts", "attempt_log",
+            "cached", "created_at", "started_at", "finished_at", "queue_wait_ms", "run_ms", "callback",
         ]  # fmt: skip
         read_only_fields = fields
 
     @extend_schema_field(serializers.DictField())
     def get_input(self, job: Job) -> dict[str, Any]:
-        return dict(job.input)
+        return masked_input(get_kind_settings(job.kind), job.input)
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_result(self, job: Job) -> Any:
+        return open_result(job.result)
 
     @extend_schema_field(JobErrorSerializer(allow_null=True))
     def get_error(self, job: Job) -> dict[str, str] | None:

@@ -12,15 +12,21 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 from redis.exceptions import RedisError
+from rq import Retry
 from rq.timeouts import JobTimeoutException
 
 from accounts.models import User
 from jobs import metrics, queues
+from jobs.billing import job_charge, job_refund_if_due
+from jobs.cache import cache_get, cache_set
+from jobs.circuit import CircuitState, circuit_acquire, circuit_record
+from jobs.encryption import open_input, seal_input, seal_result
 from jobs.kinds import KINDS, KindError, RunContext
 from jobs.models import FINAL_STATUSES, EndpointPolicy, Job, JobMode, JobStatus
 from jobs.policies import get_kind_settings
+from jobs.retries import retry_delay
 from jobs.selectors import job_get
-from jobsite.errors import JobFailed, NotCancellable, NotFound, QueueFull, ServiceUnavailable
+from jobsite.errors import CircuitOpen, JobFailed, NotCancellable, NotFound, QueueFull, ServiceUnavailable
 from jobsite.tracing import get_tracer, inject_context
 
 logger = logging.getLogger(__name__)
@@ -40,29 +46,68 @@ def job_submit(
     mode: str,
     callback_url: str = "",
 ) -> Job:
-    """Accept a validated job: run it now (sync) or record and queue it (async)."""
+    """Accept a validated job: answer it from the cache, run it now (sync) or record and queue it (async)."""
+    kind_settings = get_kind_settings(kind_name)
+    if circuit_acquire(kind_settings, take_trial=False) == CircuitState.OPEN:
+        raise CircuitOpen(
+            f"Jobs of kind {kind_name} fail fast while their upstream keeps failing; nothing was charged.",
+            headers={"Retry-After": str(max(1, kind_settings.circuit_recovery))},
+        )
+    cached = cache_get(kind_settings, params)
+    if cached is not None:
+        return _job_record_cached(
+            user=user, policy=policy, kind_name=kind_name, params=params, mode=mode, callback_url=callback_url,
+            result=cached,
+        )  # fmt: skip
     if mode == JobMode.SYNC:
         return _job_run_sync(user=user, policy=policy, kind_name=kind_name, params=params)
     return _job_enqueue(user=user, policy=policy, kind_name=kind_name, params=params, callback_url=callback_url)
 
 
+def _job_record_cached(
+    *,
+    user: User,
+    policy: EndpointPolicy,
+    kind_name: str,
+    params: dict[str, Any],
+    mode: str,
+    callback_url: str,
+    result: Any,
+) -> Job:
+    """A cache hit: the job is final at once, costs nothing, and still goes through _job_on_final."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.create(
+            owner=user, endpoint=policy.name, kind=kind_name, mode=mode, status=JobStatus.SUCCEEDED,
+            input=seal_input(get_kind_settings(kind_name), params), result=result, cost=0, cached=True,
+            started_at=now, finished_at=now, queue_wait_ms=0, run_ms=0, callback_url=callback_url,
+        )  # fmt: skip
+        _job_on_final(job)
+    metrics.JOBS_SUBMITTED.labels(kind=kind_name, mode=mode).inc()
+    return job
+
+
 def _job_run_sync(*, user: User, policy: EndpointPolicy, kind_name: str, params: dict[str, Any]) -> Job:
     kind_settings = get_kind_settings(kind_name)
     now = timezone.now()
-    job = Job.objects.create(
-        owner=user,
-        endpoint=policy.name,
-        kind=kind_name,
-        mode=JobMode.SYNC,
-        status=JobStatus.RUNNING,
-        input=params,
-        cost=kind_settings.cost,
-        attempts=1,
-        started_at=now,
-        queue_wait_ms=0,
-    )
+    with transaction.atomic():
+        job = Job.objects.create(
+            owner=user,
+            endpoint=policy.name,
+            kind=kind_name,
+            mode=JobMode.SYNC,
+            status=JobStatus.RUNNING,
+            input=seal_input(kind_settings, params),
+            cost=kind_settings.cost,
+            attempts=1,
+            started_at=now,
+            queue_wait_ms=0,
+        )
+        job_charge(job)
     metrics.JOBS_SUBMITTED.labels(kind=kind_name, mode=JobMode.SYNC).inc()
-    _job_run(job)
+    while (delay := _job_run(job)) is not None:
+        time.sleep(delay)
+        job.refresh_from_db()
     job.refresh_from_db()
     if job.status == JobStatus.FAILED:
         raise JobFailed(
@@ -92,12 +137,13 @@ def _job_enqueue(
             endpoint=policy.name,
             kind=kind_name,
             mode=JobMode.ASYNC,
-            input=params,
+            input=seal_input(kind_settings, params),
             cost=kind_settings.cost,
             callback_url=callback_url,
             trace_context=inject_context(),
         )
         span.set_attribute("job.id", str(job.id))
+        job_charge(job)
         enqueue = partial(
             queues.enqueue_job_or_defer, job.id, time_limit=kind_settings.time_limit, trace_context=job.trace_context
         )
@@ -121,14 +167,30 @@ def _job_claim(job_id: UUID) -> Job | None:
     return job
 
 
-def _job_finish(job: Job, *, status: str, result: Any = None, error_code: str = "", error_message: str = "") -> bool:
+def _attempt_entry(job: Job, *, code: str, message: str, callers_fault: bool = False) -> list[dict[str, Any]]:
+    """The job's attempt log with this attempt's failure appended."""
+    entry = {"n": job.attempts, "at": timezone.now().isoformat(), "code": code, "message": message[:500]}
+    return [*job.attempt_log, {**entry, "callers_fault": callers_fault}]
+
+
+def _job_finish(
+    job: Job,
+    *,
+    status: str,
+    result: Any = None,
+    error_code: str = "",
+    error_message: str = "",
+    callers_fault: bool = False,
+) -> bool:
     """Record the outcome, only if this attempt still owns the job (a reaped job is not overwritten)."""
     now = timezone.now()
+    log = _attempt_entry(job, code=error_code, message=error_message, callers_fault=callers_fault)
     finished = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(
         status=status,
         result=result,
         error_code=error_code,
         error_message=error_message[:2000],
+        attempt_log=log if error_code else job.attempt_log,
         finished_at=now,
         run_ms=_elapsed_ms(job.started_at, now),
     )
@@ -140,37 +202,75 @@ def _job_finish(job: Job, *, status: str, result: Any = None, error_code: str = 
 
 def _job_on_final(job: Job) -> None:
     """Everything that follows a job reaching a final state."""
+    job_refund_if_due(job)
     logger.info("job finished", extra={"job_id": str(job.id), "status": job.status, "kind": job.kind})
     metrics.JOBS_FINISHED.labels(kind=job.kind, mode=job.mode, outcome=job.status).inc()
     if job.run_ms is not None:
         metrics.JOB_RUN_TIME.labels(kind=job.kind).observe(job.run_ms / 1000)
 
 
-def _job_run(job: Job) -> None:
-    """Run a claimed job's kind and record its outcome; never raises for the kind's own failures."""
+def _job_retry_later(job: Job, *, code: str, message: str) -> bool:
+    """Record a transiently failed attempt and hand the job back: async to the queue, sync to its caller."""
+    owned = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts)
+    log = _attempt_entry(job, code=code, message=message)
+    if job.mode == JobMode.SYNC:
+        return bool(owned.update(attempts=F("attempts") + 1, attempt_log=log))
+    return bool(owned.update(status=JobStatus.QUEUED, started_at=None, attempt_log=log))
+
+
+def _job_run(job: Job) -> float | None:
+    """Run a claimed job's kind and record its outcome; returns the delay before a due retry, else None.
+
+    Never raises for the kind's own failures.
+    """
     kind = KINDS[job.kind]
+    kind_settings = get_kind_settings(job.kind)
+    if circuit_acquire(kind_settings, take_trial=True) == CircuitState.OPEN:
+        message = f"the {job.kind} circuit is open after repeated upstream failures"
+        _job_finish(job, status=JobStatus.FAILED, error_code="circuit_open", error_message=message)
+        return None
     started = time.perf_counter()
     attributes = {"job.id": str(job.id), "job.kind": job.kind, "job.attempt": job.attempts}
+    params = open_input(job.input)
     try:
         with tracer.start_as_current_span("job.run", attributes=attributes):
-            result = kind.run(job.input, RunContext(owner_id=job.owner_id, job_id=str(job.id)))
+            result = kind.run(params, RunContext(owner_id=job.owner_id, job_id=str(job.id)))
     except KindError as exc:
-        _job_finish(job, status=JobStatus.FAILED, error_code=exc.code, error_message=exc.message)
+        circuit_record(kind_settings, failed=exc.transient)
+        delay = retry_delay(kind_settings, attempt=job.attempts) if exc.transient else None
+        if delay is not None and _job_retry_later(job, code=exc.code, message=exc.message):
+            return delay
+        _job_finish(
+            job, status=JobStatus.FAILED, error_code=exc.code, error_message=exc.message,
+            callers_fault=exc.callers_fault,
+        )  # fmt: skip
     except JobTimeoutException:
-        limit = get_kind_settings(job.kind).time_limit
+        circuit_record(kind_settings, failed=True)
+        limit = kind_settings.time_limit
         _job_finish(job, status=JobStatus.FAILED, error_code="time_limit", error_message=f"ran over {limit} s")
     except Exception:
         logger.exception("job %s crashed after %.3f s", job.id, time.perf_counter() - started)
         _job_finish(job, status=JobStatus.FAILED, error_code="internal_error", error_message="the job crashed")
     else:
-        _job_finish(job, status=JobStatus.SUCCEEDED, result=result)
+        circuit_record(kind_settings, failed=False)
+        stored = seal_result(kind_settings, result)
+        cache_set(kind_settings, params, stored)
+        _job_finish(job, status=JobStatus.SUCCEEDED, result=stored)
+    return None
 
 
-def job_execute(*, job_id: UUID | str) -> None:
-    """Worker entry: claim the job and run it; a job already claimed or canceled is left alone."""
+def job_execute(*, job_id: UUID | str) -> Retry | None:
+    """Worker entry: claim the job and run it; a job already claimed or canceled is left alone.
+
+    A due retry is returned as an RQ Retry: RQ schedules the same RQ job (ScheduledJobRegistry, so the
+    reconciler sees it pending) and a worker started --with-scheduler runs it after the delay.
+    """
     job = _job_claim(UUID(str(job_id)))
-    if job is not None:
-        _job_run(job)
+    if job is None:
+        return None
+    delay = _job_run(job)
+    # max: our attempts counter decides, RQ's own retry count never reaches it.
+    return None if delay is None else Retry(max=job.attempts, interval=[delay])
 
 
 @transaction.atomic

@@ -1,20 +1,20 @@
 """RQ entry points: thin wrappers that take ids and call services (RQ pickles only the ids)."""
 
 from opentelemetry import context
-from rq import get_current_job
+from rq import Retry, get_current_job
 
 from jobs.services import job_execute, jobs_reconcile
 from jobsite.logs import bind_context, clear_context
 from jobsite.tracing import TRACE_META_KEY, extract_context
 
 
-def execute_job(job_id: str) -> None:
+def execute_job(job_id: str) -> Retry | None:
     rq_job = get_current_job()
     token = context.attach(extract_context(rq_job.meta.get(TRACE_META_KEY) if rq_job else None))
     clear_context()
     bind_context(job_id=job_id)
     try:
-        job_execute(job_id=job_id)
+        return job_execute(job_id=job_id)
     finally:
         clear_context()
         context.detach(token)

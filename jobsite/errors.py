@@ -71,6 +71,17 @@ class QueueFull(ServiceError):
     status, code, title = 503, "queue_full", "Queue full"
 
 
+class InsufficientCredits(ServiceError):
+    status, code, title = 402, "insufficient_credits", "Insufficient credits"
+
+    def __init__(self, *, balance: int, cost: int):
+        super().__init__(f"The job costs {cost} credits; the balance is {balance}.", balance=balance, cost=cost)
+
+
+class CircuitOpen(ServiceError):
+    status, code, title = 503, "circuit_open", "Circuit open"
+
+
 class ServiceUnavailable(ServiceError):
     status, code, title = 503, "service_unavailable", "Service unavailable"
 

@@ -170,7 +170,11 @@ API_KEY_TOUCH_INTERVAL = timedelta(seconds=env_int("API_KEY_TOUCH_INTERVAL", 60,
 OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "Jobsite")
 OTP_TOTP_THROTTLE_FACTOR = env_int("OTP_TOTP_THROTTLE_FACTOR", 1, minimum=0)
 """django-otp: after n failed codes a device refuses codes for factor * 2**(n-1) seconds; 0 turns it off."""
+NEW_USER_CREDITS = env_int("NEW_USER_CREDITS", 1000, minimum=0)
+"""Credits granted once to every new user (0: none; staff grant them with grant_credits or the admin)."""
 
 ENDPOINT_POLICY_LOADER = "jobs.policies.get_endpoint_policy"
+ACCOUNT_BALANCE_SELECTOR = "credits.selectors.credit_balance"
+"""Read through a setting so that accounts does not import credits (dependencies point credits -> accounts)."""
 ENDPOINT_PERMISSIONS = "accounts.permissions.policy_permission_classes"
 """The one place that decides which permission checks a policy-governed endpoint runs."""

@@ -11,6 +11,7 @@ urlpatterns = [
     path("api/v1/", include("accounts.urls")),
     # DRF's session login/logout for the browsable API and Swagger UI.
     path("api-auth/", include("rest_framework.urls")),
+    path("api/v1/", include("credits.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("healthz", healthz, name="healthz"),

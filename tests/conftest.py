@@ -1,5 +1,6 @@
 """Shared fixtures: real Redis, real database, real processes (gunicorn, rqworker), real HTTP servers."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -159,23 +160,28 @@ def server_url(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
 
 @pytest.fixture
 def start_worker() -> Iterator[Callable[..., subprocess.Popen]]:
-    """Start `manage.py rqworker` processes on the test database; each is ended after the test."""
+    """Start `manage.py rqworker --with-scheduler` processes on the test database; each is ended after the test.
+
+    Each runs in its own process group, so that ending it also ends its scheduler child (RQ forks one).
+    """
     started: list[subprocess.Popen] = []
 
     def start(*queue_names: str, **env: str) -> subprocess.Popen:
         names = list(queue_names or (queues.JOBS_QUEUE,))
         process = subprocess.Popen(
-            [sys.executable, "manage.py", "rqworker", *names, "--worker-class", "rq.worker.SimpleWorker"],
+            [sys.executable, "manage.py", "rqworker", *names, "--worker-class", "rq.worker.SimpleWorker",
+             "--with-scheduler"],
             cwd=ROOT, env=subprocess_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )  # fmt: skip
         started.append(process)
         return process
 
     yield start
     for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 class LocalHTTPServer:

@@ -92,6 +92,8 @@ CASES: dict[tuple[str, str], Case] = {
     ("api/v1/jobs/export/", "get"): Case(lambda c, x: c.get("/api/v1/jobs/export/?format=jsonl"), 200),
     ("api/v1/jobs/<uuid:job_id>/", "get"): Case(lambda c, x: c.get(f"/api/v1/jobs/{x.job.pk}/"), 200),
     ("api/v1/jobs/<uuid:job_id>/cancel/", "post"): Case(lambda c, x: c.post(f"/api/v1/jobs/{x.job.pk}/cancel/"), 200),
+    ("api/v1/credits/", "get"): Case(lambda c, x: c.get("/api/v1/credits/"), 200),
+    ("api/v1/credits/ledger/", "get"): Case(lambda c, x: c.get("/api/v1/credits/ledger/"), 200),
     ("api/v1/me/", "get"): Case(lambda c, x: c.get("/api/v1/me/"), 200),
     ("api/v1/me/mfa/totp/", "post"): Case(lambda c, x: c.post("/api/v1/me/mfa/totp/"), 201, write=True),
     ("api/v1/me/mfa/totp/", "delete"): Case(lambda c, x: c.delete("/api/v1/me/mfa/totp/"), 204, write=True, mfa=True),

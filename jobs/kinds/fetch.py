@@ -27,7 +27,9 @@ def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
             for chunk in response.iter_bytes():
                 size += len(chunk)
                 if size > settings.FETCH_MAX_BYTES:
-                    raise KindError("response_too_large", f"body exceeds {settings.FETCH_MAX_BYTES} bytes")
+                    raise KindError(
+                        "response_too_large", f"body exceeds {settings.FETCH_MAX_BYTES} bytes", callers_fault=True
+                    )
                 digest.update(chunk)
     except httpx.HTTPError as exc:
         raise KindError("upstream_unreachable", f"{type(exc).__name__}: {exc}", transient=True) from None

@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddField(
             model_name='job',
-            name='trace_context',
-            field=models.JSONField(blank=True, default=dict, help_text='W3C trace context of the submission.'),
+            name='attempt_log',
+            field=models.JSONField(blank=True, default=list, help_text='One entry per failed attempt: n, at, code, message, callers_fault.'),
         ),
     ]

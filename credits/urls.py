@@ -1,0 +1,8 @@
+from django.urls import path
+
+from credits import views
+
+urlpatterns = [
+    path("credits/", views.BalanceView.as_view(), name="credits-balance"),
+    path("credits/ledger/", views.LedgerView.as_view(), name="credits-ledger"),
+]

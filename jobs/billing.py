@@ -1,0 +1,24 @@
+"""What a job costs: charged on acceptance, refunded in full when it ends for a reason not the caller's."""
+
+from credits.services import credit_charge, credit_refund
+from jobs.models import Job, JobStatus
+
+
+def job_charge(job: Job) -> None:
+    """Charge the job's cost once (posting key per job); InsufficientCredits rolls back the acceptance."""
+    credit_charge(user_id=job.owner_id, amount=job.cost, job_id=job.id, reason=f"{job.kind} job")
+
+
+def refund_due(job: Job) -> bool:
+    """Canceled, or failed for any reason but the caller's own bad input to a kind that ran."""
+    if job.status == JobStatus.CANCELED:
+        return True
+    if job.status != JobStatus.FAILED:
+        return False
+    last = job.attempt_log[-1] if job.attempt_log else {}
+    return not last.get("callers_fault", False)
+
+
+def job_refund_if_due(job: Job) -> None:
+    if refund_due(job):
+        credit_refund(job_id=job.id, reason=f"job {job.status}" + (f": {job.error_code}" if job.error_code else ""))

@@ -1,0 +1,118 @@
+"""Circuit breaker shared by every process, and retries with backoff, against a local server that fails on command."""
+
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+from rest_framework.test import APIClient
+from rq.job import Job as RQJob
+
+from credits.selectors import credit_balance, ledger_sum
+from jobs import queues
+from jobs.circuit import CircuitState, circuit_acquire, circuit_record
+from jobs.models import Job, JobStatus, KindSettings
+from jobs.policies import get_kind_settings
+from tests.conftest import LocalHTTPServer, respond, wait_until
+from tests.test_credits import kind_settings
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_half_open_admits_one_trial_and_a_success_closes() -> None:
+    breaker = KindSettings(kind="fetch", circuit_threshold=2, circuit_recovery=1, time_limit=30)
+    circuit_record(breaker, failed=True)
+    assert circuit_acquire(breaker, take_trial=False) == CircuitState.CLOSED
+    circuit_record(breaker, failed=True)
+    assert circuit_acquire(breaker, take_trial=False) == CircuitState.OPEN
+    time.sleep(1.05)
+    assert circuit_acquire(breaker, take_trial=False) == CircuitState.HALF_OPEN
+    assert circuit_acquire(breaker, take_trial=True) == CircuitState.TRIAL
+    assert circuit_acquire(breaker, take_trial=True) == CircuitState.OPEN  # one trial at a time
+    circuit_record(breaker, failed=True)  # the trial failed: open again for a full recovery period
+    assert circuit_acquire(breaker, take_trial=False) == CircuitState.OPEN
+    time.sleep(1.05)
+    assert circuit_acquire(breaker, take_trial=True) == CircuitState.TRIAL
+    circuit_record(breaker, failed=False)
+    assert circuit_acquire(breaker, take_trial=True) == CircuitState.CLOSED
+
+
+class Upstream:
+    """A fetch target: fails (500, after a pause so that jobs overlap) while `failing`, else answers 200."""
+
+    def __init__(self) -> None:
+        self.failing = True
+
+    def __call__(self, request: BaseHTTPRequestHandler) -> None:
+        if self.failing:
+            time.sleep(0.3)
+            respond(request, 500)
+        else:
+            respond(request, 200, b"ok")
+
+
+def _submit(api: APIClient, url: str):
+    return api.post("/api/v1/jobs/async/", {"kind": "fetch", "input": {"url": url}}, format="json")
+
+
+def _final(job_id: str) -> Job:
+    return wait_until(lambda: (job := Job.objects.get(pk=job_id)).is_final and job, timeout=30)
+
+
+@pytest.mark.slow
+def test_circuit_opens_across_two_workers_fails_fast_half_opens_and_closes(
+    api: APIClient, start_worker, http_server: Callable[..., LocalHTTPServer]
+) -> None:
+    kind_settings("fetch", circuit_threshold=3, circuit_recovery=2, retries=0)
+    upstream = Upstream()
+    server = http_server(upstream)
+    start_worker()
+    start_worker()
+    ids = [_submit(api, server.url).json()["id"] for _ in range(3)]
+    jobs = [_final(job_id) for job_id in ids]
+    assert {job.error_code for job in jobs} == {"upstream_error"}
+    rq_jobs = [RQJob.fetch(job_id, connection=queues.get_queue(queues.JOBS_QUEUE).connection) for job_id in ids]
+    assert len({rq_job.worker_name for rq_job in rq_jobs}) == 2  # the failures were counted across both workers
+
+    response = _submit(api, server.url)
+    assert response.status_code == 503 and response.json()["code"] == "circuit_open"
+    requests_so_far = len(server.requests)
+
+    upstream.failing = False
+    wait_until(
+        lambda: circuit_acquire(get_kind_settings("fetch"), take_trial=False) == CircuitState.HALF_OPEN, timeout=5
+    )
+    trial = _submit(api, server.url)
+    assert trial.status_code == 202
+    assert _final(trial.json()["id"]).status == JobStatus.SUCCEEDED
+    assert len(server.requests) == requests_so_far + 1
+    assert circuit_acquire(get_kind_settings("fetch"), take_trial=False) == CircuitState.CLOSED
+    assert _final(_submit(api, server.url).json()["id"]).status == JobStatus.SUCCEEDED
+
+
+@pytest.mark.slow
+def test_transient_failures_retry_with_backoff_then_succeed_or_refund(
+    api: APIClient, user, start_worker, http_server: Callable[..., LocalHTTPServer]
+) -> None:
+    kind_settings("fetch", circuit_threshold=0, retries=2, retry_backoff=0.2)
+    seen: dict[str, int] = {}
+
+    def handler(request: BaseHTTPRequestHandler) -> None:
+        seen[request.path] = seen.get(request.path, 0) + 1
+        flaky_recovered = request.path == "/flaky" and seen[request.path] > 2
+        respond(request, 200 if flaky_recovered else 503, b"ok")
+
+    server = http_server(handler)
+    before = credit_balance(user=user)
+    flaky = _submit(api, f"{server.url}/flaky").json()["id"]
+    down = _submit(api, f"{server.url}/down").json()["id"]
+    start_worker()
+    flaky_job, down_job = _final(flaky), _final(down)
+
+    assert flaky_job.status == JobStatus.SUCCEEDED and flaky_job.attempts == 3
+    assert [entry["code"] for entry in flaky_job.attempt_log] == ["upstream_error", "upstream_error"]
+    assert down_job.status == JobStatus.FAILED and down_job.attempts == 3 and len(down_job.attempt_log) == 3
+    assert seen["/down"] == 3  # the first attempt and two retries, no more
+    assert api.get(f"/api/v1/jobs/{flaky}/").json()["attempt_log"][0]["n"] == 1
+    # The failed job was refunded, the succeeded one charged.
+    assert credit_balance(user=user) == before - flaky_job.cost == ledger_sum(user=user)
