@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import Client
@@ -134,6 +135,7 @@ def test_me_shows_roles_scopes_and_account_writes_need_their_scope(user: User) -
         "roles": ["ops"],
         "scopes": ["jobs:read"],
         "mfa_enrolled": False,
+        "balance": settings.NEW_USER_CREDITS,
     }
     assert client.post("/api/v1/me/mfa/totp/").json()["code"] == "permission_denied"
     call_command("revoke_role", user.username, "ops")
