@@ -3,7 +3,7 @@
 Method: a fresh stack (bench/stack.py: gunicorn 2x16 threads + 2 SimpleWorkers, SQLite unless
 BENCH_DATABASE_URL is set), limits lifted for the bench user's endpoints, then N requests at concurrency C
 from a thread pool. Sync: wall-clock requests/s, and overhead = request latency - the job's run_ms
-(median, p95). Async: N submissions, then time from the first submission to the last job's finished_at
+(median, p95), at concurrency C and one at a time. Async: N submissions, then time from the first submission to the last job's finished_at
 (from the export endpoint), i.e. end-to-end jobs/s including queueing and the workers.
 
     .venv/bin/python -m bench.throughput [-n 400] [-c 20]
@@ -20,6 +20,8 @@ import httpx
 
 from bench.stack import running_stack
 
+SERIAL_N = 100
+"""Requests sent one at a time: their overhead is the service's own, without queueing behind others."""
 BODY = {"kind": "hash", "input": {"data": "benchmark", "iterations": 1000}}
 UNLIMITED = [
     "rate_limit_algorithm=none",
@@ -56,6 +58,7 @@ def main() -> None:
         limits = httpx.Limits(max_connections=args.c, max_keepalive_connections=args.c)
         with httpx.Client(base_url=stack.url, headers=headers, timeout=60, limits=limits) as client:
             _fire(client, "/api/v1/jobs/sync/", args.c, args.c)  # warm-up
+            _, serial_results = _fire(client, "/api/v1/jobs/sync/", SERIAL_N, 1)
             sync_wall, sync_results = _fire(client, "/api/v1/jobs/sync/", args.n, args.c)
             async_started = time.time()
             _fire(client, "/api/v1/jobs/async/", args.n, args.c)
@@ -75,15 +78,17 @@ def main() -> None:
     )
     latencies_ms = [elapsed * 1000 for elapsed, _ in sync_results]
     overhead_ms = sorted(elapsed * 1000 - body["run_ms"] for elapsed, body in sync_results)
+    serial_overhead_ms = sorted(elapsed * 1000 - body["run_ms"] for elapsed, body in serial_results)
     run_ms = [body["run_ms"] for _, body in sync_results]
     print(f"hash iterations=1000, n={args.n}, concurrency={args.c}")
     print(f"  sync   {args.n / sync_wall:8.1f} requests/s   latency p50 {statistics.median(latencies_ms):.1f} ms")
     print(f"  async  {len(async_rows) / (last_finished - async_started):8.1f} jobs/s end to end")
     print(f"  kind run time p50 {statistics.median(run_ms):.1f} ms")
-    print(
-        f"  per-request overhead (latency - run_ms): p50 {statistics.median(overhead_ms):.1f} ms,"
-        f" p95 {overhead_ms[int(0.95 * (len(overhead_ms) - 1))]:.1f} ms"
-    )
+    for label, values in ((f"concurrency {args.c}", overhead_ms), ("one at a time", serial_overhead_ms)):
+        print(
+            f"  per-request overhead (latency - run_ms), {label}: p50 {statistics.median(values):.1f} ms,"
+            f" p95 {values[int(0.95 * (len(values) - 1))]:.1f} ms"
+        )
 
 
 if __name__ == "__main__":
