@@ -16,6 +16,7 @@ from rq.timeouts import JobTimeoutException
 
 from accounts.models import User
 from jobs import queues
+from jobs.concurrency import concurrency_admit
 from jobs.kinds import KINDS, KindError, RunContext
 from jobs.models import FINAL_STATUSES, EndpointPolicy, Job, JobMode, JobStatus
 from jobs.policies import get_kind_settings
@@ -47,18 +48,20 @@ def job_submit(
 def _job_run_sync(*, user: User, policy: EndpointPolicy, kind_name: str, params: dict[str, Any]) -> Job:
     kind_settings = get_kind_settings(kind_name)
     now = timezone.now()
-    job = Job.objects.create(
-        owner=user,
-        endpoint=policy.name,
-        kind=kind_name,
-        mode=JobMode.SYNC,
-        status=JobStatus.RUNNING,
-        input=params,
-        cost=kind_settings.cost,
-        attempts=1,
-        started_at=now,
-        queue_wait_ms=0,
-    )
+    with transaction.atomic():
+        concurrency_admit(user=user, policy=policy)
+        job = Job.objects.create(
+            owner=user,
+            endpoint=policy.name,
+            kind=kind_name,
+            mode=JobMode.SYNC,
+            status=JobStatus.RUNNING,
+            input=params,
+            cost=kind_settings.cost,
+            attempts=1,
+            started_at=now,
+            queue_wait_ms=0,
+        )
     _job_run(job)
     job.refresh_from_db()
     if job.status == JobStatus.FAILED:
@@ -84,6 +87,7 @@ def _job_enqueue(
         )
     kind_settings = get_kind_settings(kind_name)
     with transaction.atomic():
+        concurrency_admit(user=user, policy=policy)
         job = Job.objects.create(
             owner=user,
             endpoint=policy.name,
