@@ -1,5 +1,6 @@
 """Shared fixtures: real Redis, real database, real processes (gunicorn, rqworker), real HTTP servers."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -111,15 +112,15 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 15.0, interval:
     raise AssertionError(f"condition not met within {timeout} s")
 
 
-@pytest.fixture(scope="session")
-def server_url(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
-    """One gunicorn for the whole session, on the test database; tests using it need transactional_db."""
+@contextlib.contextmanager
+def gunicorn_server(name: str = "test-gunicorn", **env: str) -> Iterator[str]:
+    """A real gunicorn (threads) on the test database; `env` adds to subprocess_env (e.g. a settings module)."""
     port = free_port()
-    log = open(ROOT / "var" / "test-gunicorn.log", "w")  # noqa: SIM115 - closed below
+    log = open(ROOT / "var" / f"{name}.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
          "--threads", "16", "--worker-class", "gthread", "--timeout", "60"],
-        cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, env=subprocess_env(**env), stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
 
@@ -139,6 +140,13 @@ def server_url(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def server_url(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
+    """One gunicorn for the whole session, on the test database; tests using it need transactional_db."""
+    with gunicorn_server() as url:
+        yield url
 
 
 @pytest.fixture
