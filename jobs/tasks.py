@@ -1,5 +1,6 @@
 """RQ entry points: thin wrappers that take ids and call services (RQ pickles only the ids)."""
 
+from jobs.idempotency import idempotency_purge_expired
 from jobs.services import job_execute, jobs_reconcile
 
 
@@ -8,4 +9,4 @@ def execute_job(job_id: str) -> None:
 
 
 def reconcile() -> dict[str, int]:
-    return jobs_reconcile()
+    return {**jobs_reconcile(), "idempotency_keys_purged": idempotency_purge_expired()}

@@ -9,6 +9,7 @@ from rest_framework.test import APIClient
 from accounts.models import User
 from jobs.idempotency import idempotency_claim, request_fingerprint
 from jobs.models import IdempotencyRecord, IdempotencyStatus, Job
+from jobs.tasks import reconcile
 from tests.traffic_http import auth_headers, fire_concurrently, set_policy
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -137,3 +138,11 @@ def test_fifty_concurrent_requests_with_one_key_make_one_job(
     different = httpx.post(f"{server_url}{path}", json=OTHER, headers=headers, timeout=30)
     assert different.status_code == 422
     assert different.json()["code"] == "idempotency_key_reused"
+
+
+def test_periodic_task_purges_expired_keys(api: APIClient) -> None:
+    post(api, "/api/v1/jobs/sync/", HASH, key="old")
+    post(api, "/api/v1/jobs/sync/", HASH, key="new")
+    IdempotencyRecord.objects.filter(key="old").update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert reconcile()["idempotency_keys_purged"] == 1
+    assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["new"]
