@@ -25,9 +25,9 @@ _JOB_SUBMIT = {
     "scopes": "jobs:run",
     "rate_limit_algorithm": RateLimitAlgorithm.TOKEN_BUCKET,
     "rate_limit_key": RateLimitKey.USER,
-    "rate_limit": 600,
+    "rate_limit": 2000,
     "rate_window": 60,
-    "refill_rate": 600,
+    "refill_rate": 2000,
 }
 _COMPAT = {
     "auth_required": False,
