@@ -1,13 +1,9 @@
-from typing import Any
-
 from django.contrib import admin, messages
-from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
 from jobs.forms import EndpointPolicyForm, KindSettingsForm
 from jobs.models import CallbackAttempt, EndpointPolicy, Job, JobStatus, KindSettings
-from jobs.policies import policies_changed
 from jobs.services import job_cancel, job_requeue
 
 
@@ -59,11 +55,6 @@ class PolicyAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
         return [self.identity, "updated_at"] if obj else ["updated_at"]
-
-    def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        # The save signal fires inside the admin's transaction; bump again once the row is visible.
-        transaction.on_commit(policies_changed)
 
 
 @admin.register(EndpointPolicy)

@@ -7,6 +7,7 @@ version at most every POLICY_CHECK_INTERVAL seconds, so an edit is seen everywhe
 import contextlib
 import threading
 import time
+import uuid
 from typing import Any
 
 from django.conf import settings
@@ -20,15 +21,18 @@ from jobs.models import EndpointPolicy, KindSettings, RateLimitAlgorithm, RateLi
 from jobsite.redis import get_redis, redis_key
 
 POLICY_VERSION_KEY = redis_key("policy", "version")
-"""Incremented on every policy or kind-settings change; processes compare it with what they cached."""
+"""A fresh random token on every policy or kind-settings change; processes compare it with what they cached.
+
+Random rather than a counter: after Redis loses the key (flush, restart) a counter could repeat a
+version some process has already cached, and that process would keep a stale row."""
 
 _JOB_SUBMIT = {
     "scopes": "jobs:run",
     "rate_limit_algorithm": RateLimitAlgorithm.TOKEN_BUCKET,
     "rate_limit_key": RateLimitKey.USER,
-    "rate_limit": 600,
+    "rate_limit": 2000,
     "rate_window": 60,
-    "refill_rate": 600,
+    "refill_rate": 2000,
 }
 _COMPAT = {
     "auth_required": False,
@@ -127,7 +131,7 @@ def policies_changed() -> None:
     _cache.clear()
     # Without Redis, other processes re-read the database on their own Redis errors.
     with contextlib.suppress(RedisError):
-        get_redis().incr(POLICY_VERSION_KEY)
+        get_redis().set(POLICY_VERSION_KEY, uuid.uuid4().hex)
 
 
 @receiver([post_save, post_delete], sender=EndpointPolicy)

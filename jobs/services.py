@@ -20,6 +20,7 @@ from jobs import metrics, queues
 from jobs.billing import job_charge, job_refund_if_due
 from jobs.cache import cache_get, cache_set
 from jobs.circuit import CircuitState, circuit_acquire, circuit_record
+from jobs.concurrency import concurrency_admit
 from jobs.encryption import open_input, seal_input, seal_result
 from jobs.kinds import KINDS, KindError, RunContext
 from jobs.models import FINAL_STATUSES, EndpointPolicy, Job, JobMode, JobStatus
@@ -91,6 +92,7 @@ def _job_run_sync(*, user: User, policy: EndpointPolicy, kind_name: str, params:
     kind_settings = get_kind_settings(kind_name)
     now = timezone.now()
     with transaction.atomic():
+        concurrency_admit(user=user, policy=policy)
         job = Job.objects.create(
             owner=user,
             endpoint=policy.name,
@@ -132,6 +134,7 @@ def _job_enqueue(
         )
     kind_settings = get_kind_settings(kind_name)
     with transaction.atomic(), tracer.start_as_current_span("job.enqueue", attributes={"job.kind": kind_name}) as span:
+        concurrency_admit(user=user, policy=policy)
         job = Job.objects.create(
             owner=user,
             endpoint=policy.name,

@@ -3,6 +3,7 @@
 from opentelemetry import context
 from rq import Retry, get_current_job
 
+from jobs.idempotency import idempotency_purge_expired
 from jobs.services import job_execute, jobs_reconcile
 from jobsite.logs import bind_context, clear_context
 from jobsite.tracing import TRACE_META_KEY, extract_context
@@ -21,4 +22,4 @@ def execute_job(job_id: str) -> Retry | None:
 
 
 def reconcile() -> dict[str, int]:
-    return jobs_reconcile()
+    return {**jobs_reconcile(), "idempotency_keys_purged": idempotency_purge_expired()}

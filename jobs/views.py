@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -17,6 +18,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from jobs.idempotency import idempotent_response
 from jobs.models import Job, JobMode
 from jobs.selectors import job_get, job_list
 from jobs.serializers import (
@@ -38,7 +40,8 @@ class JobSubmitView(EndpointView):
     def post(self, request: Request) -> Response:
         envelope = JobRequestSerializer(data=request.data, context={"mode": self.mode})
         envelope.is_valid(raise_exception=True)
-        job = job_submit(
+        submit = partial(
+            job_submit,
             user=request.user,
             policy=request.policy,
             kind_name=envelope.validated_data["kind"],
@@ -46,7 +49,7 @@ class JobSubmitView(EndpointView):
             mode=self.mode,
             callback_url=envelope.validated_data.get("callback_url", ""),
         )
-        return self.job_response(job)
+        return idempotent_response(request=request, policy=request.policy, run=lambda: self.job_response(submit()))
 
     def job_response(self, job: Job) -> Response:
         return Response(JobSerializer(job).data, status=status.HTTP_200_OK)

@@ -5,6 +5,7 @@ from typing import Any, ClassVar
 from django.conf import settings
 from django.utils.module_loading import import_string
 from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 
@@ -25,3 +26,13 @@ class EndpointView(APIView):
 
     def get_permissions(self) -> list[Any]:
         return [permission() for permission in import_string(settings.ENDPOINT_PERMISSIONS)()]
+
+    def get_throttles(self) -> list[Any]:
+        return [throttle() for throttle in import_string(settings.ENDPOINT_THROTTLES)()]
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        # Set by the rate-limit throttle; carried by every response, errors included.
+        for name, value in getattr(request, "rate_limit_headers", {}).items():
+            response[name] = value
+        return response

@@ -63,6 +63,18 @@ class NotCancellable(ServiceError):
     status, code, title = 409, "not_cancellable", "Job cannot be canceled"
 
 
+class IdempotencyInFlight(ServiceError):
+    status, code, title = 409, "idempotency_in_flight", "Idempotent request in flight"
+
+
+class IdempotencyKeyReused(ServiceError):
+    status, code, title = 422, "idempotency_key_reused", "Idempotency key reused"
+
+
+class RateLimited(ServiceError):
+    status, code, title = 429, "rate_limited", "Rate limited"
+
+
 class JobFailed(ServiceError):
     status, code, title = 502, "job_failed", "Job failed"
 

@@ -91,6 +91,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 2.0, minimum=0.1)
 
+# Django's cache (DRF's own throttles use it) is shared by all processes, so it lives in Redis too.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "jobsite:cache",
+        "OPTIONS": {"socket_timeout": REDIS_SOCKET_TIMEOUT, "socket_connect_timeout": REDIS_SOCKET_TIMEOUT},
+    }
+}
+
 RQ_QUEUES = {
     name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600, "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT}
     for name in ("jobs", "callbacks", "maintenance")
@@ -178,3 +188,14 @@ ACCOUNT_BALANCE_SELECTOR = "credits.selectors.credit_balance"
 """Read through a setting so that accounts does not import credits (dependencies point credits -> accounts)."""
 ENDPOINT_PERMISSIONS = "accounts.permissions.policy_permission_classes"
 """The one place that decides which permission checks a policy-governed endpoint runs."""
+ENDPOINT_THROTTLES = "jobs.throttles.policy_throttle_classes"
+"""The one place that decides which throttles a policy-governed endpoint runs."""
+
+RATELIMIT_FAIL_OPEN_READS = env_bool("RATELIMIT_FAIL_OPEN_READS", True)
+"""With Redis unreachable, endpoints that create no jobs skip rate limiting (job creation always fails closed)."""
+
+CONCURRENCY_CAP_RETRY_AFTER = env_int("CONCURRENCY_CAP_RETRY_AFTER", 1, minimum=1)
+"""Seconds a client refused by a concurrency cap is told to wait."""
+
+IDEMPOTENCY_LOCK_TIMEOUT = env_int("IDEMPOTENCY_LOCK_TIMEOUT", 600, minimum=1)
+"""Seconds an in-flight idempotent request holds its key; after that a retry may take it over (crashed worker)."""

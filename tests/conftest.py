@@ -66,6 +66,12 @@ def bearer(raw_key: str) -> dict[str, str]:
     return {"HTTP_AUTHORIZATION": f"Bearer {raw_key}"}
 
 
+def auth_headers(user: User) -> dict[str, str]:
+    """HTTP headers that authenticate as the user with a fresh API key carrying every scope."""
+    _, raw_key = api_key_create(owner=user, name="http-test", scopes=list(SCOPES))
+    return {"Authorization": f"Bearer {raw_key}"}
+
+
 @pytest.fixture
 def client_for() -> Callable[[User], APIClient]:
     """A client authenticated as the user with a real API key carrying every scope."""
@@ -128,15 +134,15 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 15.0, interval:
     raise AssertionError(f"condition not met within {timeout} s")
 
 
-@pytest.fixture(scope="session")
-def server_url(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
-    """One gunicorn for the whole session, on the test database; tests using it need transactional_db."""
+@contextlib.contextmanager
+def gunicorn_server(name: str = "test-gunicorn", **env: str) -> Iterator[str]:
+    """A real gunicorn (threads) on the test database; `env` adds to subprocess_env (e.g. a settings module)."""
     port = free_port()
-    log = open(ROOT / "var" / "test-gunicorn.log", "w")  # noqa: SIM115 - closed below
+    log = open(ROOT / "var" / f"{name}.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
          "--threads", "16", "--worker-class", "gthread", "--timeout", "60"],
-        cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, env=subprocess_env(**env), stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
 
@@ -156,6 +162,13 @@ def server_url(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def server_url(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
+    """One gunicorn for the whole session, on the test database; tests using it need transactional_db."""
+    with gunicorn_server() as url:
+        yield url
 
 
 @pytest.fixture

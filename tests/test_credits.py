@@ -13,8 +13,7 @@ from django.core.management import call_command
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from accounts.models import SCOPES, User
-from accounts.services import api_key_create
+from accounts.models import User
 from credits.models import EntryType, LedgerEntry
 from credits.selectors import credit_balance, ledger_sum
 from credits.services import credit_adjust, credit_charge, credit_grant, credit_refund
@@ -22,15 +21,9 @@ from jobs.models import Job, JobStatus, KindSettings
 from jobs.policies import kind_defaults
 from jobs.services import jobs_reconcile
 from jobsite.errors import InsufficientCredits
-from tests.conftest import LocalHTTPServer, respond, run_worker_burst, wait_until
+from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def auth_headers(user: User) -> dict[str, str]:
-    """The one place HTTP tests here authenticate: a real API key carrying every scope."""
-    _, raw_key = api_key_create(owner=user, name="http-test", scopes=list(SCOPES))
-    return {"Authorization": f"Bearer {raw_key}"}
 
 
 def kind_settings(kind: str, **fields: object) -> None:

@@ -12,7 +12,7 @@ from django.db import models, transaction
 from jobs.forms import EndpointPolicyForm, KindSettingsForm
 from jobs.kinds import KINDS
 from jobs.models import EndpointPolicy, KindSettings
-from jobs.policies import ENDPOINT_DEFAULTS, kind_defaults, policies_changed
+from jobs.policies import ENDPOINT_DEFAULTS, kind_defaults
 
 KIND_PREFIX = "kind."
 """Kind settings are named `kind.<kind>` next to the endpoint names."""
@@ -95,7 +95,6 @@ def _save(valid: list[forms.ModelForm]) -> None:
     with transaction.atomic():
         for form in valid:
             form.save()
-    policies_changed()  # again after commit, so no process caches a row read before it
 
 
 class Command(BaseCommand):

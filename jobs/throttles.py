@@ -1,0 +1,83 @@
+"""DRF throttle that applies the endpoint policy's rate limit (jobs.ratelimit) and sets the RateLimit headers."""
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from redis.exceptions import RedisError
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+
+from jobs.models import EndpointPolicy, RateLimitAlgorithm, RateLimitKey
+from jobs.ratelimit import RateLimitDecision, rate_limit_hit, rate_limit_state_key
+from jobsite.client_ip import client_ip
+from jobsite.errors import RateLimited, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+JOB_CREATING_ENDPOINTS = frozenset({"jobs.sync", "jobs.async", "compat.sync", "compat.async"})
+"""Endpoints whose limiter fails closed (503) when Redis is unreachable: they start work that costs."""
+
+
+def rate_limit_subject(request: Request, key: str) -> str:
+    """Who the limit counts: the user (anonymous callers by IP), the client IP, or everyone."""
+    if key == RateLimitKey.GLOBAL:
+        return "global"
+    user = getattr(request, "user", None)
+    if key == RateLimitKey.USER and user is not None and user.is_authenticated:
+        return f"user:{user.pk}"
+    return f"ip:{client_ip(request)}"
+
+
+def rate_limit_headers(policy: EndpointPolicy, decision: RateLimitDecision) -> dict[str, str]:
+    """The IETF httpapi RateLimit-Policy and RateLimit fields (API.md)."""
+    return {
+        "RateLimit-Policy": f'"{policy.name}";q={decision.quota};w={decision.window}',
+        "RateLimit": f'"{policy.name}";r={decision.remaining};t={decision.reset_seconds}',
+    }
+
+
+class PolicyRateThrottle(BaseThrottle):
+    """Counts the call against the endpoint policy's limiter; a rejection raises 429 `rate_limited`."""
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        policy: EndpointPolicy = request.policy
+        if policy.rate_limit_algorithm == RateLimitAlgorithm.NONE:
+            return True
+        subject = rate_limit_subject(request, policy.rate_limit_key)
+        try:
+            decision = rate_limit_hit(
+                algorithm=policy.rate_limit_algorithm,
+                key=rate_limit_state_key(scope=policy.name, algorithm=policy.rate_limit_algorithm, subject=subject),
+                limit=policy.rate_limit,
+                window=policy.rate_window,
+                refill_rate=policy.refill_rate,
+            )
+        except RedisError:
+            if policy.name in JOB_CREATING_ENDPOINTS or not settings.RATELIMIT_FAIL_OPEN_READS:
+                raise ServiceUnavailable("The rate limiter is unreachable; try again shortly.") from None
+            logger.warning("rate limiter unreachable; %s fails open", policy.name, exc_info=True)
+            return True
+        # EndpointView.finalize_response puts these on every response, errors included.
+        request.rate_limit_headers = rate_limit_headers(policy, decision)
+        if not decision.allowed:
+            wait = decision.retry_after_seconds
+            raise RateLimited(
+                f"Rate limit of {policy.name} exceeded: {decision.quota} per {decision.window} s "
+                f"({policy.rate_limit_algorithm}, per {policy.rate_limit_key}); retry in {wait} s.",
+                headers={"Retry-After": str(wait)},
+                limit={
+                    "policy": policy.name,
+                    "algorithm": policy.rate_limit_algorithm,
+                    "key": policy.rate_limit_key,
+                    "quota": decision.quota,
+                    "window": decision.window,
+                },
+                retry_after=wait,
+            )
+        return True
+
+
+def policy_throttle_classes() -> list[type[BaseThrottle]]:
+    """The throttles every policy-governed endpoint runs (settings.ENDPOINT_THROTTLES)."""
+    return [PolicyRateThrottle]

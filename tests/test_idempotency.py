@@ -1,0 +1,149 @@
+from collections.abc import Callable
+from datetime import timedelta
+
+import httpx
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from accounts.models import User
+from jobs.idempotency import idempotency_claim, request_fingerprint
+from jobs.models import IdempotencyRecord, IdempotencyStatus, Job
+from jobs.tasks import reconcile
+from tests.conftest import auth_headers
+from tests.traffic_http import fire_concurrently, set_policy
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+HASH = {"kind": "hash", "input": {"data": "hello", "iterations": 10}}
+OTHER = {"kind": "hash", "input": {"data": "other", "iterations": 10}}
+
+
+def post(client: APIClient, path: str, body: dict, key: str | None = "key-1"):
+    headers = {"HTTP_IDEMPOTENCY_KEY": key} if key is not None else {}
+    return client.post(path, body, format="json", **headers)
+
+
+def test_same_key_same_body_replays_the_first_response(api: APIClient) -> None:
+    first = post(api, "/api/v1/jobs/sync/", HASH)
+    assert first.status_code == 200
+    assert not first.has_header("Idempotent-Replayed")
+    again = post(api, "/api/v1/jobs/sync/", {"input": {"iterations": 10, "data": "hello"}, "kind": "hash"})
+    assert again.status_code == 200
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    assert Job.objects.count() == 1
+
+
+def test_async_replay_keeps_status_and_location(api: APIClient) -> None:
+    first = post(api, "/api/v1/jobs/async/", HASH)
+    assert first.status_code == 202
+    again = post(api, "/api/v1/jobs/async/", HASH)
+    assert (again.status_code, again["Location"], again["Idempotent-Replayed"]) == (202, first["Location"], "true")
+    assert again.json()["id"] == first.json()["id"]
+    assert Job.objects.count() == 1
+
+
+def test_different_body_or_path_is_422(api: APIClient) -> None:
+    assert post(api, "/api/v1/jobs/sync/", HASH).status_code == 200
+    for path, body in (("/api/v1/jobs/sync/", OTHER), ("/api/v1/jobs/async/", HASH)):
+        response = post(api, path, body)
+        assert response.status_code == 422
+        assert response.json()["code"] == "idempotency_key_reused"
+    assert Job.objects.count() == 1
+
+
+def test_in_flight_is_409(api: APIClient, user: User) -> None:
+    fingerprint = request_fingerprint(method="POST", path="/api/v1/jobs/sync/", data=HASH)
+    assert idempotency_claim(user=user, key="key-1", fingerprint=fingerprint, ttl=60) is None
+    response = post(api, "/api/v1/jobs/sync/", HASH)
+    assert response.status_code == 409
+    assert response.json()["code"] == "idempotency_in_flight"
+    assert Job.objects.count() == 0
+
+
+def test_rejected_requests_store_nothing_and_release_the_key(api: APIClient) -> None:
+    invalid = post(api, "/api/v1/jobs/sync/", {"kind": "hash", "input": {"data": ""}})
+    assert invalid.status_code == 400
+    set_policy("jobs.async", max_concurrent_per_user=1)
+    assert post(api, "/api/v1/jobs/async/", HASH, key="other").status_code == 202
+    capped = post(api, "/api/v1/jobs/async/", HASH)
+    assert capped.status_code == 429
+    assert IdempotencyRecord.objects.filter(key="key-1").count() == 0
+    # The key is free: a valid request with it runs.
+    assert post(api, "/api/v1/jobs/sync/", HASH).status_code == 200
+
+
+def test_failed_sync_job_is_stored_and_replayed(api: APIClient) -> None:
+    fetch = {"kind": "fetch", "input": {"url": "http://127.0.0.1:9/"}}
+    first = post(api, "/api/v1/jobs/sync/", fetch)
+    assert first.status_code == 502
+    again = post(api, "/api/v1/jobs/sync/", fetch)
+    assert (again.status_code, again["Idempotent-Replayed"]) == (502, "true")
+    assert again["Content-Type"] == "application/problem+json"
+    assert again.json() == first.json()
+    assert Job.objects.count() == 1
+
+
+def test_keys_are_per_user(client_for: Callable[[User], APIClient], user: User, other_user: User) -> None:
+    first = post(client_for(user), "/api/v1/jobs/sync/", HASH)
+    second = post(client_for(other_user), "/api/v1/jobs/sync/", OTHER)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert not second.has_header("Idempotent-Replayed")
+    assert Job.objects.count() == 2
+
+
+def test_ttl_from_policy(api: APIClient) -> None:
+    set_policy("jobs.sync", idempotency_ttl=120)
+    post(api, "/api/v1/jobs/sync/", HASH)
+    record = IdempotencyRecord.objects.get()
+    assert abs((record.expires_at - record.created_at).total_seconds() - 120) < 1
+    # Once expired, the key starts over, even with another body.
+    IdempotencyRecord.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    again = post(api, "/api/v1/jobs/sync/", OTHER)
+    assert again.status_code == 200
+    assert not again.has_header("Idempotent-Replayed")
+    assert Job.objects.count() == 2
+
+
+def test_abandoned_in_flight_key_is_taken_over(api: APIClient, user: User) -> None:
+    fingerprint = request_fingerprint(method="POST", path="/api/v1/jobs/sync/", data=HASH)
+    idempotency_claim(user=user, key="key-1", fingerprint=fingerprint, ttl=60)
+    IdempotencyRecord.objects.update(locked_until=timezone.now() - timedelta(seconds=1))
+    assert post(api, "/api/v1/jobs/sync/", HASH).status_code == 200
+    assert IdempotencyRecord.objects.get().status == IdempotencyStatus.COMPLETED
+
+
+def test_bad_key_is_a_validation_error(api: APIClient) -> None:
+    response = post(api, "/api/v1/jobs/sync/", HASH, key="x" * 256)
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["/api/v1/jobs/sync/", "/api/v1/jobs/async/"])
+def test_fifty_concurrent_requests_with_one_key_make_one_job(
+    server_url: str, make_user: Callable[..., User], path: str
+) -> None:
+    headers = {**auth_headers(make_user()), "Idempotency-Key": "same"}
+    responses = fire_concurrently(50, lambda client, _: client.post(f"{server_url}{path}", json=HASH, headers=headers))
+    statuses = [response.status_code for response in responses]
+    ok = 202 if path.endswith("/async/") else 200
+    originals = [r for r in responses if r.status_code == ok and "Idempotent-Replayed" not in r.headers]
+    replays = [r for r in responses if r.status_code == ok and r.headers.get("Idempotent-Replayed") == "true"]
+    assert len(originals) == 1, statuses
+    assert len(replays) + statuses.count(409) == 49, statuses
+    assert {r.json()["id"] for r in replays} <= {originals[0].json()["id"]}
+    assert Job.objects.count() == 1
+    different = httpx.post(f"{server_url}{path}", json=OTHER, headers=headers, timeout=30)
+    assert different.status_code == 422
+    assert different.json()["code"] == "idempotency_key_reused"
+
+
+def test_periodic_task_purges_expired_keys(api: APIClient) -> None:
+    post(api, "/api/v1/jobs/sync/", HASH, key="old")
+    post(api, "/api/v1/jobs/sync/", HASH, key="new")
+    IdempotencyRecord.objects.filter(key="old").update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert reconcile()["idempotency_keys_purged"] == 1
+    assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["new"]
