@@ -39,8 +39,11 @@ class Progress:
             self.last_quarter = quarter
 
     def finish(self, label: str, done: int, total: int, extra: str = "") -> None:
-        """Draw the final state and end the line."""
-        self.update(label, done, total, extra, force=True)
+        """Draw the final state (always, even below 100 %) and end the line."""
         if self.enabled and self.interactive:
+            self.update(label, done, total, extra, force=True)
             self.stream.write("\n")
+        elif self.enabled and self.last_quarter < 4:
+            self.last_quarter = -1
+            self.update(label, done, total, extra)
         self.last_quarter = -1

@@ -1,6 +1,7 @@
 """loadgen: its statistics, its webhook receiver, and whole runs against the real service (gunicorn + RQ)."""
 
 import base64
+import io
 import json
 import os
 import secrets
@@ -17,6 +18,7 @@ from standardwebhooks import Webhook
 
 from accounts.models import User
 from loadgen.auth import auth_headers
+from loadgen.progress import Progress
 from loadgen.receiver import WebhookReceiver
 from loadgen.stats import CallbackCounts, Distribution, PhaseResult, Sample, percentile
 from tests.conftest import ROOT, free_port, run_worker_burst, subprocess_env
@@ -278,3 +280,14 @@ def test_sync_run_with_an_api_key(server_url: str, make_user: Callable[..., User
     run, (phase,) = _phases(tmp_path, "-n", "4", "-c", "2", "--url", server_url, "--api-key", key)
     assert run.returncode == 0, run.stderr
     assert (phase["ok"], phase["status_codes"]) == (4, {"200": 4})  # depends on API keys: Bearer auth
+
+
+def test_progress_off_a_terminal_prints_a_line_per_quarter_and_the_final_state() -> None:
+    stream = io.StringIO()
+    progress = Progress(stream=stream)
+    for done in range(1, 9):
+        progress.update("sync", done, 8)
+    progress.finish("sync", 8, 8)
+    progress.finish("callbacks", 3, 8)
+    lines = stream.getvalue().splitlines()
+    assert [line.split("] ")[1].split()[0] for line in lines] == ["1/8", "2/8", "4/8", "6/8", "8/8", "3/8"]
