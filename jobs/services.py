@@ -15,12 +15,12 @@ from redis.exceptions import RedisError
 from rq.timeouts import JobTimeoutException
 
 from accounts.models import User
-from jobs import queues
+from jobs import queues, ssrf
 from jobs.kinds import KINDS, KindError, RunContext
-from jobs.models import FINAL_STATUSES, EndpointPolicy, Job, JobMode, JobStatus
+from jobs.models import FINAL_STATUSES, CallbackStatus, EndpointPolicy, Job, JobMode, JobStatus
 from jobs.policies import get_kind_settings
 from jobs.selectors import job_get
-from jobsite.errors import JobFailed, NotCancellable, NotFound, QueueFull, ServiceUnavailable
+from jobsite.errors import CallbackUrlForbidden, JobFailed, NotCancellable, NotFound, QueueFull, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ def job_submit(
     callback_url: str = "",
 ) -> Job:
     """Accept a validated job: run it now (sync) or record and queue it (async)."""
+    if callback_url:
+        try:
+            ssrf.check_url(callback_url, allow_unresolved=True)
+        except ssrf.UrlForbidden as exc:
+            raise CallbackUrlForbidden(exc.reason) from None
     if mode == JobMode.SYNC:
         return _job_run_sync(user=user, policy=policy, kind_name=kind_name, params=params)
     return _job_enqueue(user=user, policy=policy, kind_name=kind_name, params=params, callback_url=callback_url)
@@ -92,6 +97,7 @@ def _job_enqueue(
             input=params,
             cost=kind_settings.cost,
             callback_url=callback_url,
+            callback_status=CallbackStatus.PENDING if callback_url else CallbackStatus.NONE,
         )
         transaction.on_commit(partial(queues.enqueue_job_or_defer, job.id, time_limit=kind_settings.time_limit))
     return job
@@ -131,6 +137,9 @@ def _job_finish(job: Job, *, status: str, result: Any = None, error_code: str = 
 def _job_on_final(job: Job) -> None:
     """Everything that follows a job reaching a final state."""
     logger.info("job %s %s", job.id, job.status)
+    if job.callback_status == CallbackStatus.PENDING:
+        retries = get_kind_settings(job.kind).callback_retries
+        transaction.on_commit(partial(queues.enqueue_callback_or_defer, job.pk, n=1, retries_left=retries))
 
 
 def _job_run(job: Job) -> None:

@@ -16,6 +16,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from jobs.models import Job, JobMode
 from jobs.selectors import job_get, job_list
@@ -24,8 +25,10 @@ from jobs.serializers import (
     JobListQuerySerializer,
     JobRequestSerializer,
     JobSerializer,
+    WebhookSecretSerializer,
 )
 from jobs.services import job_cancel, job_submit
+from jobs.webhooks import webhook_secret_rotate
 from jobsite.api import EndpointView
 from jobsite.errors import NotFound
 
@@ -207,3 +210,17 @@ class JobExportView(EndpointView):
             response = StreamingHttpResponse(_export_jsonl(rows), content_type="application/x-ndjson")
             response["Content-Disposition"] = 'attachment; filename="jobs.jsonl"'
         return response
+
+
+class WebhookSecretView(APIView):
+    """Any authenticated user (default permissions until account scopes land)."""
+
+    @extend_schema(
+        operation_id="me_webhook_secret",
+        summary="Create or rotate the webhook signing secret; the old one keeps signing for 24 h",
+        request=None,
+        responses={201: WebhookSecretSerializer, 401: PROBLEM},
+    )
+    def post(self, request: Request) -> Response:
+        secret = webhook_secret_rotate(user=request.user)
+        return Response(WebhookSecretSerializer({"secret": secret}).data, status=status.HTTP_201_CREATED)

@@ -125,7 +125,7 @@ def run_service(children: list[subprocess.Popen]) -> int:
         children.append(
             subprocess.Popen(
                 [VENV_PYTHON, "manage.py", "rqworker", "jobs", "callbacks", "maintenance",
-                 "--worker-class", "rq.worker.SimpleWorker"],
+                 "--worker-class", "rq.worker.SimpleWorker", "--with-scheduler"],
                 cwd=ROOT,
             )
         )  # fmt: skip
