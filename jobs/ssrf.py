@@ -131,15 +131,19 @@ def forbidden_reason(address: IPAddress, *, allow_private: bool) -> str | None:
             return f"{address} embeds {reason}" if reason else None
         if address in NAT64_LOCAL_USE:
             return f"{address} is a local-use NAT64 address"
-        if address in IPV4_COMPATIBLE:
+        if address in IPV4_COMPATIBLE and not (address.is_loopback or address.is_unspecified):
             return f"{address} is an IPv4-compatible (deprecated, reserved) address"
         if address.sixtofour is not None:
             reason = forbidden_reason(address.sixtofour, allow_private=allow_private)
             if reason:
                 return f"{address} (6to4) embeds {reason}"
-    for label in ("unspecified", "multicast", "link_local"):
-        if getattr(address, f"is_{label}"):
-            return f"{address} is a {label.replace('_', '-')} address"
+    for attribute, name in (
+        ("is_unspecified", "an unspecified"),
+        ("is_multicast", "a multicast"),
+        ("is_link_local", "a link-local"),
+    ):
+        if getattr(address, attribute):
+            return f"{address} is {name} address"
     if allow_private and (address.is_loopback or address.is_private):
         return None
     for label in ("loopback", "private", "reserved"):
