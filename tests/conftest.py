@@ -1,5 +1,6 @@
 """Shared fixtures: real Redis, real database, real processes (gunicorn, rqworker), real HTTP servers."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -152,15 +153,16 @@ def start_worker() -> Iterator[Callable[..., subprocess.Popen]]:
             [sys.executable, "manage.py", "rqworker", *names, "--worker-class", "rq.worker.SimpleWorker",
              "--with-scheduler"],
             cwd=ROOT, env=subprocess_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: the scheduler it forks is ended with it
         )  # fmt: skip
         started.append(process)
         return process
 
     yield start
     for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 class LocalHTTPServer:
