@@ -1,7 +1,7 @@
 """RQ queues Jobsite uses, and enqueueing that never loses a job: the database row comes first."""
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import django_rq
@@ -76,7 +76,9 @@ def enqueue_callback(job_id: UUID | str, *, n: int, retries_left: int, delay: fl
         "failure_ttl": RESULT_TTL,
     }
     if delay > 0:
-        queue.enqueue_in(timedelta(seconds=delay), *args, **options)
+        # RQ's scheduled registry keeps whole seconds, rounded down: round up so no retry comes early.
+        due = datetime.now(UTC) + timedelta(seconds=delay)
+        queue.enqueue_at(due.replace(microsecond=0) + timedelta(seconds=1 if due.microsecond else 0), *args, **options)
     else:
         queue.enqueue(*args, **options)
 
