@@ -1,7 +1,7 @@
 """Webhook deliveries: per-user signing secrets, signed attempts through the SSRF guard, retries, rescue.
 
 One delivery attempt is one RQ job on the callbacks queue. A failed attempt schedules the next one with
-RQ's enqueue_in (workers run `--with-scheduler`); the reconciler enqueues any pending delivery that lost
+RQ's scheduler (workers run `--with-scheduler`); the reconciler enqueues any pending delivery that lost
 its RQ job, so a pending delivery always ends delivered or failed.
 """
 
