@@ -3,8 +3,9 @@ from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
 from jobs.forms import EndpointPolicyForm, KindSettingsForm
-from jobs.models import CallbackAttempt, EndpointPolicy, Job, JobStatus, KindSettings
+from jobs.models import CallbackAttempt, CallbackStatus, EndpointPolicy, Job, JobStatus, KindSettings, WebhookSecret
 from jobs.services import job_cancel, job_requeue
+from jobs.webhooks import callback_redeliver
 
 
 class CallbackAttemptInline(admin.TabularInline):
@@ -21,12 +22,14 @@ class CallbackAttemptInline(admin.TabularInline):
 class JobAdmin(admin.ModelAdmin):
     """Jobs are records: read-only, changed only through the actions below."""
 
-    list_display = ["id", "owner", "kind", "mode", "status", "cost", "attempts", "cached", "created_at", "run_ms"]
+    list_display = [
+        "id", "owner", "kind", "mode", "status", "cost", "attempts", "cached", "created_at", "run_ms", "callback_status",
+    ]  # fmt: skip
     list_filter = ["status", "mode", "kind", "cached", "callback_status"]
-    search_fields = ["id", "owner__username"]
+    search_fields = ["id", "owner__username", "callback_url"]
     date_hierarchy = "created_at"
     inlines = [CallbackAttemptInline]
-    actions = ["requeue_failed", "cancel_queued"]
+    actions = ["requeue_failed", "cancel_queued", "redeliver_webhook"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Job | None = None) -> list[str]:
         return [field.name for field in Job._meta.fields]
@@ -46,6 +49,25 @@ class JobAdmin(admin.ModelAdmin):
             job_cancel(user=request.user, job_id=job.pk)
             canceled += 1
         self.message_user(request, f"Canceled {canceled} queued job(s).", messages.SUCCESS)
+
+    @admin.action(description="Redeliver the webhook of selected finished jobs")
+    def redeliver_webhook(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        candidates = queryset.exclude(callback_url="").exclude(callback_status=CallbackStatus.PENDING)
+        redelivered = sum(callback_redeliver(job_id=job.pk) for job in candidates)
+        self.message_user(request, f"Redelivering {redelivered} webhook(s).", messages.SUCCESS)
+
+
+@admin.register(WebhookSecret)
+class WebhookSecretAdmin(admin.ModelAdmin):
+    """Secrets are never shown; staff see who has one and when it rotates out."""
+
+    list_display = ["user", "created_at", "expires_at"]
+    search_fields = ["user__username"]
+    fields = ["user", "created_at", "expires_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
 
 class PolicyAdmin(admin.ModelAdmin):

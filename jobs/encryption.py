@@ -9,7 +9,7 @@ from typing import Any
 
 from django.db import transaction
 
-from jobs.models import Job, KindSettings
+from jobs.models import Job, KindSettings, WebhookSecret
 from jobsite.crypto import decrypt, encrypt, rotate
 
 SEALED = "$fernet"
@@ -82,3 +82,13 @@ def jobs_rotate_keys() -> int:
                     changed.append(job)
             Job.objects.bulk_update(changed, ["input", "result"])
         rewritten += len(changed)
+
+
+@transaction.atomic
+def webhook_secrets_rotate_keys() -> int:
+    """Re-encrypt every stored webhook signing secret under the newest key; returns how many."""
+    secrets = list(WebhookSecret.objects.select_for_update().only("pk", "secret_encrypted"))
+    for secret in secrets:
+        secret.secret_encrypted = rotate(secret.secret_encrypted)
+    WebhookSecret.objects.bulk_update(secrets, ["secret_encrypted"])
+    return len(secrets)

@@ -212,3 +212,19 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} ({self.status})"
+
+
+class WebhookSecret(models.Model):
+    """A user's webhook signing secret (`whsec_...`), encrypted at rest; a rotated one signs until expires_at."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_secrets")
+    secret_encrypted = models.TextField(help_text="Fernet token (jobsite.crypto) of the whsec_ value.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Set on rotation; empty: the current one.")
+
+    class Meta:
+        ordering = ["user", "-created_at"]
+        indexes = [models.Index(fields=["user", "expires_at"], name="webhook_secret_user_expires")]
+
+    def __str__(self) -> str:
+        return f"webhook secret of {self.user_id} ({'current' if self.expires_at is None else 'rotated'})"

@@ -1,9 +1,11 @@
 """RQ queues Jobsite uses, and enqueueing that never loses a job: the database row comes first."""
 
 import logging
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import django_rq
+from django.conf import settings
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
@@ -61,7 +63,38 @@ def enqueue_job_or_defer(job_id: UUID, *, time_limit: int, trace_context: dict[s
         logger.warning("enqueue failed; the reconciler will enqueue job %s", job_id, exc_info=True)
 
 
-def is_pending_in_rq(job_id: UUID) -> bool:
+def callback_rq_id(job_id: UUID | str, n: int) -> str:
+    """RQ's id for delivery attempt n of a job's webhook: one per attempt, so a retry never reuses a record."""
+    return f"callback-{job_id}-{n}"
+
+
+def enqueue_callback(job_id: UUID | str, *, n: int, retries_left: int, delay: float = 0.0) -> None:
+    """Put delivery attempt n on the callbacks queue, now or after `delay` seconds (RQ's scheduler)."""
+    queue = get_queue(CALLBACKS_QUEUE)
+    args = ("jobs.tasks.deliver_callback", str(job_id), n, retries_left)
+    options = {
+        "job_id": callback_rq_id(job_id, n),
+        "job_timeout": int(settings.CALLBACK_CONNECT_TIMEOUT + settings.CALLBACK_TOTAL_TIMEOUT) + 5,
+        "result_ttl": RESULT_TTL,
+        "failure_ttl": RESULT_TTL,
+    }
+    if delay > 0:
+        # RQ's scheduled registry keeps whole seconds, rounded down: round up so no retry comes early.
+        due = datetime.now(UTC) + timedelta(seconds=delay)
+        queue.enqueue_at(due.replace(microsecond=0) + timedelta(seconds=1 if due.microsecond else 0), *args, **options)
+    else:
+        queue.enqueue(*args, **options)
+
+
+def enqueue_callback_or_defer(job_id: UUID, *, n: int, retries_left: int) -> None:
+    """After commit: enqueue the first delivery, or leave it pending in the database for the reconciler."""
+    try:
+        enqueue_callback(job_id, n=n, retries_left=retries_left)
+    except RedisError:
+        logger.warning("enqueue failed; the reconciler will deliver the webhook of job %s", job_id, exc_info=True)
+
+
+def is_pending_in_rq(job_id: UUID | str) -> bool:
     """Whether RQ still holds this job and will (or does) run it."""
     try:
         rq_job = RQJob.fetch(str(job_id), connection=get_queue(JOBS_QUEUE).connection)

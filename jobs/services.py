@@ -16,22 +16,34 @@ from rq import Retry
 from rq.timeouts import JobTimeoutException
 
 from accounts.models import User
-from jobs import metrics, queues
+from jobs import metrics, queues, ssrf
 from jobs.billing import job_charge, job_refund_if_due
 from jobs.cache import cache_get, cache_set
 from jobs.circuit import CircuitState, circuit_acquire, circuit_record
 from jobs.concurrency import concurrency_admit
 from jobs.encryption import open_input, seal_input, seal_result
 from jobs.kinds import KINDS, KindError, RunContext
-from jobs.models import FINAL_STATUSES, EndpointPolicy, Job, JobMode, JobStatus
+from jobs.models import FINAL_STATUSES, CallbackStatus, EndpointPolicy, Job, JobMode, JobStatus
 from jobs.policies import get_kind_settings
 from jobs.retries import retry_delay
 from jobs.selectors import job_get
-from jobsite.errors import CircuitOpen, JobFailed, NotCancellable, NotFound, QueueFull, ServiceUnavailable
+from jobsite.errors import (
+    CallbackUrlForbidden,
+    CircuitOpen,
+    JobFailed,
+    NotCancellable,
+    NotFound,
+    QueueFull,
+    ServiceUnavailable,
+)
 from jobsite.tracing import get_tracer, inject_context
 
 logger = logging.getLogger(__name__)
 tracer = get_tracer()
+
+
+def _initial_callback_status(callback_url: str) -> str:
+    return CallbackStatus.PENDING if callback_url else CallbackStatus.NONE
 
 
 def _elapsed_ms(start: datetime, end: datetime) -> int:
@@ -48,6 +60,11 @@ def job_submit(
     callback_url: str = "",
 ) -> Job:
     """Accept a validated job: answer it from the cache, run it now (sync) or record and queue it (async)."""
+    if callback_url:
+        try:
+            ssrf.check_url(callback_url, allow_unresolved=True)
+        except ssrf.UrlForbidden as exc:
+            raise CallbackUrlForbidden(exc.reason) from None
     kind_settings = get_kind_settings(kind_name)
     if circuit_acquire(kind_settings, take_trial=False) == CircuitState.OPEN:
         raise CircuitOpen(
@@ -82,6 +99,7 @@ def _job_record_cached(
             owner=user, endpoint=policy.name, kind=kind_name, mode=mode, status=JobStatus.SUCCEEDED,
             input=seal_input(get_kind_settings(kind_name), params), result=result, cost=0, cached=True,
             started_at=now, finished_at=now, queue_wait_ms=0, run_ms=0, callback_url=callback_url,
+            callback_status=_initial_callback_status(callback_url), trace_context=inject_context(),
         )  # fmt: skip
         _job_on_final(job)
     metrics.JOBS_SUBMITTED.labels(kind=kind_name, mode=mode).inc()
@@ -144,6 +162,7 @@ def _job_enqueue(
             cost=kind_settings.cost,
             callback_url=callback_url,
             trace_context=inject_context(),
+            callback_status=_initial_callback_status(callback_url),
         )
         span.set_attribute("job.id", str(job.id))
         job_charge(job)
@@ -210,6 +229,9 @@ def _job_on_final(job: Job) -> None:
     metrics.JOBS_FINISHED.labels(kind=job.kind, mode=job.mode, outcome=job.status).inc()
     if job.run_ms is not None:
         metrics.JOB_RUN_TIME.labels(kind=job.kind).observe(job.run_ms / 1000)
+    if job.callback_status == CallbackStatus.PENDING:
+        retries = get_kind_settings(job.kind).callback_retries
+        transaction.on_commit(partial(queues.enqueue_callback_or_defer, job.pk, n=1, retries_left=retries))
 
 
 def _job_retry_later(job: Job, *, code: str, message: str) -> bool:

@@ -5,6 +5,7 @@ from rq import Retry, get_current_job
 
 from jobs.idempotency import idempotency_purge_expired
 from jobs.services import job_execute, jobs_reconcile
+from jobs.webhooks import callback_deliver, callbacks_reconcile
 from jobsite.logs import bind_context, clear_context
 from jobsite.tracing import TRACE_META_KEY, extract_context
 
@@ -21,5 +22,9 @@ def execute_job(job_id: str) -> Retry | None:
         context.detach(token)
 
 
+def deliver_callback(job_id: str, n: int, retries_left: int) -> str:
+    return callback_deliver(job_id=job_id, n=n, retries_left=retries_left)
+
+
 def reconcile() -> dict[str, int]:
-    return {**jobs_reconcile(), "idempotency_keys_purged": idempotency_purge_expired()}
+    return {**jobs_reconcile(), **callbacks_reconcile(), "idempotency_keys_purged": idempotency_purge_expired()}

@@ -9,4 +9,5 @@ urlpatterns = [
     path("jobs/export/", views.JobExportView.as_view(), name="jobs-export"),
     path("jobs/<uuid:job_id>/", views.JobDetailView.as_view(), name="jobs-detail"),
     path("jobs/<uuid:job_id>/cancel/", views.JobCancelView.as_view(), name="jobs-cancel"),
+    path("me/webhook-secret/", views.WebhookSecretView.as_view(), name="me-webhook-secret"),
 ]

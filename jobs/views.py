@@ -17,7 +17,9 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
+from accounts.permissions import AccountAccess
 from jobs.idempotency import idempotent_response
 from jobs.models import Job, JobMode
 from jobs.selectors import job_get, job_list
@@ -26,8 +28,10 @@ from jobs.serializers import (
     JobListQuerySerializer,
     JobRequestSerializer,
     JobSerializer,
+    WebhookSecretSerializer,
 )
 from jobs.services import job_cancel, job_submit
+from jobs.webhooks import webhook_secret_rotate
 from jobsite.api import EndpointView
 from jobsite.errors import NotFound
 
@@ -210,3 +214,19 @@ class JobExportView(EndpointView):
             response = StreamingHttpResponse(_export_jsonl(rows), content_type="application/x-ndjson")
             response["Content-Disposition"] = 'attachment; filename="jobs.jsonl"'
         return response
+
+
+class WebhookSecretView(APIView):
+    """An account endpoint like /me: any valid key, with the `account:write` scope."""
+
+    permission_classes = [AccountAccess]
+
+    @extend_schema(
+        operation_id="me_webhook_secret",
+        summary="Create or rotate the webhook signing secret; the old one keeps signing for 24 h",
+        request=None,
+        responses={201: WebhookSecretSerializer, 401: PROBLEM, 403: PROBLEM},
+    )
+    def post(self, request: Request) -> Response:
+        secret = webhook_secret_rotate(user=request.user)
+        return Response(WebhookSecretSerializer({"secret": secret}).data, status=status.HTTP_201_CREATED)

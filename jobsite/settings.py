@@ -164,6 +164,22 @@ FETCH_CONNECT_TIMEOUT = env_float("FETCH_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 FETCH_READ_TIMEOUT = env_float("FETCH_READ_TIMEOUT", 10.0, minimum=0.1)
 FETCH_MAX_BYTES = env_int("FETCH_MAX_BYTES", 10 * 1024 * 1024, minimum=1)
 
+# Webhook deliveries (the `callbacks` queue): bounds on one attempt and on the retries that follow.
+CALLBACK_CONNECT_TIMEOUT = env_float("CALLBACK_CONNECT_TIMEOUT", 5.0, minimum=0.1)
+CALLBACK_READ_TIMEOUT = env_float("CALLBACK_READ_TIMEOUT", 10.0, minimum=0.1)
+CALLBACK_TOTAL_TIMEOUT = env_float("CALLBACK_TOTAL_TIMEOUT", 30.0, minimum=0.1)
+"""Seconds one attempt may take in all, however slowly the receiver drips its answer."""
+CALLBACK_MAX_RESPONSE_BYTES = env_int("CALLBACK_MAX_RESPONSE_BYTES", 64 * 1024, minimum=0)
+"""Bytes of a receiver's answer that are read; the rest is never downloaded."""
+CALLBACK_RETRY_AFTER_MAX = env_int("CALLBACK_RETRY_AFTER_MAX", 3600, minimum=0)
+"""Longest receiver-requested Retry-After honoured, in seconds."""
+CALLBACK_BACKOFF_MAX = env_float("CALLBACK_BACKOFF_MAX", 3600.0, minimum=0.0)
+"""Longest wait between two attempts from the exponential backoff, in seconds."""
+CALLBACK_RECONCILE_GRACE = env_int("CALLBACK_RECONCILE_GRACE", 120, minimum=0)
+"""Seconds a pending delivery may show no progress before the reconciler enqueues it again."""
+WEBHOOK_SECRET_ROTATION_WINDOW = env_int("WEBHOOK_SECRET_ROTATION_WINDOW", 24 * 3600, minimum=0)
+"""Seconds a rotated-out signing secret keeps signing next to the new one."""
+
 POLICY_CHECK_INTERVAL = env_float("POLICY_CHECK_INTERVAL", 0.5, minimum=0.0)
 """Seconds a process trusts its cached policies before it re-checks the version in Redis."""
 

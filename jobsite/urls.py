@@ -3,6 +3,7 @@ from django.urls import include, path
 from django_rq.urls import get_admin_urlpatterns, get_api_urlpatterns
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from jobs import compat
 from jobs.health import healthz
 from jobs.metrics import metrics_view
 
@@ -15,6 +16,10 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("healthz", healthz, name="healthz"),
+    path("sync", compat.CompatSyncView.as_view(), name="compat-sync"),
+    path("async", compat.CompatAsyncView.as_view(), name="compat-async"),
+    path("requests", compat.CompatRequestListView.as_view(), name="compat-requests"),
+    path("requests/<str:request_id>", compat.CompatRequestDetailView.as_view(), name="compat-request"),
     # The RQ dashboard behind the admin site's own check (staff, plus OTP for staff with a device).
     path(
         "admin/rq/",

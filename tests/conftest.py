@@ -185,7 +185,7 @@ def start_worker() -> Iterator[Callable[..., subprocess.Popen]]:
             [sys.executable, "manage.py", "rqworker", *names, "--worker-class", "rq.worker.SimpleWorker",
              "--with-scheduler"],
             cwd=ROOT, env=subprocess_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True,  # its own process group: the scheduler it forks is ended with it
         )  # fmt: skip
         started.append(process)
         return process

@@ -85,6 +85,12 @@ class Case:
     """Needs a TOTP device being enrolled."""
 
 
+def own_compat_request(client: APIClient, ctx: Ctx) -> str:
+    """A compat request the caller owns (anonymous callers share one owner); a refused caller gets ctx.job."""
+    created = client.post("/async", {"data": "hello", "iterations": 10}, format="json")
+    return created.json().get("request_id", str(ctx.job.pk))
+
+
 CASES: dict[tuple[str, str], Case] = {
     ("api/v1/jobs/", "get"): Case(lambda c, x: c.get("/api/v1/jobs/"), 200),
     ("api/v1/jobs/sync/", "post"): Case(lambda c, x: c.post("/api/v1/jobs/sync/", HASH, format="json"), 200),
@@ -95,6 +101,11 @@ CASES: dict[tuple[str, str], Case] = {
     ("api/v1/credits/", "get"): Case(lambda c, x: c.get("/api/v1/credits/"), 200),
     ("api/v1/credits/ledger/", "get"): Case(lambda c, x: c.get("/api/v1/credits/ledger/"), 200),
     ("api/v1/me/", "get"): Case(lambda c, x: c.get("/api/v1/me/"), 200),
+    ("api/v1/me/webhook-secret/", "post"): Case(lambda c, x: c.post("/api/v1/me/webhook-secret/"), 201, write=True),
+    ("sync", "post"): Case(lambda c, x: c.post("/sync", {"data": "hello", "iterations": 10}, format="json"), 200),
+    ("async", "post"): Case(lambda c, x: c.post("/async", {"data": "hello", "iterations": 10}, format="json"), 200),
+    ("requests", "get"): Case(lambda c, x: c.get("/requests"), 200),
+    ("requests/<str:request_id>", "get"): Case(lambda c, x: c.get(f"/requests/{own_compat_request(c, x)}"), 200),
     ("api/v1/me/mfa/totp/", "post"): Case(lambda c, x: c.post("/api/v1/me/mfa/totp/"), 201, write=True),
     ("api/v1/me/mfa/totp/", "delete"): Case(lambda c, x: c.delete("/api/v1/me/mfa/totp/"), 204, write=True, mfa=True),
     ("api/v1/me/mfa/totp/confirm/", "post"): Case(

@@ -19,6 +19,11 @@ from tests.test_credits import kind_settings
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def _local_fetch_targets(settings) -> None:
+    settings.CALLBACK_ALLOW_PRIVATE = True  # the failing upstream is a server on 127.0.0.1
+
+
 def test_half_open_admits_one_trial_and_a_success_closes() -> None:
     breaker = KindSettings(kind="fetch", circuit_threshold=2, circuit_recovery=1, time_limit=30)
     circuit_record(breaker, failed=True)

@@ -8,9 +8,11 @@ from django.core.management import call_command
 from django.db import connection
 from rest_framework.test import APIClient
 
+from accounts.models import User
 from jobs.encryption import MASK
 from jobs.kinds.hash import compute_hash
 from jobs.models import Job
+from jobs.webhooks import webhook_signing_secrets
 from jobsite.crypto import get_fernet
 from tests.conftest import run_worker_burst
 from tests.test_credits import kind_settings
@@ -62,6 +64,7 @@ def test_rotate_keys_keeps_every_row_readable_under_the_new_key_alone(api: APICl
         for i in range(3)
     ]  # fmt: skip
     queued = api.post("/api/v1/jobs/async/", {"kind": "hash", "input": {"data": SECRET}}, format="json").json()["id"]
+    signing_secret = api.post("/api/v1/me/webhook-secret/").json()["secret"]
     old_key, new_key = settings.ENCRYPTION_KEYS[0], Fernet.generate_key().decode()
     settings.ENCRYPTION_KEYS = [new_key, old_key]
     get_fernet.cache_clear()
@@ -73,3 +76,4 @@ def test_rotate_keys_keeps_every_row_readable_under_the_new_key_alone(api: APICl
         assert SECRET not in raw_row(job_id)
     run_worker_burst()
     assert api.get(f"/api/v1/jobs/{queued}/").json()["result"] == compute_hash(SECRET, 1000)
+    assert webhook_signing_secrets(user=User.objects.get(jobs__pk=queued)) == [signing_secret]

@@ -24,12 +24,6 @@ from loadgen.stats import CallbackCounts, Distribution, PhaseResult, Sample, per
 from tests import conftest
 from tests.conftest import ROOT, free_port, run_worker_burst, subprocess_env
 
-WEBHOOKS_PENDING = (
-    "needs the webhooks branch (webhook delivery, /me/webhook-secret/, /sync and /async compat routes): "
-    "strict, so it fails the moment they land and whoever merges removes this marker"
-)
-
-
 # --- statistics -----------------------------------------------------------------------------------
 
 
@@ -221,13 +215,7 @@ def test_transport_errors_are_counted_by_type(tmp_path: Path) -> None:
     assert "error ConnectError" in run.stdout
 
 
-# The three tests below need branches merged after this one; they are strict xfails (not skips): each
-# fails today at its first assertion and will XPASS (= fail the run) once its branch lands, so the marker
-# must then be removed.
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=WEBHOOKS_PENDING)
 @pytest.mark.django_db(transaction=True)
 def test_async_callbacks_are_received_and_verified(
     server_url: str, make_user: Callable[..., User], start_worker: Callable[..., Any], tmp_path: Path
@@ -250,7 +238,6 @@ def test_async_callbacks_are_received_and_verified(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=WEBHOOKS_PENDING)
 @pytest.mark.django_db(transaction=True)
 def test_compat_routes_both_modes_with_callbacks(
     server_url: str, start_worker: Callable[..., Any], tmp_path: Path

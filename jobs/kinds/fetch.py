@@ -8,11 +8,19 @@ from django.conf import settings
 from django.core.validators import URLValidator
 from rest_framework import serializers
 
+from jobs import ssrf
 from jobs.kinds.base import Kind, KindError, RunContext
 
 
 class FetchInput(serializers.Serializer):
     url = serializers.CharField(max_length=2048, validators=[URLValidator(schemes=["http", "https"])])
+
+    def validate_url(self, value: str) -> str:
+        try:
+            ssrf.check_url(value, allow_unresolved=True)
+        except ssrf.UrlForbidden as exc:
+            raise serializers.ValidationError(f"This URL is forbidden: {exc.reason}.") from None
+        return value
 
 
 def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
@@ -22,7 +30,7 @@ def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
     try:
         with (
             httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client,
-            client.stream("GET", params["url"], headers={"User-Agent": "Jobsite-fetch/1"}) as response,
+            ssrf.guarded_stream(client, "GET", params["url"], headers={"User-Agent": "Jobsite-fetch/1"}) as response,
         ):
             for chunk in response.iter_bytes():
                 size += len(chunk)
@@ -31,6 +39,10 @@ def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
                         "response_too_large", f"body exceeds {settings.FETCH_MAX_BYTES} bytes", callers_fault=True
                     )
                 digest.update(chunk)
+    except ssrf.UrlForbidden as exc:
+        raise KindError("url_forbidden", exc.reason, callers_fault=True) from None
+    except ssrf.UrlUnresolved as exc:
+        raise KindError("upstream_unreachable", str(exc), transient=True) from None
     except httpx.HTTPError as exc:
         raise KindError("upstream_unreachable", f"{type(exc).__name__}: {exc}", transient=True) from None
     if response.status_code >= 500:

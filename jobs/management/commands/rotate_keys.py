@@ -2,11 +2,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from jobs.encryption import jobs_rotate_keys
+from jobs.encryption import jobs_rotate_keys, webhook_secrets_rotate_keys
 
 
 class Command(BaseCommand):
-    help = "Re-encrypt every encrypted job field under the newest key of ENCRYPTION_KEYS."
+    help = "Re-encrypt every encrypted job field and webhook secret under the newest key of ENCRYPTION_KEYS."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        self.stdout.write(f"re-encrypted {jobs_rotate_keys()} job(s)")
+        self.stdout.write(
+            f"re-encrypted {jobs_rotate_keys()} job(s), {webhook_secrets_rotate_keys()} webhook secret(s)"
+        )

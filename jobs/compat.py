@@ -1,0 +1,239 @@
+"""The original sync/async backend's API (`/sync`, `/async`, `/requests`), on the same services and records.
+
+Each route runs under its own endpoint policy (`compat.*`); its `hash` jobs are ordinary Job rows.
+Anonymous callers (the compat policies allow them by default) own their jobs through one service user.
+Validation errors answer 422, as the original's did.
+"""
+
+from typing import Any
+from uuid import UUID
+
+from django.contrib.auth.hashers import make_password
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.models import User
+from jobs.kinds.hash import HashInput
+from jobs.models import Job, JobMode, JobStatus
+from jobs.selectors import job_get, job_list
+from jobs.services import job_submit
+from jobsite.api import EndpointView
+from jobsite.errors import NotFound
+
+COMPAT_SYNC = "compat.sync"
+COMPAT_ASYNC = "compat.async"
+COMPAT_READ = "compat.read"
+
+COMPAT_KIND = "hash"
+"""The only work the original backend did."""
+
+ANONYMOUS_USERNAME = "compat-anonymous"
+"""The service user that owns jobs submitted anonymously through the compatible routes."""
+
+REQUESTS_DEFAULT_LIMIT = 100
+REQUESTS_MAX_LIMIT = 1000
+"""Page size bounds of GET /requests."""
+
+STATUS_NAMES = {
+    JobStatus.QUEUED: "pending",
+    JobStatus.RUNNING: "processing",
+    JobStatus.SUCCEEDED: "success",
+    JobStatus.FAILED: "error",
+    JobStatus.CANCELED: "canceled",
+}
+"""Job status as the original backend named it."""
+
+
+def compat_owner(user: Any) -> User:
+    """The user a compatible-route job belongs to: the caller, or the anonymous service user."""
+    if user is not None and user.is_authenticated:
+        return user
+    owner, _ = User.objects.get_or_create(username=ANONYMOUS_USERNAME, defaults={"password": make_password(None)})
+    return owner
+
+
+class CompatSyncInput(HashInput):
+    pass
+
+
+class CompatAsyncInput(HashInput):
+    callback_url = serializers.CharField(max_length=2048, required=False, allow_blank=True)
+
+
+class CompatQuery(serializers.Serializer):
+    mode = serializers.ChoiceField(choices=JobMode.choices, required=False)
+    limit = serializers.IntegerField(min_value=1, max_value=REQUESTS_MAX_LIMIT, default=REQUESTS_DEFAULT_LIMIT)
+    offset = serializers.IntegerField(min_value=0, default=0)
+
+
+def _compat_result(job: Job) -> dict[str, Any] | None:
+    if job.status != JobStatus.SUCCEEDED or job.result is None:
+        return None
+    return {"request_id": str(job.id), **job.result, "processing_time_ms": job.run_ms}
+
+
+class CompatResultSerializer(serializers.Serializer):
+    request_id = serializers.UUIDField()
+    input_hash = serializers.CharField()
+    output_hash = serializers.CharField()
+    iterations = serializers.IntegerField()
+    processing_time_ms = serializers.IntegerField(allow_null=True)
+
+
+class CompatSyncResponse(serializers.Serializer):
+    status = serializers.CharField()
+    result = CompatResultSerializer()
+
+
+class CompatAsyncResponse(serializers.Serializer):
+    status = serializers.CharField()
+    request_id = serializers.UUIDField()
+    message = serializers.CharField()
+
+
+class CompatRequestSerializer(serializers.Serializer):
+    """One request record, as GET /requests lists it."""
+
+    request_id = serializers.UUIDField(source="id")
+    mode = serializers.CharField()
+    status = serializers.SerializerMethodField()
+    data = serializers.SerializerMethodField()
+    iterations = serializers.SerializerMethodField()
+    callback_url = serializers.CharField()
+    result = serializers.SerializerMethodField()
+    error = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    completed_at = serializers.DateTimeField(source="finished_at")
+    processing_time_ms = serializers.IntegerField(source="run_ms")
+
+    def get_status(self, job: Job) -> str:
+        return STATUS_NAMES[job.status]
+
+    def get_data(self, job: Job) -> str | None:
+        return job.input.get("data")
+
+    def get_iterations(self, job: Job) -> int | None:
+        return job.input.get("iterations")
+
+    def get_result(self, job: Job) -> dict[str, Any] | None:
+        return _compat_result(job)
+
+    def get_error(self, job: Job) -> str | None:
+        return job.error_message or None
+
+
+class CompatCallbackSerializer(serializers.Serializer):
+    """The body the original backend POSTed to callback_url."""
+
+    request_id = serializers.UUIDField(source="id")
+    status = serializers.SerializerMethodField()
+    result = serializers.SerializerMethodField()
+    error = serializers.SerializerMethodField()
+    timestamp = serializers.DateTimeField(source="finished_at")
+
+    def get_status(self, job: Job) -> str:
+        return "success" if job.status == JobStatus.SUCCEEDED else "error"
+
+    def get_result(self, job: Job) -> dict[str, Any] | None:
+        return _compat_result(job)
+
+    def get_error(self, job: Job) -> str | None:
+        return job.error_message or None
+
+
+class CompatView(EndpointView):
+    """Validation errors are 422 here, as the original backend's were (still problem+json)."""
+
+    def handle_exception(self, exc: Exception) -> Response:
+        response = super().handle_exception(exc)
+        if response.status_code == 400 and response.data.get("code") == "validation_error":
+            response.status_code = response.data["status"] = 422
+        return response
+
+
+class CompatSyncView(CompatView):
+    endpoint = COMPAT_SYNC
+
+    @extend_schema(
+        operation_id="compat_sync",
+        summary="Original API: hash now",
+        request=CompatSyncInput,
+        responses={200: CompatSyncResponse, 422: OpenApiResponse(description="validation error (problem+json)")},
+    )
+    def post(self, request: Request) -> Response:
+        params = CompatSyncInput(data=request.data)
+        params.is_valid(raise_exception=True)
+        job = job_submit(
+            user=compat_owner(request.user),
+            policy=request.policy,
+            kind_name=COMPAT_KIND,
+            params=dict(params.validated_data),
+            mode=JobMode.SYNC,
+        )
+        return Response({"status": "success", "result": _compat_result(job)})
+
+
+class CompatAsyncView(CompatView):
+    endpoint = COMPAT_ASYNC
+
+    @extend_schema(
+        operation_id="compat_async",
+        summary="Original API: queue a hash; the result is POSTed to callback_url (signed)",
+        request=CompatAsyncInput,
+        responses={200: CompatAsyncResponse, 422: OpenApiResponse(description="validation error (problem+json)")},
+    )
+    def post(self, request: Request) -> Response:
+        params = CompatAsyncInput(data=request.data)
+        params.is_valid(raise_exception=True)
+        callback_url = params.validated_data.pop("callback_url", "")
+        job = job_submit(
+            user=compat_owner(request.user),
+            policy=request.policy,
+            kind_name=COMPAT_KIND,
+            params=dict(params.validated_data),
+            mode=JobMode.ASYNC,
+            callback_url=callback_url,
+        )
+        message = "Request accepted for processing" + (
+            f"; the result will be sent to {callback_url}" if callback_url else ""
+        )
+        return Response({"status": "accepted", "request_id": str(job.id), "message": message})
+
+
+class CompatRequestListView(CompatView):
+    endpoint = COMPAT_READ
+
+    @extend_schema(
+        operation_id="compat_requests",
+        summary="Original API: request records, newest first",
+        parameters=[CompatQuery],
+        responses={200: OpenApiResponse(description="{total, requests: [...]}")},
+    )
+    def get(self, request: Request) -> Response:
+        query = CompatQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        jobs = job_list(user=compat_owner(request.user), mode=query.validated_data.get("mode", ""), kind=COMPAT_KIND)
+        offset, limit = query.validated_data["offset"], query.validated_data["limit"]
+        page = jobs[offset : offset + limit]
+        return Response({"total": jobs.count(), "requests": CompatRequestSerializer(page, many=True).data})
+
+
+class CompatRequestDetailView(CompatView):
+    endpoint = COMPAT_READ
+
+    @extend_schema(
+        operation_id="compat_request",
+        summary="Original API: one request record",
+        responses={200: CompatRequestSerializer, 404: OpenApiResponse(description="unknown id (problem+json)")},
+    )
+    def get(self, request: Request, request_id: str) -> Response:
+        try:
+            job_id = UUID(request_id)
+        except ValueError:
+            raise NotFound("No such request.") from None
+        job = job_get(user=compat_owner(request.user), job_id=job_id)
+        if job is None or job.kind != COMPAT_KIND:
+            raise NotFound("No such request.")
+        return Response(CompatRequestSerializer(job).data)

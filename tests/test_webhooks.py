@@ -1,0 +1,260 @@
+"""Webhooks against a real local receiver that verifies signatures with the standardwebhooks verifier."""
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+from rest_framework.test import APIClient
+from standardwebhooks.webhooks import Webhook
+
+from accounts.models import User
+from jobs import ssrf
+from jobs.models import CallbackStatus, Job, KindSettings, WebhookSecret
+from jobs.webhooks import callback_redeliver, callbacks_reconcile
+from jobsite import crypto
+from jobsite.redis import get_redis
+from tests.conftest import respond, run_worker_burst, wait_until
+from tests.webhook_helpers import FakeDNS, drain_callbacks
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("fast_retries"),
+]
+
+HASH = {"kind": "hash", "input": {"data": "hello", "iterations": 10}}
+
+
+@pytest.fixture
+def fast_retries() -> Iterator[None]:
+    KindSettings.objects.update_or_create(kind="hash", defaults={"callback_retries": 3, "callback_backoff": 0.05})
+    with override_settings(CALLBACK_ALLOW_PRIVATE=True, CALLBACK_READ_TIMEOUT=0.5, CALLBACK_CONNECT_TIMEOUT=0.5):
+        yield
+
+
+@pytest.fixture
+def secret(api: APIClient) -> str:
+    response = api.post("/api/v1/me/webhook-secret/")
+    assert response.status_code == 201
+    return response.json()["secret"]
+
+
+def scripted(*answers: Callable[[BaseHTTPRequestHandler], None]) -> Callable[[BaseHTTPRequestHandler], None]:
+    """A receiver that gives the answers in order, then keeps giving the last."""
+    calls = iter(range(10_000))
+
+    def handler(request: BaseHTTPRequestHandler) -> None:
+        answers[min(next(calls), len(answers) - 1)](request)
+
+    return handler
+
+
+def status(code: int, **headers: str) -> Callable[[BaseHTTPRequestHandler], None]:
+    return lambda request: respond(request, code, b"receiver says no" if code >= 300 else b"ok", headers)
+
+
+def submit_and_deliver(api: APIClient, url: str) -> Job:
+    response = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": url}, format="json")
+    assert response.status_code == 202, response.content
+    assert response.json()["callback"] == {"url": url, "status": "pending", "attempts": []}
+    run_worker_burst()
+    drain_callbacks()
+    return Job.objects.get(pk=response.json()["id"])
+
+
+def verified(secret: str, request: dict[str, Any]) -> dict[str, Any]:
+    """The body, if and only if the standardwebhooks verifier accepts the signature."""
+    return Webhook(secret).verify(request["body"], request["headers"])
+
+
+def callback_of(api: APIClient, job: Job) -> dict[str, Any]:
+    return api.get(f"/api/v1/jobs/{job.id}/").json()["callback"]
+
+
+def test_delivered_first_try_signed(api: APIClient, secret: str, http_server) -> None:
+    receiver = http_server(status(200))
+    job = submit_and_deliver(api, receiver.url + "/hook")
+    assert job.callback_status == CallbackStatus.DELIVERED
+    [request] = receiver.requests
+    assert request["method"] == "POST" and request["path"] == "/hook"
+    assert request["headers"]["webhook-id"] == str(job.delivery_id)
+    assert request["headers"]["webhook-signature"].startswith("v1,")
+    body = verified(secret, request)
+    assert body["id"] == str(job.id) and body["status"] == "succeeded" and body["result"]["iterations"] == 10
+    [attempt] = callback_of(api, job)["attempts"]
+    assert attempt["n"] == 1 and attempt["status_code"] == 200 and attempt["error"] == ""
+
+
+def test_cache_hit_async_job_still_delivers_its_webhook(api: APIClient, secret: str, http_server) -> None:
+    KindSettings.objects.filter(kind="hash").update(cache_algorithm="lru")
+    assert api.post("/api/v1/jobs/sync/", HASH, format="json").json()["cached"] is False
+    receiver = http_server(status(200))
+    response = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json")
+    assert response.json()["cached"] is True and response.json()["callback"]["status"] == "pending"
+    drain_callbacks()
+    [request] = receiver.requests
+    assert verified(secret, request)["id"] == response.json()["id"]
+    assert Job.objects.get(pk=response.json()["id"]).callback_status == CallbackStatus.DELIVERED
+
+
+def test_server_error_then_success_is_retried_with_the_same_id(api: APIClient, secret: str, http_server) -> None:
+    receiver = http_server(scripted(status(500), status(200)))
+    job = submit_and_deliver(api, receiver.url)
+    assert job.callback_status == CallbackStatus.DELIVERED
+    assert len(receiver.requests) == 2
+    assert {request["headers"]["webhook-id"] for request in receiver.requests} == {str(job.delivery_id)}
+    assert all(verified(secret, request)["id"] == str(job.id) for request in receiver.requests)
+    attempts = callback_of(api, job)["attempts"]
+    assert [(a["n"], a["status_code"]) for a in attempts] == [(1, 500), (2, 200)]
+    assert attempts[0]["error"].startswith("HTTP 500: receiver says no")
+
+
+def test_gone_stops_retrying(api: APIClient, secret: str, http_server) -> None:
+    receiver = http_server(status(410))
+    job = submit_and_deliver(api, receiver.url)
+    assert job.callback_status == CallbackStatus.FAILED
+    assert len(receiver.requests) == 1
+    assert [a["status_code"] for a in callback_of(api, job)["attempts"]] == [410]
+
+
+@override_settings(CALLBACK_READ_TIMEOUT=0.2)
+def test_timeouts_are_retried_then_fail(api: APIClient, secret: str, http_server) -> None:
+    KindSettings.objects.filter(kind="hash").update(callback_retries=2)
+
+    def slow(request: BaseHTTPRequestHandler) -> None:
+        time.sleep(1.0)
+        respond(request, 200, b"too late")
+
+    receiver = http_server(slow)
+    job = submit_and_deliver(api, receiver.url)
+    assert job.callback_status == CallbackStatus.FAILED
+    attempts = callback_of(api, job)["attempts"]
+    assert [a["n"] for a in attempts] == [1, 2, 3]
+    assert all(a["status_code"] is None and a["error"].startswith("timeout") for a in attempts)
+    assert all(a["duration_ms"] < 1000 for a in attempts)
+
+
+def test_redirect_is_not_followed(api: APIClient, secret: str, http_server) -> None:
+    KindSettings.objects.filter(kind="hash").update(callback_retries=1)
+    receiver = http_server(lambda request: respond(request, 307, headers={"Location": f"{receiver.url}/elsewhere"}))
+    job = submit_and_deliver(api, receiver.url + "/hook")
+    assert job.callback_status == CallbackStatus.FAILED
+    assert [request["path"] for request in receiver.requests] == ["/hook", "/hook"]
+    attempts = callback_of(api, job)["attempts"]
+    assert [a["status_code"] for a in attempts] == [307, 307]
+    assert "redirect not followed" in attempts[0]["error"]
+
+
+@override_settings(CALLBACK_MAX_RESPONSE_BYTES=1024)
+def test_endless_body_is_cut_off(api: APIClient, secret: str, http_server) -> None:
+    written = {"bytes": 0, "done": False}
+
+    def endless(request: BaseHTTPRequestHandler) -> None:
+        request.send_response(200)
+        request.send_header("Content-Type", "application/octet-stream")
+        request.end_headers()
+        chunk = b"x" * 65536
+        try:
+            while written["bytes"] < 2**31:
+                request.wfile.write(chunk)
+                written["bytes"] += len(chunk)
+        except OSError:
+            written["done"] = True
+        request.close_connection = True
+
+    receiver = http_server(endless)
+    started = time.monotonic()
+    job = submit_and_deliver(api, receiver.url)
+    assert time.monotonic() - started < 10
+    assert job.callback_status == CallbackStatus.DELIVERED
+    wait_until(lambda: written["done"])  # the sender hung up on the receiver
+    assert written["bytes"] < 64 * 1024 * 1024
+    assert callback_of(api, job)["attempts"][0]["status_code"] == 200
+
+
+def test_retry_after_is_honoured(api: APIClient, secret: str, http_server) -> None:
+    receiver = http_server(scripted(status(503, **{"Retry-After": "2"}), status(200)))
+    seen: list[float] = []
+    original = receiver.handler
+    receiver.handler = lambda request: (seen.append(time.monotonic()), original(request))
+    job = submit_and_deliver(api, receiver.url)
+    assert job.callback_status == CallbackStatus.DELIVERED
+    assert seen[1] - seen[0] >= 1.5  # the backoff alone (0.05 s base) would have retried at once
+
+
+def test_rotation_signs_with_both_secrets_for_the_window(api: APIClient, user: User, http_server) -> None:
+    old = api.post("/api/v1/me/webhook-secret/").json()["secret"]
+    new = api.post("/api/v1/me/webhook-secret/").json()["secret"]
+    assert old != new and new.startswith("whsec_")
+    receiver = http_server(status(200))
+    submit_and_deliver(api, receiver.url)
+    request = receiver.requests[-1]
+    assert len(request["headers"]["webhook-signature"].split(" ")) == 2
+    assert verified(old, request) == verified(new, request)
+
+    WebhookSecret.objects.filter(user=user, expires_at__isnull=False).update(expires_at=timezone.now())
+    submit_and_deliver(api, receiver.url)
+    request = receiver.requests[-1]
+    assert len(request["headers"]["webhook-signature"].split(" ")) == 1
+    verified(new, request)
+    with pytest.raises(Exception, match="No matching signature"):
+        verified(old, request)
+
+
+def test_secret_endpoint_needs_a_user_and_stores_the_secret_encrypted(api: APIClient, user: User) -> None:
+    assert APIClient().post("/api/v1/me/webhook-secret/").status_code in (401, 403)
+    secret = api.post("/api/v1/me/webhook-secret/").json()["secret"]
+    row = WebhookSecret.objects.get(user=user)
+    assert secret not in row.secret_encrypted and "whsec_" not in row.secret_encrypted
+    assert crypto.decrypt(row.secret_encrypted) == secret
+
+
+def test_user_without_secret_gets_one_at_first_delivery(api: APIClient, user: User, http_server) -> None:
+    receiver = http_server(status(200))
+    job = submit_and_deliver(api, receiver.url)
+    assert job.callback_status == CallbackStatus.DELIVERED
+    [row] = WebhookSecret.objects.filter(user=user)
+    verified(crypto.decrypt(row.secret_encrypted), receiver.requests[0])
+
+
+def test_delivery_connects_to_the_address_it_checked(api: APIClient, secret: str, http_server, monkeypatch) -> None:
+    """DNS rebinding: later answers point elsewhere (127.0.0.2, where nothing listens); the pinned address wins."""
+    receiver = http_server(status(200))
+    port = receiver.server.server_address[1]
+    answers = iter([["127.0.0.1"], ["127.0.0.1"]])
+    dns = FakeDNS({"hooks.test": lambda: next(answers, ["127.0.0.2"])})
+    monkeypatch.setattr(ssrf, "resolver", dns)
+    job = submit_and_deliver(api, f"http://hooks.test:{port}/in")
+    assert job.callback_status == CallbackStatus.DELIVERED
+    assert dns.questions == ["hooks.test", "hooks.test"]  # submission, then the one delivery
+    [request] = receiver.requests
+    assert request["headers"]["Host"] == f"hooks.test:{port}"
+    verified(secret, request)
+
+
+def test_redeliver_and_reconciler_rescue(api: APIClient, secret: str, http_server) -> None:
+    receiver = http_server(status(200))
+    response = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json")
+    job_id = response.json()["id"]
+    run_worker_burst()
+    get_redis().flushdb()  # the delivery's RQ job is lost with Redis
+    assert Job.objects.get(pk=job_id).callback_status == CallbackStatus.PENDING
+    assert callbacks_reconcile() == {"callbacks_requeued": 0}  # within the grace period
+    later = timezone.now() + timedelta(hours=1)
+    assert callbacks_reconcile(now=later) == {"callbacks_requeued": 1}
+    assert callbacks_reconcile(now=later) == {"callbacks_requeued": 0}  # already on its way
+    drain_callbacks()
+    assert Job.objects.get(pk=job_id).callback_status == CallbackStatus.DELIVERED
+
+    assert callback_redeliver(job_id=job_id)
+    drain_callbacks()
+    job = Job.objects.get(pk=job_id)
+    assert job.callback_status == CallbackStatus.DELIVERED
+    assert [a["n"] for a in callback_of(api, job)["attempts"]] == [1, 2]
+    assert len(receiver.requests) == 2
+    assert json.loads(receiver.requests[0]["body"])["id"] == job_id
