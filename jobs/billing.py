@@ -1,12 +1,14 @@
 """What a job costs: charged on acceptance, refunded in full when it ends for a reason not the caller's."""
 
 from credits.services import credit_charge, credit_refund
+from jobs import metrics
 from jobs.models import Job, JobStatus
 
 
 def job_charge(job: Job) -> None:
     """Charge the job's cost once (posting key per job); InsufficientCredits rolls back the acceptance."""
-    credit_charge(user_id=job.owner_id, amount=job.cost, job_id=job.id, reason=f"{job.kind} job")
+    if credit_charge(user_id=job.owner_id, amount=job.cost, job_id=job.id, reason=f"{job.kind} job"):
+        metrics.CREDITS.labels(type="charged").inc(job.cost)
 
 
 def refund_due(job: Job) -> bool:
@@ -20,5 +22,9 @@ def refund_due(job: Job) -> bool:
 
 
 def job_refund_if_due(job: Job) -> None:
-    if refund_due(job):
-        credit_refund(job_id=job.id, reason=f"job {job.status}" + (f": {job.error_code}" if job.error_code else ""))
+    if not refund_due(job):
+        return
+    reason = f"job {job.status}" + (f": {job.error_code}" if job.error_code else "")
+    refund = credit_refund(job_id=job.id, reason=reason)
+    if refund is not None:
+        metrics.CREDITS.labels(type="refunded").inc(refund.amount)

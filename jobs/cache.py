@@ -18,12 +18,10 @@ import json
 from typing import Any
 
 from django.conf import settings
-from prometheus_client import Counter
 
+from jobs import metrics
 from jobs.models import CacheAlgorithm, KindSettings
 from jobsite.redis import get_redis, redis_key
-
-CACHE_LOOKUPS = Counter("jobsite_result_cache_lookups_total", "Result cache lookups.", ["kind", "outcome"])
 
 _PURGE_EXPIRED = """
 local now = redis.call('TIME')
@@ -110,7 +108,7 @@ def cache_get(kind_settings: KindSettings, params: dict[str, Any]) -> Any | None
         return None
     kind, algorithm = kind_settings.kind, kind_settings.cache_algorithm
     raw = get_redis().register_script(_GET)(keys=_keys(kind, algorithm), args=[cache_field(kind, params), algorithm])
-    CACHE_LOOKUPS.labels(kind=kind, outcome="miss" if raw is None else "hit").inc()
+    metrics.CACHE_LOOKUPS.labels(kind=kind, result="miss" if raw is None else "hit").inc()
     return None if raw is None else json.loads(raw)
 
 

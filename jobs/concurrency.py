@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import connection
 
 from accounts.models import User
+from jobs import metrics
 from jobs.models import EndpointPolicy, Job, JobStatus
 from jobsite.errors import RateLimited
 
@@ -33,6 +34,7 @@ def _lock_endpoint(name: str) -> None:
 
 
 def _refuse(cap: str, limit: int, active: int, policy: EndpointPolicy) -> RateLimited:
+    metrics.RATE_LIMIT_REJECTIONS.labels(endpoint=policy.name, algorithm=cap).inc()
     return RateLimited(
         f"Concurrency cap reached: {active} of {limit} jobs queued or running ({cap} of {policy.name}).",
         headers={"Retry-After": str(settings.CONCURRENCY_CAP_RETRY_AFTER)},

@@ -16,6 +16,9 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from jobs import queues
+from jobs.circuit import CircuitState, circuit_acquire, circuit_applies
+from jobs.kinds import KINDS
+from jobs.policies import get_kind_settings
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 """Seconds; jobs range from sub-millisecond hashes to fetches bounded by their time limit."""
@@ -41,17 +44,30 @@ CREDITS = Counter("jobsite_credits_total", "Credits moved by job charges and ref
 CACHE_LOOKUPS = Counter("jobsite_cache_lookups_total", "Result cache lookups, by kind and result.", ["kind", "result"])
 
 
+CIRCUIT_STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN)
+
+
 class RedisStateCollector(Collector):
-    """Live state read at scrape time: queue depths (and circuit states, when a breaker is configured)."""
+    """Live state read at scrape time: queue depths and the circuit state of every kind with a breaker."""
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("jobsite_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"])
+        circuit = GaugeMetricFamily(
+            "jobsite_circuit_state", "1 for the state each kind's circuit breaker is in.", labels=["kind", "state"]
+        )
         try:
             for name in queues.ALL_QUEUES:
                 depth.add_metric([name], queues.queue_depth(name))
+            for kind_name in KINDS:
+                kind_settings = get_kind_settings(kind_name)
+                if circuit_applies(kind_settings):
+                    current = circuit_acquire(kind_settings, take_trial=False)  # read-only without take_trial
+                    for state in CIRCUIT_STATES:
+                        circuit.add_metric([kind_name, state.value], float(state == current))
         except RedisError:
             return
         yield depth
+        yield circuit
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

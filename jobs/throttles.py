@@ -8,6 +8,7 @@ from redis.exceptions import RedisError
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from jobs import metrics
 from jobs.models import EndpointPolicy, RateLimitAlgorithm, RateLimitKey
 from jobs.ratelimit import RateLimitDecision, rate_limit_hit, rate_limit_state_key
 from jobsite.client_ip import client_ip
@@ -62,6 +63,7 @@ class PolicyRateThrottle(BaseThrottle):
         request.rate_limit_headers = rate_limit_headers(policy, decision)
         if not decision.allowed:
             wait = decision.retry_after_seconds
+            metrics.RATE_LIMIT_REJECTIONS.labels(endpoint=policy.name, algorithm=policy.rate_limit_algorithm).inc()
             raise RateLimited(
                 f"Rate limit of {policy.name} exceeded: {decision.quota} per {decision.window} s "
                 f"({policy.rate_limit_algorithm}, per {policy.rate_limit_key}); retry in {wait} s.",

@@ -24,14 +24,16 @@ from rest_framework.renderers import JSONRenderer
 from standardwebhooks.webhooks import Webhook
 
 from accounts.models import User
-from jobs import queues, ssrf
+from jobs import metrics, queues, ssrf
 from jobs.compat import COMPAT_ASYNC, CompatCallbackSerializer
 from jobs.models import FINAL_STATUSES, CallbackAttempt, CallbackStatus, Job, WebhookSecret
 from jobs.policies import get_kind_settings
 from jobs.serializers import JobSerializer
 from jobsite import crypto
+from jobsite.tracing import extract_context, get_tracer
 
 logger = logging.getLogger(__name__)
+tracer = get_tracer()
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
@@ -186,11 +188,23 @@ def callback_deliver(*, job_id: UUID | str, n: int, retries_left: int) -> str:
     except IntegrityError:
         return "skipped"  # another worker claimed this attempt
     started = time.perf_counter()
-    outcome = _send(job, body)
+    attributes = {"job.id": str(job.pk), "webhook.attempt": n, "webhook.id": str(job.delivery_id)}
+    # A child of the job's submission: every attempt lands in the job's one trace.
+    with tracer.start_as_current_span("webhook.deliver", context=extract_context(job.trace_context)) as span:
+        span.set_attributes(attributes)
+        outcome = _send(job, body)
+        span.set_attribute("http.response.status_code", outcome.status_code or 0)
     attempt.status_code = outcome.status_code
     attempt.error = outcome.error[:255]
     attempt.duration_ms = int((time.perf_counter() - started) * 1000)
     attempt.save(update_fields=["status_code", "error", "duration_ms"])
+    result = _callback_next(job, n=n, retries_left=retries_left, outcome=outcome)
+    metrics.WEBHOOK_DELIVERIES.labels(outcome=result, attempt=str(n)).inc()
+    return result
+
+
+def _callback_next(job: Job, *, n: int, retries_left: int, outcome: _Outcome) -> str:
+    """After an attempt: settle the delivery, or schedule the next attempt."""
     if outcome.delivered:
         _callback_settle(job.pk, CallbackStatus.DELIVERED)
         return "delivered"

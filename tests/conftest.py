@@ -1,11 +1,14 @@
 """Shared fixtures: real Redis, real database, real processes (gunicorn, rqworker), real HTTP servers."""
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -111,14 +114,20 @@ def _test_database_url() -> str:
     return f"postgres://{user}@{settings.get('HOST') or '127.0.0.1'}:{settings.get('PORT') or 5432}/{settings['NAME']}"
 
 
+METRICS_DIR = tempfile.mkdtemp(prefix="jobsite-test-metrics-")
+"""PROMETHEUS_MULTIPROC_DIR shared by this session's server and worker processes, as in production."""
+atexit.register(shutil.rmtree, METRICS_DIR, ignore_errors=True)
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """Environment for a child process that shares this test session's database and Redis."""
+    """Environment for a child process that shares this test session's database, Redis and metrics."""
     env = dict(os.environ)
     env.update(
         DATABASE_URL=_test_database_url(),
         DJANGO_SETTINGS_MODULE="jobsite.settings",
         CALLBACK_ALLOW_PRIVATE="true",
         POLICY_CHECK_INTERVAL="0.2",
+        PROMETHEUS_MULTIPROC_DIR=METRICS_DIR,
     )
     env.update(extra)
     return env

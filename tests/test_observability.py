@@ -4,16 +4,35 @@ import io
 import json
 import logging
 import logging.config
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 
+import httpx
 import pytest
+from django.test import override_settings
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
+from accounts.models import User
+from jobs.models import EndpointPolicy, Job, JobStatus, KindSettings
 from jobsite.logs import REDACTED, get_logger, logging_config
-from tests.conftest import run_worker_burst
+from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst, wait_until
+from tests.webhook_helpers import drain_callbacks
+
+
+def scripted_statuses(*codes: int) -> Callable[[BaseHTTPRequestHandler], None]:
+    """A receiver answering the given statuses in turn, then the last one again."""
+    answers = iter(codes)
+
+    def handler(request: BaseHTTPRequestHandler) -> None:
+        respond(request, next(answers, codes[-1]))
+
+    return handler
+
 
 HASH = {"kind": "hash", "input": {"data": "trace me", "iterations": 10}}
 
@@ -28,16 +47,29 @@ def spans():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_one_trace_per_job_from_request_through_worker(api: APIClient, spans: InMemorySpanExporter) -> None:
-    job_id = api.post("/api/v1/jobs/async/", HASH, format="json").json()["id"]
+@override_settings(CALLBACK_ALLOW_PRIVATE=True)
+def test_one_trace_per_job_from_request_through_worker_and_webhooks(
+    api: APIClient, spans: InMemorySpanExporter, http_server: Callable[..., LocalHTTPServer]
+) -> None:
+    KindSettings.objects.update_or_create(kind="hash", defaults={"callback_retries": 1, "callback_backoff": 0.05})
+    receiver = http_server(scripted_statuses(500, 200))
+    job_id = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json").json()["id"]
     run_worker_burst()
-    finished = {span.name: span for span in spans.get_finished_spans()}
-    request = next(span for name, span in finished.items() if "jobs/async" in name)
-    enqueue, run = finished["job.enqueue"], finished["job.run"]
-    assert {request.context.trace_id, enqueue.context.trace_id, run.context.trace_id} == {request.context.trace_id}
+    drain_callbacks()
+    finished = spans.get_finished_spans()
+    by_name = {span.name: span for span in finished}
+    request = next(span for span in finished if "jobs/async" in span.name)
+    enqueue, run = by_name["job.enqueue"], by_name["job.run"]
+    deliveries = sorted(
+        (s for s in finished if s.name == "webhook.deliver"), key=lambda s: s.attributes["webhook.attempt"]
+    )
+    trace_id = request.context.trace_id
+    assert {span.context.trace_id for span in (enqueue, run, *deliveries)} == {trace_id}
     assert enqueue.parent.span_id == request.context.span_id
     assert run.parent.span_id == enqueue.context.span_id  # crossed into the worker through the RQ job's meta
     assert run.attributes["job.id"] == job_id
+    assert [d.attributes["http.response.status_code"] for d in deliveries] == [500, 200]  # every attempt
+    assert {d.parent.span_id for d in deliveries} == {enqueue.context.span_id}
 
 
 def _metric_value(text: str, name: str, labels: dict[str, str]) -> float:
@@ -63,6 +95,66 @@ def test_metrics_move_as_jobs_run(api: APIClient) -> None:
     )
     assert _metric_value(after, "jobsite_job_run_seconds_count", {"kind": "hash"}) >= 1
     assert _metric_value(after, "jobsite_queue_depth", {"queue": "jobs"}) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(CALLBACK_ALLOW_PRIVATE=True)
+def test_metrics_of_limits_credits_cache_circuit_and_webhooks(
+    api: APIClient, http_server: Callable[..., LocalHTTPServer]
+) -> None:
+    KindSettings.objects.update_or_create(kind="hash", defaults={"cache_algorithm": "lru", "cost": 3})
+    before = api.get("/metrics").content.decode()
+
+    def moved(name: str, labels: dict[str, str], text: str) -> float:
+        return _metric_value(text, name, labels) - _metric_value(before, name, labels)
+
+    assert api.post("/api/v1/jobs/sync/", HASH, format="json").status_code == 200
+    assert api.post("/api/v1/jobs/sync/", HASH, format="json").json()["cached"] is True
+    receiver = http_server(lambda request: respond(request, 200))
+    api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url, "input": {"data": "x"}}, format="json")
+    queued = api.post("/api/v1/jobs/async/", {"kind": "hash", "input": {"data": "y"}}, format="json").json()["id"]
+    api.post(f"/api/v1/jobs/{queued}/cancel/")
+    run_worker_burst()
+    drain_callbacks()
+    EndpointPolicy.objects.update_or_create(
+        name="jobs.sync", defaults={"rate_limit_algorithm": "fixed_window", "rate_limit": 1, "rate_window": 60}
+    )
+    assert api.post("/api/v1/jobs/sync/", HASH, format="json").status_code == 200
+    assert api.post("/api/v1/jobs/sync/", HASH, format="json").status_code == 429
+    after = api.get("/metrics").content.decode()
+    assert moved("jobsite_cache_lookups_total", {"kind": "hash", "result": "hit"}, after) == 2
+    assert moved("jobsite_credits_total", {"type": "charged"}, after) == 3 * 3  # sync miss + two async
+    assert moved("jobsite_credits_total", {"type": "refunded"}, after) == 3  # the canceled one
+    assert moved("jobsite_webhook_deliveries_total", {"outcome": "delivered", "attempt": "1"}, after) == 1
+    assert (
+        moved("jobsite_rate_limit_rejections_total", {"endpoint": "jobs.sync", "algorithm": "fixed_window"}, after) == 1
+    )
+    assert _metric_value(after, "jobsite_circuit_state", {"kind": "fetch", "state": "closed"}) == 1
+    assert _metric_value(after, "jobsite_circuit_state", {"kind": "fetch", "state": "open"}) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_one_scrape_shows_what_the_worker_processes_did(
+    server_url: str, user: User, start_worker: Callable[..., Any]
+) -> None:
+    """gunicorn and a real rqworker share PROMETHEUS_MULTIPROC_DIR: /metrics on the web side counts the worker's runs."""
+    labels = {"kind": "hash", "mode": "async", "outcome": "succeeded"}
+    with httpx.Client(base_url=server_url, headers=auth_headers(user), timeout=10) as client:
+        before = client.get("/metrics").text
+        ids = [
+            client.post("/api/v1/jobs/async/", json={**HASH, "input": {"data": f"m{i}"}}).json()["id"] for i in range(3)
+        ]
+        start_worker()
+        wait_until(lambda: Job.objects.filter(pk__in=ids, status=JobStatus.SUCCEEDED).count() == 3, timeout=30)
+        after = client.get("/metrics").text
+    assert (
+        _metric_value(after, "jobsite_jobs_finished_total", labels)
+        - _metric_value(before, "jobsite_jobs_finished_total", labels)
+        == 3
+    )
+    run_counts = _metric_value(after, "jobsite_job_run_seconds_count", {"kind": "hash"})
+    assert run_counts - _metric_value(before, "jobsite_job_run_seconds_count", {"kind": "hash"}) == 3
 
 
 def test_secrets_are_redacted_in_every_record() -> None:
