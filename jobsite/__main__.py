@@ -7,6 +7,7 @@ runs the service (migrations, demo data, gunicorn, RQ worker, rq cron) or the te
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -109,6 +110,11 @@ def run_service(children: list[subprocess.Popen]) -> int:
     os.environ["REDIS_URL"] = ensure_redis(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), children)
     port = os.environ.get("PORT", "8000")
     VAR.mkdir(exist_ok=True)
+    # Web and worker processes write their metrics here, so that one scrape of /metrics shows them all.
+    metrics_dir = VAR / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     _manage("migrate", "--noinput", "-v", "0")
     _manage("collectstatic", "--noinput", "-v", "0")
     _manage("seed_demo", "--url", f"http://127.0.0.1:{port}")

@@ -6,7 +6,9 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import User
+from credits.selectors import credit_balance
 from jobs.models import Job, JobMode, JobStatus
+from jobs.webhooks import webhook_signing_secrets
 
 
 @pytest.mark.django_db
@@ -32,3 +34,9 @@ def test_seed_demo_prints_urls_and_credentials(capsys: pytest.CaptureFixture[str
     demo_key = next(line for line in out.splitlines() if line.startswith("Demo API key")).split()[3]
     client = APIClient(HTTP_AUTHORIZATION=f"Bearer {demo_key}")
     assert client.get("/api/v1/me/").json()["username"] == demo.username
+    assert client.get("/api/v1/credits/").json()["balance"] == 1_000_000
+    secret = next(line for line in out.splitlines() if line.startswith("Demo webhook signing secret")).split()[4]
+    assert webhook_signing_secrets(user=demo)[0] == secret
+    call_command("seed_demo")  # again: a fresh key, the balance topped up, not doubled
+    assert client.get("/api/v1/me/").status_code == 401
+    assert credit_balance(user=demo) == 1_000_000

@@ -1,14 +1,20 @@
 import secrets
+import uuid
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
 from accounts.models import SCOPES, ApiKey, User
 from accounts.services import api_key_create, api_key_revoke
+from credits.selectors import credit_balance
+from credits.services import credit_grant
+from jobs.webhooks import webhook_secret_rotate
 
 DEMO_ADMIN = "admin"
 DEMO_USER = "demo"
 DEMO_KEY_NAME = "demo (seed_demo)"
+DEMO_CREDITS = 1_000_000
+"""The demo user's balance is topped up to this, enough for long load-generator runs."""
 
 
 class Command(BaseCommand):
@@ -29,6 +35,10 @@ class Command(BaseCommand):
         for old_key in ApiKey.objects.filter(owner=demo, name=DEMO_KEY_NAME, revoked_at__isnull=True):
             api_key_revoke(prefix=old_key.prefix)  # one live demo key: the one printed below
         _, demo_key = api_key_create(owner=demo, name=DEMO_KEY_NAME, scopes=list(SCOPES))
+        shortfall = DEMO_CREDITS - credit_balance(user=demo)
+        if shortfall > 0:
+            credit_grant(user=demo, amount=shortfall, reason="demo top-up", posting_key=f"demo:{uuid.uuid4()}")
+        webhook_secret = webhook_secret_rotate(user=demo)
         lines = [
             f"API          {url}/api/v1/",
             f"Swagger UI   {url}/api/docs/",
@@ -38,5 +48,7 @@ class Command(BaseCommand):
             f"Health       {url}/healthz",
             f"Demo user    {DEMO_USER} / {user_password}",
             f"Demo API key {demo_key}   (Authorization: Bearer <key>)",
+            f"Demo webhook signing secret {webhook_secret}   (verifies the demo user's callbacks)",
+            f"Demo credits {credit_balance(user=demo)}",
         ]
         self.stdout.write("\n".join(lines))
