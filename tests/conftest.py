@@ -29,6 +29,7 @@ from jobs import queues
 from jobsite.redis import get_redis
 
 ROOT = Path(__file__).resolve().parent.parent
+(ROOT / "var").mkdir(exist_ok=True)  # the SQLite test database and server logs live there
 
 
 @pytest.fixture(autouse=True, scope="session")
