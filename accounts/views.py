@@ -6,7 +6,7 @@ import io
 import qrcode
 from django.conf import settings
 from django.utils.module_loading import import_string
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,9 +18,8 @@ from accounts.permissions import MFA_HEADER, AccountAccess, require_mfa_code
 from accounts.selectors import user_has_mfa, user_role_names
 from accounts.serializers import MeSerializer, MfaStatusSerializer, TotpConfirmSerializer, TotpEnrolmentSerializer
 from accounts.services import totp_confirm, totp_enrol, totp_remove
+from jobsite.api import PROBLEM
 from jobsite.errors import NotFound
-
-PROBLEM = OpenApiResponse(description="problem+json error (see `code`)")
 
 
 def _qr_png_base64(text: str) -> str:

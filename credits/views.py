@@ -1,22 +1,12 @@
 """Thin views over credits selectors, governed by the `credits.read` endpoint policy."""
 
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework.pagination import CursorPagination
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from credits.selectors import credit_balance, ledger_list
 from credits.serializers import BalanceSerializer, LedgerEntrySerializer
-from jobsite.api import EndpointView
-
-PROBLEM = OpenApiResponse(description="problem+json error (see `code`)")
-
-
-class LedgerCursorPagination(CursorPagination):
-    ordering = ("-created_at", "-id")
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
+from jobsite.api import PROBLEM, EndpointView, NewestFirstPagination
 
 
 class BalanceView(EndpointView):
@@ -38,6 +28,6 @@ class LedgerView(EndpointView):
         responses={200: LedgerEntrySerializer(many=True), 401: PROBLEM},
     )
     def get(self, request: Request) -> Response:
-        paginator = LedgerCursorPagination()
+        paginator = NewestFirstPagination()
         page = paginator.paginate_queryset(ledger_list(user=request.user), request, view=self)
         return paginator.get_paginated_response(LedgerEntrySerializer(page, many=True).data)

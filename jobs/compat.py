@@ -15,8 +15,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.models import User
+from jobs.encryption import masked_input
 from jobs.kinds.hash import HashInput
 from jobs.models import Job, JobMode, JobStatus
+from jobs.policies import get_kind_settings
 from jobs.selectors import job_get, job_list
 from jobs.services import job_submit
 from jobsite.api import EndpointView
@@ -93,7 +95,20 @@ class CompatAsyncResponse(serializers.Serializer):
     message = serializers.CharField()
 
 
-class CompatRequestSerializer(serializers.Serializer):
+class _CompatOutcomeSerializer(serializers.Serializer):
+    """What the original backend said of a request's outcome: its result or its error."""
+
+    result = serializers.SerializerMethodField()
+    error = serializers.SerializerMethodField()
+
+    def get_result(self, job: Job) -> dict[str, Any] | None:
+        return _compat_result(job)
+
+    def get_error(self, job: Job) -> str | None:
+        return job.error_message or None
+
+
+class CompatRequestSerializer(_CompatOutcomeSerializer):
     """One request record, as GET /requests lists it."""
 
     request_id = serializers.UUIDField(source="id")
@@ -102,8 +117,6 @@ class CompatRequestSerializer(serializers.Serializer):
     data = serializers.SerializerMethodField()
     iterations = serializers.SerializerMethodField()
     callback_url = serializers.CharField()
-    result = serializers.SerializerMethodField()
-    error = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
     completed_at = serializers.DateTimeField(source="finished_at")
     processing_time_ms = serializers.IntegerField(source="run_ms")
@@ -112,35 +125,21 @@ class CompatRequestSerializer(serializers.Serializer):
         return STATUS_NAMES[job.status]
 
     def get_data(self, job: Job) -> str | None:
-        return job.input.get("data")
+        return masked_input(get_kind_settings(job.kind), job.input).get("data")
 
     def get_iterations(self, job: Job) -> int | None:
         return job.input.get("iterations")
 
-    def get_result(self, job: Job) -> dict[str, Any] | None:
-        return _compat_result(job)
 
-    def get_error(self, job: Job) -> str | None:
-        return job.error_message or None
-
-
-class CompatCallbackSerializer(serializers.Serializer):
+class CompatCallbackSerializer(_CompatOutcomeSerializer):
     """The body the original backend POSTed to callback_url."""
 
     request_id = serializers.UUIDField(source="id")
     status = serializers.SerializerMethodField()
-    result = serializers.SerializerMethodField()
-    error = serializers.SerializerMethodField()
     timestamp = serializers.DateTimeField(source="finished_at")
 
     def get_status(self, job: Job) -> str:
         return "success" if job.status == JobStatus.SUCCEEDED else "error"
-
-    def get_result(self, job: Job) -> dict[str, Any] | None:
-        return _compat_result(job)
-
-    def get_error(self, job: Job) -> str | None:
-        return job.error_message or None
 
 
 class CompatView(EndpointView):
@@ -153,8 +152,30 @@ class CompatView(EndpointView):
         return response
 
 
-class CompatSyncView(CompatView):
+class CompatSubmitView(CompatView):
+    """POST /sync and /async: the original request shape, submitted through the one job pipeline."""
+
+    input_class: type[HashInput]
+    mode: str
+
+    def submit(self, request: Request) -> Job:
+        params = self.input_class(data=request.data)
+        params.is_valid(raise_exception=True)
+        callback_url = params.validated_data.pop("callback_url", "")
+        return job_submit(
+            user=compat_owner(request.user),
+            policy=request.policy,
+            kind_name=COMPAT_KIND,
+            params=dict(params.validated_data),
+            mode=self.mode,
+            callback_url=callback_url,
+        )
+
+
+class CompatSyncView(CompatSubmitView):
     endpoint = COMPAT_SYNC
+    input_class = CompatSyncInput
+    mode = JobMode.SYNC
 
     @extend_schema(
         operation_id="compat_sync",
@@ -163,20 +184,13 @@ class CompatSyncView(CompatView):
         responses={200: CompatSyncResponse, 422: OpenApiResponse(description="validation error (problem+json)")},
     )
     def post(self, request: Request) -> Response:
-        params = CompatSyncInput(data=request.data)
-        params.is_valid(raise_exception=True)
-        job = job_submit(
-            user=compat_owner(request.user),
-            policy=request.policy,
-            kind_name=COMPAT_KIND,
-            params=dict(params.validated_data),
-            mode=JobMode.SYNC,
-        )
-        return Response({"status": "success", "result": _compat_result(job)})
+        return Response({"status": "success", "result": _compat_result(self.submit(request))})
 
 
-class CompatAsyncView(CompatView):
+class CompatAsyncView(CompatSubmitView):
     endpoint = COMPAT_ASYNC
+    input_class = CompatAsyncInput
+    mode = JobMode.ASYNC
 
     @extend_schema(
         operation_id="compat_async",
@@ -185,19 +199,9 @@ class CompatAsyncView(CompatView):
         responses={200: CompatAsyncResponse, 422: OpenApiResponse(description="validation error (problem+json)")},
     )
     def post(self, request: Request) -> Response:
-        params = CompatAsyncInput(data=request.data)
-        params.is_valid(raise_exception=True)
-        callback_url = params.validated_data.pop("callback_url", "")
-        job = job_submit(
-            user=compat_owner(request.user),
-            policy=request.policy,
-            kind_name=COMPAT_KIND,
-            params=dict(params.validated_data),
-            mode=JobMode.ASYNC,
-            callback_url=callback_url,
-        )
+        job = self.submit(request)
         message = "Request accepted for processing" + (
-            f"; the result will be sent to {callback_url}" if callback_url else ""
+            f"; the result will be sent to {job.callback_url}" if job.callback_url else ""
         )
         return Response({"status": "accepted", "request_id": str(job.id), "message": message})
 

@@ -2,6 +2,7 @@
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -23,7 +24,7 @@ from jobs.circuit import CircuitState, circuit_acquire, circuit_record
 from jobs.concurrency import concurrency_admit
 from jobs.encryption import open_input, seal_input, seal_result
 from jobs.kinds import KINDS, KindError, RunContext
-from jobs.models import FINAL_STATUSES, CallbackStatus, EndpointPolicy, Job, JobMode, JobStatus
+from jobs.models import FINAL_STATUSES, CallbackStatus, EndpointPolicy, Job, JobMode, JobStatus, KindSettings
 from jobs.policies import get_kind_settings
 from jobs.retries import retry_delay
 from jobs.selectors import job_get
@@ -40,10 +41,6 @@ from jobsite.tracing import get_tracer, inject_context
 
 logger = logging.getLogger(__name__)
 tracer = get_tracer()
-
-
-def _initial_callback_status(callback_url: str) -> str:
-    return CallbackStatus.PENDING if callback_url else CallbackStatus.NONE
 
 
 def _elapsed_ms(start: datetime, end: datetime) -> int:
@@ -71,60 +68,66 @@ def job_submit(
             f"Jobs of kind {kind_name} fail fast while their upstream keeps failing; nothing was charged.",
             headers={"Retry-After": str(max(1, kind_settings.circuit_recovery))},
         )
+    request = _JobRequest(user=user, policy=policy, kind_settings=kind_settings, params=params, mode=mode,
+                          callback_url=callback_url)  # fmt: skip
     cached = cache_get(kind_settings, params)
     if cached is not None:
-        return _job_record_cached(
-            user=user, policy=policy, kind_name=kind_name, params=params, mode=mode, callback_url=callback_url,
-            result=cached,
-        )  # fmt: skip
-    if mode == JobMode.SYNC:
-        return _job_run_sync(user=user, policy=policy, kind_name=kind_name, params=params)
-    return _job_enqueue(user=user, policy=policy, kind_name=kind_name, params=params, callback_url=callback_url)
-
-
-def _job_record_cached(
-    *,
-    user: User,
-    policy: EndpointPolicy,
-    kind_name: str,
-    params: dict[str, Any],
-    mode: str,
-    callback_url: str,
-    result: Any,
-) -> Job:
-    """A cache hit: the job is final at once, costs nothing, and still goes through _job_on_final."""
-    now = timezone.now()
-    with transaction.atomic():
-        job = Job.objects.create(
-            owner=user, endpoint=policy.name, kind=kind_name, mode=mode, status=JobStatus.SUCCEEDED,
-            input=seal_input(get_kind_settings(kind_name), params), result=result, cost=0, cached=True,
-            started_at=now, finished_at=now, queue_wait_ms=0, run_ms=0, callback_url=callback_url,
-            callback_status=_initial_callback_status(callback_url), trace_context=inject_context(),
-        )  # fmt: skip
-        _job_on_final(job)
+        job = _job_record_cached(request, result=cached)
+    elif mode == JobMode.SYNC:
+        job = _job_run_sync(request)
+    else:
+        job = _job_enqueue(request)
     metrics.JOBS_SUBMITTED.labels(kind=kind_name, mode=mode).inc()
     return job
 
 
-def _job_run_sync(*, user: User, policy: EndpointPolicy, kind_name: str, params: dict[str, Any]) -> Job:
-    kind_settings = get_kind_settings(kind_name)
+@dataclass(frozen=True)
+class _JobRequest:
+    """A validated submission on its way to becoming a Job."""
+
+    user: User
+    policy: EndpointPolicy
+    kind_settings: KindSettings
+    params: dict[str, Any]
+    mode: str
+    callback_url: str
+
+
+def _job_create(request: _JobRequest, **state: Any) -> Job:
+    """Record an accepted job: input sealed, trace context and callback status set; `state` says the rest."""
+    return Job.objects.create(
+        owner=request.user,
+        endpoint=request.policy.name,
+        kind=request.kind_settings.kind,
+        mode=request.mode,
+        input=seal_input(request.kind_settings, request.params),
+        callback_url=request.callback_url,
+        callback_status=CallbackStatus.PENDING if request.callback_url else CallbackStatus.NONE,
+        trace_context=inject_context(),
+        **state,
+    )
+
+
+def _job_record_cached(request: _JobRequest, *, result: Any) -> Job:
+    """A cache hit: the job is final at once, costs nothing, and still goes through _job_on_final."""
     now = timezone.now()
     with transaction.atomic():
-        concurrency_admit(user=user, policy=policy)
-        job = Job.objects.create(
-            owner=user,
-            endpoint=policy.name,
-            kind=kind_name,
-            mode=JobMode.SYNC,
-            status=JobStatus.RUNNING,
-            input=seal_input(kind_settings, params),
-            cost=kind_settings.cost,
-            attempts=1,
-            started_at=now,
-            queue_wait_ms=0,
-        )
+        job = _job_create(
+            request, status=JobStatus.SUCCEEDED, result=seal_result(request.kind_settings, result), cost=0,
+            cached=True, started_at=now, finished_at=now, queue_wait_ms=0, run_ms=0,
+        )  # fmt: skip
+        _job_on_final(job)
+    return job
+
+
+def _job_run_sync(request: _JobRequest) -> Job:
+    with transaction.atomic():
+        concurrency_admit(user=request.user, policy=request.policy)
+        job = _job_create(
+            request, status=JobStatus.RUNNING, cost=request.kind_settings.cost, attempts=1,
+            started_at=timezone.now(), queue_wait_ms=0,
+        )  # fmt: skip
         job_charge(job)
-    metrics.JOBS_SUBMITTED.labels(kind=kind_name, mode=JobMode.SYNC).inc()
     while (delay := _job_run(job)) is not None:
         time.sleep(delay)
         job.refresh_from_db()
@@ -136,9 +139,8 @@ def _job_run_sync(*, user: User, policy: EndpointPolicy, kind_name: str, params:
     return job
 
 
-def _job_enqueue(
-    *, user: User, policy: EndpointPolicy, kind_name: str, params: dict[str, Any], callback_url: str
-) -> Job:
+def _job_enqueue(request: _JobRequest) -> Job:
+    policy = request.policy
     try:
         depth = queues.queue_depth()
     except RedisError:
@@ -150,27 +152,19 @@ def _job_enqueue(
             queue_depth=depth,
             queue_capacity=policy.queue_max_depth,
         )
-    kind_settings = get_kind_settings(kind_name)
-    with transaction.atomic(), tracer.start_as_current_span("job.enqueue", attributes={"job.kind": kind_name}) as span:
-        concurrency_admit(user=user, policy=policy)
-        job = Job.objects.create(
-            owner=user,
-            endpoint=policy.name,
-            kind=kind_name,
-            mode=JobMode.ASYNC,
-            input=seal_input(kind_settings, params),
-            cost=kind_settings.cost,
-            callback_url=callback_url,
-            trace_context=inject_context(),
-            callback_status=_initial_callback_status(callback_url),
-        )
+    attributes = {"job.kind": request.kind_settings.kind}
+    with transaction.atomic(), tracer.start_as_current_span("job.enqueue", attributes=attributes) as span:
+        concurrency_admit(user=request.user, policy=policy)
+        job = _job_create(request, cost=request.kind_settings.cost)
         span.set_attribute("job.id", str(job.id))
         job_charge(job)
         enqueue = partial(
-            queues.enqueue_job_or_defer, job.id, time_limit=kind_settings.time_limit, trace_context=job.trace_context
+            queues.enqueue_job_or_defer,
+            job.id,
+            time_limit=request.kind_settings.time_limit,
+            trace_context=job.trace_context,
         )
         transaction.on_commit(enqueue)
-    metrics.JOBS_SUBMITTED.labels(kind=kind_name, mode=JobMode.ASYNC).inc()
     return job
 
 

@@ -11,9 +11,8 @@ from uuid import UUID
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status
-from rest_framework.pagination import CursorPagination
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -32,10 +31,8 @@ from jobs.serializers import (
 )
 from jobs.services import job_cancel, job_submit
 from jobs.webhooks import webhook_secret_rotate
-from jobsite.api import EndpointView
+from jobsite.api import PROBLEM, EndpointView, NewestFirstPagination
 from jobsite.errors import NotFound
-
-PROBLEM = OpenApiResponse(description="problem+json error (see `code`)")
 
 
 class JobSubmitView(EndpointView):
@@ -59,32 +56,30 @@ class JobSubmitView(EndpointView):
         return Response(JobSerializer(job).data, status=status.HTTP_200_OK)
 
 
-class JobSyncView(JobSubmitView):
-    endpoint = "jobs.sync"
-    mode = JobMode.SYNC
-
-    @extend_schema(
+@extend_schema_view(
+    post=extend_schema(
         operation_id="jobs_sync",
         summary="Run a job now; the result is in the response",
         request=JobRequestSerializer,
         responses={200: JobSerializer, 400: PROBLEM, 401: PROBLEM, 402: PROBLEM, 429: PROBLEM, 502: PROBLEM},
     )
-    def post(self, request: Request) -> Response:
-        return super().post(request)
+)
+class JobSyncView(JobSubmitView):
+    endpoint = "jobs.sync"
+    mode = JobMode.SYNC
 
 
-class JobAsyncView(JobSubmitView):
-    endpoint = "jobs.async"
-    mode = JobMode.ASYNC
-
-    @extend_schema(
+@extend_schema_view(
+    post=extend_schema(
         operation_id="jobs_async",
         summary="Queue a job; poll its Location or receive a signed webhook",
         request=JobRequestSerializer,
         responses={202: JobSerializer, 400: PROBLEM, 401: PROBLEM, 402: PROBLEM, 429: PROBLEM, 503: PROBLEM},
     )
-    def post(self, request: Request) -> Response:
-        return super().post(request)
+)
+class JobAsyncView(JobSubmitView):
+    endpoint = "jobs.async"
+    mode = JobMode.ASYNC
 
     def job_response(self, job: Job) -> Response:
         return Response(
@@ -92,13 +87,6 @@ class JobAsyncView(JobSubmitView):
             status=status.HTTP_202_ACCEPTED,
             headers={"Location": f"/api/v1/jobs/{job.id}/"},
         )
-
-
-class JobCursorPagination(CursorPagination):
-    ordering = ("-created_at", "-id")
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
 
 
 class JobListView(EndpointView):
@@ -114,7 +102,7 @@ class JobListView(EndpointView):
         filters = JobListQuerySerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         jobs = job_list(user=request.user, **filters.validated_data).prefetch_related("callback_attempts")
-        paginator = JobCursorPagination()
+        paginator = NewestFirstPagination()
         page = paginator.paginate_queryset(jobs, request, view=self)
         return paginator.get_paginated_response(JobSerializer(page, many=True).data)
 

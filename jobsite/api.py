@@ -4,9 +4,23 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.utils.module_loading import import_string
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+PROBLEM = OpenApiResponse(description="problem+json error (see `code`)")
+"""How OpenAPI documents every error response: RFC 9457 problem+json with a stable `code`."""
+
+
+class NewestFirstPagination(CursorPagination):
+    """API.md's lists: newest first, cursor-paginated, `page_size` default 50, at most 500."""
+
+    ordering = ("-created_at", "-id")
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
 
 
 def load_endpoint_policy(name: str) -> Any:
