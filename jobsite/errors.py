@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, JsonResponse
+from redis.exceptions import RedisError
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
@@ -133,6 +134,8 @@ def _as_service_error(exc: Exception) -> ServiceError | None:
     """Translate DRF's and Django's exceptions into ours, so one renderer serves them all."""
     if isinstance(exc, ServiceError):
         return exc
+    if isinstance(exc, RedisError):  # limits, queues, cache and circuit live there: refuse, never crash
+        return ServiceUnavailable("A backing service is unreachable; try again shortly.")
     if isinstance(exc, drf.ValidationError):
         return InvalidInput(_field_errors(exc.detail))
     if isinstance(exc, drf.ParseError):

@@ -194,6 +194,18 @@ def test_redis_down_job_creation_fails_closed_reads_fail_open(api: APIClient, re
 
 
 @pytest.mark.django_db(transaction=True)
+def test_redis_down_without_a_limiter_still_refuses_cleanly(api: APIClient, redis_unreachable: None) -> None:
+    """No limiter to fail closed: the result cache, queue or circuit meets the dead Redis, and answers 503."""
+    for name in ("jobs.sync", "jobs.async"):
+        set_policy(name, rate_limit_algorithm="none")
+    for path in ("/api/v1/jobs/sync/", "/api/v1/jobs/async/"):
+        response = api.post(path, HASH, format="json")
+        assert response.status_code == 503, response.content
+        assert response.json()["code"] == "service_unavailable"
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
 def test_redis_down_reads_fail_closed_when_configured(api: APIClient, redis_unreachable: None) -> None:
     set_policy("jobs.read", rate_limit_algorithm="fixed_window", rate_limit=5, rate_window=60)
     settings.RATELIMIT_FAIL_OPEN_READS = False
