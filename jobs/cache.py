@@ -21,7 +21,7 @@ from django.conf import settings
 
 from jobs import metrics
 from jobs.models import CacheAlgorithm, KindSettings
-from jobsite.redis import get_redis, redis_key
+from jobsite.redis import get_redis, redis_key, run_lua
 
 _PURGE_EXPIRED = """
 local now = redis.call('TIME')
@@ -107,7 +107,7 @@ def cache_get(kind_settings: KindSettings, params: dict[str, Any]) -> Any | None
     if not _enabled(kind_settings):
         return None
     kind, algorithm = kind_settings.kind, kind_settings.cache_algorithm
-    raw = get_redis().register_script(_GET)(keys=_keys(kind, algorithm), args=[cache_field(kind, params), algorithm])
+    raw = run_lua(_GET, keys=_keys(kind, algorithm), args=[cache_field(kind, params), algorithm])
     metrics.CACHE_LOOKUPS.labels(kind=kind, result="miss" if raw is None else "hit").inc()
     return None if raw is None else json.loads(raw)
 
@@ -119,7 +119,7 @@ def cache_set(kind_settings: KindSettings, params: dict[str, Any], value: Any) -
     kind, algorithm = kind_settings.kind, kind_settings.cache_algorithm
     args = [cache_field(kind, params), json.dumps(value), algorithm, kind_settings.cache_capacity,
             max(1, kind_settings.cache_ttl)]  # fmt: skip
-    evicted = get_redis().register_script(_SET)(keys=_keys(kind, algorithm), args=args)
+    evicted = run_lua(_SET, keys=_keys(kind, algorithm), args=args)
     return [field.decode() for field in evicted]
 
 

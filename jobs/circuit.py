@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from jobs.kinds import KINDS
 from jobs.models import KindSettings
-from jobsite.redis import get_redis, redis_key
+from jobsite.redis import redis_key, run_lua
 
 _NOW = """
 local t = redis.call('TIME')
@@ -78,7 +78,7 @@ def circuit_acquire(kind_settings: KindSettings, *, take_trial: bool) -> Circuit
     if not circuit_applies(kind_settings):
         return CircuitState.CLOSED
     args = [kind_settings.circuit_recovery * 1000, kind_settings.time_limit * 1000, int(take_trial)]
-    state = get_redis().register_script(_ACQUIRE)(keys=[_key(kind_settings.kind)], args=args)
+    state = run_lua(_ACQUIRE, keys=[_key(kind_settings.kind)], args=args)
     return CircuitState(state.decode())
 
 
@@ -86,4 +86,4 @@ def circuit_record(kind_settings: KindSettings, *, failed: bool) -> None:
     """Report the outcome of one run of the kind."""
     if circuit_applies(kind_settings):
         args = [int(failed), kind_settings.circuit_threshold]
-        get_redis().register_script(_RECORD)(keys=[_key(kind_settings.kind)], args=args)
+        run_lua(_RECORD, keys=[_key(kind_settings.kind)], args=args)

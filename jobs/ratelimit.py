@@ -13,12 +13,9 @@ below), retry_after_ms how long a rejected caller must wait (0 when allowed).
 import math
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache
-
-from redis.commands.core import Script
 
 from jobs.models import RateLimitAlgorithm
-from jobsite.redis import get_redis, redis_key
+from jobsite.redis import redis_key, run_lua
 
 _NOW = """
 local now = tonumber(ARGV[#ARGV])
@@ -204,13 +201,6 @@ class RateLimitDecision:
         return max(1, math.ceil(self.retry_after_ms / 1000))
 
 
-@lru_cache(maxsize=1)
-def _registered() -> dict[str, Script]:
-    # Registered once per process; each call passes the current client, so EVALSHA runs on it.
-    client = get_redis()
-    return {algorithm: client.register_script(source) for algorithm, source in SCRIPTS.items()}
-
-
 def rate_limit_quota(*, algorithm: str, limit: int, window: int) -> int:
     """The quota an algorithm advertises: throttle and debounce admit one call per interval."""
     return 1 if algorithm in (RateLimitAlgorithm.THROTTLE, RateLimitAlgorithm.DEBOUNCE) else limit
@@ -243,7 +233,7 @@ def rate_limit_hit(
         args = [window_ms, now]
     else:
         raise ValueError(f"unknown rate limit algorithm {algorithm!r}")
-    allowed, remaining, reset_ms, retry_ms = _registered()[algorithm](keys=[key], args=args, client=get_redis())
+    allowed, remaining, reset_ms, retry_ms = run_lua(SCRIPTS[algorithm], keys=[key], args=args)
     return RateLimitDecision(
         allowed=bool(allowed),
         quota=rate_limit_quota(algorithm=algorithm, limit=limit, window=window),

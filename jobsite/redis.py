@@ -4,6 +4,7 @@ from functools import lru_cache
 
 from django.conf import settings
 from redis import Redis
+from redis.commands.core import Script
 
 KEY_PREFIX = "jobsite:"
 """Every key Jobsite writes starts with this (RQ keeps its own `rq:` prefix)."""
@@ -23,3 +24,13 @@ def get_redis() -> Redis:
         socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
         health_check_interval=30,
     )
+
+
+@lru_cache(maxsize=64)
+def _script(source: str) -> Script:
+    return get_redis().register_script(source)
+
+
+def run_lua(source: str, *, keys: list[str], args: list[object]) -> object:
+    """Run a Lua script by its SHA (registered once per process; redis-py reloads it after a Redis restart)."""
+    return _script(source)(keys=keys, args=args, client=get_redis())
