@@ -1,7 +1,8 @@
 """How a job is submitted and recognised: the service's own API (`/api/v1/jobs/...`) or the original
 backend's compatible routes (`/sync`, `/async`), as API.md describes them."""
 
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from typing import Any
 
 SYNC = "sync"
@@ -11,16 +12,21 @@ MODES = (SYNC, ASYNC)
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What each request asks for; `unique` appends the request index to `data` to avoid result-cache hits."""
+    """What each request asks for; `unique` makes every request's `data` distinct, so the result cache never answers.
+
+    Distinct across modes and runs too: the run id and the mode go into the data with the request index.
+    """
 
     kind: str = "hash"
     data: str = "hello"
     iterations: int = 1000
     input: dict[str, Any] | None = None
     unique: bool = False
+    run_id: str = field(default_factory=lambda: secrets.token_hex(4))
 
-    def hash_input(self, index: int) -> dict[str, Any]:
-        return {"data": f"{self.data}-{index}" if self.unique else self.data, "iterations": self.iterations}
+    def hash_input(self, mode: str, index: int) -> dict[str, Any]:
+        data = f"{self.data}-{self.run_id}-{mode}-{index}" if self.unique else self.data
+        return {"data": data, "iterations": self.iterations}
 
 
 class NativeDialect:
@@ -33,7 +39,7 @@ class NativeDialect:
         return f"/api/v1/jobs/{mode}/"
 
     def body(self, spec: JobSpec, mode: str, index: int, callback_url: str | None) -> dict[str, Any]:
-        job_input = spec.input if spec.input is not None else spec.hash_input(index)
+        job_input = spec.input if spec.input is not None else spec.hash_input(mode, index)
         body: dict[str, Any] = {"kind": spec.kind, "input": job_input}
         if mode == ASYNC and callback_url:
             body["callback_url"] = callback_url
@@ -60,7 +66,7 @@ class CompatDialect:
         return f"/{mode}"
 
     def body(self, spec: JobSpec, mode: str, index: int, callback_url: str | None) -> dict[str, Any]:
-        body = spec.hash_input(index)
+        body = spec.hash_input(mode, index)
         if mode == ASYNC and callback_url:
             body["callback_url"] = callback_url
         return body

@@ -196,6 +196,8 @@ def test_both_modes_against_the_service(server_url: str, make_user: Callable[...
     assert set(_jobs(server_url, user, mode="sync", status="succeeded")) == sync_ids
     assert set(_jobs(server_url, user, mode="async", status="succeeded")) == async_ids
     assert len(sync_ids) == len(async_ids) == 12
+    # --unique: no request was answered from the result cache, across both modes
+    assert not any(job["cached"] for job in _jobs(server_url, user).values())
 
 
 @pytest.mark.slow
