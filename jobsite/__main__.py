@@ -124,17 +124,25 @@ def run_service(children: list[subprocess.Popen]) -> int:
             cwd=ROOT,
         )
     )  # fmt: skip
-    workers = int(os.environ.get("RQ_WORKERS", "2"))
-    for _ in range(workers):
-        children.append(
-            subprocess.Popen(
-                [VENV_PYTHON, "manage.py", "rqworker", "jobs", "callbacks", "maintenance",
-                 "--worker-class", "rq.worker.SimpleWorker", "--with-scheduler"],
-                cwd=ROOT,
-            )
-        )  # fmt: skip
+    job_workers = int(os.environ.get("RQ_WORKERS", "2"))
+    callback_workers = int(os.environ.get("RQ_CALLBACK_WORKERS", "1"))
+    # Deliveries have workers of their own, so that a slow receiver never holds up jobs, nor a backlog of jobs
+    # the webhooks of jobs already done.
+    for queue_names, count in ((["jobs", "maintenance"], job_workers), (["callbacks"], callback_workers)):
+        for _ in range(count):
+            children.append(
+                subprocess.Popen(
+                    [VENV_PYTHON, "manage.py", "rqworker", *queue_names,
+                     "--worker-class", "rq.worker.SimpleWorker", "--with-scheduler"],
+                    cwd=ROOT,
+                )
+            )  # fmt: skip
     children.append(subprocess.Popen([VENV_PYTHON, "manage.py", "rqcron", "jobs.cron"], cwd=ROOT))
-    print(f"running: gunicorn + {workers} RQ worker(s) + rq cron; Ctrl-C stops everything", flush=True)
+    print(
+        f"running: gunicorn + {job_workers} job worker(s) + {callback_workers} webhook worker(s) + rq cron;"
+        " Ctrl-C stops everything",
+        flush=True,
+    )
     while all(child.poll() is None for child in children):
         time.sleep(0.5)
     return 1
