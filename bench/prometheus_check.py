@@ -8,6 +8,7 @@ for `up` and for the job counters that only the RQ workers increment.
     .venv/bin/python -m bench.prometheus_check
 """
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -61,9 +62,18 @@ def main() -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            time.sleep(6)
+            api = f"http://127.0.0.1:{port}/api/v1"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # until Prometheus has scraped the target at least twice
+                time.sleep(1)
+                with contextlib.suppress(httpx.HTTPError):
+                    up = httpx.get(f"{api}/query", params={"query": "count_over_time(up[1m])"}).json()
+                    if up["data"]["result"] and float(up["data"]["result"][0]["value"][1]) >= 2:
+                        break
+            for target in httpx.get(f"{api}/targets").json()["data"]["activeTargets"]:
+                print(f"target {target['scrapeUrl']}: {target['health']} {target.get('lastError', '')}")
             for query in QUERIES:
-                answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}).json()
+                answer = httpx.get(f"{api}/query", params={"query": query}).json()
                 values = [sample["value"][1] for sample in answer["data"]["result"]]
                 print(f"{query:<70} {values}")
         finally:
