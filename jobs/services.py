@@ -37,6 +37,7 @@ from jobsite.errors import (
     QueueFull,
     ServiceUnavailable,
 )
+from jobsite.logs import bind_context
 from jobsite.tracing import get_tracer, inject_context
 
 logger = logging.getLogger(__name__)
@@ -243,6 +244,7 @@ def _job_run(job: Job) -> float | None:
     Never raises for the kind's own failures.
     """
     kind = KINDS[job.kind]
+    bind_context(job_id=str(job.id), user_id=job.owner_id, endpoint=job.endpoint)
     kind_settings = get_kind_settings(job.kind)
     if circuit_acquire(kind_settings, take_trial=True) == CircuitState.OPEN:
         message = f"the {job.kind} circuit is open after repeated upstream failures"

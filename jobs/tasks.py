@@ -6,24 +6,23 @@ from rq import Retry, get_current_job
 from jobs.idempotency import idempotency_purge_expired
 from jobs.services import job_execute, jobs_reconcile
 from jobs.webhooks import callback_deliver, callbacks_reconcile
-from jobsite.logs import bind_context, clear_context
+from jobsite.logs import log_context
 from jobsite.tracing import TRACE_META_KEY, extract_context
 
 
 def execute_job(job_id: str) -> Retry | None:
     rq_job = get_current_job()
     token = context.attach(extract_context(rq_job.meta.get(TRACE_META_KEY) if rq_job else None))
-    clear_context()
-    bind_context(job_id=job_id)
     try:
-        return job_execute(job_id=job_id)
+        with log_context(job_id=job_id):
+            return job_execute(job_id=job_id)
     finally:
-        clear_context()
         context.detach(token)
 
 
 def deliver_callback(job_id: str, n: int, retries_left: int) -> str:
-    return callback_deliver(job_id=job_id, n=n, retries_left=retries_left)
+    with log_context(job_id=job_id, webhook_attempt=n):
+        return callback_deliver(job_id=job_id, n=n, retries_left=retries_left)
 
 
 def reconcile() -> dict[str, int]:

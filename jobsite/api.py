@@ -10,6 +10,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from jobsite.logs import bind_context
+
 PROBLEM = OpenApiResponse(description="problem+json error (see `code`)")
 """How OpenAPI documents every error response: RFC 9457 problem+json with a stable `code`."""
 
@@ -36,7 +38,13 @@ class EndpointView(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         # On the HttpRequest too: the browsable API re-checks permissions on clones that only share it.
         request.policy = request._request.policy = load_endpoint_policy(self.endpoint)
+        bind_context(endpoint=self.endpoint)
         super().initial(request, *args, **kwargs)
+
+    def perform_authentication(self, request: Request) -> None:
+        super().perform_authentication(request)
+        if request.user is not None and request.user.is_authenticated:
+            bind_context(user_id=request.user.pk)
 
     def get_permissions(self) -> list[Any]:
         return [permission() for permission in import_string(settings.ENDPOINT_PERMISSIONS)()]

@@ -4,9 +4,10 @@ Every record, ours or a library's, passes through `redact` before it is rendered
 a log call by mistake still never reaches the output.
 """
 
+import contextlib
 import logging
 import re
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import structlog
@@ -113,6 +114,17 @@ def bind_context(**values: Any) -> None:
 
 def clear_context() -> None:
     structlog.contextvars.clear_contextvars()
+
+
+@contextlib.contextmanager
+def log_context(**values: Any) -> Iterator[None]:
+    """A fresh context for one unit of work (an RQ task): nothing leaks in from the last one, or out."""
+    clear_context()
+    bind_context(**values)
+    try:
+        yield
+    finally:
+        clear_context()
 
 
 logging.captureWarnings(True)

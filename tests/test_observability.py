@@ -4,7 +4,7 @@ import io
 import json
 import logging
 import logging.config
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -157,7 +157,9 @@ def test_one_scrape_shows_what_the_worker_processes_did(
     assert run_counts - _metric_value(before, "jobsite_job_run_seconds_count", {"kind": "hash"}) == 3
 
 
-def test_secrets_are_redacted_in_every_record() -> None:
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """The production logging configuration (JSON, DEBUG) writing into a buffer the test reads."""
     stream = io.StringIO()
     config = logging_config("DEBUG", "json")
     config["handlers"]["console"]["stream"] = stream
@@ -166,15 +168,33 @@ def test_secrets_are_redacted_in_every_record() -> None:
     saved = root.handlers[:], root.level
     logging.config.dictConfig(config)
     try:
-        secrets = ["jsk_ab12cd.0123456789abcdefghij", "whsec_c2VjcmV0LXNpZ25pbmcta2V5", "123456"]
-        logging.getLogger("django.request").warning("Authorization: Bearer %s", secrets[0])
-        logging.getLogger("thirdparty").info("signing with %s", secrets[1])
-        get_logger("jobs").info("mfa", mfa_code=secrets[2], headers={"X-MFA-Code": secrets[2], "Accept": "json"})
-        get_logger("jobs").info("key", api_key=secrets[0], password="hunter2", job_id="j-1")
+        yield stream
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
-    output = stream.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_log_records_carry_request_user_job_and_endpoint(api: APIClient, user: User, json_logs: io.StringIO) -> None:
+    sync = api.post("/api/v1/jobs/sync/", HASH, format="json", HTTP_X_REQUEST_ID="req-42")
+    assert sync["X-Request-ID"] == "req-42"
+    queued = api.post("/api/v1/jobs/async/", {**HASH, "input": {"data": "later"}}, format="json").json()["id"]
+    run_worker_burst()
+    records = [json.loads(line) for line in json_logs.getvalue().splitlines() if line.startswith("{")]
+    finished = {record["job_id"]: record for record in records if record["event"] == "job finished"}
+    web = finished[sync.json()["id"]]
+    assert (web["request_id"], web["user_id"], web["endpoint"]) == ("req-42", user.pk, "jobs.sync")
+    worker = finished[queued]
+    assert (worker["user_id"], worker["endpoint"]) == (user.pk, "jobs.async") and "request_id" not in worker
+
+
+def test_secrets_are_redacted_in_every_record(json_logs: io.StringIO) -> None:
+    secrets = ["jsk_ab12cd.0123456789abcdefghij", "whsec_c2VjcmV0LXNpZ25pbmcta2V5", "123456"]
+    logging.getLogger("django.request").warning("Authorization: Bearer %s", secrets[0])
+    logging.getLogger("thirdparty").info("signing with %s", secrets[1])
+    get_logger("jobs").info("mfa", mfa_code=secrets[2], headers={"X-MFA-Code": secrets[2], "Accept": "json"})
+    get_logger("jobs").info("key", api_key=secrets[0], password="hunter2", job_id="j-1")
+    output = json_logs.getvalue()
     for secret in [*secrets, "hunter2"]:
         assert secret not in output
     records = [json.loads(line) for line in output.splitlines()]
