@@ -4,6 +4,8 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
+from accounts.models import split_list
+
 
 class JobStatus(models.TextChoices):
     QUEUED = "queued"
@@ -150,11 +152,11 @@ class EndpointPolicy(models.Model):
 
     @property
     def role_list(self) -> list[str]:
-        return [role.strip() for role in self.roles.split(",") if role.strip()]
+        return split_list(self.roles)
 
     @property
     def scope_list(self) -> list[str]:
-        return [scope.strip() for scope in self.scopes.split(",") if scope.strip()]
+        return split_list(self.scopes)
 
 
 class KindSettings(models.Model):
@@ -184,7 +186,7 @@ class KindSettings(models.Model):
 
     @property
     def encrypt_field_list(self) -> list[str]:
-        return [field.strip() for field in self.encrypt_fields.split(",") if field.strip()]
+        return split_list(self.encrypt_fields)
 
 
 class IdempotencyStatus(models.TextChoices):
