@@ -48,7 +48,10 @@ def masked_input(kind_settings: KindSettings, stored: dict[str, Any]) -> dict[st
 
 
 def seal_result(kind_settings: KindSettings, result: Any) -> Any:
-    return _seal(result) if RESULT_FIELD in kind_settings.encrypt_field_list and result is not None else result
+    """Seal the result when the kind's settings say so; a result already sealed (from the cache) stays as is."""
+    if RESULT_FIELD not in kind_settings.encrypt_field_list or result is None or _is_sealed(result):
+        return result
+    return _seal(result)
 
 
 def open_result(stored: Any) -> Any:

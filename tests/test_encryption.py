@@ -48,6 +48,17 @@ def test_raw_row_holds_no_plaintext_and_the_api_masks_input(api: APIClient) -> N
     assert SECRET not in raw and expected["output_hash"] not in raw and expected["input_hash"] not in raw
 
 
+def test_a_cache_hit_is_stored_sealed_and_reads_back(api: APIClient) -> None:
+    kind_settings("hash", encrypt_fields="data,result", cache_algorithm="lru")
+    body = {"kind": "hash", "input": {"data": SECRET, "iterations": 3}}
+    first = api.post("/api/v1/jobs/sync/", body, format="json").json()
+    hit = api.post("/api/v1/jobs/async/", body, format="json").json()
+    assert hit["cached"] is True
+    assert hit["result"] == first["result"] == compute_hash(SECRET, 3)
+    assert api.get(f"/api/v1/jobs/{hit['id']}/").json()["result"] == compute_hash(SECRET, 3)
+    assert compute_hash(SECRET, 3)["output_hash"] not in raw_row(hit["id"])
+
+
 def test_worker_opens_the_input_to_run(api: APIClient) -> None:
     job_id = api.post(
         "/api/v1/jobs/async/", {"kind": "hash", "input": {"data": SECRET, "iterations": 2}}, format="json"
