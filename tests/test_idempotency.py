@@ -8,6 +8,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import User
+from credits.models import EntryType, LedgerEntry
 from jobs.idempotency import idempotency_claim, request_fingerprint
 from jobs.models import IdempotencyRecord, IdempotencyStatus, Job
 from jobs.tasks import reconcile
@@ -128,7 +129,8 @@ def test_bad_key_is_a_validation_error(api: APIClient) -> None:
 def test_fifty_concurrent_requests_with_one_key_make_one_job(
     server_url: str, make_user: Callable[..., User], path: str
 ) -> None:
-    headers = {**auth_headers(make_user()), "Idempotency-Key": "same"}
+    user = make_user()
+    headers = {**auth_headers(user), "Idempotency-Key": "same"}
     responses = fire_concurrently(50, lambda client, _: client.post(f"{server_url}{path}", json=HASH, headers=headers))
     statuses = [response.status_code for response in responses]
     ok = 202 if path.endswith("/async/") else 200
@@ -138,6 +140,8 @@ def test_fifty_concurrent_requests_with_one_key_make_one_job(
     assert len(replays) + statuses.count(409) == 49, statuses
     assert {r.json()["id"] for r in replays} <= {originals[0].json()["id"]}
     assert Job.objects.count() == 1
+    charges = LedgerEntry.objects.filter(account_id=user.pk, type=EntryType.CHARGE)
+    assert list(charges.values_list("job_id", flat=True)) == [Job.objects.get().pk]  # one charge, for that job
     different = httpx.post(f"{server_url}{path}", json=OTHER, headers=headers, timeout=30)
     assert different.status_code == 422
     assert different.json()["code"] == "idempotency_key_reused"
