@@ -1,5 +1,7 @@
 """The credit ledger: one account per user, and append-only entries that explain every change of it."""
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 
@@ -30,6 +32,7 @@ class EntryType(models.TextChoices):
 class LedgerEntry(models.Model):
     """One posting; never updated nor deleted, so the sum of an account's entries is its balance."""
 
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)  # API.md: ids are UUIDs
     account = models.ForeignKey(CreditAccount, on_delete=models.CASCADE, related_name="entries")
     type = models.CharField(max_length=16, choices=EntryType.choices)
     amount = models.BigIntegerField(help_text="Signed: + adds, - spends.")

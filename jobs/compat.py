@@ -143,11 +143,11 @@ class CompatCallbackSerializer(_CompatOutcomeSerializer):
 
 
 class CompatView(EndpointView):
-    """Validation errors are 422 here, as the original backend's were (still problem+json)."""
+    """Every 400 is a 422 here, as the original backend's validation errors were (still problem+json, same code)."""
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)
-        if response.status_code == 400 and response.data.get("code") == "validation_error":
+        if response.status_code == 400:
             response.status_code = response.data["status"] = 422
         return response
 
@@ -169,6 +169,7 @@ class CompatSubmitView(CompatView):
             params=dict(params.validated_data),
             mode=self.mode,
             callback_url=callback_url,
+            free=not (request.user and request.user.is_authenticated),
         )
 
 

@@ -48,7 +48,8 @@ ENDPOINT_DEFAULTS: dict[str, dict[str, Any]] = {
     "jobs.read": {"scopes": "jobs:read"},
     "credits.read": {"scopes": "credits:read"},
     "compat.sync": {**_COMPAT},
-    "compat.async": {**_COMPAT, "max_concurrent_per_user": 1000},
+    # No per-user cap: every anonymous caller shares one owner; the per-IP rate limit governs them.
+    "compat.async": {**_COMPAT},
     "compat.read": {**_COMPAT},
 }
 """Every endpoint policy that exists, with what differs from the model's field defaults."""

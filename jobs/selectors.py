@@ -8,9 +8,9 @@ from accounts.models import User
 from jobs.models import Job
 
 
-def job_list(*, user: User, mode: str = "", status: str = "", kind: str = "") -> QuerySet[Job]:
-    """The user's own jobs (staff: everyone's), newest first, optionally filtered."""
-    jobs = Job.objects.all() if user.is_staff else Job.objects.filter(owner=user)
+def job_list(*, user: User, mode: str = "", status: str = "", kind: str = "", own_only: bool = False) -> QuerySet[Job]:
+    """The user's own jobs (staff: everyone's, unless own_only), newest first, optionally filtered."""
+    jobs = Job.objects.all() if user.is_staff and not own_only else Job.objects.filter(owner=user)
     if mode:
         jobs = jobs.filter(mode=mode)
     if status:

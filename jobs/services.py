@@ -56,8 +56,12 @@ def job_submit(
     params: dict[str, Any],
     mode: str,
     callback_url: str = "",
+    free: bool = False,
 ) -> Job:
-    """Accept a validated job: answer it from the cache, run it now (sync) or record and queue it (async)."""
+    """Accept a validated job: answer it from the cache, run it now (sync) or record and queue it (async).
+
+    `free` jobs cost nothing: anonymous callers of the compatible routes have no credits to spend.
+    """
     if callback_url:
         try:
             ssrf.check_url(callback_url, allow_unresolved=True)
@@ -65,12 +69,15 @@ def job_submit(
             raise CallbackUrlForbidden(exc.reason) from None
     kind_settings = get_kind_settings(kind_name)
     if circuit_acquire(kind_settings, take_trial=False) == CircuitState.OPEN:
+        retry_after = max(1, kind_settings.circuit_recovery)
         raise CircuitOpen(
             f"Jobs of kind {kind_name} fail fast while their upstream keeps failing; nothing was charged.",
-            headers={"Retry-After": str(max(1, kind_settings.circuit_recovery))},
+            headers={"Retry-After": str(retry_after)},
+            limit={"circuit": kind_name, "recovery": kind_settings.circuit_recovery},
+            retry_after=retry_after,
         )
     request = _JobRequest(user=user, policy=policy, kind_settings=kind_settings, params=params, mode=mode,
-                          callback_url=callback_url)  # fmt: skip
+                          callback_url=callback_url, cost=0 if free else kind_settings.cost)  # fmt: skip
     cached = cache_get(kind_settings, params)
     if cached is not None:
         job = _job_record_cached(request, result=cached)
@@ -92,6 +99,7 @@ class _JobRequest:
     params: dict[str, Any]
     mode: str
     callback_url: str
+    cost: int
 
 
 def _job_create(request: _JobRequest, **state: Any) -> Job:
@@ -125,7 +133,7 @@ def _job_run_sync(request: _JobRequest) -> Job:
     with transaction.atomic():
         concurrency_admit(user=request.user, policy=request.policy)
         job = _job_create(
-            request, status=JobStatus.RUNNING, cost=request.kind_settings.cost, attempts=1,
+            request, status=JobStatus.RUNNING, cost=request.cost, attempts=1,
             started_at=timezone.now(), queue_wait_ms=0,
         )  # fmt: skip
         job_charge(job)
@@ -150,13 +158,15 @@ def _job_enqueue(request: _JobRequest) -> Job:
         raise QueueFull(
             f"The queue holds {depth} jobs (cap {policy.queue_max_depth}).",
             headers={"Retry-After": str(settings.QUEUE_FULL_RETRY_AFTER)},
+            limit={"policy": policy.name, "queue_max_depth": policy.queue_max_depth},
             queue_depth=depth,
             queue_capacity=policy.queue_max_depth,
+            retry_after=settings.QUEUE_FULL_RETRY_AFTER,
         )
     attributes = {"job.kind": request.kind_settings.kind}
     with transaction.atomic(), tracer.start_as_current_span("job.enqueue", attributes=attributes) as span:
         concurrency_admit(user=request.user, policy=policy)
-        job = _job_create(request, cost=request.kind_settings.cost)
+        job = _job_create(request, cost=request.cost)
         span.set_attribute("job.id", str(job.id))
         job_charge(job)
         enqueue = partial(

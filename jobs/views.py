@@ -193,7 +193,7 @@ class JobExportView(EndpointView):
     def get(self, request: Request) -> StreamingHttpResponse:
         query = ExportQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        jobs = job_list(user=request.user).prefetch_related("callback_attempts")
+        jobs = job_list(user=request.user, own_only=True).prefetch_related("callback_attempts")  # API.md: own jobs
         rows = (JobSerializer(job).data for job in jobs.iterator(chunk_size=self.EXPORT_CHUNK))
         if query.validated_data["format"] == "csv":
             response = StreamingHttpResponse(_export_csv(rows), content_type="text/csv; charset=utf-8")

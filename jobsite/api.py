@@ -5,6 +5,7 @@ from typing import Any, ClassVar
 from django.conf import settings
 from django.utils.module_loading import import_string
 from drf_spectacular.utils import OpenApiResponse
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -23,6 +24,12 @@ class NewestFirstPagination(CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+
+    def decode_cursor(self, request: Request) -> Any:
+        try:
+            return super().decode_cursor(request)
+        except NotFound:  # DRF answers a malformed cursor with 404; it is bad input
+            raise ValidationError({self.cursor_query_param: ["Invalid cursor."]}) from None
 
 
 def load_endpoint_policy(name: str) -> Any:

@@ -23,12 +23,11 @@ def _read(name: str, default: T, parse: Callable[[str], T]) -> T:
 
 
 def _parse_bool(raw: str) -> bool:
-    lowered = raw.lower()
-    if lowered in _TRUE:
+    if raw in _TRUE:
         return True
-    if lowered in _FALSE:
+    if raw in _FALSE:
         return False
-    raise ValueError("expected true/false (or 1/0)")
+    raise ValueError("expected true or false (or 1 or 0)")
 
 
 def _parse_list(raw: str) -> list[str]:

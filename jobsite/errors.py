@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, JsonResponse
 from redis.exceptions import RedisError
@@ -97,6 +98,10 @@ class CircuitOpen(ServiceError):
 
 class ServiceUnavailable(ServiceError):
     status, code, title = 503, "service_unavailable", "Service unavailable"
+
+    def __init__(self, detail: str = "", **extra: Any):
+        retry_after = settings.SERVICE_UNAVAILABLE_RETRY_AFTER
+        super().__init__(detail, headers={"Retry-After": str(retry_after)}, retry_after=retry_after, **extra)
 
 
 def problem(

@@ -183,6 +183,8 @@ WEBHOOK_SECRET_ROTATION_WINDOW = env_int("WEBHOOK_SECRET_ROTATION_WINDOW", 24 * 
 POLICY_CHECK_INTERVAL = env_float("POLICY_CHECK_INTERVAL", 0.5, minimum=0.0)
 """Seconds a process trusts its cached policies before it re-checks the version in Redis."""
 
+SERVICE_UNAVAILABLE_RETRY_AFTER = env_int("SERVICE_UNAVAILABLE_RETRY_AFTER", 5, minimum=1)
+"""Seconds a client told `service_unavailable` (Redis unreachable) should wait."""
 QUEUE_FULL_RETRY_AFTER = env_int("QUEUE_FULL_RETRY_AFTER", 5, minimum=1)
 """Seconds a client told `queue_full` should wait."""
 

@@ -81,6 +81,8 @@ def test_circuit_opens_across_two_workers_fails_fast_half_opens_and_closes(
 
     response = _submit(api, server.url)
     assert response.status_code == 503 and response.json()["code"] == "circuit_open"
+    assert response.json()["limit"]["circuit"] == "fetch"
+    assert int(response["Retry-After"]) == response.json()["retry_after"] >= 1
     requests_so_far = len(server.requests)
 
     upstream.failing = False

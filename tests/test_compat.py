@@ -6,6 +6,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from credits.models import EntryType, LedgerEntry
 from jobs.compat import ANONYMOUS_USERNAME
 from jobs.models import Job, JobMode, WebhookSecret
 from jobsite import crypto
@@ -35,7 +36,7 @@ def test_original_clients_work_unchanged(server_url: str, start_worker, http_ser
         assert invalid.json()["code"] == "validation_error"
     assert client.post("/async", content=b"{oops", headers={"Content-Type": "application/json"}).status_code == 422
     forbidden = client.post("/async", json={"data": "x", "callback_url": "file:///etc/passwd"})
-    assert forbidden.status_code == 400 and forbidden.json()["code"] == "callback_url_forbidden"
+    assert forbidden.status_code == 422 and forbidden.json()["code"] == "callback_url_forbidden"
 
     accepted = client.post("/async", json={"data": "hello", "iterations": 1000, "callback_url": receiver.url + "/cb"})
     assert accepted.status_code == 200, accepted.text
@@ -69,5 +70,8 @@ def test_original_clients_work_unchanged(server_url: str, start_worker, http_ser
     # the same records as /api/v1/: ordinary jobs under the compat policies, with the delivery recorded
     job = Job.objects.get(pk=request_id)
     assert (job.endpoint, job.mode, job.owner.username) == ("compat.async", JobMode.ASYNC, ANONYMOUS_USERNAME)
+    # Anonymous callers have no credits to spend: their jobs are free, so the shared owner never runs dry.
+    assert set(Job.objects.filter(owner=job.owner).values_list("cost", flat=True)) == {0}
+    assert not LedgerEntry.objects.filter(account_id=job.owner_id, type=EntryType.CHARGE).exists()
     wait_until(lambda: Job.objects.get(pk=request_id).callback_status == "delivered")
     assert list(job.callback_attempts.values_list("n", "status_code")) == [(1, 200)]

@@ -164,7 +164,8 @@ def test_queue_full_is_503_with_retry_after(api: APIClient) -> None:
     response = api.post("/api/v1/jobs/async/", HASH, format="json")
     assert response.status_code == 503
     assert response.json()["code"] == "queue_full"
-    assert int(response["Retry-After"]) >= 1
+    assert int(response["Retry-After"]) == response.json()["retry_after"] >= 1  # the body says when, too
+    assert response.json()["limit"] == {"policy": "jobs.async", "queue_max_depth": 2}
     assert Job.objects.count() == 2
 
 
@@ -190,3 +191,20 @@ def test_unknown_path_is_problem_json(api: APIClient) -> None:
     response = api.get("/api/v1/nothing-here/")
     assert response.status_code == 404
     assert response["Content-Type"] == "application/problem+json"
+
+
+def test_malformed_cursor_is_a_400(api: APIClient) -> None:
+    response = api.get("/api/v1/jobs/?cursor=not-a-cursor")
+    assert response.status_code == 400
+    assert response.json()["errors"] == [{"field": "cursor", "message": "Invalid cursor."}]
+
+
+def test_staff_list_everyone_but_export_their_own(
+    api: APIClient, make_user: Callable[..., User], client_for: Callable[[User], APIClient]
+) -> None:
+    api.post("/api/v1/jobs/sync/", HASH, format="json")
+    staff = client_for(make_user("operator", is_staff=True))
+    staff.post("/api/v1/jobs/sync/", {"kind": "hash", "input": {"data": "mine"}}, format="json")
+    assert len(staff.get("/api/v1/jobs/").json()["results"]) == 2
+    exported = [json.loads(line) for line in staff.get("/api/v1/jobs/export/").getvalue().decode().splitlines()]
+    assert len(exported) == 1 and exported[0]["input"]["data"] == "mine"

@@ -202,6 +202,7 @@ def test_redis_down_without_a_limiter_still_refuses_cleanly(api: APIClient, redi
         response = api.post(path, HASH, format="json")
         assert response.status_code == 503, response.content
         assert response.json()["code"] == "service_unavailable"
+        assert int(response["Retry-After"]) == response.json()["retry_after"] >= 1
     assert Job.objects.count() == 0
 
 
