@@ -34,6 +34,13 @@ from jobs.webhooks import webhook_secret_rotate
 from jobsite.api import PROBLEM, EndpointView, NewestFirstPagination
 from jobsite.errors import NotFound
 
+IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    description="Same key and body within the policy's TTL replays the first response (Idempotent-Replayed: true).",
+)
+
 
 class JobSubmitView(EndpointView):
     mode: str
@@ -60,6 +67,7 @@ class JobSubmitView(EndpointView):
     post=extend_schema(
         operation_id="jobs_sync",
         summary="Run a job now; the result is in the response",
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
         request=JobRequestSerializer,
         responses={200: JobSerializer, 400: PROBLEM, 401: PROBLEM, 402: PROBLEM, 429: PROBLEM, 502: PROBLEM},
     )
@@ -73,6 +81,7 @@ class JobSyncView(JobSubmitView):
     post=extend_schema(
         operation_id="jobs_async",
         summary="Queue a job; poll its Location or receive a signed webhook",
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
         request=JobRequestSerializer,
         responses={202: JobSerializer, 400: PROBLEM, 401: PROBLEM, 402: PROBLEM, 429: PROBLEM, 503: PROBLEM},
     )
@@ -122,6 +131,9 @@ class JobDetailView(EndpointView):
     @extend_schema(
         operation_id="jobs_detail",
         summary="One job with its webhook delivery attempts; ETag / If-None-Match supported",
+        parameters=[
+            OpenApiParameter("If-None-Match", str, OpenApiParameter.HEADER, description="An ETag seen before.")
+        ],
         responses={200: JobSerializer, 304: OpenApiResponse(description="Not modified"), 404: PROBLEM},
     )
     def get(self, request: Request, job_id: UUID) -> Response:

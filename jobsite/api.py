@@ -4,7 +4,8 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.utils.module_loading import import_string
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
@@ -37,10 +38,26 @@ def load_endpoint_policy(name: str) -> Any:
     return import_string(settings.ENDPOINT_POLICY_LOADER)(name)
 
 
+MFA_CODE_PARAMETER = OpenApiParameter(
+    "X-MFA-Code",
+    str,
+    OpenApiParameter.HEADER,
+    description="6-digit TOTP code of a confirmed device; required where the endpoint's policy requires MFA.",
+)
+
+
+class EndpointSchema(AutoSchema):
+    """Every policy-governed operation documents the MFA header its policy may demand."""
+
+    def get_override_parameters(self) -> list[Any]:
+        return [*super().get_override_parameters(), MFA_CODE_PARAMETER]
+
+
 class EndpointView(APIView):
     """An API view governed by the EndpointPolicy named `endpoint`; the policy is on `request.policy`."""
 
     endpoint: ClassVar[str]
+    schema = EndpointSchema()
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         # On the HttpRequest too: the browsable API re-checks permissions on clones that only share it.

@@ -184,6 +184,8 @@ def test_openapi_schema_documents_every_endpoint(api: APIClient) -> None:
     for path in ("/api/v1/jobs/", "/api/v1/jobs/sync/", "/api/v1/jobs/async/", "/api/v1/jobs/{job_id}/",
                  "/api/v1/jobs/{job_id}/cancel/", "/api/v1/jobs/export/"):  # fmt: skip
         assert path in paths
+    headers = {p["name"] for p in paths["/api/v1/jobs/sync/"]["post"]["parameters"] if p["in"] == "header"}
+    assert headers == {"Idempotency-Key", "X-MFA-Code"}
     assert api.get("/api/docs/").status_code == 200
 
 
