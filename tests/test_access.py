@@ -20,7 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts.models import SCOPES, ApiKey, IpAllowEntry, User
+from accounts.models import SCOPES, ApiKey, IpAllowEntry, Role, User
 from accounts.services import api_key_create, api_key_revoke
 from jobs.models import EndpointPolicy, KindSettings
 from jobs.policies import policies_changed
@@ -294,11 +294,15 @@ def test_policy_command_validates_like_the_admin_and_changes_nothing_on_error(
     good.write_text(json.dumps(exported))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**exported, "kind.stats": {"time_limit": 0}, "jobs.async": {"rate_limit": 99}}))
+    bad.write_text(json.dumps({**exported, "jobs.read": {"roles": "auditors"}, "kind.stats": {"time_limit": 0}}))
     with pytest.raises(CommandError, match="time_limit"):
         call_command("policy", "import", str(bad))
     assert EndpointPolicy.objects.get(name="jobs.sync").rate_limit == 7  # nothing of the bad file applied
-    call_command("policy", "import", str(good))
+    assert not Role.objects.filter(name="auditors").exists()
+    good.write_text(json.dumps({**exported, "jobs.read": {**exported["jobs.read"], "roles": "auditors"}}))
+    call_command("policy", "import", str(good))  # into a database that has no such role yet
     assert EndpointPolicy.objects.get(name="jobs.sync").rate_limit == 11
+    assert EndpointPolicy.objects.get(name="jobs.read").role_list == ["auditors"]
     assert KindSettings.objects.get(kind="hash").cost == 3
     capsys.readouterr()
     call_command("policy", "show", "kind.hash")

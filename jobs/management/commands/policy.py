@@ -9,6 +9,7 @@ from django import forms
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import models, transaction
 
+from accounts.models import Role, split_list
 from jobs.forms import EndpointPolicyForm, KindSettingsForm
 from jobs.kinds import KINDS
 from jobs.models import EndpointPolicy, KindSettings
@@ -142,8 +143,18 @@ class Command(BaseCommand):
             raise CommandError(f"cannot read {file}: {exc}") from None
         if not isinstance(document, dict) or not all(isinstance(fields, dict) for fields in document.values()):
             raise CommandError('expected a JSON object {"<policy name>": {"<field>": value, ...}, ...}')
-        _save(_validated(document))
+        with transaction.atomic():  # a file that fails validation leaves no role behind either
+            _create_named_roles(document)
+            _save(_validated(document))
         self.stdout.write(f"imported {len(document)} policies")
+
+
+def _create_named_roles(document: dict[str, dict[str, Any]]) -> None:
+    """Config as code: the roles an imported policy names exist afterwards, as on the system it came from."""
+    for fields in document.values():
+        if isinstance(fields.get("roles"), str):
+            for name in split_list(fields["roles"]):
+                Role.objects.get_or_create(name=name)
 
 
 def _text(value: Any) -> str:
