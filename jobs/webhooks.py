@@ -135,10 +135,9 @@ def _send(job: Job, body: str) -> _Outcome:
     timeout = httpx.Timeout(settings.CALLBACK_READ_TIMEOUT, connect=settings.CALLBACK_CONNECT_TIMEOUT)
     deadline = time.monotonic() + settings.CALLBACK_TOTAL_TIMEOUT
     try:
-        with (
-            httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client,
-            ssrf.guarded_stream(client, "POST", job.callback_url, content=body.encode(), headers=headers) as response,
-        ):
+        with ssrf.guarded_stream(
+            "POST", job.callback_url, content=body.encode(), headers=headers, timeout=timeout
+        ) as response:
             excerpt = _read_capped(response, deadline)
     except ssrf.UrlForbidden as exc:
         return _Outcome(error=f"callback_url_forbidden: {exc.reason}", retryable=False)

@@ -28,10 +28,9 @@ def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
     size = 0
     timeout = httpx.Timeout(settings.FETCH_READ_TIMEOUT, connect=settings.FETCH_CONNECT_TIMEOUT)
     try:
-        with (
-            httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client,
-            ssrf.guarded_stream(client, "GET", params["url"], headers={"User-Agent": "Jobsite-fetch/1"}) as response,
-        ):
+        with ssrf.guarded_stream(
+            "GET", params["url"], headers={"User-Agent": "Jobsite-fetch/1"}, timeout=timeout
+        ) as response:
             for chunk in response.iter_bytes():
                 size += len(chunk)
                 if size > settings.FETCH_MAX_BYTES:
