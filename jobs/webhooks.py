@@ -7,7 +7,6 @@ its RQ job, so a pending delivery always ends delivered or failed.
 
 import base64
 import logging
-import random
 import secrets
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from jobs import metrics, queues, ssrf
 from jobs.compat import COMPAT_ASYNC, CompatCallbackSerializer
 from jobs.models import FINAL_STATUSES, CallbackAttempt, CallbackStatus, Job, WebhookSecret
 from jobs.policies import get_kind_settings
+from jobs.retries import backoff_with_jitter
 from jobs.serializers import JobSerializer
 from jobsite import crypto
 from jobsite.tracing import extract_context, get_tracer
@@ -163,9 +163,8 @@ def _send(job: Job, body: str) -> _Outcome:
 
 
 def _backoff_seconds(*, base: float, retry_index: int, retry_after: float | None) -> float:
-    """Exponential backoff with jitter (half fixed, half random), never shorter than a capped Retry-After."""
-    ceiling = min(settings.CALLBACK_BACKOFF_MAX, base * 2**retry_index)
-    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    """Exponential backoff with jitter, never shorter than a capped Retry-After."""
+    delay = backoff_with_jitter(base=base, retry_index=retry_index, ceiling=settings.CALLBACK_BACKOFF_MAX)
     if retry_after is not None:
         delay = max(delay, min(retry_after, settings.CALLBACK_RETRY_AFTER_MAX))
     return delay
