@@ -211,13 +211,17 @@ def _job_finish(
 ) -> bool:
     """Record the outcome, only if this attempt still owns the job (a reaped job is not overwritten)."""
     now = timezone.now()
-    log = _attempt_entry(job, code=error_code, message=error_message, callers_fault=callers_fault)
+    log = (
+        _attempt_entry(job, code=error_code, message=error_message, callers_fault=callers_fault)
+        if error_code
+        else job.attempt_log
+    )
     finished = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(
         status=status,
         result=result,
         error_code=error_code,
         error_message=error_message[:2000],
-        attempt_log=log if error_code else job.attempt_log,
+        attempt_log=log,
         finished_at=now,
         run_ms=_elapsed_ms(job.started_at, now),
     )
