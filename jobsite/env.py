@@ -73,3 +73,19 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
         return raw
 
     return _read(name, default, parse)
+
+
+def _parse_ports(raw: str) -> frozenset[int]:
+    ports: set[int] = set()
+    for item in _parse_list(raw):
+        low, _, high = item.partition("-")
+        first, last = int(low), int(high or low)
+        if not 1 <= first <= last <= 65535:
+            raise ValueError(f"{item!r} is not a port or range within 1-65535")
+        ports.update(range(first, last + 1))
+    return frozenset(ports)
+
+
+def env_ports(name: str, default: str) -> frozenset[int]:
+    """A set of TCP ports written as a comma-separated list of ports and ranges: `80,443,1024-65535`."""
+    return _read(name, _parse_ports(default), _parse_ports)

@@ -27,6 +27,7 @@ SECRET_VALUE_PATTERNS = [
     re.compile(r"\bgAAAAA[A-Za-z0-9_=-]{20,}"),  # Fernet tokens
     re.compile(r"(?i)(x-mfa-code[\"']?\s*[:=]\s*[\"']?)\d{6}"),
     re.compile(r"\bv1,[A-Za-z0-9+/=]{20,}"),  # webhook signatures
+    re.compile(r"(\bhttps?://[^\s?#\"'<>]*\?)[^\s#\"'<>]+", re.IGNORECASE),  # query strings of URLs (tokens)
 ]
 """Secrets recognised inside any string value (messages included)."""
 

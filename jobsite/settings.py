@@ -6,7 +6,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from jobsite.env import env_bool, env_choice, env_float, env_int, env_list, env_str
+from jobsite.env import env_bool, env_choice, env_float, env_int, env_list, env_ports, env_str
 from jobsite.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -114,6 +114,17 @@ RECONCILE_RUNNING_GRACE = env_int("RECONCILE_RUNNING_GRACE", 30, minimum=0)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
 
 CALLBACK_ALLOW_PRIVATE = env_bool("CALLBACK_ALLOW_PRIVATE", False)
+"""Lets webhooks and `fetch` reach loopback and private (RFC 1918, ULA) addresses: local runs and tests only."""
+OUTBOUND_ALLOWED_PORTS = env_ports("OUTBOUND_ALLOWED_PORTS", "80,443,1024-65535")
+"""Ports webhooks and `fetch` may connect to (the SSRF guard), before OUTBOUND_DENIED_PORTS are taken out."""
+OUTBOUND_DENIED_PORTS = env_ports(
+    "OUTBOUND_DENIED_PORTS",
+    "1080,1433,1521,2049,2181,2375,2376,2379,2380,3306,3389,4369,5432,5672,5900,5984,6379,6443,"
+    "8500,9042,9092,9200,9300,10250,11211,15672,25672,27017",
+)
+"""Well-known service ports never reached from outside HTTP, even inside the allowed range: SOCKS, MSSQL,
+Oracle, NFS, ZooKeeper, Docker, etcd, MySQL, RDP, epmd, PostgreSQL, AMQP, VNC, CouchDB, Redis, Kubernetes,
+Consul, Cassandra, Kafka, Elasticsearch, kubelet, memcached, RabbitMQ, MongoDB."""
 TRUSTED_PROXIES = env_list("TRUSTED_PROXIES")
 ENCRYPTION_KEYS = env_list("ENCRYPTION_KEYS")
 OTEL_EXPORTER = env_choice("OTEL_EXPORTER", "none", ("none", "console", "otlp"))
