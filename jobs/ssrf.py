@@ -37,6 +37,7 @@ LOCALHOST_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhos
 """Names that mean this machine, whatever DNS says; subdomains of `localhost` too (RFC 6761)."""
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+"""The port of a URL that names none."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,11 @@ NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
 
 SIXTOFOUR = ipaddress.IPv6Network("2002::/16")
 """RFC 3056: the IPv4 address is bits 16-47, reached through a 6to4 relay."""
+
+
+def url_port(url: httpx.URL) -> int:
+    """The port a URL connects to: its explicit port (even 0), else its scheme's default."""
+    return DEFAULT_PORTS[url.scheme] if url.port is None else url.port
 
 
 class UrlForbidden(Exception):
@@ -249,10 +255,6 @@ class CheckedUrl:
     url: httpx.URL
     addresses: tuple[IPAddress, ...]
 
-    @property
-    def port(self) -> int:
-        return self.url.port or DEFAULT_PORTS[self.url.scheme]
-
     def pinned_address(self) -> IPAddress:
         """The checked address a request connects to (the first one the resolver gave)."""
         if not self.addresses:
@@ -269,7 +271,7 @@ def _parse(url: str) -> httpx.URL:
         raise UrlForbidden("only http and https URLs are allowed")
     if parsed.userinfo:
         raise UrlForbidden("credentials in the URL are not allowed")
-    port = parsed.port or DEFAULT_PORTS[parsed.scheme]
+    port = url_port(parsed)
     if port not in allowed_ports():
         raise UrlForbidden(f"port {port} is not allowed for outgoing requests")
     return parsed
@@ -292,7 +294,7 @@ def check_url(url: str, *, allow_unresolved: bool = False) -> CheckedUrl:
         addresses: tuple[IPAddress, ...] = (literal,)
     else:
         try:
-            answers = resolver(name, parsed.port or DEFAULT_PORTS[parsed.scheme])
+            answers = resolver(name, url_port(parsed))
         except (OSError, UnicodeError):
             answers = []
         if not answers:
@@ -363,8 +365,7 @@ class PinnedTransport(httpx.BaseTransport):
         address = request.extensions.get("pinned_address")
         if address is None:
             raise httpx.ConnectError("outgoing request without a checked address", request=request)
-        url = request.url
-        key = (url.scheme, url.host, url.port or DEFAULT_PORTS[url.scheme], address)
+        key = (request.url.scheme, request.url.host, url_port(request.url), address)
         return self._pool(key).handle_request(request)
 
     def close(self) -> None:

@@ -116,7 +116,7 @@ def _enter(addresses: Iterable[str], hosts: dict[str, str], forward: Iterable[in
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     for address in addresses:
         prefix = "/128" if ":" in address else "/32"
-        subprocess.run(["ip", "addr", "add", address + prefix, "dev", "lo"], check=True, capture_output=True)
+        subprocess.run(["ip", "addr", "replace", address + prefix, "dev", "lo"], check=True, capture_output=True)
     for port in forward:
         listener = socket.create_server(("127.0.0.1", port))
         threading.Thread(target=_relay, args=(listener, host_netns, port), daemon=True).start()
