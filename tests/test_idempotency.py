@@ -12,7 +12,7 @@ from credits.models import EntryType, LedgerEntry
 from jobs.idempotency import idempotency_claim, request_fingerprint
 from jobs.models import IdempotencyRecord, IdempotencyStatus, Job
 from jobs.tasks import reconcile
-from tests.conftest import auth_headers
+from tests.conftest import auth_headers, free_port
 from tests.traffic_http import fire_concurrently, set_policy
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -78,7 +78,7 @@ def test_rejected_requests_store_nothing_and_release_the_key(api: APIClient) -> 
 
 @override_settings(CALLBACK_ALLOW_PRIVATE=True)  # the fetch target is a closed local port
 def test_failed_sync_job_is_stored_and_replayed(api: APIClient) -> None:
-    fetch = {"kind": "fetch", "input": {"url": "http://127.0.0.1:9/"}}
+    fetch = {"kind": "fetch", "input": {"url": f"http://127.0.0.1:{free_port()}/"}}  # closed: nothing listens
     first = post(api, "/api/v1/jobs/sync/", fetch)
     assert first.status_code == 502
     again = post(api, "/api/v1/jobs/sync/", fetch)

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
 from accounts.models import User
+from jobs import ssrf
 from jobs.models import EndpointPolicy, Job, JobStatus, KindSettings
 from jobsite.logs import REDACTED, get_logger, logging_config
 from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst, wait_until
@@ -201,3 +202,17 @@ def test_secrets_are_redacted_in_every_record(json_logs: io.StringIO) -> None:
     assert len(records) == 4
     assert records[2]["headers"] == {"X-MFA-Code": REDACTED, "Accept": "json"}
     assert records[3]["job_id"] == "j-1"
+
+
+@override_settings(CALLBACK_ALLOW_PRIVATE=True)  # the target is a receiver on 127.0.0.1
+def test_outbound_urls_are_logged_without_query_strings(
+    json_logs: io.StringIO, http_server: Callable[..., LocalHTTPServer]
+) -> None:
+    """Regression: httpx logs every outbound request at INFO, query string (tokens) and all."""
+    server = http_server(lambda request: respond(request, 200, b"ok"))
+    with ssrf.guarded_stream("GET", f"{server.url}/hook?token=s3cr3t-query&x=1") as response:
+        response.read()
+    output = json_logs.getvalue()
+    [line] = [json.loads(row)["event"] for row in output.splitlines() if "HTTP Request" in row]
+    assert line.startswith(f"HTTP Request: GET {server.url}/hook?{REDACTED}")
+    assert "s3cr3t-query" not in output

@@ -4,9 +4,11 @@ counts connections; names resolve through a hosts file of the namespace's own. N
 """
 
 import ipaddress
+import os
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +28,8 @@ from tests.webhook_helpers import FakeDNS, drain_callbacks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-needs_netns = pytest.mark.skipif(bool(netns_unavailable()), reason=f"no network namespace: {netns_unavailable()}")
+NETNS_PROBLEM = netns_unavailable()
+needs_netns = pytest.mark.skipif(NETNS_PROBLEM is not None, reason=f"no network namespace: {NETNS_PROBLEM}")
 
 PUBLIC = "93.184.216.34"
 """A public address; inside the namespace it sits on `lo`, so reaching it is reaching a local listener."""
@@ -222,7 +225,9 @@ def _rebind_end_to_end(api: APIClient) -> dict[str, Any]:
         {"kind": "hash", "input": {"data": "x"}, "callback_url": f"http://rebind.test:{PORT}/hook"},
         format="json",
     )
-    fetched = api.post("/api/v1/jobs/async/", {"kind": "fetch", "input": {"url": "http://rebind2.test/"}}, format="json")
+    fetched = api.post(
+        "/api/v1/jobs/async/", {"kind": "fetch", "input": {"url": "http://rebind2.test/"}}, format="json"
+    )
     rewrite_hosts({**HOSTS, "rebind.test": "192.0.0.8", "rebind2.test": "fec0::1"})
     run_worker_burst()
     drain_callbacks()
@@ -255,16 +260,12 @@ def test_names_repointed_between_submission_and_delivery_are_refused_end_to_end(
     assert report["trap_hits"] == 0
 
 
-def _tls_pool_probe(ca_file: str, cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
+def _tls_pool_probe(ca_file: str, chain_file: str) -> dict[str, Any]:
     """A TLS server for a.test only; b.test is the same address. Each name must get its own verified connection."""
-    import os
-
-    os.environ["SSL_CERT_FILE"] = ca_file
+    os.environ["SSL_CERT_FILE"] = ca_file  # httpx's default context trusts this CA (trust_env)
     ssrf.outbound_client.cache_clear()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    with open("/tmp/tls-pool-probe.pem", "wb") as pem:
-        pem.write(cert_pem + key_pem)
-    context.load_cert_chain("/tmp/tls-pool-probe.pem")
+    context.load_cert_chain(chain_file)
     peers: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -297,16 +298,15 @@ def _tls_pool_probe(ca_file: str, cert_pem: bytes, key_pem: bytes) -> dict[str, 
 
 @needs_netns
 @override_settings(CALLBACK_ALLOW_PRIVATE=False)
-def test_pool_is_keyed_by_host_name_so_tls_verifies_each_name() -> None:
+def test_pool_is_keyed_by_host_name_so_tls_verifies_each_name(tmp_path: Path) -> None:
     """Regression: the pool was keyed by the pinned IP, so b.test reused a.test's connection and certificate."""
     authority = trustme.CA()
     cert = authority.issue_cert("a.test")
-    ca_file = "/tmp/tls-pool-probe-ca.pem"
+    ca_file, chain_file = str(tmp_path / "ca.pem"), str(tmp_path / "a.test.pem")
     authority.cert_pem.write_to_path(ca_file)
-    key_pem = cert.private_key_pem.bytes()
-    cert_pem = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
+    cert.private_key_and_cert_chain_pem.write_to_path(chain_file)
     hosts = {"a.test": PUBLIC, "b.test": PUBLIC}
-    report = run_in_netns(_tls_pool_probe, ca_file, cert_pem, key_pem, addresses=[PUBLIC], hosts=hosts)
+    report = run_in_netns(_tls_pool_probe, ca_file, chain_file, addresses=[PUBLIC], hosts=hosts)
     # a.test verified and reused (one connection); b.test's TLS handshake checked b.test and failed
     assert report == {"results": [200, "certificate", 200], "connections": 1}
 
@@ -374,9 +374,7 @@ def test_public_urls_pass_without_any_lookup_leaving_the_process(monkeypatch: py
 
 
 @override_settings(CALLBACK_ALLOW_PRIVATE=False)
-def test_unresolvable_name_is_accepted_then_retried_and_failed(
-    api: APIClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unresolvable_name_is_accepted_then_retried_and_failed(api: APIClient, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ssrf, "resolver", FakeDNS())  # no name resolves, and no question reaches real DNS
     KindSettings.objects.update_or_create(kind="hash", defaults={"callback_backoff": 0.01, "callback_retries": 1})
     url = "https://not-yet.test/hook"
