@@ -65,8 +65,8 @@ def _blocks(*rows: tuple[str, str] | tuple[str, str, str]) -> tuple[Block, ...]:
     return tuple(sorted(blocks, key=lambda block: -block.network.prefixlen))
 
 
-# IANA IPv4 and IPv6 Special-Purpose Address Registries (iana-ipv4-special-registry, iana-ipv6-special-registry),
-# as updated 2025-03-12 (IPv6: RFC 9780 dummy prefix), plus multicast and reserved space from the address registries.
+# IANA IPv4 and IPv6 Special-Purpose Address Registries (iana-ipv4-special-registry, iana-ipv6-special-registry), as of
+# 2025 (newest rows: RFC 9637, 9602, 9665, 9780), plus multicast and reserved space from the address registries.
 IPV4_BLOCKS = _blocks(
     ("0.0.0.0/8", "this network (RFC 791)"),
     ("10.0.0.0/8", "private-use (RFC 1918)", "private"),
