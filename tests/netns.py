@@ -16,6 +16,9 @@ so its only interface is a fresh `lo` with no route anywhere else. In the child:
 The function's return value (or its exception, as a traceback) comes back to the parent through a pipe, pickled.
 Call it from `transaction=True` tests: the parent's database connections are closed before the fork so that
 the child opens its own. `netns_unavailable()` says why a test must skip (no root, no unshare).
+
+Hand-written on libc's unshare/setns/mount (ctypes; os.unshare is 3.12+): pyroute2 makes named namespaces but
+neither runs a function inside one nor relays ports, and `unshare -n -m python ...` would lose the test's state.
 """
 
 import contextlib
