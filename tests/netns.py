@@ -14,6 +14,8 @@ so its only interface is a fresh `lo` with no route anywhere else. In the child:
   Django, RQ and Redis work unchanged inside the namespace and nothing else is reachable.
 
 The function's return value (or its exception, as a traceback) comes back to the parent through a pipe, pickled.
+Processes the function starts (a gunicorn, an rqworker, a fuzzer) inherit the namespace and the relays, so a
+whole service can be run and probed inside one call: start it, exercise it, stop it, return the findings.
 Call it from `transaction=True` tests: the parent's database connections are closed before the fork so that
 the child opens its own. `netns_unavailable()` says why a test must skip (no root, no unshare).
 

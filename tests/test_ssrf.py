@@ -5,6 +5,7 @@ counts connections; names resolve through a hosts file of the namespace's own. N
 
 import ipaddress
 import os
+import socket
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -402,3 +403,25 @@ def test_ipv4_parser_reads_every_notation(host: str, expected: str | None) -> No
     """httpx rejects some of these outright; other clients and resolvers (inet_aton) read them all as IPv4."""
     parsed = ssrf.parse_ipv4(host)
     assert (str(parsed) if parsed else None) == expected
+
+
+def _interfaces() -> dict[str, Any]:
+    with open("/proc/net/route") as routes, open("/proc/net/ipv6_route") as routes6:
+        ipv4_routes = routes.read().splitlines()[1:]
+        ipv6_routes = [line for line in routes6.read().splitlines() if not line.rstrip().endswith(" lo")]
+    with open("/etc/hosts") as hosts:
+        return {
+            "interfaces": [name for _, name in socket.if_nameindex()],
+            "routes_off_lo": [line for line in ipv4_routes if not line.startswith("lo")] + ipv6_routes,
+            "hosts": hosts.read(),
+        }
+
+
+@needs_netns
+def test_the_namespace_has_only_loopback_and_its_own_hosts_file() -> None:
+    """The harness itself: no interface but lo and no route off it, so a guard failure cannot leave the host."""
+    report = run_in_netns(_interfaces, addresses=["10.0.0.5"], hosts={"internal.test": "10.0.0.5"}, forward=[])
+    assert report["interfaces"] == ["lo"] and report["routes_off_lo"] == []
+    assert "10.0.0.5 internal.test" in report["hosts"]
+    with open("/etc/hosts") as hosts:
+        assert "internal.test" not in hosts.read()  # the bind mount stayed inside the namespace
