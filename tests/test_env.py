@@ -1,7 +1,7 @@
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from jobsite.env import env_bool, env_int, env_list
+from jobsite.env import env_bool, env_int, env_list, env_ports
 
 
 @pytest.mark.parametrize("raw,value", [("true", True), ("1", True), ("false", False), ("0", False)])
@@ -25,3 +25,14 @@ def test_unset_means_the_default_and_numbers_are_bounded(monkeypatch: pytest.Mon
         env_int("JOBSITE_TEST_N", 7)
     monkeypatch.setenv("JOBSITE_TEST_N", "a, b,,c ")
     assert env_list("JOBSITE_TEST_N") == ["a", "b", "c"]
+
+
+def test_port_sets_are_ports_and_ranges_within_1_65535(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JOBSITE_TEST_PORTS", raising=False)
+    assert env_ports("JOBSITE_TEST_PORTS", "80,443") == {80, 443}
+    monkeypatch.setenv("JOBSITE_TEST_PORTS", "80, 8000-8002")
+    assert env_ports("JOBSITE_TEST_PORTS", "") == {80, 8000, 8001, 8002}
+    for raw in ("0", "65536", "99999", "10-5", "http", "1-2-3"):
+        monkeypatch.setenv("JOBSITE_TEST_PORTS", raw)
+        with pytest.raises(ImproperlyConfigured, match="JOBSITE_TEST_PORTS"):
+            env_ports("JOBSITE_TEST_PORTS", "")
