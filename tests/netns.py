@@ -27,10 +27,13 @@ import contextlib
 import ctypes
 import os
 import pickle
+import select
+import signal
 import socket
 import subprocess
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -127,15 +130,34 @@ def _enter(addresses: Iterable[str], hosts: dict[str, str], forward: Iterable[in
         threading.Thread(target=_relay, args=(listener, host_netns, port), daemon=True).start()
 
 
+def _read_until_closed(read_end: int, pid: int, *, deadline: float) -> bytes:
+    """All the child writes until it closes the pipe; the child is reaped, or killed at the deadline."""
+    chunks = []
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        while select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            chunk = pipe.read(65536)
+            if not chunk:
+                os.waitpid(pid, 0)
+                return b"".join(chunks)
+            chunks.append(chunk)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("the namespace child did not finish in time (killed)")
+
+
 def run_in_netns(
     function: Callable[..., Any],
     *args: Any,
     addresses: Iterable[str] = (),
     hosts: dict[str, str] | None = None,
     forward: Iterable[int] | None = None,
+    timeout: float = 300.0,
     **kwargs: Any,
 ) -> Any:
-    """function(*args, **kwargs) in a forked child inside a new network and mount namespace; its result."""
+    """function(*args, **kwargs) in a forked child inside a new network and mount namespace; its result.
+
+    A child still running after `timeout` seconds is killed and the call fails, so a hung probe cannot hang CI.
+    """
     forward = backing_service_ports() if forward is None else list(forward)
     connections.close_all()
     read_end, write_end = os.pipe()
@@ -154,9 +176,7 @@ def run_in_netns(
                 pipe.write(pickle.dumps((False, traceback.format_exc())))
         os._exit(0)
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
+    data = _read_until_closed(read_end, pid, deadline=time.monotonic() + timeout)
     if not data:
         raise AssertionError("the namespace child died without a result")
     ok, value = pickle.loads(data)
