@@ -2,7 +2,8 @@
 
 from typing import Any
 
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from django_otp import user_has_device
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication, get_authorization_header
 from rest_framework.request import Request
 
 from accounts.models import ApiKey, User
@@ -33,6 +34,22 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
+
+
+class OtpSessionAuthentication(SessionAuthentication):
+    """A session counts only once OTP-verified when its user has a device: the admin's rule, for the API too.
+
+    Without it a password-only session (DRF's login, or a half-finished admin login) would carry every scope
+    and, for staff, everyone's jobs."""
+
+    def authenticate(self, request: Request) -> tuple[User, None] | None:
+        result = super().authenticate(request)
+        if result is None:
+            return None
+        user = result[0]
+        if user_has_device(user) and not request._request.user.is_verified():
+            raise NotAuthenticated("This session has not passed its OTP check: sign in again with your TOTP code.")
+        return result
 
 
 def request_api_key(request: Any) -> ApiKey | None:

@@ -1,4 +1,4 @@
-"""The caller's own account: who am I, and TOTP enrolment. Not policy rows: AccountAccess governs them."""
+"""The caller's own account: who am I, and TOTP enrolment, under the `account.read` / `account.write` policies."""
 
 import base64
 import io
@@ -10,15 +10,14 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from accounts.authentication import request_api_key
 from accounts.models import SCOPES
-from accounts.permissions import MFA_HEADER, AccountAccess, require_mfa_code
+from accounts.permissions import MFA_HEADER, require_mfa_code
 from accounts.selectors import user_has_mfa, user_role_names
 from accounts.serializers import MeSerializer, MfaStatusSerializer, TotpConfirmSerializer, TotpEnrolmentSerializer
 from accounts.services import totp_confirm, totp_enrol, totp_remove
-from jobsite.api import PROBLEM
+from jobsite.api import PROBLEM, EndpointView
 from jobsite.errors import NotFound
 
 
@@ -28,11 +27,13 @@ def _qr_png_base64(text: str) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-class AccountView(APIView):
-    permission_classes = [AccountAccess]
+ACCOUNT_READ = "account.read"
+ACCOUNT_WRITE = "account.write"
 
 
-class MeView(AccountView):
+class MeView(EndpointView):
+    endpoint = ACCOUNT_READ
+
     @extend_schema(operation_id="me", summary="The caller", responses={200: MeSerializer, 401: PROBLEM})
     def get(self, request: Request) -> Response:
         key = request_api_key(request)
@@ -47,7 +48,14 @@ class MeView(AccountView):
         return Response(MeSerializer(data).data)
 
 
-class TotpView(AccountView):
+class TotpEnrolmentView(EndpointView):
+    """Enrolling the first device cannot demand a code of it: MfaVerified lets a user without one through."""
+
+    endpoint = ACCOUNT_WRITE
+    mfa_enrolment = True
+
+
+class TotpView(TotpEnrolmentView):
     @extend_schema(
         operation_id="me_mfa_totp_enrol",
         summary="Start TOTP enrolment (needs scope account:write)",
@@ -74,7 +82,7 @@ class TotpView(AccountView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class TotpConfirmView(AccountView):
+class TotpConfirmView(TotpEnrolmentView):
     @extend_schema(
         operation_id="me_mfa_totp_confirm",
         summary="Confirm TOTP enrolment with a first code (needs scope account:write)",

@@ -16,9 +16,7 @@ from rest_framework import status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from accounts.permissions import AccountAccess
 from jobs.idempotency import idempotent_response
 from jobs.models import Job, JobMode
 from jobs.selectors import job_get, job_list
@@ -216,10 +214,10 @@ class JobExportView(EndpointView):
         return response
 
 
-class WebhookSecretView(APIView):
-    """An account endpoint like /me: any valid key, with the `account:write` scope."""
+class WebhookSecretView(EndpointView):
+    """An account write like the /me ones: governed by the `account.write` policy."""
 
-    permission_classes = [AccountAccess]
+    endpoint = "account.write"
 
     @extend_schema(
         operation_id="me_webhook_secret",
