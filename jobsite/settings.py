@@ -179,6 +179,8 @@ CALLBACK_RECONCILE_GRACE = env_int("CALLBACK_RECONCILE_GRACE", 120, minimum=0)
 """Seconds a pending delivery may show no progress before the reconciler enqueues it again."""
 WEBHOOK_SECRET_ROTATION_WINDOW = env_int("WEBHOOK_SECRET_ROTATION_WINDOW", 24 * 3600, minimum=0)
 """Seconds a rotated-out signing secret keeps signing next to the new one."""
+WEBHOOK_SECRETS_MAX_ACTIVE = env_int("WEBHOOK_SECRETS_MAX_ACTIVE", 2, minimum=2)
+"""Signing secrets a user may have active at once (rotation needs two); a rotation retires the oldest beyond it."""
 
 POLICY_CHECK_INTERVAL = env_float("POLICY_CHECK_INTERVAL", 0.5, minimum=0.0)
 """Seconds a process trusts its cached policies before it re-checks the version in Redis."""
