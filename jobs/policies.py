@@ -40,7 +40,7 @@ _COMPAT = {
     "rate_limit_algorithm": RateLimitAlgorithm.FIXED_WINDOW,
     # Per user, anonymous callers per IP: anonymous traffic never spends an authenticated user's quota.
     "rate_limit_key": RateLimitKey.USER,
-    "rate_limit": 600,
+    "rate_limit": 1200,
     "rate_window": 60,
 }
 
