@@ -54,6 +54,8 @@ ENDPOINT_DEFAULTS: dict[str, dict[str, Any]] = {
     "compat.async": {**_COMPAT},
     "compat.read": {**_COMPAT},
     "account.read": {},
+    # Prometheus scrapes anonymously by convention; the counters hold no per-user data. Staff may require more.
+    "metrics.read": {"auth_required": False},
     "account.write": {
         "scopes": "account:write",
         "rate_limit_algorithm": RateLimitAlgorithm.TOKEN_BUCKET,

@@ -105,7 +105,7 @@ class AnonymousBudgetThrottle(BaseThrottle):
 
     def allow_request(self, request: Request, view: Any) -> bool:
         user = getattr(request, "user", None)
-        if user is not None and user.is_authenticated:
+        if (user is not None and user.is_authenticated) or not getattr(view, "anonymous_budget", True):
             return True
         algorithm = RateLimitAlgorithm.FIXED_WINDOW
         try:

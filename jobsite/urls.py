@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from jobs import compat
 from jobs.health import healthz
-from jobs.metrics import metrics_view
+from jobs.metrics import MetricsView
 
 
 def rq_dashboard_urlpatterns() -> list[URLPattern]:
@@ -32,7 +32,7 @@ urlpatterns = [
     # device); django-rq's API views alone admit any staff session, OTP or not.
     path("admin/rq/", include((rq_dashboard_urlpatterns(), "django_rq"))),
     path("admin/", admin.site.urls),
-    path("metrics", metrics_view, name="metrics"),
+    path("metrics", MetricsView.as_view(), name="metrics"),
 ]
 
 handler404 = "jobsite.errors.handler404"

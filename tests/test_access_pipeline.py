@@ -203,3 +203,16 @@ def test_wrong_mfa_codes_are_also_throttled_per_address_across_keys(make_user: C
         client = APIClient(**bearer(raw_key), REMOTE_ADDR="203.0.113.77", HTTP_X_MFA_CODE=wrong_code(device))
         answers.append(client.get("/api/v1/jobs/").status_code)
     assert answers == [401, 401, 401, 401, 429]
+
+
+@pytest.mark.django_db
+def test_metrics_are_public_by_default_but_staff_can_lock_them_down(user: User, settings) -> None:
+    settings.ANONYMOUS_BUDGET = 0  # anonymous job traffic is cut off: monitoring still works
+    assert anonymous("192.0.2.1").get("/metrics").status_code == 200
+    set_policy("metrics.read", auth_required=True)
+    assert anonymous("192.0.2.1").get("/metrics").json()["code"] == "not_authenticated"
+    assert keyed(user).get("/metrics").status_code == 200
+    set_policy("metrics.read", ip_allowlist=True)
+    ip_allow_entry_create(cidr="10.0.0.0/8")
+    assert keyed(user).get("/metrics").json()["code"] == "ip_not_allowed"
+    assert keyed(user, address="10.0.0.9").get("/metrics").status_code == 200

@@ -5,8 +5,9 @@ from django.db import migrations, models
 
 
 COMPAT_POLICIES = ("compat.sync", "compat.async", "compat.read")
-ACCOUNT_DEFAULTS = {
+NEW_POLICY_DEFAULTS = {
     "account.read": {},
+    "metrics.read": {"auth_required": False},
     "account.write": {
         "scopes": "account:write",
         "rate_limit_algorithm": "token_bucket",
@@ -20,9 +21,9 @@ ACCOUNT_DEFAULTS = {
 
 
 def seed_access(apps, schema_editor):
-    """Seed the account policies; close anonymous access on the compat routes (issue 13: it was on by default)."""
+    """Seed the account and metrics policies; close anonymous access on the compat routes (issue 13: it was on by default)."""
     EndpointPolicy = apps.get_model("jobs", "EndpointPolicy")
-    for name, defaults in ACCOUNT_DEFAULTS.items():
+    for name, defaults in NEW_POLICY_DEFAULTS.items():
         EndpointPolicy.objects.get_or_create(name=name, defaults=defaults)
     EndpointPolicy.objects.filter(name__in=COMPAT_POLICIES).update(auth_required=True, rate_limit_key="user")
 
