@@ -9,7 +9,7 @@ from typing import Any
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from accounts.authentication import request_api_key
+from accounts.authentication import request_api_key, request_scopes
 from accounts.selectors import ip_allowed, user_has_mfa, user_role_names
 from accounts.services import mfa_verify
 from accounts.throttling import mfa_check_allowed, mfa_failure_record
@@ -81,9 +81,8 @@ class HasPolicyRole(PolicyPermission):
 
 
 def has_scopes(request: Request, required: list[str]) -> bool:
-    """A key must carry every required scope; a session carries them all."""
-    key = request_api_key(request)
-    return key is None or set(required) <= set(key.scope_list)
+    """A key (or a token) must carry every required scope; a session carries them all."""
+    return set(required) <= set(request_scopes(request))
 
 
 class HasPolicyScopes(PolicyPermission):

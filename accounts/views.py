@@ -11,14 +11,20 @@ from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.authentication import request_api_key
-from accounts.models import SCOPES
+from accounts.authentication import BearerToken, request_api_key, request_scopes
 from accounts.permissions import MFA_HEADER, require_mfa_code
 from accounts.selectors import user_has_mfa, user_role_names
-from accounts.serializers import MeSerializer, MfaStatusSerializer, TotpConfirmSerializer, TotpEnrolmentSerializer
+from accounts.serializers import (
+    MeSerializer,
+    MfaStatusSerializer,
+    TokenSerializer,
+    TotpConfirmSerializer,
+    TotpEnrolmentSerializer,
+)
 from accounts.services import totp_confirm, totp_enrol, totp_remove
+from accounts.tokens import token_mint
 from jobsite.api import PROBLEM, EndpointView
-from jobsite.errors import NotFound
+from jobsite.errors import NotFound, PermissionDenied
 
 
 def _qr_png_base64(text: str) -> str:
@@ -29,6 +35,7 @@ def _qr_png_base64(text: str) -> str:
 
 ACCOUNT_READ = "account.read"
 ACCOUNT_WRITE = "account.write"
+AUTH_TOKEN = "auth.token"
 
 
 class MeView(EndpointView):
@@ -36,12 +43,11 @@ class MeView(EndpointView):
 
     @extend_schema(operation_id="me", summary="The caller", responses={200: MeSerializer, 401: PROBLEM})
     def get(self, request: Request) -> Response:
-        key = request_api_key(request)
         data = {
             "username": request.user.get_username(),
             "is_staff": request.user.is_staff,
             "roles": sorted(user_role_names(user=request.user)),
-            "scopes": key.scope_list if key is not None else list(SCOPES),
+            "scopes": request_scopes(request),
             "mfa_enrolled": user_has_mfa(user=request.user),
             "balance": import_string(settings.ACCOUNT_BALANCE_SELECTOR)(user=request.user),
         }
@@ -94,3 +100,24 @@ class TotpConfirmView(TotpEnrolmentView):
         body.is_valid(raise_exception=True)
         totp_confirm(user=request.user, code=body.validated_data["code"])
         return Response(MfaStatusSerializer({"mfa_enrolled": True}).data)
+
+
+class TokenView(EndpointView):
+    endpoint = AUTH_TOKEN
+
+    @extend_schema(
+        operation_id="auth_token",
+        summary="Mint a short-lived bearer token from an API key (its scopes, dies with it) or an MFA-verified session",
+        request=None,
+        responses={200: TokenSerializer, 401: PROBLEM, 403: PROBLEM, 429: PROBLEM},
+    )
+    def post(self, request: Request) -> Response:
+        if isinstance(request.auth, BearerToken):
+            raise PermissionDenied("A token cannot mint tokens: use the API key or the session it came from.")
+        key = request_api_key(request)
+        if key is None and not (user_has_mfa(user=request.user) and request.user.is_verified()):
+            raise PermissionDenied("Minting from a session needs one signed in with a TOTP code: enrol a device first.")
+        scopes = request_scopes(request)
+        token, lifetime = token_mint(user=request.user, key=key, scopes=scopes)
+        data = {"access": token, "token_type": "Bearer", "expires_in": lifetime, "scopes": scopes}
+        return Response(TokenSerializer(data).data)

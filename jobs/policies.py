@@ -54,6 +54,13 @@ ENDPOINT_DEFAULTS: dict[str, dict[str, Any]] = {
     "compat.async": {**_COMPAT},
     "compat.read": {**_COMPAT},
     "account.read": {},
+    "auth.token": {
+        "rate_limit_algorithm": RateLimitAlgorithm.TOKEN_BUCKET,
+        "rate_limit_key": RateLimitKey.USER,
+        "rate_limit": 60,
+        "rate_window": 60,
+        "refill_rate": 60,
+    },
     # Prometheus scrapes anonymously by convention; the counters hold no per-user data. Staff may require more.
     "metrics.read": {"auth_required": False},
     "account.write": {

@@ -1,5 +1,6 @@
 """Jobsite settings: every value comes from the environment through jobsite.env (strict, fails loudly)."""
 
+import hashlib
 from datetime import timedelta
 from pathlib import Path
 
@@ -200,6 +201,14 @@ API_KEY_TOUCH_INTERVAL = timedelta(seconds=env_int("API_KEY_TOUCH_INTERVAL", 60,
 OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "Jobsite")
 OTP_TOTP_THROTTLE_FACTOR = env_int("OTP_TOTP_THROTTLE_FACTOR", 1, minimum=0)
 """django-otp: after n failed codes a device refuses codes for factor * 2**(n-1) seconds; 0 turns it off."""
+JWT_ACCESS_LIFETIME = env_int("JWT_ACCESS_LIFETIME", 300, minimum=1)
+"""Seconds a bearer token minted at POST /api/v1/auth/token/ lives (it dies sooner with its API key)."""
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(seconds=JWT_ACCESS_LIFETIME),
+    "SIGNING_KEY": hashlib.sha256(b"jobsite:jwt:" + SECRET_KEY.encode()).hexdigest(),
+}
+"""djangorestframework-simplejwt: HS256 access tokens (accounts.tokens) under a 256-bit key derived from SECRET_KEY."""
+
 LOGIN_RATE = env_str("LOGIN_RATE", "10/5m")
 """django-ratelimit rate of sign-in attempts (admin and /api-auth/login/), per account and per client IP."""
 MFA_FAILURE_RATE = env_str("MFA_FAILURE_RATE", "5/5m")

@@ -7,6 +7,13 @@ from django.db import migrations, models
 COMPAT_POLICIES = ("compat.sync", "compat.async", "compat.read")
 NEW_POLICY_DEFAULTS = {
     "account.read": {},
+    "auth.token": {
+        "rate_limit_algorithm": "token_bucket",
+        "rate_limit_key": "user",
+        "rate_limit": 60,
+        "rate_window": 60,
+        "refill_rate": 60,
+    },
     "metrics.read": {"auth_required": False},
     "account.write": {
         "scopes": "account:write",
