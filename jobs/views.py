@@ -18,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from jobs.idempotency import idempotent_response
+from jobs.limits import caller_limits
 from jobs.models import Job, JobMode
 from jobs.selectors import job_get, job_list
 from jobs.serializers import (
@@ -25,6 +26,7 @@ from jobs.serializers import (
     JobListQuerySerializer,
     JobRequestSerializer,
     JobSerializer,
+    LimitsSerializer,
     WebhookSecretSerializer,
 )
 from jobs.services import job_cancel, job_submit
@@ -228,3 +230,17 @@ class WebhookSecretView(EndpointView):
     def post(self, request: Request) -> Response:
         secret = webhook_secret_rotate(user=request.user)
         return Response(WebhookSecretSerializer({"secret": secret}).data, status=status.HTTP_201_CREATED)
+
+
+class LimitsView(EndpointView):
+    """The caller's limits on every endpoint: what remains of each rate limit, caps in use, the balance."""
+
+    endpoint = "account.read"
+
+    @extend_schema(
+        operation_id="me_limits",
+        summary="Each endpoint's rate limit (what remains, when it resets), concurrency caps in use, the balance",
+        responses={200: LimitsSerializer, 401: PROBLEM},
+    )
+    def get(self, request: Request) -> Response:
+        return Response(LimitsSerializer(caller_limits(request)).data)

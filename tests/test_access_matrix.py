@@ -113,6 +113,7 @@ CASES: dict[tuple[str, str], Case] = {
     ("api/v1/credits/ledger/", "get"): Case(lambda c, x: c.get("/api/v1/credits/ledger/"), 200),
     ("api/v1/me/", "get"): Case(lambda c, x: c.get("/api/v1/me/"), 200),
     ("api/v1/me/webhook-secret/", "post"): Case(lambda c, x: c.post("/api/v1/me/webhook-secret/"), 201),
+    ("api/v1/me/limits/", "get"): Case(lambda c, x: c.get("/api/v1/me/limits/"), 200),
     ("api/v1/auth/token/", "post"): Case(lambda c, x: c.post("/api/v1/auth/token/"), 200),
     ("metrics", "get"): Case(lambda c, x: c.get("/metrics"), 200),
     ("sync", "post"): Case(lambda c, x: c.post("/sync", {"data": "hello", "iterations": 10}, format="json"), 200),
