@@ -257,4 +257,5 @@ def rate_limit_peek(*, algorithm: str, key: str, limit: int, window: int, refill
         decision = rate_limit_hit(algorithm=algorithm, key=scratch, limit=limit, window=window, refill_rate=refill_rate)
     finally:
         redis.delete(scratch)
-    return replace(decision, remaining=min(decision.quota, decision.remaining + int(decision.allowed)))
+    remaining = min(decision.quota, decision.remaining + int(decision.allowed))
+    return replace(decision, remaining=remaining, reset_ms=0 if remaining == decision.quota else decision.reset_ms)
