@@ -47,6 +47,8 @@ def test_limits_show_what_remains_and_reading_them_spends_nothing(user: User) ->
             "max_per_user": 7, "max_global": None, "in_use_by_you": 1, "in_use_global": 1,
         }  # fmt: skip
         assert by_name["account.read"]["rate_limit"] is None
+        untouched = by_name["compat.sync"]["rate_limit"]
+        assert (untouched["remaining"], untouched["reset"]) == (untouched["quota"], 0)
         assert limits["balance"] == credit_balance(user=user)
     # The next real call finds exactly what the limits said remained.
     assert '"jobs.sync";r=2;' in client.post("/api/v1/jobs/sync/", HASH, format="json")["RateLimit"]
