@@ -6,6 +6,7 @@ from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 SCOPES = ("jobs:run", "jobs:read", "credits:read", "account:write")
 """Every scope an API key can carry (API.md)."""
@@ -115,3 +116,16 @@ class IpAllowEntry(models.Model):
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(self.cidr, strict=False)
+
+
+class ApiTotpDevice(TOTPDevice):
+    """The same TOTP device, checked for API calls without django-otp's per-device failure counter.
+
+    A wrong X-MFA-Code from someone holding a stolen key must not lock the owner out of their device:
+    API code checks are throttled per (credential, client IP) and per IP instead (accounts.throttling)."""
+
+    class Meta:
+        proxy = True
+
+    def get_throttle_factor(self) -> int:
+        return 0

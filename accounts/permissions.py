@@ -9,9 +9,11 @@ from typing import Any
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from accounts.authentication import request_api_key
+from accounts.authentication import request_api_key, request_scopes
 from accounts.selectors import ip_allowed, user_has_mfa, user_role_names
 from accounts.services import mfa_verify
+from accounts.throttling import mfa_check_allowed, mfa_failure_record
+from jobsite.api import governing_policies
 from jobsite.client_ip import client_ip
 from jobsite.errors import IpNotAllowed, MfaInvalid, MfaRequired, NotAuthenticated, PermissionDenied
 
@@ -29,64 +31,81 @@ def _require_authenticated(request: Request, what: str) -> None:
         raise NotAuthenticated(f"This endpoint requires {what}; authenticate first.")
 
 
-class AuthenticatedIfRequired(BasePermission):
+class PolicyPermission(BasePermission):
+    """One requirement, checked against every policy that governs the request (jobsite.api.governing_policies)."""
+
     def has_permission(self, request: Request, view: Any) -> bool:
-        if request.policy.auth_required:
+        for policy in governing_policies(request):
+            self.check(request, view, policy)
+        return True
+
+    def check(self, request: Request, view: Any, policy: Any) -> None:
+        raise NotImplementedError
+
+
+class AuthenticatedIfRequired(PolicyPermission):
+    """`auth_required=false` is the policy's anonymous-access switch (off by default, see jobs.policies)."""
+
+    def check(self, request: Request, view: Any, policy: Any) -> None:
+        if policy.auth_required:
             _require_authenticated(request, "authentication")
-        return True
 
 
-class EndpointEnabled(BasePermission):
-    def has_permission(self, request: Request, view: Any) -> bool:
-        if not request.policy.enabled:
-            raise PermissionDenied(f"The endpoint {request.policy.name} is disabled.")
-        return True
+class EndpointEnabled(PolicyPermission):
+    def check(self, request: Request, view: Any, policy: Any) -> None:
+        if not policy.enabled:
+            raise PermissionDenied(f"The endpoint {policy.name} is disabled.")
 
 
-class ClientIpAllowed(BasePermission):
+class ClientIpAllowed(PolicyPermission):
     """With the policy's allowlist on, the client address must match a global, user or key entry."""
 
-    def has_permission(self, request: Request, view: Any) -> bool:
-        if not request.policy.ip_allowlist:
-            return True
+    def check(self, request: Request, view: Any, policy: Any) -> None:
+        if not policy.ip_allowlist:
+            return
         user = request.user if _authenticated(request) else None
         if not ip_allowed(address=client_ip(request), user=user, api_key=request_api_key(request)):
             raise IpNotAllowed("Your address is not on the allowlist for this endpoint.")
-        return True
 
 
-class HasPolicyRole(BasePermission):
+class HasPolicyRole(PolicyPermission):
     """Any one of the policy's roles suffices; staff are not exempt (the policy says who)."""
 
-    def has_permission(self, request: Request, view: Any) -> bool:
-        required = request.policy.role_list
+    def check(self, request: Request, view: Any, policy: Any) -> None:
+        required = policy.role_list
         if not required:
-            return True
+            return
         _require_authenticated(request, "a role")
         if not user_role_names(user=request.user) & set(required):
             raise PermissionDenied(f"This endpoint requires one of the roles: {', '.join(required)}.")
-        return True
 
 
 def has_scopes(request: Request, required: list[str]) -> bool:
-    """A key must carry every required scope; a session carries them all."""
-    key = request_api_key(request)
-    return key is None or set(required) <= set(key.scope_list)
+    """A key (or a token) must carry every required scope; a session carries them all."""
+    return set(required) <= set(request_scopes(request))
 
 
-class HasPolicyScopes(BasePermission):
-    def has_permission(self, request: Request, view: Any) -> bool:
-        required = request.policy.scope_list
+class HasPolicyScopes(PolicyPermission):
+    def check(self, request: Request, view: Any, policy: Any) -> None:
+        required = policy.scope_list
         if not required:
-            return True
+            return
         _require_authenticated(request, "an API key with scopes")
         if not has_scopes(request, required):
             raise PermissionDenied(f"The API key lacks a scope this endpoint requires: {', '.join(required)}.")
-        return True
+
+
+def _mfa_credential(request: Request) -> str:
+    """What a wrong code is counted against: the key, or the session's user."""
+    key = request_api_key(request)
+    return f"key:{key.prefix}" if key is not None else f"user:{request.user.pk}"
 
 
 def require_mfa_code(request: Request) -> None:
-    """Accept the request only with a fresh code of the user's confirmed TOTP device in X-MFA-Code."""
+    """Accept the request only with a fresh code of the user's confirmed TOTP device in X-MFA-Code.
+
+    Wrong codes are throttled per (credential, client IP) and per IP (accounts.throttling), never on the device.
+    """
     http_request = request._request
     if getattr(http_request, _MFA_VERIFIED, False):
         return
@@ -97,28 +116,23 @@ def require_mfa_code(request: Request) -> None:
         if not user_has_mfa(user=request.user):
             detail = "This endpoint requires MFA: enrol a TOTP device at /api/v1/me/mfa/totp/ first."
         raise MfaRequired(detail)
+    credential = _mfa_credential(request)
+    mfa_check_allowed(http_request, credential=credential)
     if not mfa_verify(user=request.user, code=code):
+        mfa_failure_record(http_request, credential=credential)
         raise MfaInvalid("The MFA code is wrong, expired or already used.")
     setattr(http_request, _MFA_VERIFIED, True)
 
 
-class MfaVerified(BasePermission):
-    def has_permission(self, request: Request, view: Any) -> bool:
-        if request.policy.mfa_required:
-            require_mfa_code(request)
-        return True
+class MfaVerified(PolicyPermission):
+    """Views that enrol the first device (`mfa_enrolment`) let a user without one through: they cannot comply."""
 
-
-class AccountAccess(BasePermission):
-    """The /me endpoints (no policy row): any valid key may read; writes need the `account:write` scope."""
-
-    WRITE_SCOPE = "account:write"
-
-    def has_permission(self, request: Request, view: Any) -> bool:
-        _require_authenticated(request, "authentication")
-        if request.method not in ("GET", "HEAD", "OPTIONS") and not has_scopes(request, [self.WRITE_SCOPE]):
-            raise PermissionDenied(f"The API key lacks the scope {self.WRITE_SCOPE}.")
-        return True
+    def check(self, request: Request, view: Any, policy: Any) -> None:
+        if not policy.mfa_required:
+            return
+        if getattr(view, "mfa_enrolment", False) and not (_authenticated(request) and user_has_mfa(user=request.user)):
+            return
+        require_mfa_code(request)
 
 
 def policy_permission_classes() -> list[type[BasePermission]]:

@@ -21,3 +21,10 @@ class TotpConfirmSerializer(serializers.Serializer):
 
 class MfaStatusSerializer(serializers.Serializer):
     mfa_enrolled = serializers.BooleanField()
+
+
+class TokenSerializer(serializers.Serializer):
+    access = serializers.CharField()
+    token_type = serializers.CharField()
+    expires_in = serializers.IntegerField(help_text="Seconds; the token dies sooner if its API key is revoked.")
+    scopes = serializers.ListField(child=serializers.CharField())

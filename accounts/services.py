@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from accounts.models import ApiKey, IpAllowEntry, Role, User, validate_scopes
+from accounts.models import ApiKey, ApiTotpDevice, IpAllowEntry, Role, User, validate_scopes
 from jobsite.errors import InvalidInput, NotFound
 
 API_KEY_PREFIX = "jsk_"
@@ -95,9 +95,11 @@ def _code_looks_valid(device: TOTPDevice, code: str) -> bool:
 
 
 def _totp_verify(*, user: User, code: str, confirmed: bool) -> TOTPDevice | None:
-    """Verify under a row lock: django-otp's last_t then refuses the same or an older step (no replay)."""
+    """Verify under a row lock: django-otp's last_t then refuses the same or an older step (no replay).
+
+    Through ApiTotpDevice: a failure here never counts against the device itself (see its docstring)."""
     with transaction.atomic():
-        device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=confirmed).first()
+        device = ApiTotpDevice.objects.select_for_update().filter(user=user, confirmed=confirmed).first()
         if device is None or not _code_looks_valid(device, code):
             return None
         return device if device.verify_token(code) else None

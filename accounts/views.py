@@ -1,4 +1,4 @@
-"""The caller's own account: who am I, and TOTP enrolment. Not policy rows: AccountAccess governs them."""
+"""The caller's own account: who am I, and TOTP enrolment, under the `account.read` / `account.write` policies."""
 
 import base64
 import io
@@ -10,16 +10,21 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from accounts.authentication import request_api_key
-from accounts.models import SCOPES
-from accounts.permissions import MFA_HEADER, AccountAccess, require_mfa_code
+from accounts.authentication import BearerToken, request_api_key, request_scopes
+from accounts.permissions import MFA_HEADER, require_mfa_code
 from accounts.selectors import user_has_mfa, user_role_names
-from accounts.serializers import MeSerializer, MfaStatusSerializer, TotpConfirmSerializer, TotpEnrolmentSerializer
+from accounts.serializers import (
+    MeSerializer,
+    MfaStatusSerializer,
+    TokenSerializer,
+    TotpConfirmSerializer,
+    TotpEnrolmentSerializer,
+)
 from accounts.services import totp_confirm, totp_enrol, totp_remove
-from jobsite.api import PROBLEM
-from jobsite.errors import NotFound
+from accounts.tokens import token_mint
+from jobsite.api import PROBLEM, EndpointView
+from jobsite.errors import NotFound, PermissionDenied
 
 
 def _qr_png_base64(text: str) -> str:
@@ -28,26 +33,35 @@ def _qr_png_base64(text: str) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-class AccountView(APIView):
-    permission_classes = [AccountAccess]
+ACCOUNT_READ = "account.read"
+ACCOUNT_WRITE = "account.write"
+AUTH_TOKEN = "auth.token"
 
 
-class MeView(AccountView):
+class MeView(EndpointView):
+    endpoint = ACCOUNT_READ
+
     @extend_schema(operation_id="me", summary="The caller", responses={200: MeSerializer, 401: PROBLEM})
     def get(self, request: Request) -> Response:
-        key = request_api_key(request)
         data = {
             "username": request.user.get_username(),
             "is_staff": request.user.is_staff,
             "roles": sorted(user_role_names(user=request.user)),
-            "scopes": key.scope_list if key is not None else list(SCOPES),
+            "scopes": request_scopes(request),
             "mfa_enrolled": user_has_mfa(user=request.user),
             "balance": import_string(settings.ACCOUNT_BALANCE_SELECTOR)(user=request.user),
         }
         return Response(MeSerializer(data).data)
 
 
-class TotpView(AccountView):
+class TotpEnrolmentView(EndpointView):
+    """Enrolling the first device cannot demand a code of it: MfaVerified lets a user without one through."""
+
+    endpoint = ACCOUNT_WRITE
+    mfa_enrolment = True
+
+
+class TotpView(TotpEnrolmentView):
     @extend_schema(
         operation_id="me_mfa_totp_enrol",
         summary="Start TOTP enrolment (needs scope account:write)",
@@ -74,7 +88,7 @@ class TotpView(AccountView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class TotpConfirmView(AccountView):
+class TotpConfirmView(TotpEnrolmentView):
     @extend_schema(
         operation_id="me_mfa_totp_confirm",
         summary="Confirm TOTP enrolment with a first code (needs scope account:write)",
@@ -86,3 +100,24 @@ class TotpConfirmView(AccountView):
         body.is_valid(raise_exception=True)
         totp_confirm(user=request.user, code=body.validated_data["code"])
         return Response(MfaStatusSerializer({"mfa_enrolled": True}).data)
+
+
+class TokenView(EndpointView):
+    endpoint = AUTH_TOKEN
+
+    @extend_schema(
+        operation_id="auth_token",
+        summary="Mint a short-lived bearer token from an API key (its scopes, dies with it) or an MFA-verified session",
+        request=None,
+        responses={200: TokenSerializer, 401: PROBLEM, 403: PROBLEM, 429: PROBLEM},
+    )
+    def post(self, request: Request) -> Response:
+        if isinstance(request.auth, BearerToken):
+            raise PermissionDenied("A token cannot mint tokens: use the API key or the session it came from.")
+        key = request_api_key(request)
+        if key is None and not (user_has_mfa(user=request.user) and request.user.is_verified()):
+            raise PermissionDenied("Minting from a session needs one signed in with a TOTP code: enrol a device first.")
+        scopes = request_scopes(request)
+        token, lifetime = token_mint(user=request.user, key=key, scopes=scopes)
+        data = {"access": token, "token_type": "Bearer", "expires_in": lifetime, "scopes": scopes}
+        return Response(TokenSerializer(data).data)

@@ -1,14 +1,15 @@
 """The original sync/async backend's API (`/sync`, `/async`, `/requests`), on the same services and records.
 
 Each route runs under its own endpoint policy (`compat.*`); its `hash` jobs are ordinary Job rows.
-Anonymous callers (the compat policies allow them by default) own their jobs through one service user.
-Validation errors answer 422, as the original's did.
+Anonymous callers (where a compat policy has `auth_required=false`) own their jobs through one service user
+and see only the jobs submitted from their own address. Validation errors answer 422, as the original's did.
 """
 
 from typing import Any
 from uuid import UUID
 
 from django.contrib.auth.hashers import make_password
+from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -19,9 +20,10 @@ from jobs.encryption import masked_input
 from jobs.kinds.hash import HashInput
 from jobs.models import Job, JobMode, JobStatus
 from jobs.policies import get_kind_settings
-from jobs.selectors import job_get, job_list
+from jobs.selectors import job_list
 from jobs.services import job_submit
 from jobsite.api import EndpointView
+from jobsite.client_ip import client_ip
 from jobsite.errors import NotFound
 
 COMPAT_SYNC = "compat.sync"
@@ -48,12 +50,25 @@ STATUS_NAMES = {
 """Job status as the original backend named it."""
 
 
+def _anonymous(request: Request) -> bool:
+    return not (request.user is not None and request.user.is_authenticated)
+
+
 def compat_owner(user: Any) -> User:
     """The user a compatible-route job belongs to: the caller, or the anonymous service user."""
     if user is not None and user.is_authenticated:
         return user
     owner, _ = User.objects.get_or_create(username=ANONYMOUS_USERNAME, defaults={"password": make_password(None)})
     return owner
+
+
+def compat_visible_jobs(request: Request, *, mode: str = "") -> QuerySet[Job]:
+    """The hash jobs the caller may read: its own; an anonymous caller's, those submitted from its address."""
+    jobs = job_list(user=compat_owner(request.user), mode=mode, kind=COMPAT_KIND)
+    if _anonymous(request):
+        address = client_ip(request)
+        jobs = jobs.filter(client_ip=address) if address else jobs.none()
+    return jobs
 
 
 class CompatSyncInput(HashInput):
@@ -169,7 +184,8 @@ class CompatSubmitView(CompatView):
             params=dict(params.validated_data),
             mode=self.mode,
             callback_url=callback_url,
-            free=not (request.user and request.user.is_authenticated),
+            free=_anonymous(request),
+            client_ip=client_ip(request) or None,
         )
 
 
@@ -219,7 +235,7 @@ class CompatRequestListView(CompatView):
     def get(self, request: Request) -> Response:
         query = CompatQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        jobs = job_list(user=compat_owner(request.user), mode=query.validated_data.get("mode", ""), kind=COMPAT_KIND)
+        jobs = compat_visible_jobs(request, mode=query.validated_data.get("mode", ""))
         offset, limit = query.validated_data["offset"], query.validated_data["limit"]
         page = jobs[offset : offset + limit]
         return Response({"total": jobs.count(), "requests": CompatRequestSerializer(page, many=True).data})
@@ -238,7 +254,7 @@ class CompatRequestDetailView(CompatView):
             job_id = UUID(request_id)
         except ValueError:
             raise NotFound("No such request.") from None
-        job = job_get(user=compat_owner(request.user), job_id=job_id)
-        if job is None or job.kind != COMPAT_KIND:
+        job = compat_visible_jobs(request).filter(pk=job_id).first()
+        if job is None:
             raise NotFound("No such request.")
         return Response(CompatRequestSerializer(job).data)

@@ -9,16 +9,19 @@ import os
 from collections.abc import Iterator
 
 import prometheus_client
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
+from drf_spectacular.utils import extend_schema
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
+from rest_framework.request import Request
 
 from jobs import queues
 from jobs.circuit import CircuitState, circuit_acquire, circuit_applies
 from jobs.kinds import KINDS
 from jobs.policies import get_kind_settings
+from jobsite.api import EndpointView
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 """Seconds; jobs range from sub-millisecond hashes to fetches bounded by their time limit."""
@@ -70,8 +73,8 @@ class RedisStateCollector(Collector):
         yield circuit
 
 
-def metrics_view(request: HttpRequest) -> HttpResponse:
-    """/metrics: every process's counters (multiprocess mode) plus live Redis state."""
+def metrics_exposition() -> HttpResponse:
+    """Every process's counters (multiprocess mode) plus live Redis state, in Prometheus' text format."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -80,3 +83,14 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         registry.register(prometheus_client.REGISTRY)  # type: ignore[arg-type]
     registry.register(RedisStateCollector())
     return HttpResponse(prometheus_client.generate_latest(registry), content_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+
+class MetricsView(EndpointView):
+    """/metrics under the `metrics.read` policy: public by default (scrapers), staff may demand a key or an IP."""
+
+    endpoint = "metrics.read"
+    anonymous_budget = False  # monitoring must keep working while anonymous job traffic is throttled
+
+    @extend_schema(exclude=True)
+    def get(self, request: Request) -> HttpResponse:
+        return metrics_exposition()

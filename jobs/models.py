@@ -59,6 +59,9 @@ class Job(models.Model):
     callback_status = models.CharField(max_length=16, choices=CallbackStatus.choices, default=CallbackStatus.NONE)
     delivery_id = models.UUIDField(default=uuid.uuid4, editable=False, help_text="webhook-id, stable across retries")
     trace_context = models.JSONField(default=dict, blank=True, help_text="W3C trace context of the submission.")
+    client_ip = models.GenericIPAddressField(
+        null=True, blank=True, help_text="Address it was submitted from (compatible routes: anonymous callers' view)."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -68,6 +71,7 @@ class Job(models.Model):
             models.Index(fields=["owner", "kind", "-created_at"], name="job_owner_kind"),
             models.Index(fields=["owner", "mode", "-created_at"], name="job_owner_mode"),
             models.Index(fields=["status", "created_at"], name="job_status_created"),
+            models.Index(fields=["owner", "client_ip", "-created_at"], name="job_owner_client_ip"),
         ]
 
     def __str__(self) -> str:

@@ -35,9 +35,11 @@ _JOB_SUBMIT = {
     "refill_rate": 2000,
 }
 _COMPAT = {
-    "auth_required": False,
+    # Anonymous access is off unless staff (or the run command's demo, seed_demo) turn it on.
+    "auth_required": True,
     "rate_limit_algorithm": RateLimitAlgorithm.FIXED_WINDOW,
-    "rate_limit_key": RateLimitKey.IP,
+    # Per user, anonymous callers per IP: anonymous traffic never spends an authenticated user's quota.
+    "rate_limit_key": RateLimitKey.USER,
     "rate_limit": 1200,
     "rate_window": 60,
 }
@@ -51,8 +53,34 @@ ENDPOINT_DEFAULTS: dict[str, dict[str, Any]] = {
     # No per-user cap: every anonymous caller shares one owner; the per-IP rate limit governs them.
     "compat.async": {**_COMPAT},
     "compat.read": {**_COMPAT},
+    "account.read": {},
+    "auth.token": {
+        "rate_limit_algorithm": RateLimitAlgorithm.TOKEN_BUCKET,
+        "rate_limit_key": RateLimitKey.USER,
+        "rate_limit": 60,
+        "rate_window": 60,
+        "refill_rate": 60,
+    },
+    # Prometheus scrapes anonymously by convention; the counters hold no per-user data. Staff may require more.
+    "metrics.read": {"auth_required": False},
+    "account.write": {
+        "scopes": "account:write",
+        "rate_limit_algorithm": RateLimitAlgorithm.TOKEN_BUCKET,
+        "rate_limit_key": RateLimitKey.USER,
+        "rate_limit": 30,
+        "rate_window": 60,
+        "refill_rate": 30,
+    },
 }
 """Every endpoint policy that exists, with what differs from the model's field defaults."""
+
+AUTHENTICATED_ALSO_GOVERNED_BY = {
+    "compat.sync": "jobs.sync",
+    "compat.async": "jobs.async",
+    "compat.read": "jobs.read",
+}
+"""A caller who authenticated on a compatible route is also held to the API policy of the same action:
+a key gets nothing through `/sync` that `/api/v1/jobs/sync/` would refuse it (scopes, IP, MFA, rate limit)."""
 
 
 def kind_defaults(kind_name: str) -> dict[str, Any]:

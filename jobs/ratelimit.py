@@ -12,10 +12,10 @@ below), retry_after_ms how long a rejected caller must wait (0 when allowed).
 
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from jobs.models import RateLimitAlgorithm
-from jobsite.redis import redis_key, run_lua
+from jobsite.redis import get_redis, redis_key, run_lua
 
 _NOW = """
 local now = tonumber(ARGV[#ARGV])
@@ -242,3 +242,20 @@ def rate_limit_hit(
         reset_ms=max(0, int(reset_ms)),
         retry_after_ms=max(0, int(retry_ms)),
     )
+
+
+def rate_limit_peek(*, algorithm: str, key: str, limit: int, window: int, refill_rate: int = 0) -> RateLimitDecision:
+    """What the limiter at `key` would answer now, without counting a call (raises RedisError).
+
+    The same script runs on a throwaway copy of the state (Redis COPY keeps the TTL), so no second
+    implementation of any algorithm exists; `remaining` is what is left before that hypothetical call.
+    """
+    redis = get_redis()
+    scratch = redis_key("ratelimit-peek", uuid.uuid4().hex)
+    redis.copy(key, scratch)  # no state yet: the copy is a fresh limiter too
+    try:
+        decision = rate_limit_hit(algorithm=algorithm, key=scratch, limit=limit, window=window, refill_rate=refill_rate)
+    finally:
+        redis.delete(scratch)
+    remaining = min(decision.quota, decision.remaining + int(decision.allowed))
+    return replace(decision, remaining=remaining, reset_ms=0 if remaining == decision.quota else decision.reset_ms)

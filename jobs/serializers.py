@@ -90,3 +90,31 @@ class JobListQuerySerializer(serializers.Serializer):
 
 class ExportQuerySerializer(serializers.Serializer):
     format = serializers.ChoiceField(choices=["jsonl", "csv"], default="jsonl")
+
+
+class _RateLimitStateSerializer(serializers.Serializer):
+    algorithm = serializers.CharField()
+    key = serializers.CharField(help_text="user, ip or global: whom the limit counts")
+    quota = serializers.IntegerField()
+    window = serializers.IntegerField(help_text="Seconds.")
+    remaining = serializers.IntegerField(allow_null=True, help_text="null: the limiter cannot be read right now")
+    reset = serializers.IntegerField(allow_null=True, help_text="Seconds until the limit is whole again.")
+
+
+class _ConcurrencySerializer(serializers.Serializer):
+    max_per_user = serializers.IntegerField(allow_null=True, help_text="null: no cap")
+    max_global = serializers.IntegerField(allow_null=True, help_text="null: no cap")
+    in_use_by_you = serializers.IntegerField(help_text="Your queued or running jobs under this endpoint.")
+    in_use_global = serializers.IntegerField()
+
+
+class _EndpointLimitsSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    enabled = serializers.BooleanField()
+    rate_limit = _RateLimitStateSerializer(allow_null=True)
+    concurrency = _ConcurrencySerializer()
+
+
+class LimitsSerializer(serializers.Serializer):
+    balance = serializers.IntegerField(help_text="Credits available.")
+    endpoints = _EndpointLimitsSerializer(many=True)

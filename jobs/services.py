@@ -57,10 +57,12 @@ def job_submit(
     mode: str,
     callback_url: str = "",
     free: bool = False,
+    client_ip: str | None = None,
 ) -> Job:
     """Accept a validated job: answer it from the cache, run it now (sync) or record and queue it (async).
 
     `free` jobs cost nothing: anonymous callers of the compatible routes have no credits to spend.
+    `client_ip` is recorded on the job (anonymous callers see only the jobs submitted from their address).
     """
     if callback_url:
         try:
@@ -77,7 +79,8 @@ def job_submit(
             retry_after=retry_after,
         )
     request = _JobRequest(user=user, policy=policy, kind_settings=kind_settings, params=params, mode=mode,
-                          callback_url=callback_url, cost=0 if free else kind_settings.cost)  # fmt: skip
+                          callback_url=callback_url, cost=0 if free else kind_settings.cost,
+                          client_ip=client_ip)  # fmt: skip
     cached = cache_get(kind_settings, params)
     if cached is not None:
         job = _job_record_cached(request, result=cached)
@@ -100,6 +103,7 @@ class _JobRequest:
     mode: str
     callback_url: str
     cost: int
+    client_ip: str | None = None
 
 
 def _job_create(request: _JobRequest, **state: Any) -> Job:
@@ -113,6 +117,7 @@ def _job_create(request: _JobRequest, **state: Any) -> Job:
         callback_url=request.callback_url,
         callback_status=CallbackStatus.PENDING if request.callback_url else CallbackStatus.NONE,
         trace_context=inject_context(),
+        client_ip=request.client_ip,
         **state,
     )
 

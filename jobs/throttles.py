@@ -11,6 +11,7 @@ from rest_framework.throttling import BaseThrottle
 from jobs import metrics
 from jobs.models import EndpointPolicy, RateLimitAlgorithm, RateLimitKey
 from jobs.ratelimit import RateLimitDecision, rate_limit_hit, rate_limit_state_key
+from jobsite.api import governing_policies
 from jobsite.client_ip import client_ip
 from jobsite.errors import RateLimited, ServiceUnavailable
 
@@ -38,13 +39,48 @@ def rate_limit_headers(policy: EndpointPolicy, decision: RateLimitDecision) -> d
     }
 
 
+def _limiter_unreachable(policy: EndpointPolicy) -> bool:
+    """Whether a call may pass when Redis is down: reads may (setting), job creation never."""
+    if policy.name in JOB_CREATING_ENDPOINTS or not settings.RATELIMIT_FAIL_OPEN_READS:
+        raise ServiceUnavailable("The rate limiter is unreachable; try again shortly.") from None
+    logger.warning("rate limiter unreachable; %s fails open", policy.name, exc_info=True)
+    return True
+
+
+def _rejected(decision: RateLimitDecision, name: str, algorithm: str, key: str) -> RateLimited:
+    wait = decision.retry_after_seconds
+    metrics.RATE_LIMIT_REJECTIONS.labels(endpoint=name, algorithm=algorithm).inc()
+    return RateLimited(
+        f"Rate limit of {name} exceeded: {decision.quota} per {decision.window} s "
+        f"({algorithm}, per {key}); retry in {wait} s.",
+        headers={"Retry-After": str(wait)},
+        limit={"policy": name, "algorithm": algorithm, "key": key, "quota": decision.quota, "window": decision.window},
+        retry_after=wait,
+    )
+
+
 class PolicyRateThrottle(BaseThrottle):
-    """Counts the call against the endpoint policy's limiter; a rejection raises 429 `rate_limited`."""
+    """Counts the call against each governing policy's limiter; a rejection raises 429 `rate_limited`."""
 
     def allow_request(self, request: Request, view: Any) -> bool:
-        policy: EndpointPolicy = request.policy
+        headers: dict[str, list[str]] = {}
+        try:
+            for policy in governing_policies(request):
+                decision = self._hit(request, policy)
+                if decision is None:
+                    continue
+                for name, value in rate_limit_headers(policy, decision).items():
+                    headers.setdefault(name, []).append(value)
+                if not decision.allowed:
+                    raise _rejected(decision, policy.name, policy.rate_limit_algorithm, policy.rate_limit_key)
+        finally:
+            # EndpointView.finalize_response puts these on every response, errors included.
+            request.rate_limit_headers = {name: ", ".join(values) for name, values in headers.items()}
+        return True
+
+    def _hit(self, request: Request, policy: EndpointPolicy) -> RateLimitDecision | None:
         if policy.rate_limit_algorithm == RateLimitAlgorithm.NONE:
-            return True
+            return None
         subject = rate_limit_subject(request, policy.rate_limit_key)
         try:
             decision = rate_limit_hit(
@@ -55,31 +91,38 @@ class PolicyRateThrottle(BaseThrottle):
                 refill_rate=policy.refill_rate,
             )
         except RedisError:
-            if policy.name in JOB_CREATING_ENDPOINTS or not settings.RATELIMIT_FAIL_OPEN_READS:
-                raise ServiceUnavailable("The rate limiter is unreachable; try again shortly.") from None
-            logger.warning("rate limiter unreachable; %s fails open", policy.name, exc_info=True)
+            _limiter_unreachable(policy)
+            return None
+        return decision
+
+
+ANONYMOUS_BUDGET_SCOPE = "anonymous-budget"
+"""The limiter state shared by every anonymous caller of every route (settings.ANONYMOUS_BUDGET)."""
+
+
+class AnonymousBudgetThrottle(BaseThrottle):
+    """All anonymous callers together get settings.ANONYMOUS_BUDGET calls per window; the authenticated none of it."""
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        user = getattr(request, "user", None)
+        if (user is not None and user.is_authenticated) or not getattr(view, "anonymous_budget", True):
             return True
-        # EndpointView.finalize_response puts these on every response, errors included.
-        request.rate_limit_headers = rate_limit_headers(policy, decision)
-        if not decision.allowed:
-            wait = decision.retry_after_seconds
-            metrics.RATE_LIMIT_REJECTIONS.labels(endpoint=policy.name, algorithm=policy.rate_limit_algorithm).inc()
-            raise RateLimited(
-                f"Rate limit of {policy.name} exceeded: {decision.quota} per {decision.window} s "
-                f"({policy.rate_limit_algorithm}, per {policy.rate_limit_key}); retry in {wait} s.",
-                headers={"Retry-After": str(wait)},
-                limit={
-                    "policy": policy.name,
-                    "algorithm": policy.rate_limit_algorithm,
-                    "key": policy.rate_limit_key,
-                    "quota": decision.quota,
-                    "window": decision.window,
-                },
-                retry_after=wait,
+        algorithm = RateLimitAlgorithm.FIXED_WINDOW
+        try:
+            decision = rate_limit_hit(
+                algorithm=algorithm,
+                key=rate_limit_state_key(scope=ANONYMOUS_BUDGET_SCOPE, algorithm=algorithm, subject="global"),
+                limit=settings.ANONYMOUS_BUDGET,
+                window=settings.ANONYMOUS_BUDGET_WINDOW,
+                refill_rate=settings.ANONYMOUS_BUDGET,
             )
+        except RedisError:
+            return _limiter_unreachable(request.policy)
+        if not decision.allowed:
+            raise _rejected(decision, ANONYMOUS_BUDGET_SCOPE, algorithm, RateLimitKey.GLOBAL)
         return True
 
 
 def policy_throttle_classes() -> list[type[BaseThrottle]]:
     """The throttles every policy-governed endpoint runs (settings.ENDPOINT_THROTTLES)."""
-    return [PolicyRateThrottle]
+    return [AnonymousBudgetThrottle, PolicyRateThrottle]

@@ -10,4 +10,5 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/", views.JobDetailView.as_view(), name="jobs-detail"),
     path("jobs/<uuid:job_id>/cancel/", views.JobCancelView.as_view(), name="jobs-cancel"),
     path("me/webhook-secret/", views.WebhookSecretView.as_view(), name="me-webhook-secret"),
+    path("me/limits/", views.LimitsView.as_view(), name="me-limits"),
 ]

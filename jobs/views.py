@@ -16,10 +16,9 @@ from rest_framework import status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from accounts.permissions import AccountAccess
 from jobs.idempotency import idempotent_response
+from jobs.limits import caller_limits
 from jobs.models import Job, JobMode
 from jobs.selectors import job_get, job_list
 from jobs.serializers import (
@@ -27,6 +26,7 @@ from jobs.serializers import (
     JobListQuerySerializer,
     JobRequestSerializer,
     JobSerializer,
+    LimitsSerializer,
     WebhookSecretSerializer,
 )
 from jobs.services import job_cancel, job_submit
@@ -216,10 +216,10 @@ class JobExportView(EndpointView):
         return response
 
 
-class WebhookSecretView(APIView):
-    """An account endpoint like /me: any valid key, with the `account:write` scope."""
+class WebhookSecretView(EndpointView):
+    """An account write like the /me ones: governed by the `account.write` policy."""
 
-    permission_classes = [AccountAccess]
+    endpoint = "account.write"
 
     @extend_schema(
         operation_id="me_webhook_secret",
@@ -230,3 +230,17 @@ class WebhookSecretView(APIView):
     def post(self, request: Request) -> Response:
         secret = webhook_secret_rotate(user=request.user)
         return Response(WebhookSecretSerializer({"secret": secret}).data, status=status.HTTP_201_CREATED)
+
+
+class LimitsView(EndpointView):
+    """The caller's limits on every endpoint: what remains of each rate limit, caps in use, the balance."""
+
+    endpoint = "account.read"
+
+    @extend_schema(
+        operation_id="me_limits",
+        summary="Each endpoint's rate limit (what remains, when it resets), concurrency caps in use, the balance",
+        responses={200: LimitsSerializer, 401: PROBLEM},
+    )
+    def get(self, request: Request) -> Response:
+        return Response(LimitsSerializer(caller_limits(request)).data)

@@ -55,8 +55,13 @@ def _secret_create(user: User) -> str:
 def webhook_secret_rotate(*, user: User) -> str:
     """Create the user's signing secret, or rotate it: the current one keeps signing for the rotation window."""
     User.objects.select_for_update().filter(pk=user.pk).first()  # one rotation per user at a time
-    expires_at = timezone.now() + timedelta(seconds=settings.WEBHOOK_SECRET_ROTATION_WINDOW)
+    now = timezone.now()
+    expires_at = now + timedelta(seconds=settings.WEBHOOK_SECRET_ROTATION_WINDOW)
     WebhookSecret.objects.filter(user=user, expires_at__isnull=True).update(expires_at=expires_at)
+    # The new secret makes up the cap: older rotated ones beyond it stop signing now (oldest first).
+    rotated = WebhookSecret.objects.filter(user=user, expires_at__gt=now).order_by("-created_at", "-pk")
+    retired = list(rotated.values_list("pk", flat=True)[settings.WEBHOOK_SECRETS_MAX_ACTIVE - 1 :])
+    WebhookSecret.objects.filter(pk__in=retired).update(expires_at=now)
     return _secret_create(user)
 
 

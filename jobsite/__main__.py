@@ -106,6 +106,9 @@ def _manage(*args: str) -> None:
 def run_service(children: list[subprocess.Popen]) -> int:
     os.environ.setdefault("DEBUG", "true")
     os.environ.setdefault("CALLBACK_ALLOW_PRIVATE", "true")
+    # The demo opens the compatible routes to anonymous callers (seed_demo); the original load generator
+    # (anonymous, 1000 sync then 1000 async submissions a run) must fit in their shared budget.
+    os.environ.setdefault("ANONYMOUS_BUDGET", "6000")
     os.environ["REDIS_URL"] = ensure_redis(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), children)
     port = os.environ.get("PORT", "8000")
     # Web and worker processes write their metrics here, so that one scrape of /metrics shows them all.

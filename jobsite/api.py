@@ -33,6 +33,15 @@ class NewestFirstPagination(CursorPagination):
             raise ValidationError({self.cursor_query_param: ["Invalid cursor."]}) from None
 
 
+def governing_policies(request: Request) -> list[Any]:
+    """The policies a request answers to: its route's, and for an authenticated caller the one it adds."""
+    policies = [request.policy]
+    extra = getattr(request, "authenticated_policy", None)
+    if extra is not None and request.user is not None and request.user.is_authenticated:
+        policies.append(extra)
+    return policies
+
+
 def load_endpoint_policy(name: str) -> Any:
     # Indirection through a setting keeps dependencies pointing one way (jobs -> credits -> accounts).
     return import_string(settings.ENDPOINT_POLICY_LOADER)(name)
@@ -54,7 +63,11 @@ class EndpointSchema(AutoSchema):
 
 
 class EndpointView(APIView):
-    """An API view governed by the EndpointPolicy named `endpoint`; the policy is on `request.policy`."""
+    """An API view governed by the EndpointPolicy named `endpoint`; the policy is on `request.policy`.
+
+    Every check (permissions, throttles) runs over governing_policies(request): the route's own policy,
+    plus, for a caller who authenticated, the policy settings.AUTHENTICATED_ALSO_GOVERNED_BY names for it.
+    """
 
     endpoint: ClassVar[str]
     schema = EndpointSchema()
@@ -62,6 +75,10 @@ class EndpointView(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         # On the HttpRequest too: the browsable API re-checks permissions on clones that only share it.
         request.policy = request._request.policy = load_endpoint_policy(self.endpoint)
+        also = import_string(settings.AUTHENTICATED_ALSO_GOVERNED_BY).get(self.endpoint)
+        request.authenticated_policy = request._request.authenticated_policy = (
+            load_endpoint_policy(also) if also else None
+        )
         bind_context(endpoint=self.endpoint)
         super().initial(request, *args, **kwargs)
 

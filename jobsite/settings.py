@@ -1,5 +1,6 @@
 """Jobsite settings: every value comes from the environment through jobsite.env (strict, fails loudly)."""
 
+import hashlib
 from datetime import timedelta
 from pathlib import Path
 
@@ -134,7 +135,7 @@ LOG_FORMAT = env_choice("LOG_FORMAT", "json", ("json", "console"))
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "accounts.authentication.ApiKeyAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        "accounts.authentication.OtpSessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -190,6 +191,8 @@ CALLBACK_RECONCILE_GRACE = env_int("CALLBACK_RECONCILE_GRACE", 120, minimum=0)
 """Seconds a pending delivery may show no progress before the reconciler enqueues it again."""
 WEBHOOK_SECRET_ROTATION_WINDOW = env_int("WEBHOOK_SECRET_ROTATION_WINDOW", 24 * 3600, minimum=0)
 """Seconds a rotated-out signing secret keeps signing next to the new one."""
+WEBHOOK_SECRETS_MAX_ACTIVE = env_int("WEBHOOK_SECRETS_MAX_ACTIVE", 2, minimum=2)
+"""Signing secrets a user may have active at once (rotation needs two); a rotation retires the oldest beyond it."""
 
 POLICY_CHECK_INTERVAL = env_float("POLICY_CHECK_INTERVAL", 0.5, minimum=0.0)
 """Seconds a process trusts its cached policies before it re-checks the version in Redis."""
@@ -209,12 +212,33 @@ API_KEY_TOUCH_INTERVAL = timedelta(seconds=env_int("API_KEY_TOUCH_INTERVAL", 60,
 OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "Jobsite")
 OTP_TOTP_THROTTLE_FACTOR = env_int("OTP_TOTP_THROTTLE_FACTOR", 1, minimum=0)
 """django-otp: after n failed codes a device refuses codes for factor * 2**(n-1) seconds; 0 turns it off."""
+JWT_ACCESS_LIFETIME = env_int("JWT_ACCESS_LIFETIME", 300, minimum=1)
+"""Seconds a bearer token minted at POST /api/v1/auth/token/ lives (it dies sooner with its API key)."""
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(seconds=JWT_ACCESS_LIFETIME),
+    "SIGNING_KEY": hashlib.sha256(b"jobsite:jwt:" + SECRET_KEY.encode()).hexdigest(),
+}
+"""djangorestframework-simplejwt: HS256 access tokens (accounts.tokens) under a 256-bit key derived from SECRET_KEY."""
+
+LOGIN_RATE = env_str("LOGIN_RATE", "10/5m")
+"""django-ratelimit rate of sign-in attempts (admin and /api-auth/login/), per account and per client IP."""
+MFA_FAILURE_RATE = env_str("MFA_FAILURE_RATE", "5/5m")
+"""Wrong X-MFA-Code answers allowed per (API key or session user, client IP) before 429."""
+MFA_FAILURE_RATE_PER_IP = env_str("MFA_FAILURE_RATE_PER_IP", "20/5m")
+"""Wrong X-MFA-Code answers allowed per client IP, whatever the credential, before 429."""
+RATELIMIT_IP_META_KEY = "jobsite.client_ip.client_ip"
+"""django-ratelimit reads the client address as everything else does (trusted proxies only)."""
+RATELIMIT_USE_CACHE = "default"
+"""django-ratelimit counts in the shared Redis cache (Django's RedisCache increments atomically)."""
+
 NEW_USER_CREDITS = env_int("NEW_USER_CREDITS", 1000, minimum=0)
 """Credits granted once to every new user (0: none; staff grant them with grant_credits or the admin)."""
 
 ENDPOINT_POLICY_LOADER = "jobs.policies.get_endpoint_policy"
 ACCOUNT_BALANCE_SELECTOR = "credits.selectors.credit_balance"
 """Read through a setting so that accounts does not import credits (dependencies point credits -> accounts)."""
+AUTHENTICATED_ALSO_GOVERNED_BY = "jobs.policies.AUTHENTICATED_ALSO_GOVERNED_BY"
+"""Which API policy also governs an authenticated caller of a route (the compatible routes)."""
 ENDPOINT_PERMISSIONS = "accounts.permissions.policy_permission_classes"
 """The one place that decides which permission checks a policy-governed endpoint runs."""
 ENDPOINT_THROTTLES = "jobs.throttles.policy_throttle_classes"
@@ -222,6 +246,12 @@ ENDPOINT_THROTTLES = "jobs.throttles.policy_throttle_classes"
 
 RATELIMIT_FAIL_OPEN_READS = env_bool("RATELIMIT_FAIL_OPEN_READS", True)
 """With Redis unreachable, endpoints that create no jobs skip rate limiting (job creation always fails closed)."""
+
+ANONYMOUS_BUDGET = env_int("ANONYMOUS_BUDGET", 1200, minimum=0)
+"""Requests all anonymous callers together may make per ANONYMOUS_BUDGET_WINDOW (0: none), on top of each
+policy's per-IP limit; authenticated callers never count against it, so anonymous traffic cannot starve them."""
+ANONYMOUS_BUDGET_WINDOW = env_int("ANONYMOUS_BUDGET_WINDOW", 60, minimum=1)
+"""Seconds of the anonymous budget's fixed window."""
 
 CONCURRENCY_CAP_RETRY_AFTER = env_int("CONCURRENCY_CAP_RETRY_AFTER", 1, minimum=1)
 """Seconds a client refused by a concurrency cap is told to wait."""

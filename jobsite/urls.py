@@ -1,17 +1,25 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import URLPattern, include, path
 from django_rq.urls import get_admin_urlpatterns, get_api_urlpatterns
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from jobs import compat
 from jobs.health import healthz
-from jobs.metrics import metrics_view
+from jobs.metrics import MetricsView
+
+
+def rq_dashboard_urlpatterns() -> list[URLPattern]:
+    api = [
+        URLPattern(p.pattern, admin.site.admin_view(p.callback), p.default_args, p.name) for p in get_api_urlpatterns()
+    ]
+    return api + get_admin_urlpatterns(view_wrapper=admin.site.admin_view)
+
 
 urlpatterns = [
     path("api/v1/", include("jobs.urls")),
     path("api/v1/", include("accounts.urls")),
-    # DRF's session login/logout for the browsable API and Swagger UI.
-    path("api-auth/", include("rest_framework.urls")),
+    # Session sign-in for the browsable API and Swagger UI: the admin's rule (password + OTP if enrolled), throttled.
+    path("api-auth/", include("accounts.auth_urls")),
     path("api/v1/", include("credits.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
@@ -20,13 +28,11 @@ urlpatterns = [
     path("async", compat.CompatAsyncView.as_view(), name="compat-async"),
     path("requests", compat.CompatRequestListView.as_view(), name="compat-requests"),
     path("requests/<str:request_id>", compat.CompatRequestDetailView.as_view(), name="compat-request"),
-    # The RQ dashboard behind the admin site's own check (staff, plus OTP for staff with a device).
-    path(
-        "admin/rq/",
-        include((get_api_urlpatterns() + get_admin_urlpatterns(view_wrapper=admin.site.admin_view), "django_rq")),
-    ),
+    # The RQ dashboard and its JSON/metrics behind the admin site's own check (staff, plus OTP for staff with a
+    # device); django-rq's API views alone admit any staff session, OTP or not.
+    path("admin/rq/", include((rq_dashboard_urlpatterns(), "django_rq"))),
     path("admin/", admin.site.urls),
-    path("metrics", metrics_view, name="metrics"),
+    path("metrics", MetricsView.as_view(), name="metrics"),
 ]
 
 handler404 = "jobsite.errors.handler404"

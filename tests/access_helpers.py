@@ -17,6 +17,15 @@ def set_policy(name: str, **fields: Any) -> EndpointPolicy:
     return policy
 
 
+COMPAT_POLICIES = ("compat.sync", "compat.async", "compat.read")
+
+
+def open_compat_to_anonymous() -> None:
+    """What the run command's demo (seed_demo) does: anonymous callers may use the compatible routes."""
+    for name in COMPAT_POLICIES:
+        set_policy(name, auth_required=False)
+
+
 def totp_code(device: TOTPDevice, steps: int = 0) -> str:
     """The code the user's authenticator shows now (or `steps` time steps later): it knows no drift."""
     totp = TOTP(device.bin_key, device.step, device.t0, device.digits)

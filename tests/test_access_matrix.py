@@ -1,7 +1,10 @@
 """The authorization matrix: every endpoint of the URLconf x every way a caller can be refused.
 
 Endpoints are enumerated from the URL resolver, so an endpoint added without an entry in CASES fails
-here; only the routes in SKIPPED are left out, each for a stated reason (the admin is checked below).
+here; only the routes in SKIPPED are left out, each for a stated reason (the admin and the RQ dashboard
+are checked below). Every API route is policy-governed (EndpointView): the compatible routes also answer,
+for an authenticated caller, to the API policy of the same action (jobs.policies.AUTHENTICATED_ALSO_GOVERNED_BY),
+so the IP and MFA scenarios switch those on in the API policy only.
 """
 
 from collections.abc import Callable, Iterator
@@ -19,19 +22,18 @@ from rest_framework.test import APIClient
 from accounts.models import SCOPES, User, split_list
 from accounts.services import api_key_create, api_key_revoke, ip_allow_entry_create, mfa_verify, role_grant
 from jobs.models import Job, JobMode, JobStatus
-from jobs.policies import ENDPOINT_DEFAULTS, policies_changed
+from jobs.policies import AUTHENTICATED_ALSO_GOVERNED_BY, ENDPOINT_DEFAULTS, policies_changed
 from jobsite.api import EndpointView
+from jobsite.redis import get_redis
 from tests.access_helpers import confirmed_device, set_policy, totp_code, wrong_code
 from tests.conftest import bearer
 
 SKIPPED = {
-    "admin/": "the Django admin: staff-only, checked by test_admin_requires_staff_and_otp",
-    "admin/rq/": "the RQ dashboard inside the admin: checked by test_admin_requires_staff_and_otp",
-    "api-auth/": "DRF's session login/logout pages for the browsable API (sessions: test_session_login_...)",
-    "api/schema/": "the OpenAPI schema (documentation)",
-    "api/docs/": "Swagger UI (documentation)",
-    "metrics": "Prometheus metrics",
-    "healthz": "health check for load balancers",
+    "admin/": "the Django admin and the RQ dashboard in it: test_admin_and_rq_dashboard_require_staff_and_otp",
+    "api-auth/": "the sign-in pages themselves (test_session_sign_in_needs_the_otp_code_and_is_throttled)",
+    "api/schema/": "the OpenAPI schema (documentation, public)",
+    "api/docs/": "Swagger UI (documentation, public)",
+    "healthz": "health check for load balancers (public)",
 }
 """Route prefixes outside the policy matrix, each named on purpose."""
 
@@ -68,6 +70,7 @@ def enumerate_endpoints() -> list[tuple[str, str]]:
 class Ctx:
     user: User
     job: Job
+    scenario: str
     pending_device: TOTPDevice | None = None
 
 
@@ -77,16 +80,20 @@ class Case:
 
     call: Callable[[APIClient, Ctx], Any]
     success: int
-    write: bool = False
-    """Account endpoints (no policy row): writes need the account:write scope."""
     mfa: bool = False
-    """Account endpoints that always need X-MFA-Code."""
+    """Always needs X-MFA-Code, whatever the policy (removing the TOTP device)."""
+    enrolment: bool = False
+    """Enrols the first device: a user without one passes the policy's MFA check (MfaVerified)."""
     pending_device: bool = False
     """Needs a TOTP device being enrolled."""
+    another_users: int | None = None
+    """Status when ctx.job belongs to another user (None: the call does not name ctx.job)."""
 
 
 def own_compat_request(client: APIClient, ctx: Ctx) -> str:
-    """A compat request the caller owns (anonymous callers share one owner); a refused caller gets ctx.job."""
+    """A compat request the caller owns; a refused caller, or the another_user scenario, gets ctx.job."""
+    if ctx.scenario == "another_user":
+        return str(ctx.job.pk)
     created = client.post("/async", {"data": "hello", "iterations": 10}, format="json")
     return created.json().get("request_id", str(ctx.job.pk))
 
@@ -96,33 +103,44 @@ CASES: dict[tuple[str, str], Case] = {
     ("api/v1/jobs/sync/", "post"): Case(lambda c, x: c.post("/api/v1/jobs/sync/", HASH, format="json"), 200),
     ("api/v1/jobs/async/", "post"): Case(lambda c, x: c.post("/api/v1/jobs/async/", HASH, format="json"), 202),
     ("api/v1/jobs/export/", "get"): Case(lambda c, x: c.get("/api/v1/jobs/export/?format=jsonl"), 200),
-    ("api/v1/jobs/<uuid:job_id>/", "get"): Case(lambda c, x: c.get(f"/api/v1/jobs/{x.job.pk}/"), 200),
-    ("api/v1/jobs/<uuid:job_id>/cancel/", "post"): Case(lambda c, x: c.post(f"/api/v1/jobs/{x.job.pk}/cancel/"), 200),
+    ("api/v1/jobs/<uuid:job_id>/", "get"): Case(
+        lambda c, x: c.get(f"/api/v1/jobs/{x.job.pk}/"), 200, another_users=404
+    ),
+    ("api/v1/jobs/<uuid:job_id>/cancel/", "post"): Case(
+        lambda c, x: c.post(f"/api/v1/jobs/{x.job.pk}/cancel/"), 200, another_users=404
+    ),
     ("api/v1/credits/", "get"): Case(lambda c, x: c.get("/api/v1/credits/"), 200),
     ("api/v1/credits/ledger/", "get"): Case(lambda c, x: c.get("/api/v1/credits/ledger/"), 200),
     ("api/v1/me/", "get"): Case(lambda c, x: c.get("/api/v1/me/"), 200),
-    ("api/v1/me/webhook-secret/", "post"): Case(lambda c, x: c.post("/api/v1/me/webhook-secret/"), 201, write=True),
+    ("api/v1/me/webhook-secret/", "post"): Case(lambda c, x: c.post("/api/v1/me/webhook-secret/"), 201),
+    ("api/v1/me/limits/", "get"): Case(lambda c, x: c.get("/api/v1/me/limits/"), 200),
+    ("api/v1/auth/token/", "post"): Case(lambda c, x: c.post("/api/v1/auth/token/"), 200),
+    ("metrics", "get"): Case(lambda c, x: c.get("/metrics"), 200),
     ("sync", "post"): Case(lambda c, x: c.post("/sync", {"data": "hello", "iterations": 10}, format="json"), 200),
     ("async", "post"): Case(lambda c, x: c.post("/async", {"data": "hello", "iterations": 10}, format="json"), 200),
     ("requests", "get"): Case(lambda c, x: c.get("/requests"), 200),
-    ("requests/<str:request_id>", "get"): Case(lambda c, x: c.get(f"/requests/{own_compat_request(c, x)}"), 200),
-    ("api/v1/me/mfa/totp/", "post"): Case(lambda c, x: c.post("/api/v1/me/mfa/totp/"), 201, write=True),
-    ("api/v1/me/mfa/totp/", "delete"): Case(lambda c, x: c.delete("/api/v1/me/mfa/totp/"), 204, write=True, mfa=True),
+    ("requests/<str:request_id>", "get"): Case(
+        lambda c, x: c.get(f"/requests/{own_compat_request(c, x)}"), 200, another_users=404
+    ),
+    ("api/v1/me/mfa/totp/", "post"): Case(lambda c, x: c.post("/api/v1/me/mfa/totp/"), 201, enrolment=True),
+    ("api/v1/me/mfa/totp/", "delete"): Case(lambda c, x: c.delete("/api/v1/me/mfa/totp/"), 204, mfa=True),
     ("api/v1/me/mfa/totp/confirm/", "post"): Case(
         lambda c, x: c.post("/api/v1/me/mfa/totp/confirm/", {"code": totp_code(x.pending_device)}, format="json"),
         200,
-        write=True,
+        enrolment=True,
         pending_device=True,
     ),
 }
 
 SCENARIOS = [
-    "anonymous", "revoked_key", "expired_key", "wrong_role", "missing_scope",
-    "ip_outside_allowlist", "mfa_missing", "mfa_wrong", "mfa_replayed", "valid",
+    "anonymous", "revoked_key", "expired_key", "wrong_role", "missing_scope", "ip_outside_allowlist",
+    "mfa_missing", "mfa_wrong", "mfa_replayed", "staff_without_otp", "another_user", "valid",
 ]  # fmt: skip
 
 MFA_SCENARIOS = {"mfa_missing", "mfa_wrong", "mfa_replayed"}
 REFUSED = {
+    "anonymous": (401, "not_authenticated"),
+    "staff_without_otp": (401, "not_authenticated"),
     "revoked_key": (401, "not_authenticated"),
     "expired_key": (401, "not_authenticated"),
     "wrong_role": (403, "permission_denied"),
@@ -134,28 +152,29 @@ REFUSED = {
 }
 
 
-def view_policy(route: str) -> str | None:
-    """The EndpointPolicy name governing a route, or None for the account views (AccountAccess)."""
+def view_policy(route: str) -> str:
+    """The EndpointPolicy name governing a route; every API route has one."""
     match = get_resolver().resolve("/" + route.replace("<uuid:job_id>", "00000000-0000-0000-0000-000000000000"))
     view_class = getattr(match.func, "view_class", None)
-    return view_class.endpoint if view_class and issubclass(view_class, EndpointView) else None
+    assert view_class and issubclass(view_class, EndpointView), f"/{route} is not policy-governed (EndpointView)"
+    return view_class.endpoint
 
 
-def expected(scenario: str, case: Case, policy: str | None) -> tuple[int, str | None]:
+def api_policy(policy: str) -> str:
+    """The policy an authenticated caller also answers to: the API policy of the same action, or its own."""
+    return AUTHENTICATED_ALSO_GOVERNED_BY.get(policy, policy)
+
+
+def expected(scenario: str, case: Case, policy: str) -> tuple[int, str | None]:
     """The status and problem code a scenario must meet; None as code means success."""
-    success = (case.success, None)
     if scenario == "valid":
-        return success
-    if scenario == "anonymous":
-        auth_required = ENDPOINT_DEFAULTS[policy].get("auth_required", True) if policy else True
-        return (401, "not_authenticated") if auth_required else success
-    if policy is None:  # account views: authentication, account:write for writes, MFA where marked
-        if scenario in ("wrong_role", "ip_outside_allowlist"):
-            return success
-        if scenario == "missing_scope" and not case.write:
-            return success
-        if scenario in MFA_SCENARIOS and not case.mfa:
-            return success
+        return case.success, None
+    if scenario == "another_user":
+        return (case.another_users or case.success), None
+    if scenario in MFA_SCENARIOS and case.enrolment:
+        return case.success, None  # no device yet: nothing to ask a code of
+    if scenario == "anonymous" and not ENDPOINT_DEFAULTS[policy].get("auth_required", True):
+        return case.success, None  # public by default (metrics.read)
     return REFUSED[scenario]
 
 
@@ -166,6 +185,15 @@ def _fresh_policies() -> Iterator[None]:
     policies_changed()  # rolled-back rows must not stay cached for the next test
 
 
+def _session_of_staff_without_otp(make_user: Callable[..., User]) -> APIClient:
+    """A staff member whose password is known but whose TOTP device is not at hand (force_login: no OTP step)."""
+    staff = make_user(is_staff=True, is_superuser=True)
+    confirmed_device(staff)
+    client = APIClient()
+    client.force_login(staff)
+    return client
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 @pytest.mark.parametrize("route,method", enumerate_endpoints())
 @pytest.mark.django_db
@@ -174,38 +202,46 @@ def test_authorization_matrix(route: str, method: str, scenario: str, make_user:
     if case is None:
         pytest.fail(f"{method.upper()} /{route} is not in CASES: say how a valid call looks and what governs it")
     policy = view_policy(route)
+    governing = api_policy(policy)
     user = make_user()
     role_grant(user=user, role_name="viewer")
+    job_owner = make_user() if scenario == "another_user" else user
     ctx = Ctx(
         user=user,
-        job=Job.objects.create(owner=user, endpoint="jobs.async", kind="hash", mode=JobMode.ASYNC, input=HASH["input"]),
+        job=Job.objects.create(
+            owner=job_owner, endpoint="jobs.async", kind="hash", mode=JobMode.ASYNC, input=HASH["input"]
+        ),
+        scenario=scenario,
     )
     if case.pending_device:
         ctx.pending_device = TOTPDevice.objects.create(user=user, name="default", confirmed=False)
 
-    required_scopes = split_list(ENDPOINT_DEFAULTS[policy].get("scopes", "")) if policy else []
+    required_scopes = set(split_list(ENDPOINT_DEFAULTS[policy].get("scopes", "")))
+    required_scopes |= set(split_list(ENDPOINT_DEFAULTS[governing].get("scopes", "")))
     key_scopes = list(SCOPES)
-    policy_fields: dict[str, Any] = {}
+    fields: dict[str, dict[str, Any]] = {policy: {}, governing: {}}
     if scenario == "wrong_role":
         role_grant(user=make_user(), role_name="auditor")
-        policy_fields["roles"] = "auditor"
+        fields[policy]["roles"] = "auditor"
     if scenario == "missing_scope":
-        required_scopes = required_scopes or ["jobs:read"]
-        policy_fields["scopes"] = ",".join(required_scopes)
-        key_scopes = [s for s in SCOPES if s not in required_scopes and not (policy is None and s == "account:write")]
+        if not required_scopes:  # the route needs none by default: require one
+            required_scopes = {"jobs:read"}
+            fields[policy]["scopes"] = "jobs:read"
+        key_scopes = [s for s in SCOPES if s not in required_scopes]
     if scenario == "ip_outside_allowlist":
-        policy_fields["ip_allowlist"] = True
+        fields[governing]["ip_allowlist"] = True
         ip_allow_entry_create(cidr="10.0.0.0/8", user=user)
         ip_allow_entry_create(cidr="192.0.2.0/24")
         ip_allow_entry_create(cidr="2001:db8::/32", user=user)
     if scenario in MFA_SCENARIOS or scenario == "valid":
-        policy_fields["mfa_required"] = True
+        fields[governing]["mfa_required"] = True
     if scenario == "valid":
         role_grant(user=user, role_name="auditor")
-        policy_fields.update(roles="auditor,ops", ip_allowlist=True)
+        for name in {policy, governing}:
+            fields[name].update(roles="auditor,ops", ip_allowlist=True, mfa_required=True)
         ip_allow_entry_create(cidr="127.0.0.0/8", user=user)
-    if policy:
-        set_policy(policy, **policy_fields)
+    for name, values in fields.items():
+        set_policy(name, **values)
 
     key, raw_key = api_key_create(owner=user, name="matrix", scopes=key_scopes)
     if scenario == "revoked_key":
@@ -215,7 +251,7 @@ def test_authorization_matrix(route: str, method: str, scenario: str, make_user:
         key.save()
 
     headers: dict[str, str] = {}
-    if case.mfa or (policy and policy_fields.get("mfa_required")):
+    if (case.mfa or fields[governing].get("mfa_required")) and not case.enrolment:
         device = confirmed_device(user)
         code = totp_code(device)
         if scenario == "mfa_wrong":
@@ -226,9 +262,12 @@ def test_authorization_matrix(route: str, method: str, scenario: str, make_user:
         elif scenario != "mfa_missing":
             headers["HTTP_X_MFA_CODE"] = code
 
-    client = APIClient()
-    if scenario != "anonymous":
-        client.credentials(**bearer(raw_key), **headers)
+    if scenario == "staff_without_otp":
+        client = _session_of_staff_without_otp(make_user)
+    else:
+        client = APIClient()
+        if scenario != "anonymous":
+            client.credentials(**bearer(raw_key), **headers)
     response = case.call(client, ctx)
 
     status, code = expected(scenario, case, policy)
@@ -237,6 +276,9 @@ def test_authorization_matrix(route: str, method: str, scenario: str, make_user:
         assert response["Content-Type"] == "application/problem+json"
         assert response.json()["code"] == code
         assert raw_key not in response.content.decode()
+    if scenario in ("another_user", "staff_without_otp") and method == "get" and status == 200:
+        body = b"".join(response.streaming_content) if response.streaming else response.content
+        assert str(ctx.job.pk).encode() not in body  # nobody else's job shows in a listing
     if status >= 400 and (route, method) == ("api/v1/jobs/<uuid:job_id>/cancel/", "post"):
         assert Job.objects.get(pk=ctx.job.pk).status == JobStatus.QUEUED  # a refused call changes nothing
 
@@ -249,28 +291,34 @@ def test_every_skipped_route_exists_and_every_case_is_served() -> None:
     assert set(CASES) == set(enumerate_endpoints())
 
 
+RQ_DASHBOARD = ("/admin/rq/", "/admin/rq/stats.json", "/admin/rq/metrics/", "/admin/rq/queues/0/")
+"""The RQ dashboard, its JSON and its Prometheus view: each behind the admin's own check."""
+
+
+def _session(user: User) -> Client:
+    client = Client()
+    client.force_login(user)  # a password-only session: no OTP step
+    return client
+
+
 @pytest.mark.django_db
-def test_admin_requires_staff_and_otp(make_user: Callable[..., User]) -> None:
+def test_admin_and_rq_dashboard_require_staff_and_otp(make_user: Callable[..., User]) -> None:
+    paths = ("/admin/", "/admin/jobs/endpointpolicy/", *RQ_DASHBOARD)
     anonymous = Client()
-    for path in ("/admin/", "/admin/rq/", "/admin/jobs/endpointpolicy/"):
+    for path in paths:
         response = anonymous.get(path)
         assert response.status_code == 302 and "/admin/login/" in response["Location"], path
 
-    def session(user: User) -> Client:
-        client = Client()
-        client.force_login(user)
-        return client
-
-    plain = session(make_user())
+    plain = _session(make_user())
     staff = make_user(is_staff=True, is_superuser=True)
-    for path in ("/admin/", "/admin/rq/", "/admin/jobs/endpointpolicy/"):
+    for path in paths:
         assert plain.get(path).status_code == 302, path  # not staff
-        assert session(staff).get(path).status_code == 200, path  # staff without a device: password suffices
+        assert _session(staff).get(path).status_code == 200, path  # staff without a device: password suffices
 
-    # A staff member with a device is not admitted on a password alone ...
+    # A staff member with a device is not admitted on a password alone, the RQ JSON included ...
     device = confirmed_device(staff)
-    for path in ("/admin/", "/admin/rq/"):
-        assert session(staff).get(path).status_code == 302, path
+    for path in paths:
+        assert _session(staff).get(path).status_code == 302, path
     login = Client()
     refused = login.post("/admin/login/", {"username": staff.username, "password": "pw", "next": "/admin/"})
     assert refused.status_code == 200 and login.get("/admin/").status_code == 302
@@ -286,15 +334,16 @@ def test_admin_requires_staff_and_otp(make_user: Callable[..., User]) -> None:
         },
     )
     assert admitted.status_code == 302, admitted.context["form"].errors
-    assert login.get("/admin/").status_code == 200
-    assert login.get("/admin/rq/").status_code == 200
-    # An API key never opens the admin: it is for the API only.
+    for path in paths:
+        assert login.get(path).status_code == 200, path
+    # An API key never opens the admin nor the RQ JSON: it is for the API only.
     _, raw_key = api_key_create(owner=staff, scopes=list(SCOPES))
-    assert Client(**bearer(raw_key)).get("/admin/").status_code == 302
+    for path in paths:
+        assert Client(**bearer(raw_key)).get(path).status_code == 302, path
 
 
 @pytest.mark.django_db
-def test_session_login_for_the_browsable_api_carries_every_scope_but_not_mfa(user: User) -> None:
+def test_session_sign_in_for_the_browsable_api_carries_every_scope_but_not_mfa(user: User) -> None:
     browser = Client()
     assert browser.get("/api/v1/me/").status_code == 401
     login = browser.post("/api-auth/login/", {"username": user.username, "password": "pw", "next": "/api/v1/me/"})
@@ -303,3 +352,66 @@ def test_session_login_for_the_browsable_api_carries_every_scope_but_not_mfa(use
     assert "text/html" in browser.get("/api/v1/jobs/", HTTP_ACCEPT="text/html")["Content-Type"]
     set_policy("jobs.read", mfa_required=True)
     assert browser.get("/api/v1/jobs/", HTTP_ACCEPT="application/json").json()["code"] == "mfa_required"
+
+
+@pytest.mark.django_db
+def test_staff_api_session_needs_the_otp_code_like_the_admin(make_user: Callable[..., User]) -> None:
+    """One rule for every session: a user with a TOTP device signs in with its code, at /admin/ or /api-auth/."""
+    someone = make_user()
+    theirs = Job.objects.create(owner=someone, endpoint="jobs.sync", kind="hash", mode=JobMode.SYNC, input={})
+    staff = make_user(is_staff=True, is_superuser=True)
+    device = confirmed_device(staff)
+
+    browser = Client()
+    refused = browser.post("/api-auth/login/", {"username": staff.username, "password": "pw", "next": "/api/v1/jobs/"})
+    assert refused.status_code == 200  # the form asks for the device's code
+    for path in ("/api/v1/jobs/", f"/api/v1/jobs/{theirs.pk}/", "/admin/rq/stats.json"):
+        assert browser.get(path, HTTP_ACCEPT="application/json").status_code in (302, 401), path
+    # A password-only session however obtained carries nothing: not the API, not staff powers.
+    half = _session(staff)
+    answer = half.get("/api/v1/jobs/", HTTP_ACCEPT="application/json")
+    assert answer.status_code == 401 and answer.json()["code"] == "not_authenticated"
+    assert half.get(f"/api/v1/jobs/{theirs.pk}/", HTTP_ACCEPT="application/json").status_code == 401
+
+    admitted = browser.post(
+        "/api-auth/login/",
+        {
+            "username": staff.username,
+            "password": "pw",
+            "otp_device": device.persistent_id,
+            "otp_token": totp_code(device),
+            "next": "/api/v1/jobs/",
+        },
+    )
+    assert admitted.status_code == 302, admitted.context["form"].errors
+    listed = browser.get("/api/v1/jobs/", HTTP_ACCEPT="application/json").json()["results"]
+    assert str(theirs.pk) in {job["id"] for job in listed}  # staff: all, once verified
+    assert browser.get("/admin/rq/stats.json").status_code == 200
+
+
+@pytest.mark.django_db
+def test_sign_in_is_throttled_per_account_and_per_ip(
+    make_user: Callable[..., User], settings: pytest.FixtureRequest
+) -> None:
+    settings.LOGIN_RATE = "3/m"
+    victim = make_user()
+    for path in ("/api-auth/login/", "/admin/login/"):
+        victim.is_staff = path == "/admin/login/"
+        victim.save()
+        get_redis().flushdb()  # each sign-in form starts with fresh counters
+        for address in ("203.0.113.1", "203.0.113.2", "203.0.113.3"):
+            wrong = Client(REMOTE_ADDR=address).post(path, {"username": victim.username, "password": "nope"})
+            assert wrong.status_code == 200, path
+        # The account is throttled from any address, even with the right password ...
+        blocked = Client(REMOTE_ADDR="203.0.113.4").post(path, {"username": victim.username, "password": "pw"})
+        assert blocked.status_code == 429, path
+        # ... and one address that tries many accounts is throttled too.
+        get_redis().flushdb()
+        spray = Client(REMOTE_ADDR="198.51.100.7")
+        statuses = [spray.post(path, {"username": f"guess{n}", "password": "x"}).status_code for n in range(4)]
+        assert statuses == [200, 200, 200, 429], path
+        other = make_user(is_staff=True)
+        assert (
+            Client(REMOTE_ADDR="198.51.100.8").post(path, {"username": other.username, "password": "pw"}).status_code
+            == 302
+        )

@@ -10,6 +10,7 @@ from credits.models import EntryType, LedgerEntry
 from jobs.compat import ANONYMOUS_USERNAME
 from jobs.models import Job, JobMode, WebhookSecret
 from jobsite import crypto
+from tests.access_helpers import open_compat_to_anonymous
 from tests.conftest import respond, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -22,6 +23,8 @@ def test_original_clients_work_unchanged(server_url: str, start_worker, http_ser
     start_worker("jobs", "callbacks")
     receiver = http_server(lambda request: respond(request, 200, b"thanks"))
     client = httpx.Client(base_url=server_url, timeout=10)
+    open_compat_to_anonymous()  # as in the run command's demo; off by default
+    wait_until(lambda: client.get("/requests").status_code == 200)
 
     sync = client.post("/sync", json={"data": "hello", "iterations": 1000})
     assert sync.status_code == 200, sync.text

@@ -22,7 +22,8 @@ from loadgen.progress import Progress
 from loadgen.receiver import WebhookReceiver
 from loadgen.stats import CallbackCounts, Distribution, PhaseResult, Sample, percentile
 from tests import conftest
-from tests.conftest import ROOT, free_port, run_worker_burst, subprocess_env
+from tests.access_helpers import open_compat_to_anonymous
+from tests.conftest import ROOT, free_port, run_worker_burst, subprocess_env, wait_until
 
 # --- statistics -----------------------------------------------------------------------------------
 
@@ -245,10 +246,12 @@ def test_compat_routes_both_modes_with_callbacks(
     server_url: str, start_worker: Callable[..., Any], tmp_path: Path
 ) -> None:
     start_worker("jobs", "callbacks")
+    open_compat_to_anonymous()  # as the run command's demo does: the original load generator is anonymous
+    wait_until(lambda: httpx.get(f"{server_url}/requests", timeout=5).status_code == 200)
     run, phases = _phases(
         tmp_path, "-n", "6", "-c", "3", "--mode", "both", "--compat", "--url", server_url, "--callback-wait", "20"
     )
-    # Everything below depends on webhooks: the /sync and /async routes (anonymous by default) and callbacks.
+    # Everything below depends on webhooks: the /sync and /async routes (anonymous in the demo) and callbacks.
     assert run.returncode == 0, run.stderr
     sync, queued = phases
     assert (sync["ok"], sync["status_codes"]) == (6, {"200": 6})

@@ -8,6 +8,9 @@ from accounts.models import SCOPES, ApiKey, User
 from accounts.services import api_key_create, api_key_revoke
 from credits.selectors import credit_balance
 from credits.services import credit_grant
+from jobs.compat import COMPAT_ASYNC, COMPAT_READ, COMPAT_SYNC
+from jobs.models import EndpointPolicy
+from jobs.policies import ENDPOINT_DEFAULTS
 from jobs.webhooks import webhook_secret_rotate
 
 DEMO_ADMIN = "admin"
@@ -39,6 +42,11 @@ class Command(BaseCommand):
         if shortfall > 0:
             credit_grant(user=demo, amount=shortfall, reason="demo top-up", posting_key=f"demo:{uuid.uuid4()}")
         webhook_secret = webhook_secret_rotate(user=demo)
+        for name in (COMPAT_SYNC, COMPAT_ASYNC, COMPAT_READ):
+            # The demo opens the compatible routes to anonymous callers, as the original backend was.
+            policy, _ = EndpointPolicy.objects.get_or_create(name=name, defaults=ENDPOINT_DEFAULTS[name])
+            policy.auth_required = False
+            policy.save()
         lines = [
             f"API          {url}/api/v1/",
             f"Swagger UI   {url}/api/docs/",
@@ -50,5 +58,6 @@ class Command(BaseCommand):
             f"Demo API key {demo_key}   (Authorization: Bearer <key>)",
             f"Demo webhook signing secret {webhook_secret}   (verifies the demo user's callbacks)",
             f"Demo credits {credit_balance(user=demo)}",
+            "Anonymous    /sync /async /requests open to anonymous callers (demo: compat.* auth_required=false)",
         ]
         self.stdout.write("\n".join(lines))

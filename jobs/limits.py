@@ -1,0 +1,58 @@
+"""GET /api/v1/me/limits/: every endpoint's limits as they stand for the caller, without spending any."""
+
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count
+from django.utils.module_loading import import_string
+from redis.exceptions import RedisError
+from rest_framework.request import Request
+
+from jobs.concurrency import ACTIVE_STATUSES
+from jobs.models import EndpointPolicy, Job, RateLimitAlgorithm
+from jobs.policies import ENDPOINT_DEFAULTS, get_endpoint_policy
+from jobs.ratelimit import rate_limit_peek, rate_limit_state_key
+from jobs.throttles import rate_limit_subject
+
+
+def _rate_limit(request: Request, policy: EndpointPolicy) -> dict[str, Any] | None:
+    if policy.rate_limit_algorithm == RateLimitAlgorithm.NONE:
+        return None
+    algorithm, subject = policy.rate_limit_algorithm, rate_limit_subject(request, policy.rate_limit_key)
+    limit = {"algorithm": algorithm, "key": policy.rate_limit_key, "window": policy.rate_window}
+    try:
+        decision = rate_limit_peek(
+            algorithm=algorithm,
+            key=rate_limit_state_key(scope=policy.name, algorithm=algorithm, subject=subject),
+            limit=policy.rate_limit,
+            window=policy.rate_window,
+            refill_rate=policy.refill_rate,
+        )
+    except RedisError:
+        return {**limit, "quota": policy.rate_limit, "remaining": None, "reset": None}  # unknown right now
+    return {**limit, "quota": decision.quota, "remaining": decision.remaining, "reset": decision.reset_seconds}
+
+
+def caller_limits(request: Request) -> dict[str, Any]:
+    """Per endpoint: enabled, rate limit (quota, remaining, reset in s), concurrency caps and jobs holding them."""
+    active = Job.objects.filter(status__in=ACTIVE_STATUSES).values("endpoint").annotate(n=Count("id")).order_by()
+    in_use_global = {row["endpoint"]: row["n"] for row in active}
+    in_use_mine = {row["endpoint"]: row["n"] for row in active.filter(owner=request.user)}
+    endpoints = []
+    for name in ENDPOINT_DEFAULTS:
+        policy = get_endpoint_policy(name)
+        endpoints.append(
+            {
+                "name": name,
+                "enabled": policy.enabled,
+                "rate_limit": _rate_limit(request, policy),
+                "concurrency": {
+                    "max_per_user": policy.max_concurrent_per_user or None,
+                    "max_global": policy.max_concurrent_global or None,
+                    "in_use_by_you": in_use_mine.get(name, 0),
+                    "in_use_global": in_use_global.get(name, 0),
+                },
+            }
+        )
+    balance = import_string(settings.ACCOUNT_BALANCE_SELECTOR)(user=request.user)
+    return {"balance": balance, "endpoints": endpoints}
