@@ -1,11 +1,16 @@
 """Webhooks against a real local receiver that verifies signatures with the standardwebhooks verifier."""
 
+import contextlib
 import json
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler
 from typing import Any
+from uuid import UUID
 
 import pytest
 from django.test import override_settings
@@ -14,9 +19,9 @@ from rest_framework.test import APIClient
 from standardwebhooks.webhooks import Webhook
 
 from accounts.models import User
-from jobs import ssrf
-from jobs.models import CallbackStatus, Job, KindSettings, WebhookSecret
-from jobs.webhooks import callback_redeliver, callbacks_reconcile
+from jobs import queues, ssrf
+from jobs.models import CallbackAttempt, CallbackStatus, Job, KindSettings, WebhookSecret
+from jobs.webhooks import callback_redeliver, callback_retry_delay, callbacks_reconcile
 from jobsite import crypto
 from jobsite.redis import get_redis
 from tests.conftest import respond, run_worker_burst, wait_until
@@ -259,3 +264,138 @@ def test_redeliver_and_reconciler_rescue(api: APIClient, secret: str, http_serve
     assert [a["n"] for a in callback_of(api, job)["attempts"]] == [1, 2]
     assert len(receiver.requests) == 2
     assert json.loads(receiver.requests[0]["body"])["id"] == job_id
+
+
+def drip_headers(stop: threading.Event) -> Callable[[BaseHTTPRequestHandler], None]:
+    """A receiver that starts a 200 and then sends one header line every 0.1 s until told to stop."""
+
+    def handler(request: BaseHTTPRequestHandler) -> None:
+        try:
+            request.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            while not stop.wait(0.1):
+                request.wfile.write(b"X-Drip: 1\r\n")
+                request.wfile.flush()
+        except OSError:
+            pass
+        request.close_connection = True
+
+    return handler
+
+
+@override_settings(CALLBACK_TOTAL_TIMEOUT=1.0)
+def test_a_receiver_dripping_its_headers_is_cut_off_at_the_total_deadline(
+    api: APIClient, secret: str, http_server
+) -> None:
+    KindSettings.objects.filter(kind="hash").update(callback_retries=0)
+    stop = threading.Event()
+    receiver = http_server(drip_headers(stop))
+    try:
+        job = submit_and_deliver(api, receiver.url)
+    finally:
+        stop.set()
+    assert job.callback_status == CallbackStatus.FAILED
+    [attempt] = callback_of(api, job)["attempts"]
+    assert attempt["status_code"] is None and attempt["error"] == "timeout: no complete answer within 1 s"
+    assert attempt["duration_ms"] < 5000  # every read was quick: only the total deadline ends it
+
+
+def test_the_retry_schedule_is_standard_webhooks_scaled_by_the_kind() -> None:
+    expected = [5, 300, 1800, 7200, 18000, 36000, 36000]
+    for index, step in enumerate(expected):
+        delay = callback_retry_delay(scale=1.0, retry_index=index)
+        assert step <= delay <= step * 1.1
+    assert 0.005 <= callback_retry_delay(scale=0.001, retry_index=0) <= 0.0055
+    assert callback_retry_delay(scale=0.001, retry_index=0, retry_after=7200) == 3600  # CALLBACK_RETRY_AFTER_MAX
+
+
+@override_settings(CALLBACK_MAX_AGE=10)
+def test_no_retry_starts_past_the_age_cap(api: APIClient, secret: str, http_server) -> None:
+    # The schedule at 1/100: 50 ms, 3 s, 18 s... (RQ's scheduler rounds up to whole seconds)
+    KindSettings.objects.filter(kind="hash").update(callback_retries=6, callback_backoff=0.01)
+    receiver = http_server(status(500))
+    job = submit_and_deliver(api, receiver.url)
+    assert job.callback_status == CallbackStatus.FAILED
+    attempts = callback_of(api, job)["attempts"]
+    assert [a["n"] for a in attempts] == [1, 2, 3]  # the 18 s retry would start past the 10 s cap
+    assert len(receiver.requests) == 3
+
+
+@override_settings(CALLBACK_FREE_BUDGET=1, CALLBACK_FREE_BUDGET_WINDOW=1)
+def test_webhooks_of_free_jobs_spend_the_owners_budget(api: APIClient, secret: str, http_server) -> None:
+    KindSettings.objects.filter(kind="hash").update(cache_algorithm="lru")
+    receiver = http_server(status(200))
+    paid = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json").json()
+    run_worker_burst()  # computes (and caches) the result; its webhook is queued
+    free = [api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json").json()
+            for _ in range(2)]  # fmt: skip
+    assert [job["cached"] for job in free] == [True, True]
+    assert Job.objects.get(pk=free[0]["id"]).cost == 0
+
+    run_worker_burst(queues.CALLBACKS_QUEUE)
+    ids = {job.id: job.delivery_id for job in Job.objects.all()}
+    assert [request["headers"]["webhook-id"] for request in receiver.requests] == [
+        str(ids[UUID(paid["id"])]),
+        str(ids[UUID(free[0]["id"])]),
+    ]  # the paid one needs no budget; the second free one waits for a token
+    waiting = Job.objects.get(pk=free[1]["id"])
+    assert waiting.callback_status == CallbackStatus.PENDING and not waiting.callback_attempts.exists()
+
+    drain_callbacks()
+    assert Job.objects.get(pk=free[1]["id"]).callback_status == CallbackStatus.DELIVERED
+    assert len(receiver.requests) == 3
+
+
+def test_callback_status_follows_a_2xx_attempt_even_if_the_job_row_was_read_first(api: APIClient, http_server) -> None:
+    """Issue 21: the detail showed `pending` next to attempt 1 at 200 (two commits, read in between)."""
+    response = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": "http://127.0.0.1:9/hook"}, format="json")
+    job = Job.objects.get(pk=response.json()["id"])
+    # The rows as a reader could see them when the job row is read before the attempt's commit.
+    CallbackAttempt.objects.create(job=job, n=1, status_code=200, retries_left=3)
+    callback = callback_of(api, job)
+    assert callback["status"] == "delivered" and callback["attempts"][0]["status_code"] == 200
+
+
+def held_then_ok(held: threading.Event, release: threading.Event) -> Callable[[BaseHTTPRequestHandler], None]:
+    """A receiver that holds its first request until released, and answers 200 to every later one."""
+    calls = iter(range(10_000))
+
+    def handler(request: BaseHTTPRequestHandler) -> None:
+        if next(calls) == 0:
+            held.set()
+            release.wait(30)
+        with contextlib.suppress(OSError):
+            respond(request, 200, b"ok")
+
+    return handler
+
+
+def test_a_delivery_whose_worker_was_killed_is_closed_interrupted_and_retried(
+    api: APIClient, secret: str, http_server, start_worker
+) -> None:
+    held, release = threading.Event(), threading.Event()
+    receiver = http_server(held_then_ok(held, release))
+    deadlines = {"CALLBACK_TOTAL_TIMEOUT": "3", "CALLBACK_INTERRUPT_MARGIN": "1"}
+    worker = start_worker(queues.CALLBACKS_QUEUE, **deadlines)
+    response = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json")
+    job = Job.objects.get(pk=response.json()["id"])
+    try:
+        run_worker_burst()
+        assert held.wait(30)  # the worker is mid-delivery, the receiver holds the request
+        [attempt] = CallbackAttempt.objects.filter(job=job)
+        assert attempt.error == "in progress"
+        os.kill(worker.pid, signal.SIGKILL)  # the worker only; RQ's scheduler child lives on, as in production
+        worker.wait()
+    finally:
+        release.set()
+    start_worker(queues.CALLBACKS_QUEUE, **deadlines)
+    with override_settings(CALLBACK_TOTAL_TIMEOUT=3.0, CALLBACK_INTERRUPT_MARGIN=1.0):
+        wait_until(lambda: callbacks_reconcile()["callbacks_interrupted"], timeout=30, interval=0.2)
+    wait_until(lambda: Job.objects.get(pk=job.pk).callback_status != CallbackStatus.PENDING, timeout=30)
+
+    assert Job.objects.get(pk=job.pk).callback_status == CallbackStatus.DELIVERED
+    attempts = callback_of(api, job)["attempts"]
+    assert [(a["n"], a["status_code"], a["error"]) for a in attempts] == [(1, None, "interrupted"), (2, 200, "")]
+    assert len(receiver.requests) == 2  # the held one and the retry: one webhook-id, receivers drop the copy
+    assert {request["headers"]["webhook-id"] for request in receiver.requests} == {str(job.delivery_id)}
+    assert CallbackAttempt.objects.filter(job=job, status_code__gte=200, status_code__lt=300).count() == 1
+    assert not CallbackAttempt.objects.filter(error="in progress").exists()
