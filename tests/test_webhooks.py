@@ -399,3 +399,42 @@ def test_a_delivery_whose_worker_was_killed_is_closed_interrupted_and_retried(
     assert {request["headers"]["webhook-id"] for request in receiver.requests} == {str(job.delivery_id)}
     assert CallbackAttempt.objects.filter(job=job, status_code__gte=200, status_code__lt=300).count() == 1
     assert not CallbackAttempt.objects.filter(error="in progress").exists()
+
+
+def test_a_slow_receiver_holds_one_worker_and_the_others_deliver(
+    api: APIClient, secret: str, http_server, start_worker
+) -> None:
+    """Two callbacks workers, one slot per host: three deliveries to a stuck receiver never take both workers."""
+    release = threading.Event()
+    in_flight = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def stuck(request: BaseHTTPRequestHandler) -> None:
+        with lock:
+            in_flight["now"] += 1
+            in_flight["most"] = max(in_flight["most"], in_flight["now"])
+        release.wait(30)
+        with lock:
+            in_flight["now"] -= 1
+        with contextlib.suppress(OSError):
+            respond(request, 200, b"ok")
+
+    slow, fast = http_server(stuck), http_server(status(200))
+    limits = {"CALLBACK_MAX_PER_HOST": "1", "CALLBACK_HOST_BUSY_DELAY": "0.2", "CALLBACK_TOTAL_TIMEOUT": "30"}
+    for _ in range(2):
+        start_worker(queues.CALLBACKS_QUEUE, **limits)
+    slow_ids = [api.post("/api/v1/jobs/async/", {**HASH, "callback_url": slow.url}, format="json").json()["id"]
+                for _ in range(3)]  # fmt: skip
+    try:
+        run_worker_burst()
+        wait_until(lambda: slow.requests, timeout=30)
+        fast_id = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": fast.url}, format="json").json()["id"]
+        run_worker_burst()
+        wait_until(lambda: Job.objects.get(pk=fast_id).callback_status == CallbackStatus.DELIVERED, timeout=30)
+        assert in_flight == {"now": 1, "most": 1}  # the other two wait their turn without holding a worker
+        assert CallbackAttempt.objects.filter(job_id__in=slow_ids).count() == 1
+    finally:
+        release.set()
+    delivered = Job.objects.filter(pk__in=slow_ids, callback_status=CallbackStatus.DELIVERED)
+    wait_until(lambda: delivered.count() == 3, timeout=30)
+    assert in_flight["most"] == 1 and len(slow.requests) == 3
