@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import httpx
@@ -187,23 +188,10 @@ def _attempt_deadline(seconds: float) -> Iterator[None]:
             signal.setitimer(signal.ITIMER_REAL, max(0.001, outer_left - (time.monotonic() - started)))
 
 
-def _post(job: Job, body: str) -> _Outcome:
-    now = timezone.now()
-    msg_id = str(job.delivery_id)
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": webhook_sign(
-            secrets_=webhook_signing_secrets(user=job.owner), msg_id=msg_id, timestamp=now, body=body
-        ),
-    }
+def _post(url: str, body: str, headers: dict[str, str]) -> _Outcome:
     timeout = httpx.Timeout(settings.CALLBACK_READ_TIMEOUT, connect=settings.CALLBACK_CONNECT_TIMEOUT)
     try:
-        with ssrf.guarded_stream(
-            "POST", job.callback_url, content=body.encode(), headers=headers, timeout=timeout
-        ) as response:
+        with ssrf.guarded_stream("POST", url, content=body.encode(), headers=headers, timeout=timeout) as response:
             excerpt = _read_capped(response)
     except ssrf.UrlForbidden as exc:
         return _Outcome(error=f"callback_url_forbidden: {exc.reason}", retryable=False)
@@ -230,9 +218,20 @@ def _post(job: Job, body: str) -> _Outcome:
 
 def _send(job: Job, body: str) -> _Outcome:
     """One signed POST, all of it (DNS, connect, headers, body) within CALLBACK_TOTAL_TIMEOUT."""
+    now = timezone.now()
+    msg_id = str(job.delivery_id)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": webhook_sign(
+            secrets_=webhook_signing_secrets(user=job.owner), msg_id=msg_id, timestamp=now, body=body
+        ),
+    }
     try:
         with _attempt_deadline(settings.CALLBACK_TOTAL_TIMEOUT):
-            return _post(job, body)
+            return _post(job.callback_url, body, headers)
     except AttemptDeadlineExceeded:
         return _Outcome(error=f"timeout: no complete answer within {settings.CALLBACK_TOTAL_TIMEOUT:g} s")
 
@@ -248,8 +247,8 @@ def callback_retry_delay(*, scale: float, retry_index: int, retry_after: float |
 
 
 def _host_key(url: str) -> str:
-    parsed = httpx.URL(url)
-    return redis_key("callback", "host", f"{parsed.host}:{parsed.port or ''}")
+    # Split as text: a URL the guard will refuse (odd address notations) must still get a key, not an error.
+    return redis_key("callback", "host", urlsplit(url).netloc.rpartition("@")[2].lower())
 
 
 def _host_slot_acquire(url: str) -> tuple[str, str] | None:

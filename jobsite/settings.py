@@ -177,7 +177,7 @@ CALLBACK_MAX_PER_HOST = env_int("CALLBACK_MAX_PER_HOST", 2, minimum=1)
 """Attempts in flight to one receiver host at a time, across all callbacks workers; the rest wait their turn."""
 CALLBACK_HOST_BUSY_DELAY = env_float("CALLBACK_HOST_BUSY_DELAY", 1.0, minimum=0.01)
 """Base seconds (jittered up to twice) an attempt to a busy host is deferred by, without counting as an attempt."""
-CALLBACK_FREE_BUDGET = env_int("CALLBACK_FREE_BUDGET", 60, minimum=1)
+CALLBACK_FREE_BUDGET = env_int("CALLBACK_FREE_BUDGET", 120, minimum=1)
 """Attempts per CALLBACK_FREE_BUDGET_WINDOW an owner gets for webhooks of jobs that cost nothing."""
 CALLBACK_FREE_BUDGET_WINDOW = env_int("CALLBACK_FREE_BUDGET_WINDOW", 60, minimum=1)
 CALLBACK_MAX_RESPONSE_BYTES = env_int("CALLBACK_MAX_RESPONSE_BYTES", 64 * 1024, minimum=0)
