@@ -13,6 +13,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from django.db import connection, connections, transaction
 from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -438,3 +439,46 @@ def test_a_slow_receiver_holds_one_worker_and_the_others_deliver(
     delivered = Job.objects.filter(pk__in=slow_ids, callback_status=CallbackStatus.DELIVERED)
     wait_until(lambda: delivered.count() == 3, timeout=30)
     assert in_flight["most"] == 1 and len(slow.requests) == 3
+
+
+def _lock_waiters() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks: SQLite serialises every writer anyway")
+def test_a_2xx_attempt_and_the_delivered_status_commit_together(
+    api: APIClient, secret: str, http_server, start_worker
+) -> None:
+    """Issue 21 (write side): while the job row is locked, the worker's 200 must not show on the attempt alone."""
+    locked, unlock = threading.Event(), threading.Event()
+    job_id: dict[str, str] = {}
+
+    def hold_job_row() -> None:
+        with transaction.atomic():
+            Job.objects.select_for_update().get(pk=job_id["id"])
+            locked.set()
+            unlock.wait(30)
+        connections["default"].close()
+
+    def answer_with_the_row_locked(request: BaseHTTPRequestHandler) -> None:
+        threading.Thread(target=hold_job_row, daemon=True).start()
+        locked.wait(30)
+        respond(request, 200, b"ok")
+
+    receiver = http_server(answer_with_the_row_locked)
+    start_worker(queues.CALLBACKS_QUEUE)
+    job_id["id"] = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json").json()["id"]
+    try:
+        run_worker_burst()
+        wait_until(lambda: locked.is_set() and _lock_waiters() > 0, timeout=30)  # the worker waits on the job row
+        [attempt] = CallbackAttempt.objects.filter(job_id=job_id["id"])
+        assert (attempt.status_code, attempt.error) == (None, "in progress")
+    finally:
+        unlock.set()
+    wait_until(lambda: Job.objects.get(pk=job_id["id"]).callback_status == CallbackStatus.DELIVERED, timeout=30)
+    [attempt] = CallbackAttempt.objects.filter(job_id=job_id["id"])
+    assert attempt.status_code == 200
