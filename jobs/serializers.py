@@ -74,10 +74,10 @@ class JobSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(JobCallbackSerializer)
     def get_callback(self, job: Job) -> dict[str, Any]:
-        rows = job.callback_attempts.all()
+        rows = list(job.callback_attempts.all())
         status = job.callback_status
-        # The job row is read before its attempts: a 2xx attempt committed in between says what the status is.
-        if status == CallbackStatus.PENDING and any(200 <= (row.status_code or 0) < 300 for row in rows):
+        # The job row is read before its attempts: a 2xx last attempt committed in between says the status.
+        if status == CallbackStatus.PENDING and rows and 200 <= (rows[-1].status_code or 0) < 300:
             status = CallbackStatus.DELIVERED
         return {"url": job.callback_url, "status": status, "attempts": CallbackAttemptSerializer(rows, many=True).data}
 
