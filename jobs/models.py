@@ -91,6 +91,8 @@ class CallbackAttempt(models.Model):
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     error = models.CharField(max_length=255, blank=True)
     duration_ms = models.PositiveIntegerField(default=0)
+    retries_left = models.PositiveSmallIntegerField(default=0, help_text="Retries still allowed after this one.")
+    give_up_at = models.DateTimeField(null=True, blank=True, help_text="No retry of this delivery starts later.")
 
     class Meta:
         ordering = ["job", "n"]
@@ -178,7 +180,9 @@ class KindSettings(models.Model):
     time_limit = models.PositiveIntegerField(default=60, help_text="Seconds.")
     encrypt_fields = models.CharField(max_length=255, blank=True, help_text="Comma list of input fields.")
     callback_retries = models.PositiveIntegerField(default=3)
-    callback_backoff = models.FloatField(default=1.0, help_text="Seconds, base of the exponential backoff.")
+    callback_backoff = models.FloatField(
+        default=1.0, help_text="Scale of the webhook retry schedule (1.0: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h)."
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -12,6 +12,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQJobStatus
 
+from jobsite.redis import redis_key
 from jobsite.tracing import TRACE_META_KEY
 
 logger = logging.getLogger(__name__)
@@ -63,18 +64,39 @@ def enqueue_job_or_defer(job_id: UUID, *, time_limit: int, trace_context: dict[s
         logger.warning("enqueue failed; the reconciler will enqueue job %s", job_id, exc_info=True)
 
 
-def callback_rq_id(job_id: UUID | str, n: int) -> str:
-    """RQ's id for delivery attempt n of a job's webhook: one per attempt, so a retry never reuses a record."""
-    return f"callback-{job_id}-{n}"
+def callback_rq_id(job_id: UUID | str, n: int, *, deferral: str = "") -> str:
+    """RQ's id for delivery attempt n of a job's webhook (a deferral of it adds a suffix): never reused."""
+    return f"callback-{job_id}-{n}" + (f"-{deferral}" if deferral else "")
 
 
-def enqueue_callback(job_id: UUID | str, *, n: int, retries_left: int, delay: float = 0.0) -> None:
-    """Put delivery attempt n on the callbacks queue, now or after `delay` seconds (RQ's scheduler)."""
+def callback_job_timeout() -> int:
+    """RQ's own time limit on a delivery: the attempt's deadline plus a margin for the database writes."""
+    return int(settings.CALLBACK_TOTAL_TIMEOUT + settings.CALLBACK_INTERRUPT_MARGIN) + 1
+
+
+def _callback_next_key(job_id: UUID | str) -> str:
+    return redis_key("callback", "next", job_id)
+
+
+def enqueue_callback(
+    job_id: UUID | str,
+    *,
+    n: int,
+    retries_left: int,
+    give_up_at: float | None = None,
+    delay: float = 0.0,
+    deferral: str = "",
+) -> None:
+    """Put delivery attempt n on the callbacks queue, now or after `delay` seconds (RQ's scheduler).
+
+    The RQ id is remembered per job, so the reconciler can tell a delivery on its way from a lost one.
+    """
     queue = get_queue(CALLBACKS_QUEUE)
-    args = ("jobs.tasks.deliver_callback", str(job_id), n, retries_left)
+    rq_id = callback_rq_id(job_id, n, deferral=deferral)
+    args = ("jobs.tasks.deliver_callback", str(job_id), n, retries_left, give_up_at)
     options = {
-        "job_id": callback_rq_id(job_id, n),
-        "job_timeout": int(settings.CALLBACK_CONNECT_TIMEOUT + settings.CALLBACK_TOTAL_TIMEOUT) + 5,
+        "job_id": rq_id,
+        "job_timeout": callback_job_timeout(),
         "result_ttl": RESULT_TTL,
         "failure_ttl": RESULT_TTL,
     }
@@ -84,6 +106,8 @@ def enqueue_callback(job_id: UUID | str, *, n: int, retries_left: int, delay: fl
         queue.enqueue_at(due.replace(microsecond=0) + timedelta(seconds=1 if due.microsecond else 0), *args, **options)
     else:
         queue.enqueue(*args, **options)
+    remember = int(delay) + settings.CALLBACK_RECONCILE_GRACE + callback_job_timeout()
+    queue.connection.set(_callback_next_key(job_id), rq_id, ex=remember)
 
 
 def enqueue_callback_or_defer(job_id: UUID, *, n: int, retries_left: int) -> None:
@@ -92,6 +116,26 @@ def enqueue_callback_or_defer(job_id: UUID, *, n: int, retries_left: int) -> Non
         enqueue_callback(job_id, n=n, retries_left=retries_left)
     except RedisError:
         logger.warning("enqueue failed; the reconciler will deliver the webhook of job %s", job_id, exc_info=True)
+
+
+def callback_is_on_its_way(job_id: UUID | str) -> bool:
+    """Whether the job's latest delivery RQ job waits to run, or runs and is not yet past its time limit.
+
+    A started one past its limit belongs to a killed worker: RQ would have stopped a live one by then.
+    """
+    connection = get_queue(CALLBACKS_QUEUE).connection
+    rq_id = connection.get(_callback_next_key(job_id))
+    if rq_id is None:
+        return False
+    try:
+        rq_job = RQJob.fetch(rq_id.decode(), connection=connection)
+    except NoSuchJobError:
+        return False
+    status = rq_job.get_status(refresh=False)
+    if status == RQJobStatus.STARTED and rq_job.started_at is not None:
+        lost_after = rq_job.started_at.replace(tzinfo=UTC) + timedelta(seconds=callback_job_timeout())
+        return datetime.now(UTC) < lost_after
+    return status in _PENDING_RQ_STATUSES
 
 
 def is_pending_in_rq(job_id: UUID | str) -> bool:

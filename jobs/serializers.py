@@ -5,7 +5,7 @@ from rest_framework import serializers
 
 from jobs.encryption import masked_input, open_result
 from jobs.kinds import KINDS
-from jobs.models import CallbackAttempt, Job, JobMode, JobStatus
+from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus
 from jobs.policies import get_kind_settings
 
 
@@ -74,8 +74,12 @@ class JobSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(JobCallbackSerializer)
     def get_callback(self, job: Job) -> dict[str, Any]:
-        attempts = CallbackAttemptSerializer(job.callback_attempts.all(), many=True).data
-        return {"url": job.callback_url, "status": job.callback_status, "attempts": attempts}
+        rows = list(job.callback_attempts.all())
+        status = job.callback_status
+        # The job row is read before its attempts: a 2xx last attempt committed in between says the status.
+        if status == CallbackStatus.PENDING and rows and 200 <= (rows[-1].status_code or 0) < 300:
+            status = CallbackStatus.DELIVERED
+        return {"url": job.callback_url, "status": status, "attempts": CallbackAttemptSerializer(rows, many=True).data}
 
 
 class WebhookSecretSerializer(serializers.Serializer):

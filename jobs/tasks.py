@@ -20,9 +20,9 @@ def execute_job(job_id: str) -> Retry | None:
         context.detach(token)
 
 
-def deliver_callback(job_id: str, n: int, retries_left: int) -> str:
+def deliver_callback(job_id: str, n: int, retries_left: int, give_up_at: float | None = None) -> str:
     with log_context(job_id=job_id, webhook_attempt=n):
-        return callback_deliver(job_id=job_id, n=n, retries_left=retries_left)
+        return callback_deliver(job_id=job_id, n=n, retries_left=retries_left, give_up_at=give_up_at)
 
 
 def reconcile() -> dict[str, int]:

@@ -1,17 +1,27 @@
 """Webhook deliveries: per-user signing secrets, signed attempts through the SSRF guard, retries, rescue.
 
-One delivery attempt is one RQ job on the callbacks queue. A failed attempt schedules the next one with
-RQ's scheduler (workers run `--with-scheduler`); the reconciler enqueues any pending delivery that lost
-its RQ job, so a pending delivery always ends delivered or failed.
+One delivery attempt is one RQ job on the callbacks queue. An attempt has a total deadline; at most
+CALLBACK_MAX_PER_HOST attempts run against one receiver host at a time (the others are deferred, not
+counted); webhooks of jobs that cost nothing spend their owner's free-delivery budget. A failed attempt
+schedules the next one on CALLBACK_SCHEDULE with RQ's scheduler (workers run `--with-scheduler`), within
+the kind's `callback_retries` and CALLBACK_MAX_AGE. The reconciler closes attempts whose worker died as
+`interrupted` and carries on their schedule, and enqueues any pending delivery that lost its RQ job, so a
+pending delivery always ends delivered or failed.
 """
 
 import base64
 import logging
+import random
 import secrets
+import signal
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import httpx
@@ -24,12 +34,14 @@ from standardwebhooks.webhooks import Webhook
 
 from accounts.models import User
 from jobs import metrics, queues, ssrf
+from jobs.billing import refund_due
 from jobs.compat import COMPAT_ASYNC, CompatCallbackSerializer
-from jobs.models import FINAL_STATUSES, CallbackAttempt, CallbackStatus, Job, WebhookSecret
+from jobs.models import FINAL_STATUSES, CallbackAttempt, CallbackStatus, Job, RateLimitAlgorithm, WebhookSecret
 from jobs.policies import get_kind_settings
-from jobs.retries import backoff_with_jitter
+from jobs.ratelimit import rate_limit_hit, rate_limit_state_key
 from jobs.serializers import JobSerializer
 from jobsite import crypto
+from jobsite.redis import redis_key, run_lua
 from jobsite.tracing import extract_context, get_tracer
 
 logger = logging.getLogger(__name__)
@@ -41,6 +53,34 @@ SECRET_BYTES = 32
 
 IN_PROGRESS = "in progress"
 """The error text of an attempt that has been claimed and not yet finished."""
+
+INTERRUPTED = "interrupted"
+"""The error text of an attempt whose worker died before recording its outcome (closed by the reconciler)."""
+
+CALLBACK_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+"""Seconds before retry 1, 2, ... (Standard Webhooks: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h); the last step repeats.
+
+Scaled by the kind's `callback_backoff` (1.0: as written); the kind's `callback_retries` says how many run.
+"""
+
+FREE_BUDGET_SCOPE = "webhooks-free"
+"""Rate-limiter scope of the per-owner budget for webhooks of jobs that cost nothing."""
+
+HOST_SLOT_ACQUIRE = """
+-- KEYS[1]  sorted set: one member per attempt in flight to a receiver host, scored by its lease's end (ms)
+-- ARGV[1]  slots per host, ARGV[2] lease (ms), ARGV[3] the attempt's unique member
+-- Expired leases (their worker died) are dropped first; returns {acquired (0|1), ms until the next lease ends}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, tonumber(first[2]) - now}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return {1, 0}
+"""
 
 USER_AGENT = "Jobsite-webhooks/1"
 
@@ -115,35 +155,49 @@ def _retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
-def _read_capped(response: httpx.Response, deadline: float) -> bytes:
-    """At most CALLBACK_MAX_RESPONSE_BYTES of the answer, before the deadline; the rest is never read."""
+def _read_capped(response: httpx.Response) -> bytes:
+    """At most CALLBACK_MAX_RESPONSE_BYTES of the answer; the rest is never read."""
     received = bytearray()
     for chunk in response.iter_raw():
         received += chunk
-        if len(received) >= settings.CALLBACK_MAX_RESPONSE_BYTES or time.monotonic() > deadline:
+        if len(received) >= settings.CALLBACK_MAX_RESPONSE_BYTES:
             break
     return bytes(received[: settings.CALLBACK_MAX_RESPONSE_BYTES])
 
 
-def _send(job: Job, body: str) -> _Outcome:
-    now = timezone.now()
-    msg_id = str(job.delivery_id)
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": webhook_sign(
-            secrets_=webhook_signing_secrets(user=job.owner), msg_id=msg_id, timestamp=now, body=body
-        ),
-    }
-    timeout = httpx.Timeout(settings.CALLBACK_READ_TIMEOUT, connect=settings.CALLBACK_CONNECT_TIMEOUT)
-    deadline = time.monotonic() + settings.CALLBACK_TOTAL_TIMEOUT
+class AttemptDeadlineExceeded(Exception):
+    """The attempt's total deadline passed (raised from SIGALRM, wherever the attempt was blocked)."""
+
+
+def _raise_deadline(signum: int, frame: object) -> None:
+    raise AttemptDeadlineExceeded
+
+
+@contextmanager
+def _attempt_deadline(seconds: float) -> Iterator[None]:
+    """Interrupt the block after `seconds` in all, even inside a blocking read of a dripping receiver.
+
+    httpx has per-operation timeouts only, and a socket read cannot be cut short from another thread, so
+    SIGALRM it is (deliveries run in a worker's main thread). RQ's own alarm (the job's time limit) is put
+    back afterwards with what was left of it.
+    """
+    previous_handler = signal.signal(signal.SIGALRM, _raise_deadline)
+    outer_left, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    started = time.monotonic()
     try:
-        with ssrf.guarded_stream(
-            "POST", job.callback_url, content=body.encode(), headers=headers, timeout=timeout
-        ) as response:
-            excerpt = _read_capped(response, deadline)
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_handler)
+        if outer_left:
+            signal.setitimer(signal.ITIMER_REAL, max(0.001, outer_left - (time.monotonic() - started)))
+
+
+def _post(url: str, body: str, headers: dict[str, str]) -> _Outcome:
+    timeout = httpx.Timeout(settings.CALLBACK_READ_TIMEOUT, connect=settings.CALLBACK_CONNECT_TIMEOUT)
+    try:
+        with ssrf.guarded_stream("POST", url, content=body.encode(), headers=headers, timeout=timeout) as response:
+            excerpt = _read_capped(response)
     except ssrf.UrlForbidden as exc:
         return _Outcome(error=f"callback_url_forbidden: {exc.reason}", retryable=False)
     except ssrf.UrlUnresolved as exc:
@@ -167,27 +221,132 @@ def _send(job: Job, body: str) -> _Outcome:
     )
 
 
-def _backoff_seconds(*, base: float, retry_index: int, retry_after: float | None) -> float:
-    """Exponential backoff with jitter, never shorter than a capped Retry-After."""
-    delay = backoff_with_jitter(base=base, retry_index=retry_index, ceiling=settings.CALLBACK_BACKOFF_MAX)
+def _send(job: Job, body: str) -> _Outcome:
+    """One signed POST, all of it (DNS, connect, headers, body) within CALLBACK_TOTAL_TIMEOUT."""
+    now = timezone.now()
+    msg_id = str(job.delivery_id)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": webhook_sign(
+            secrets_=webhook_signing_secrets(user=job.owner), msg_id=msg_id, timestamp=now, body=body
+        ),
+    }
+    try:
+        with _attempt_deadline(settings.CALLBACK_TOTAL_TIMEOUT):
+            return _post(job.callback_url, body, headers)
+    except AttemptDeadlineExceeded:
+        return _Outcome(error=f"timeout: no complete answer within {settings.CALLBACK_TOTAL_TIMEOUT:g} s")
+
+
+def callback_retry_delay(*, scale: float, retry_index: int, retry_after: float | None = None) -> float:
+    """Seconds before retry `retry_index` (0: the first): the schedule's step plus up to 10% jitter,
+    never shorter than a capped Retry-After."""
+    step = CALLBACK_SCHEDULE[min(max(0, retry_index), len(CALLBACK_SCHEDULE) - 1)] * scale
+    delay = step + random.uniform(0, step / 10)
     if retry_after is not None:
         delay = max(delay, min(retry_after, settings.CALLBACK_RETRY_AFTER_MAX))
     return delay
+
+
+def _host_key(url: str) -> str:
+    # Split as text: a URL the guard will refuse (odd address notations) must still get a key, not an error.
+    return redis_key("callback", "host", urlsplit(url).netloc.rpartition("@")[2].lower())
+
+
+def _host_slot_acquire(url: str) -> tuple[str, str] | None:
+    """A slot for one attempt to the URL's host, or None while CALLBACK_MAX_PER_HOST attempts hold them.
+
+    The lease outlives the attempt's deadline, so a worker that dies holding a slot frees it on its own.
+    """
+    key, member = _host_key(url), uuid.uuid4().hex
+    lease_ms = int((settings.CALLBACK_TOTAL_TIMEOUT + settings.CALLBACK_INTERRUPT_MARGIN) * 1000)
+    acquired, _ = run_lua(HOST_SLOT_ACQUIRE, keys=[key], args=[settings.CALLBACK_MAX_PER_HOST, lease_ms, member])
+    return (key, member) if acquired else None
+
+
+def _host_slot_release(slot: tuple[str, str]) -> None:
+    key, member = slot
+    queues.get_queue(queues.CALLBACKS_QUEUE).connection.zrem(key, member)
+
+
+def _free_budget_wait(job: Job) -> float:
+    """Seconds until the owner's free-delivery budget admits this attempt (0: admitted now, and counted).
+
+    Every attempt of a webhook whose job costs nothing (anonymous compat, cache hits, cost-0 kinds) or was
+    refunded counts: a token bucket of CALLBACK_FREE_BUDGET per CALLBACK_FREE_BUDGET_WINDOW per owner.
+    """
+    if job.cost > 0 and not refund_due(job):
+        return 0.0
+    algorithm = RateLimitAlgorithm.TOKEN_BUCKET
+    decision = rate_limit_hit(
+        algorithm=algorithm,
+        key=rate_limit_state_key(scope=FREE_BUDGET_SCOPE, algorithm=algorithm, subject=str(job.owner_id)),
+        limit=settings.CALLBACK_FREE_BUDGET,
+        window=settings.CALLBACK_FREE_BUDGET_WINDOW,
+        refill_rate=settings.CALLBACK_FREE_BUDGET,
+    )
+    return 0.0 if decision.allowed else decision.retry_after_ms / 1000
 
 
 def _callback_settle(job_id: UUID, status: str) -> None:
     Job.objects.filter(pk=job_id, callback_status=CallbackStatus.PENDING).update(callback_status=status)
 
 
-def callback_deliver(*, job_id: UUID | str, n: int, retries_left: int) -> str:
-    """Make delivery attempt n of a job's webhook and record it; schedule the next one or settle the status."""
+def _give_up_at(job: Job, give_up_at: float | None) -> datetime:
+    if give_up_at is not None:
+        return datetime.fromtimestamp(give_up_at, UTC)
+    return (job.finished_at or timezone.now()) + timedelta(seconds=settings.CALLBACK_MAX_AGE)
+
+
+def callback_deliver(*, job_id: UUID | str, n: int, retries_left: int, give_up_at: float | None = None) -> str:
+    """Make delivery attempt n of a job's webhook and record it; schedule the next one or settle the status.
+
+    `give_up_at` (epoch seconds) ends the delivery's retries; None: CALLBACK_MAX_AGE after the job finished.
+    """
     job = Job.objects.select_related("owner").filter(pk=job_id).first()
     if job is None or job.callback_status != CallbackStatus.PENDING or job.status not in FINAL_STATUSES:
         return "skipped"
+    give_up = _give_up_at(job, give_up_at)
+    slot = _host_slot_acquire(job.callback_url)
+    if slot is None:
+        wait = settings.CALLBACK_HOST_BUSY_DELAY * random.uniform(1, 2)
+        return _callback_defer(job, n=n, retries_left=retries_left, give_up=give_up, wait=wait, why="host busy")
+    try:
+        wait = _free_budget_wait(job)
+        if wait:
+            return _callback_defer(job, n=n, retries_left=retries_left, give_up=give_up, wait=wait, why="free budget")
+        result = _callback_attempt(job, n=n, retries_left=retries_left, give_up=give_up)
+    finally:
+        _host_slot_release(slot)
+    metrics.WEBHOOK_DELIVERIES.labels(outcome=result, attempt=str(n)).inc()
+    return result
+
+
+def _callback_defer(job: Job, *, n: int, retries_left: int, give_up: datetime, wait: float, why: str) -> str:
+    """Put attempt n back for later without counting it; past the delivery's age cap, fail it instead."""
+    if timezone.now() + timedelta(seconds=wait) > give_up:
+        _callback_settle(job.pk, CallbackStatus.FAILED)
+        logger.warning("webhook of job %s failed: still deferred (%s) at its age cap", job.pk, why)
+        return "failed"
+    queues.enqueue_callback(
+        job.pk, n=n, retries_left=retries_left, give_up_at=give_up.timestamp(), delay=wait,
+        deferral=uuid.uuid4().hex[:12],
+    )  # fmt: skip
+    logger.info("webhook of job %s: attempt %s deferred %.2f s (%s)", job.pk, n, wait, why)
+    metrics.WEBHOOK_DELIVERIES.labels(outcome="deferred", attempt=str(n)).inc()
+    return "deferred"
+
+
+def _callback_attempt(job: Job, *, n: int, retries_left: int, give_up: datetime) -> str:
     body = callback_body(job)
     try:
         with transaction.atomic():
-            attempt = CallbackAttempt.objects.create(job=job, n=n, error=IN_PROGRESS)
+            attempt = CallbackAttempt.objects.create(
+                job=job, n=n, error=IN_PROGRESS, retries_left=retries_left, give_up_at=give_up
+            )
     except IntegrityError:
         return "skipped"  # another worker claimed this attempt
     started = time.perf_counter()
@@ -197,33 +356,56 @@ def callback_deliver(*, job_id: UUID | str, n: int, retries_left: int) -> str:
         span.set_attributes(attributes)
         outcome = _send(job, body)
         span.set_attribute("http.response.status_code", outcome.status_code or 0)
-    attempt.status_code = outcome.status_code
-    attempt.error = outcome.error[:255]
-    attempt.duration_ms = int((time.perf_counter() - started) * 1000)
-    attempt.save(update_fields=["status_code", "error", "duration_ms"])
-    result = _callback_next(job, n=n, retries_left=retries_left, outcome=outcome)
-    metrics.WEBHOOK_DELIVERIES.labels(outcome=result, attempt=str(n)).inc()
-    return result
+    return _attempt_close(attempt, outcome=outcome, duration_ms=int((time.perf_counter() - started) * 1000))
 
 
-def _callback_next(job: Job, *, n: int, retries_left: int, outcome: _Outcome) -> str:
-    """After an attempt: settle the delivery, or schedule the next attempt."""
-    if outcome.delivered:
-        _callback_settle(job.pk, CallbackStatus.DELIVERED)
-        return "delivered"
-    if outcome.retryable and retries_left > 0:
+def _attempt_close(attempt: CallbackAttempt, *, outcome: _Outcome, duration_ms: int) -> str:
+    """Record an attempt's outcome and what follows from it (delivered, failed, or the next attempt's date).
+
+    The attempt row and the job's callback status change in one transaction, so they never disagree; the
+    row changes only while still in progress, so an outcome arriving after the reconciler closed it (as
+    `interrupted`) is dropped and the schedule the reconciler started goes on.
+    """
+    job = attempt.job
+    retry_delay = None
+    if not outcome.delivered and outcome.retryable and attempt.retries_left > 0:
         kind_settings = get_kind_settings(job.kind)
-        delay = _backoff_seconds(
-            base=kind_settings.callback_backoff,
-            retry_index=max(0, kind_settings.callback_retries - retries_left),
+        retry_delay = callback_retry_delay(
+            scale=kind_settings.callback_backoff,
+            retry_index=kind_settings.callback_retries - attempt.retries_left,
             retry_after=outcome.retry_after,
         )
-        queues.enqueue_callback(job.pk, n=n + 1, retries_left=retries_left - 1, delay=delay)
-        logger.info("webhook of job %s: attempt %s failed (%s), retry in %.2f s", job.pk, n, outcome.error, delay)
-        return "retrying"
-    _callback_settle(job.pk, CallbackStatus.FAILED)
-    logger.warning("webhook of job %s failed after attempt %s: %s", job.pk, n, outcome.error)
-    return "failed"
+        give_up = attempt.give_up_at or _give_up_at(job, None)
+        if timezone.now() + timedelta(seconds=retry_delay) > give_up:
+            retry_delay = None
+    if outcome.delivered:
+        result, settle = "delivered", CallbackStatus.DELIVERED
+    elif retry_delay is not None:
+        result, settle = "retrying", None
+    else:
+        result, settle = "failed", CallbackStatus.FAILED
+    with transaction.atomic():
+        closed = CallbackAttempt.objects.filter(pk=attempt.pk, error=IN_PROGRESS).update(
+            status_code=outcome.status_code, error=outcome.error[:255], duration_ms=duration_ms
+        )
+        if not closed:
+            logger.warning(
+                "webhook of job %s: attempt %s ended after it was closed; outcome dropped", job.pk, attempt.n
+            )
+            return "late"
+        if settle is not None:
+            _callback_settle(job.pk, settle)
+    if retry_delay is not None:
+        queues.enqueue_callback(
+            job.pk, n=attempt.n + 1, retries_left=attempt.retries_left - 1,
+            give_up_at=attempt.give_up_at.timestamp() if attempt.give_up_at else None, delay=retry_delay,
+        )  # fmt: skip
+        logger.info(
+            "webhook of job %s: attempt %s failed (%s), retry in %.2f s", job.pk, attempt.n, outcome.error, retry_delay
+        )
+    elif settle == CallbackStatus.FAILED:
+        logger.warning("webhook of job %s failed after attempt %s: %s", job.pk, attempt.n, outcome.error)
+    return result
 
 
 def _next_attempt_n(job_id: UUID) -> int:
@@ -231,7 +413,7 @@ def _next_attempt_n(job_id: UUID) -> int:
 
 
 def callback_redeliver(*, job_id: UUID) -> bool:
-    """Staff action: deliver a finished job's webhook again, with a fresh retry budget."""
+    """Staff action: deliver a finished job's webhook again, with a fresh retry budget and age cap."""
     job = Job.objects.filter(pk=job_id, status__in=FINAL_STATUSES).exclude(callback_url="").first()
     if job is None:
         return False
@@ -243,26 +425,56 @@ def callback_redeliver(*, job_id: UUID) -> bool:
     if not reopened:
         return False
     retries = get_kind_settings(job.kind).callback_retries
-    queues.enqueue_callback(job.pk, n=_next_attempt_n(job.pk), retries_left=retries)
+    give_up_at = time.time() + settings.CALLBACK_MAX_AGE
+    queues.enqueue_callback(job.pk, n=_next_attempt_n(job.pk), retries_left=retries, give_up_at=give_up_at)
     return True
 
 
-def callbacks_reconcile(*, now: datetime | None = None) -> dict[str, int]:
-    """Enqueue pending deliveries whose RQ job was lost (Redis flushed, worker killed) for one last attempt."""
-    now = now or timezone.now()
+def _callbacks_close_interrupted(now: datetime) -> int:
+    """Close attempts still in progress past their deadline plus a margin: their worker died mid-delivery."""
+    lost_before = now - timedelta(seconds=settings.CALLBACK_TOTAL_TIMEOUT + settings.CALLBACK_INTERRUPT_MARGIN)
+    closed = 0
+    for attempt in CallbackAttempt.objects.filter(error=IN_PROGRESS, at__lt=lost_before).select_related("job"):
+        duration_ms = int((now - attempt.at).total_seconds() * 1000)
+        outcome = _Outcome(error=INTERRUPTED)
+        if _attempt_close(attempt, outcome=outcome, duration_ms=duration_ms) != "late":
+            metrics.WEBHOOK_DELIVERIES.labels(outcome=INTERRUPTED, attempt=str(attempt.n)).inc()
+            closed += 1
+    return closed
+
+
+def _callbacks_requeue_lost(now: datetime) -> int:
+    """Enqueue pending deliveries with no attempt in progress and no RQ job on its way (Redis lost it)."""
     cutoff = now - timedelta(seconds=settings.CALLBACK_RECONCILE_GRACE)
     stuck = (
         Job.objects.filter(callback_status=CallbackStatus.PENDING, status__in=FINAL_STATUSES, finished_at__lt=cutoff)
-        .annotate(last_n=Max("callback_attempts__n"), last_at=Max("callback_attempts__at"))
+        .exclude(callback_attempts__error=IN_PROGRESS)
+        .annotate(last_at=Max("callback_attempts__at"))
         .filter(Q(last_at__isnull=True) | Q(last_at__lt=cutoff))
     )
-    report = {"callbacks_requeued": 0}
-    for job_id, last_n in stuck.values_list("pk", "last_n").iterator():
-        last_n = last_n or 0
-        if any(queues.is_pending_in_rq(queues.callback_rq_id(job_id, n)) for n in (last_n, last_n + 1)):
+    requeued = 0
+    for job in stuck.iterator():
+        if queues.callback_is_on_its_way(job.pk):
             continue
-        queues.enqueue_callback(job_id, n=last_n + 1, retries_left=0)
-        report["callbacks_requeued"] += 1
-    if report["callbacks_requeued"]:
+        last = CallbackAttempt.objects.filter(job=job).order_by("-n").first()
+        if last is None:
+            queues.enqueue_callback(job.pk, n=1, retries_left=get_kind_settings(job.kind).callback_retries)
+        else:
+            give_up_at = last.give_up_at.timestamp() if last.give_up_at else None
+            queues.enqueue_callback(
+                job.pk, n=last.n + 1, retries_left=max(0, last.retries_left - 1), give_up_at=give_up_at
+            )
+        requeued += 1
+    return requeued
+
+
+def callbacks_reconcile(*, now: datetime | None = None) -> dict[str, int]:
+    """Close attempts whose worker died (their schedule goes on), and enqueue deliveries that lost their RQ job."""
+    now = now or timezone.now()
+    report = {
+        "callbacks_interrupted": _callbacks_close_interrupted(now),
+        "callbacks_requeued": _callbacks_requeue_lost(now),
+    }
+    if any(report.values()):
         logger.warning("reconciler: %s", report)
     return report

@@ -128,7 +128,8 @@ def run_service(children: list[subprocess.Popen]) -> int:
         )
     )  # fmt: skip
     job_workers = int(os.environ.get("RQ_WORKERS", "2"))
-    callback_workers = int(os.environ.get("RQ_CALLBACK_WORKERS", "1"))
+    # More than CALLBACK_MAX_PER_HOST (2), so that one slow receiver never holds every delivery worker.
+    callback_workers = int(os.environ.get("RQ_CALLBACK_WORKERS", "3"))
     # Deliveries have workers of their own, so that a slow receiver never holds up jobs, nor a backlog of jobs
     # the webhooks of jobs already done.
     for queue_names, count in ((["jobs", "maintenance"], job_workers), (["callbacks"], callback_workers)):

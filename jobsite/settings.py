@@ -179,14 +179,23 @@ FETCH_MAX_BYTES = env_int("FETCH_MAX_BYTES", 10 * 1024 * 1024, minimum=1)
 # Webhook deliveries (the `callbacks` queue): bounds on one attempt and on the retries that follow.
 CALLBACK_CONNECT_TIMEOUT = env_float("CALLBACK_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 CALLBACK_READ_TIMEOUT = env_float("CALLBACK_READ_TIMEOUT", 10.0, minimum=0.1)
-CALLBACK_TOTAL_TIMEOUT = env_float("CALLBACK_TOTAL_TIMEOUT", 30.0, minimum=0.1)
-"""Seconds one attempt may take in all, however slowly the receiver drips its answer."""
+CALLBACK_TOTAL_TIMEOUT = env_float("CALLBACK_TOTAL_TIMEOUT", 15.0, minimum=0.1)
+"""Seconds one attempt may take in all (DNS, connect, headers, body), however slowly the receiver drips."""
+CALLBACK_INTERRUPT_MARGIN = env_float("CALLBACK_INTERRUPT_MARGIN", 10.0, minimum=0.0)
+"""Seconds past its deadline after which an attempt still in progress is taken as lost with its worker."""
+CALLBACK_MAX_AGE = env_int("CALLBACK_MAX_AGE", 24 * 3600, minimum=0)
+"""Seconds after a delivery starts (job final, or redelivery) past which no retry is scheduled."""
+CALLBACK_MAX_PER_HOST = env_int("CALLBACK_MAX_PER_HOST", 2, minimum=1)
+"""Attempts in flight to one receiver host at a time, across all callbacks workers; the rest wait their turn."""
+CALLBACK_HOST_BUSY_DELAY = env_float("CALLBACK_HOST_BUSY_DELAY", 1.0, minimum=0.01)
+"""Base seconds (jittered up to twice) an attempt to a busy host is deferred by, without counting as an attempt."""
+CALLBACK_FREE_BUDGET = env_int("CALLBACK_FREE_BUDGET", 120, minimum=1)
+"""Attempts per CALLBACK_FREE_BUDGET_WINDOW an owner gets for webhooks of jobs that cost nothing."""
+CALLBACK_FREE_BUDGET_WINDOW = env_int("CALLBACK_FREE_BUDGET_WINDOW", 60, minimum=1)
 CALLBACK_MAX_RESPONSE_BYTES = env_int("CALLBACK_MAX_RESPONSE_BYTES", 64 * 1024, minimum=0)
 """Bytes of a receiver's answer that are read; the rest is never downloaded."""
 CALLBACK_RETRY_AFTER_MAX = env_int("CALLBACK_RETRY_AFTER_MAX", 3600, minimum=0)
 """Longest receiver-requested Retry-After honoured, in seconds."""
-CALLBACK_BACKOFF_MAX = env_float("CALLBACK_BACKOFF_MAX", 3600.0, minimum=0.0)
-"""Longest wait between two attempts from the exponential backoff, in seconds."""
 CALLBACK_RECONCILE_GRACE = env_int("CALLBACK_RECONCILE_GRACE", 120, minimum=0)
 """Seconds a pending delivery may show no progress before the reconciler enqueues it again."""
 WEBHOOK_SECRET_ROTATION_WINDOW = env_int("WEBHOOK_SECRET_ROTATION_WINDOW", 24 * 3600, minimum=0)

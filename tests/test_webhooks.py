@@ -1,22 +1,28 @@
 """Webhooks against a real local receiver that verifies signatures with the standardwebhooks verifier."""
 
+import contextlib
 import json
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler
 from typing import Any
+from uuid import UUID
 
 import pytest
+from django.db import connection, connections, transaction
 from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 from standardwebhooks.webhooks import Webhook
 
 from accounts.models import User
-from jobs import ssrf
-from jobs.models import CallbackStatus, Job, KindSettings, WebhookSecret
-from jobs.webhooks import callback_redeliver, callbacks_reconcile
+from jobs import queues, ssrf
+from jobs.models import CallbackAttempt, CallbackStatus, Job, KindSettings, WebhookSecret
+from jobs.webhooks import callback_redeliver, callback_retry_delay, callbacks_reconcile
 from jobsite import crypto
 from jobsite.redis import get_redis
 from tests.conftest import respond, run_worker_burst, wait_until
@@ -32,7 +38,8 @@ HASH = {"kind": "hash", "input": {"data": "hello", "iterations": 10}}
 
 @pytest.fixture
 def fast_retries() -> Iterator[None]:
-    KindSettings.objects.update_or_create(kind="hash", defaults={"callback_retries": 3, "callback_backoff": 0.05})
+    # The schedule at 1/1000: 5 ms, 0.3 s, 1.8 s...
+    KindSettings.objects.update_or_create(kind="hash", defaults={"callback_retries": 3, "callback_backoff": 0.001})
     with override_settings(CALLBACK_ALLOW_PRIVATE=True, CALLBACK_READ_TIMEOUT=0.5, CALLBACK_CONNECT_TIMEOUT=0.5):
         yield
 
@@ -184,7 +191,7 @@ def test_retry_after_is_honoured(api: APIClient, secret: str, http_server) -> No
     receiver.handler = lambda request: (seen.append(time.monotonic()), original(request))
     job = submit_and_deliver(api, receiver.url)
     assert job.callback_status == CallbackStatus.DELIVERED
-    assert seen[1] - seen[0] >= 1.5  # the backoff alone (0.05 s base) would have retried at once
+    assert seen[1] - seen[0] >= 1.5  # the schedule alone (5 ms) would have retried at once
 
 
 def test_rotation_signs_with_both_secrets_for_the_window(api: APIClient, user: User, http_server) -> None:
@@ -244,10 +251,10 @@ def test_redeliver_and_reconciler_rescue(api: APIClient, secret: str, http_serve
     run_worker_burst()
     get_redis().flushdb()  # the delivery's RQ job is lost with Redis
     assert Job.objects.get(pk=job_id).callback_status == CallbackStatus.PENDING
-    assert callbacks_reconcile() == {"callbacks_requeued": 0}  # within the grace period
+    assert callbacks_reconcile() == {"callbacks_interrupted": 0, "callbacks_requeued": 0}  # within the grace period
     later = timezone.now() + timedelta(hours=1)
-    assert callbacks_reconcile(now=later) == {"callbacks_requeued": 1}
-    assert callbacks_reconcile(now=later) == {"callbacks_requeued": 0}  # already on its way
+    assert callbacks_reconcile(now=later) == {"callbacks_interrupted": 0, "callbacks_requeued": 1}
+    assert callbacks_reconcile(now=later) == {"callbacks_interrupted": 0, "callbacks_requeued": 0}  # on its way
     drain_callbacks()
     assert Job.objects.get(pk=job_id).callback_status == CallbackStatus.DELIVERED
 
@@ -258,3 +265,220 @@ def test_redeliver_and_reconciler_rescue(api: APIClient, secret: str, http_serve
     assert [a["n"] for a in callback_of(api, job)["attempts"]] == [1, 2]
     assert len(receiver.requests) == 2
     assert json.loads(receiver.requests[0]["body"])["id"] == job_id
+
+
+def drip_headers(stop: threading.Event) -> Callable[[BaseHTTPRequestHandler], None]:
+    """A receiver that starts a 200 and then sends one header line every 0.1 s until told to stop."""
+
+    def handler(request: BaseHTTPRequestHandler) -> None:
+        try:
+            request.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            while not stop.wait(0.1):
+                request.wfile.write(b"X-Drip: 1\r\n")
+                request.wfile.flush()
+        except OSError:
+            pass
+        request.close_connection = True
+
+    return handler
+
+
+@override_settings(CALLBACK_TOTAL_TIMEOUT=1.0)
+def test_a_receiver_dripping_its_headers_is_cut_off_at_the_total_deadline(
+    api: APIClient, secret: str, http_server
+) -> None:
+    KindSettings.objects.filter(kind="hash").update(callback_retries=0)
+    stop = threading.Event()
+    receiver = http_server(drip_headers(stop))
+    try:
+        job = submit_and_deliver(api, receiver.url)
+    finally:
+        stop.set()
+    assert job.callback_status == CallbackStatus.FAILED
+    [attempt] = callback_of(api, job)["attempts"]
+    assert attempt["status_code"] is None and attempt["error"] == "timeout: no complete answer within 1 s"
+    assert attempt["duration_ms"] < 5000  # every read was quick: only the total deadline ends it
+
+
+def test_the_retry_schedule_is_standard_webhooks_scaled_by_the_kind() -> None:
+    expected = [5, 300, 1800, 7200, 18000, 36000, 36000]
+    for index, step in enumerate(expected):
+        delay = callback_retry_delay(scale=1.0, retry_index=index)
+        assert step <= delay <= step * 1.1
+    assert 0.005 <= callback_retry_delay(scale=0.001, retry_index=0) <= 0.0055
+    assert callback_retry_delay(scale=0.001, retry_index=0, retry_after=7200) == 3600  # CALLBACK_RETRY_AFTER_MAX
+
+
+@override_settings(CALLBACK_MAX_AGE=10)
+def test_no_retry_starts_past_the_age_cap(api: APIClient, secret: str, http_server) -> None:
+    # The schedule at 1/100: 50 ms, 3 s, 18 s... (RQ's scheduler rounds up to whole seconds)
+    KindSettings.objects.filter(kind="hash").update(callback_retries=6, callback_backoff=0.01)
+    receiver = http_server(status(500))
+    job = submit_and_deliver(api, receiver.url)
+    assert job.callback_status == CallbackStatus.FAILED
+    attempts = callback_of(api, job)["attempts"]
+    assert [a["n"] for a in attempts] == [1, 2, 3]  # the 18 s retry would start past the 10 s cap
+    assert len(receiver.requests) == 3
+
+
+@override_settings(CALLBACK_FREE_BUDGET=1, CALLBACK_FREE_BUDGET_WINDOW=1)
+def test_webhooks_of_free_jobs_spend_the_owners_budget(api: APIClient, secret: str, http_server) -> None:
+    KindSettings.objects.filter(kind="hash").update(cache_algorithm="lru")
+    receiver = http_server(status(200))
+    paid = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json").json()
+    run_worker_burst()  # computes (and caches) the result; its webhook is queued
+    free = [api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json").json()
+            for _ in range(2)]  # fmt: skip
+    assert [job["cached"] for job in free] == [True, True]
+    assert Job.objects.get(pk=free[0]["id"]).cost == 0
+
+    run_worker_burst(queues.CALLBACKS_QUEUE)
+    ids = {job.id: job.delivery_id for job in Job.objects.all()}
+    assert [request["headers"]["webhook-id"] for request in receiver.requests] == [
+        str(ids[UUID(paid["id"])]),
+        str(ids[UUID(free[0]["id"])]),
+    ]  # the paid one needs no budget; the second free one waits for a token
+    waiting = Job.objects.get(pk=free[1]["id"])
+    assert waiting.callback_status == CallbackStatus.PENDING and not waiting.callback_attempts.exists()
+
+    drain_callbacks()
+    assert Job.objects.get(pk=free[1]["id"]).callback_status == CallbackStatus.DELIVERED
+    assert len(receiver.requests) == 3
+
+
+def test_callback_status_follows_a_2xx_attempt_even_if_the_job_row_was_read_first(api: APIClient, http_server) -> None:
+    """Issue 21: the detail showed `pending` next to attempt 1 at 200 (two commits, read in between)."""
+    response = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": "http://127.0.0.1:9/hook"}, format="json")
+    job = Job.objects.get(pk=response.json()["id"])
+    # The rows as a reader could see them when the job row is read before the attempt's commit.
+    CallbackAttempt.objects.create(job=job, n=1, status_code=200, retries_left=3)
+    callback = callback_of(api, job)
+    assert callback["status"] == "delivered" and callback["attempts"][0]["status_code"] == 200
+
+
+def held_then_ok(held: threading.Event, release: threading.Event) -> Callable[[BaseHTTPRequestHandler], None]:
+    """A receiver that holds its first request until released, and answers 200 to every later one."""
+    calls = iter(range(10_000))
+
+    def handler(request: BaseHTTPRequestHandler) -> None:
+        if next(calls) == 0:
+            held.set()
+            release.wait(30)
+        with contextlib.suppress(OSError):
+            respond(request, 200, b"ok")
+
+    return handler
+
+
+def test_a_delivery_whose_worker_was_killed_is_closed_interrupted_and_retried(
+    api: APIClient, secret: str, http_server, start_worker
+) -> None:
+    held, release = threading.Event(), threading.Event()
+    receiver = http_server(held_then_ok(held, release))
+    deadlines = {"CALLBACK_TOTAL_TIMEOUT": "3", "CALLBACK_INTERRUPT_MARGIN": "1"}
+    worker = start_worker(queues.CALLBACKS_QUEUE, **deadlines)
+    response = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json")
+    job = Job.objects.get(pk=response.json()["id"])
+    try:
+        run_worker_burst()
+        assert held.wait(30)  # the worker is mid-delivery, the receiver holds the request
+        [attempt] = CallbackAttempt.objects.filter(job=job)
+        assert attempt.error == "in progress"
+        os.kill(worker.pid, signal.SIGKILL)  # the worker only; RQ's scheduler child lives on, as in production
+        worker.wait()
+    finally:
+        release.set()
+    start_worker(queues.CALLBACKS_QUEUE, **deadlines)
+    with override_settings(CALLBACK_TOTAL_TIMEOUT=3.0, CALLBACK_INTERRUPT_MARGIN=1.0):
+        wait_until(lambda: callbacks_reconcile()["callbacks_interrupted"], timeout=30, interval=0.2)
+    wait_until(lambda: Job.objects.get(pk=job.pk).callback_status != CallbackStatus.PENDING, timeout=30)
+
+    assert Job.objects.get(pk=job.pk).callback_status == CallbackStatus.DELIVERED
+    attempts = callback_of(api, job)["attempts"]
+    assert [(a["n"], a["status_code"], a["error"]) for a in attempts] == [(1, None, "interrupted"), (2, 200, "")]
+    assert len(receiver.requests) == 2  # the held one and the retry: one webhook-id, receivers drop the copy
+    assert {request["headers"]["webhook-id"] for request in receiver.requests} == {str(job.delivery_id)}
+    assert CallbackAttempt.objects.filter(job=job, status_code__gte=200, status_code__lt=300).count() == 1
+    assert not CallbackAttempt.objects.filter(error="in progress").exists()
+
+
+def test_a_slow_receiver_holds_one_worker_and_the_others_deliver(
+    api: APIClient, secret: str, http_server, start_worker
+) -> None:
+    """Two callbacks workers, one slot per host: three deliveries to a stuck receiver never take both workers."""
+    release = threading.Event()
+    in_flight = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def stuck(request: BaseHTTPRequestHandler) -> None:
+        with lock:
+            in_flight["now"] += 1
+            in_flight["most"] = max(in_flight["most"], in_flight["now"])
+        release.wait(30)
+        with lock:
+            in_flight["now"] -= 1
+        with contextlib.suppress(OSError):
+            respond(request, 200, b"ok")
+
+    slow, fast = http_server(stuck), http_server(status(200))
+    limits = {"CALLBACK_MAX_PER_HOST": "1", "CALLBACK_HOST_BUSY_DELAY": "0.2", "CALLBACK_TOTAL_TIMEOUT": "30"}
+    for _ in range(2):
+        start_worker(queues.CALLBACKS_QUEUE, **limits)
+    slow_ids = [api.post("/api/v1/jobs/async/", {**HASH, "callback_url": slow.url}, format="json").json()["id"]
+                for _ in range(3)]  # fmt: skip
+    try:
+        run_worker_burst()
+        wait_until(lambda: slow.requests, timeout=30)
+        fast_id = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": fast.url}, format="json").json()["id"]
+        run_worker_burst()
+        wait_until(lambda: Job.objects.get(pk=fast_id).callback_status == CallbackStatus.DELIVERED, timeout=30)
+        assert in_flight == {"now": 1, "most": 1}  # the other two wait their turn without holding a worker
+        assert CallbackAttempt.objects.filter(job_id__in=slow_ids).count() == 1
+    finally:
+        release.set()
+    delivered = Job.objects.filter(pk__in=slow_ids, callback_status=CallbackStatus.DELIVERED)
+    wait_until(lambda: delivered.count() == 3, timeout=30)
+    assert in_flight["most"] == 1 and len(slow.requests) == 3
+
+
+def _lock_waiters() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks: SQLite serialises every writer anyway")
+def test_a_2xx_attempt_and_the_delivered_status_commit_together(
+    api: APIClient, secret: str, http_server, start_worker
+) -> None:
+    """Issue 21 (write side): while the job row is locked, the worker's 200 must not show on the attempt alone."""
+    locked, unlock = threading.Event(), threading.Event()
+    job_id: dict[str, str] = {}
+
+    def hold_job_row() -> None:
+        with transaction.atomic():
+            Job.objects.select_for_update().get(pk=job_id["id"])
+            locked.set()
+            unlock.wait(30)
+        connections["default"].close()
+
+    def answer_with_the_row_locked(request: BaseHTTPRequestHandler) -> None:
+        threading.Thread(target=hold_job_row, daemon=True).start()
+        locked.wait(30)
+        respond(request, 200, b"ok")
+
+    receiver = http_server(answer_with_the_row_locked)
+    start_worker(queues.CALLBACKS_QUEUE)
+    job_id["id"] = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json").json()["id"]
+    try:
+        run_worker_burst()
+        wait_until(lambda: locked.is_set() and _lock_waiters() > 0, timeout=30)  # the worker waits on the job row
+        [attempt] = CallbackAttempt.objects.filter(job_id=job_id["id"])
+        assert (attempt.status_code, attempt.error) == (None, "in progress")
+    finally:
+        unlock.set()
+    wait_until(lambda: Job.objects.get(pk=job_id["id"]).callback_status == CallbackStatus.DELIVERED, timeout=30)
+    [attempt] = CallbackAttempt.objects.filter(job_id=job_id["id"])
+    assert attempt.status_code == 200
