@@ -22,6 +22,7 @@ from jobs.billing import job_charge, job_refund_if_due
 from jobs.cache import cache_get, cache_set
 from jobs.circuit import CircuitState, circuit_acquire, circuit_record
 from jobs.concurrency import concurrency_admit
+from jobs.deadline import Deadline, DeadlineExceeded
 from jobs.encryption import open_input, seal_input, seal_result
 from jobs.kinds import KINDS, KindError, RunContext
 from jobs.models import FINAL_STATUSES, CallbackStatus, EndpointPolicy, Job, JobMode, JobStatus, KindSettings
@@ -130,6 +131,8 @@ def _job_record_cached(request: _JobRequest, *, result: Any) -> Job:
 
 
 def _job_run_sync(request: _JobRequest) -> Job:
+    # One deadline for the whole request, retries included: it bounds how long a web thread is held.
+    deadline = Deadline.after(request.kind_settings.time_limit)
     with transaction.atomic():
         concurrency_admit(user=request.user, policy=request.policy)
         job = _job_create(
@@ -137,7 +140,7 @@ def _job_run_sync(request: _JobRequest) -> Job:
             started_at=timezone.now(), queue_wait_ms=0,
         )  # fmt: skip
         job_charge(job)
-    while (delay := _job_run(job)) is not None:
+    while (delay := _job_run(job, deadline=deadline)) is not None:
         time.sleep(delay)
         job.refresh_from_db()
     job.refresh_from_db()
@@ -252,14 +255,16 @@ def _job_retry_later(job: Job, *, code: str, message: str) -> bool:
     return bool(owned.update(status=JobStatus.QUEUED, started_at=None, attempt_log=log))
 
 
-def _job_run(job: Job) -> float | None:
+def _job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
     """Run a claimed job's kind and record its outcome; returns the delay before a due retry, else None.
 
-    Never raises for the kind's own failures.
+    The run ends at `deadline` (default: the kind's time limit from now). Never raises for the kind's own
+    failures.
     """
     kind = KINDS[job.kind]
     bind_context(job_id=str(job.id), user_id=job.owner_id, endpoint=job.endpoint)
     kind_settings = get_kind_settings(job.kind)
+    deadline = deadline or Deadline.after(kind_settings.time_limit)
     if circuit_acquire(kind_settings, take_trial=True) == CircuitState.OPEN:
         message = f"the {job.kind} circuit is open after repeated upstream failures"
         _job_finish(job, status=JobStatus.FAILED, error_code="circuit_open", error_message=message)
@@ -269,17 +274,19 @@ def _job_run(job: Job) -> float | None:
     params = open_input(job.input)
     try:
         with tracer.start_as_current_span("job.run", attributes=attributes):
-            result = kind.run(params, RunContext(owner_id=job.owner_id, job_id=str(job.id)))
+            result = kind.run(params, RunContext(owner_id=job.owner_id, job_id=str(job.id), deadline=deadline))
     except KindError as exc:
         circuit_record(kind_settings, failed=exc.transient)
         delay = retry_delay(kind_settings, attempt=job.attempts) if exc.transient else None
+        if delay is not None and job.mode == JobMode.SYNC and delay >= deadline.remaining():
+            delay = None  # a sync job's retries share its one deadline
         if delay is not None and _job_retry_later(job, code=exc.code, message=exc.message):
             return delay
         _job_finish(
             job, status=JobStatus.FAILED, error_code=exc.code, error_message=exc.message,
             callers_fault=exc.callers_fault,
         )  # fmt: skip
-    except JobTimeoutException:
+    except (DeadlineExceeded, JobTimeoutException):
         circuit_record(kind_settings, failed=True)
         limit = kind_settings.time_limit
         _job_finish(job, status=JobStatus.FAILED, error_code="time_limit", error_message=f"ran over {limit} s")

@@ -6,6 +6,8 @@ from typing import Any
 
 from rest_framework import serializers
 
+from jobs.deadline import Deadline
+
 
 class KindError(Exception):
     """A kind could not produce a result.
@@ -28,6 +30,8 @@ class RunContext:
 
     owner_id: int
     job_id: str
+    deadline: Deadline = field(default_factory=Deadline.never)
+    """Ends the run: I/O is held to it (Deadline.http_watch), CPU kinds check it between steps."""
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,21 @@ class FetchInput(serializers.Serializer):
         return value
 
 
+REQUEST_HEADERS = {"User-Agent": "Jobsite-fetch/1", "Connection": "close"}
+"""`Connection: close`: a fetch never leaves a kept-alive connection that a later fetch could reuse
+unwatched by its deadline (jobs.deadline)."""
+
+
 def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
+    deadline = context.deadline
     digest = hashlib.sha256()
     size = 0
-    timeout = httpx.Timeout(settings.FETCH_READ_TIMEOUT, connect=settings.FETCH_CONNECT_TIMEOUT)
+    timeout = httpx.Timeout(settings.FETCH_READ_TIMEOUT, connect=deadline.cap(settings.FETCH_CONNECT_TIMEOUT))
     try:
-        with ssrf.guarded_stream(
-            "GET", params["url"], headers={"User-Agent": "Jobsite-fetch/1"}, timeout=timeout
-        ) as response:
+        with (
+            deadline.http_watch() as watch,
+            ssrf.guarded_stream("GET", params["url"], headers=REQUEST_HEADERS, timeout=timeout, auth=watch) as response,
+        ):
             for chunk in response.iter_bytes():
                 size += len(chunk)
                 if size > settings.FETCH_MAX_BYTES:
@@ -43,7 +50,9 @@ def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
     except ssrf.UrlUnresolved as exc:
         raise KindError("upstream_unreachable", str(exc), transient=True) from None
     except httpx.HTTPError as exc:
+        deadline.check()  # the watch cut the connection at the deadline: time_limit, not an upstream error
         raise KindError("upstream_unreachable", f"{type(exc).__name__}: {exc}", transient=True) from None
+    deadline.check()  # a body cut at the deadline may have looked complete (no Content-Length)
     if response.status_code >= 500:
         raise KindError("upstream_error", f"upstream answered {response.status_code}", transient=True)
     return {"status_code": response.status_code, "bytes": size, "sha256": digest.hexdigest()}
