@@ -42,8 +42,12 @@ _COMPAT = {
     "rate_window": 60,
 }
 
+SYNC_MAX_CONCURRENT_PER_USER = 4
+"""Default cap on one user's sync jobs at a time: each holds a web thread while it runs, and the run
+command's web tier has 16 (2 gunicorn workers x 8 threads), so no single user can take it over."""
+
 ENDPOINT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "jobs.sync": {**_JOB_SUBMIT},
+    "jobs.sync": {**_JOB_SUBMIT, "max_concurrent_per_user": SYNC_MAX_CONCURRENT_PER_USER},
     "jobs.async": {**_JOB_SUBMIT, "max_concurrent_per_user": 1000},
     "jobs.read": {"scopes": "jobs:read"},
     "credits.read": {"scopes": "credits:read"},
