@@ -296,9 +296,18 @@ def _job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
     else:
         circuit_record(kind_settings, failed=False)
         stored = seal_result(kind_settings, result)
-        cache_set(kind_settings, params, stored)
-        _job_finish(job, status=JobStatus.SUCCEEDED, result=stored)
+        # The database first: the committed result is the outcome; the cache is a best-effort copy of it.
+        if _job_finish(job, status=JobStatus.SUCCEEDED, result=stored):
+            _cache_store(kind_settings, params, stored)
     return None
+
+
+def _cache_store(kind_settings: KindSettings, params: dict[str, Any], stored: Any) -> None:
+    """Best effort: a Redis error loses only a future cache hit, never a finished job's outcome."""
+    try:
+        cache_set(kind_settings, params, stored)
+    except RedisError:
+        logger.warning("result not cached: Redis failed", exc_info=True)
 
 
 def job_execute(*, job_id: UUID | str) -> Retry | None:
