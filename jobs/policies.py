@@ -67,7 +67,7 @@ def kind_defaults(kind_name: str) -> dict[str, Any]:
         "time_limit": kind.time_limit,
         "retries": kind.retries,
         "encrypt_fields": ",".join(kind.sensitive_fields),
-        "circuit_threshold": 5 if kind.does_io else 0,
+        "circuit_threshold": 5 if kind.circuit_target else 0,
     }
 
 

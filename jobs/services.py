@@ -20,7 +20,7 @@ from accounts.models import User
 from jobs import metrics, queues, ssrf
 from jobs.billing import job_charge, job_refund_if_due
 from jobs.cache import cache_get, cache_set
-from jobs.circuit import CircuitState, circuit_acquire, circuit_record
+from jobs.circuit import CircuitState, circuit_acquire, circuit_record, circuit_target
 from jobs.concurrency import concurrency_admit
 from jobs.deadline import Deadline, DeadlineExceeded
 from jobs.encryption import open_input, seal_input, seal_result
@@ -69,12 +69,13 @@ def job_submit(
         except ssrf.UrlForbidden as exc:
             raise CallbackUrlForbidden(exc.reason) from None
     kind_settings = get_kind_settings(kind_name)
-    if circuit_acquire(kind_settings, take_trial=False) == CircuitState.OPEN:
+    target = circuit_target(kind_settings, params)
+    if circuit_acquire(kind_settings, target, take_trial=False) == CircuitState.OPEN:
         retry_after = max(1, kind_settings.circuit_recovery)
         raise CircuitOpen(
-            f"Jobs of kind {kind_name} fail fast while their upstream keeps failing; nothing was charged.",
+            f"Jobs of kind {kind_name} to {target} fail fast while it keeps failing; nothing was charged.",
             headers={"Retry-After": str(retry_after)},
-            limit={"circuit": kind_name, "recovery": kind_settings.circuit_recovery},
+            limit={"circuit": kind_name, "target": target, "recovery": kind_settings.circuit_recovery},
             retry_after=retry_after,
         )
     request = _JobRequest(user=user, policy=policy, kind_settings=kind_settings, params=params, mode=mode,
@@ -265,18 +266,20 @@ def _job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
     bind_context(job_id=str(job.id), user_id=job.owner_id, endpoint=job.endpoint)
     kind_settings = get_kind_settings(job.kind)
     deadline = deadline or Deadline.after(kind_settings.time_limit)
-    if circuit_acquire(kind_settings, take_trial=True) == CircuitState.OPEN:
-        message = f"the {job.kind} circuit is open after repeated upstream failures"
+    params = open_input(job.input)
+    target = circuit_target(kind_settings, params)
+    if circuit_acquire(kind_settings, target, take_trial=True) == CircuitState.OPEN:
+        message = f"the {job.kind} circuit of {target} is open after repeated upstream failures"
         _job_finish(job, status=JobStatus.FAILED, error_code="circuit_open", error_message=message)
         return None
     started = time.perf_counter()
     attributes = {"job.id": str(job.id), "job.kind": job.kind, "job.attempt": job.attempts}
-    params = open_input(job.input)
     try:
         with tracer.start_as_current_span("job.run", attributes=attributes):
             result = kind.run(params, RunContext(owner_id=job.owner_id, job_id=str(job.id), deadline=deadline))
     except KindError as exc:
-        circuit_record(kind_settings, failed=exc.transient)
+        if exc.transient:  # the upstream failed; our refusals and the caller's errors say nothing about it
+            circuit_record(kind_settings, target, failed=True)
         delay = retry_delay(kind_settings, attempt=job.attempts) if exc.transient else None
         if delay is not None and job.mode == JobMode.SYNC and delay >= deadline.remaining():
             delay = None  # a sync job's retries share its one deadline
@@ -287,14 +290,14 @@ def _job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
             callers_fault=exc.callers_fault,
         )  # fmt: skip
     except (DeadlineExceeded, JobTimeoutException):
-        circuit_record(kind_settings, failed=True)
+        circuit_record(kind_settings, target, failed=True)
         limit = kind_settings.time_limit
         _job_finish(job, status=JobStatus.FAILED, error_code="time_limit", error_message=f"ran over {limit} s")
     except Exception:
         logger.exception("job %s crashed after %.3f s", job.id, time.perf_counter() - started)
         _job_finish(job, status=JobStatus.FAILED, error_code="internal_error", error_message="the job crashed")
     else:
-        circuit_record(kind_settings, failed=False)
+        circuit_record(kind_settings, target, failed=False)
         stored = seal_result(kind_settings, result)
         # The database first: the committed result is the outcome; the cache is a best-effort copy of it.
         if _job_finish(job, status=JobStatus.SUCCEEDED, result=stored):

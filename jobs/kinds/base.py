@@ -45,3 +45,6 @@ class Kind:
     time_limit: int
     retries: int = 0
     sensitive_fields: tuple[str, ...] = field(default=())
+    circuit_target: Callable[[dict[str, Any]], str] | None = None
+    """The upstream a job talks to (e.g. its URL's host), given its validated input: one circuit breaker
+    each (jobs.circuit). None: the kind has no upstream and no breaker."""

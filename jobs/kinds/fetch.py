@@ -47,8 +47,8 @@ def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
                 digest.update(chunk)
     except ssrf.UrlForbidden as exc:
         raise KindError("url_forbidden", exc.reason, callers_fault=True) from None
-    except ssrf.UrlUnresolved as exc:
-        raise KindError("upstream_unreachable", str(exc), transient=True) from None
+    except ssrf.UrlUnresolved as exc:  # the caller's input: counts against no upstream's breaker
+        raise KindError("url_unresolvable", str(exc), callers_fault=True) from None
     except httpx.HTTPError as exc:
         deadline.check()  # the watch cut the connection at the deadline: time_limit, not an upstream error
         raise KindError("upstream_unreachable", f"{type(exc).__name__}: {exc}", transient=True) from None
@@ -56,6 +56,11 @@ def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
     if response.status_code >= 500:
         raise KindError("upstream_error", f"upstream answered {response.status_code}", transient=True)
     return {"status_code": response.status_code, "bytes": size, "sha256": digest.hexdigest()}
+
+
+def target_host(params: dict[str, Any]) -> str:
+    """The URL's host: one circuit breaker per host, so a failing site cuts off only jobs to it."""
+    return httpx.URL(params["url"]).raw_host.decode("ascii").lower().removesuffix(".")
 
 
 KIND = Kind(
@@ -67,4 +72,5 @@ KIND = Kind(
     does_io=True,
     time_limit=30,
     retries=2,
+    circuit_target=target_host,
 )
