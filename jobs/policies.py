@@ -63,7 +63,8 @@ def kind_defaults(kind_name: str) -> dict[str, Any]:
     kind = KINDS[kind_name]
     return {
         "cost": kind.cost,
-        "cache_algorithm": "lru" if kind.cacheable else "none",
+        # On by default only where one entry serves every user; a per-owner cache is the staff's choice.
+        "cache_algorithm": "lru" if kind.cacheable and kind.public_results else "none",
         "time_limit": kind.time_limit,
         "retries": kind.retries,
         "encrypt_fields": ",".join(kind.sensitive_fields),

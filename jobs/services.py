@@ -80,7 +80,7 @@ def job_submit(
         )
     request = _JobRequest(user=user, policy=policy, kind_settings=kind_settings, params=params, mode=mode,
                           callback_url=callback_url, cost=0 if free else kind_settings.cost)  # fmt: skip
-    cached = cache_get(kind_settings, params)
+    cached = cache_get(kind_settings, params, owner_id=user.pk)
     if cached is not None:
         job = _job_record_cached(request, result=cached)
     elif mode == JobMode.SYNC:
@@ -301,14 +301,14 @@ def _job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
         stored = seal_result(kind_settings, result)
         # The database first: the committed result is the outcome; the cache is a best-effort copy of it.
         if _job_finish(job, status=JobStatus.SUCCEEDED, result=stored):
-            _cache_store(kind_settings, params, stored)
+            _cache_store(kind_settings, params, stored, owner_id=job.owner_id)
     return None
 
 
-def _cache_store(kind_settings: KindSettings, params: dict[str, Any], stored: Any) -> None:
+def _cache_store(kind_settings: KindSettings, params: dict[str, Any], stored: Any, *, owner_id: int) -> None:
     """Best effort: a Redis error loses only a future cache hit, never a finished job's outcome."""
     try:
-        cache_set(kind_settings, params, stored)
+        cache_set(kind_settings, params, stored, owner_id=owner_id)
     except RedisError:
         logger.warning("result not cached: Redis failed", exc_info=True)
 

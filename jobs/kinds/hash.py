@@ -50,6 +50,7 @@ KIND = Kind(
     run=run,
     cost=1,
     cacheable=True,
+    public_results=True,
     does_io=False,
     time_limit=30,
 )
