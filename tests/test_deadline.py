@@ -1,5 +1,6 @@
 """Every job run ends at its kind's time limit: a total deadline on I/O (not per read) and between CPU steps."""
 
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -120,3 +121,34 @@ def test_hash_checks_the_deadline_between_steps() -> None:
         KINDS["hash"].run(params, RunContext(owner_id=0, job_id="t", deadline=Deadline.after(0)))
     small = {"data": "x", "iterations": 3}
     assert KINDS["hash"].run(small, RunContext(owner_id=0, job_id="t", deadline=Deadline.after(60)))["iterations"] == 3
+
+
+@pytest.fixture
+def tls_handshake_dripper() -> Iterator[tuple[str, threading.Event]]:
+    """A TLS server that announces a large handshake record and then drips it: the client's handshake waits."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    closed = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)  # the ClientHello
+            try:
+                conn.sendall(b"\x16\x03\x03\x40\x00")  # a handshake record of 16384 bytes follows...
+                for _ in range(DRIP_LIMIT):
+                    threading.Event().wait(DRIP_INTERVAL)
+                    conn.sendall(b"\x00")  # ...one byte at a time
+            except OSError:
+                closed.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"https://127.0.0.1:{listener.getsockname()[1]}/", closed
+    listener.close()
+
+
+def test_the_deadline_holds_during_a_dripped_tls_handshake(settings, tls_handshake_dripper) -> None:
+    settings.CALLBACK_ALLOW_PRIVATE = True
+    url, closed = tls_handshake_dripper
+    with pytest.raises(DeadlineExceeded):
+        KINDS["fetch"].run({"url": url}, RunContext(owner_id=0, job_id="t", deadline=Deadline.after(1)))
+    wait_until(closed.is_set, timeout=5)
