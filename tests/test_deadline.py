@@ -84,7 +84,7 @@ def test_sync_fetch_of_a_dripping_target_fails_time_limit_and_frees_the_web_thre
     assert problem["code"] == "job_failed" and problem["error"]["code"] == "time_limit"
     job = Job.objects.get(pk=problem["job_id"])
     assert (job.status, job.error_code, job.attempts) == (JobStatus.FAILED, "time_limit", 1)
-    assert job.run_ms >= 2000
+    assert job.run_ms > 1500  # ran until its deadline (which starts just before the job row), not failed at once
     assert credit_balance(user=user) == before  # not the caller's fault: refunded
     assert_ledger_explains_balance(user)
     # The connection itself was cut at the deadline, not left dripping in the background.
