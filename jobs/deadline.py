@@ -6,9 +6,9 @@ sync Python, and httpx's timeouts apply per read, so a peer that sends one byte 
 trips them; `http_watch()` therefore hooks the request (httpcore's `trace` extension, installed through
 httpx's per-request auth hook, the one hook a caller of a prepared client has) to learn each socket it
 opens, and a timer shuts that socket down at the deadline: the blocked read wakes at once, in any phase
-(TLS handshake, headers, body). No library offers a total deadline for sync httpx (its docs: timeouts are
-per operation); async cancellation (anyio.fail_after) would need a second, async client beside the
-pooled one the SSRF guard owns.
+(TLS handshake, headers, body). Written here because httpx has no total timeout (encode/httpx#1450, open;
+its timeouts are per operation), and async cancellation (anyio.fail_after) would need a second, async
+client beside the pooled one the SSRF guard owns.
 """
 
 import contextlib
