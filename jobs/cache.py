@@ -1,5 +1,7 @@
 """Result cache for cacheable kinds: shared by every process in Redis, exact eviction, TTL, atomic in Lua.
 
+Entries are per owner unless the kind's results are public (Kind.public_results): see cache_field.
+
 One cache per (kind, algorithm), three structures under one prefix:
   entries  HASH  field -> cached value
   order    ZSET  field -> eviction score (meaning depends on the algorithm, below)
@@ -20,6 +22,7 @@ from typing import Any
 from django.conf import settings
 
 from jobs import metrics
+from jobs.kinds import KINDS
 from jobs.models import CacheAlgorithm, KindSettings
 from jobsite.redis import get_redis, redis_key, run_lua
 
@@ -92,9 +95,14 @@ def _keys(kind: str, algorithm: str) -> list[str]:
     return [redis_key("cache", kind, algorithm, part) for part in ("entries", "order", "expiry", "seq")]
 
 
-def cache_field(kind: str, params: dict[str, Any]) -> str:
-    """Canonical JSON of the validated input, keyed-hashed so that Redis never sees the input itself."""
-    canonical = json.dumps({"kind": kind, "input": params}, sort_keys=True, separators=(",", ":"))
+def cache_field(kind: str, params: dict[str, Any], *, owner_id: int) -> str:
+    """Canonical JSON of the validated input (and owner), keyed-hashed so that Redis never sees the input itself.
+
+    Entries are the owner's own unless the kind declares its results public (a pure function of the input):
+    a shared entry would tell one user what another ran, and hand over results fetched for someone else.
+    """
+    scope = None if KINDS[kind].public_results else owner_id
+    canonical = json.dumps({"kind": kind, "input": params, "owner": scope}, sort_keys=True, separators=(",", ":"))
     return hmac.new(settings.SECRET_KEY.encode(), canonical.encode(), hashlib.sha256).hexdigest()
 
 
@@ -102,22 +110,22 @@ def _enabled(kind_settings: KindSettings) -> bool:
     return kind_settings.cache_algorithm != CacheAlgorithm.NONE and kind_settings.cache_capacity > 0
 
 
-def cache_get(kind_settings: KindSettings, params: dict[str, Any]) -> Any | None:
-    """The stored result for this input, or None."""
+def cache_get(kind_settings: KindSettings, params: dict[str, Any], *, owner_id: int) -> Any | None:
+    """The stored result for this input, as the owner may see it, or None."""
     if not _enabled(kind_settings):
         return None
     kind, algorithm = kind_settings.kind, kind_settings.cache_algorithm
-    raw = run_lua(_GET, keys=_keys(kind, algorithm), args=[cache_field(kind, params), algorithm])
+    raw = run_lua(_GET, keys=_keys(kind, algorithm), args=[cache_field(kind, params, owner_id=owner_id), algorithm])
     metrics.CACHE_LOOKUPS.labels(kind=kind, result="miss" if raw is None else "hit").inc()
     return None if raw is None else json.loads(raw)
 
 
-def cache_set(kind_settings: KindSettings, params: dict[str, Any], value: Any) -> list[str]:
-    """Store a result; returns the fields evicted to make room."""
+def cache_set(kind_settings: KindSettings, params: dict[str, Any], value: Any, *, owner_id: int) -> list[str]:
+    """Store a result computed for the owner; returns the fields evicted to make room."""
     if not _enabled(kind_settings):
         return []
     kind, algorithm = kind_settings.kind, kind_settings.cache_algorithm
-    args = [cache_field(kind, params), json.dumps(value), algorithm, kind_settings.cache_capacity,
+    args = [cache_field(kind, params, owner_id=owner_id), json.dumps(value), algorithm, kind_settings.cache_capacity,
             max(1, kind_settings.cache_ttl)]  # fmt: skip
     evicted = run_lua(_SET, keys=_keys(kind, algorithm), args=args)
     return [field.decode() for field in evicted]

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from rest_framework.request import Request
 
 from jobs import queues
-from jobs.circuit import CircuitState, circuit_acquire, circuit_applies
+from jobs.circuit import CircuitState, circuit_states
 from jobs.kinds import KINDS
 from jobs.policies import get_kind_settings
 from jobsite.api import EndpointView
@@ -56,17 +56,18 @@ class RedisStateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("jobsite_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"])
         circuit = GaugeMetricFamily(
-            "jobsite_circuit_state", "1 for the state each kind's circuit breaker is in.", labels=["kind", "state"]
+            "jobsite_circuit_state",
+            "Targets (hosts) whose circuit breaker is in each state, per kind; closed: failures below the threshold.",
+            labels=["kind", "state"],
         )
         try:
             for name in queues.ALL_QUEUES:
                 depth.add_metric([name], queues.queue_depth(name))
-            for kind_name in KINDS:
-                kind_settings = get_kind_settings(kind_name)
-                if circuit_applies(kind_settings):
-                    current = circuit_acquire(kind_settings, take_trial=False)  # read-only without take_trial
+            for kind_name, kind in KINDS.items():
+                if kind.circuit_target is not None:
+                    states = circuit_states(get_kind_settings(kind_name))
                     for state in CIRCUIT_STATES:
-                        circuit.add_metric([kind_name, state.value], float(state == current))
+                        circuit.add_metric([kind_name, state.value], float(states[state]))
         except RedisError:
             return
         yield depth

@@ -44,8 +44,12 @@ _COMPAT = {
     "rate_window": 60,
 }
 
+SYNC_MAX_CONCURRENT_PER_USER = 4
+"""Default cap on one user's sync jobs at a time: each holds a web thread while it runs, and the run
+command's web tier has 16 (2 gunicorn workers x 8 threads), so no single user can take it over."""
+
 ENDPOINT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "jobs.sync": {**_JOB_SUBMIT},
+    "jobs.sync": {**_JOB_SUBMIT, "max_concurrent_per_user": SYNC_MAX_CONCURRENT_PER_USER},
     "jobs.async": {**_JOB_SUBMIT, "max_concurrent_per_user": 1000},
     "jobs.read": {"scopes": "jobs:read"},
     "credits.read": {"scopes": "credits:read"},
@@ -87,11 +91,12 @@ def kind_defaults(kind_name: str) -> dict[str, Any]:
     kind = KINDS[kind_name]
     return {
         "cost": kind.cost,
-        "cache_algorithm": "lru" if kind.cacheable else "none",
+        # On by default only where one entry serves every user; a per-owner cache is the staff's choice.
+        "cache_algorithm": "lru" if kind.cacheable and kind.public_results else "none",
         "time_limit": kind.time_limit,
         "retries": kind.retries,
         "encrypt_fields": ",".join(kind.sensitive_fields),
-        "circuit_threshold": 5 if kind.does_io else 0,
+        "circuit_threshold": 5 if kind.circuit_target else 0,
     }
 
 

@@ -31,6 +31,10 @@ ALL_QUEUES = (JOBS_QUEUE, CALLBACKS_QUEUE, MAINTENANCE_QUEUE)
 RESULT_TTL = 60
 """Seconds RQ keeps a finished RQ job; the result itself lives in the database."""
 
+RQ_TIMEOUT_MARGIN = 5
+"""Seconds RQ's job timeout runs past the kind's time limit: the run's own deadline (jobs.deadline) ends it
+first and records `time_limit` cleanly; RQ's SIGALRM stays the backstop for code that ignores the deadline."""
+
 _PENDING_RQ_STATUSES = frozenset({RQJobStatus.QUEUED, RQJobStatus.STARTED, RQJobStatus.SCHEDULED, RQJobStatus.DEFERRED})
 
 
@@ -44,12 +48,12 @@ def queue_depth(name: str = JOBS_QUEUE) -> int:
 
 
 def enqueue_job(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
-    """Put a job on the jobs queue; RQ's job id is ours, RQ enforces the kind's time limit, meta carries the trace."""
+    """Put a job on the jobs queue; RQ's job id is ours, RQ backs the kind's time limit, meta carries the trace."""
     get_queue(JOBS_QUEUE).enqueue(
         "jobs.tasks.execute_job",
         str(job_id),
         job_id=str(job_id),
-        job_timeout=time_limit,
+        job_timeout=time_limit + RQ_TIMEOUT_MARGIN,
         result_ttl=RESULT_TTL,
         failure_ttl=RESULT_TTL,
         meta={TRACE_META_KEY: trace_context or {}},

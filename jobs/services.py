@@ -20,8 +20,9 @@ from accounts.models import User
 from jobs import metrics, queues, ssrf
 from jobs.billing import job_charge, job_refund_if_due
 from jobs.cache import cache_get, cache_set
-from jobs.circuit import CircuitState, circuit_acquire, circuit_record
+from jobs.circuit import CircuitState, circuit_acquire, circuit_record, circuit_target
 from jobs.concurrency import concurrency_admit
+from jobs.deadline import Deadline, DeadlineExceeded
 from jobs.encryption import open_input, seal_input, seal_result
 from jobs.kinds import KINDS, KindError, RunContext
 from jobs.models import FINAL_STATUSES, CallbackStatus, EndpointPolicy, Job, JobMode, JobStatus, KindSettings
@@ -70,18 +71,19 @@ def job_submit(
         except ssrf.UrlForbidden as exc:
             raise CallbackUrlForbidden(exc.reason) from None
     kind_settings = get_kind_settings(kind_name)
-    if circuit_acquire(kind_settings, take_trial=False) == CircuitState.OPEN:
+    target = circuit_target(kind_settings, params)
+    if circuit_acquire(kind_settings, target, take_trial=False) == CircuitState.OPEN:
         retry_after = max(1, kind_settings.circuit_recovery)
         raise CircuitOpen(
-            f"Jobs of kind {kind_name} fail fast while their upstream keeps failing; nothing was charged.",
+            f"Jobs of kind {kind_name} to {target} fail fast while it keeps failing; nothing was charged.",
             headers={"Retry-After": str(retry_after)},
-            limit={"circuit": kind_name, "recovery": kind_settings.circuit_recovery},
+            limit={"circuit": kind_name, "target": target, "recovery": kind_settings.circuit_recovery},
             retry_after=retry_after,
         )
     request = _JobRequest(user=user, policy=policy, kind_settings=kind_settings, params=params, mode=mode,
                           callback_url=callback_url, cost=0 if free else kind_settings.cost,
                           client_ip=client_ip)  # fmt: skip
-    cached = cache_get(kind_settings, params)
+    cached = cache_get(kind_settings, params, owner_id=user.pk)
     if cached is not None:
         job = _job_record_cached(request, result=cached)
     elif mode == JobMode.SYNC:
@@ -135,6 +137,8 @@ def _job_record_cached(request: _JobRequest, *, result: Any) -> Job:
 
 
 def _job_run_sync(request: _JobRequest) -> Job:
+    # One deadline for the whole request, retries included: it bounds how long a web thread is held.
+    deadline = Deadline.after(request.kind_settings.time_limit)
     with transaction.atomic():
         concurrency_admit(user=request.user, policy=request.policy)
         job = _job_create(
@@ -142,7 +146,7 @@ def _job_run_sync(request: _JobRequest) -> Job:
             started_at=timezone.now(), queue_wait_ms=0,
         )  # fmt: skip
         job_charge(job)
-    while (delay := _job_run(job)) is not None:
+    while (delay := _job_run(job, deadline=deadline)) is not None:
         time.sleep(delay)
         job.refresh_from_db()
     job.refresh_from_db()
@@ -257,46 +261,61 @@ def _job_retry_later(job: Job, *, code: str, message: str) -> bool:
     return bool(owned.update(status=JobStatus.QUEUED, started_at=None, attempt_log=log))
 
 
-def _job_run(job: Job) -> float | None:
+def _job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
     """Run a claimed job's kind and record its outcome; returns the delay before a due retry, else None.
 
-    Never raises for the kind's own failures.
+    The run ends at `deadline` (default: the kind's time limit from now). Never raises for the kind's own
+    failures.
     """
     kind = KINDS[job.kind]
     bind_context(job_id=str(job.id), user_id=job.owner_id, endpoint=job.endpoint)
     kind_settings = get_kind_settings(job.kind)
-    if circuit_acquire(kind_settings, take_trial=True) == CircuitState.OPEN:
-        message = f"the {job.kind} circuit is open after repeated upstream failures"
+    deadline = deadline or Deadline.after(kind_settings.time_limit)
+    params = open_input(job.input)
+    target = circuit_target(kind_settings, params)
+    if circuit_acquire(kind_settings, target, take_trial=True) == CircuitState.OPEN:
+        message = f"the {job.kind} circuit of {target} is open after repeated upstream failures"
         _job_finish(job, status=JobStatus.FAILED, error_code="circuit_open", error_message=message)
         return None
     started = time.perf_counter()
     attributes = {"job.id": str(job.id), "job.kind": job.kind, "job.attempt": job.attempts}
-    params = open_input(job.input)
     try:
         with tracer.start_as_current_span("job.run", attributes=attributes):
-            result = kind.run(params, RunContext(owner_id=job.owner_id, job_id=str(job.id)))
+            result = kind.run(params, RunContext(owner_id=job.owner_id, job_id=str(job.id), deadline=deadline))
     except KindError as exc:
-        circuit_record(kind_settings, failed=exc.transient)
+        if exc.transient:  # the upstream failed; our refusals and the caller's errors say nothing about it
+            circuit_record(kind_settings, target, failed=True)
         delay = retry_delay(kind_settings, attempt=job.attempts) if exc.transient else None
+        if delay is not None and job.mode == JobMode.SYNC and delay >= deadline.remaining():
+            delay = None  # a sync job's retries share its one deadline
         if delay is not None and _job_retry_later(job, code=exc.code, message=exc.message):
             return delay
         _job_finish(
             job, status=JobStatus.FAILED, error_code=exc.code, error_message=exc.message,
             callers_fault=exc.callers_fault,
         )  # fmt: skip
-    except JobTimeoutException:
-        circuit_record(kind_settings, failed=True)
+    except (DeadlineExceeded, JobTimeoutException):
+        circuit_record(kind_settings, target, failed=True)
         limit = kind_settings.time_limit
         _job_finish(job, status=JobStatus.FAILED, error_code="time_limit", error_message=f"ran over {limit} s")
     except Exception:
         logger.exception("job %s crashed after %.3f s", job.id, time.perf_counter() - started)
         _job_finish(job, status=JobStatus.FAILED, error_code="internal_error", error_message="the job crashed")
     else:
-        circuit_record(kind_settings, failed=False)
+        circuit_record(kind_settings, target, failed=False)
         stored = seal_result(kind_settings, result)
-        cache_set(kind_settings, params, stored)
-        _job_finish(job, status=JobStatus.SUCCEEDED, result=stored)
+        # The database first: the committed result is the outcome; the cache is a best-effort copy of it.
+        if _job_finish(job, status=JobStatus.SUCCEEDED, result=stored):
+            _cache_store(kind_settings, params, stored, owner_id=job.owner_id)
     return None
+
+
+def _cache_store(kind_settings: KindSettings, params: dict[str, Any], stored: Any, *, owner_id: int) -> None:
+    """Best effort: a Redis error loses only a future cache hit, never a finished job's outcome."""
+    try:
+        cache_set(kind_settings, params, stored, owner_id=owner_id)
+    except RedisError:
+        logger.warning("result not cached: Redis failed", exc_info=True)
 
 
 def job_execute(*, job_id: UUID | str) -> Retry | None:

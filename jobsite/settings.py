@@ -171,7 +171,8 @@ STORAGES = {
 
 LOGGING = logging_config(LOG_LEVEL, LOG_FORMAT)
 
-# The `fetch` kind: bounds on what one fetch may cost.
+# The `fetch` kind: bounds on what one fetch may cost (per connect and per read; the kind's time_limit
+# bounds the whole run: jobs.deadline).
 FETCH_CONNECT_TIMEOUT = env_float("FETCH_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 FETCH_READ_TIMEOUT = env_float("FETCH_READ_TIMEOUT", 10.0, minimum=0.1)
 FETCH_MAX_BYTES = env_int("FETCH_MAX_BYTES", 10 * 1024 * 1024, minimum=1)

@@ -276,7 +276,7 @@ def test_policy_command_validates_like_the_admin_and_changes_nothing_on_error(
         ("jobs.sync", "roles=ghosts"),
         ("jobs.sync", "rate_limit=9", "scopes=jobs:run,admin"),
         ("kind.hash", "cost=x"),
-        ("kind.fetch", "cache_algorithm=lru"),
+        ("kind.stats", "cache_algorithm=lru"),
         ("kind.nope", "cost=1"),
         ("jobs.sync", "no-equals-sign"),
     ):

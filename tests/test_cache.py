@@ -10,6 +10,9 @@ from jobs.cache import _keys, cache_get, cache_set, cache_size
 from jobs.models import KindSettings
 from jobsite.redis import get_redis
 
+OWNER = 1
+"""The user the entries are cached for (hash results are public: any owner would do)."""
+
 KEYS = "abcde"
 HITS = "bbaaeecdd"
 """After inserting a..e, these hits leave: insertion oldest a / newest e; least recently used b;
@@ -28,21 +31,21 @@ def params(key: str) -> dict:
 def test_each_algorithm_evicts_the_right_entry_when_full(algorithm: str, victim: str) -> None:
     kind_settings = settings_for(algorithm)
     for key in KEYS:
-        assert cache_set(kind_settings, params(key), {"v": key}) == []
+        assert cache_set(kind_settings, params(key), {"v": key}, owner_id=OWNER) == []
     for key in HITS:
-        assert cache_get(kind_settings, params(key)) == {"v": key}
-    assert len(cache_set(kind_settings, params("f"), {"v": "f"})) == 1
+        assert cache_get(kind_settings, params(key), owner_id=OWNER) == {"v": key}
+    assert len(cache_set(kind_settings, params("f"), {"v": "f"}, owner_id=OWNER)) == 1
     assert cache_size(kind_settings) == 5
-    present = {key for key in KEYS + "f" if cache_get(settings_for(algorithm), params(key)) is not None}
+    present = {key for key in KEYS + "f" if cache_get(settings_for(algorithm), params(key), owner_id=OWNER) is not None}
     assert present == set(KEYS + "f") - {victim}
 
 
 def test_entries_expire_after_their_ttl() -> None:
     kind_settings = settings_for("lru", ttl=1)
-    cache_set(kind_settings, params("a"), {"v": 1})
-    assert cache_get(kind_settings, params("a")) == {"v": 1}
+    cache_set(kind_settings, params("a"), {"v": 1}, owner_id=OWNER)
+    assert cache_get(kind_settings, params("a"), owner_id=OWNER) == {"v": 1}
     time.sleep(1.1)
-    assert cache_get(kind_settings, params("a")) is None
+    assert cache_get(kind_settings, params("a"), owner_id=OWNER) is None
     assert cache_size(kind_settings) == 0
 
 
@@ -54,8 +57,8 @@ def test_concurrent_hits_and_misses_stay_within_capacity(algorithm: str) -> None
         rng = random.Random(seed)
         for _ in range(100):
             key = str(rng.randrange(40))
-            if cache_get(kind_settings, params(key)) is None:
-                cache_set(kind_settings, params(key), {"v": key})
+            if cache_get(kind_settings, params(key), owner_id=OWNER) is None:
+                cache_set(kind_settings, params(key), {"v": key}, owner_id=OWNER)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(work, range(16)))

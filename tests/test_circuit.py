@@ -9,12 +9,13 @@ from rest_framework.test import APIClient
 from rq.job import Job as RQJob
 
 from credits.selectors import credit_balance, ledger_sum
-from jobs import queues
-from jobs.circuit import CircuitState, circuit_acquire, circuit_record
+from jobs import queues, ssrf
+from jobs.circuit import CircuitState, circuit_acquire, circuit_record, circuit_states
 from jobs.models import Job, JobStatus, KindSettings
 from jobs.policies import get_kind_settings
 from tests.conftest import LocalHTTPServer, respond, wait_until
 from tests.test_credits import kind_settings
+from tests.webhook_helpers import FakeDNS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,20 +27,22 @@ def _local_fetch_targets(settings) -> None:
 
 def test_half_open_admits_one_trial_and_a_success_closes() -> None:
     breaker = KindSettings(kind="fetch", circuit_threshold=2, circuit_recovery=1, time_limit=30)
-    circuit_record(breaker, failed=True)
-    assert circuit_acquire(breaker, take_trial=False) == CircuitState.CLOSED
-    circuit_record(breaker, failed=True)
-    assert circuit_acquire(breaker, take_trial=False) == CircuitState.OPEN
+    host = "upstream.test"
+    circuit_record(breaker, host, failed=True)
+    assert circuit_acquire(breaker, host, take_trial=False) == CircuitState.CLOSED
+    circuit_record(breaker, host, failed=True)
+    assert circuit_acquire(breaker, host, take_trial=False) == CircuitState.OPEN
     time.sleep(1.05)
-    assert circuit_acquire(breaker, take_trial=False) == CircuitState.HALF_OPEN
-    assert circuit_acquire(breaker, take_trial=True) == CircuitState.TRIAL
-    assert circuit_acquire(breaker, take_trial=True) == CircuitState.OPEN  # one trial at a time
-    circuit_record(breaker, failed=True)  # the trial failed: open again for a full recovery period
-    assert circuit_acquire(breaker, take_trial=False) == CircuitState.OPEN
+    assert circuit_acquire(breaker, host, take_trial=False) == CircuitState.HALF_OPEN
+    assert circuit_acquire(breaker, host, take_trial=True) == CircuitState.TRIAL
+    assert circuit_acquire(breaker, host, take_trial=True) == CircuitState.OPEN  # one trial at a time
+    circuit_record(breaker, host, failed=True)  # the trial failed: open again for a full recovery period
+    assert circuit_acquire(breaker, host, take_trial=False) == CircuitState.OPEN
     time.sleep(1.05)
-    assert circuit_acquire(breaker, take_trial=True) == CircuitState.TRIAL
-    circuit_record(breaker, failed=False)
-    assert circuit_acquire(breaker, take_trial=True) == CircuitState.CLOSED
+    assert circuit_acquire(breaker, host, take_trial=True) == CircuitState.TRIAL
+    circuit_record(breaker, host, failed=False)
+    assert circuit_acquire(breaker, host, take_trial=True) == CircuitState.CLOSED
+    assert circuit_acquire(breaker, "other.test", take_trial=True) == CircuitState.CLOSED
 
 
 class Upstream:
@@ -81,19 +84,20 @@ def test_circuit_opens_across_two_workers_fails_fast_half_opens_and_closes(
 
     response = _submit(api, server.url)
     assert response.status_code == 503 and response.json()["code"] == "circuit_open"
-    assert response.json()["limit"]["circuit"] == "fetch"
+    assert response.json()["limit"]["circuit"] == "fetch" and response.json()["limit"]["target"] == "127.0.0.1"
     assert int(response["Retry-After"]) == response.json()["retry_after"] >= 1
     requests_so_far = len(server.requests)
 
     upstream.failing = False
     wait_until(
-        lambda: circuit_acquire(get_kind_settings("fetch"), take_trial=False) == CircuitState.HALF_OPEN, timeout=5
+        lambda: circuit_acquire(get_kind_settings("fetch"), "127.0.0.1", take_trial=False) == CircuitState.HALF_OPEN,
+        timeout=5,
     )
     trial = _submit(api, server.url)
     assert trial.status_code == 202
     assert _final(trial.json()["id"]).status == JobStatus.SUCCEEDED
     assert len(server.requests) == requests_so_far + 1
-    assert circuit_acquire(get_kind_settings("fetch"), take_trial=False) == CircuitState.CLOSED
+    assert circuit_acquire(get_kind_settings("fetch"), "127.0.0.1", take_trial=False) == CircuitState.CLOSED
     assert _final(_submit(api, server.url).json()["id"]).status == JobStatus.SUCCEEDED
 
 
@@ -123,3 +127,55 @@ def test_transient_failures_retry_with_backoff_then_succeed_or_refund(
     assert api.get(f"/api/v1/jobs/{flaky}/").json()["attempt_log"][0]["n"] == 1
     # The failed job was refunded, the succeeded one charged.
     assert credit_balance(user=user) == before - flaky_job.cost == ledger_sum(user=user)
+
+
+def _sync_fetch(api: APIClient, url: str):
+    return api.post("/api/v1/jobs/sync/", {"kind": "fetch", "input": {"url": url}}, format="json")
+
+
+@pytest.fixture
+def hosts(monkeypatch, http_server: Callable[..., LocalHTTPServer]) -> tuple[FakeDNS, LocalHTTPServer]:
+    """failing.test and healthy.test both resolve to one local server, which fails only for failing.test."""
+    server = http_server(
+        lambda request: respond(request, 500 if request.headers["Host"].startswith("failing.") else 200)
+    )
+    dns = FakeDNS({"failing.test": ["127.0.0.1"], "healthy.test": ["127.0.0.1"]})
+    monkeypatch.setattr(ssrf, "resolver", dns)
+    return dns, server
+
+
+def test_a_failing_host_opens_only_its_own_circuit(api: APIClient, hosts) -> None:
+    kind_settings("fetch", circuit_threshold=2, circuit_recovery=60, retries=0)
+    port = hosts[1].server.server_address[1]
+    for _ in range(2):
+        assert _sync_fetch(api, f"http://failing.test:{port}/").json()["error"]["code"] == "upstream_error"
+    refused = _sync_fetch(api, f"http://failing.test:{port}/")
+    assert refused.status_code == 503 and refused.json()["limit"]["target"] == "failing.test"
+    assert _sync_fetch(api, f"http://healthy.test:{port}/").status_code == 200
+
+
+def test_callers_errors_and_our_refusals_never_open_a_circuit(api: APIClient, user, hosts) -> None:
+    """Unresolvable names, and names that resolve to a forbidden address only when the job runs."""
+    kind_settings("fetch", circuit_threshold=2, circuit_recovery=60, retries=0)
+    dns, server = hosts
+    answers = iter([[], ["169.254.169.254"]] * 5)  # unresolved at submission, link-local when run
+    dns.records["rebinding.test"] = lambda: next(answers)
+    port = server.server.server_address[1]
+    before = credit_balance(user=user)
+    codes = [_sync_fetch(api, f"http://nowhere.test:{port}/").json()["error"]["code"] for _ in range(5)]
+    codes += [_sync_fetch(api, f"http://rebinding.test:{port}/").json()["error"]["code"] for _ in range(5)]
+    assert codes == ["url_unresolvable"] * 5 + ["url_forbidden"] * 5
+    assert credit_balance(user=user) == before - 10 * get_kind_settings("fetch").cost  # the caller's input
+    for host in ("nowhere.test", "rebinding.test", "healthy.test"):
+        assert circuit_acquire(get_kind_settings("fetch"), host, take_trial=False) == CircuitState.CLOSED
+    assert _sync_fetch(api, f"http://healthy.test:{port}/").status_code == 200
+
+
+def test_metrics_count_circuits_per_state(api: APIClient, hosts) -> None:
+    kind_settings("fetch", circuit_threshold=2, circuit_recovery=60, retries=0)
+    port = hosts[1].server.server_address[1]
+    _sync_fetch(api, f"http://healthy.test:{port}/")
+    for host in ("failing.test", "failing.test"):
+        _sync_fetch(api, f"http://{host}:{port}/")
+    states = circuit_states(get_kind_settings("fetch"))
+    assert (states[CircuitState.OPEN], states[CircuitState.CLOSED]) == (1, 0)

@@ -1,17 +1,27 @@
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import httpx
 import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import User
 from jobs.models import Job, JobStatus
+from jobs.policies import ENDPOINT_DEFAULTS
 from jobs.services import jobs_reconcile
-from tests.conftest import auth_headers, run_worker_burst
+from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst, wait_until
 from tests.traffic_http import fire_concurrently, set_policy
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _local_fetch_targets(settings) -> None:
+    settings.CALLBACK_ALLOW_PRIVATE = True  # a slow fetch target on 127.0.0.1 holds sync jobs
+
 
 HASH = {"kind": "hash", "input": {"data": "hello", "iterations": 10}}
 
@@ -88,3 +98,36 @@ def test_caps_are_exact_under_concurrency(server_url: str, make_user: Callable[.
     assert set(statuses) <= {202, 429}, statuses
     assert statuses.count(202) == 5, statuses
     assert Job.objects.count() == 5
+
+
+@pytest.mark.slow
+def test_one_user_cannot_hold_the_web_tier_with_sync_jobs(
+    server_url: str, make_user: Callable[..., User], http_server: Callable[..., LocalHTTPServer]
+) -> None:
+    """The default jobs.sync policy caps each user's sync jobs; the web tier keeps serving everyone else."""
+    set_policy("jobs.sync", over_http=True)  # the defaults, as shipped
+    cap = ENDPOINT_DEFAULTS["jobs.sync"]["max_concurrent_per_user"]
+    assert 0 < cap < 16  # below the web threads of the run command (and of this test server: 32)
+    release = threading.Event()
+    server = http_server(lambda request: (release.wait(60), respond(request, 200, b"slow")))
+    hog, other = make_user(), make_user()
+    hog_headers = auth_headers(hog)
+    fetch = {"kind": "fetch", "input": {"url": server.url}}
+    pool = ThreadPoolExecutor(3 * cap)
+    with httpx.Client(base_url=server_url, timeout=60, limits=httpx.Limits(max_connections=3 * cap)) as client:
+        try:
+            futures = [pool.submit(client.post, "/api/v1/jobs/sync/", json=fetch, headers=hog_headers)
+                       for _ in range(3 * cap)]  # fmt: skip
+            wait_until(lambda: len(server.requests) == cap and sum(f.done() for f in futures) == 2 * cap, timeout=30)
+            refused = [f.result() for f in futures if f.done()]
+            assert {r.status_code for r in refused} == {429}
+            assert refused[0].json()["limit"] == {"policy": "jobs.sync", "cap": "max_concurrent_per_user", "max": cap}
+            # While the hog's jobs hold their threads, another user's sync job runs at once.
+            served = client.post("/api/v1/jobs/sync/", json=HASH, headers=auth_headers(other))
+            assert served.status_code == 200
+        finally:
+            release.set()
+            statuses = [f.result().status_code for f in futures]
+            pool.shutdown()
+    assert statuses.count(200) == cap and statuses.count(429) == 2 * cap, statuses
+    assert len(server.requests) == cap

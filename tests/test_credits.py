@@ -22,6 +22,7 @@ from jobs.policies import kind_defaults
 from jobs.services import jobs_reconcile
 from jobsite.errors import InsufficientCredits
 from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst, wait_until
+from tests.traffic_http import set_policy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -133,6 +134,7 @@ def test_admin_grant_action_records_the_staff_user(make_user: Callable[..., User
 
 @pytest.mark.slow
 def test_200_concurrent_charges_against_100_credits(server_url: str, user: User) -> None:
+    set_policy("jobs.sync", over_http=True, max_concurrent_per_user=0)  # the ledger is under test, not the cap
     set_balance(user, 100)
     headers = auth_headers(user)
     with httpx.Client(base_url=server_url, headers=headers, timeout=60, limits=httpx.Limits(max_connections=200)) as c:

@@ -6,6 +6,8 @@ from typing import Any
 
 from rest_framework import serializers
 
+from jobs.deadline import Deadline
+
 
 class KindError(Exception):
     """A kind could not produce a result.
@@ -28,6 +30,8 @@ class RunContext:
 
     owner_id: int
     job_id: str
+    deadline: Deadline = field(default_factory=Deadline.never)
+    """Ends the run: I/O is held to it (Deadline.http_watch), CPU kinds check it between steps."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,13 @@ class Kind:
     run: Callable[[dict[str, Any], RunContext], dict[str, Any]]
     cost: int
     cacheable: bool
+    """Staff may turn the result cache on for it (KindSettings.cache_algorithm)."""
     does_io: bool
     time_limit: int
     retries: int = 0
     sensitive_fields: tuple[str, ...] = field(default=())
+    public_results: bool = False
+    """A pure function of its input: one cache entry serves every user. Otherwise entries are per owner."""
+    circuit_target: Callable[[dict[str, Any]], str] | None = None
+    """The upstream a job talks to (e.g. its URL's host), given its validated input: one circuit breaker
+    each (jobs.circuit). None: the kind has no upstream and no breaker."""

@@ -23,14 +23,21 @@ class FetchInput(serializers.Serializer):
         return value
 
 
+REQUEST_HEADERS = {"User-Agent": "Jobsite-fetch/1", "Connection": "close"}
+"""`Connection: close`: a fetch never leaves a kept-alive connection that a later fetch could reuse
+unwatched by its deadline (jobs.deadline)."""
+
+
 def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
+    deadline = context.deadline
     digest = hashlib.sha256()
     size = 0
-    timeout = httpx.Timeout(settings.FETCH_READ_TIMEOUT, connect=settings.FETCH_CONNECT_TIMEOUT)
+    timeout = httpx.Timeout(settings.FETCH_READ_TIMEOUT, connect=deadline.cap(settings.FETCH_CONNECT_TIMEOUT))
     try:
-        with ssrf.guarded_stream(
-            "GET", params["url"], headers={"User-Agent": "Jobsite-fetch/1"}, timeout=timeout
-        ) as response:
+        with (
+            deadline.http_watch() as watch,
+            ssrf.guarded_stream("GET", params["url"], headers=REQUEST_HEADERS, timeout=timeout, auth=watch) as response,
+        ):
             for chunk in response.iter_bytes():
                 size += len(chunk)
                 if size > settings.FETCH_MAX_BYTES:
@@ -40,13 +47,20 @@ def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
                 digest.update(chunk)
     except ssrf.UrlForbidden as exc:
         raise KindError("url_forbidden", exc.reason, callers_fault=True) from None
-    except ssrf.UrlUnresolved as exc:
-        raise KindError("upstream_unreachable", str(exc), transient=True) from None
+    except ssrf.UrlUnresolved as exc:  # the caller's input: counts against no upstream's breaker
+        raise KindError("url_unresolvable", str(exc), callers_fault=True) from None
     except httpx.HTTPError as exc:
+        deadline.check()  # the watch cut the connection at the deadline: time_limit, not an upstream error
         raise KindError("upstream_unreachable", f"{type(exc).__name__}: {exc}", transient=True) from None
+    deadline.check()  # a body cut at the deadline may have looked complete (no Content-Length)
     if response.status_code >= 500:
         raise KindError("upstream_error", f"upstream answered {response.status_code}", transient=True)
     return {"status_code": response.status_code, "bytes": size, "sha256": digest.hexdigest()}
+
+
+def target_host(params: dict[str, Any]) -> str:
+    """The URL's host: one circuit breaker per host, so a failing site cuts off only jobs to it."""
+    return httpx.URL(params["url"]).raw_host.decode("ascii").lower().removesuffix(".")
 
 
 KIND = Kind(
@@ -54,8 +68,9 @@ KIND = Kind(
     serializer_class=FetchInput,
     run=run,
     cost=2,
-    cacheable=False,
+    cacheable=True,  # off by default (kind_defaults); each owner's own entries when staff turn it on
     does_io=True,
     time_limit=30,
     retries=2,
+    circuit_target=target_host,
 )

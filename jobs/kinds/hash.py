@@ -5,6 +5,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from jobs.deadline import Deadline
 from jobs.kinds.base import Kind, RunContext
 
 MAX_DATA_CHARS = 10_000
@@ -25,16 +26,22 @@ class HashInput(serializers.Serializer):
         return value
 
 
-def compute_hash(data: str, iterations: int) -> dict[str, Any]:
+DEADLINE_CHECK_EVERY = 10_000
+"""Iterations between deadline checks: about 10 ms of CPU, a negligible cost per check."""
+
+
+def compute_hash(data: str, iterations: int, deadline: Deadline | None = None) -> dict[str, Any]:
     input_hash = hashlib.sha256(data.encode("utf-8")).hexdigest()
     current = input_hash
     for i in range(iterations):
+        if deadline is not None and i % DEADLINE_CHECK_EVERY == 0:
+            deadline.check()
         current = hashlib.sha256(f"{current}:{i}".encode()).hexdigest()
     return {"input_hash": input_hash, "output_hash": current, "iterations": iterations}
 
 
 def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
-    return compute_hash(params["data"], params["iterations"])
+    return compute_hash(params["data"], params["iterations"], context.deadline)
 
 
 KIND = Kind(
@@ -43,6 +50,7 @@ KIND = Kind(
     run=run,
     cost=1,
     cacheable=True,
+    public_results=True,
     does_io=False,
     time_limit=30,
 )

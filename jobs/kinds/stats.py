@@ -13,6 +13,7 @@ class StatsInput(serializers.Serializer):
 
 
 def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
+    context.deadline.check()  # one aggregate query: checked before it; RQ's job timeout backs it in workers
     return job_stats_for_owner(owner_id=context.owner_id)
 
 
