@@ -223,7 +223,7 @@ def topology(django_db_setup: None, django_db_blocker: Any) -> Iterator[Topology
     worker = ["manage.py", "rqworker", "--worker-class", "jobs.worker.ResilientWorker", "--with-scheduler"]
     commands = {
         "web": [python, "-m", "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                "--threads", "8", "--worker-class", "gthread", "--timeout", "60"],
+                "--threads", "4", "--worker-class", "gthread", "--timeout", "60"],
         "jobs-worker-1": [python, *worker, "jobs", "maintenance"],
         "jobs-worker-2": [python, *worker, "jobs", "maintenance"],
         "callbacks-worker-1": [python, *worker, "callbacks"],
