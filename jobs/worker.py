@@ -17,6 +17,7 @@ from django_rq.cron import DjangoCronScheduler
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import worker_registration
 from rq.exceptions import StopRequested
 from rq.job import Job as RQJob
 from rq.queue import Queue
@@ -89,9 +90,22 @@ class ResilientWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         return self._retrying(lambda: super(ResilientWorker, self).dequeue_job_and_maintain_ttl(timeout, max_idle_time))
 
-    def heartbeat(self, *args: Any, **kwargs: Any) -> None:
-        self._retrying(lambda: super(ResilientWorker, self).heartbeat(*args, **kwargs))
-        self._retrying(self._ensure_scheduler)
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        self._retrying(lambda: super(ResilientWorker, self).heartbeat(timeout, pipeline))
+        if pipeline is None:
+            self._retrying(self._ensure_registered)
+            self._retrying(self._ensure_scheduler)
+
+    def _ensure_registered(self) -> None:
+        """Register again after Redis lost its data (restart, FLUSHALL): dashboards and /healthz count workers."""
+        if self.birth_date is None or self.connection.sismember(worker_registration.REDIS_WORKER_KEYS, self.key):
+            return
+        with self.connection.pipeline() as pipeline:
+            pipeline.hset(self.key, mapping=self.serialize())
+            worker_registration.register(self, pipeline)
+            pipeline.expire(self.key, self.worker_ttl + 60)
+            pipeline.execute()
+        logger.info("worker %s: registered again after Redis lost its data", self.name)
 
     def _ensure_scheduler(self) -> None:
         """Restart (or take over) the scheduler if its process is gone: RQ itself checks only every 10 minutes."""
