@@ -43,6 +43,7 @@ from jobs.models import CallbackAttempt, CallbackStatus, IdempotencyRecord, Job,
 from jobs.webhooks import webhook_secret_rotate
 from jobsite.supervisor import Supervisor
 from tests.conftest import ROOT, LocalHTTPServer, auth_headers, free_port, respond, subprocess_env, wait_until
+from tests.test_supervisor import group_alive
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -434,15 +435,7 @@ def test_job_worker_sigkilled_mid_run(topology: Topology, start_round: Callable[
         killed_groups.append(topology.kill(busy[0] if busy else "jobs-worker-1"))
     figures = _finish(round_, topology, recovered_at=time.monotonic(), restarts_before=before)
     assert sum(figures["process_restarts"].values()) >= 2
-    assert not [group for group in killed_groups if _group_alive(group)], "a killed worker's children outlived it"
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    assert not [group for group in killed_groups if group_alive(group)], "a killed worker's children outlived it"
 
 
 def test_redis_flushall_mid_run(topology: Topology, start_round: Callable[..., Round]) -> None:

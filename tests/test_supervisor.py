@@ -21,7 +21,8 @@ time.sleep(600)
 """
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group is still there."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -52,7 +53,7 @@ def test_a_dead_child_is_restarted_alone_and_its_orphans_ended(supervisor: tuple
     os.kill(first_pid, signal.SIGKILL)  # the leader only: its grandchild lives on in its group
     wait_until(lambda: forker.restarts == 1, timeout=10)
     assert forker.process.pid != first_pid and forker.process.poll() is None
-    wait_until(lambda: not _group_alive(first_pid), timeout=5)  # the grandchild went with it
+    wait_until(lambda: not group_alive(first_pid), timeout=5)  # the grandchild went with it
     assert bystander.process.pid == bystander_pid and bystander.process.poll() is None
     assert any(f"forker (pid {first_pid}) exited with -9" in line for line in lines), lines
 
@@ -78,6 +79,6 @@ def test_restarts_back_off_while_a_child_keeps_dying(tmp_path: Path) -> None:
 def test_stop_all_ends_every_child_and_grandchild(supervisor: tuple[Supervisor, list[str]]) -> None:
     sup, _ = supervisor
     groups = [child.process.pid for child in sup.children.values()]
-    wait_until(lambda: all(_group_alive(group) for group in groups), timeout=5)
+    wait_until(lambda: all(group_alive(group) for group in groups), timeout=5)
     sup.stop_all()
-    assert not [group for group in groups if _group_alive(group)]
+    assert not [group for group in groups if group_alive(group)]
