@@ -1,4 +1,5 @@
-"""rq cron configuration: `manage.py rqcron jobs.cron` runs the reconciler periodically."""
+"""rq cron configuration: `manage.py cron` runs the reconciler periodically (`rqcron jobs.cron` would too, without
+surviving a Redis outage)."""
 
 from django.conf import settings
 from rq import cron

@@ -7,7 +7,9 @@ across processes without a second source of truth that a Redis flush could lose.
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.models import User
-from jobs.models import EndpointPolicy, IdempotencyRecord, IdempotencyStatus
+from jobs.models import FINAL_STATUSES, EndpointPolicy, IdempotencyRecord, IdempotencyStatus, Job, JobMode, JobStatus
 from jobsite.errors import (
     PROBLEM_CONTENT_TYPE,
     IdempotencyInFlight,
@@ -42,6 +44,12 @@ EXECUTED_ERRORS = (JobFailed,)
 
 _CLAIM_ATTEMPTS = 3
 
+JOB_IN_FLIGHT_RETRY_AFTER = 1
+"""Seconds a 409 tells the client to wait while the key's job runs (a sync job answers when it is final)."""
+
+_held_key: ContextVar[tuple[int, str] | None] = ContextVar("idempotency_held_key", default=None)
+"""(owner id, key) this request holds, so that the job it creates is tied to the key in the job's transaction."""
+
 
 def request_fingerprint(*, method: str, path: str, data: Any) -> str:
     """sha256 over method, path and the body as canonical JSON (key order and whitespace do not matter)."""
@@ -58,10 +66,15 @@ def _valid_key(raw: str) -> str:
     return key
 
 
-def idempotency_claim(*, user: User, key: str, fingerprint: str, ttl: int) -> IdempotencyRecord | None:
+def idempotency_claim(
+    *, user: User, key: str, fingerprint: str, ttl: int, render_job: Callable[[Job], Response] | None = None
+) -> IdempotencyRecord | None:
     """Take the key for this request (returns None), or return the completed record to replay.
 
     Raises IdempotencyKeyReused for another request's key and IdempotencyInFlight while the first runs.
+    A key whose request died is answered by the job that request created (`render_job` renders it): an async
+    job at once, a sync one when it is final; a key whose request died before creating a job is taken over
+    after IDEMPOTENCY_LOCK_TIMEOUT (the request timeout).
     """
     for _ in range(_CLAIM_ATTEMPTS):
         now = timezone.now()
@@ -81,11 +94,11 @@ def idempotency_claim(*, user: User, key: str, fingerprint: str, ttl: int) -> Id
             return None
         except IntegrityError:
             pass
-        # An expired record, or one whose first request died in flight, goes to one taker (conditional UPDATE).
-        stale = Q(expires_at__lte=now) | Q(status=IdempotencyStatus.IN_FLIGHT, locked_until__lte=now)
+        # An expired record, or one whose first request died in flight before creating a job, goes to one taker.
+        stale = Q(expires_at__lte=now) | Q(status=IdempotencyStatus.IN_FLIGHT, locked_until__lte=now, job=None)
         if IdempotencyRecord.objects.filter(stale, owner=user, key=key).update(**fresh):
             return None
-        record = IdempotencyRecord.objects.filter(owner=user, key=key).first()
+        record = IdempotencyRecord.objects.filter(owner=user, key=key).select_related("job").first()
         if record is None:
             continue  # released between our insert and our read: try again
         if record.fingerprint != fingerprint:
@@ -93,9 +106,58 @@ def idempotency_claim(*, user: User, key: str, fingerprint: str, ttl: int) -> Id
                 "This Idempotency-Key was used with a different request (method, path or body).", key=key
             )
         if record.status == IdempotencyStatus.IN_FLIGHT:
-            raise IdempotencyInFlight("A request with this Idempotency-Key is still in flight; retry later.", key=key)
+            if record.job is not None and render_job is not None and _answers_request(record.job):
+                _complete_from_job(record, render_job)
+                continue  # read the completed record again (another taker may have completed it first)
+            retry_after = _in_flight_retry_after(record, now)
+            raise IdempotencyInFlight(
+                "A request with this Idempotency-Key is still in flight; retry later.",
+                headers={"Retry-After": str(retry_after)},
+                key=key,
+                retry_after=retry_after,
+            )
         return record
-    raise IdempotencyInFlight("A request with this Idempotency-Key is changing hands; retry later.", key=key)
+    raise IdempotencyInFlight(
+        "A request with this Idempotency-Key is changing hands; retry later.",
+        headers={"Retry-After": str(JOB_IN_FLIGHT_RETRY_AFTER)},
+        key=key,
+        retry_after=JOB_IN_FLIGHT_RETRY_AFTER,
+    )
+
+
+def _answers_request(job: Job) -> bool:
+    """Whether the job alone can answer its request: an accepted async job, or a final sync one."""
+    return job.mode == JobMode.ASYNC or job.status in FINAL_STATUSES
+
+
+def _in_flight_retry_after(record: IdempotencyRecord, now: Any) -> int:
+    if record.job_id is not None:
+        return JOB_IN_FLIGHT_RETRY_AFTER
+    return max(1, math.ceil((record.locked_until - now).total_seconds()))
+
+
+def _complete_from_job(record: IdempotencyRecord, render_job: Callable[[Job], Response]) -> None:
+    """Store, for a request that died, the response its job gives: the same one the request would have sent."""
+    job = record.job
+    if job.mode == JobMode.SYNC and job.status == JobStatus.FAILED:
+        error = JobFailed(
+            job.error_message, job_id=str(job.id), error={"code": job.error_code, "message": job.error_message}
+        )
+        body = problem(error.status, error.code, error.title, error.detail, **error.extra)
+        status, headers = error.status, {}
+    else:
+        response = render_job(job)
+        status, body = response.status_code, response.data
+        headers = {name: response[name] for name in REPLAYED_RESPONSE_HEADERS if response.has_header(name)}
+    idempotency_complete(user=record.owner, key=record.key, status=status, body=body, headers=headers)
+
+
+def idempotency_bind_job(job: Job) -> None:
+    """Tie the key the current request holds (if any) to the job it creates; call in the job's transaction."""
+    held = _held_key.get()
+    if held is not None:
+        owner_id, key = held
+        IdempotencyRecord.objects.filter(owner_id=owner_id, key=key, status=IdempotencyStatus.IN_FLIGHT).update(job=job)
 
 
 def idempotency_complete(*, user: User, key: str, status: int, body: Any, headers: dict[str, str]) -> None:
@@ -105,8 +167,11 @@ def idempotency_complete(*, user: User, key: str, status: int, body: Any, header
 
 
 def idempotency_release(*, user: User, key: str) -> None:
-    """The request was rejected before it executed: store nothing, so the key can be used again."""
-    IdempotencyRecord.objects.filter(owner=user, key=key, status=IdempotencyStatus.IN_FLIGHT).delete()
+    """The request was rejected before it executed: store nothing, so the key can be used again.
+
+    A key already tied to a job stays: that job answers it (see idempotency_claim).
+    """
+    IdempotencyRecord.objects.filter(owner=user, key=key, status=IdempotencyStatus.IN_FLIGHT, job=None).delete()
 
 
 def _replay(record: IdempotencyRecord) -> Response:
@@ -119,16 +184,24 @@ def _replay(record: IdempotencyRecord) -> Response:
     )
 
 
-def idempotent_response(*, request: Request, policy: EndpointPolicy, run: Callable[[], Response]) -> Response:
-    """Run `run` once per (user, Idempotency-Key) within the policy's TTL; without the header, just run it."""
+def idempotent_response(
+    *, request: Request, policy: EndpointPolicy, run: Callable[[], Response], render_job: Callable[[Job], Response]
+) -> Response:
+    """Run `run` once per (user, Idempotency-Key) within the policy's TTL; without the header, just run it.
+
+    `render_job` renders a job as `run` would have answered: it answers the key if this request dies.
+    """
     raw = request.headers.get(KEY_HEADER)
     if raw is None:
         return run()
     user, key = request.user, _valid_key(raw)
     fingerprint = request_fingerprint(method=request.method, path=request.path, data=request.data)
-    record = idempotency_claim(user=user, key=key, fingerprint=fingerprint, ttl=policy.idempotency_ttl)
+    record = idempotency_claim(
+        user=user, key=key, fingerprint=fingerprint, ttl=policy.idempotency_ttl, render_job=render_job
+    )
     if record is not None:
         return _replay(record)
+    held = _held_key.set((user.pk, key))
     try:
         response = run()
     except EXECUTED_ERRORS as exc:
@@ -138,6 +211,8 @@ def idempotent_response(*, request: Request, policy: EndpointPolicy, run: Callab
     except BaseException:
         idempotency_release(user=user, key=key)
         raise
+    finally:
+        _held_key.reset(held)
     headers = {name: response[name] for name in REPLAYED_RESPONSE_HEADERS if response.has_header(name)}
     idempotency_complete(user=user, key=key, status=response.status_code, body=response.data, headers=headers)
     return response

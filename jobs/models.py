@@ -52,6 +52,10 @@ class Job(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    worker_name = models.CharField(max_length=100, blank=True, help_text="RQ worker that claimed the last attempt.")
+    queued_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the job last went back on the queue; queue_wait_ms counts from here."
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
     queue_wait_ms = models.PositiveIntegerField(null=True, blank=True)
     run_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -213,8 +217,14 @@ class IdempotencyRecord(models.Model):
     response_body = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
     response_headers = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField()
-    locked_until = models.DateTimeField(help_text="An in-flight key older than this may be taken over.")
+    locked_until = models.DateTimeField(
+        help_text="An in-flight key that created no job may be taken over after this (its request died)."
+    )
     expires_at = models.DateTimeField()
+    job = models.ForeignKey(
+        "Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The job the request created: its outcome answers the key if the request dies.",
+    )  # fmt: skip
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["owner", "key"], name="idempotency_owner_key_unique")]

@@ -24,6 +24,7 @@ from jobs.circuit import CircuitState, circuit_acquire, circuit_record, circuit_
 from jobs.concurrency import concurrency_admit
 from jobs.deadline import Deadline, DeadlineExceeded
 from jobs.encryption import open_input, seal_input, seal_result
+from jobs.idempotency import idempotency_bind_job
 from jobs.kinds import KINDS, KindError, RunContext
 from jobs.models import FINAL_STATUSES, CallbackStatus, EndpointPolicy, Job, JobMode, JobStatus, KindSettings
 from jobs.policies import get_kind_settings
@@ -109,8 +110,11 @@ class _JobRequest:
 
 
 def _job_create(request: _JobRequest, **state: Any) -> Job:
-    """Record an accepted job: input sealed, trace context and callback status set; `state` says the rest."""
-    return Job.objects.create(
+    """Record an accepted job: input sealed, trace context and callback status set; `state` says the rest.
+
+    The request's Idempotency-Key (if any) is tied to the job in the same transaction.
+    """
+    job = Job.objects.create(
         owner=request.user,
         endpoint=request.policy.name,
         kind=request.kind_settings.kind,
@@ -122,6 +126,8 @@ def _job_create(request: _JobRequest, **state: Any) -> Job:
         client_ip=request.client_ip,
         **state,
     )
+    idempotency_bind_job(job)
+    return job
 
 
 def _job_record_cached(request: _JobRequest, *, result: Any) -> Job:
@@ -188,25 +194,30 @@ def _job_enqueue(request: _JobRequest) -> Job:
     return job
 
 
-def _job_claim(job_id: UUID) -> Job | None:
+def _job_claim(job_id: UUID, *, worker_name: str = "") -> Job | None:
     """Conditionally move queued -> running; only one worker can win, a canceled job is skipped."""
     now = timezone.now()
     claimed = Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
-        status=JobStatus.RUNNING, started_at=now, attempts=F("attempts") + 1
+        status=JobStatus.RUNNING, started_at=now, attempts=F("attempts") + 1, worker_name=worker_name
     )
     if not claimed:
         return None
     job = Job.objects.get(pk=job_id)
-    job.queue_wait_ms = _elapsed_ms(job.created_at, now)
+    # Only the last wait: a job back on the queue (retry, lost worker) counts from when it went back.
+    job.queue_wait_ms = _elapsed_ms(job.queued_at or job.created_at, now)
     Job.objects.filter(pk=job_id).update(queue_wait_ms=job.queue_wait_ms)
     metrics.JOB_QUEUE_WAIT.labels(kind=job.kind).observe(job.queue_wait_ms / 1000)
     return job
 
 
 def _attempt_entry(job: Job, *, code: str, message: str, callers_fault: bool = False) -> list[dict[str, Any]]:
-    """The job's attempt log with this attempt's failure appended."""
+    """The job's attempt log with this attempt's failure appended: which worker ran it, from when until when."""
     entry = {"n": job.attempts, "at": timezone.now().isoformat(), "code": code, "message": message[:500]}
-    return [*job.attempt_log, {**entry, "callers_fault": callers_fault}]
+    started_at = job.started_at.isoformat() if job.started_at else None
+    return [
+        *job.attempt_log,
+        {**entry, "callers_fault": callers_fault, "worker": job.worker_name, "started_at": started_at},
+    ]
 
 
 def _job_finish(
@@ -258,7 +269,7 @@ def _job_retry_later(job: Job, *, code: str, message: str) -> bool:
     log = _attempt_entry(job, code=code, message=message)
     if job.mode == JobMode.SYNC:
         return bool(owned.update(attempts=F("attempts") + 1, attempt_log=log))
-    return bool(owned.update(status=JobStatus.QUEUED, started_at=None, attempt_log=log))
+    return bool(owned.update(status=JobStatus.QUEUED, started_at=None, queued_at=timezone.now(), attempt_log=log))
 
 
 def _job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
@@ -318,13 +329,13 @@ def _cache_store(kind_settings: KindSettings, params: dict[str, Any], stored: An
         logger.warning("result not cached: Redis failed", exc_info=True)
 
 
-def job_execute(*, job_id: UUID | str) -> Retry | None:
+def job_execute(*, job_id: UUID | str, worker_name: str = "") -> Retry | None:
     """Worker entry: claim the job and run it; a job already claimed or canceled is left alone.
 
     A due retry is returned as an RQ Retry: RQ schedules the same RQ job (ScheduledJobRegistry, so the
     reconciler sees it pending) and a worker started --with-scheduler runs it after the delay.
     """
-    job = _job_claim(UUID(str(job_id)))
+    job = _job_claim(UUID(str(job_id)), worker_name=worker_name)
     if job is None:
         return None
     delay = _job_run(job)
@@ -357,7 +368,7 @@ def job_requeue(*, job_id: UUID) -> bool:
     with transaction.atomic():
         requeued = Job.objects.filter(pk=job.pk, status=JobStatus.FAILED).update(
             status=JobStatus.QUEUED, attempts=0, result=None, error_code="", error_message="",
-            started_at=None, finished_at=None, run_ms=None, queue_wait_ms=None,
+            started_at=None, finished_at=None, run_ms=None, queue_wait_ms=None, queued_at=timezone.now(),
         )  # fmt: skip
         if requeued:
             time_limit = get_kind_settings(job.kind).time_limit
@@ -368,11 +379,12 @@ def job_requeue(*, job_id: UUID) -> bool:
     return bool(requeued)
 
 
-def _job_requeue_or_fail(job: Job, *, reason: str) -> str:
-    """A running job whose worker is gone: run it again while attempts remain, else fail it."""
+def _job_requeue_or_fail(job: Job, *, reason: str, now: datetime) -> str:
+    """A running job whose worker is gone: log the lost attempt, run it again while attempts remain, else fail it."""
     if job.mode == JobMode.ASYNC and job.attempts < settings.JOB_MAX_ATTEMPTS:
+        log = _attempt_entry(job, code="worker_lost", message=reason)
         requeued = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(
-            status=JobStatus.QUEUED, started_at=None
+            status=JobStatus.QUEUED, started_at=None, queued_at=now, attempt_log=log
         )
         if requeued:
             time_limit = get_kind_settings(job.kind).time_limit
@@ -400,7 +412,7 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
         if now < deadline:
             continue
         reason = f"no result {int((now - job.started_at).total_seconds())} s after start (attempt {job.attempts})"
-        outcome = _job_requeue_or_fail(job, reason=reason)
+        outcome = _job_requeue_or_fail(job, reason=reason, now=now)
         if outcome in report:
             report[outcome] += 1
     if any(report.values()):

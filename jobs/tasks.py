@@ -15,7 +15,7 @@ def execute_job(job_id: str) -> Retry | None:
     token = context.attach(extract_context(rq_job.meta.get(TRACE_META_KEY) if rq_job else None))
     try:
         with log_context(job_id=job_id):
-            return job_execute(job_id=job_id)
+            return job_execute(job_id=job_id, worker_name=(rq_job.worker_name or "") if rq_job else "")
     finally:
         context.detach(token)
 

@@ -57,7 +57,12 @@ class JobSubmitView(EndpointView):
             mode=self.mode,
             callback_url=envelope.validated_data.get("callback_url", ""),
         )
-        return idempotent_response(request=request, policy=request.policy, run=lambda: self.job_response(submit()))
+        return idempotent_response(
+            request=request,
+            policy=request.policy,
+            run=lambda: self.job_response(submit()),
+            render_job=self.job_response,
+        )
 
     def job_response(self, job: Job) -> Response:
         return Response(JobSerializer(job).data, status=status.HTTP_200_OK)

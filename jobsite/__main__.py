@@ -12,10 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import venv
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from jobsite.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
@@ -24,6 +27,8 @@ VAR = ROOT / "var"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
 """Tests use database 15 by default so that a run never flushes the data of a local service."""
+WORKER_CLASS = "jobs.worker.ResilientWorker"
+"""RQ worker class of every worker: survives Redis outages (see jobs/worker.py)."""
 
 
 def _ensure_venv() -> None:
@@ -119,37 +124,40 @@ def run_service(children: list[subprocess.Popen]) -> int:
     _manage("migrate", "--noinput", "-v", "0")
     _manage("collectstatic", "--noinput", "-v", "0")
     _manage("seed_demo", "--url", f"http://127.0.0.1:{port}")
+    supervisor = Supervisor()
+    for name, argv in service_commands(port).items():
+        supervisor.add(name, argv, cwd=ROOT)
+    supervisor.start()
+    print(
+        f"running: {', '.join(supervisor.children)}; a process that dies is restarted; Ctrl-C stops everything",
+        flush=True,
+    )
+    try:
+        supervisor.run(threading.Event())  # until Ctrl-C or SIGTERM
+    finally:
+        supervisor.stop_all()
+    return 0
+
+
+def service_commands(port: str) -> dict[str, list]:
+    """The processes of the service, by name: the same topology as the Procfile."""
     bin_dir = VENV / "bin"
-    children.append(
-        subprocess.Popen(
-            [bin_dir / "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-             "--threads", "8", "--worker-class", "gthread", "--access-logfile", "-"],
-            cwd=ROOT,
-        )
-    )  # fmt: skip
+    commands: dict[str, list] = {
+        "web": [bin_dir / "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+                "--threads", "8", "--worker-class", "gthread", "--access-logfile", "-"],
+    }  # fmt: skip
+    # Deliveries have workers of their own, so that a slow receiver never holds up jobs, nor a backlog of jobs
+    # the webhooks of jobs already done.
     job_workers = int(os.environ.get("RQ_WORKERS", "2"))
     # More than CALLBACK_MAX_PER_HOST (2), so that one slow receiver never holds every delivery worker.
     callback_workers = int(os.environ.get("RQ_CALLBACK_WORKERS", "3"))
-    # Deliveries have workers of their own, so that a slow receiver never holds up jobs, nor a backlog of jobs
-    # the webhooks of jobs already done.
-    for queue_names, count in ((["jobs", "maintenance"], job_workers), (["callbacks"], callback_workers)):
-        for _ in range(count):
-            children.append(
-                subprocess.Popen(
-                    [VENV_PYTHON, "manage.py", "rqworker", *queue_names,
-                     "--worker-class", "rq.worker.SimpleWorker", "--with-scheduler"],
-                    cwd=ROOT,
-                )
-            )  # fmt: skip
-    children.append(subprocess.Popen([VENV_PYTHON, "manage.py", "rqcron", "jobs.cron"], cwd=ROOT))
-    print(
-        f"running: gunicorn + {job_workers} job worker(s) + {callback_workers} webhook worker(s) + rq cron;"
-        " Ctrl-C stops everything",
-        flush=True,
-    )
-    while all(child.poll() is None for child in children):
-        time.sleep(0.5)
-    return 1
+    for role, queue_names, count in (("jobs", ["jobs", "maintenance"], job_workers),
+                                     ("callbacks", ["callbacks"], callback_workers)):  # fmt: skip
+        for number in range(1, count + 1):
+            commands[f"{role}-worker-{number}"] = [VENV_PYTHON, "manage.py", "rqworker", *queue_names,
+                                                   "--worker-class", WORKER_CLASS, "--with-scheduler"]  # fmt: skip
+    commands["cron"] = [VENV_PYTHON, "manage.py", "cron"]
+    return commands
 
 
 def run_tests(args: list[str], children: list[subprocess.Popen]) -> int:
@@ -166,6 +174,7 @@ def main() -> int:
     VAR.mkdir(exist_ok=True)  # SQLite files, logs, metrics
     children: list[subprocess.Popen] = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (inherited SIG_IGN)
     try:
         if sys.argv[1] == "run":
             return run_service(children)

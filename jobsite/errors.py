@@ -1,15 +1,20 @@
 """One exception hierarchy for the whole service, rendered as RFC 9457 problem+json in one handler."""
 
+import sys
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from redis.exceptions import RedisError
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+BACKING_SERVICE_DOWN = (RedisError, OperationalError, InterfaceError)
+"""Errors of an unreachable Redis or database: the client is told to retry (503), never shown a 500."""
 
 
 class ServiceError(Exception):
@@ -139,7 +144,7 @@ def _as_service_error(exc: Exception) -> ServiceError | None:
     """Translate DRF's and Django's exceptions into ours, so one renderer serves them all."""
     if isinstance(exc, ServiceError):
         return exc
-    if isinstance(exc, RedisError):  # limits, queues, cache and circuit live there: refuse, never crash
+    if isinstance(exc, BACKING_SERVICE_DOWN):  # refuse and roll back, never crash: nothing was accepted
         return ServiceUnavailable("A backing service is unreachable; try again shortly.")
     if isinstance(exc, drf.ValidationError):
         return InvalidInput(_field_errors(exc.detail))
@@ -197,4 +202,7 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Json
 
 
 def handler500(request: HttpRequest) -> JsonResponse:
+    # Django calls this inside its except block: a database or Redis outage outside DRF (middleware) is a 503 too.
+    if isinstance(sys.exc_info()[1], BACKING_SERVICE_DOWN):
+        return problem_response(ServiceUnavailable("A backing service is unreachable; try again shortly."))
     return problem_response(ServiceError("An unexpected error occurred; it has been logged."))

@@ -266,5 +266,6 @@ ANONYMOUS_BUDGET_WINDOW = env_int("ANONYMOUS_BUDGET_WINDOW", 60, minimum=1)
 CONCURRENCY_CAP_RETRY_AFTER = env_int("CONCURRENCY_CAP_RETRY_AFTER", 1, minimum=1)
 """Seconds a client refused by a concurrency cap is told to wait."""
 
-IDEMPOTENCY_LOCK_TIMEOUT = env_int("IDEMPOTENCY_LOCK_TIMEOUT", 600, minimum=1)
-"""Seconds an in-flight idempotent request holds its key; after that a retry may take it over (crashed worker)."""
+IDEMPOTENCY_LOCK_TIMEOUT = env_int("IDEMPOTENCY_LOCK_TIMEOUT", 60, minimum=1)
+"""Seconds an in-flight request that created no job holds its key (gunicorn's request timeout): after that its
+process is taken for dead and a retry takes the key over. Once the request created a job, the job answers."""

@@ -192,7 +192,7 @@ def start_worker() -> Iterator[Callable[..., subprocess.Popen]]:
     def start(*queue_names: str, **env: str) -> subprocess.Popen:
         names = list(queue_names or (queues.JOBS_QUEUE,))
         process = subprocess.Popen(
-            [sys.executable, "manage.py", "rqworker", *names, "--worker-class", "rq.worker.SimpleWorker",
+            [sys.executable, "manage.py", "rqworker", *names, "--worker-class", "jobs.worker.ResilientWorker",
              "--with-scheduler"],
             cwd=ROOT, env=subprocess_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: the scheduler it forks is ended with it

@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 from accounts.models import User
 from credits.models import EntryType, LedgerEntry
 from jobs.idempotency import idempotency_claim, request_fingerprint
-from jobs.models import IdempotencyRecord, IdempotencyStatus, Job
+from jobs.models import IdempotencyRecord, IdempotencyStatus, Job, JobStatus
 from jobs.tasks import reconcile
 from tests.conftest import auth_headers, free_port
 from tests.traffic_http import fire_concurrently, set_policy
@@ -153,3 +153,46 @@ def test_periodic_task_purges_expired_keys(api: APIClient) -> None:
     IdempotencyRecord.objects.filter(key="old").update(expires_at=timezone.now() - timedelta(seconds=1))
     assert reconcile()["idempotency_keys_purged"] == 1
     assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["new"]
+
+
+def _request_died_in_flight() -> None:
+    """What a SIGKILLed request leaves: its job committed, its key still in flight with no stored response."""
+    IdempotencyRecord.objects.update(
+        status=IdempotencyStatus.IN_FLIGHT, response_status=None, response_body=None, response_headers={}
+    )
+
+
+def test_key_of_a_dead_request_is_answered_by_its_async_job(api: APIClient) -> None:
+    first = post(api, "/api/v1/jobs/async/", HASH)
+    assert first.status_code == 202
+    _request_died_in_flight()
+    again = post(api, "/api/v1/jobs/async/", HASH)
+    assert (again.status_code, again["Idempotent-Replayed"], again["Location"]) == (202, "true", first["Location"])
+    assert again.json()["id"] == first.json()["id"]
+    assert Job.objects.count() == 1
+    assert IdempotencyRecord.objects.get().status == IdempotencyStatus.COMPLETED
+
+
+def test_key_of_a_dead_sync_request_waits_for_its_job_then_replays_it(api: APIClient) -> None:
+    first = post(api, "/api/v1/jobs/sync/", HASH)
+    assert first.status_code == 200
+    _request_died_in_flight()
+    Job.objects.update(status=JobStatus.RUNNING, finished_at=None)  # the dead request's job has not finished
+    busy = post(api, "/api/v1/jobs/sync/", HASH)
+    assert (busy.status_code, busy.json()["code"], busy["Retry-After"]) == (409, "idempotency_in_flight", "1")
+    reconcile_until_final = Job.objects.update(status=JobStatus.SUCCEEDED, finished_at=timezone.now())
+    assert reconcile_until_final == 1
+    again = post(api, "/api/v1/jobs/sync/", HASH)
+    assert (again.status_code, again["Idempotent-Replayed"]) == (200, "true")
+    assert again.json()["id"] == first.json()["id"]
+    assert Job.objects.count() == 1
+
+
+def test_in_flight_409_without_a_job_says_when_the_key_frees(api: APIClient, user: User, settings) -> None:
+    settings.IDEMPOTENCY_LOCK_TIMEOUT = 30
+    fingerprint = request_fingerprint(method="POST", path="/api/v1/jobs/sync/", data=HASH)
+    idempotency_claim(user=user, key="key-1", fingerprint=fingerprint, ttl=60)
+    response = post(api, "/api/v1/jobs/sync/", HASH)
+    assert response.status_code == 409
+    assert 28 <= int(response["Retry-After"]) <= 30
+    assert response.json()["retry_after"] == int(response["Retry-After"])

@@ -47,6 +47,10 @@ def test_sigkilled_worker_job_is_requeued_then_completed(api: APIClient, start_w
     assert jobs_reconcile() == {"requeued": 1, "failed": 0}
     job = Job.objects.get(pk=job_id)
     assert job.status == JobStatus.QUEUED and job.attempts == 1
+    [lost] = job.attempt_log  # the lost attempt is on record: which worker, from when until when
+    assert (lost["n"], lost["code"], lost["callers_fault"]) == (1, "worker_lost", False)
+    assert lost["worker"] and lost["worker"] == job.worker_name
+    assert lost["started_at"] < lost["at"]
 
     # The target answers at once now: the second attempt succeeds.
     slow_target.handler = lambda request: respond(request, 200, b"ok")
@@ -55,6 +59,9 @@ def test_sigkilled_worker_job_is_requeued_then_completed(api: APIClient, start_w
     assert job.status == JobStatus.SUCCEEDED
     assert job.attempts == 2
     assert job.result["bytes"] == 2
+    # Only the last wait counts: from the requeue, not from created_at (which includes the lost attempt's 3.5 s).
+    assert job.queue_wait_ms == int((job.started_at - job.queued_at).total_seconds() * 1000)
+    assert job.queue_wait_ms < (job.started_at - job.created_at).total_seconds() * 1000 - 3000
 
 
 @override_settings(RECONCILE_RUNNING_GRACE=0, JOB_MAX_ATTEMPTS=1)

@@ -1,0 +1,147 @@
+"""RQ worker and cron scheduler that ride out a Redis outage of any length instead of exiting.
+
+RQ 3.0 retries only its blocking dequeue on a connection error; every other Redis call of the main loop
+(suspension check, maintenance, heartbeat, job bookkeeping) ends the worker with "unhandled exception,
+quitting", and rq's CronScheduler has no reconnect at all. These subclasses wait for Redis with capped
+exponential backoff at each of those steps and carry on; the run command's supervisor restarts whatever
+still dies (see jobsite/__main__.py).
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from django.db import close_old_connections
+from django_rq.cron import DjangoCronScheduler
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import worker_registration
+from rq.exceptions import StopRequested
+from rq.job import Job as RQJob
+from rq.queue import Queue
+from rq.worker import SimpleWorker
+
+logger = logging.getLogger(__name__)
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+"""Errors that mean Redis is unreachable (as opposed to a bad command)."""
+
+RECONNECT_FIRST_DELAY = 0.5
+"""Seconds before the first reconnect attempt; doubled after each failure."""
+
+RECONNECT_MAX_DELAY = 5.0
+"""Cap of the reconnect backoff: Redis back means work resumes within this many seconds."""
+
+T = TypeVar("T")
+
+
+def wait_for_redis(connection: Redis, *, who: str, should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Block until Redis answers PING, with capped exponential backoff; raise StopRequested if asked to stop."""
+    delay = RECONNECT_FIRST_DELAY
+    while True:
+        if should_stop():
+            raise StopRequested()
+        try:
+            connection.ping()
+        except REDIS_DOWN as exc:
+            logger.warning("%s: Redis unreachable (%s); retrying in %.1f s", who, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
+        else:
+            logger.info("%s: Redis answers again", who)
+            return
+
+
+SCHEDULER_CHECK_INTERVAL = 5
+"""Seconds an idle worker blocks on its queues before its loop runs again (heartbeat, scheduler check)."""
+
+
+class ResilientWorker(SimpleWorker):
+    """SimpleWorker whose main loop survives Redis outages: each step that touches Redis waits and retries."""
+
+    max_connection_wait_time = RECONNECT_MAX_DELAY  # RQ's own dequeue retry backs off to 60 s otherwise
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return SCHEDULER_CHECK_INTERVAL
+
+    def _stop_requested_now(self) -> bool:
+        return bool(self._stop_requested)
+
+    def _retrying(self, step: Callable[[], T]) -> T:
+        """Run a step that is safe to repeat until Redis lets it finish."""
+        while True:
+            try:
+                return step()
+            except REDIS_DOWN:
+                wait_for_redis(self.connection, who=f"worker {self.name}", should_stop=self._stop_requested_now)
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        self._retrying(lambda: super(ResilientWorker, self).bootstrap(*args, **kwargs))
+
+    def check_for_suspension(self, burst: bool) -> None:
+        self._retrying(lambda: super(ResilientWorker, self).check_for_suspension(burst))
+
+    def run_maintenance_tasks(self) -> None:
+        self._retrying(super().run_maintenance_tasks)
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        return self._retrying(lambda: super(ResilientWorker, self).dequeue_job_and_maintain_ttl(timeout, max_idle_time))
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        self._retrying(lambda: super(ResilientWorker, self).heartbeat(timeout, pipeline))
+        if pipeline is None:
+            self._retrying(self._ensure_registered)
+            self._retrying(self._ensure_scheduler)
+
+    def _ensure_registered(self) -> None:
+        """Register again after Redis lost its data (restart, FLUSHALL): dashboards and /healthz count workers."""
+        if self.birth_date is None or self.connection.sismember(worker_registration.REDIS_WORKER_KEYS, self.key):
+            return
+        with self.connection.pipeline() as pipeline:
+            pipeline.hset(self.key, mapping=self.serialize())
+            worker_registration.register(self, pipeline)
+            pipeline.expire(self.key, self.worker_ttl + 60)
+            pipeline.execute()
+        logger.info("worker %s: registered again after Redis lost its data", self.name)
+
+    def _ensure_scheduler(self) -> None:
+        """Restart (or take over) the scheduler if its process is gone: RQ itself checks only every 10 minutes."""
+        process = self.scheduler._process if self.scheduler else None
+        if self.scheduler and not self._stop_requested and not (process and process.is_alive()):
+            self.scheduler.acquire_locks(auto_start=True)
+
+    def execute_job(self, job: RQJob, queue: Queue) -> None:
+        # A job ran at most once here: if RQ's bookkeeping around it fails, the database row says what happened
+        # and the reconciler re-enqueues or rescues the job; never run it again from this loop.
+        close_old_connections()  # a connection the database dropped (outage, restart) is replaced, not reused
+        try:
+            super().execute_job(job, queue)
+        except REDIS_DOWN:
+            logger.warning("worker %s: Redis went away around job %s; the reconciler settles it", self.name, job.id)
+            wait_for_redis(self.connection, who=f"worker {self.name}", should_stop=self._stop_requested_now)
+        finally:
+            close_old_connections()
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        except REDIS_DOWN:
+            logger.warning("worker %s: Redis unreachable at shutdown; its registration expires by itself", self.name)
+
+
+class ResilientCronScheduler(DjangoCronScheduler):
+    """rq's CronScheduler, restarted in place when Redis goes away instead of exiting."""
+
+    def start(self) -> None:
+        while True:
+            try:
+                super().start()  # returns on SIGINT/SIGTERM (StopRequested is handled inside)
+                return
+            except REDIS_DOWN:
+                try:
+                    wait_for_redis(self.connection, who=f"cron {self.name}")
+                except StopRequested:
+                    return
