@@ -144,6 +144,8 @@ class Figure:
     read: Callable[[dict[str, Any]], float | None]
     target: str = ""
     """'>= 3x', '<= 0.2x' (ratio Jobsite / original) or '<= 50 ms' (Jobsite's own value); '' for none."""
+    ratio: bool = True
+    """False for counts, where a ratio says nothing."""
 
     def met(self, original: float | None, jobsite: float | None) -> str:
         if not self.target or original is None or jobsite is None:
@@ -169,38 +171,40 @@ FIGURES = [
     Figure("time-to-callback p50 (ms)", lambda run: run["async"].get("callback_p50_ms"), "<= 50 ms"),
     Figure("time-to-callback p99 (ms)", lambda run: run["async"].get("callback_p99_ms"), "<= 0.1x"),
     Figure("async: all callbacks in, wall (s)", lambda run: run["async"].get("all_callbacks_wall_s"), "<= 0.5x"),
-    Figure("callbacks received", lambda run: run["async"].get("callbacks_received")),
-    Figure("failed requests (sync + async)", lambda run: run["sync"]["failed"] + run["async"]["failed"]),
+    Figure("callbacks received", lambda run: run["async"].get("callbacks_received"), ratio=False),
+    Figure("failed requests (sync + async)", lambda run: run["sync"]["failed"] + run["async"]["failed"], ratio=False),
 ]
+
+
+def _number(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 or value == int(value) else f"{value:.3g}"
 
 
 def _span(values: list[float]) -> str:
     if not values:
         return "-"
     low, high = min(values), max(values)
-    return f"{low:.4g}" if low == high else f"{low:.4g}-{high:.4g}"
+    return _number(low) if low == high else f"{_number(low)}-{_number(high)}"
 
 
 def summarize(rounds: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per figure: each target's values over rounds, their medians, the ratio Jobsite / original, the verdict."""
+    """Per figure: each target's values over rounds, their medians, the ratio Jobsite / original, the verdict.
+
+    A round without a value (callbacks missing: no all-callbacks-in wall) is left out, and the verdict says so."""
     rows = []
     for figure in FIGURES:
         values = {
             target: [v for v in (figure.read(run[target]) for run in rounds) if v is not None]
             for target in ("original", "jobsite")
         }
-        complete = all(len(values[target]) == len(rounds) for target in values)
-        medians = {target: statistics.median(v) if complete else None for target, v in values.items()}
-        ratio = medians["jobsite"] / medians["original"] if complete and medians["original"] else None
-        rows.append(
-            {
-                "figure": figure.label,
-                **values,
-                "ratio": ratio,
-                "target": figure.target,
-                "verdict": figure.met(medians["original"], medians["jobsite"]) if complete else "incomplete",
-            }
-        )
+        medians = {target: statistics.median(v) if v else None for target, v in values.items()}
+        ratio = None
+        if figure.ratio and medians["original"] and medians["jobsite"] is not None:
+            ratio = medians["jobsite"] / medians["original"]
+        verdict = figure.met(medians["original"], medians["jobsite"])
+        if verdict and not all(len(values[target]) == len(rounds) for target in values):
+            verdict += f" (of the rounds with all callbacks: {len(values['original'])}, {len(values['jobsite'])})"
+        rows.append({"figure": figure.label, **values, "ratio": ratio, "target": figure.target, "verdict": verdict})
     return rows
 
 
@@ -320,6 +324,7 @@ def main() -> None:
     args = parser.parse_args()
     rounds: list[dict[str, Any]] = []
     outputs: list[dict[str, str]] = []
+    load_average = {"start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="jobsite-versus-original-") as scratch:
         original = Path(scratch) / "original"
         extract_original(args.original, original)
@@ -343,12 +348,13 @@ def main() -> None:
                 for target, url in urls.items():
                     print(f"round {index + 1}/{args.rounds}: {target} ...", flush=True)
                     outputs[-1][target], rounds[-1][target] = run_generator(python, timer, url, args.n, args.c)
+    load_average["end"] = os.getloadavg()
     rows = summarize(rounds)
     database = "PostgreSQL" if args.database_url else "SQLite"
-    print(f"\nn={args.n} c={args.c}, {args.rounds} rounds A B, Jobsite on {database}\n")
+    print(f"\nn={args.n} c={args.c}, {args.rounds} rounds A B, Jobsite on {database}; load average {load_average}\n")
     print(format_table(rows))
     if args.json:
-        config = {"n": args.n, "c": args.c, "rounds": args.rounds, "database": database}
+        config = {"n": args.n, "c": args.c, "rounds": args.rounds, "database": database, "load_average": load_average}
         document = {"config": config, "rounds": rounds, "summary": rows, "generator_output": outputs}
         args.json.write_text(json.dumps(document, indent=2) + "\n")
 

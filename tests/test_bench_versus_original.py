@@ -70,7 +70,19 @@ def test_summary_ranges_ratios_and_targets():
     assert rows["sync latency p99 (ms)"]["verdict"] == "not met"  # 1x, target <= 0.2x
     assert rows["time-to-callback p50 (ms)"]["verdict"] == "not met"  # 1885 ms, target <= 50 ms
     assert len(rows) == len(FIGURES)
-    assert "| sync latency p50 (ms) | 48.77 | 97.54 | 2.00x | <= 1x | not met |" in format_table(list(rows.values()))
+    assert "| sync latency p50 (ms) | 48.8 | 97.5 | 2.00x | <= 1x | not met |" in format_table(list(rows.values()))
+
+
+def test_a_round_with_missing_callbacks_is_left_out_of_the_all_callbacks_wall_and_said_so():
+    run = parse_report(REPORT)
+    lost = parse_report(REPORT.replace("Callbacks: 100/100 (100.0%)", "Callbacks: 97/100 (97.0%)"))
+    rounds = [{"original": lost, "jobsite": run}, {"original": run, "jobsite": run}]
+
+    row = next(row for row in summarize(rounds) if row["figure"] == "async: all callbacks in, wall (s)")
+
+    assert row["original"] == [pytest.approx(2.7886063659999536)] and len(row["jobsite"]) == 2
+    assert row["ratio"] == pytest.approx(1.0)
+    assert row["verdict"] == "not met (of the rounds with all callbacks: 1, 2)"
 
 
 @pytest.mark.parametrize(
