@@ -83,6 +83,11 @@ def test_a_round_with_missing_callbacks_is_left_out_of_the_all_callbacks_wall_an
     assert row["original"] == [pytest.approx(2.7886063659999536)] and len(row["jobsite"]) == 2
     assert row["ratio"] == pytest.approx(1.0)
     assert row["verdict"] == "not met (of the rounds with all callbacks: 1, 2)"
+    rows = {row["figure"]: row for row in summarize(rounds)}
+    assert rows["time-to-callback p99 (ms)"]["verdict"] == "not met (callbacks lost: percentiles of those received)"
+    assert rows["sync latency p99 (ms)"]["verdict"] == "not met"
+    no_round = next(row for row in summarize(rounds[:1]) if row["figure"] == "async: all callbacks in, wall (s)")
+    assert no_round["verdict"] == "no round to compare"
 
 
 @pytest.mark.parametrize(
