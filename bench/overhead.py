@@ -38,7 +38,7 @@ from bench.throughput import UNLIMITED
 
 WARM_UP = 20
 """Requests sent before each series, not measured."""
-BLOCKS = 6
+BLOCKS = 10
 """On/off blocks per mode in the policy comparison; each holds n / BLOCKS requests."""
 
 POLICIES_ON = {
