@@ -101,6 +101,10 @@ BLOCKS = {"latency": "Response Latency (ms):", "callback": "Time-to-Callback (ms
 STAT_LINE = re.compile(r"^\s+(p50|p95|p99|min|max|avg):\s+([-\d.]+)\s*$")
 
 
+def _all_callbacks(run: dict[str, Any]) -> bool:
+    return run["async"].get("callbacks_received") == run["async"]["success"]
+
+
 def parse_report(text: str) -> dict[str, Any]:
     """The generator's printed report as numbers: per phase counts, latency and time-to-callback statistics,
     and the wall clock of each phase from the timing wrapper's line."""
@@ -131,7 +135,7 @@ def parse_report(text: str) -> dict[str, Any]:
     if "sync" in parsed:
         parsed["sync"]["wall_s"] = marks.get("sync_wall_s")
     if "async" in parsed:
-        complete = parsed["async"]["callbacks_received"] == parsed["async"]["success"]
+        complete = _all_callbacks(parsed)
         parsed["async"]["all_callbacks_wall_s"] = marks.get("async_last_callback_s") if complete else None
     return parsed
 
@@ -187,10 +191,6 @@ def _span(values: list[float]) -> str:
         return "-"
     low, high = min(values), max(values)
     return _number(low) if low == high else f"{_number(low)}-{_number(high)}"
-
-
-def _all_callbacks(run: dict[str, Any]) -> bool:
-    return run["async"].get("callbacks_received") == run["async"]["success"]
 
 
 def summarize(rounds: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
