@@ -44,8 +44,10 @@ class Stack:
 
     def manage(self, *args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True
         )
+        if done.returncode != 0:  # say why: a benchmark that stops on a bare exit status leaves nothing to go on
+            raise RuntimeError(f"manage.py {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
         return done.stdout
 
 
@@ -99,7 +101,7 @@ def running_stack(
         stack.manage("migrate", "--noinput")
         stack.manage("shell", "-c", f"from accounts.models import User; User.objects.create_user('{BENCH_USER}')")
         stack.api_key = stack.manage("create_api_key", BENCH_USER).strip().splitlines()[-1]
-        with contextlib.suppress(subprocess.CalledProcessError):
+        with contextlib.suppress(RuntimeError):
             stack.manage("grant_credits", BENCH_USER, "100000000")
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT, "env": env}
         processes.append(
