@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/8", help="the stack's Redis db (FLUSHed)")
     parser.add_argument("--json", type=Path, help="write every figure, and the profiled statements, here")
     args = parser.parse_args()
+    load_average = {"start": os.getloadavg()}
     with running_stack(topology=RUN_COMMAND, redis_url=args.redis_url, database_url=args.database_url) as stack:
         os.environ.update(stack.env)  # this process profiles in-process on the stack's database and Redis
         import django
@@ -206,8 +207,9 @@ def main() -> None:
             figures = serial_figures(client, args.n)
             profile = profile_sync(stack.api_key)
             figures.update(policies_on_vs_off(client, args.n))
+    load_average["end"] = os.getloadavg()
     database = "PostgreSQL" if args.database_url else "SQLite"
-    print(f"one request at a time, hash iterations=1, n={args.n}, {database}")
+    print(f"one request at a time, hash iterations=1, n={args.n}, {database}; load average {load_average}")
     for name in ("healthz_p50_ms", "sync_p50_ms", "async_ack_p50_ms", "job_list_p50_ms"):
         print(f"  {name:<28} {figures[name]:8.2f}")
     print(
@@ -225,7 +227,11 @@ def main() -> None:
     for statement in profile["statements"]:
         print(f"    {statement[:150]}")
     if args.json:
-        document = {"config": {"n": args.n, "database": database}, "figures": figures, "profile": profile}
+        document = {
+            "config": {"n": args.n, "database": database, "load_average": load_average},
+            "figures": figures,
+            "profile": profile,
+        }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
 
 
