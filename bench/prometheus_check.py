@@ -10,7 +10,6 @@ for `up` and for the job counters that only the RQ workers increment.
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.stack import running_stack
+from bench.stack import free_port, running_stack
 
 QUERIES = [
     "up",
@@ -27,12 +26,6 @@ QUERIES = [
     'jobsite_queue_depth{queue="jobs"}',
     "sum(django_http_requests_total_by_method_total)",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:
@@ -49,7 +42,7 @@ def main() -> None:
             exposition = client.get("/metrics").text
         check = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)
         print("promtool check metrics:", "OK" if check.returncode == 0 else check.stdout + check.stderr)
-        port = _free_port()
+        port = free_port()
         target = stack.url.removeprefix("http://")
         config = Path(scratch) / "prometheus.yml"
         config.write_text(

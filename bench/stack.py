@@ -18,6 +18,24 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_USER = "bench"
 
 
+@dataclass(frozen=True)
+class Topology:
+    """The processes of a stack: gunicorn gthread workers x threads, one RQ SimpleWorker per queue list, rq cron."""
+
+    web_workers: int = 2
+    threads: int = 16
+    worker_queues: tuple[tuple[str, ...], ...] = (("jobs", "callbacks"), ("jobs", "callbacks"))
+    cron: bool = False
+
+
+BENCH_TOPOLOGY = Topology()
+"""The benchmarks' own default: more threads, and every worker on jobs and callbacks alike."""
+RUN_COMMAND = Topology(
+    threads=8, worker_queues=(("jobs", "maintenance"), ("jobs", "maintenance"), ("callbacks",)), cron=True
+)
+"""What `python3 -m jobsite run` starts (jobsite/__main__.py run_service, RQ_WORKERS and RQ_CALLBACK_WORKERS unset)."""
+
+
 @dataclass
 class Stack:
     url: str
@@ -26,60 +44,85 @@ class Stack:
 
     def manage(self, *args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True
         )
+        if done.returncode != 0:  # say why: a benchmark that stops on a bare exit status leaves nothing to go on
+            raise RuntimeError(f"manage.py {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
         return done.stdout
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
+def _reset_database(stack: Stack) -> None:
+    """A PostgreSQL database is reused between runs: start from an empty schema, as a fresh SQLite file does."""
+    stack.manage(
+        "shell",
+        "-c",
+        "from django.db import connection\n"
+        "if connection.vendor == 'postgresql':\n"
+        "    connection.cursor().execute('DROP SCHEMA public CASCADE; CREATE SCHEMA public')",
+    )
+
+
 @contextlib.contextmanager
 def running_stack(
-    *, workers: int = 2, web_workers: int = 2, redis_url: str = "redis://127.0.0.1:6379/9"
+    *,
+    topology: Topology = BENCH_TOPOLOGY,
+    redis_url: str = "redis://127.0.0.1:6379/9",
+    database_url: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """Yield a running service; its database is a fresh SQLite file unless BENCH_DATABASE_URL is set."""
+    """Yield a running service; its database is a fresh SQLite file unless a database URL is given
+    (`database_url`, else BENCH_DATABASE_URL), whose schema is then dropped and migrated afresh."""
     scratch = Path(tempfile.mkdtemp(prefix="jobsite-bench-"))
     metrics_dir = scratch / "prometheus"
     metrics_dir.mkdir()
+    database_url = database_url or os.environ.get("BENCH_DATABASE_URL")
     env = dict(
         os.environ,
         DJANGO_SETTINGS_MODULE="jobsite.settings",
         SECRET_KEY="bench-only-secret",
-        DATABASE_URL=os.environ.get("BENCH_DATABASE_URL", f"sqlite:///{scratch / 'bench.sqlite3'}"),
+        DATABASE_URL=database_url or f"sqlite:///{scratch / 'bench.sqlite3'}",
         REDIS_URL=redis_url,
         LOG_LEVEL="WARNING",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        **(env or {}),
     )
     subprocess.run(["redis-cli", "-u", redis_url, "flushdb"], check=False, capture_output=True)
     processes: list[subprocess.Popen] = []
-    port = _free_port()
+    port = free_port()
     stack = Stack(url=f"http://127.0.0.1:{port}", api_key="", env=env)
     try:
+        _reset_database(stack)
         stack.manage("migrate", "--noinput")
         stack.manage("shell", "-c", f"from accounts.models import User; User.objects.create_user('{BENCH_USER}')")
         stack.api_key = stack.manage("create_api_key", BENCH_USER).strip().splitlines()[-1]
-        with contextlib.suppress(subprocess.CalledProcessError):
+        with contextlib.suppress(RuntimeError):
             stack.manage("grant_credits", BENCH_USER, "100000000")
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT, "env": env}
         processes.append(
             subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}",
-                 "--workers", str(web_workers), "--threads", "16", "--worker-class", "gthread"],
+                 "--workers", str(topology.web_workers), "--threads", str(topology.threads),
+                 "--worker-class", "gthread"],
                 **quiet,
             )
         )  # fmt: skip
-        for _ in range(workers):
+        for queues in topology.worker_queues:
             processes.append(
                 subprocess.Popen(
-                    [sys.executable, "manage.py", "rqworker", "jobs", "callbacks", "--with-scheduler",
+                    [sys.executable, "manage.py", "rqworker", *queues, "--with-scheduler",
                      "--worker-class", "rq.worker.SimpleWorker"],
                     **quiet,
                 )
             )  # fmt: skip
+        if topology.cron:
+            processes.append(subprocess.Popen([sys.executable, "manage.py", "rqcron", "jobs.cron"], **quiet))
+        workers = len(topology.worker_queues)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):

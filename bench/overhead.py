@@ -1,0 +1,239 @@
+"""One request at a time through the full API, policies on vs off, and the profile of one sync job (issue 11).
+
+Method (figures and commands in bench/README.md):
+- A fresh stack in the topology of the run command (bench/stack.py RUN_COMMAND), an API key, `hash` with
+  1 iteration and unique data (the result cache never answers). One request at a time over one keep-alive
+  connection: p50 of a sync job, an async acknowledgement, a job list (first page) and /healthz, with the
+  policies as shipped.
+- Policies on vs off, sync only, in blocks that alternate: `on` = a token-bucket rate limit that never
+  refuses, per-user and global concurrency caps, a credit charge (cost 1), a fresh Idempotency-Key per
+  request and the LRU result cache (a miss: data is unique); `off` = no limit, no caps, cost 0, no
+  Idempotency-Key, no cache. A change reaches every process within POLICY_CHECK_INTERVAL.
+- Profile of POST /api/v1/jobs/sync/ in this process through Django's test client on the stack's database
+  and Redis: SQL statements and database round trips (CaptureQueriesContext, which logs BEGIN/COMMIT too),
+  and Redis round trips (commands, a pipeline counting once), by wrapping redis-py's execute methods here.
+  Under gunicorn a request also runs the connection health check (a `SELECT 1` on PostgreSQL), which the
+  test client skips.
+
+    .venv/bin/python -m bench.overhead [-n 200] [--database-url postgres://...] [--json FILE]
+"""
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.stack import RUN_COMMAND, running_stack
+from bench.throughput import UNLIMITED
+
+WARM_UP = 20
+"""Requests sent before each series, not measured."""
+BLOCKS = 10
+"""On/off blocks per mode in the policy comparison; each holds n / BLOCKS requests."""
+
+POLICIES_ON = {
+    "jobs.sync": {
+        "rate_limit_algorithm": "token_bucket",
+        "rate_limit": 1_000_000,
+        "refill_rate": 1_000_000,
+        "rate_window": 60,
+        "max_concurrent_per_user": 1000,
+        "max_concurrent_global": 100_000,
+    },
+    "kind.hash": {"cost": 1, "cache_algorithm": "lru"},
+}
+POLICIES_OFF = {
+    "jobs.sync": dict(assignment.split("=", 1) for assignment in UNLIMITED),
+    "kind.hash": {"cost": 0, "cache_algorithm": "none"},
+}
+_request_numbers = itertools.count()
+
+
+def hash_body() -> dict[str, Any]:
+    """One iteration of unique data: the work is negligible and the result cache never answers."""
+    return {"kind": "hash", "input": {"data": f"overhead-{next(_request_numbers)}", "iterations": 1}}
+
+
+def p50_ms(send: Callable[[], httpx.Response], n: int) -> float:
+    """Median latency of n requests sent one at a time, after WARM_UP unmeasured ones."""
+    latencies = []
+    for index in range(WARM_UP + n):
+        started = time.perf_counter()
+        response = send()
+        elapsed = time.perf_counter() - started
+        response.raise_for_status()
+        if index >= WARM_UP:
+            latencies.append(elapsed * 1000)
+    return statistics.median(latencies)
+
+
+def serial_figures(client: httpx.Client, n: int) -> dict[str, float]:
+    return {
+        "healthz_p50_ms": p50_ms(lambda: client.get("/healthz"), n),
+        "sync_p50_ms": p50_ms(lambda: client.post("/api/v1/jobs/sync/", json=hash_body()), n),
+        "job_list_p50_ms": p50_ms(lambda: client.get("/api/v1/jobs/"), n),
+        "async_ack_p50_ms": p50_ms(lambda: client.post("/api/v1/jobs/async/", json=hash_body()), n),
+    }
+
+
+def apply_policies(policies: dict[str, dict[str, Any]]) -> None:
+    """Through `manage.py policy import`, in this process; then wait until every process has re-read them."""
+    from django.conf import settings
+    from django.core.management import call_command
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
+        json.dump(policies, file)
+        file.flush()
+        call_command("policy", "import", file.name, stdout=open(os.devnull, "w"))  # noqa: SIM115
+    time.sleep(2 * settings.POLICY_CHECK_INTERVAL)
+
+
+def policies_on_vs_off(client: httpx.Client, n: int) -> dict[str, Any]:
+    """Sync p50 with every policy on and with them off, in alternating blocks (the machine's drift hits both)."""
+
+    def send_on() -> httpx.Response:
+        return client.post("/api/v1/jobs/sync/", json=hash_body(), headers={"Idempotency-Key": str(uuid.uuid4())})
+
+    def send_off() -> httpx.Response:
+        return client.post("/api/v1/jobs/sync/", json=hash_body())
+
+    block_p50s: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(BLOCKS):
+        for mode, policies, send in (("off", POLICIES_OFF, send_off), ("on", POLICIES_ON, send_on)):
+            apply_policies(policies)
+            block_p50s[mode].append(p50_ms(send, max(1, n // BLOCKS)))
+    medians = {mode: statistics.median(values) for mode, values in block_p50s.items()}
+    return {
+        "sync_policies_off_p50_ms": medians["off"],
+        "sync_policies_on_p50_ms": medians["on"],
+        "policies_cost_ms": medians["on"] - medians["off"],
+        "block_p50s_ms": block_p50s,
+    }
+
+
+@contextlib.contextmanager
+def redis_round_trips() -> Iterator[list[str]]:
+    """Every Redis round trip this process makes meanwhile: a command's name, or `pipeline[...]`."""
+    from redis.client import Pipeline, Redis
+
+    trips: list[str] = []
+    execute_command, execute_pipeline = Redis.execute_command, Pipeline.execute
+
+    def counted_command(self: Redis, *args: Any, **options: Any) -> Any:
+        trips.append(str(args[0]))
+        return execute_command(self, *args, **options)
+
+    def counted_pipeline(self: Pipeline, *args: Any, **options: Any) -> Any:
+        trips.append(f"pipeline[{' '.join(str(command[0][0]) for command in self.command_stack)}]")
+        return execute_pipeline(self, *args, **options)
+
+    Redis.execute_command, Pipeline.execute = counted_command, counted_pipeline
+    try:
+        yield trips
+    finally:
+        Redis.execute_command, Pipeline.execute = execute_command, execute_pipeline
+
+
+TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK")
+
+
+def _statements(captured: list[str]) -> int:
+    """Captured queries less transaction control, which Django logs too (BEGIN, COMMIT, ROLLBACK)."""
+    return sum(not statement.upper().startswith(TRANSACTION_CONTROL) for statement in captured)
+
+
+def profile_sync(api_key: str, requests: int = 20) -> dict[str, Any]:
+    """Statements and round trips of one POST /api/v1/jobs/sync/ in process (after warm-up), and its p50."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from rest_framework.test import APIClient
+
+    client = APIClient(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Bearer {api_key}")
+
+    def send() -> Any:
+        response = client.post("/api/v1/jobs/sync/", hash_body(), format="json")
+        assert response.status_code == 200, response.content
+        return response
+
+    for _ in range(WARM_UP):
+        send()
+    profiles = []
+    for _ in range(requests):
+        with (
+            CaptureQueriesContext(connection) as queries,
+            redis_round_trips() as trips,
+        ):
+            started = time.perf_counter()
+            send()
+            elapsed_ms = (time.perf_counter() - started) * 1000
+        profiles.append((elapsed_ms, [query["sql"] for query in queries.captured_queries], trips))
+    _, captured, trips = profiles[-1]
+    return {
+        "in_process_p50_ms": statistics.median(elapsed for elapsed, *_ in profiles),
+        "sql_statements": _statements(captured),
+        "sql_statements_range": [min(_statements(p[1]) for p in profiles), max(_statements(p[1]) for p in profiles)],
+        "database_round_trips": len(captured),
+        "redis_round_trips": len(trips),
+        "redis_commands": trips,
+        "statements": captured,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=200, help="measured requests per figure")
+    parser.add_argument("--database-url", help="the stack's database (default: a fresh SQLite file)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/8", help="the stack's Redis db (FLUSHed)")
+    parser.add_argument("--json", type=Path, help="write every figure, and the profiled statements, here")
+    args = parser.parse_args()
+    load_average = {"start": os.getloadavg()}
+    with running_stack(topology=RUN_COMMAND, redis_url=args.redis_url, database_url=args.database_url) as stack:
+        os.environ.update(stack.env)  # this process profiles in-process on the stack's database and Redis
+        import django
+
+        django.setup()
+        headers = {"Authorization": f"Bearer {stack.api_key}"}
+        with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as client:
+            figures = serial_figures(client, args.n)
+            profile = profile_sync(stack.api_key)
+            figures.update(policies_on_vs_off(client, args.n))
+    load_average["end"] = os.getloadavg()
+    database = "PostgreSQL" if args.database_url else "SQLite"
+    print(f"one request at a time, hash iterations=1, n={args.n}, {database}; load average {load_average}")
+    for name in ("healthz_p50_ms", "sync_p50_ms", "async_ack_p50_ms", "job_list_p50_ms"):
+        print(f"  {name:<28} {figures[name]:8.2f}")
+    print(
+        f"  sync, every policy off / on  {figures['sync_policies_off_p50_ms']:.2f} / "
+        f"{figures['sync_policies_on_p50_ms']:.2f} ms p50: policies cost {figures['policies_cost_ms']:+.2f} ms"
+        " (issue target <= 2 ms)"
+    )
+    print("profile of POST /api/v1/jobs/sync/ (policies as shipped, in process):")
+    print(
+        f"  {profile['sql_statements']} SQL statements (range {profile['sql_statements_range']}),"
+        f" {profile['database_round_trips']} database round trips with BEGIN/COMMIT,"
+        f" {profile['redis_round_trips']} Redis round trips: {' '.join(profile['redis_commands'])};"
+        f" in-process p50 {profile['in_process_p50_ms']:.2f} ms"
+    )
+    for statement in profile["statements"]:
+        print(f"    {statement[:150]}")
+    if args.json:
+        document = {
+            "config": {"n": args.n, "database": database, "load_average": load_average},
+            "figures": figures,
+            "profile": profile,
+        }
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
