@@ -229,25 +229,30 @@ def _job_finish(
     error_message: str = "",
     callers_fault: bool = False,
 ) -> bool:
-    """Record the outcome, only if this attempt still owns the job (a reaped job is not overwritten)."""
+    """Record the outcome, only if this attempt still owns the job (a reaped job is not overwritten).
+
+    The final state and its refund commit together: no reader sees a failed job before its refund, and a
+    worker killed in between cannot leave the refund undone.
+    """
     now = timezone.now()
     log = (
         _attempt_entry(job, code=error_code, message=error_message, callers_fault=callers_fault)
         if error_code
         else job.attempt_log
     )
-    finished = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(
-        status=status,
-        result=result,
-        error_code=error_code,
-        error_message=error_message[:2000],
-        attempt_log=log,
-        finished_at=now,
-        run_ms=_elapsed_ms(job.started_at, now),
-    )
-    if finished:
-        job.refresh_from_db()
-        _job_on_final(job)
+    with transaction.atomic():
+        finished = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(
+            status=status,
+            result=result,
+            error_code=error_code,
+            error_message=error_message[:2000],
+            attempt_log=log,
+            finished_at=now,
+            run_ms=_elapsed_ms(job.started_at, now),
+        )
+        if finished:
+            job.refresh_from_db()
+            _job_on_final(job)
     return bool(finished)
 
 

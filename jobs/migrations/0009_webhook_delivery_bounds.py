@@ -2,7 +2,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("jobs", "0006_webhook_secret")]
+    dependencies = [("jobs", "0008_jobs_sync_per_user_cap")]
 
     operations = [
         migrations.AlterField(

@@ -15,5 +15,5 @@ def cap_sync_jobs(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("jobs", "0006_webhook_secret")]
+    dependencies = [("jobs", "0007_job_client_ip_account_policies")]
     operations = [migrations.RunPython(cap_sync_jobs, migrations.RunPython.noop)]

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0006_webhook_secret'),
+        ('jobs', '0009_webhook_delivery_bounds'),
     ]
 
     operations = [
