@@ -346,6 +346,8 @@ def test_admin_and_rq_dashboard_require_staff_and_otp(make_user: Callable[..., U
 def test_session_sign_in_for_the_browsable_api_carries_every_scope_but_not_mfa(user: User) -> None:
     browser = Client()
     assert browser.get("/api/v1/me/").status_code == 401
+    page = browser.get("/api-auth/login/?next=/api/v1/me/")
+    assert page.status_code == 200 and b'name="otp_token"' in page.content  # the one sign-in form, code included
     login = browser.post("/api-auth/login/", {"username": user.username, "password": "pw", "next": "/api/v1/me/"})
     assert login.status_code == 302
     assert browser.get("/api/v1/me/", HTTP_ACCEPT="application/json").json()["scopes"] == list(SCOPES)
