@@ -70,10 +70,9 @@ class Job(models.Model):
             models.Index(fields=["owner", "mode", "-created_at"], name="job_owner_mode"),
             models.Index(fields=["status", "created_at"], name="job_status_created"),
             # Scale (issue 17): the admin list's ordering and date filters, the purge's walk, and the
-            # reconcilers' scans, which look for the few rows in one status among millions.
+            # reconcilers' scans for the few rows in one state among millions (queued: job_status_created).
             models.Index(fields=["created_at", "id"], name="job_created_id"),
             models.Index(fields=["finished_at", "id"], name="job_finished_id"),
-            models.Index(fields=["created_at", "id"], condition=Q(status="queued"), name="job_queued_created"),
             models.Index(fields=["started_at", "id"], condition=Q(status="running"), name="job_running_started"),
             models.Index(fields=["finished_at"], condition=Q(callback_status="pending"), name="job_callback_pending"),
         ]

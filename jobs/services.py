@@ -362,7 +362,7 @@ def _job_requeue_or_fail(job: Job, *, reason: str) -> str:
 
 
 RECONCILE_BATCH = 500
-"""Jobs the reconciler reads per query (keyset pages on its partial indexes): memory stays flat in a backlog."""
+"""Jobs the reconciler reads per query (keyset pages on its indexes): memory stays flat in a backlog."""
 
 
 def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:

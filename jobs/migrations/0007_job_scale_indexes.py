@@ -24,12 +24,6 @@ class Migration(migrations.Migration):
         AddIndexWithoutLock(
             model_name="job",
             index=models.Index(
-                condition=models.Q(status="queued"), fields=["created_at", "id"], name="job_queued_created"
-            ),
-        ),
-        AddIndexWithoutLock(
-            model_name="job",
-            index=models.Index(
                 condition=models.Q(status="running"), fields=["started_at", "id"], name="job_running_started"
             ),
         ),
