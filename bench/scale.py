@@ -196,6 +196,12 @@ class Server:
         status = Path(f"/proc/{children[0]}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
 
+    def worker_cpu_s(self) -> float:
+        """CPU seconds the worker has used: on a shared machine, rows per CPU-second is what compares."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        fields = Path(f"/proc/{children[0]}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -254,6 +260,7 @@ def rss_sampler(server: Server) -> Iterator[dict[str, float]]:
 def export(server: Server, key: str, *, fmt: str, max_seconds: float) -> dict[str, object]:
     rows = 0
     first = None
+    cpu_before = server.worker_cpu_s()
     with rss_sampler(server) as memory:
         t0 = time.perf_counter()
         with httpx.stream("GET", f"{server.url}/api/v1/jobs/export/?format={fmt}",
@@ -265,7 +272,8 @@ def export(server: Server, key: str, *, fmt: str, max_seconds: float) -> dict[st
                 if time.perf_counter() - t0 > max_seconds:
                     break
         elapsed = time.perf_counter() - t0
-    return {"format": fmt, "first_row_ms": round(first or 0, 1), "rows": rows, "seconds": round(elapsed, 1),
+    cpu = server.worker_cpu_s() - cpu_before
+    return {"rows_per_worker_cpu_s": round(rows / max(cpu, 0.01)), "format": fmt, "first_row_ms": round(first or 0, 1), "rows": rows, "seconds": round(elapsed, 1),
             "rows_per_s": round(rows / elapsed), "complete": elapsed <= max_seconds,
             "rss_before_mb": round(memory["before_mb"]), "rss_peak_mb": round(memory["peak_mb"])}  # fmt: skip
 
