@@ -392,8 +392,8 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     return report
 
 
-PURGE_BATCH = 2000
-"""Jobs deleted per transaction by jobs_purge: a few hundred milliseconds of locks and WAL each."""
+PURGE_BATCH = 1000
+"""Jobs deleted per transaction by jobs_purge: about 0.2 s of locks and WAL each on a busy 2-core machine."""
 
 
 def jobs_purge(*, finished_before: datetime, batch_size: int = PURGE_BATCH) -> int:
