@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import datetime
-from itertools import islice
+from itertools import chain, islice, repeat
 from typing import Any
 
 from django.db import transaction
@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 EXPORT_CHUNK = 1000
 """Rows per cursor fetch and per chunk written to the client."""
+
+FIRST_CHUNK = 20
+"""Rows of the first chunk: the client sees data after twenty rows' work, not a thousand's."""
 
 EXPORT_FIELDS = [
     "id", "kind", "mode", "status", "input", "result", "error_code", "error_message", "cost", "attempts",
@@ -83,7 +86,8 @@ def export_chunks(jobs: QuerySet[Job], *, chunk_size: int = EXPORT_CHUNK) -> Ite
     finished = False
     try:
         with transaction.atomic(), closing(jobs.values(*EXPORT_FIELDS).iterator(chunk_size=chunk_size)) as rows:
-            while chunk := list(islice(rows, chunk_size)):
+            sizes = chain([min(FIRST_CHUNK, chunk_size)], repeat(chunk_size))
+            while chunk := list(islice(rows, next(sizes))):
                 attempts = _attempts_of(chunk)
                 yield [export_row(row, attempts.get(row["id"], [])) for row in chunk]
                 sent += len(chunk)
