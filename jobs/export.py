@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import closing
-from datetime import datetime
+from datetime import datetime, tzinfo
 from itertools import chain, islice, repeat
 from typing import Any
 
@@ -46,25 +46,26 @@ CSV_COLUMNS = [
 ]  # fmt: skip
 
 
-def _when(value: datetime | None) -> str | None:
-    """DRF's datetime format (ISO 8601 in the current time zone, UTC as Z) at a third of its cost per call."""
+def _when(value: datetime | None, zone: tzinfo) -> str | None:
+    """DRF's datetime format (ISO 8601 in the current time zone, UTC as Z) at a fraction of its cost per call."""
     if value is None:
         return None
-    text = value.astimezone(timezone.get_current_timezone()).isoformat()
+    text = value.astimezone(zone).isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-def export_row(row: dict[str, Any], attempts: list[dict[str, Any]]) -> dict[str, Any]:
+def export_row(row: dict[str, Any], attempts: list[dict[str, Any]], zone: tzinfo) -> dict[str, Any]:
     """JobSerializer's representation built from a values() row: the serializer costs ~10x more per row,
     too slow for 20 000 rows/s (tests/test_scale.py holds the two equal)."""
     error = {"code": row["error_code"], "message": row["error_message"]} if row["error_code"] else None
-    callback_attempts = [{**attempt, "at": _when(attempt["at"])} for attempt in attempts]
+    callback_attempts = [{**attempt, "at": _when(attempt["at"], zone)} for attempt in attempts]
     return {
         "id": str(row["id"]), "kind": row["kind"], "mode": row["mode"], "status": row["status"],
         "input": masked_input(get_kind_settings(row["kind"]), row["input"]), "result": open_result(row["result"]),
         "error": error, "cost": row["cost"], "attempts": row["attempts"], "attempt_log": row["attempt_log"],
-        "cached": row["cached"], "created_at": _when(row["created_at"]), "started_at": _when(row["started_at"]),
-        "finished_at": _when(row["finished_at"]), "queue_wait_ms": row["queue_wait_ms"], "run_ms": row["run_ms"],
+        "cached": row["cached"], "created_at": _when(row["created_at"], zone),
+        "started_at": _when(row["started_at"], zone), "finished_at": _when(row["finished_at"], zone),
+        "queue_wait_ms": row["queue_wait_ms"], "run_ms": row["run_ms"],
         "callback": {"url": row["callback_url"], "status": row["callback_status"], "attempts": callback_attempts},
     }  # fmt: skip
 
@@ -84,12 +85,13 @@ def export_chunks(jobs: QuerySet[Job], *, chunk_size: int = EXPORT_CHUNK) -> Ite
     """The jobs as exported rows, chunk by chunk, from one cursor in one transaction held only while iterated."""
     sent = 0
     finished = False
+    zone = timezone.get_current_timezone()
     try:
         with transaction.atomic(), closing(jobs.values(*EXPORT_FIELDS).iterator(chunk_size=chunk_size)) as rows:
             sizes = chain([min(FIRST_CHUNK, chunk_size)], repeat(chunk_size))
             while chunk := list(islice(rows, next(sizes))):
                 attempts = _attempts_of(chunk)
-                yield [export_row(row, attempts.get(row["id"], [])) for row in chunk]
+                yield [export_row(row, attempts.get(row["id"], []), zone) for row in chunk]
                 sent += len(chunk)
             finished = True
     finally:  # GeneratorExit (client gone) has rolled back and closed the cursor by now
