@@ -7,9 +7,12 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
 from credits.models import CreditAccount, LedgerEntry
 from credits.services import credit_adjust, credit_grant
+from jobsite.admin import ScaleAdmin
 from jobsite.errors import ServiceError
 
 
@@ -18,25 +21,21 @@ class PostingForm(forms.Form):
     reason = forms.CharField(max_length=255)
 
 
-class LedgerEntryInline(admin.TabularInline):
-    model = LedgerEntry
-    extra = 0
-    can_delete = False
-    ordering = ["-created_at", "-id"]
-    fields = readonly_fields = ["created_at", "type", "amount", "balance_after", "reason", "job_id", "created_by"]
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+RECENT_LEDGER_ENTRIES = 50
+"""Ledger entries shown on an account's page; the full, paginated list is one link away."""
 
 
 @admin.register(CreditAccount)
 class CreditAccountAdmin(admin.ModelAdmin):
-    """Balances change only through the actions (each posts a ledger entry with the staff user)."""
+    """Balances change only through the actions (each posts a ledger entry with the staff user).
+
+    One row per user: the list is as small as the user table; an account's ledger is what grows.
+    """
 
     list_display = ["user", "balance", "updated_at"]
     search_fields = ["user__username"]
-    readonly_fields = ["user", "balance", "updated_at"]
-    inlines = [LedgerEntryInline]
+    list_select_related = ["user"]
+    readonly_fields = ["user", "balance", "updated_at", "recent_ledger"]
     actions = ["grant", "adjust"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -44,6 +43,28 @@ class CreditAccountAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    @admin.display(description="Latest ledger entries")
+    def recent_ledger(self, account: CreditAccount) -> str:
+        """The newest entries on the (account, created_at) index: a heavy account has millions."""
+        entries = account.entries.select_related("created_by").order_by("-created_at", "-id")[:RECENT_LEDGER_ENTRIES]
+        full_list = reverse("admin:credits_ledgerentry_changelist") + f"?account__exact={account.pk}"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (e.created_at, e.type, e.amount, e.balance_after, e.reason, e.job_id or "", e.created_by or "")
+                for e in entries
+            ),
+        )
+        return format_html(
+            '<p><a href="{}">The full ledger of this account</a> (paginated, newest first). The latest {}:</p>'
+            "<table><thead><tr><th>created</th><th>type</th><th>amount</th><th>balance after</th><th>reason</th>"
+            "<th>job</th><th>by</th></tr></thead><tbody>{}</tbody></table>",
+            full_list,
+            RECENT_LEDGER_ENTRIES,
+            rows,
+        )
 
     def _posting_action(
         self, request: HttpRequest, queryset: QuerySet[CreditAccount], *, action: str, post: Any
@@ -79,13 +100,16 @@ class CreditAccountAdmin(admin.ModelAdmin):
 
 
 @admin.register(LedgerEntry)
-class LedgerEntryAdmin(admin.ModelAdmin):
-    """Append-only: nothing here can be added, changed or deleted."""
+class LedgerEntryAdmin(ScaleAdmin):
+    """Append-only: nothing here can be added, changed or deleted. No date drill-down (DISTINCT over all rows)."""
 
     list_display = ["created_at", "account", "type", "amount", "balance_after", "reason", "job_id", "created_by"]
     list_filter = ["type"]
-    search_fields = ["account__user__username", "posting_key", "job_id"]
-    date_hierarchy = "created_at"
+    list_select_related = ["account__user", "created_by"]
+    search_fields = ["account__user__username", "job_id"]
+    search_help_text = "A job id or its first hex digits (at least 4), or a username or its beginning."
+    id_search_field = "job_id"
+    username_search_field = "account__user__username"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

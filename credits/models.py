@@ -49,7 +49,10 @@ class LedgerEntry(models.Model):
     class Meta:
         verbose_name_plural = "ledger entries"
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["account", "-created_at", "-id"], name="ledger_account_created")]
+        indexes = [
+            models.Index(fields=["account", "-created_at", "-id"], name="ledger_account_created"),
+            models.Index(fields=["created_at", "id"], name="ledger_created_id"),  # the admin list's ordering
+        ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.amount:+d} -> {self.balance_after}"

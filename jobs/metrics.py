@@ -44,6 +44,7 @@ RATE_LIMIT_REJECTIONS = Counter(
     ["endpoint", "algorithm"],
 )  # fmt: skip
 CREDITS = Counter("jobsite_credits_total", "Credits moved by job charges and refunds.", ["type"])
+JOBS_PURGED = Counter("jobsite_jobs_purged_total", "Final jobs deleted by purge_jobs (committed batches).")
 CACHE_LOOKUPS = Counter("jobsite_cache_lookups_total", "Result cache lookups, by kind and result.", ["kind", "result"])
 
 

@@ -3,6 +3,7 @@ import uuid
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.db.models import Q
 
 from accounts.models import split_list
 
@@ -76,6 +77,12 @@ class Job(models.Model):
             models.Index(fields=["owner", "mode", "-created_at"], name="job_owner_mode"),
             models.Index(fields=["status", "created_at"], name="job_status_created"),
             models.Index(fields=["owner", "client_ip", "-created_at"], name="job_owner_client_ip"),
+            # Scale (issue 17): the admin list's ordering and date filters, the purge's walk, and the
+            # reconcilers' scans for the few rows in one state among millions (queued: job_status_created).
+            models.Index(fields=["created_at", "id"], name="job_created_id"),
+            models.Index(fields=["finished_at", "id"], name="job_finished_id"),
+            models.Index(fields=["started_at", "id"], condition=Q(status="running"), name="job_running_started"),
+            models.Index(fields=["finished_at"], condition=Q(callback_status="pending"), name="job_callback_pending"),
         ]
 
     def __str__(self) -> str:

@@ -1,5 +1,6 @@
 """Reads of jobs: ownership is checked here, once."""
 
+from datetime import datetime
 from typing import Any
 
 from django.db.models import Count, QuerySet
@@ -8,8 +9,20 @@ from accounts.models import User
 from jobs.models import Job
 
 
-def job_list(*, user: User, mode: str = "", status: str = "", kind: str = "", own_only: bool = False) -> QuerySet[Job]:
-    """The user's own jobs (staff: everyone's, unless own_only), newest first, optionally filtered."""
+def job_list(
+    *,
+    user: User,
+    mode: str = "",
+    status: str = "",
+    kind: str = "",
+    own_only: bool = False,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> QuerySet[Job]:
+    """The user's own jobs (staff: everyone's, unless own_only), newest first, optionally filtered.
+
+    Every filter is served by an index: (owner, [status|kind|mode,] created_at), or (created_at, id) for staff.
+    """
     jobs = Job.objects.all() if user.is_staff and not own_only else Job.objects.filter(owner=user)
     if mode:
         jobs = jobs.filter(mode=mode)
@@ -17,6 +30,10 @@ def job_list(*, user: User, mode: str = "", status: str = "", kind: str = "", ow
         jobs = jobs.filter(status=status)
     if kind:
         jobs = jobs.filter(kind=kind)
+    if created_after:
+        jobs = jobs.filter(created_at__gt=created_after)
+    if created_before:
+        jobs = jobs.filter(created_at__lt=created_before)
     return jobs
 
 

@@ -86,13 +86,26 @@ class WebhookSecretSerializer(serializers.Serializer):
     secret = serializers.CharField(help_text="whsec_...; shown once")
 
 
-class JobListQuerySerializer(serializers.Serializer):
+class CreatedRangeSerializer(serializers.Serializer):
+    """`created_after` / `created_before` (ISO 8601, exclusive bounds), served by the created_at indexes."""
+
+    created_after = serializers.DateTimeField(required=False, help_text="Only jobs created after this instant.")
+    created_before = serializers.DateTimeField(required=False, help_text="Only jobs created before this instant.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        after, before = attrs.get("created_after"), attrs.get("created_before")
+        if after and before and after >= before:
+            raise serializers.ValidationError({"created_before": ["Must be later than created_after."]})
+        return attrs
+
+
+class JobListQuerySerializer(CreatedRangeSerializer):
     mode = serializers.ChoiceField(choices=JobMode.choices, required=False)
     status = serializers.ChoiceField(choices=JobStatus.choices, required=False)
     kind = serializers.ChoiceField(choices=sorted(KINDS), required=False)
 
 
-class ExportQuerySerializer(serializers.Serializer):
+class ExportQuerySerializer(CreatedRangeSerializer):
     format = serializers.ChoiceField(choices=["jsonl", "csv"], default="jsonl")
 
 

@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from itertools import chain
 from typing import Any
 from uuid import UUID
 
@@ -30,6 +31,7 @@ from jobs.models import FINAL_STATUSES, CallbackStatus, EndpointPolicy, Job, Job
 from jobs.policies import get_kind_settings
 from jobs.retries import retry_delay
 from jobs.selectors import job_get
+from jobsite.db import keyset_batches
 from jobsite.errors import (
     CallbackUrlForbidden,
     CircuitOpen,
@@ -400,19 +402,25 @@ def _job_requeue_or_fail(job: Job, *, reason: str, now: datetime) -> str:
     return "failed" if failed else "skipped"
 
 
+RECONCILE_BATCH = 500
+"""Jobs the reconciler reads per query (keyset pages on its indexes): memory stays flat in a backlog."""
+
+
 def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     """Rescue jobs that Redis or a dead worker lost; safe to run anywhere, any number of times."""
     now = now or timezone.now()
     report = {"requeued": 0, "failed": 0}
     queued_cutoff = now - timedelta(seconds=settings.RECONCILE_QUEUED_GRACE)
     stale_queued = Job.objects.filter(status=JobStatus.QUEUED, mode=JobMode.ASYNC, created_at__lt=queued_cutoff)
-    for job in stale_queued.only("id", "kind", "trace_context").iterator():
+    stale_queued = stale_queued.only("id", "kind", "trace_context", "created_at")
+    for job in chain.from_iterable(keyset_batches(stale_queued, field="created_at", size=RECONCILE_BATCH)):
         if not queues.is_pending_in_rq(job.pk):
             time_limit = get_kind_settings(job.kind).time_limit
             queues.enqueue_job(job.pk, time_limit=time_limit, trace_context=job.trace_context)
             report["requeued"] += 1
     grace = timedelta(seconds=settings.RECONCILE_RUNNING_GRACE)
-    for job in Job.objects.filter(status=JobStatus.RUNNING, started_at__lt=now - grace).iterator():
+    overdue = Job.objects.filter(status=JobStatus.RUNNING, started_at__lt=now - grace)
+    for job in chain.from_iterable(keyset_batches(overdue, field="started_at", size=RECONCILE_BATCH)):
         deadline = job.started_at + timedelta(seconds=get_kind_settings(job.kind).time_limit) + grace
         if now < deadline:
             continue
@@ -425,8 +433,24 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     return report
 
 
-@transaction.atomic
-def jobs_purge(*, finished_before: datetime) -> int:
-    """Delete final jobs that finished before the cutoff; returns how many jobs went."""
-    _, per_model = Job.objects.filter(status__in=FINAL_STATUSES, finished_at__lt=finished_before).delete()
-    return per_model.get(Job._meta.label, 0)
+PURGE_BATCH = 1000
+"""Jobs deleted per transaction by jobs_purge: about 0.2 s of locks and WAL each on a busy 2-core machine."""
+
+
+def jobs_purge(*, finished_before: datetime, batch_size: int = PURGE_BATCH) -> int:
+    """Delete final jobs that finished before the cutoff, one short transaction per batch of ids.
+
+    Resumable: every batch commits on its own, so an interrupted purge keeps what it deleted and a rerun
+    carries on with the rest. Returns how many jobs went.
+    """
+    doomed = Job.objects.filter(status__in=FINAL_STATUSES, finished_at__lt=finished_before)
+    deleted = 0
+    for batch in keyset_batches(doomed.values("pk", "finished_at"), field="finished_at", size=batch_size):
+        with transaction.atomic():
+            # Conditions again: a failed job requeued since the batch was read is no longer doomed.
+            _, per_model = doomed.filter(pk__in=[row["pk"] for row in batch]).only("pk").delete()
+        purged = per_model.get(Job._meta.label, 0)
+        deleted += purged
+        metrics.JOBS_PURGED.inc(purged)
+        logger.info("purge: %d job(s) deleted so far, up to finished_at %s", deleted, batch[-1]["finished_at"])
+    return deleted

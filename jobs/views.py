@@ -1,12 +1,7 @@
 """Thin views: validate, call one service or selector, serialise."""
 
-import csv
 import hashlib
-import io
-import json
-from collections.abc import Iterator
 from functools import partial
-from typing import Any
 from uuid import UUID
 
 from django.http import StreamingHttpResponse
@@ -17,6 +12,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from jobs.export import export_chunks, export_csv, export_jsonl
 from jobs.idempotency import idempotent_response
 from jobs.limits import caller_limits
 from jobs.models import Job, JobMode
@@ -165,41 +161,8 @@ class JobCancelView(EndpointView):
         return Response(JobSerializer(job_cancel(user=request.user, job_id=job_id)).data)
 
 
-EXPORT_CSV_COLUMNS = [
-    "id", "kind", "mode", "status", "cost", "attempts", "cached", "created_at", "started_at",
-    "finished_at", "queue_wait_ms", "run_ms", "error_code", "error_message", "input", "result",
-]  # fmt: skip
-
-
-def _export_jsonl(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
-    for row in rows:
-        yield json.dumps(row, separators=(",", ":")) + "\n"
-
-
-def _export_csv(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-
-    def flush() -> str:
-        text = buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-        return text
-
-    writer.writerow(EXPORT_CSV_COLUMNS)
-    yield flush()
-    for row in rows:
-        error = row["error"] or {"code": "", "message": ""}
-        flat = {**row, "error_code": error["code"], "error_message": error["message"]}
-        flat["input"] = json.dumps(row["input"], separators=(",", ":"))
-        flat["result"] = json.dumps(row["result"], separators=(",", ":"))
-        writer.writerow(["" if flat[column] is None else flat[column] for column in EXPORT_CSV_COLUMNS])
-        yield flush()
-
-
 class JobExportView(EndpointView):
     endpoint = "jobs.read"
-    EXPORT_CHUNK = 500
 
     @extend_schema(
         operation_id="jobs_export",
@@ -210,13 +173,13 @@ class JobExportView(EndpointView):
     def get(self, request: Request) -> StreamingHttpResponse:
         query = ExportQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        jobs = job_list(user=request.user, own_only=True).prefetch_related("callback_attempts")  # API.md: own jobs
-        rows = (JobSerializer(job).data for job in jobs.iterator(chunk_size=self.EXPORT_CHUNK))
-        if query.validated_data["format"] == "csv":
-            response = StreamingHttpResponse(_export_csv(rows), content_type="text/csv; charset=utf-8")
+        export_format = query.validated_data.pop("format")
+        chunks = export_chunks(job_list(user=request.user, own_only=True, **query.validated_data))  # API.md: own jobs
+        if export_format == "csv":
+            response = StreamingHttpResponse(export_csv(chunks), content_type="text/csv; charset=utf-8")
             response["Content-Disposition"] = 'attachment; filename="jobs.csv"'
         else:
-            response = StreamingHttpResponse(_export_jsonl(rows), content_type="application/x-ndjson")
+            response = StreamingHttpResponse(export_jsonl(chunks), content_type="application/x-ndjson")
             response["Content-Disposition"] = 'attachment; filename="jobs.jsonl"'
         return response
 

@@ -1,0 +1,61 @@
+"""Database helpers that keep memory and transactions bounded however large a table grows."""
+
+from collections.abc import Iterator
+from typing import Any
+
+from django.db import migrations
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from django.db.migrations.state import ProjectState
+from django.db.models import Model, Q, QuerySet
+
+
+def keyset_batches(queryset: QuerySet[Any], *, field: str, size: int) -> Iterator[list[Any]]:
+    """Yield the queryset's rows in (field, pk) order, `size` at a time, each batch its own short query.
+
+    Keyset pagination: every query starts where the last one ended on an index, so neither a cursor nor
+    a transaction stays open between batches, and rows deleted by the caller are never walked again.
+    """
+    ordered = queryset.order_by(field, "pk")
+    last: tuple[Any, Any] | None = None
+    while True:
+        page = ordered
+        if last is not None:
+            page = ordered.filter(Q(**{f"{field}__gt": last[0]}) | Q(**{field: last[0], "pk__gt": last[1]}))
+        batch = list(page[:size])
+        if not batch:
+            return
+        yield batch
+        tail = batch[-1]
+        last = (tail[field], tail["pk"]) if isinstance(tail, dict) else (getattr(tail, field), tail.pk)
+        if len(batch) < size:
+            return
+
+
+class AddIndexWithoutLock(migrations.AddIndex):
+    """CREATE INDEX CONCURRENTLY on PostgreSQL (writes go on while it builds); a plain CREATE INDEX elsewhere.
+
+    Django's AddIndexConcurrently refuses other databases, and SQLite (tests, local runs) has no concurrent
+    build, so one operation picks by vendor. The migration using it must set `atomic = False`.
+    """
+
+    def database_forwards(
+        self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, from_state: ProjectState, to_state: ProjectState
+    ) -> None:
+        model: type[Model] = to_state.apps.get_model(app_label, self.model_name)
+        if not self.allow_migrate_model(schema_editor.connection.alias, model):
+            return
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.add_index(model, self.index, concurrently=True)
+        else:
+            schema_editor.add_index(model, self.index)
+
+    def database_backwards(
+        self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, from_state: ProjectState, to_state: ProjectState
+    ) -> None:
+        model: type[Model] = from_state.apps.get_model(app_label, self.model_name)
+        if not self.allow_migrate_model(schema_editor.connection.alias, model):
+            return
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.remove_index(model, self.index, concurrently=True)
+        else:
+            schema_editor.remove_index(model, self.index)
