@@ -145,6 +145,7 @@ def _check_everywhere(api: APIClient, user: User, urls: list[str]) -> dict[str, 
         job = Job.objects.create(
             owner=user, endpoint="jobs.async", kind="hash", mode=JobMode.ASYNC,
             status=JobStatus.SUCCEEDED, callback_url=url, callback_status=CallbackStatus.PENDING,
+            cost=1,  # a paid job: the free-delivery budget would defer the corpus' later attempts
         )  # fmt: skip
         outcome = callback_deliver(job_id=job.pk, n=1, retries_left=3)
         error = job.callback_attempts.get().error
