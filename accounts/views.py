@@ -18,7 +18,7 @@ from accounts.permissions import MFA_HEADER, AccountAccess, require_mfa_code
 from accounts.selectors import user_has_mfa, user_role_names
 from accounts.serializers import MeSerializer, MfaStatusSerializer, TotpConfirmSerializer, TotpEnrolmentSerializer
 from accounts.services import totp_confirm, totp_enrol, totp_remove
-from jobsite.api import PROBLEM
+from jobsite.api import BODY_STATUSES, problems
 from jobsite.errors import NotFound
 
 
@@ -33,7 +33,7 @@ class AccountView(APIView):
 
 
 class MeView(AccountView):
-    @extend_schema(operation_id="me", summary="The caller", responses={200: MeSerializer, 401: PROBLEM})
+    @extend_schema(operation_id="me", summary="The caller", responses={200: MeSerializer, **problems(401, 406)})
     def get(self, request: Request) -> Response:
         key = request_api_key(request)
         data = {
@@ -52,7 +52,7 @@ class TotpView(AccountView):
         operation_id="me_mfa_totp_enrol",
         summary="Start TOTP enrolment (needs scope account:write)",
         request=None,
-        responses={201: TotpEnrolmentSerializer, 400: PROBLEM, 401: PROBLEM, 403: PROBLEM},
+        responses={201: TotpEnrolmentSerializer, **problems(*BODY_STATUSES, 400, 401, 403, 406)},
     )
     def post(self, request: Request) -> Response:
         device = totp_enrol(user=request.user)
@@ -64,7 +64,7 @@ class TotpView(AccountView):
         operation_id="me_mfa_totp_remove",
         summary="Remove the TOTP device (needs scope account:write and a code in X-MFA-Code)",
         parameters=[OpenApiParameter(MFA_HEADER, str, OpenApiParameter.HEADER, required=True)],
-        responses={204: None, 401: PROBLEM, 403: PROBLEM, 404: PROBLEM},
+        responses={204: None, **problems(400, 401, 403, 404, 406)},
     )
     def delete(self, request: Request) -> Response:
         if not user_has_mfa(user=request.user):
@@ -79,7 +79,7 @@ class TotpConfirmView(AccountView):
         operation_id="me_mfa_totp_confirm",
         summary="Confirm TOTP enrolment with a first code (needs scope account:write)",
         request=TotpConfirmSerializer,
-        responses={200: MfaStatusSerializer, 400: PROBLEM, 401: PROBLEM, 403: PROBLEM},
+        responses={200: MfaStatusSerializer, **problems(*BODY_STATUSES, 400, 401, 403, 406)},
     )
     def post(self, request: Request) -> Response:
         body = TotpConfirmSerializer(data=request.data)

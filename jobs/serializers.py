@@ -1,30 +1,70 @@
 from typing import Any
 
-from drf_spectacular.utils import extend_schema_field
+from django.core.validators import RegexValidator
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
 from jobs.encryption import masked_input, open_result
-from jobs.kinds import KINDS
-from jobs.models import CallbackAttempt, Job, JobMode, JobStatus
+from jobs.kinds import KINDS, Kind
+from jobs.kinds.fetch import HTTP_URL_PATTERN
+from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus
 from jobs.policies import get_kind_settings
+from jobsite.fields import ListedChoiceField
+
+CALLBACK_URL_MAX_LENGTH = 2048
+
+
+def callback_url_field(**kwargs: Any) -> serializers.URLField:
+    """An http(s) URL; whether it may be reached is the SSRF guard's call in job_submit (400 callback_url_forbidden)."""
+    return serializers.URLField(
+        max_length=CALLBACK_URL_MAX_LENGTH,
+        validators=[RegexValidator(HTTP_URL_PATTERN, message="Only http and https URLs are accepted.")],
+        help_text="Receives the final job as a signed webhook (Standard Webhooks).",
+        **kwargs,
+    )
+
+
+def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
+    """The submission body for one kind in one mode: the envelope around the kind's own input serializer."""
+    input_required = any(field.required for field in kind.serializer_class().fields.values())
+    fields: dict[str, Any] = {
+        "kind": ListedChoiceField(choices=[kind.name]),
+        "input": kind.serializer_class(required=input_required, **({} if input_required else {"default": dict})),
+    }
+    if mode == JobMode.ASYNC:
+        fields["callback_url"] = callback_url_field(required=False)
+    name = f"{kind.name.title()}{mode.title()}JobRequest"
+    return type(name, (serializers.Serializer,), {**fields, "__doc__": f"A `{kind.name}` job ({mode})."})
+
+
+KIND_REQUESTS: dict[str, dict[str, type[serializers.Serializer]]] = {
+    mode: {name: _kind_request_class(kind, mode) for name, kind in sorted(KINDS.items())}
+    for mode in (JobMode.SYNC, JobMode.ASYNC)
+}
+"""Per mode, per kind: the serializer that validates a submission and documents it (one source)."""
+
+
+def job_request_schema(mode: str) -> PolymorphicProxySerializer:
+    """OpenAPI: the submission body as a union discriminated on `kind`."""
+    return PolymorphicProxySerializer(
+        component_name=f"{mode.title()}JobRequest",
+        serializers=KIND_REQUESTS[mode],
+        resource_type_field_name="kind",
+    )
 
 
 class JobRequestSerializer(serializers.Serializer):
-    """The submission envelope; `input` is validated by the kind's own serializer."""
+    """The submission envelope: `kind` picks the serializer of KIND_REQUESTS that validates the rest."""
 
-    kind = serializers.ChoiceField(choices=sorted(KINDS))
-    input = serializers.DictField(default=dict)
-    # Judged by the SSRF guard in job_submit (400 callback_url_forbidden), not by a URL pattern.
-    callback_url = serializers.CharField(max_length=2048, required=False)
+    kind = ListedChoiceField(choices=sorted(KINDS))
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if attrs.get("callback_url") and self.context.get("mode") != JobMode.ASYNC:
+        mode = self.context["mode"]
+        if mode != JobMode.ASYNC and "callback_url" in self.initial_data:
             raise serializers.ValidationError({"callback_url": ["Only async jobs take a callback_url."]})
-        kind_input = KINDS[attrs["kind"]].serializer_class(data=attrs["input"])
-        if not kind_input.is_valid():
-            raise serializers.ValidationError({"input": kind_input.errors})
-        attrs["input"] = dict(kind_input.validated_data)
-        return attrs
+        request = KIND_REQUESTS[mode][attrs["kind"]](data=self.initial_data)
+        request.is_valid(raise_exception=True)
+        return {"callback_url": "", **request.validated_data, "input": dict(request.validated_data["input"])}
 
 
 class CallbackAttemptSerializer(serializers.ModelSerializer):
@@ -39,9 +79,19 @@ class JobErrorSerializer(serializers.Serializer):
 
 
 class JobCallbackSerializer(serializers.Serializer):
-    url = serializers.CharField(allow_blank=True)
-    status = serializers.CharField()
+    url = serializers.CharField(allow_blank=True, help_text="The callback URL, or empty.")
+    status = serializers.ChoiceField(choices=CallbackStatus.choices)
     attempts = CallbackAttemptSerializer(many=True)
+
+
+class AttemptLogEntrySerializer(serializers.Serializer):
+    """One failed attempt of a job."""
+
+    n = serializers.IntegerField()
+    at = serializers.DateTimeField()
+    code = serializers.CharField()
+    message = serializers.CharField(allow_blank=True)
+    callers_fault = serializers.BooleanField(help_text="True when the input was at fault (no refund).")
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -49,6 +99,7 @@ class JobSerializer(serializers.ModelSerializer):
     result = serializers.SerializerMethodField()
     error = serializers.SerializerMethodField()
     callback = serializers.SerializerMethodField()
+    attempt_log = AttemptLogEntrySerializer(many=True, read_only=True)
 
     class Meta:
         model = Job
@@ -83,10 +134,10 @@ class WebhookSecretSerializer(serializers.Serializer):
 
 
 class JobListQuerySerializer(serializers.Serializer):
-    mode = serializers.ChoiceField(choices=JobMode.choices, required=False)
-    status = serializers.ChoiceField(choices=JobStatus.choices, required=False)
-    kind = serializers.ChoiceField(choices=sorted(KINDS), required=False)
+    mode = ListedChoiceField(choices=JobMode.choices, required=False)
+    status = ListedChoiceField(choices=JobStatus.choices, required=False)
+    kind = ListedChoiceField(choices=sorted(KINDS), required=False)
 
 
 class ExportQuerySerializer(serializers.Serializer):
-    format = serializers.ChoiceField(choices=["jsonl", "csv"], default="jsonl")
+    format = ListedChoiceField(choices=["jsonl", "csv"], default="jsonl")

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "jobsite.middleware.RequestContextMiddleware",
+    "jobsite.edge.ApiEdgeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -56,6 +57,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "jobsite.urls"
+APPEND_SLASH = False  # jobsite.edge serves both spellings of a path instead of redirecting (a POST cannot follow)
+CSRF_FAILURE_VIEW = "jobsite.errors.csrf_failure"
 WSGI_APPLICATION = "jobsite.wsgi.application"
 AUTH_USER_MODEL = "accounts.User"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -126,8 +129,10 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "jobsite.api.ApiSchema",
     "EXCEPTION_HANDLER": "jobsite.errors.problem_exception_handler",
+    # JSON only: a form or untyped body gets 415 naming application/json, never "field required".
+    "DEFAULT_PARSER_CLASSES": ["jobsite.parsers.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
@@ -143,6 +148,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "OAS_VERSION": "3.1.0",  # for `webhooks`
+    "WEBHOOKS": ["jobs.schema.JOB_FINISHED", "jobs.schema.COMPAT_REQUEST_FINISHED"],
+    # One per kind: the discriminator of the submission union (a new kind adds its line; the schema test says so).
+    "ENUM_NAME_OVERRIDES": {"HashKindEnum": ["hash"], "FetchKindEnum": ["fetch"], "StatsKindEnum": ["stats"]},
 }
 
 LANGUAGE_CODE = "en-us"

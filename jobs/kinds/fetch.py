@@ -5,15 +5,20 @@ from typing import Any
 
 import httpx
 from django.conf import settings
-from django.core.validators import URLValidator
+from django.core.validators import RegexValidator, URLValidator
 from rest_framework import serializers
 
 from jobs import ssrf
 from jobs.kinds.base import Kind, KindError, RunContext
 
+HTTP_URL_PATTERN = r"^https?://"
+"""Only http(s) URLs are fetched (also the schema's pattern)."""
+
 
 class FetchInput(serializers.Serializer):
-    url = serializers.CharField(max_length=2048, validators=[URLValidator(schemes=["http", "https"])])
+    url = serializers.URLField(
+        max_length=2048, validators=[URLValidator(schemes=["http", "https"]), RegexValidator(HTTP_URL_PATTERN)]
+    )
 
     def validate_url(self, value: str) -> str:
         try:
