@@ -1,6 +1,5 @@
 from typing import Any
 
-from django.core.validators import RegexValidator
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
@@ -14,11 +13,17 @@ from jobsite.fields import ListedChoiceField
 CALLBACK_URL_MAX_LENGTH = 2048
 
 
-def callback_url_field(**kwargs: Any) -> serializers.URLField:
-    """An http(s) URL; whether it may be reached is the SSRF guard's call in job_submit (400 callback_url_forbidden)."""
-    return serializers.URLField(
+@extend_schema_field(
+    {"type": "string", "format": "uri", "pattern": HTTP_URL_PATTERN, "maxLength": CALLBACK_URL_MAX_LENGTH}
+)
+class CallbackUrlField(serializers.CharField):
+    """An http(s) URL. The SSRF guard in job_submit judges it (400 callback_url_forbidden: other schemes,
+    credentials, forbidden addresses), so that every refusal of a callback URL carries the one code API.md names."""
+
+
+def callback_url_field(**kwargs: Any) -> CallbackUrlField:
+    return CallbackUrlField(
         max_length=CALLBACK_URL_MAX_LENGTH,
-        validators=[RegexValidator(HTTP_URL_PATTERN, message="Only http and https URLs are accepted.")],
         help_text="Receives the final job as a signed webhook (Standard Webhooks).",
         **kwargs,
     )

@@ -57,7 +57,7 @@ CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,512}={0,2}$"
 class PageQuerySerializer(serializers.Serializer):
     """The query of a cursor-paginated list; validated before the paginator reads it."""
 
-    page_size = serializers.IntegerField(min_value=1, max_value=500, required=False, help_text="Default 50.")
+    page_size = serializers.IntegerField(min_value=1, required=False, help_text="Default 50; above 500 means 500.")
     cursor = serializers.RegexField(CURSOR_PATTERN, required=False, help_text="`next` or `previous` of a page.")
 
 
