@@ -5,20 +5,24 @@ from rest_framework import serializers
 
 from jobs.encryption import masked_input, open_result
 from jobs.kinds import KINDS, Kind
-from jobs.kinds.fetch import HTTP_URL_PATTERN
 from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus
 from jobs.policies import get_kind_settings
-from jobsite.fields import ListedChoiceField
+from jobsite.errors import CallbackUrlForbidden
+from jobsite.fields import HTTP_URL_PATTERN, ListedChoiceField, StrictCharField, matches_http_url
 
 CALLBACK_URL_MAX_LENGTH = 2048
 
 
-@extend_schema_field(
-    {"type": "string", "format": "uri", "pattern": HTTP_URL_PATTERN, "maxLength": CALLBACK_URL_MAX_LENGTH}
-)
-class CallbackUrlField(serializers.CharField):
-    """An http(s) URL. The SSRF guard in job_submit judges it (400 callback_url_forbidden: other schemes,
-    credentials, forbidden addresses), so that every refusal of a callback URL carries the one code API.md names."""
+@extend_schema_field({"type": "string", "pattern": HTTP_URL_PATTERN, "maxLength": CALLBACK_URL_MAX_LENGTH})
+class CallbackUrlField(StrictCharField):
+    """An http(s) URL. Refusals carry API.md's one code for callback URLs, 400 callback_url_forbidden: here
+    what is forbidden on its face (not HTTP_URL_PATTERN), then the SSRF guard in job_submit for the addresses."""
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        if not matches_http_url(value):
+            raise CallbackUrlForbidden("A callback URL is an http(s) URL in ASCII, without credentials.")
+        return value
 
 
 def callback_url_field(**kwargs: Any) -> CallbackUrlField:

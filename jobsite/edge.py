@@ -1,6 +1,6 @@
 """The API's edge: what Django would otherwise answer with HTML, a redirect or a cookie, answered as the API does.
 
-- A Host header outside ALLOWED_HOSTS: 400 problem+json (Django's DisallowedHost page otherwise).
+- A Host header outside ALLOWED_HOSTS: 400 problem+json (Django's DisallowedHost page otherwise; HostCheckMiddleware).
 - A path without its trailing slash (or a compatible route with one): served as the route it names, for every
   method; APPEND_SLASH would redirect a GET and crash on a POST.
 - A path no route matches: 404 problem+json, with DEBUG on too (Django's technical 404 page otherwise).
@@ -35,7 +35,13 @@ def _has_body(request: HttpRequest) -> bool:
     return (length.isdigit() and int(length) > 0) or "HTTP_TRANSFER_ENCODING" in request.META
 
 
-class ApiEdgeMiddleware:
+HOST_CHECK_MIDDLEWARE = "jobsite.edge.HostCheckMiddleware"
+"""First of all middleware (jobsite.tracing keeps it first): everything after it may read the Host header."""
+
+
+class HostCheckMiddleware:
+    """A Host header outside ALLOWED_HOSTS: 400 problem+json, with DEBUG on too (Django's debug page otherwise)."""
+
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
         self.get_response = get_response
 
@@ -44,6 +50,14 @@ class ApiEdgeMiddleware:
             request.get_host()
         except DisallowedHost:
             return problem_response(BadRequest("The Host header names a host this service does not serve."))
+        return self.get_response(request)
+
+
+class ApiEdgeMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
         if not wants_html_errors(request):
             refusal = self.route(request)
             if refusal is not None:

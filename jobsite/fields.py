@@ -5,13 +5,33 @@ schema calls invalid would be accepted; these refuse what the schema refuses. Qu
 their fields keep DRF's parsing.
 """
 
+import re
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 NO_NUL_PATTERN = r"^[^\x00]*$"
 """Text without NUL characters (DRF refuses them; the schema says so)."""
+
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+_URI_CHAR = r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})"
+HTTP_URL_PATTERN = rf"^https?://(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::{_PORT})?(?:[/?#]{_URI_CHAR}*)?$"
+"""An http(s) URL in RFC 3986's ASCII characters: a host name or [IPv6] literal (no credentials), a port
+1..65535, then path, query and fragment. Serializers validate with it and the schema publishes it."""
+
+
+class FullMatchValidator(RegexValidator):
+    """A RegexValidator (so drf-spectacular publishes its pattern) that, like JSON Schema, lets no newline trail."""
+
+    def __call__(self, value: Any) -> None:
+        if not self.regex.fullmatch(str(value)):
+            raise ValidationError(self.message, code=self.code, params={"value": value})
+
+
+def matches_http_url(value: str) -> bool:
+    return re.fullmatch(HTTP_URL_PATTERN, value) is not None
 
 
 class StrictCharField(serializers.CharField):

@@ -41,6 +41,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "jobsite.edge.HostCheckMiddleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "jobsite.middleware.RequestContextMiddleware",
     "jobsite.edge.ApiEdgeMiddleware",

@@ -5,19 +5,19 @@ from typing import Any
 
 import httpx
 from django.conf import settings
-from django.core.validators import RegexValidator, URLValidator
 from rest_framework import serializers
 
 from jobs import ssrf
 from jobs.kinds.base import Kind, KindError, RunContext
-
-HTTP_URL_PATTERN = r"^https?://"
-"""Only http(s) URLs are fetched (also the schema's pattern)."""
+from jobsite.fields import HTTP_URL_PATTERN, FullMatchValidator, StrictCharField
 
 
 class FetchInput(serializers.Serializer):
-    url = serializers.URLField(
-        max_length=2048, validators=[URLValidator(schemes=["http", "https"]), RegexValidator(HTTP_URL_PATTERN)]
+    url = StrictCharField(
+        max_length=2048,
+        validators=[
+            FullMatchValidator(HTTP_URL_PATTERN, message="Enter an http(s) URL in ASCII, without credentials.")
+        ],
     )
 
     def validate_url(self, value: str) -> str:
