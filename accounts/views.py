@@ -67,6 +67,8 @@ class TotpView(AccountView):
         responses={204: None, **problems(400, 401, 403, 404, 406)},
     )
     def delete(self, request: Request) -> Response:
+        if not request.headers.get(MFA_HEADER, "").strip():
+            require_mfa_code(request)  # the required header is missing: 401 mfa_required, device or not
         if not user_has_mfa(user=request.user):
             raise NotFound("No TOTP device is enrolled.")
         require_mfa_code(request)

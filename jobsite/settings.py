@@ -174,6 +174,9 @@ FETCH_CONNECT_TIMEOUT = env_float("FETCH_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 FETCH_READ_TIMEOUT = env_float("FETCH_READ_TIMEOUT", 10.0, minimum=0.1)
 FETCH_MAX_BYTES = env_int("FETCH_MAX_BYTES", 10 * 1024 * 1024, minimum=1)
 
+HASH_MAX_ITERATIONS = env_int("HASH_MAX_ITERATIONS", 1_000_000, minimum=1)
+"""Most iterations a `hash` job accepts (the schema publishes it); the fuzz test lowers it to keep its run short."""
+
 # Webhook deliveries (the `callbacks` queue): bounds on one attempt and on the retries that follow.
 CALLBACK_CONNECT_TIMEOUT = env_float("CALLBACK_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 CALLBACK_READ_TIMEOUT = env_float("CALLBACK_READ_TIMEOUT", 10.0, minimum=0.1)

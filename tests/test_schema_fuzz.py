@@ -35,7 +35,15 @@ CONFIG = """
 # 502 job_failed (a sync job whose upstream failed) and 503 (queue full, circuit open, Redis down) are the
 # documented gateway outcomes of a job; 500 and every other 5xx still fail the run.
 expected-statuses = ["2xx", "3xx", "4xx", "502", "503"]
+
+[[operations]]
+# API.md: a wrong first code answers 400; the schema can state a code's shape, not which code the device shows.
+include-operation-id = "me_mfa_totp_confirm"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
 """
+
+HASH_MAX_ITERATIONS = "1000"
+"""The served schema says so too: the fuzzer's hash jobs stay cheap, and the bound is still tested at its edge."""
 
 
 def _netns_database_url() -> str:
@@ -73,9 +81,10 @@ for who in key anonymous; do
     echo "== schemathesis, $who"
     auth=()
     [ "$who" = key ] && auth=(-H "Authorization: Bearer {api_key}")
+    # One worker: two threads of Hypothesis describing lambdas hit a CPython 3.11 ast race (SystemError).
     {schemathesis} --config-file {config} run "http://127.0.0.1:{web_port}/api/schema/?format=json" \
         --checks all --phases examples,coverage,fuzzing,stateful --max-examples {max_examples} --seed {seed} \
-        --workers 2 --no-color "${{auth[@]}}" || status=1
+        --workers 1 --no-color "${{auth[@]}}" || status=1
 done
 exit $status
 """
@@ -108,6 +117,9 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
         REDIS_URL="redis://127.0.0.1:6379/0",
         ALLOWED_HOSTS="127.0.0.1,localhost",
         PATH=f"{bin_dir}:{os.environ.get('PATH', '')}",
+        HASH_MAX_ITERATIONS=HASH_MAX_ITERATIONS,
+        SCHEMATHESIS_HOOKS="tests.schemathesis_hooks",
+        PYTHONPATH=str(ROOT),
     )
     run = subprocess.run(
         ["unshare", "-n", "bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500

@@ -3,6 +3,7 @@
 import hashlib
 from typing import Any
 
+from django.conf import settings
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
@@ -12,8 +13,8 @@ from jobsite.fields import StrictCharField, StrictIntegerField
 MAX_DATA_CHARS = 10_000
 """Longest `data` accepted."""
 
-MAX_ITERATIONS = 1_000_000
-"""Most iterations accepted: about a second of CPU on one core."""
+MAX_ITERATIONS = settings.HASH_MAX_ITERATIONS
+"""Most iterations accepted (default 1 000 000: about a second of CPU on one core)."""
 
 DATA_PATTERN = r"^(?=\s*\S)[^\x00]*$"
 """`data`: not blank (some non-whitespace character) and without NUL characters."""

@@ -1,0 +1,57 @@
+"""schemathesis hooks for tests/test_schema_fuzz.py (loaded through SCHEMATHESIS_HOOKS); no check is changed.
+
+- URLs whose host is an address literal (any notation: `0`, `127.1`, `0x7f.1`, `[::]`) are left out of the
+  generated bodies: which addresses may be reached is the SSRF guard's policy (API.md: 400 for unspecified,
+  link-local, reserved... addresses), which no JSON Schema can state; tests/test_ssrf.py covers it.
+- Each generated Idempotency-Key gets a unique suffix: reusing a key with another body is a documented refusal
+  (422 idempotency_key_reused), and tests/test_idempotency.py covers it; here a key must not tie unrelated cases.
+"""
+
+import re
+import socket
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import schemathesis
+
+KEY_HEADER = "Idempotency-Key"
+URL_FIELDS = ("url", "callback_url")
+_KEY_SUFFIX_LENGTH = 33
+
+
+def _is_address_literal(url: Any) -> bool:
+    if not isinstance(url, str):
+        return False
+    try:
+        host = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    except ValueError:
+        return False
+    if host.startswith("["):
+        return True
+    host = re.sub(r":\d*$", "", host)
+    try:
+        socket.inet_aton(host)  # accepts every IPv4 notation the guard parses (decimal, octal, hex, short)
+    except OSError:
+        return False
+    return True
+
+
+def _urls(body: Any) -> list[Any]:
+    if not isinstance(body, dict):
+        return []
+    found = [body.get(name) for name in URL_FIELDS]
+    return found + _urls(body.get("input"))
+
+
+@schemathesis.hook
+def filter_body(context: Any, body: Any) -> bool:
+    return not any(_is_address_literal(url) for url in _urls(body))
+
+
+@schemathesis.hook
+def map_headers(context: Any, headers: Any) -> Any:
+    key = headers.get(KEY_HEADER) if isinstance(headers, dict) else None
+    if isinstance(key, str) and key.strip():
+        headers[KEY_HEADER] = f"{key.strip()[: 255 - _KEY_SUFFIX_LENGTH]}-{uuid.uuid4().hex}"
+    return headers
