@@ -1,6 +1,7 @@
 """OpenAPI 3.1 `webhooks`: what Jobsite POSTs to a job's callback_url, signed per Standard Webhooks."""
 
 from drf_spectacular.utils import OpenApiResponse, OpenApiWebhook, extend_schema
+from rest_framework.serializers import Serializer
 
 from jobs.compat import CompatCallbackSerializer
 from jobs.serializers import JobSerializer
@@ -24,22 +25,24 @@ RECEIVER_RESPONSES = {
     410: OpenApiResponse(description="Gone: stop retrying this delivery."),
 }
 
-JOB_FINISHED = OpenApiWebhook(
-    name="jobFinished",
-    decorator=extend_schema(
-        summary="An async job with a callback_url reached its final status",
-        description="The body is the job as `GET /api/v1/jobs/{id}/` shows it." + RETRIES + SIGNATURE_HEADERS,
-        request=JobSerializer,
-        responses=RECEIVER_RESPONSES,
-    ),
+
+def _webhook(name: str, *, summary: str, body: str, request: type[Serializer]) -> OpenApiWebhook:
+    decorator = extend_schema(
+        summary=summary, description=body + RETRIES + SIGNATURE_HEADERS, request=request, responses=RECEIVER_RESPONSES
+    )
+    return OpenApiWebhook(name=name, decorator=decorator)
+
+
+JOB_FINISHED = _webhook(
+    "jobFinished",
+    summary="An async job with a callback_url reached its final status",
+    body="The body is the job as `GET /api/v1/jobs/{id}/` shows it.",
+    request=JobSerializer,
 )
 
-COMPAT_REQUEST_FINISHED = OpenApiWebhook(
-    name="compatRequestFinished",
-    decorator=extend_schema(
-        summary="A request of `POST /async` (compatible route) finished",
-        description="The original backend's callback body." + RETRIES + SIGNATURE_HEADERS,
-        request=CompatCallbackSerializer,
-        responses=RECEIVER_RESPONSES,
-    ),
+COMPAT_REQUEST_FINISHED = _webhook(
+    "compatRequestFinished",
+    summary="A request of `POST /async` (compatible route) finished",
+    body="The original backend's callback body.",
+    request=CompatCallbackSerializer,
 )
