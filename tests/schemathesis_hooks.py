@@ -1,4 +1,5 @@
 """schemathesis hooks for tests/test_schema_fuzz.py (loaded through SCHEMATHESIS_HOOKS); no check is changed.
+They act on whole cases (`filter_case`, `map_case`), the hooks every phase applies, the coverage phase included.
 
 - URLs whose host is an address literal (any notation: `0`, `127.1`, `0x7f.1`, `[::]`) are left out of the
   generated bodies: which addresses may be reached is the SSRF guard's policy (API.md: 400 for unspecified,
@@ -16,6 +17,10 @@ from urllib.parse import urlsplit
 import schemathesis
 
 KEY_HEADER = "Idempotency-Key"
+KEY_MAX_LENGTH = 255
+KEY_PATTERN = r"^[\x21-\x7e]+( +[\x21-\x7e]+)*$"
+"""jobs.idempotency's rule (this module runs in schemathesis' process, without Django): only valid keys are
+made unique, so that a key generated to be invalid stays invalid."""
 URL_FIELDS = ("url", "callback_url")
 _KEY_SUFFIX_LENGTH = 33
 
@@ -45,13 +50,13 @@ def _urls(body: Any) -> list[Any]:
 
 
 @schemathesis.hook
-def filter_body(context: Any, body: Any) -> bool:
-    return not any(_is_address_literal(url) for url in _urls(body))
+def filter_case(context: Any, case: Any) -> bool:
+    return not any(_is_address_literal(url) for url in _urls(case.body))
 
 
 @schemathesis.hook
-def map_headers(context: Any, headers: Any) -> Any:
-    key = headers.get(KEY_HEADER) if isinstance(headers, dict) else None
-    if isinstance(key, str) and key.strip():
-        headers[KEY_HEADER] = f"{key.strip()[: 255 - _KEY_SUFFIX_LENGTH]}-{uuid.uuid4().hex}"
-    return headers
+def map_case(context: Any, case: Any) -> Any:
+    key = case.headers.get(KEY_HEADER) if isinstance(case.headers, dict) else None
+    if isinstance(key, str) and len(key) <= KEY_MAX_LENGTH and re.fullmatch(KEY_PATTERN, key):
+        case.headers[KEY_HEADER] = f"{key[: KEY_MAX_LENGTH - _KEY_SUFFIX_LENGTH]}-{uuid.uuid4().hex}"
+    return case

@@ -20,6 +20,8 @@ from django.db import connection
 from accounts.models import SCOPES, User
 from accounts.services import api_key_create
 from credits.services import credit_grant
+from jobs.idempotency import KEY_MAX_LENGTH, KEY_PATTERN
+from tests import schemathesis_hooks
 from tests.conftest import ROOT, subprocess_env
 
 SEED = 20261129
@@ -88,6 +90,10 @@ for who in key anonymous; do
 done
 exit $status
 """
+
+
+def test_the_hooks_make_keys_unique_by_the_rule_the_server_applies() -> None:
+    assert (schemathesis_hooks.KEY_PATTERN, schemathesis_hooks.KEY_MAX_LENGTH) == (KEY_PATTERN, KEY_MAX_LENGTH)
 
 
 @pytest.mark.django_db(transaction=True)
