@@ -7,7 +7,7 @@ from django.conf import settings
 from django.utils.dateparse import parse_datetime
 from django.utils.module_loading import import_string
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
@@ -114,6 +114,11 @@ class ApiSchema(AutoSchema):
 
     def get_description(self) -> str:
         return ""
+
+    def _get_request_for_media_type(self, serializer: Any, direction: str = "request") -> tuple[Any, bool]:
+        schema, required = super()._get_request_for_media_type(serializer, direction)
+        # drf-spectacular cannot see into a union; every variant requires `kind`, so the body is required.
+        return schema, required or isinstance(serializer, PolymorphicProxySerializer)
 
 
 class EndpointSchema(ApiSchema):

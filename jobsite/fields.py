@@ -17,9 +17,9 @@ NO_NUL_PATTERN = r"^[^\x00]*$"
 
 _PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
 _URI_CHAR = r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})"
-HTTP_URL_PATTERN = rf"^https?://(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::{_PORT})?(?:[/?#]{_URI_CHAR}*)?$"
-"""An http(s) URL in RFC 3986's ASCII characters: a host name or [IPv6] literal (no credentials), a port
-1..65535, then path, query and fragment. Serializers validate with it and the schema publishes it."""
+HTTP_URL_PATTERN = rf"^https?://[A-Za-z0-9\-._~]+(?::{_PORT})?(?:[/?#]{_URI_CHAR}*)?$"
+"""An http(s) URL in RFC 3986's ASCII characters: a host name or IPv4 address (no credentials, no IPv6 literal),
+a port 1..65535, then path, query and fragment. Serializers validate with it and the schema publishes it."""
 
 
 class FullMatchValidator(RegexValidator):

@@ -1,7 +1,7 @@
 """schemathesis hooks for tests/test_schema_fuzz.py (loaded through SCHEMATHESIS_HOOKS); no check is changed.
 They act on whole cases (`filter_case`, `map_case`), the hooks every phase applies, the coverage phase included.
 
-- URLs whose host is an address literal (any notation: `0`, `127.1`, `0x7f.1`, `[::]`) are left out of the
+- URLs whose host is an address literal (any notation: `0`, `127.1`, `0x7f.1`, `1.2.3.999`) are left out of the
   generated bodies: which addresses may be reached is the SSRF guard's policy (API.md: 400 for unspecified,
   link-local, reserved... addresses), which no JSON Schema can state; tests/test_ssrf.py covers it.
 - Each generated Idempotency-Key gets a unique suffix: reusing a key with another body is a documented refusal
@@ -23,6 +23,8 @@ KEY_PATTERN = r"^[\x21-\x7e]+( +[\x21-\x7e]+)*$"
 made unique, so that a key generated to be invalid stays invalid."""
 URL_FIELDS = ("url", "callback_url")
 _KEY_SUFFIX_LENGTH = 33
+HTTPX_IPV4_STYLE = re.compile(r"^[0-9]+.[0-9]+.[0-9]+.[0-9]+$")
+"""httpx's own test for an IPv4-style host (its dots match any character)."""
 
 
 def _is_address_literal(url: Any) -> bool:
@@ -32,9 +34,9 @@ def _is_address_literal(url: Any) -> bool:
         host = urlsplit(url).netloc.rsplit("@", 1)[-1]
     except ValueError:
         return False
-    if host.startswith("["):
-        return True
     host = re.sub(r":\d*$", "", host)
+    if HTTPX_IPV4_STYLE.match(host):  # httpx parses these as IPv4 and refuses the invalid ones
+        return True
     try:
         socket.inet_aton(host)  # accepts every IPv4 notation the guard parses (decimal, octal, hex, short)
     except OSError:
@@ -56,7 +58,7 @@ def filter_case(context: Any, case: Any) -> bool:
 
 @schemathesis.hook
 def map_case(context: Any, case: Any) -> Any:
-    key = case.headers.get(KEY_HEADER) if isinstance(case.headers, dict) else None
+    key = case.headers.get(KEY_HEADER) if case.headers is not None else None
     if isinstance(key, str) and len(key) <= KEY_MAX_LENGTH and re.fullmatch(KEY_PATTERN, key):
         case.headers[KEY_HEADER] = f"{key[: KEY_MAX_LENGTH - _KEY_SUFFIX_LENGTH]}-{uuid.uuid4().hex}"
     return case
