@@ -10,6 +10,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import DisallowedHost, RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError as DatabaseInterfaceError
+from django.db import OperationalError as DatabaseOperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from django.views.csrf import csrf_failure as django_csrf_failure
@@ -194,6 +196,8 @@ def _as_service_error(exc: Exception) -> ServiceError | None:
         return exc
     if isinstance(exc, RedisError):  # limits, queues, cache and circuit live there: refuse, never crash
         return ServiceUnavailable("A backing service is unreachable; try again shortly.")
+    if isinstance(exc, DatabaseOperationalError | DatabaseInterfaceError):  # down, or out of connections
+        return ServiceUnavailable("The database is unreachable; try again shortly.")
     if isinstance(exc, drf.ValidationError):
         return InvalidInput(_field_errors(exc.detail))
     if isinstance(exc, drf.ParseError):

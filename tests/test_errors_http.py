@@ -124,3 +124,24 @@ def test_api_responses_set_no_cookies_for_a_session_user(user: User) -> None:
     browser.force_login(user)
     for response in (browser.get("/api/v1/me/"), browser.get("/api/v1/jobs/?status=bogus"), browser.get("/nothing")):
         assert response.status_code in (200, 400, 404) and not response.cookies, response.cookies
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_out_of_connections_is_a_503_not_a_500(api: APIClient) -> None:
+    from django.db import connection
+
+    connection.close()
+    real = connection.settings_dict.copy()
+    connection.settings_dict["NAME"] = "/nonexistent/dir/db.sqlite3" if connection.vendor == "sqlite" else "no_such_db"
+    try:
+        body = _problem(api.get("/api/v1/credits/"), 503, "service_unavailable")
+    finally:
+        connection.close()
+        connection.settings_dict.update(real)
+    assert "database" in body["detail"]
+
+
+@pytest.mark.django_db
+def test_too_many_query_fields_is_a_problem_400(api: APIClient) -> None:
+    query = "&".join(f"page_size={i}" for i in range(1100))
+    _problem(api.get(f"/api/v1/credits/ledger/?{query}"), 400, "bad_request")
