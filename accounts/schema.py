@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 
@@ -11,3 +12,13 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
         return {"type": "http", "scheme": "bearer", "bearerFormat": "<prefix>.<secret>"}
+
+
+class OtpSessionAuthenticationScheme(OpenApiAuthenticationExtension):
+    """The session cookie of a sign-in that passed the OTP check (the admin's and the browsable API's)."""
+
+    target_class = "accounts.authentication.OtpSessionAuthentication"
+    name = "Session"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {"type": "apiKey", "in": "cookie", "name": settings.SESSION_COOKIE_NAME}

@@ -23,7 +23,7 @@ from accounts.serializers import (
 )
 from accounts.services import totp_confirm, totp_enrol, totp_remove
 from accounts.tokens import token_mint
-from jobsite.api import PROBLEM, EndpointView
+from jobsite.api import BODY_STATUSES, EndpointView, problems
 from jobsite.errors import NotFound, PermissionDenied
 
 
@@ -41,7 +41,7 @@ AUTH_TOKEN = "auth.token"
 class MeView(EndpointView):
     endpoint = ACCOUNT_READ
 
-    @extend_schema(operation_id="me", summary="The caller", responses={200: MeSerializer, 401: PROBLEM})
+    @extend_schema(operation_id="me", summary="The caller", responses={200: MeSerializer, **problems(401, 406)})
     def get(self, request: Request) -> Response:
         data = {
             "username": request.user.get_username(),
@@ -66,7 +66,7 @@ class TotpView(TotpEnrolmentView):
         operation_id="me_mfa_totp_enrol",
         summary="Start TOTP enrolment (needs scope account:write)",
         request=None,
-        responses={201: TotpEnrolmentSerializer, 400: PROBLEM, 401: PROBLEM, 403: PROBLEM},
+        responses={201: TotpEnrolmentSerializer, **problems(*BODY_STATUSES, 400, 401, 403, 406)},
     )
     def post(self, request: Request) -> Response:
         device = totp_enrol(user=request.user)
@@ -78,9 +78,11 @@ class TotpView(TotpEnrolmentView):
         operation_id="me_mfa_totp_remove",
         summary="Remove the TOTP device (needs scope account:write and a code in X-MFA-Code)",
         parameters=[OpenApiParameter(MFA_HEADER, str, OpenApiParameter.HEADER, required=True)],
-        responses={204: None, 401: PROBLEM, 403: PROBLEM, 404: PROBLEM},
+        responses={204: None, **problems(400, 401, 403, 404, 406)},
     )
     def delete(self, request: Request) -> Response:
+        if not request.headers.get(MFA_HEADER, "").strip():
+            require_mfa_code(request)  # the required header is missing: 401 mfa_required, device or not
         if not user_has_mfa(user=request.user):
             raise NotFound("No TOTP device is enrolled.")
         require_mfa_code(request)
@@ -93,7 +95,7 @@ class TotpConfirmView(TotpEnrolmentView):
         operation_id="me_mfa_totp_confirm",
         summary="Confirm TOTP enrolment with a first code (needs scope account:write)",
         request=TotpConfirmSerializer,
-        responses={200: MfaStatusSerializer, 400: PROBLEM, 401: PROBLEM, 403: PROBLEM},
+        responses={200: MfaStatusSerializer, **problems(*BODY_STATUSES, 400, 401, 403, 406)},
     )
     def post(self, request: Request) -> Response:
         body = TotpConfirmSerializer(data=request.data)
@@ -109,7 +111,7 @@ class TokenView(EndpointView):
         operation_id="auth_token",
         summary="Mint a short-lived bearer token from an API key (its scopes, dies with it) or an MFA-verified session",
         request=None,
-        responses={200: TokenSerializer, 401: PROBLEM, 403: PROBLEM, 429: PROBLEM},
+        responses={200: TokenSerializer, **problems(401, 403, 406, 429)},
     )
     def post(self, request: Request) -> Response:
         if isinstance(request.auth, BearerToken):

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from django.contrib.auth.hashers import make_password
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -21,10 +21,12 @@ from jobs.kinds.hash import HashInput
 from jobs.models import Job, JobMode, JobStatus
 from jobs.policies import get_kind_settings
 from jobs.selectors import job_list
+from jobs.serializers import callback_url_field
 from jobs.services import job_submit
-from jobsite.api import EndpointView
+from jobsite.api import BODY_STATUSES, GATE_STATUSES, EndpointSchema, EndpointView, problems
 from jobsite.client_ip import client_ip
 from jobsite.errors import NotFound
+from jobsite.fields import ListedChoiceField
 
 COMPAT_SYNC = "compat.sync"
 COMPAT_ASYNC = "compat.async"
@@ -39,6 +41,11 @@ ANONYMOUS_USERNAME = "compat-anonymous"
 REQUESTS_DEFAULT_LIMIT = 100
 REQUESTS_MAX_LIMIT = 1000
 """Page size bounds of GET /requests."""
+REQUESTS_MAX_OFFSET = 2**31 - 1
+"""Largest offset of GET /requests: far past any real list, far below the databases' 64-bit OFFSET."""
+
+COMPAT_STATUSES = tuple(422 if status == 400 else status for status in GATE_STATUSES)
+"""The compatible routes answer 422 where the API answers 400."""
 
 STATUS_NAMES = {
     JobStatus.QUEUED: "pending",
@@ -76,13 +83,13 @@ class CompatSyncInput(HashInput):
 
 
 class CompatAsyncInput(HashInput):
-    callback_url = serializers.CharField(max_length=2048, required=False, allow_blank=True)
+    callback_url = callback_url_field(required=False)
 
 
 class CompatQuery(serializers.Serializer):
-    mode = serializers.ChoiceField(choices=JobMode.choices, required=False)
+    mode = ListedChoiceField(choices=JobMode.choices, required=False)
     limit = serializers.IntegerField(min_value=1, max_value=REQUESTS_MAX_LIMIT, default=REQUESTS_DEFAULT_LIMIT)
-    offset = serializers.IntegerField(min_value=0, default=0)
+    offset = serializers.IntegerField(min_value=0, max_value=REQUESTS_MAX_OFFSET, default=0)
 
 
 def _compat_result(job: Job) -> dict[str, Any] | None:
@@ -100,12 +107,12 @@ class CompatResultSerializer(serializers.Serializer):
 
 
 class CompatSyncResponse(serializers.Serializer):
-    status = serializers.CharField()
+    status = serializers.ChoiceField(choices=["success"])
     result = CompatResultSerializer()
 
 
 class CompatAsyncResponse(serializers.Serializer):
-    status = serializers.CharField()
+    status = serializers.ChoiceField(choices=["accepted"])
     request_id = serializers.UUIDField()
     message = serializers.CharField()
 
@@ -116,6 +123,7 @@ class _CompatOutcomeSerializer(serializers.Serializer):
     result = serializers.SerializerMethodField()
     error = serializers.SerializerMethodField()
 
+    @extend_schema_field(CompatResultSerializer(allow_null=True))
     def get_result(self, job: Job) -> dict[str, Any] | None:
         return _compat_result(job)
 
@@ -127,15 +135,16 @@ class CompatRequestSerializer(_CompatOutcomeSerializer):
     """One request record, as GET /requests lists it."""
 
     request_id = serializers.UUIDField(source="id")
-    mode = serializers.CharField()
+    mode = serializers.ChoiceField(choices=JobMode.choices)
     status = serializers.SerializerMethodField()
     data = serializers.SerializerMethodField()
     iterations = serializers.SerializerMethodField()
     callback_url = serializers.CharField()
     created_at = serializers.DateTimeField()
-    completed_at = serializers.DateTimeField(source="finished_at")
-    processing_time_ms = serializers.IntegerField(source="run_ms")
+    completed_at = serializers.DateTimeField(source="finished_at", allow_null=True)
+    processing_time_ms = serializers.IntegerField(source="run_ms", allow_null=True)
 
+    @extend_schema_field(serializers.ChoiceField(choices=sorted(STATUS_NAMES.values())))
     def get_status(self, job: Job) -> str:
         return STATUS_NAMES[job.status]
 
@@ -146,19 +155,34 @@ class CompatRequestSerializer(_CompatOutcomeSerializer):
         return job.input.get("iterations")
 
 
+class CompatRequestListSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    requests = CompatRequestSerializer(many=True)
+
+
 class CompatCallbackSerializer(_CompatOutcomeSerializer):
     """The body the original backend POSTed to callback_url."""
 
     request_id = serializers.UUIDField(source="id")
     status = serializers.SerializerMethodField()
-    timestamp = serializers.DateTimeField(source="finished_at")
+    timestamp = serializers.DateTimeField(source="finished_at", allow_null=True)
 
+    @extend_schema_field(serializers.ChoiceField(choices=["success", "error"]))
     def get_status(self, job: Job) -> str:
         return "success" if job.status == JobStatus.SUCCEEDED else "error"
 
 
+class CompatSchema(EndpointSchema):
+    """Authentication is optional where the policy lets anonymous callers in (`auth_required=false`)."""
+
+    def get_auth(self) -> list[dict[str, Any]]:
+        return [*super().get_auth(), {}]
+
+
 class CompatView(EndpointView):
     """Every 400 is a 422 here, as the original backend's validation errors were (still problem+json, same code)."""
+
+    schema = CompatSchema()
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)
@@ -198,7 +222,7 @@ class CompatSyncView(CompatSubmitView):
         operation_id="compat_sync",
         summary="Original API: hash now",
         request=CompatSyncInput,
-        responses={200: CompatSyncResponse, 422: OpenApiResponse(description="validation error (problem+json)")},
+        responses={200: CompatSyncResponse, **problems(*COMPAT_STATUSES, *BODY_STATUSES, 402, 409, 502)},
     )
     def post(self, request: Request) -> Response:
         return Response({"status": "success", "result": _compat_result(self.submit(request))})
@@ -213,7 +237,7 @@ class CompatAsyncView(CompatSubmitView):
         operation_id="compat_async",
         summary="Original API: queue a hash; the result is POSTed to callback_url (signed)",
         request=CompatAsyncInput,
-        responses={200: CompatAsyncResponse, 422: OpenApiResponse(description="validation error (problem+json)")},
+        responses={200: CompatAsyncResponse, **problems(*COMPAT_STATUSES, *BODY_STATUSES, 402, 409)},
     )
     def post(self, request: Request) -> Response:
         job = self.submit(request)
@@ -230,10 +254,10 @@ class CompatRequestListView(CompatView):
         operation_id="compat_requests",
         summary="Original API: request records, newest first",
         parameters=[CompatQuery],
-        responses={200: OpenApiResponse(description="{total, requests: [...]}")},
+        responses={200: CompatRequestListSerializer, **problems(*COMPAT_STATUSES)},
     )
     def get(self, request: Request) -> Response:
-        query = CompatQuery(data=request.query_params)
+        query = CompatQuery(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         jobs = compat_visible_jobs(request, mode=query.validated_data.get("mode", ""))
         offset, limit = query.validated_data["offset"], query.validated_data["limit"]
@@ -247,7 +271,7 @@ class CompatRequestDetailView(CompatView):
     @extend_schema(
         operation_id="compat_request",
         summary="Original API: one request record",
-        responses={200: CompatRequestSerializer, 404: OpenApiResponse(description="unknown id (problem+json)")},
+        responses={200: CompatRequestSerializer, **problems(*COMPAT_STATUSES, 404)},
     )
     def get(self, request: Request, request_id: str) -> Response:
         try:

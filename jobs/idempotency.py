@@ -8,6 +8,7 @@ across processes without a second source of truth that a Redis flush could lose.
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import timedelta
@@ -35,6 +36,8 @@ KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 KEY_MAX_LENGTH = 255
 """Longest Idempotency-Key accepted (the column's size)."""
+KEY_PATTERN = r"^[\x21-\x7e]+( +[\x21-\x7e]+)*$"
+"""Printable ASCII, no leading or trailing space (HTTP strips those anyway); also the schema's pattern."""
 
 REPLAYED_RESPONSE_HEADERS = ("Location",)
 """Response headers stored with the body and replayed."""
@@ -59,7 +62,7 @@ def request_fingerprint(*, method: str, path: str, data: Any) -> str:
 
 def _valid_key(raw: str) -> str:
     key = raw.strip()
-    if not key or len(key) > KEY_MAX_LENGTH or not key.isprintable() or not key.isascii():
+    if len(key) > KEY_MAX_LENGTH or not re.fullmatch(KEY_PATTERN, key):
         raise InvalidInput(
             [{"field": KEY_HEADER, "message": f"must be 1..{KEY_MAX_LENGTH} printable ASCII characters"}]
         )

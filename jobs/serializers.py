@@ -1,30 +1,79 @@
 from typing import Any
 
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
 from jobs.encryption import masked_input, open_result
-from jobs.kinds import KINDS
+from jobs.kinds import KINDS, Kind
 from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus
 from jobs.policies import get_kind_settings
+from jobsite.errors import CallbackUrlForbidden
+from jobsite.fields import HTTP_URL_PATTERN, ListedChoiceField, StrictCharField, matches_http_url
+
+CALLBACK_URL_MAX_LENGTH = 2048
+
+
+@extend_schema_field({"type": "string", "pattern": HTTP_URL_PATTERN, "maxLength": CALLBACK_URL_MAX_LENGTH})
+class CallbackUrlField(StrictCharField):
+    """An http(s) URL. Refusals carry API.md's one code for callback URLs, 400 callback_url_forbidden: here
+    what is forbidden on its face (not HTTP_URL_PATTERN), then the SSRF guard in job_submit for the addresses."""
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        if not matches_http_url(value):
+            raise CallbackUrlForbidden("A callback URL is an http(s) URL in ASCII, without credentials.")
+        return value
+
+
+def callback_url_field(**kwargs: Any) -> CallbackUrlField:
+    return CallbackUrlField(
+        max_length=CALLBACK_URL_MAX_LENGTH,
+        help_text="Receives the final job as a signed webhook (Standard Webhooks).",
+        **kwargs,
+    )
+
+
+def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
+    """The submission body for one kind in one mode: the envelope around the kind's own input serializer."""
+    input_required = any(field.required for field in kind.serializer_class().fields.values())
+    fields: dict[str, Any] = {
+        "kind": ListedChoiceField(choices=[kind.name]),
+        "input": kind.serializer_class(required=input_required, **({} if input_required else {"default": dict})),
+    }
+    if mode == JobMode.ASYNC:
+        fields["callback_url"] = callback_url_field(required=False)
+    name = f"{kind.name.title()}{mode.title()}JobRequest"
+    return type(name, (serializers.Serializer,), {**fields, "__doc__": f"A `{kind.name}` job ({mode})."})
+
+
+KIND_REQUESTS: dict[str, dict[str, type[serializers.Serializer]]] = {
+    mode: {name: _kind_request_class(kind, mode) for name, kind in sorted(KINDS.items())}
+    for mode in (JobMode.SYNC, JobMode.ASYNC)
+}
+"""Per mode, per kind: the serializer that validates a submission and documents it (one source)."""
+
+
+def job_request_schema(mode: str) -> PolymorphicProxySerializer:
+    """OpenAPI: the submission body as a union discriminated on `kind`."""
+    return PolymorphicProxySerializer(
+        component_name=f"{mode.title()}JobRequest",
+        serializers=KIND_REQUESTS[mode],
+        resource_type_field_name="kind",
+    )
 
 
 class JobRequestSerializer(serializers.Serializer):
-    """The submission envelope; `input` is validated by the kind's own serializer."""
+    """The submission envelope: `kind` picks the serializer of KIND_REQUESTS that validates the rest."""
 
-    kind = serializers.ChoiceField(choices=sorted(KINDS))
-    input = serializers.DictField(default=dict)
-    # Judged by the SSRF guard in job_submit (400 callback_url_forbidden), not by a URL pattern.
-    callback_url = serializers.CharField(max_length=2048, required=False)
+    kind = ListedChoiceField(choices=sorted(KINDS))
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if attrs.get("callback_url") and self.context.get("mode") != JobMode.ASYNC:
+        mode = self.context["mode"]
+        if mode != JobMode.ASYNC and "callback_url" in self.initial_data:
             raise serializers.ValidationError({"callback_url": ["Only async jobs take a callback_url."]})
-        kind_input = KINDS[attrs["kind"]].serializer_class(data=attrs["input"])
-        if not kind_input.is_valid():
-            raise serializers.ValidationError({"input": kind_input.errors})
-        attrs["input"] = dict(kind_input.validated_data)
-        return attrs
+        request = KIND_REQUESTS[mode][attrs["kind"]](data=self.initial_data)
+        request.is_valid(raise_exception=True)
+        return {"callback_url": "", **request.validated_data, "input": dict(request.validated_data["input"])}
 
 
 class CallbackAttemptSerializer(serializers.ModelSerializer):
@@ -39,9 +88,19 @@ class JobErrorSerializer(serializers.Serializer):
 
 
 class JobCallbackSerializer(serializers.Serializer):
-    url = serializers.CharField(allow_blank=True)
-    status = serializers.CharField()
+    url = serializers.CharField(allow_blank=True, help_text="The callback URL, or empty.")
+    status = serializers.ChoiceField(choices=CallbackStatus.choices)
     attempts = CallbackAttemptSerializer(many=True)
+
+
+class AttemptLogEntrySerializer(serializers.Serializer):
+    """One failed attempt of a job."""
+
+    n = serializers.IntegerField()
+    at = serializers.DateTimeField()
+    code = serializers.CharField()
+    message = serializers.CharField(allow_blank=True)
+    callers_fault = serializers.BooleanField(help_text="True when the input was at fault (no refund).")
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -49,6 +108,7 @@ class JobSerializer(serializers.ModelSerializer):
     result = serializers.SerializerMethodField()
     error = serializers.SerializerMethodField()
     callback = serializers.SerializerMethodField()
+    attempt_log = AttemptLogEntrySerializer(many=True, read_only=True)
 
     class Meta:
         model = Job
@@ -100,13 +160,13 @@ class CreatedRangeSerializer(serializers.Serializer):
 
 
 class JobListQuerySerializer(CreatedRangeSerializer):
-    mode = serializers.ChoiceField(choices=JobMode.choices, required=False)
-    status = serializers.ChoiceField(choices=JobStatus.choices, required=False)
-    kind = serializers.ChoiceField(choices=sorted(KINDS), required=False)
+    mode = ListedChoiceField(choices=JobMode.choices, required=False)
+    status = ListedChoiceField(choices=JobStatus.choices, required=False)
+    kind = ListedChoiceField(choices=sorted(KINDS), required=False)
 
 
 class ExportQuerySerializer(CreatedRangeSerializer):
-    format = serializers.ChoiceField(choices=["jsonl", "csv"], default="jsonl")
+    format = ListedChoiceField(choices=["jsonl", "csv"], default="jsonl")
 
 
 class _RateLimitStateSerializer(serializers.Serializer):

@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from jobs.export import export_chunks, export_csv, export_jsonl
-from jobs.idempotency import idempotent_response
+from jobs.idempotency import KEY_HEADER, KEY_MAX_LENGTH, KEY_PATTERN, idempotent_response
 from jobs.limits import caller_limits
 from jobs.models import Job, JobMode
 from jobs.selectors import job_get, job_list
@@ -24,18 +24,31 @@ from jobs.serializers import (
     JobSerializer,
     LimitsSerializer,
     WebhookSecretSerializer,
+    job_request_schema,
 )
 from jobs.services import job_cancel, job_submit
 from jobs.webhooks import webhook_secret_rotate
-from jobsite.api import PROBLEM, EndpointView, NewestFirstPagination
+from jobsite.api import (
+    BODY_STATUSES,
+    GATE_STATUSES,
+    EndpointView,
+    NewestFirstPagination,
+    PageQuerySerializer,
+    paginated,
+    problems,
+)
 from jobsite.errors import NotFound
 
 IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
-    "Idempotency-Key",
-    str,
+    KEY_HEADER,
+    {"type": "string", "pattern": KEY_PATTERN, "maxLength": KEY_MAX_LENGTH},
     OpenApiParameter.HEADER,
-    description="Same key and body within the policy's TTL replays the first response (Idempotent-Replayed: true).",
+    description="Same key and body within the policy's TTL replays the first response (Idempotent-Replayed: true); "
+    "the same key with another body: 422 idempotency_key_reused; while the first runs: 409 idempotency_in_flight.",
 )
+
+SUBMIT_STATUSES = (*GATE_STATUSES, *BODY_STATUSES, 402, 409, 422)
+"""A submission can also be refused for credits, an idempotency key in flight or reused."""
 
 
 class JobSubmitView(EndpointView):
@@ -69,8 +82,8 @@ class JobSubmitView(EndpointView):
         operation_id="jobs_sync",
         summary="Run a job now; the result is in the response",
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
-        request=JobRequestSerializer,
-        responses={200: JobSerializer, 400: PROBLEM, 401: PROBLEM, 402: PROBLEM, 429: PROBLEM, 502: PROBLEM},
+        request=job_request_schema(JobMode.SYNC),
+        responses={200: JobSerializer, **problems(*SUBMIT_STATUSES, 502)},
     )
 )
 class JobSyncView(JobSubmitView):
@@ -83,8 +96,8 @@ class JobSyncView(JobSubmitView):
         operation_id="jobs_async",
         summary="Queue a job; poll its Location or receive a signed webhook",
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
-        request=JobRequestSerializer,
-        responses={202: JobSerializer, 400: PROBLEM, 401: PROBLEM, 402: PROBLEM, 429: PROBLEM, 503: PROBLEM},
+        request=job_request_schema(JobMode.ASYNC),
+        responses={202: JobSerializer, **problems(*SUBMIT_STATUSES)},
     )
 )
 class JobAsyncView(JobSubmitView):
@@ -105,11 +118,11 @@ class JobListView(EndpointView):
     @extend_schema(
         operation_id="jobs_list",
         summary="Own jobs (staff: all), newest first",
-        parameters=[JobListQuerySerializer, OpenApiParameter("page_size", int), OpenApiParameter("cursor", str)],
-        responses={200: JobSerializer(many=True), 400: PROBLEM, 401: PROBLEM},
+        parameters=[JobListQuerySerializer, PageQuerySerializer],
+        responses={200: paginated("PaginatedJobList", JobSerializer(many=True)), **problems(*GATE_STATUSES, 404)},
     )
     def get(self, request: Request) -> Response:
-        filters = JobListQuerySerializer(data=request.query_params)
+        filters = JobListQuerySerializer(data=request.query_params.dict())
         filters.is_valid(raise_exception=True)
         jobs = job_list(user=request.user, **filters.validated_data).prefetch_related("callback_attempts")
         paginator = NewestFirstPagination()
@@ -135,7 +148,11 @@ class JobDetailView(EndpointView):
         parameters=[
             OpenApiParameter("If-None-Match", str, OpenApiParameter.HEADER, description="An ETag seen before.")
         ],
-        responses={200: JobSerializer, 304: OpenApiResponse(description="Not modified"), 404: PROBLEM},
+        responses={
+            200: JobSerializer,
+            304: OpenApiResponse(description="Not modified"),
+            **problems(*GATE_STATUSES, 404),
+        },
     )
     def get(self, request: Request, job_id: UUID) -> Response:
         job = job_get(user=request.user, job_id=job_id)
@@ -155,7 +172,7 @@ class JobCancelView(EndpointView):
         operation_id="jobs_cancel",
         summary="Cancel a queued job (credits refunded)",
         request=None,
-        responses={200: JobSerializer, 404: PROBLEM, 409: PROBLEM},
+        responses={200: JobSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES, 404, 409)},
     )
     def post(self, request: Request, job_id: UUID) -> Response:
         return Response(JobSerializer(job_cancel(user=request.user, job_id=job_id)).data)
@@ -168,10 +185,14 @@ class JobExportView(EndpointView):
         operation_id="jobs_export",
         summary="Stream own jobs as JSON lines or CSV",
         parameters=[ExportQuerySerializer],
-        responses={(200, "application/x-ndjson"): OpenApiTypes.STR, (200, "text/csv"): OpenApiTypes.STR},
+        responses={
+            (200, "application/x-ndjson"): OpenApiTypes.STR,
+            (200, "text/csv"): OpenApiTypes.STR,
+            **problems(*GATE_STATUSES),
+        },
     )
     def get(self, request: Request) -> StreamingHttpResponse:
-        query = ExportQuerySerializer(data=request.query_params)
+        query = ExportQuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         export_format = query.validated_data.pop("format")
         chunks = export_chunks(job_list(user=request.user, own_only=True, **query.validated_data))  # API.md: own jobs
@@ -193,7 +214,7 @@ class WebhookSecretView(EndpointView):
         operation_id="me_webhook_secret",
         summary="Create or rotate the webhook signing secret; the old one keeps signing for 24 h",
         request=None,
-        responses={201: WebhookSecretSerializer, 401: PROBLEM, 403: PROBLEM},
+        responses={201: WebhookSecretSerializer, **problems(*BODY_STATUSES, 401, 403, 406)},
     )
     def post(self, request: Request) -> Response:
         secret = webhook_secret_rotate(user=request.user)
@@ -208,7 +229,7 @@ class LimitsView(EndpointView):
     @extend_schema(
         operation_id="me_limits",
         summary="Each endpoint's rate limit (what remains, when it resets), concurrency caps in use, the balance",
-        responses={200: LimitsSerializer, 401: PROBLEM},
+        responses={200: LimitsSerializer, **problems(401, 403, 406, 429)},
     )
     def get(self, request: Request) -> Response:
         return Response(LimitsSerializer(caller_limits(request)).data)

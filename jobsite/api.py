@@ -1,21 +1,76 @@
-"""The base of every policy-governed API view: it loads the endpoint's policy before DRF's checks."""
+"""The base of every policy-governed API view (it loads the endpoint's policy before DRF's checks), the JSON
+parser, pagination, and the OpenAPI pieces every operation shares (problem responses, security)."""
 
 from typing import Any, ClassVar
 
 from django.conf import settings
+from django.utils.dateparse import parse_datetime
 from django.utils.module_loading import import_string
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
-from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.pagination import CursorPagination
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, inline_serializer
+from rest_framework import exceptions, serializers
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from jobsite.errors import PROBLEM_CONTENT_TYPE, NotFound
 from jobsite.logs import bind_context
 
-PROBLEM = OpenApiResponse(description="problem+json error (see `code`)")
+
+class ProblemFieldErrorSerializer(serializers.Serializer):
+    field = serializers.CharField(help_text="Dotted path of the field (`body` for the whole body).")
+    message = serializers.CharField()
+
+
+class ProblemSerializer(serializers.Serializer):
+    """RFC 9457 problem details; `code` is stable. Some codes add members (`balance`, `cost`, `retry_after`...)."""
+
+    type = serializers.CharField(help_text="urn:jobsite:problem:<code>")
+    title = serializers.CharField()
+    status = serializers.IntegerField()
+    detail = serializers.CharField()
+    code = serializers.CharField()
+    errors = ProblemFieldErrorSerializer(many=True, required=False, help_text="validation_error: each bad field.")
+
+
+PROBLEM = OpenApiResponse(response=ProblemSerializer, description="problem+json (see `code`)")
 """How OpenAPI documents every error response: RFC 9457 problem+json with a stable `code`."""
+
+GATE_STATUSES = (400, 401, 403, 406, 429, 503)
+"""What any policy-governed operation can answer before its own work: bad query or body, authentication,
+permission (scope, role, IP, disabled), an unacceptable Accept, rate limit, a backing service down."""
+
+BODY_STATUSES = (413, 415)
+"""What an operation that reads a body can also answer: too large, not JSON."""
+
+
+def problems(*statuses: int) -> dict[tuple[int, str], OpenApiResponse]:
+    """OpenAPI responses for the given error statuses, each a problem+json body."""
+    return {(status, PROBLEM_CONTENT_TYPE): PROBLEM for status in sorted(set(statuses))}
+
+
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,512}={0,2}$"
+"""A cursor is an opaque token copied from `next` or `previous` (urlsafe base64)."""
+
+
+class PageQuerySerializer(serializers.Serializer):
+    """The query of a cursor-paginated list; validated before the paginator reads it."""
+
+    page_size = serializers.IntegerField(min_value=1, required=False, help_text="Default 50; above 500 means 500.")
+    cursor = serializers.RegexField(CURSOR_PATTERN, required=False, help_text="`next` or `previous` of a page.")
+
+
+def paginated(name: str, item: serializers.Serializer) -> serializers.Serializer:
+    """The envelope of a cursor-paginated list, as NewestFirstPagination answers it."""
+    return inline_serializer(
+        name=name,
+        fields={
+            "next": serializers.URLField(allow_null=True, help_text="The next page, or null."),
+            "previous": serializers.URLField(allow_null=True, help_text="The previous page, or null."),
+            "results": item,
+        },
+    )
 
 
 class NewestFirstPagination(CursorPagination):
@@ -26,11 +81,19 @@ class NewestFirstPagination(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
 
-    def decode_cursor(self, request: Request) -> Any:
+    def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> Any:
+        PageQuerySerializer(data=request.query_params.dict()).is_valid(raise_exception=True)
+        return super().paginate_queryset(queryset, request, view)
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        # A cursor names a page; one this service did not issue names no page (404, as DRF decides).
         try:
-            return super().decode_cursor(request)
-        except NotFound:  # DRF answers a malformed cursor with 404; it is bad input
-            raise ValidationError({self.cursor_query_param: ["Invalid cursor."]}) from None
+            cursor = super().decode_cursor(request)
+            if cursor is not None and cursor.position is not None and parse_datetime(cursor.position) is None:
+                raise ValueError(cursor.position)
+        except (exceptions.NotFound, ValueError):
+            raise NotFound("No such page: the cursor is not one this service issued.") from None
+        return cursor
 
 
 def governing_policies(request: Request) -> list[Any]:
@@ -55,7 +118,19 @@ MFA_CODE_PARAMETER = OpenApiParameter(
 )
 
 
-class EndpointSchema(AutoSchema):
+class ApiSchema(AutoSchema):
+    """Descriptions come from `extend_schema` only: a class's docstring is for developers, not integrators."""
+
+    def get_description(self) -> str:
+        return ""
+
+    def _get_request_for_media_type(self, serializer: Any, direction: str = "request") -> tuple[Any, bool]:
+        schema, required = super()._get_request_for_media_type(serializer, direction)
+        # drf-spectacular cannot see into a union; every variant requires `kind`, so the body is required.
+        return schema, required or isinstance(serializer, PolymorphicProxySerializer)
+
+
+class EndpointSchema(ApiSchema):
     """Every policy-governed operation documents the MFA header its policy may demand."""
 
     def get_override_parameters(self) -> list[Any]:

@@ -1,34 +1,58 @@
-"""One exception hierarchy for the whole service, rendered as RFC 9457 problem+json in one handler."""
+"""One exception hierarchy for the whole service, rendered as RFC 9457 problem+json in one handler.
+
+Django's own refusals (handler400/403/404/500, CSRF_FAILURE_VIEW) route here too for every path outside
+the admin site, so an API client never sees an HTML error page.
+"""
 
 import sys
+from http import HTTPStatus
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import DisallowedHost, RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.db import InterfaceError, OperationalError
-from django.http import Http404, HttpRequest, JsonResponse
+from django.db import InterfaceError as DatabaseInterfaceError
+from django.db import OperationalError as DatabaseOperationalError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+from django.views.csrf import csrf_failure as django_csrf_failure
 from redis.exceptions import RedisError
 from rest_framework import exceptions as drf
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
-BACKING_SERVICE_DOWN = (RedisError, OperationalError, InterfaceError)
+JSON_MEDIA_TYPE = "application/json"
+"""The one request body media type the API parses."""
+
+BACKING_SERVICE_DOWN = (RedisError, DatabaseOperationalError, DatabaseInterfaceError)
 """Errors of an unreachable Redis or database: the client is told to retry (503), never shown a 500."""
 
+HTML_PATH_PREFIXES = ("/admin/",)
+"""Paths whose errors stay Django's HTML pages (people in a browser); every other path answers problem+json."""
 
-class ServiceError(Exception):
-    """Base of every error a service raises on purpose; carries its HTTP status and stable code."""
+
+class ServiceError(drf.APIException):
+    """Base of every error a service raises on purpose; carries its HTTP status and stable code.
+
+    A DRF APIException, so that DRF code that expects one (the browsable API's permission re-checks while it
+    renders) treats ours as refusals, never as crashes.
+    """
 
     status = 500
     code = "internal_error"
     title = "Internal error"
 
     def __init__(self, detail: str = "", *, headers: dict[str, str] | None = None, **extra: Any):
-        super().__init__(detail or self.title)
+        super().__init__(detail or self.title, self.code)
         self.detail = detail or self.title
         self.headers = headers or {}
         self.extra = extra
+
+    @property
+    def status_code(self) -> int:  # DRF's name for `status`
+        return self.status
 
 
 class InvalidInput(ServiceError):
@@ -64,6 +88,36 @@ class IpNotAllowed(ServiceError):
 
 class NotFound(ServiceError):
     status, code, title = 404, "not_found", "Not found"
+
+
+class BadRequest(ServiceError):
+    """A request Django refuses before any view runs (a Host header not in ALLOWED_HOSTS, a malformed request)."""
+
+    status, code, title = 400, "bad_request", "Bad request"
+
+
+class CsrfFailed(ServiceError):
+    status, code, title = 403, "csrf_failed", "CSRF check failed"
+
+
+class MethodNotAllowed(ServiceError):
+    status, code, title = 405, "method_not_allowed", "Method not allowed"
+
+
+class NotAcceptable(ServiceError):
+    status, code, title = 406, "not_acceptable", "Not acceptable"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code, title = 413, "payload_too_large", "Payload too large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+    def __init__(self, media_type: str = ""):
+        got = f"got {media_type!r}" if media_type else "no Content-Type was sent"
+        super().__init__(f"Send the request body as JSON with Content-Type: {JSON_MEDIA_TYPE} ({got}).")
 
 
 class NotCancellable(ServiceError):
@@ -144,7 +198,9 @@ def _as_service_error(exc: Exception) -> ServiceError | None:
     """Translate DRF's and Django's exceptions into ours, so one renderer serves them all."""
     if isinstance(exc, ServiceError):
         return exc
-    if isinstance(exc, BACKING_SERVICE_DOWN):  # refuse and roll back, never crash: nothing was accepted
+    if isinstance(exc, DatabaseOperationalError | DatabaseInterfaceError):  # down, or out of connections
+        return ServiceUnavailable("The database is unreachable; try again shortly.")
+    if isinstance(exc, RedisError):  # limits, queues, cache and circuit live there: refuse, never crash
         return ServiceUnavailable("A backing service is unreachable; try again shortly.")
     if isinstance(exc, drf.ValidationError):
         return InvalidInput(_field_errors(exc.detail))
@@ -156,9 +212,23 @@ def _as_service_error(exc: Exception) -> ServiceError | None:
         return PermissionDenied(str(getattr(exc, "detail", "")) or PermissionDenied.title)
     if isinstance(exc, drf.NotFound | Http404):
         return NotFound("No such resource.")
+    if isinstance(exc, drf.MethodNotAllowed):
+        return MethodNotAllowed(str(exc.detail))
+    if isinstance(exc, drf.UnsupportedMediaType):
+        return UnsupportedMediaType(getattr(exc, "media_type", ""))
+    if isinstance(exc, drf.NotAcceptable):
+        return NotAcceptable(f"This endpoint answers {JSON_MEDIA_TYPE}.")
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return PayloadTooLarge(f"The request body exceeds {limit} bytes.", limit=limit)
+    if isinstance(exc, DisallowedHost):
+        return BadRequest("The Host header names a host this service does not serve.")
+    if isinstance(exc, SuspiciousOperation):
+        return BadRequest("The request is malformed.")
     if isinstance(exc, drf.APIException):
         error = ServiceError(str(exc.detail))
-        error.status, error.code, error.title = exc.status_code, exc.default_code, str(exc.default_detail)
+        error.status, error.code = exc.status_code, exc.default_code
+        error.title = HTTPStatus(exc.status_code).phrase  # DRF's default_detail may hold a {placeholder}
         return error
     return None
 
@@ -172,6 +242,9 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
     from rest_framework.views import set_rollback
 
     set_rollback()
+    # Problems are JSON whatever the Accept header asked for (RFC 9457); never the browsable API's HTML.
+    context["request"].accepted_renderer = JSONRenderer()
+    context["request"].accepted_media_type = PROBLEM_CONTENT_TYPE
     body = problem(error.status, error.code, error.title, error.detail, **error.extra)
     headers = dict(error.headers)
     if isinstance(exc, drf.APIException) and getattr(exc, "auth_header", None):
@@ -197,12 +270,39 @@ def problem_response(error: ServiceError) -> JsonResponse:
     return response
 
 
-def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+def wants_html_errors(request: HttpRequest) -> bool:
+    return request.path.startswith(HTML_PATH_PREFIXES)
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if wants_html_errors(request):
+        return defaults.bad_request(request, exception)
+    return problem_response(_as_service_error(exception) or BadRequest("The request is malformed."))
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if wants_html_errors(request):
+        return defaults.permission_denied(request, exception)
+    return problem_response(PermissionDenied(str(exception or "") or PermissionDenied.title))
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if wants_html_errors(request):
+        return defaults.page_not_found(request, exception)
     return problem_response(NotFound("No such resource."))
 
 
-def handler500(request: HttpRequest) -> JsonResponse:
+def handler500(request: HttpRequest) -> HttpResponse:
+    if wants_html_errors(request):
+        return defaults.server_error(request)
     # Django calls this inside its except block: a database or Redis outage outside DRF (middleware) is a 503 too.
     if isinstance(sys.exc_info()[1], BACKING_SERVICE_DOWN):
         return problem_response(ServiceUnavailable("A backing service is unreachable; try again shortly."))
     return problem_response(ServiceError("An unexpected error occurred; it has been logged."))
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: a form post (DRF's login page, a session-authenticated write) without a valid token."""
+    if wants_html_errors(request):
+        return django_csrf_failure(request, reason)
+    return problem_response(CsrfFailed(f"CSRF verification failed: {reason}" if reason else CsrfFailed.title))

@@ -38,7 +38,17 @@ def configure_tracing(exporter_name: str, service_name: str = "jobsite") -> Trac
     from opentelemetry.instrumentation.django import DjangoInstrumentor
 
     DjangoInstrumentor().instrument(is_sql_commentor_enabled=False)
+    _keep_host_check_first()
     return provider
+
+
+def _keep_host_check_first() -> None:
+    """The instrumentor puts its middleware first, and it reads the Host header: refuse a bad one before it."""
+    from django.conf import settings
+
+    from jobsite.edge import HOST_CHECK_MIDDLEWARE
+
+    settings.MIDDLEWARE = [HOST_CHECK_MIDDLEWARE, *(m for m in settings.MIDDLEWARE if m != HOST_CHECK_MIDDLEWARE)]
 
 
 def get_tracer() -> trace.Tracer:

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.contrib import admin
 from django.urls import URLPattern, include, path
 from django_rq.urls import get_admin_urlpatterns, get_api_urlpatterns
@@ -15,13 +17,20 @@ def rq_dashboard_urlpatterns() -> list[URLPattern]:
     return api + get_admin_urlpatterns(view_wrapper=admin.site.admin_view)
 
 
+class SchemaView(SpectacularAPIView):
+    """The OpenAPI document: YAML, or JSON for `?format=json` (URL_FORMAT_OVERRIDE is off: `format` is the export's)."""
+
+    def get_format_suffix(self, **kwargs: Any) -> str | None:
+        return self.request.query_params.get("format") or None
+
+
 urlpatterns = [
     path("api/v1/", include("jobs.urls")),
     path("api/v1/", include("accounts.urls")),
     # Session sign-in for the browsable API and Swagger UI: the admin's rule (password + OTP if enrolled), throttled.
     path("api-auth/", include("accounts.auth_urls")),
     path("api/v1/", include("credits.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("healthz", healthz, name="healthz"),
     path("sync", compat.CompatSyncView.as_view(), name="compat-sync"),
@@ -35,5 +44,7 @@ urlpatterns = [
     path("metrics", MetricsView.as_view(), name="metrics"),
 ]
 
+handler400 = "jobsite.errors.handler400"
+handler403 = "jobsite.errors.handler403"
 handler404 = "jobsite.errors.handler404"
 handler500 = "jobsite.errors.handler500"

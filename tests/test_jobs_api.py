@@ -195,10 +195,14 @@ def test_unknown_path_is_problem_json(api: APIClient) -> None:
     assert response["Content-Type"] == "application/problem+json"
 
 
-def test_malformed_cursor_is_a_400(api: APIClient) -> None:
-    response = api.get("/api/v1/jobs/?cursor=not-a-cursor")
-    assert response.status_code == 400
-    assert response.json()["errors"] == [{"field": "cursor", "message": "Invalid cursor."}]
+def test_malformed_cursor_is_a_400_and_an_unknown_one_a_404(api: APIClient) -> None:
+    """The schema's pattern decides malformed (400); a well-formed cursor this service never issued names no page."""
+    malformed = api.get("/api/v1/jobs/?cursor=not*a*cursor")
+    assert malformed.status_code == 400
+    assert [error["field"] for error in malformed.json()["errors"]] == ["cursor"]
+    for unknown in ("not-a-cursor", "cD1ub3QtYS1kYXRl", "_w=="):  # garbage, "p=not-a-date", bytes that are not ASCII
+        response = api.get(f"/api/v1/jobs/?cursor={unknown}")
+        assert (response.status_code, response.json()["code"]) == (404, "not_found"), unknown
 
 
 def test_staff_list_everyone_but_export_their_own(

@@ -5,15 +5,20 @@ from typing import Any
 
 import httpx
 from django.conf import settings
-from django.core.validators import URLValidator
 from rest_framework import serializers
 
 from jobs import ssrf
 from jobs.kinds.base import Kind, KindError, RunContext
+from jobsite.fields import HTTP_URL_PATTERN, FullMatchValidator, StrictCharField
 
 
 class FetchInput(serializers.Serializer):
-    url = serializers.CharField(max_length=2048, validators=[URLValidator(schemes=["http", "https"])])
+    url = StrictCharField(
+        max_length=2048,
+        validators=[
+            FullMatchValidator(HTTP_URL_PATTERN, message="Enter an http(s) URL in ASCII, without credentials.")
+        ],
+    )
 
     def validate_url(self, value: str) -> str:
         try:

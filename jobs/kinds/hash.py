@@ -3,27 +3,33 @@
 import hashlib
 from typing import Any
 
+from django.conf import settings
+from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 from jobs.deadline import Deadline
 from jobs.kinds.base import Kind, RunContext
+from jobsite.fields import StrictCharField, StrictIntegerField
 
 MAX_DATA_CHARS = 10_000
 """Longest `data` accepted."""
 
-MAX_ITERATIONS = 1_000_000
-"""Most iterations accepted: about a second of CPU on one core."""
+MAX_ITERATIONS = settings.HASH_MAX_ITERATIONS
+"""Most iterations accepted (default 1 000 000: about a second of CPU on one core)."""
+
+DATA_PATTERN = r"^(?=\s*\S)[^\x00]*$"
+"""`data`: not blank (some non-whitespace character) and without NUL characters."""
 
 
 class HashInput(serializers.Serializer):
     # trim_whitespace off: the hash must cover `data` exactly as sent.
-    data = serializers.CharField(min_length=1, max_length=MAX_DATA_CHARS, trim_whitespace=False)
-    iterations = serializers.IntegerField(min_value=1, max_value=MAX_ITERATIONS, default=1000)
-
-    def validate_data(self, value: str) -> str:
-        if not value.strip():
-            raise serializers.ValidationError("This field may not be blank.")
-        return value
+    data = StrictCharField(
+        min_length=1,
+        max_length=MAX_DATA_CHARS,
+        trim_whitespace=False,
+        validators=[RegexValidator(DATA_PATTERN, message="This field may not be blank or hold null characters.")],
+    )
+    iterations = StrictIntegerField(min_value=1, max_value=MAX_ITERATIONS, default=1000)
 
 
 DEADLINE_CHECK_EVERY = 10_000

@@ -1,0 +1,48 @@
+"""OpenAPI 3.1 `webhooks`: what Jobsite POSTs to a job's callback_url, signed per Standard Webhooks."""
+
+from drf_spectacular.utils import OpenApiResponse, OpenApiWebhook, extend_schema
+from rest_framework.serializers import Serializer
+
+from jobs.compat import CompatCallbackSerializer
+from jobs.serializers import JobSerializer
+
+SIGNATURE_HEADERS = """
+
+Headers (Standard Webhooks; drf-spectacular lists no parameters for webhooks, so they are described here):
+- `webhook-id`: the job's delivery id, the same on every retry; deduplicate on it.
+- `webhook-timestamp`: Unix seconds when this attempt was signed; refuse old ones (replay protection).
+- `webhook-signature`: `v1,<base64 HMAC-SHA256>` over `{webhook-id}.{webhook-timestamp}.{body}`, keyed with the
+  base64-decoded part of your `whsec_...` secret after `whsec_`; space-separated, one per active secret while
+  a rotation overlaps. The `standardwebhooks` library verifies it given the `whsec_...` secret as printed."""
+
+RETRIES = (
+    " Anything but 2xx or 410 (3xx, timeouts, refused connections included) is retried with exponential backoff"
+    " and jitter, honouring `Retry-After`; redirects are never followed."
+)
+
+RECEIVER_RESPONSES = {
+    200: OpenApiResponse(description="Any 2xx: delivered."),
+    410: OpenApiResponse(description="Gone: stop retrying this delivery."),
+}
+
+
+def _webhook(name: str, *, summary: str, body: str, request: type[Serializer]) -> OpenApiWebhook:
+    decorator = extend_schema(
+        summary=summary, description=body + RETRIES + SIGNATURE_HEADERS, request=request, responses=RECEIVER_RESPONSES
+    )
+    return OpenApiWebhook(name=name, decorator=decorator)
+
+
+JOB_FINISHED = _webhook(
+    "jobFinished",
+    summary="An async job with a callback_url reached its final status",
+    body="The body is the job as `GET /api/v1/jobs/{id}/` shows it.",
+    request=JobSerializer,
+)
+
+COMPAT_REQUEST_FINISHED = _webhook(
+    "compatRequestFinished",
+    summary="A request of `POST /async` (compatible route) finished",
+    body="The original backend's callback body.",
+    request=CompatCallbackSerializer,
+)

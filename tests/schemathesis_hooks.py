@@ -1,0 +1,64 @@
+"""schemathesis hooks for tests/test_schema_fuzz.py (loaded through SCHEMATHESIS_HOOKS); no check is changed.
+They act on whole cases (`filter_case`, `map_case`), the hooks every phase applies, the coverage phase included.
+
+- URLs whose host is an address literal (any notation: `0`, `127.1`, `0x7f.1`, `1.2.3.999`) are left out of the
+  generated bodies: which addresses may be reached is the SSRF guard's policy (API.md: 400 for unspecified,
+  link-local, reserved... addresses), which no JSON Schema can state; tests/test_ssrf.py covers it.
+- Each generated Idempotency-Key gets a unique suffix: reusing a key with another body is a documented refusal
+  (422 idempotency_key_reused), and tests/test_idempotency.py covers it; here a key must not tie unrelated cases.
+"""
+
+import re
+import socket
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import schemathesis
+
+KEY_HEADER = "Idempotency-Key"
+KEY_MAX_LENGTH = 255
+KEY_PATTERN = r"^[\x21-\x7e]+( +[\x21-\x7e]+)*$"
+"""jobs.idempotency's rule (this module runs in schemathesis' process, without Django): only valid keys are
+made unique, so that a key generated to be invalid stays invalid."""
+URL_FIELDS = ("url", "callback_url")
+_KEY_SUFFIX_LENGTH = 33
+HTTPX_IPV4_STYLE = re.compile(r"^[0-9]+.[0-9]+.[0-9]+.[0-9]+$")
+"""httpx's own test for an IPv4-style host (its dots match any character)."""
+
+
+def _is_address_literal(url: Any) -> bool:
+    if not isinstance(url, str):
+        return False
+    try:
+        host = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    except ValueError:
+        return False
+    host = re.sub(r":\d*$", "", host)
+    if HTTPX_IPV4_STYLE.match(host):  # httpx parses these as IPv4 and refuses the invalid ones
+        return True
+    try:
+        socket.inet_aton(host)  # accepts every IPv4 notation the guard parses (decimal, octal, hex, short)
+    except OSError:
+        return False
+    return True
+
+
+def _urls(body: Any) -> list[Any]:
+    if not isinstance(body, dict):
+        return []
+    found = [body.get(name) for name in URL_FIELDS]
+    return found + _urls(body.get("input"))
+
+
+@schemathesis.hook
+def filter_case(context: Any, case: Any) -> bool:
+    return not any(_is_address_literal(url) for url in _urls(case.body))
+
+
+@schemathesis.hook
+def map_case(context: Any, case: Any) -> Any:
+    key = case.headers.get(KEY_HEADER) if case.headers is not None else None
+    if isinstance(key, str) and len(key) <= KEY_MAX_LENGTH and re.fullmatch(KEY_PATTERN, key):
+        case.headers[KEY_HEADER] = f"{key[: KEY_MAX_LENGTH - _KEY_SUFFIX_LENGTH]}-{uuid.uuid4().hex}"
+    return case
