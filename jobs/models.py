@@ -81,6 +81,7 @@ class Job(models.Model):
             # reconcilers' scans for the few rows in one state among millions (queued: job_status_created).
             models.Index(fields=["created_at", "id"], name="job_created_id"),
             models.Index(fields=["finished_at", "id"], name="job_finished_id"),
+            models.Index(fields=["created_at", "id"], condition=Q(status="queued"), name="job_queued_created"),
             models.Index(fields=["started_at", "id"], condition=Q(status="running"), name="job_running_started"),
             models.Index(fields=["finished_at"], condition=Q(callback_status="pending"), name="job_callback_pending"),
         ]
@@ -91,6 +92,10 @@ class Job(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+
+ATTEMPT_IN_PROGRESS = "in progress"
+"""The error text of a delivery attempt that has been claimed and not yet finished."""
 
 
 class CallbackAttempt(models.Model):
@@ -108,6 +113,8 @@ class CallbackAttempt(models.Model):
     class Meta:
         ordering = ["job", "n"]
         constraints = [models.UniqueConstraint(fields=["job", "n"], name="callback_attempt_unique_n")]
+        # The reconciler's scan for attempts whose worker died: the few in progress among millions closed.
+        indexes = [models.Index(fields=["at"], condition=Q(error=ATTEMPT_IN_PROGRESS), name="attempt_in_progress")]
 
     def __str__(self) -> str:
         return f"attempt {self.n} of {self.job_id}"

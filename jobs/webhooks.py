@@ -36,7 +36,15 @@ from accounts.models import User
 from jobs import metrics, queues, ssrf
 from jobs.billing import refund_due
 from jobs.compat import COMPAT_ASYNC, CompatCallbackSerializer
-from jobs.models import FINAL_STATUSES, CallbackAttempt, CallbackStatus, Job, RateLimitAlgorithm, WebhookSecret
+from jobs.models import (
+    ATTEMPT_IN_PROGRESS,
+    FINAL_STATUSES,
+    CallbackAttempt,
+    CallbackStatus,
+    Job,
+    RateLimitAlgorithm,
+    WebhookSecret,
+)
 from jobs.policies import get_kind_settings
 from jobs.ratelimit import rate_limit_hit, rate_limit_state_key
 from jobs.serializers import JobSerializer
@@ -51,8 +59,6 @@ SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 """Random bytes in a signing secret (HMAC-SHA256 key)."""
 
-IN_PROGRESS = "in progress"
-"""The error text of an attempt that has been claimed and not yet finished."""
 
 INTERRUPTED = "interrupted"
 """The error text of an attempt whose worker died before recording its outcome (closed by the reconciler)."""
@@ -345,7 +351,7 @@ def _callback_attempt(job: Job, *, n: int, retries_left: int, give_up: datetime)
     try:
         with transaction.atomic():
             attempt = CallbackAttempt.objects.create(
-                job=job, n=n, error=IN_PROGRESS, retries_left=retries_left, give_up_at=give_up
+                job=job, n=n, error=ATTEMPT_IN_PROGRESS, retries_left=retries_left, give_up_at=give_up
             )
     except IntegrityError:
         return "skipped"  # another worker claimed this attempt
@@ -385,7 +391,7 @@ def _attempt_close(attempt: CallbackAttempt, *, outcome: _Outcome, duration_ms: 
     else:
         result, settle = "failed", CallbackStatus.FAILED
     with transaction.atomic():
-        closed = CallbackAttempt.objects.filter(pk=attempt.pk, error=IN_PROGRESS).update(
+        closed = CallbackAttempt.objects.filter(pk=attempt.pk, error=ATTEMPT_IN_PROGRESS).update(
             status_code=outcome.status_code, error=outcome.error[:255], duration_ms=duration_ms
         )
         if not closed:
@@ -434,7 +440,8 @@ def _callbacks_close_interrupted(now: datetime) -> int:
     """Close attempts still in progress past their deadline plus a margin: their worker died mid-delivery."""
     lost_before = now - timedelta(seconds=settings.CALLBACK_TOTAL_TIMEOUT + settings.CALLBACK_INTERRUPT_MARGIN)
     closed = 0
-    for attempt in CallbackAttempt.objects.filter(error=IN_PROGRESS, at__lt=lost_before).select_related("job"):
+    interrupted = CallbackAttempt.objects.filter(error=ATTEMPT_IN_PROGRESS, at__lt=lost_before).order_by("at")
+    for attempt in interrupted.select_related("job"):
         duration_ms = int((now - attempt.at).total_seconds() * 1000)
         outcome = _Outcome(error=INTERRUPTED)
         if _attempt_close(attempt, outcome=outcome, duration_ms=duration_ms) != "late":
@@ -448,7 +455,7 @@ def _callbacks_requeue_lost(now: datetime) -> int:
     cutoff = now - timedelta(seconds=settings.CALLBACK_RECONCILE_GRACE)
     stuck = (
         Job.objects.filter(callback_status=CallbackStatus.PENDING, status__in=FINAL_STATUSES, finished_at__lt=cutoff)
-        .exclude(callback_attempts__error=IN_PROGRESS)
+        .exclude(callback_attempts__error=ATTEMPT_IN_PROGRESS)
         .annotate(last_at=Max("callback_attempts__at"))
         .filter(Q(last_at__isnull=True) | Q(last_at__lt=cutoff))
     )

@@ -176,7 +176,7 @@ def test_admin_reconciler_and_export_queries_use_indexes(staff_client: Client, u
     ledger_plans = _plans_of(ledger_list.captured_queries, "credits_ledgerentry")
     assert any("ledger_created_id" in plan for plan in ledger_plans), ledger_plans
     reconcile_plans = "\n".join(_plans_of(reconcile.captured_queries, "jobs_job"))
-    for index in ("job_status_created", "job_running_started", "job_callback_pending"):
+    for index in ("job_queued_created", "job_running_started", "job_callback_pending", "attempt_in_progress"):
         assert index in reconcile_plans, reconcile_plans
     export_plan = job_list(user=user, own_only=True).values(*EXPORT_FIELDS).explain()
     assert "job_owner_created" in export_plan, export_plan
