@@ -23,7 +23,7 @@ from accounts.serializers import (
 )
 from accounts.services import totp_confirm, totp_enrol, totp_remove
 from accounts.tokens import token_mint
-from jobsite.api import BODY_STATUSES, EndpointView, problems
+from jobsite.api import BODY_STATUSES, GATE_STATUSES, EndpointView, problems
 from jobsite.errors import NotFound, PermissionDenied
 
 
@@ -41,7 +41,7 @@ AUTH_TOKEN = "auth.token"
 class MeView(EndpointView):
     endpoint = ACCOUNT_READ
 
-    @extend_schema(operation_id="me", summary="The caller", responses={200: MeSerializer, **problems(401, 406)})
+    @extend_schema(operation_id="me", summary="The caller", responses={200: MeSerializer, **problems(*GATE_STATUSES)})
     def get(self, request: Request) -> Response:
         data = {
             "username": request.user.get_username(),
@@ -66,7 +66,7 @@ class TotpView(TotpEnrolmentView):
         operation_id="me_mfa_totp_enrol",
         summary="Start TOTP enrolment (needs scope account:write)",
         request=None,
-        responses={201: TotpEnrolmentSerializer, **problems(*BODY_STATUSES, 400, 401, 403, 406)},
+        responses={201: TotpEnrolmentSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES)},
     )
     def post(self, request: Request) -> Response:
         device = totp_enrol(user=request.user)
@@ -78,7 +78,7 @@ class TotpView(TotpEnrolmentView):
         operation_id="me_mfa_totp_remove",
         summary="Remove the TOTP device (needs scope account:write and a code in X-MFA-Code)",
         parameters=[OpenApiParameter(MFA_HEADER, str, OpenApiParameter.HEADER, required=True)],
-        responses={204: None, **problems(400, 401, 403, 404, 406)},
+        responses={204: None, **problems(*GATE_STATUSES, 404)},
     )
     def delete(self, request: Request) -> Response:
         if not request.headers.get(MFA_HEADER, "").strip():
@@ -95,7 +95,7 @@ class TotpConfirmView(TotpEnrolmentView):
         operation_id="me_mfa_totp_confirm",
         summary="Confirm TOTP enrolment with a first code (needs scope account:write)",
         request=TotpConfirmSerializer,
-        responses={200: MfaStatusSerializer, **problems(*BODY_STATUSES, 400, 401, 403, 406)},
+        responses={200: MfaStatusSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES)},
     )
     def post(self, request: Request) -> Response:
         body = TotpConfirmSerializer(data=request.data)
@@ -111,7 +111,7 @@ class TokenView(EndpointView):
         operation_id="auth_token",
         summary="Mint a short-lived bearer token from an API key (its scopes, dies with it) or an MFA-verified session",
         request=None,
-        responses={200: TokenSerializer, **problems(401, 403, 406, 429)},
+        responses={200: TokenSerializer, **problems(*GATE_STATUSES)},
     )
     def post(self, request: Request) -> Response:
         if isinstance(request.auth, BearerToken):

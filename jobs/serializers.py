@@ -101,6 +101,8 @@ class AttemptLogEntrySerializer(serializers.Serializer):
     code = serializers.CharField()
     message = serializers.CharField(allow_blank=True)
     callers_fault = serializers.BooleanField(help_text="True when the input was at fault (no refund).")
+    worker = serializers.CharField(required=False, allow_blank=True, help_text="The RQ worker that ran it.")
+    started_at = serializers.DateTimeField(required=False, allow_null=True, help_text="When the attempt started.")
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -147,16 +149,11 @@ class WebhookSecretSerializer(serializers.Serializer):
 
 
 class CreatedRangeSerializer(serializers.Serializer):
-    """`created_after` / `created_before` (ISO 8601, exclusive bounds), served by the created_at indexes."""
+    """`created_after` / `created_before` (ISO 8601, exclusive bounds), served by the created_at indexes; a range
+    that ends before it starts selects nothing, like any other filter that matches no job."""
 
     created_after = serializers.DateTimeField(required=False, help_text="Only jobs created after this instant.")
     created_before = serializers.DateTimeField(required=False, help_text="Only jobs created before this instant.")
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        after, before = attrs.get("created_after"), attrs.get("created_before")
-        if after and before and after >= before:
-            raise serializers.ValidationError({"created_before": ["Must be later than created_after."]})
-        return attrs
 
 
 class JobListQuerySerializer(CreatedRangeSerializer):

@@ -214,7 +214,7 @@ class WebhookSecretView(EndpointView):
         operation_id="me_webhook_secret",
         summary="Create or rotate the webhook signing secret; the old one keeps signing for 24 h",
         request=None,
-        responses={201: WebhookSecretSerializer, **problems(*BODY_STATUSES, 401, 403, 406)},
+        responses={201: WebhookSecretSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES)},
     )
     def post(self, request: Request) -> Response:
         secret = webhook_secret_rotate(user=request.user)
@@ -229,7 +229,7 @@ class LimitsView(EndpointView):
     @extend_schema(
         operation_id="me_limits",
         summary="Each endpoint's rate limit (what remains, when it resets), concurrency caps in use, the balance",
-        responses={200: LimitsSerializer, **problems(401, 403, 406, 429)},
+        responses={200: LimitsSerializer, **problems(*GATE_STATUSES)},
     )
     def get(self, request: Request) -> Response:
         return Response(LimitsSerializer(caller_limits(request)).data)

@@ -4,6 +4,9 @@ They act on whole cases (`filter_case`, `map_case`), the hooks every phase appli
 - URLs whose host is an address literal (any notation: `0`, `127.1`, `0x7f.1`, `1.2.3.999`) are left out of the
   generated bodies: which addresses may be reached is the SSRF guard's policy (API.md: 400 for unspecified,
   link-local, reserved... addresses), which no JSON Schema can state; tests/test_ssrf.py covers it.
+- So are URLs whose explicit port the deployment's port policy refuses (OUTBOUND_ALLOWED_PORTS minus
+  OUTBOUND_DENIED_PORTS, read through jobs.ssrf.allowed_ports from the server's own settings): also a policy, not
+  a schema; tests/test_ssrf.py covers it.
 - Each generated Idempotency-Key gets a unique suffix: reusing a key with another body is a documented refusal
   (422 idempotency_key_reused), and tests/test_idempotency.py covers it; here a key must not tie unrelated cases.
 """
@@ -44,6 +47,18 @@ def _is_address_literal(url: Any) -> bool:
     return True
 
 
+def _has_refused_port(url: Any) -> bool:
+    from jobs.ssrf import allowed_ports  # the server's settings: DJANGO_SETTINGS_MODULE is in this environment
+
+    if not isinstance(url, str):
+        return False
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        return False  # not a valid port at all: the schema's pattern refuses it, a case worth sending
+    return port is not None and port not in allowed_ports()
+
+
 def _urls(body: Any) -> list[Any]:
     if not isinstance(body, dict):
         return []
@@ -53,7 +68,7 @@ def _urls(body: Any) -> list[Any]:
 
 @schemathesis.hook
 def filter_case(context: Any, case: Any) -> bool:
-    return not any(_is_address_literal(url) for url in _urls(case.body))
+    return not any(_is_address_literal(url) or _has_refused_port(url) for url in _urls(case.body))
 
 
 @schemathesis.hook

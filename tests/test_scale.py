@@ -237,13 +237,14 @@ def test_created_range_filters_list_and_export(api: APIClient, user: User) -> No
     assert len(older) == 10
     exported = b"".join(api.get("/api/v1/jobs/export/", {"created_after": since}).streaming_content)
     assert len(exported.splitlines()) == 4
+    empty = {"created_after": since, "created_before": since}  # a range that selects nothing is no error
+    assert api.get("/api/v1/jobs/", empty).json()["results"] == []
 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     "query",
-    [{"created_after": "yesterday"}, {"created_before": "2026-13-01"},
-     {"created_after": "2026-01-02T00:00:00Z", "created_before": "2026-01-01T00:00:00Z"}],
+    [{"created_after": "yesterday"}, {"created_before": "2026-13-01"}],
 )  # fmt: skip
 @pytest.mark.parametrize("path", ["/api/v1/jobs/", "/api/v1/jobs/export/"])
 def test_bad_created_range_is_a_400_problem(api: APIClient, path: str, query: dict[str, str]) -> None:
@@ -262,7 +263,13 @@ def test_export_rows_read_exactly_like_the_api(user: User) -> None:
     CallbackAttempt.objects.create(job=jobs[0], n=1, status_code=500, error="boom", duration_ms=3)
     CallbackAttempt.objects.create(job=jobs[0], n=2, error="timeout")
     make_jobs(user, 2, status=JobStatus.FAILED, error_code="upstream", error_message="no", result=None)
-    make_jobs(user, 1, status=JobStatus.QUEUED, finished_at=None, attempt_log=[{"n": 1, "code": "x"}])
+    make_jobs(
+        user,
+        1,
+        status=JobStatus.QUEUED,
+        finished_at=None,
+        attempt_log=[{"n": 1, "at": "2026-01-01T00:00:00+00:00", "code": "x", "message": "", "callers_fault": False}],
+    )
 
     jobs_qs = job_list(user=user, own_only=True)
     exported = [row for chunk in export_chunks(jobs_qs, chunk_size=4) for row in chunk]
