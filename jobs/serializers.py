@@ -1,5 +1,7 @@
 from typing import Any
+from urllib.parse import urlsplit
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
@@ -21,8 +23,17 @@ class CallbackUrlField(StrictCharField):
     def to_internal_value(self, data: Any) -> str:
         value = super().to_internal_value(data)
         if not matches_http_url(value):
-            raise CallbackUrlForbidden("A callback URL is an http(s) URL in ASCII, without credentials.")
+            raise CallbackUrlForbidden(_shape_refusal(value))
         return value
+
+
+def _shape_refusal(url: str) -> str:
+    """Why a URL fails HTTP_URL_PATTERN, said precisely where it is the port."""
+    try:
+        _ = urlsplit(url).port  # the property raises ValueError for a port outside 0-65535
+    except ValueError:
+        return "A callback URL's port is a number from 1 to 65535."
+    return "A callback URL is an http(s) URL in ASCII, without credentials."
 
 
 def callback_url_field(**kwargs: Any) -> CallbackUrlField:
@@ -93,16 +104,21 @@ class JobCallbackSerializer(serializers.Serializer):
     attempts = CallbackAttemptSerializer(many=True)
 
 
+@extend_schema_field(OpenApiTypes.DATETIME)
+class StoredInstantField(serializers.CharField):
+    """An RFC 3339 instant kept as text in a JSON column, served as stored (the export serves the same text)."""
+
+
 class AttemptLogEntrySerializer(serializers.Serializer):
     """One failed attempt of a job."""
 
     n = serializers.IntegerField()
-    at = serializers.DateTimeField()
+    at = StoredInstantField()
     code = serializers.CharField()
     message = serializers.CharField(allow_blank=True)
     callers_fault = serializers.BooleanField(help_text="True when the input was at fault (no refund).")
     worker = serializers.CharField(required=False, allow_blank=True, help_text="The RQ worker that ran it.")
-    started_at = serializers.DateTimeField(required=False, allow_null=True, help_text="When the attempt started.")
+    started_at = StoredInstantField(required=False, help_text="When the attempt started.")
 
 
 class JobSerializer(serializers.ModelSerializer):
