@@ -7,7 +7,6 @@ runs the service (migrations, demo data, gunicorn, RQ worker, rq cron) or the te
 
 import hashlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -116,11 +115,10 @@ def run_service(children: list[subprocess.Popen]) -> int:
     os.environ.setdefault("ANONYMOUS_BUDGET", "6000")
     os.environ["REDIS_URL"] = ensure_redis(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), children)
     port = os.environ.get("PORT", "8000")
-    # Web and worker processes write their metrics here, so that one scrape of /metrics shows them all.
-    metrics_dir = VAR / "prometheus"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    # Web and worker processes write their metrics here, so that one scrape of /metrics shows them all;
+    # gunicorn.conf.py creates it and drops the files of processes gone (never those of a running service).
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR / "prometheus"))
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     _manage("migrate", "--noinput", "-v", "0")
     _manage("collectstatic", "--noinput", "-v", "0")
     _manage("seed_demo", "--url", f"http://127.0.0.1:{port}")
@@ -143,9 +141,9 @@ def service_commands(port: str) -> dict[str, list]:
     """The processes of the service, by name: the same topology as the Procfile."""
     bin_dir = VENV / "bin"
     commands: dict[str, list] = {
-        "web": [bin_dir / "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                "--threads", "8", "--worker-class", "gthread", "--access-logfile", "-"],
-    }  # fmt: skip
+        # gunicorn.conf.py sizes it to the machine and sets up PROMETHEUS_MULTIPROC_DIR, as in production.
+        "web": [bin_dir / "gunicorn", "--config", ROOT / "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}"],
+    }
     # Deliveries have workers of their own, so that a slow receiver never holds up jobs, nor a backlog of jobs
     # the webhooks of jobs already done.
     job_workers = int(os.environ.get("RQ_WORKERS", "2"))

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import URLPattern, include, path
 from django_rq.urls import get_admin_urlpatterns, get_api_urlpatterns
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from jobs import compat
 from jobs.health import healthz
@@ -23,6 +23,7 @@ urlpatterns = [
     path("api/v1/", include("credits.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("healthz", healthz, name="healthz"),
     path("sync", compat.CompatSyncView.as_view(), name="compat-sync"),
     path("async", compat.CompatAsyncView.as_view(), name="compat-async"),
