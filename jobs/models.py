@@ -3,6 +3,7 @@ import uuid
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.utils import timezone
 
 from accounts.models import split_list
 
@@ -50,7 +51,7 @@ class Job(models.Model):
     attempt_log = models.JSONField(
         default=list, blank=True, help_text="One entry per failed attempt: n, at, code, message, callers_fault."
     )
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)  # set with started_at by sync jobs
     started_at = models.DateTimeField(null=True, blank=True)
     worker_name = models.CharField(max_length=100, blank=True, help_text="RQ worker that claimed the last attempt.")
     queued_at = models.DateTimeField(

@@ -90,6 +90,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_jobsite.sqlite3")}
 
+DATABASE_ROUTERS = ["jobsite.routers.TablelessModelsRouter"]
+"""`manage.py dumpdata` without app labels skips django-rq's table-less dashboard model."""
 DATABASE_POOLED = env_bool("DATABASE_POOLED", False)
 """DATABASE_URL points at a pooler in transaction mode (PgBouncer): no server-side cursors, they outlive a transaction."""
 DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = DATABASE_POOLED
