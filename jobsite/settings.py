@@ -34,9 +34,9 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from our static files: no CDN, works offline
-    "django_rq",
+    "jobsite.apps.RqConfig",
     "django_otp",
-    "django_otp.plugins.otp_totp",
+    "jobsite.apps.OtpTotpAdminConfig",
     "accounts",
     "credits",
     "jobs",

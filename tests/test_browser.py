@@ -1,6 +1,7 @@
-"""Swagger UI and ReDoc in a real headless Chromium (Debian's package, driven by Playwright; no browser download):
-served from drf-spectacular-sidecar, they render every operation, authorize with an API key and run a sync job,
-without a request leaving 127.0.0.1."""
+"""Pages people read, in a real headless Chromium (Debian's package, driven by Playwright; no browser download).
+
+Swagger UI and ReDoc, served from drf-spectacular-sidecar, render every operation, authorize with an API key and
+run a sync job without a request leaving 127.0.0.1; the admin fits a 1366 px screen and speaks plain words."""
 
 import subprocess
 import sys
@@ -9,10 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from playwright.sync_api import BrowserContext, Page, Request, sync_playwright
 
 from accounts.models import SCOPES, User
 from accounts.services import api_key_create
+from jobs.models import Job, JobMode, JobStatus
 from tests.conftest import ROOT, gunicorn_server
 from tests.test_deploy import required_tool
 from tests.test_docs import schema_operations
@@ -107,3 +110,59 @@ def test_redoc_renders_every_operation(docs_server: str, browser_context: Browse
     page.wait_for_selector("[data-section-id^='operation/']", state="attached", timeout=30_000)
     assert page.locator("[data-section-id^='operation/']").count() == len(schema_operations())
     assert elsewhere == []
+
+
+STAFF_PASSWORD = "staff-password"
+
+
+@pytest.fixture
+def staff_with_a_job(make_user: Any) -> Job:
+    """A superuser the server can sign in (PBKDF2: the test settings' MD5 is not among the server's hashers)."""
+    hasher = PBKDF2PasswordHasher()
+    staff = make_user("staff", is_staff=True, is_superuser=True)
+    staff.password = hasher.encode(STAFF_PASSWORD, hasher.salt(), iterations=1000)
+    staff.save(update_fields=["password"])
+    return Job.objects.create(
+        owner=staff, endpoint="jobs.async", kind="fetch", mode=JobMode.ASYNC, status=JobStatus.SUCCEEDED,
+        input={"url": "https://example.org/" + "a-long-path/" * 8}, callback_url="https://example.org/hook",
+        result={"status_code": 200}, cost=1, attempts=1,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_admin_fits_1366_px_and_names_things_plainly(
+    docs_server: str, staff_with_a_job: Job, browser_context: BrowserContext
+) -> None:
+    page = browser_context.new_page()
+    page.set_viewport_size({"width": 1366, "height": 768})
+    page.goto(f"{docs_server}/admin/login/")
+    page.fill("#id_username", "staff")
+    page.fill("#id_password", STAFF_PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_selector("#content-main")
+    assert page.title().endswith("| Jobsite admin")
+    index = page.inner_text("#content-main")
+    for raw in ("DJANGO_RQ", "OTP_TOTP", "Django_Rq", "Otp_Totp"):
+        assert raw not in index
+    assert "QUEUES (RQ DASHBOARD)" in index.upper() and "TWO-FACTOR DEVICES (TOTP)" in index.upper()
+
+    page.goto(f"{docs_server}/admin/jobs/job/")
+    row = page.locator("#result_list tbody tr").first
+    assert row.locator("th a").inner_text() == str(staff_with_a_job.id)[:8]
+    table_width = page.evaluate("document.querySelector('#result_list').getBoundingClientRect().right")
+    assert table_width <= page.evaluate("document.querySelector('#changelist-filter').getBoundingClientRect().left")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1366
+    assert max(cell.bounding_box()["height"] for cell in row.locator("td, th").all()) < 40  # one line per row
+    page.screenshot(path=str(ROOT / "var" / "admin-job-list-1366.png"))
+
+    page.goto(f"{docs_server}/admin/jobs/job/{staff_with_a_job.id}/change/")
+    assert page.locator("input[name=_save], input[name=_continue], input[name=_addanother]").count() == 0
+    assert "View job" in page.inner_text("#content")
+
+    page.goto(f"{docs_server}/admin/jobs/endpointpolicy/add/")
+    form = page.inner_text("#content-main")
+    for label in ("IP allowlist", "MFA required", "Idempotency TTL (s)", "Rate-limit algorithm", "Required scopes"):
+        assert label in form
+    help_texts = page.locator(".form-row .help").count()
+    assert help_texts == page.locator(".form-row").count() - 1  # every field but the read-only updated date
