@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from jobs import compat
 from jobs.health import healthz
 from jobs.metrics import MetricsView
+from jobs.operations import operations_view
 
 
 def rq_dashboard_urlpatterns() -> list[URLPattern]:
@@ -32,6 +33,7 @@ urlpatterns = [
     # The RQ dashboard and its JSON/metrics behind the admin site's own check (staff, plus OTP for staff with a
     # device); django-rq's API views alone admit any staff session, OTP or not.
     path("admin/rq/", include((rq_dashboard_urlpatterns(), "django_rq"))),
+    path("admin/operations/", admin.site.admin_view(operations_view), name="admin-operations"),
     path("admin/", admin.site.urls),
     path("metrics", MetricsView.as_view(), name="metrics"),
 ]
