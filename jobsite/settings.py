@@ -34,9 +34,9 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from our static files: no CDN, works offline
-    "jobsite.apps.RqConfig",
+    "jobsite.admin_apps.RqConfig",
     "django_otp",
-    "jobsite.apps.OtpTotpAdminConfig",
+    "jobsite.admin_apps.OtpTotpAdminConfig",
     "accounts",
     "credits",
     "jobs",
