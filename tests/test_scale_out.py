@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from django.test import override_settings
+from rq import Worker
 
 from accounts.models import SCOPES, User
 from accounts.services import api_key_create
@@ -25,6 +26,7 @@ from credits.services import credit_grant
 from jobs.models import FINAL_STATUSES, CallbackStatus, Job, JobStatus
 from jobs.queues import CALLBACKS_QUEUE, JOBS_QUEUE, MAINTENANCE_QUEUE
 from jobs.webhooks import webhook_secret_rotate
+from jobsite.redis import get_redis
 from tests.conftest import ROOT, LocalHTTPServer, gunicorn_server, respond, wait_until
 
 USERS = 4
@@ -88,7 +90,7 @@ def test_two_web_servers_and_many_workers_keep_every_invariant(
         wait_until(
             lambda: not Job.objects.filter(pk__in=accepted).exclude(status__in=FINAL_STATUSES).exists(), timeout=120
         )
-        report["jobs_per_second_3_workers"] = len(accepted) / (time.monotonic() - started)
+        report["mixed_load_jobs_per_second_2_web_3_workers"] = len(accepted) / (time.monotonic() - started)
         async_ids = {str(pk) for pk in Job.objects.filter(pk__in=accepted, mode="async").values_list("pk", flat=True)}
         wait_until(
             lambda: (
@@ -109,3 +111,33 @@ def test_two_web_servers_and_many_workers_keep_every_invariant(
         spent = Job.objects.filter(owner=user, pk__in=accepted).count()
         assert CreditAccount.objects.get(user=user).balance == CREDITS_PER_USER - spent, key[:8]
     (ROOT / "var" / "scale-report.json").write_text(json.dumps({**report, "responses": dict(statuses)}, indent=2))
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_throughput_against_worker_count(user: User, start_worker: Callable[..., Any], server_url: str) -> None:
+    """Async hash jobs through one web server, drained by 1 then 3 job workers; figures to var/scale-report.json."""
+    key = api_key_create(owner=user, name="bench", scopes=list(SCOPES))[1]
+    figures: dict[str, float] = {}
+    workers: list[Any] = []
+    for count in (1, 3):
+        while len(workers) < count:
+            workers.append(start_worker(JOBS_QUEUE))
+        wait_until(lambda n=count: Worker.count(connection=get_redis()) >= n, timeout=30)
+        started = time.monotonic()
+        with httpx.Client(base_url=server_url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            ids = [
+                client.post(
+                    "/api/v1/jobs/async/",
+                    json={"kind": "hash", "input": {"data": f"w{count}-{n}", "iterations": 20000}},
+                ).json()["id"]
+                for n in range(60)
+            ]
+        total = len(ids)
+        succeeded = Job.objects.filter(pk__in=ids, status=JobStatus.SUCCEEDED)
+        wait_until(lambda done=succeeded, total=total: done.count() == total, timeout=120)
+        figures[f"jobs_per_second_{count}_workers"] = len(ids) / (time.monotonic() - started)
+        assert Job.objects.filter(pk__in=ids).exclude(status=JobStatus.SUCCEEDED).count() == 0
+    report_path = ROOT / "var" / "scale-report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report_path.write_text(json.dumps({**report, "throughput": figures}, indent=2))
