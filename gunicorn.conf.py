@@ -38,8 +38,6 @@ max_requests = 10_000
 max_requests_jitter = 1_000
 """Workers are recycled now and then (jittered, so not all at once), bounding the damage of any slow leak."""
 accesslog = "-"
-forwarded_allow_ips = "*"
-"""gunicorn trusts X-Forwarded-Proto from anyone; client addresses are decided by TRUSTED_PROXIES in Django."""
 
 
 def _pid_alive(pid: int) -> bool:
