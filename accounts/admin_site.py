@@ -15,6 +15,9 @@ class JobsiteAdminSite(OTPAdminSite):
     name = "admin"
     login_form = AdminLoginForm
     site_header = "Jobsite administration"
+    site_title = "Jobsite admin"
+    index_title = "Jobs, policies, accounts and credits"
+    enable_nav_sidebar = False  # its 300 px are what the job list needs to fit 1366 px screens
 
     def __init__(self, name: str = "admin") -> None:
         super().__init__(name)

@@ -4,6 +4,7 @@ from django.contrib.admin import apps as admin_apps
 
 class AccountsConfig(AppConfig):
     name = "accounts"
+    verbose_name = "Accounts and access"
     default = True
 
     def ready(self) -> None:

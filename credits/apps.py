@@ -2,6 +2,7 @@ from django.apps import AppConfig
 
 
 class CreditsConfig(AppConfig):
+    verbose_name = "Credits"
     name = "credits"
 
     def ready(self) -> None:

@@ -39,7 +39,7 @@ class JobAdmin(ScaleAdmin):
     DISTINCT date_trunc over the whole table; the API's created_after/created_before filter by date."""
 
     list_display = [
-        "id", "owner", "kind", "mode", "status", "cost", "attempts", "cached", "created_at", "run_ms", "callback_status",
+        "short_id", "owner", "kind", "mode", "status", "cost", "attempts", "cached", "created", "run_ms", "webhook",
     ]  # fmt: skip
     list_filter = ["status", "mode", KindFilter, "cached", "callback_status"]
     search_fields = ["id", "owner__username"]
@@ -54,6 +54,22 @@ class JobAdmin(ScaleAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False  # a view page, without Save buttons; the actions still apply
+
+    @admin.display(description="id", ordering="id")
+    def short_id(self, job: Job) -> str:
+        """The first 8 hex digits: unique enough to read, one line at 1366 px; search takes the full id."""
+        return str(job.id)[:8]
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, job: Job) -> str:
+        return job.created_at.strftime("%Y-%m-%d %H:%M:%S")
+
+    @admin.display(description="webhook", ordering="callback_status")
+    def webhook(self, job: Job) -> str:
+        return job.get_callback_status_display()
 
     @admin.action(description="Requeue selected failed jobs")
     def requeue_failed(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
@@ -86,6 +102,9 @@ class WebhookSecretAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: WebhookSecret | None = None) -> bool:
+        return False  # nothing to edit: a view page without Save buttons
 
 
 class PolicyAdmin(admin.ModelAdmin):

@@ -5,6 +5,10 @@ from django.conf import settings
 from rq import cron
 
 from jobs.queues import MAINTENANCE_QUEUE
-from jobs.tasks import reconcile
+from jobs.tasks import check_ledger, reconcile
+
+LEDGER_CHECK_INTERVAL = 300
+"""Seconds between ledger checks: a sum over every entry, so rarer than the reconciler."""
 
 cron.register(reconcile, MAINTENANCE_QUEUE, interval=settings.RECONCILE_INTERVAL, job_timeout=300)
+cron.register(check_ledger, MAINTENANCE_QUEUE, interval=LEDGER_CHECK_INTERVAL, job_timeout=300)

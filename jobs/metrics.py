@@ -16,12 +16,14 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 from rest_framework.request import Request
+from rq import Worker
 
 from jobs import queues
 from jobs.circuit import CircuitState, circuit_states
 from jobs.kinds import KINDS
 from jobs.policies import get_kind_settings
 from jobsite.api import EndpointView
+from jobsite.redis import get_redis, redis_key
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 """Seconds; jobs range from sub-millisecond hashes to fetches bounded by their time limit."""
@@ -50,6 +52,24 @@ CACHE_LOOKUPS = Counter("jobsite_cache_lookups_total", "Result cache lookups, by
 
 CIRCUIT_STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN)
 
+RECONCILER_LAST_RUN_KEY = redis_key("reconciler", "last_run")
+"""Unix time of the reconciler's last completed run (written by jobs.tasks.reconcile)."""
+LEDGER_CHECK_KEY = redis_key("credits", "ledger_mismatches")
+"""Accounts out of balance with their ledger at the last check (written by jobs.tasks.check_ledger)."""
+
+
+def _worker_counts() -> dict[str, int]:
+    counts = dict.fromkeys(queues.ALL_QUEUES, 0)
+    for worker in Worker.all(connection=get_redis()):
+        for name in worker.queue_names():
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _redis_number(key: str) -> float | None:
+    raw = get_redis().get(key)
+    return None if raw is None else float(raw)
+
 
 class RedisStateCollector(Collector):
     """Live state read at scrape time: queue depths and the circuit state of every kind with a breaker."""
@@ -61,9 +81,20 @@ class RedisStateCollector(Collector):
             "Targets (hosts) whose circuit breaker is in each state, per kind; closed: failures below the threshold.",
             labels=["kind", "state"],
         )
+        workers = GaugeMetricFamily("jobsite_workers", "Live RQ workers listening on each queue.", labels=["queue"])
+        reconciler = GaugeMetricFamily(
+            "jobsite_reconciler_last_run_timestamp_seconds", "When the reconciler (manage.py cron) last completed."
+        )
+        ledger = GaugeMetricFamily(
+            "jobsite_credit_accounts_out_of_balance",
+            "Credit accounts whose balance is not their ledger's sum (last check).",
+        )
         try:
             for name in queues.ALL_QUEUES:
                 depth.add_metric([name], queues.queue_depth(name))
+            for name, count in _worker_counts().items():
+                workers.add_metric([name], count)
+            last_run, mismatched = _redis_number(RECONCILER_LAST_RUN_KEY), _redis_number(LEDGER_CHECK_KEY)
             for kind_name, kind in KINDS.items():
                 if kind.circuit_target is not None:
                     states = circuit_states(get_kind_settings(kind_name))
@@ -73,6 +104,13 @@ class RedisStateCollector(Collector):
             return
         yield depth
         yield circuit
+        yield workers
+        if last_run is not None:  # absent until the first run: alerts use absent() for a cron that never ran
+            reconciler.add_metric([], last_run)
+            yield reconciler
+        if mismatched is not None:
+            ledger.add_metric([], mismatched)
+            yield ledger
 
 
 def metrics_exposition() -> HttpResponse:

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from accounts.models import split_list
 
@@ -51,7 +52,7 @@ class Job(models.Model):
     attempt_log = models.JSONField(
         default=list, blank=True, help_text="One entry per failed attempt: n, at, code, message, callers_fault."
     )
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)  # set with started_at by sync jobs
     started_at = models.DateTimeField(null=True, blank=True)
     worker_name = models.CharField(max_length=100, blank=True, help_text="RQ worker that claimed the last attempt.")
     queued_at = models.DateTimeField(
@@ -147,25 +148,53 @@ class CacheAlgorithm(models.TextChoices):
 class EndpointPolicy(models.Model):
     """Who may call one endpoint and how often; defaults live in jobs.policies, the row wins."""
 
-    name = models.CharField(max_length=64, unique=True)
-    enabled = models.BooleanField(default=True)
-    auth_required = models.BooleanField(default=True)
-    roles = models.CharField(max_length=255, blank=True, help_text="Comma list; any one suffices.")
-    scopes = models.CharField(max_length=255, blank=True, help_text="Comma list; the key must carry all.")
-    ip_allowlist = models.BooleanField(default=False)
-    mfa_required = models.BooleanField(default=False)
-    rate_limit_algorithm = models.CharField(
-        max_length=16, choices=RateLimitAlgorithm.choices, default=RateLimitAlgorithm.NONE
+    name = models.CharField(max_length=64, unique=True, help_text="The endpoint it governs, e.g. jobs.sync.")
+    enabled = models.BooleanField(default=True, help_text="Off: every call answers 403, whoever makes it.")
+    auth_required = models.BooleanField(
+        "authentication required", default=True, help_text="Off: anonymous callers are admitted (compat routes only)."
     )
-    rate_limit_key = models.CharField(max_length=8, choices=RateLimitKey.choices, default=RateLimitKey.USER)
-    rate_limit = models.PositiveIntegerField(default=60, help_text="Bucket capacity or window limit.")
-    rate_window = models.PositiveIntegerField(default=60, help_text="Seconds: window, refill period or interval.")
-    refill_rate = models.PositiveIntegerField(default=60, help_text="Tokens added per rate_window.")
-    max_concurrent_per_user = models.PositiveIntegerField(default=0, help_text="0: no cap.")
-    max_concurrent_global = models.PositiveIntegerField(default=0, help_text="0: no cap.")
-    queue_max_depth = models.PositiveIntegerField(default=10000)
-    idempotency_ttl = models.PositiveIntegerField(default=86400, help_text="Seconds.")
-    updated_at = models.DateTimeField(auto_now=True)
+    roles = models.CharField(
+        "required roles", max_length=255, blank=True, help_text="Comma list; the user needs any one. Empty: no role."
+    )
+    scopes = models.CharField(
+        "required scopes", max_length=255, blank=True, help_text="Comma list; the API key must carry all of them."
+    )
+    ip_allowlist = models.BooleanField(
+        "IP allowlist", default=False, help_text="On: callers must come from an address in their IP allowlist entries."
+    )
+    mfa_required = models.BooleanField(
+        "MFA required", default=False, help_text="On: calls need an X-MFA-Code header from the user's TOTP device."
+    )
+    rate_limit_algorithm = models.CharField(
+        "rate-limit algorithm", max_length=16, choices=RateLimitAlgorithm.choices, default=RateLimitAlgorithm.NONE,
+        help_text="How calls are counted; none: no rate limit.",
+    )  # fmt: skip
+    rate_limit_key = models.CharField(
+        "rate-limit key", max_length=8, choices=RateLimitKey.choices, default=RateLimitKey.USER,
+        help_text="Whose calls share one limit: each user's, each client IP's, or everyone's.",
+    )  # fmt: skip
+    rate_limit = models.PositiveIntegerField(
+        "rate limit", default=60, help_text="Calls allowed: the bucket's capacity or the window's limit."
+    )
+    rate_window = models.PositiveIntegerField(
+        "rate window (s)", default=60, help_text="Seconds: the window, refill period, or throttle/debounce interval."
+    )
+    refill_rate = models.PositiveIntegerField(
+        "refill rate", default=60, help_text="Token bucket: tokens added per rate window."
+    )
+    max_concurrent_per_user = models.PositiveIntegerField(
+        "max concurrent per user", default=0, help_text="Jobs one user may have running at once; 0: no cap."
+    )
+    max_concurrent_global = models.PositiveIntegerField(
+        "max concurrent (all users)", default=0, help_text="Jobs all users together may have running; 0: no cap."
+    )
+    queue_max_depth = models.PositiveIntegerField(
+        "max queue depth", default=10000, help_text="Async submissions answer 503 queue_full beyond this many queued."
+    )
+    idempotency_ttl = models.PositiveIntegerField(
+        "idempotency TTL (s)", default=86400, help_text="Seconds an Idempotency-Key replays its first response."
+    )
+    updated_at = models.DateTimeField("updated", auto_now=True)
 
     class Meta:
         verbose_name_plural = "endpoint policies"
@@ -186,22 +215,40 @@ class EndpointPolicy(models.Model):
 class KindSettings(models.Model):
     """What a job of one kind costs and how it runs; defaults come from the kind's module."""
 
-    kind = models.CharField(max_length=32, unique=True)
-    cost = models.PositiveIntegerField(default=1)
-    cache_algorithm = models.CharField(max_length=8, choices=CacheAlgorithm.choices, default=CacheAlgorithm.NONE)
-    cache_capacity = models.PositiveIntegerField(default=1000)
-    cache_ttl = models.PositiveIntegerField(default=3600, help_text="Seconds.")
-    circuit_threshold = models.PositiveIntegerField(default=5, help_text="Consecutive failures; 0: no breaker.")
-    circuit_recovery = models.PositiveIntegerField(default=30, help_text="Seconds before half-open.")
-    retries = models.PositiveIntegerField(default=0)
-    retry_backoff = models.FloatField(default=1.0, help_text="Seconds, base of the exponential backoff.")
-    time_limit = models.PositiveIntegerField(default=60, help_text="Seconds.")
-    encrypt_fields = models.CharField(max_length=255, blank=True, help_text="Comma list of input fields.")
-    callback_retries = models.PositiveIntegerField(default=3)
-    callback_backoff = models.FloatField(
-        default=1.0, help_text="Scale of the webhook retry schedule (1.0: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h)."
+    kind = models.CharField(max_length=32, unique=True, help_text="The job kind these settings apply to.")
+    cost = models.PositiveIntegerField(default=1, help_text="Credits one job of this kind costs.")
+    cache_algorithm = models.CharField(
+        "result cache", max_length=8, choices=CacheAlgorithm.choices, default=CacheAlgorithm.NONE,
+        help_text="Eviction algorithm of the result cache; none: results are not cached.",
+    )  # fmt: skip
+    cache_capacity = models.PositiveIntegerField(
+        "cache capacity", default=1000, help_text="Results kept at most (per owner unless the kind's are public)."
     )
-    updated_at = models.DateTimeField(auto_now=True)
+    cache_ttl = models.PositiveIntegerField("cache TTL (s)", default=3600, help_text="Seconds a cached result lives.")
+    circuit_threshold = models.PositiveIntegerField(
+        "circuit threshold", default=5, help_text="Consecutive upstream failures that open a target's breaker; 0: none."
+    )
+    circuit_recovery = models.PositiveIntegerField(
+        "circuit recovery (s)", default=30, help_text="Seconds an open breaker waits before letting one trial through."
+    )
+    retries = models.PositiveIntegerField(default=0, help_text="Retries of a transient failure (upstream down or 5xx).")
+    retry_backoff = models.FloatField(
+        "retry backoff (s)", default=1.0, help_text="Seconds, base of the jittered exponential backoff between retries."
+    )
+    time_limit = models.PositiveIntegerField(
+        "time limit (s)", default=60, help_text="Seconds one run may take in all, retries of a sync job included."
+    )
+    encrypt_fields = models.CharField(
+        "encrypted input fields", max_length=255, blank=True, help_text="Comma list of input fields stored encrypted."
+    )
+    callback_retries = models.PositiveIntegerField(
+        "webhook retries", default=3, help_text="Retries of a failed webhook delivery (6: the whole schedule, ~17.5 h)."
+    )
+    callback_backoff = models.FloatField(
+        "webhook backoff scale", default=1.0,
+        help_text="Scale of the webhook retry schedule (1.0: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h).",
+    )  # fmt: skip
+    updated_at = models.DateTimeField("updated", auto_now=True)
 
     class Meta:
         verbose_name_plural = "kind settings"

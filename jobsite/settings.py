@@ -33,9 +33,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
-    "django_rq",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from our static files: no CDN, works offline
+    "jobsite.admin_apps.RqConfig",
     "django_otp",
-    "django_otp.plugins.otp_totp",
+    "jobsite.admin_apps.OtpTotpAdminConfig",
     "accounts",
     "credits",
     "jobs",
@@ -92,6 +93,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_jobsite.sqlite3")}
+
+DATABASE_ROUTERS = ["jobsite.routers.TablelessModelsRouter"]
+"""`manage.py dumpdata` without app labels skips django-rq's table-less dashboard model."""
+DATABASE_POOLED = env_bool("DATABASE_POOLED", False)
+"""DATABASE_URL points at a pooler in transaction mode (PgBouncer): no server-side cursors, they outlive a transaction."""
+DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = DATABASE_POOLED
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 2.0, minimum=0.1)
@@ -165,6 +172,9 @@ SPECTACULAR_SETTINGS = {
     "WEBHOOKS": ["jobs.schema.JOB_FINISHED", "jobs.schema.COMPAT_REQUEST_FINISHED"],
     # One per kind: the discriminator of the submission union (a new kind adds its line; the schema test says so).
     "ENUM_NAME_OVERRIDES": {"HashKindEnum": ["hash"], "FetchKindEnum": ["fetch"], "StatsKindEnum": ["stats"]},
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LANGUAGE_CODE = "en-us"

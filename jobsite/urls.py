@@ -3,11 +3,12 @@ from typing import Any
 from django.contrib import admin
 from django.urls import URLPattern, include, path
 from django_rq.urls import get_admin_urlpatterns, get_api_urlpatterns
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from jobs import compat
 from jobs.health import healthz
 from jobs.metrics import MetricsView
+from jobs.operations import operations_view
 
 
 def rq_dashboard_urlpatterns() -> list[URLPattern]:
@@ -32,6 +33,7 @@ urlpatterns = [
     path("api/v1/", include("credits.urls")),
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("healthz", healthz, name="healthz"),
     path("sync", compat.CompatSyncView.as_view(), name="compat-sync"),
     path("async", compat.CompatAsyncView.as_view(), name="compat-async"),
@@ -40,6 +42,7 @@ urlpatterns = [
     # The RQ dashboard and its JSON/metrics behind the admin site's own check (staff, plus OTP for staff with a
     # device); django-rq's API views alone admit any staff session, OTP or not.
     path("admin/rq/", include((rq_dashboard_urlpatterns(), "django_rq"))),
+    path("admin/operations/", admin.site.admin_view(operations_view), name="admin-operations"),
     path("admin/", admin.site.urls),
     path("metrics", MetricsView.as_view(), name="metrics"),
 ]

@@ -150,8 +150,8 @@ def gunicorn_server(name: str = "test-gunicorn", **env: str) -> Iterator[str]:
     port = free_port()
     log = open(ROOT / "var" / f"{name}.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-         "--threads", "16", "--worker-class", "gthread", "--timeout", "60"],
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+         "--workers", "2", "--threads", "16"],
         cwd=ROOT, env=subprocess_env(**env), stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

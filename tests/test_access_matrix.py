@@ -33,6 +33,7 @@ SKIPPED = {
     "api-auth/": "the sign-in pages themselves (test_session_sign_in_needs_the_otp_code_and_is_throttled)",
     "api/schema/": "the OpenAPI schema (documentation, public)",
     "api/docs/": "Swagger UI (documentation, public)",
+    "api/redoc/": "ReDoc (documentation, public)",
     "healthz": "health check for load balancers (public)",
 }
 """Route prefixes outside the policy matrix, each named on purpose."""

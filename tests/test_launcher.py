@@ -1,0 +1,113 @@
+"""The launcher (`python3 -m jobsite`) and the run command's demo data: safe to run twice, clear when it cannot run."""
+
+import json
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+from accounts.models import User
+from accounts.selectors import api_key_get_active
+from accounts.services import api_key_revoke
+from jobs.webhooks import webhook_signing_secrets
+from jobsite.__main__ import venv_made_by_another_python
+from tests.conftest import ROOT
+
+
+def _old_pythons() -> list[str]:
+    """Interpreters older than 3.11 that really run here (pyenv shims of absent versions do not)."""
+    candidates = [shutil.which(f"python3.{minor}") for minor in (8, 9, 10)]
+    candidates += [str(path) for path in Path("/root/.pyenv/versions").glob("[23].[0-9]*/bin/python")]
+    found = {}
+    for path in filter(None, candidates):
+        done = subprocess.run(
+            [path, "-c", "import sys; print(sys.version_info < (3, 11))"], capture_output=True, text=True
+        )
+        if done.returncode == 0 and done.stdout.strip() == "True":
+            found[path] = None
+    return list(found)
+
+
+OLD_PYTHONS = _old_pythons()
+
+
+@pytest.mark.skipif(not OLD_PYTHONS, reason="no Python older than 3.11 on this machine")
+@pytest.mark.parametrize("python", OLD_PYTHONS)
+def test_an_old_python_is_refused_in_one_line(python: str) -> None:
+    for command in ("run", "test"):
+        done = subprocess.run([python, "-m", "jobsite", command], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        assert done.stdout == ""
+        [line] = done.stderr.splitlines()
+        assert line.startswith("Jobsite needs Python 3.11 or newer; this is Python ")
+
+
+def test_a_venv_made_by_another_python_is_rebuilt(tmp_path: Path) -> None:
+    running = "{}.{}.{}".format(*sys.version_info[:3])
+    assert venv_made_by_another_python(tmp_path / "absent") is None
+    (tmp_path / "pyvenv.cfg").write_text(f"home = /usr/bin\nversion = {running}\n")
+    assert venv_made_by_another_python(tmp_path) is None
+    (tmp_path / "pyvenv.cfg").write_text("home = /usr/bin\nversion = 3.10.12\n")
+    assert "made by Python 3.10.12" in (venv_made_by_another_python(tmp_path) or "")
+    (tmp_path / "pyvenv.cfg").unlink()  # a half-made venv
+    assert venv_made_by_another_python(tmp_path) is not None
+
+
+def test_a_second_run_on_a_taken_port_touches_nothing(tmp_path: Path) -> None:
+    credentials, metrics = ROOT / "var" / "demo-credentials.json", ROOT / "var" / "prometheus"
+    before = {path: path.stat().st_mtime_ns for path in (credentials, metrics) if path.exists()}
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "jobsite", "run"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env={"PATH": "/usr/bin:/bin", "PORT": str(port)},
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"port {port} is already in use (another `python3 -m jobsite run`?): stop it, or set PORT"
+    )
+    assert done.stdout == ""
+    assert {path: path.stat().st_mtime_ns for path in before} == before
+
+
+@pytest.mark.django_db
+def test_seed_demo_keeps_its_credentials_across_runs(tmp_path: Path) -> None:
+    stored = tmp_path / "demo-credentials.json"
+    call_command("seed_demo", "--credentials", str(stored), stdout=StringIO())
+    first = json.loads(stored.read_text())
+    demo = User.objects.get(username="demo")
+    secrets_signing = webhook_signing_secrets(user=demo)
+    assert secrets_signing[0] == first["webhook_secret"]
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    out = StringIO()
+    call_command("seed_demo", "--credentials", str(stored), stdout=out)
+    assert json.loads(stored.read_text()) == first
+    assert first["demo_key"] in out.getvalue() and first["admin_password"] in out.getvalue()
+    assert first["webhook_secret"] in out.getvalue()
+    assert APIClient(HTTP_AUTHORIZATION=f"Bearer {first['demo_key']}").get("/api/v1/me/").status_code == 200
+    assert User.objects.get(username="admin").check_password(first["admin_password"])
+    assert webhook_signing_secrets(user=demo) == secrets_signing  # not rotated again
+
+    api_key_revoke(prefix=api_key_get_active(raw_key=first["demo_key"]).prefix)  # staff revoked it meanwhile
+    call_command("seed_demo", "--credentials", str(stored), stdout=StringIO())
+    third = json.loads(stored.read_text())
+    assert third["demo_key"] != first["demo_key"] and api_key_get_active(raw_key=third["demo_key"]) is not None
+    assert {k: v for k, v in third.items() if k != "demo_key"} == {k: v for k, v in first.items() if k != "demo_key"}
+
+
+@pytest.mark.django_db
+def test_dumpdata_without_app_labels_serializes_the_whole_database(user: User) -> None:
+    out = StringIO()
+    call_command("dumpdata", stdout=out)
+    records = json.loads(out.getvalue())
+    assert {"username": "alice"}.items() <= next(r["fields"] for r in records if r["model"] == "accounts.user").items()
+    assert not any(r["model"].startswith("django_rq.") for r in records)
