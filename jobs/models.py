@@ -82,7 +82,6 @@ class Job(models.Model):
             # reconcilers' scans for the few rows in one state among millions (queued: job_status_created).
             models.Index(fields=["created_at", "id"], name="job_created_id"),
             models.Index(fields=["finished_at", "id"], name="job_finished_id"),
-            models.Index(fields=["created_at", "id"], condition=Q(status="queued"), name="job_queued_created"),
             models.Index(fields=["started_at", "id"], condition=Q(status="running"), name="job_running_started"),
             models.Index(fields=["finished_at"], condition=Q(callback_status="pending"), name="job_callback_pending"),
         ]

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0012_reconciler_partial_indexes'),
+        ('jobs', '0012_attempt_in_progress_index'),
     ]
 
     operations = [

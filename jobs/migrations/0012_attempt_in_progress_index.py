@@ -1,4 +1,4 @@
-"""Partial indexes for the reconcilers' scans of the few queued jobs and in-progress attempts among millions.
+"""A partial index for the webhook reconciler's scan of the few in-progress attempts among millions.
 
 Built without blocking writes on PostgreSQL (see 0011): atomic = False.
 """
@@ -14,12 +14,6 @@ class Migration(migrations.Migration):
     dependencies = [("jobs", "0011_job_scale_indexes")]
 
     operations = [
-        AddIndexWithoutLock(
-            model_name="job",
-            index=models.Index(
-                condition=models.Q(status="queued"), fields=["created_at", "id"], name="job_queued_created"
-            ),
-        ),
         AddIndexWithoutLock(
             model_name="callbackattempt",
             index=models.Index(condition=models.Q(error="in progress"), fields=["at"], name="attempt_in_progress"),
