@@ -46,9 +46,9 @@ MIDDLEWARE = [
     "jobsite.edge.HostCheckMiddleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "jobsite.middleware.RequestContextMiddleware",
-    "jobsite.edge.ApiEdgeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "jobsite.edge.ApiEdgeMiddleware",  # after WhiteNoise: static files are no route, yet not a 404
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
