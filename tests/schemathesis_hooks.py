@@ -1,7 +1,8 @@
 """schemathesis hooks for tests/test_schema_fuzz.py (loaded through SCHEMATHESIS_HOOKS); no check is changed.
 They act on whole cases (`filter_case`, `map_case`), the hooks every phase applies, the coverage phase included.
 
-- URLs whose host is an address literal (any notation: `0`, `127.1`, `0x7f.1`, `1.2.3.999`) are left out of the
+- URLs whose host is an address literal (any notation: `0`, `127.1`, `0x7f.1`, `1.2.3.999`, `name.4`, as the
+  guard's WHATWG IPv4 parser reads them) are left out of the
   generated bodies: which addresses may be reached is the SSRF guard's policy (API.md: 400 for unspecified,
   link-local, reserved... addresses), which no JSON Schema can state; tests/test_ssrf.py covers it.
 - So are URLs whose explicit port the deployment's port policy refuses (OUTBOUND_ALLOWED_PORTS minus
@@ -12,7 +13,6 @@ They act on whole cases (`filter_case`, `map_case`), the hooks every phase appli
 """
 
 import re
-import socket
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,11 +40,12 @@ def _is_address_literal(url: Any) -> bool:
     host = re.sub(r":\d*$", "", host)
     if HTTPX_IPV4_STYLE.match(host):  # httpx parses these as IPv4 and refuses the invalid ones
         return True
+    from jobs.ssrf import UrlForbidden, parse_ipv4  # the guard's own WHATWG IPv4 parser
+
     try:
-        socket.inet_aton(host)  # accepts every IPv4 notation the guard parses (decimal, octal, hex, short)
-    except OSError:
-        return False
-    return True
+        return parse_ipv4(host) is not None  # every notation: decimal, octal, hex, short
+    except UrlForbidden:
+        return True  # ends in a number, so an IPv4 address to the guard, and an invalid one
 
 
 def _has_refused_port(url: Any) -> bool:

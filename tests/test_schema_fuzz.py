@@ -22,6 +22,7 @@ from accounts.services import api_key_create
 from credits.services import credit_grant
 from jobs.idempotency import KEY_MAX_LENGTH, KEY_PATTERN
 from jobs.models import EndpointPolicy, RateLimitAlgorithm
+from jobs.policies import ENDPOINT_DEFAULTS
 from tests import schemathesis_hooks
 from tests.conftest import ROOT, subprocess_env
 
@@ -108,7 +109,10 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     credit_grant(user=user, amount=10_000_000, reason="fuzzing")
     # Thousands of cases a minute: a rate limit would answer most of them 429 before the logic under test (and
     # preempt the checks that need a 4xx of the operation's own); tests/test_ratelimit.py covers the limits.
-    EndpointPolicy.objects.update(rate_limit_algorithm=RateLimitAlgorithm.NONE)
+    for name, defaults in ENDPOINT_DEFAULTS.items():  # rows too: a transactional test before may have flushed them
+        EndpointPolicy.objects.update_or_create(
+            name=name, defaults={**defaults, "rate_limit_algorithm": RateLimitAlgorithm.NONE}
+        )
     _, api_key = api_key_create(owner=user, name="fuzz", scopes=list(SCOPES))
     log_dir = ROOT / "var" / f"fuzz-{connection.vendor}"  # kept after the run, for a failure's server side
     log_dir.mkdir(parents=True, exist_ok=True)
