@@ -26,6 +26,7 @@ from rq import SimpleWorker
 from accounts.models import SCOPES, User
 from accounts.services import api_key_create
 from jobs import queues
+from jobs.policies import policies_changed
 from jobsite.redis import get_redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,14 @@ def _clean_redis() -> Iterator[None]:
     """Each test starts with an empty Redis database (tests use their own database number)."""
     get_redis().flushdb()
     yield
+
+
+@pytest.fixture
+def fresh_policies() -> Iterator[None]:
+    """Policies read anew before and after: rows a test wrote (and rolled back) must not stay cached."""
+    policies_changed()
+    yield
+    policies_changed()
 
 
 @pytest.fixture

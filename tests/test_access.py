@@ -7,7 +7,7 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 
 import httpx
@@ -23,17 +23,11 @@ from rest_framework.test import APIClient
 from accounts.models import SCOPES, ApiKey, IpAllowEntry, Role, User
 from accounts.services import api_key_create, api_key_revoke
 from jobs.models import EndpointPolicy, KindSettings
-from jobs.policies import policies_changed
 from jobsite import client_ip
 from tests.access_helpers import set_policy, totp_code, wrong_code
 from tests.conftest import ROOT, bearer, subprocess_env, wait_until
 
-
-@pytest.fixture(autouse=True)
-def _fresh_policies() -> Iterator[None]:
-    policies_changed()
-    yield
-    policies_changed()
+pytestmark = pytest.mark.usefixtures("fresh_policies")
 
 
 def keyed_client(user: User, scopes: list[str] | tuple[str, ...] = SCOPES, **headers: str) -> tuple[APIClient, str]:

@@ -22,7 +22,7 @@ from rest_framework.test import APIClient
 from accounts.models import SCOPES, User, split_list
 from accounts.services import api_key_create, api_key_revoke, ip_allow_entry_create, mfa_verify, role_grant
 from jobs.models import Job, JobMode, JobStatus
-from jobs.policies import AUTHENTICATED_ALSO_GOVERNED_BY, ENDPOINT_DEFAULTS, policies_changed
+from jobs.policies import AUTHENTICATED_ALSO_GOVERNED_BY, ENDPOINT_DEFAULTS
 from jobsite.api import EndpointView
 from jobsite.redis import get_redis
 from tests.access_helpers import confirmed_device, set_policy, totp_code, wrong_code
@@ -179,11 +179,7 @@ def expected(scenario: str, case: Case, policy: str) -> tuple[int, str | None]:
     return REFUSED[scenario]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_policies() -> Iterator[None]:
-    policies_changed()
-    yield
-    policies_changed()  # rolled-back rows must not stay cached for the next test
+pytestmark = pytest.mark.usefixtures("fresh_policies")
 
 
 def _session_of_staff_without_otp(make_user: Callable[..., User]) -> APIClient:

@@ -1,6 +1,6 @@
 """Issue 13's access findings, one test each: the compatible routes, anonymous callers, /me, MFA throttling."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from django.core.management import call_command
@@ -10,7 +10,6 @@ from accounts.models import SCOPES, User
 from accounts.services import api_key_create, ip_allow_entry_create
 from credits.selectors import credit_balance
 from jobs.models import EndpointPolicy, Job, WebhookSecret
-from jobs.policies import policies_changed
 from jobs.webhooks import webhook_signing_secrets
 from tests.access_helpers import (
     COMPAT_POLICIES,
@@ -25,11 +24,7 @@ from tests.conftest import bearer
 HELLO = {"data": "hello", "iterations": 10}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_policies() -> Iterator[None]:
-    policies_changed()
-    yield
-    policies_changed()
+pytestmark = pytest.mark.usefixtures("fresh_policies")
 
 
 def keyed(user: User, scopes: list[str] | tuple[str, ...] = SCOPES, address: str = "127.0.0.1") -> APIClient:

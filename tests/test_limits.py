@@ -1,25 +1,19 @@
 """GET /api/v1/me/limits/: what remains of each limit, caps in use and the balance, without spending any."""
 
-from collections.abc import Iterator
-
 import pytest
 from rest_framework.test import APIClient
 
 from accounts.models import SCOPES, User
 from accounts.services import api_key_create
 from credits.selectors import credit_balance
-from jobs.policies import ENDPOINT_DEFAULTS, policies_changed
+from jobs.policies import ENDPOINT_DEFAULTS
 from tests.access_helpers import set_policy
 from tests.conftest import bearer
 
 HASH = {"kind": "hash", "input": {"data": "hello", "iterations": 10}}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_policies() -> Iterator[None]:
-    policies_changed()
-    yield
-    policies_changed()
+pytestmark = pytest.mark.usefixtures("fresh_policies")
 
 
 @pytest.mark.django_db

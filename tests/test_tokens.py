@@ -1,6 +1,5 @@
 """Short-lived JWT bearer tokens: minted from an API key (its scopes, dying with it) or an MFA-verified session."""
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -11,18 +10,13 @@ from rest_framework_simplejwt.tokens import AccessToken
 
 from accounts.models import SCOPES, ApiKey, User
 from accounts.services import api_key_create, api_key_revoke
-from jobs.policies import policies_changed
 from tests.access_helpers import confirmed_device, totp_code
 from tests.conftest import bearer
 
 HASH = {"kind": "hash", "input": {"data": "hello", "iterations": 10}}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_policies() -> Iterator[None]:
-    policies_changed()
-    yield
-    policies_changed()
+pytestmark = pytest.mark.usefixtures("fresh_policies")
 
 
 def mint(client: APIClient | Client) -> dict:
