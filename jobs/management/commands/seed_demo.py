@@ -14,6 +14,7 @@ from credits.services import credit_grant
 from jobs.compat import COMPAT_ASYNC, COMPAT_READ, COMPAT_SYNC
 from jobs.models import EndpointPolicy
 from jobs.policies import ENDPOINT_DEFAULTS
+from jobs.views import JobSyncView
 from jobs.webhooks import webhook_secret_rotate, webhook_signing_secrets
 
 DEMO_ADMIN = "admin"
@@ -63,6 +64,12 @@ class Command(BaseCommand):
             policy, _ = EndpointPolicy.objects.get_or_create(name=name, defaults=ENDPOINT_DEFAULTS[name])
             policy.auth_required = False
             policy.save()
+        # Load runs from one demo key (loadgen -c 20..50) would otherwise meet the per-user sync cap at once.
+        sync_policy, _ = EndpointPolicy.objects.get_or_create(
+            name=JobSyncView.endpoint, defaults=ENDPOINT_DEFAULTS[JobSyncView.endpoint]
+        )
+        sync_policy.max_concurrent_per_user = 0
+        sync_policy.save()
         lines = [
             f"API          {url}/api/v1/",
             f"Swagger UI   {url}/api/docs/   (ReDoc: {url}/api/redoc/)",
@@ -75,6 +82,7 @@ class Command(BaseCommand):
             f"Demo webhook signing secret {webhook_secret}   (verifies the demo user's callbacks)",
             f"Demo credits {credit_balance(user=demo)}",
             "Anonymous    /sync /async /requests open to anonymous callers (demo: compat.* auth_required=false)",
+            "Sync cap     none per user, for load runs from one key (demo: jobs.sync max_concurrent_per_user=0)",
         ]
         if credentials:
             lines.append(f"Credentials  kept in {credentials} across runs (delete it for new ones)")
