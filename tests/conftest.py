@@ -153,6 +153,18 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 15.0, interval:
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+def wait_answering(url: str) -> None:
+    """Until the service at `url` answers /healthz: 200, or 503 while a backing service is down."""
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code in (200, 503)
+        except httpx.HTTPError:
+            return False
+
+    wait_until(answers, timeout=30, interval=0.2)
+
+
 @contextlib.contextmanager
 def gunicorn_server(name: str = "test-gunicorn", **env: str) -> Iterator[str]:
     """A real gunicorn (threads) on the test database; `env` adds to subprocess_env (e.g. a settings module)."""
@@ -164,15 +176,8 @@ def gunicorn_server(name: str = "test-gunicorn", **env: str) -> Iterator[str]:
         cwd=ROOT, env=subprocess_env(**env), stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code in (200, 503)
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until(healthy, timeout=30, interval=0.2)
+        wait_answering(url)
         yield url
     finally:
         process.send_signal(signal.SIGTERM)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client.mmap_dict import MmapedDict
 
-from tests.conftest import ROOT, free_port, subprocess_env, wait_until
+from tests.conftest import ROOT, free_port, subprocess_env, wait_answering
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 PROCESS_TYPES = ("web", "job-worker", "webhook-worker", "cron")
@@ -121,14 +121,7 @@ def test_gunicorn_config_serves_and_owns_the_metrics_directory(tmp_path: Path) -
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-
-        def answers() -> bool:
-            try:
-                return httpx.get(f"{url}/healthz", timeout=1).status_code in (200, 503)
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answers, timeout=30, interval=0.2)
+        wait_answering(url)
         assert not dead.exists() and live.exists()
         assert "jobsite_queue_depth" in httpx.get(f"{url}/metrics", timeout=5).text
         assert any(path.name.startswith(("counter_", "histogram_")) for path in metrics_dir.iterdir() if path != live)
