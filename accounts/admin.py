@@ -7,8 +7,10 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from accounts.models import SCOPES, ApiKey, IpAllowEntry, Role, User
+from accounts.forms import EndpointPolicyForm
+from accounts.models import SCOPES, ApiKey, EndpointPolicy, IpAllowEntry, Role, User
 from accounts.services import api_key_create, api_key_revoke
+from jobsite.admin import PolicyAdmin
 
 CREATED_KEY_ATTRIBUTE = "_jobsite_created_api_key"
 """Where save_model leaves the plain key for response_add, on this request only."""
@@ -90,3 +92,12 @@ class IpAllowEntryAdmin(admin.ModelAdmin):
     list_display = ["cidr", "user", "api_key", "note", "created_at"]
     search_fields = ["cidr", "user__username", "api_key__prefix", "note"]
     autocomplete_fields = ["user", "api_key"]
+
+
+@admin.register(EndpointPolicy)
+class EndpointPolicyAdmin(PolicyAdmin):
+    form = EndpointPolicyForm
+    identity = "name"
+    list_display = ["name", "enabled", "auth_required", "roles", "scopes", "ip_allowlist", "mfa_required",
+                    "rate_limit_algorithm", "rate_limit", "rate_window", "updated_at"]  # fmt: skip
+    list_filter = ["enabled", "auth_required", "ip_allowlist", "mfa_required", "rate_limit_algorithm"]

@@ -129,3 +129,86 @@ class ApiTotpDevice(TOTPDevice):
 
     def get_throttle_factor(self) -> int:
         return 0
+
+
+class RateLimitAlgorithm(models.TextChoices):
+    NONE = "none"
+    TOKEN_BUCKET = "token_bucket"
+    FIXED_WINDOW = "fixed_window"
+    SLIDING_WINDOW = "sliding_window"
+    THROTTLE = "throttle"
+    DEBOUNCE = "debounce"
+
+
+class RateLimitKey(models.TextChoices):
+    USER = "user"
+    IP = "ip"
+    GLOBAL = "global"
+
+
+class EndpointPolicy(models.Model):
+    """Who may call one endpoint, how often and on what terms; defaults live in accounts.policies, the row wins."""
+
+    name = models.CharField(max_length=64, unique=True, help_text="The endpoint it governs, e.g. jobs.sync.")
+    enabled = models.BooleanField(default=True, help_text="Off: every call answers 403, whoever makes it.")
+    auth_required = models.BooleanField(
+        "authentication required", default=True, help_text="Off: anonymous callers are admitted (compat routes only)."
+    )
+    roles = models.CharField(
+        "required roles", max_length=255, blank=True, help_text="Comma list; the user needs any one. Empty: no role."
+    )
+    scopes = models.CharField(
+        "required scopes", max_length=255, blank=True, help_text="Comma list; the API key must carry all of them."
+    )
+    ip_allowlist = models.BooleanField(
+        "IP allowlist", default=False, help_text="On: callers must come from an address in their IP allowlist entries."
+    )
+    mfa_required = models.BooleanField(
+        "MFA required", default=False, help_text="On: calls need an X-MFA-Code header from the user's TOTP device."
+    )
+    rate_limit_algorithm = models.CharField(
+        "rate-limit algorithm", max_length=16, choices=RateLimitAlgorithm.choices, default=RateLimitAlgorithm.NONE,
+        help_text="How calls are counted; none: no rate limit.",
+    )  # fmt: skip
+    rate_limit_key = models.CharField(
+        "rate-limit key", max_length=8, choices=RateLimitKey.choices, default=RateLimitKey.USER,
+        help_text="Whose calls share one limit: each user's, each client IP's, or everyone's.",
+    )  # fmt: skip
+    rate_limit = models.PositiveIntegerField(
+        "rate limit", default=60, help_text="Calls allowed: the bucket's capacity or the window's limit."
+    )
+    rate_window = models.PositiveIntegerField(
+        "rate window (s)", default=60, help_text="Seconds: the window, refill period, or throttle/debounce interval."
+    )
+    refill_rate = models.PositiveIntegerField(
+        "refill rate", default=60, help_text="Token bucket: tokens added per rate window."
+    )
+    max_concurrent_per_user = models.PositiveIntegerField(
+        "max concurrent per user", default=0, help_text="Jobs one user may have running at once; 0: no cap."
+    )
+    max_concurrent_global = models.PositiveIntegerField(
+        "max concurrent (all users)", default=0, help_text="Jobs all users together may have running; 0: no cap."
+    )
+    queue_max_depth = models.PositiveIntegerField(
+        "max queue depth", default=10000, help_text="Async submissions answer 503 queue_full beyond this many queued."
+    )
+    idempotency_ttl = models.PositiveIntegerField(
+        "idempotency TTL (s)", default=86400, help_text="Seconds an Idempotency-Key replays its first response."
+    )
+    updated_at = models.DateTimeField("updated", auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "endpoint policies"
+        db_table = "jobs_endpointpolicy"  # created by the jobs app before policies moved here
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def role_list(self) -> list[str]:
+        return split_list(self.roles)
+
+    @property
+    def scope_list(self) -> list[str]:
+        return split_list(self.scopes)

@@ -1,7 +1,7 @@
 """Small single-purpose DRF permission classes, composed from the endpoint's policy.
 
 Each check raises its own problem (API.md codes) rather than returning False, so the caller learns
-which requirement failed. The order is fixed by policy_permission_classes().
+which requirement failed. The order is fixed by POLICY_PERMISSIONS.
 """
 
 from typing import Any
@@ -10,10 +10,10 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from accounts.authentication import request_api_key, request_scopes
+from accounts.policies import governing_policies
 from accounts.selectors import ip_allowed, user_has_mfa, user_role_names
 from accounts.services import mfa_verify
 from accounts.throttling import mfa_check_allowed, mfa_failure_record
-from jobsite.api import governing_policies
 from jobsite.client_ip import client_ip
 from jobsite.errors import IpNotAllowed, MfaInvalid, MfaRequired, NotAuthenticated, PermissionDenied
 
@@ -32,7 +32,7 @@ def _require_authenticated(request: Request, what: str) -> None:
 
 
 class PolicyPermission(BasePermission):
-    """One requirement, checked against every policy that governs the request (jobsite.api.governing_policies)."""
+    """One requirement, checked against every policy that governs the request (accounts.policies.governing_policies)."""
 
     def has_permission(self, request: Request, view: Any) -> bool:
         for policy in governing_policies(request):
@@ -44,7 +44,7 @@ class PolicyPermission(BasePermission):
 
 
 class AuthenticatedIfRequired(PolicyPermission):
-    """`auth_required=false` is the policy's anonymous-access switch (off by default, see jobs.policies)."""
+    """`auth_required=false` is the policy's anonymous-access switch (off by default, see accounts.policies)."""
 
     def check(self, request: Request, view: Any, policy: Any) -> None:
         if policy.auth_required:
@@ -135,6 +135,12 @@ class MfaVerified(PolicyPermission):
         require_mfa_code(request)
 
 
-def policy_permission_classes() -> list[type[BasePermission]]:
-    """The checks every policy-governed endpoint runs, in order: auth, enabled, IP, role, scope, MFA."""
-    return [AuthenticatedIfRequired, EndpointEnabled, ClientIpAllowed, HasPolicyRole, HasPolicyScopes, MfaVerified]
+POLICY_PERMISSIONS: tuple[type[BasePermission], ...] = (
+    AuthenticatedIfRequired,
+    EndpointEnabled,
+    ClientIpAllowed,
+    HasPolicyRole,
+    HasPolicyScopes,
+    MfaVerified,
+)
+"""The checks every policy-governed endpoint runs, in order: auth, enabled, IP, role, scope, MFA."""

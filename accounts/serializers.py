@@ -1,15 +1,6 @@
 from rest_framework import serializers
 
 
-class MeSerializer(serializers.Serializer):
-    username = serializers.CharField()
-    is_staff = serializers.BooleanField()
-    roles = serializers.ListField(child=serializers.CharField())
-    scopes = serializers.ListField(child=serializers.CharField(), help_text="The key's scopes; a session has all.")
-    mfa_enrolled = serializers.BooleanField()
-    balance = serializers.IntegerField(help_text="Credits available.")
-
-
 class TotpEnrolmentSerializer(serializers.Serializer):
     provisioning_uri = serializers.CharField()
     qr_png = serializers.CharField(help_text="Base64 PNG of the provisioning URI as a QR code.")

@@ -1,21 +1,20 @@
-"""The caller's own account: who am I, and TOTP enrolment, under the `account.read` / `account.write` policies."""
+"""The caller's own account: TOTP enrolment and tokens, under the `account.write` / `auth.token` policies."""
 
 import base64
 import io
 
 import qrcode
-from django.conf import settings
-from django.utils.module_loading import import_string
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.api import EndpointView
 from accounts.authentication import BearerToken, request_api_key, request_scopes
+from accounts.endpoints import Endpoint
 from accounts.permissions import MFA_HEADER, require_mfa_code
-from accounts.selectors import user_has_mfa, user_role_names
+from accounts.selectors import user_has_mfa
 from accounts.serializers import (
-    MeSerializer,
     MfaStatusSerializer,
     TokenSerializer,
     TotpConfirmSerializer,
@@ -23,7 +22,7 @@ from accounts.serializers import (
 )
 from accounts.services import totp_confirm, totp_enrol, totp_remove
 from accounts.tokens import token_mint
-from jobsite.api import BODY_STATUSES, GATE_STATUSES, EndpointView, problems
+from jobsite.api import BODY_STATUSES, GATE_STATUSES, problems
 from jobsite.errors import NotFound, PermissionDenied
 
 
@@ -33,31 +32,10 @@ def _qr_png_base64(text: str) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-ACCOUNT_READ = "account.read"
-ACCOUNT_WRITE = "account.write"
-AUTH_TOKEN = "auth.token"
-
-
-class MeView(EndpointView):
-    endpoint = ACCOUNT_READ
-
-    @extend_schema(operation_id="me", summary="The caller", responses={200: MeSerializer, **problems(*GATE_STATUSES)})
-    def get(self, request: Request) -> Response:
-        data = {
-            "username": request.user.get_username(),
-            "is_staff": request.user.is_staff,
-            "roles": sorted(user_role_names(user=request.user)),
-            "scopes": request_scopes(request),
-            "mfa_enrolled": user_has_mfa(user=request.user),
-            "balance": import_string(settings.ACCOUNT_BALANCE_SELECTOR)(user=request.user),
-        }
-        return Response(MeSerializer(data).data)
-
-
 class TotpEnrolmentView(EndpointView):
     """Enrolling the first device cannot demand a code of it: MfaVerified lets a user without one through."""
 
-    endpoint = ACCOUNT_WRITE
+    endpoint = Endpoint.ACCOUNT_WRITE
     mfa_enrolment = True
 
 
@@ -105,7 +83,7 @@ class TotpConfirmView(TotpEnrolmentView):
 
 
 class TokenView(EndpointView):
-    endpoint = AUTH_TOKEN
+    endpoint = Endpoint.AUTH_TOKEN
 
     @extend_schema(
         operation_id="auth_token",

@@ -33,10 +33,13 @@ from django.db import connection  # noqa: E402
 from rest_framework.test import APIClient  # noqa: E402
 from rest_framework.throttling import UserRateThrottle  # noqa: E402
 
-from accounts.models import User  # noqa: E402
-from jobs.models import EndpointPolicy, RateLimitAlgorithm  # noqa: E402
-from jobs.policies import ENDPOINT_DEFAULTS  # noqa: E402
-from jobs.ratelimit import rate_limit_hit  # noqa: E402
+from accounts.models import (  # noqa: E402
+    EndpointPolicy,
+    RateLimitAlgorithm,
+    User,
+)
+from accounts.policies import ENDPOINT_DEFAULTS  # noqa: E402
+from accounts.ratelimit import rate_limit_hit  # noqa: E402
 from jobsite.redis import get_redis  # noqa: E402
 
 PER_KEY = 10

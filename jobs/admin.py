@@ -1,13 +1,13 @@
 from django.contrib import admin, messages
-from django.db.models import Model, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from jobs.forms import EndpointPolicyForm, KindSettingsForm
+from jobs.forms import KindSettingsForm
 from jobs.kinds import KINDS
-from jobs.models import CallbackAttempt, CallbackStatus, EndpointPolicy, Job, JobStatus, KindSettings, WebhookSecret
+from jobs.models import CallbackAttempt, CallbackStatus, Job, JobStatus, KindSettings, WebhookSecret
 from jobs.services import job_cancel, job_requeue
 from jobs.webhooks import callback_redeliver
-from jobsite.admin import ScaleAdmin
+from jobsite.admin import PolicyAdmin, ScaleAdmin
 
 
 class CallbackAttemptInline(admin.TabularInline):
@@ -105,24 +105,6 @@ class WebhookSecretAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: WebhookSecret | None = None) -> bool:
         return False  # nothing to edit: a view page without Save buttons
-
-
-class PolicyAdmin(admin.ModelAdmin):
-    """Validated by the same forms as `manage.py policy`; the name of a row is fixed once created."""
-
-    identity: str
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
-        return [self.identity, "updated_at"] if obj else ["updated_at"]
-
-
-@admin.register(EndpointPolicy)
-class EndpointPolicyAdmin(PolicyAdmin):
-    form = EndpointPolicyForm
-    identity = "name"
-    list_display = ["name", "enabled", "auth_required", "roles", "scopes", "ip_allowlist", "mfa_required",
-                    "rate_limit_algorithm", "rate_limit", "rate_window", "updated_at"]  # fmt: skip
-    list_filter = ["enabled", "auth_required", "ip_allowlist", "mfa_required", "rate_limit_algorithm"]
 
 
 @admin.register(KindSettings)

@@ -15,15 +15,16 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.api import EndpointSchema, EndpointView
 from accounts.models import User
 from jobs.encryption import masked_input
+from jobs.kind_settings import get_kind_settings
 from jobs.kinds.hash import HashInput
 from jobs.models import Job, JobMode, JobStatus
-from jobs.policies import get_kind_settings
 from jobs.selectors import job_list
 from jobs.serializers import callback_url_field
 from jobs.services import job_submit
-from jobsite.api import BODY_STATUSES, GATE_STATUSES, EndpointSchema, EndpointView, problems
+from jobsite.api import BODY_STATUSES, GATE_STATUSES, problems
 from jobsite.client_ip import client_ip
 from jobsite.errors import NotFound
 from jobsite.fields import ListedChoiceField

@@ -11,9 +11,9 @@ import hashlib
 from django.conf import settings
 from django.db import connection
 
-from accounts.models import User
-from jobs import metrics
-from jobs.models import EndpointPolicy, Job, JobStatus
+from accounts import metrics
+from accounts.models import EndpointPolicy, User
+from jobs.models import Job, JobStatus
 from jobsite.errors import RateLimited
 
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)

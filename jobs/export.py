@@ -22,8 +22,8 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from jobs.encryption import masked_input, open_result
+from jobs.kind_settings import get_kind_settings
 from jobs.models import CallbackAttempt, Job
-from jobs.policies import get_kind_settings
 
 logger = logging.getLogger(__name__)
 

@@ -1,71 +1,18 @@
-"""Validation of endpoint policies and kind settings, shared by the admin and `manage.py policy`."""
+"""Validation of kind settings, shared by the admin and `manage.py policy`."""
 
 from typing import Any
 
 from django import forms
-from django.db import models
 
-from accounts.models import SCOPES, Role, split_list
+from accounts.forms import clean_comma_list, editable_fields
 from jobs.kinds import KINDS
-from jobs.models import CacheAlgorithm, EndpointPolicy, KindSettings, RateLimitAlgorithm
-from jobs.policies import ENDPOINT_DEFAULTS
-
-
-def _clean_comma_list(value: str, allowed: set[str], what: str) -> str:
-    items = list(dict.fromkeys(split_list(value)))
-    unknown = [item for item in items if item not in allowed]
-    if unknown:
-        raise forms.ValidationError(
-            f"Unknown {what}: {', '.join(unknown)}. Known: {', '.join(sorted(allowed)) or 'none'}."
-        )
-    return ",".join(items)
-
-
-def _editable_fields(model: type[models.Model]) -> list[str]:
-    """Every field staff may edit: a field added to the model appears in the admin and the command at once."""
-    return [field.name for field in model._meta.fields if field.editable and not field.primary_key]
-
-
-class EndpointPolicyForm(forms.ModelForm):
-    class Meta:
-        model = EndpointPolicy
-        fields = _editable_fields(EndpointPolicy)
-
-    def clean_name(self) -> str:
-        name = self.cleaned_data["name"]
-        if name not in ENDPOINT_DEFAULTS:
-            raise forms.ValidationError(f"Unknown endpoint {name!r}. Known: {', '.join(ENDPOINT_DEFAULTS)}.")
-        return name
-
-    def clean_roles(self) -> str:
-        return _clean_comma_list(
-            self.cleaned_data["roles"], set(Role.objects.values_list("name", flat=True)), "role(s)"
-        )
-
-    def clean_scopes(self) -> str:
-        return _clean_comma_list(self.cleaned_data["scopes"], set(SCOPES), "scope(s)")
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        algorithm = data.get("rate_limit_algorithm")
-        if algorithm and algorithm != RateLimitAlgorithm.NONE:
-            for field in ("rate_limit", "rate_window"):
-                if data.get(field) == 0:
-                    self.add_error(field, f"Must be at least 1 when the rate limit algorithm is {algorithm}.")
-            if algorithm == RateLimitAlgorithm.TOKEN_BUCKET and data.get("refill_rate") == 0:
-                self.add_error("refill_rate", "Must be at least 1 for a token bucket.")
-        for field in ("queue_max_depth", "idempotency_ttl"):
-            if data.get(field) == 0:
-                self.add_error(field, "Must be at least 1.")
-        if data.get("auth_required") is False and data.get("mfa_required"):
-            self.add_error("mfa_required", "MFA needs authentication: turn auth_required on as well.")
-        return data
+from jobs.models import CacheAlgorithm, KindSettings
 
 
 class KindSettingsForm(forms.ModelForm):
     class Meta:
         model = KindSettings
-        fields = _editable_fields(KindSettings)
+        fields = editable_fields(KindSettings)
 
     def clean_kind(self) -> str:
         kind = self.cleaned_data["kind"]
@@ -78,7 +25,7 @@ class KindSettingsForm(forms.ModelForm):
         kind = KINDS.get(data.get("kind", ""))
         if kind is not None and "encrypt_fields" in data:
             try:
-                data["encrypt_fields"] = _clean_comma_list(
+                data["encrypt_fields"] = clean_comma_list(
                     data["encrypt_fields"], set(kind.serializer_class().fields), f"input field(s) of {kind.name}"
                 )
             except forms.ValidationError as exc:

@@ -8,8 +8,8 @@ from django.http import HttpRequest, JsonResponse
 from redis.exceptions import RedisError
 from rq import Worker
 
+from accounts.policies import get_endpoint_policy
 from jobs import queues
-from jobs.policies import get_endpoint_policy
 
 DEGRADED_QUEUE_RATIO = 0.9
 """A queue fuller than this share of its capacity makes the service `degraded`."""

@@ -21,8 +21,8 @@ from django.utils import timezone
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.models import User
-from jobs.models import FINAL_STATUSES, EndpointPolicy, IdempotencyRecord, IdempotencyStatus, Job, JobMode, JobStatus
+from accounts.models import EndpointPolicy, User
+from jobs.models import FINAL_STATUSES, IdempotencyRecord, IdempotencyStatus, Job, JobMode, JobStatus
 from jobsite.errors import (
     PROBLEM_CONTENT_TYPE,
     IdempotencyInFlight,

@@ -2,17 +2,17 @@
 
 from typing import Any
 
-from django.conf import settings
 from django.db.models import Count
-from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
 from rest_framework.request import Request
 
+from accounts.models import EndpointPolicy, RateLimitAlgorithm
+from accounts.policies import ENDPOINT_DEFAULTS, get_endpoint_policy
+from accounts.ratelimit import rate_limit_peek, rate_limit_state_key
+from accounts.throttles import rate_limit_subject
+from credits.selectors import credit_balance
 from jobs.concurrency import ACTIVE_STATUSES
-from jobs.models import EndpointPolicy, Job, RateLimitAlgorithm
-from jobs.policies import ENDPOINT_DEFAULTS, get_endpoint_policy
-from jobs.ratelimit import rate_limit_peek, rate_limit_state_key
-from jobs.throttles import rate_limit_subject
+from jobs.models import Job
 
 
 def _rate_limit(request: Request, policy: EndpointPolicy) -> dict[str, Any] | None:
@@ -54,5 +54,5 @@ def caller_limits(request: Request) -> dict[str, Any]:
                 },
             }
         )
-    balance = import_string(settings.ACCOUNT_BALANCE_SELECTOR)(user=request.user)
+    balance = credit_balance(user=request.user)
     return {"balance": balance, "endpoints": endpoints}

@@ -18,11 +18,11 @@ from redis.exceptions import RedisError
 from rest_framework.request import Request
 from rq import Worker
 
+from accounts.api import EndpointView
 from jobs import queues
 from jobs.circuit import CircuitState, circuit_states
+from jobs.kind_settings import get_kind_settings
 from jobs.kinds import KINDS
-from jobs.policies import get_kind_settings
-from jobsite.api import EndpointView
 from jobsite.redis import get_redis, redis_key
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -40,10 +40,6 @@ JOB_RUN_TIME = Histogram("jobsite_job_run_seconds", "Time a job ran.", ["kind"],
 WEBHOOK_DELIVERIES = Counter(
     "jobsite_webhook_deliveries_total", "Webhook delivery attempts, by outcome and attempt number.",
     ["outcome", "attempt"],
-)  # fmt: skip
-RATE_LIMIT_REJECTIONS = Counter(
-    "jobsite_rate_limit_rejections_total", "Requests refused by a limit, by endpoint and algorithm.",
-    ["endpoint", "algorithm"],
 )  # fmt: skip
 CREDITS = Counter("jobsite_credits_total", "Credits moved by job charges and refunds.", ["type"])
 JOBS_PURGED = Counter("jobsite_jobs_purged_total", "Final jobs deleted by purge_jobs (committed batches).")

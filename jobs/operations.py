@@ -20,9 +20,9 @@ from redis.exceptions import RedisError
 from credits.models import EntryType, LedgerEntry
 from jobs import queues
 from jobs.circuit import circuit_states
+from jobs.kind_settings import get_kind_settings
 from jobs.kinds import KINDS
 from jobs.models import CallbackAttempt, Job, JobStatus
-from jobs.policies import get_kind_settings
 
 WINDOWS = {"hour": (timedelta(hours=1), timedelta(minutes=1)), "day": (timedelta(days=1), timedelta(hours=1))}
 """Each window of the page and its bucket: the last hour by minute, the last day by hour."""

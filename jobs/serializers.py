@@ -6,9 +6,9 @@ from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_fiel
 from rest_framework import serializers
 
 from jobs.encryption import masked_input, open_result
+from jobs.kind_settings import get_kind_settings
 from jobs.kinds import KINDS, Kind
 from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus
-from jobs.policies import get_kind_settings
 from jobsite.errors import CallbackUrlForbidden
 from jobsite.fields import HTTP_URL_PATTERN, ListedChoiceField, StrictCharField, matches_http_url
 

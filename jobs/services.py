@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from rq import Retry
 from rq.timeouts import JobTimeoutException
 
-from accounts.models import User
+from accounts.models import EndpointPolicy, User
 from jobs import metrics, queues, ssrf
 from jobs.billing import job_charge, job_refund_if_due
 from jobs.cache import cache_get, cache_set
@@ -26,9 +26,9 @@ from jobs.concurrency import concurrency_admit
 from jobs.deadline import Deadline, DeadlineExceeded
 from jobs.encryption import open_input, seal_input, seal_result
 from jobs.idempotency import idempotency_bind_job
+from jobs.kind_settings import get_kind_settings
 from jobs.kinds import KINDS, KindError, RunContext
-from jobs.models import FINAL_STATUSES, CallbackStatus, EndpointPolicy, Job, JobMode, JobStatus, KindSettings
-from jobs.policies import get_kind_settings
+from jobs.models import FINAL_STATUSES, CallbackStatus, Job, JobMode, JobStatus, KindSettings
 from jobs.retries import retry_delay
 from jobs.selectors import job_get
 from jobsite.db import keyset_batches

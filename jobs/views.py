@@ -12,6 +12,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.api import EndpointView
 from jobs.export import export_chunks, export_csv, export_jsonl
 from jobs.idempotency import KEY_HEADER, KEY_MAX_LENGTH, KEY_PATTERN, idempotent_response
 from jobs.limits import caller_limits
@@ -28,15 +29,7 @@ from jobs.serializers import (
 )
 from jobs.services import job_cancel, job_submit
 from jobs.webhooks import webhook_secret_rotate
-from jobsite.api import (
-    BODY_STATUSES,
-    GATE_STATUSES,
-    EndpointView,
-    NewestFirstPagination,
-    PageQuerySerializer,
-    paginated,
-    problems,
-)
+from jobsite.api import BODY_STATUSES, GATE_STATUSES, NewestFirstPagination, PageQuerySerializer, paginated, problems
 from jobsite.errors import NotFound
 
 IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(

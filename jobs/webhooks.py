@@ -32,21 +32,13 @@ from django.utils import timezone
 from rest_framework.renderers import JSONRenderer
 from standardwebhooks.webhooks import Webhook
 
-from accounts.models import User
+from accounts.models import RateLimitAlgorithm, User
+from accounts.ratelimit import rate_limit_hit, rate_limit_state_key
 from jobs import metrics, queues, ssrf
 from jobs.billing import refund_due
 from jobs.compat import COMPAT_ASYNC, CompatCallbackSerializer
-from jobs.models import (
-    ATTEMPT_IN_PROGRESS,
-    FINAL_STATUSES,
-    CallbackAttempt,
-    CallbackStatus,
-    Job,
-    RateLimitAlgorithm,
-    WebhookSecret,
-)
-from jobs.policies import get_kind_settings
-from jobs.ratelimit import rate_limit_hit, rate_limit_state_key
+from jobs.kind_settings import get_kind_settings
+from jobs.models import ATTEMPT_IN_PROGRESS, FINAL_STATUSES, CallbackAttempt, CallbackStatus, Job, WebhookSecret
 from jobs.serializers import JobSerializer
 from jobsite import crypto
 from jobsite.redis import redis_key, run_lua

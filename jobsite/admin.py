@@ -1,4 +1,4 @@
-"""Admin pieces for tables of millions of rows: estimated counts and searches that an index serves."""
+"""Admin pieces: for tables of millions of rows (estimated counts, searches an index serves), and for settings rows."""
 
 import json
 import string
@@ -9,7 +9,7 @@ from uuid import UUID
 from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db import connections
-from django.db.models import Q, QuerySet
+from django.db.models import Model, Q, QuerySet
 from django.http import HttpRequest
 
 EXACT_COUNT_UP_TO = 10_000
@@ -68,3 +68,12 @@ class ScaleAdmin(admin.ModelAdmin):
         else:
             match = Q(**{f"{self.username_search_field}__startswith": term})
         return queryset.filter(match), False
+
+
+class PolicyAdmin(admin.ModelAdmin):
+    """Validated by the same forms as `manage.py policy`; the name of a row is fixed once created."""
+
+    identity: str
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
+        return [self.identity, "updated_at"] if obj else ["updated_at"]

@@ -267,16 +267,6 @@ RATELIMIT_USE_CACHE = "default"
 NEW_USER_CREDITS = env_int("NEW_USER_CREDITS", 1000, minimum=0)
 """Credits granted once to every new user (0: none; staff grant them with grant_credits or the admin)."""
 
-ENDPOINT_POLICY_LOADER = "jobs.policies.get_endpoint_policy"
-ACCOUNT_BALANCE_SELECTOR = "credits.selectors.credit_balance"
-"""Read through a setting so that accounts does not import credits (dependencies point credits -> accounts)."""
-AUTHENTICATED_ALSO_GOVERNED_BY = "jobs.policies.AUTHENTICATED_ALSO_GOVERNED_BY"
-"""Which API policy also governs an authenticated caller of a route (the compatible routes)."""
-ENDPOINT_PERMISSIONS = "accounts.permissions.policy_permission_classes"
-"""The one place that decides which permission checks a policy-governed endpoint runs."""
-ENDPOINT_THROTTLES = "jobs.throttles.policy_throttle_classes"
-"""The one place that decides which throttles a policy-governed endpoint runs."""
-
 RATELIMIT_FAIL_OPEN_READS = env_bool("RATELIMIT_FAIL_OPEN_READS", True)
 """With Redis unreachable, endpoints that create no jobs skip rate limiting (job creation always fails closed)."""
 

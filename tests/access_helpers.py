@@ -6,9 +6,8 @@ from typing import Any
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from accounts.models import User
-from jobs.models import EndpointPolicy
-from jobs.policies import ENDPOINT_DEFAULTS
+from accounts.models import EndpointPolicy, User
+from accounts.policies import ENDPOINT_DEFAULTS
 
 
 def set_policy(name: str, **fields: Any) -> EndpointPolicy:

@@ -26,7 +26,7 @@ from rq import SimpleWorker
 from accounts.models import SCOPES, User
 from accounts.services import api_key_create
 from jobs import queues
-from jobs.policies import policies_changed
+from jobsite.process_cache import settings_cache
 from jobsite.redis import get_redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,9 +50,9 @@ def _clean_redis() -> Iterator[None]:
 @pytest.fixture
 def fresh_policies() -> Iterator[None]:
     """Policies read anew before and after: rows a test wrote (and rolled back) must not stay cached."""
-    policies_changed()
+    settings_cache.changed()
     yield
-    policies_changed()
+    settings_cache.changed()
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts.models import SCOPES, ApiKey, IpAllowEntry, Role, User
+from accounts.models import SCOPES, ApiKey, EndpointPolicy, IpAllowEntry, Role, User
 from accounts.services import api_key_create, api_key_revoke
-from jobs.models import EndpointPolicy, KindSettings
+from jobs.models import KindSettings
 from jobsite import client_ip
 from tests.access_helpers import set_policy, totp_code, wrong_code
 from tests.conftest import ROOT, bearer, subprocess_env, wait_until
@@ -240,7 +240,7 @@ def test_admin_policy_form_validates(make_user: Callable[..., User]) -> None:
     admin = Client()
     admin.force_login(staff)
     policy = set_policy("jobs.read")
-    url = f"/admin/jobs/endpointpolicy/{policy.pk}/change/"
+    url = f"/admin/accounts/endpointpolicy/{policy.pk}/change/"
     form = {
         "enabled": "on", "auth_required": "on", "roles": "", "scopes": "jobs:read,bogus:scope",
         "rate_limit_algorithm": "token_bucket", "rate_limit_key": "user", "rate_limit": "0", "rate_window": "60",

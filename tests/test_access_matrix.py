@@ -3,7 +3,7 @@
 Endpoints are enumerated from the URL resolver, so an endpoint added without an entry in CASES fails
 here; only the routes in SKIPPED are left out, each for a stated reason (the admin and the RQ dashboard
 are checked below). Every API route is policy-governed (EndpointView): the compatible routes also answer,
-for an authenticated caller, to the API policy of the same action (jobs.policies.AUTHENTICATED_ALSO_GOVERNED_BY),
+for an authenticated caller, to the API policy of the same action (accounts.endpoints.AUTHENTICATED_ALSO_GOVERNED_BY),
 so the IP and MFA scenarios switch those on in the API policy only.
 """
 
@@ -19,11 +19,12 @@ from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.test import APIClient
 
+from accounts.api import EndpointView
+from accounts.endpoints import AUTHENTICATED_ALSO_GOVERNED_BY
 from accounts.models import SCOPES, User, split_list
+from accounts.policies import ENDPOINT_DEFAULTS
 from accounts.services import api_key_create, api_key_revoke, ip_allow_entry_create, mfa_verify, role_grant
 from jobs.models import Job, JobMode, JobStatus
-from jobs.policies import AUTHENTICATED_ALSO_GOVERNED_BY, ENDPOINT_DEFAULTS
-from jobsite.api import EndpointView
 from jobsite.redis import get_redis
 from tests.access_helpers import confirmed_device, set_policy, totp_code, wrong_code
 from tests.conftest import bearer
@@ -300,7 +301,7 @@ def _session(user: User) -> Client:
 
 @pytest.mark.django_db
 def test_admin_and_rq_dashboard_require_staff_and_otp(make_user: Callable[..., User]) -> None:
-    paths = ("/admin/", "/admin/jobs/endpointpolicy/", *RQ_DASHBOARD)
+    paths = ("/admin/", "/admin/accounts/endpointpolicy/", *RQ_DASHBOARD)
     anonymous = Client()
     for path in paths:
         response = anonymous.get(path)

@@ -6,10 +6,10 @@ import pytest
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from accounts.models import SCOPES, User
+from accounts.models import SCOPES, EndpointPolicy, User
 from accounts.services import api_key_create, ip_allow_entry_create
 from credits.selectors import credit_balance
-from jobs.models import EndpointPolicy, Job, WebhookSecret
+from jobs.models import Job, WebhookSecret
 from jobs.webhooks import webhook_signing_secrets
 from tests.access_helpers import (
     COMPAT_POLICIES,

@@ -163,7 +163,7 @@ def test_admin_fits_1366_px_and_names_things_plainly(
     assert page.locator("input[name=_save], input[name=_continue], input[name=_addanother]").count() == 0
     assert "View job" in page.inner_text("#content")
 
-    page.goto(f"{docs_server}/admin/jobs/endpointpolicy/add/")
+    page.goto(f"{docs_server}/admin/accounts/endpointpolicy/add/")
     form = page.inner_text("#content-main")
     for label in ("IP allowlist", "MFA required", "Idempotency TTL (s)", "Rate-limit algorithm", "Required scopes"):
         assert label in form

@@ -11,8 +11,8 @@ from rq.job import Job as RQJob
 from credits.selectors import credit_balance, ledger_sum
 from jobs import queues, ssrf
 from jobs.circuit import CircuitState, circuit_acquire, circuit_record, circuit_states
+from jobs.kind_settings import get_kind_settings
 from jobs.models import Job, JobStatus, KindSettings
-from jobs.policies import get_kind_settings
 from tests.conftest import LocalHTTPServer, respond, wait_until
 from tests.test_credits import kind_settings
 from tests.webhook_helpers import FakeDNS

@@ -6,10 +6,11 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import User
+from accounts.policies import get_endpoint_policy
 from credits.selectors import credit_balance
 from jobs.models import Job, JobMode, JobStatus
-from jobs.policies import get_endpoint_policy, policies_changed
 from jobs.webhooks import webhook_signing_secrets
+from jobsite.process_cache import settings_cache
 
 
 @pytest.mark.django_db
@@ -38,7 +39,7 @@ def test_seed_demo_prints_urls_and_credentials(capsys: pytest.CaptureFixture[str
     assert client.get("/api/v1/credits/").json()["balance"] == 1_000_000
     secret = next(line for line in out.splitlines() if line.startswith("Demo webhook signing secret")).split()[4]
     assert webhook_signing_secrets(user=demo)[0] == secret
-    policies_changed()  # this process cached the policies before seed_demo wrote them
+    settings_cache.changed()  # this process cached the policies before seed_demo wrote them
     assert get_endpoint_policy("jobs.sync").max_concurrent_per_user == 0  # load runs from the one demo key
     call_command("seed_demo")  # again: a fresh key, the balance topped up, not doubled
     assert client.get("/api/v1/me/").status_code == 401

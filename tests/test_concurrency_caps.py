@@ -9,8 +9,8 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import User
+from accounts.policies import ENDPOINT_DEFAULTS
 from jobs.models import Job, JobStatus
-from jobs.policies import ENDPOINT_DEFAULTS
 from jobs.services import jobs_reconcile
 from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst, wait_until
 from tests.traffic_http import fire_concurrently, set_policy

@@ -17,8 +17,8 @@ from accounts.models import User
 from credits.models import EntryType, LedgerEntry
 from credits.selectors import credit_balance, ledger_sum
 from credits.services import credit_adjust, credit_charge, credit_grant, credit_refund
+from jobs.kind_settings import kind_defaults
 from jobs.models import Job, JobStatus, KindSettings
-from jobs.policies import kind_defaults
 from jobs.services import jobs_reconcile
 from jobsite.errors import InsufficientCredits
 from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst, wait_until

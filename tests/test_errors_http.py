@@ -27,8 +27,8 @@ def _problem(response: Any, status: int, code: str | None = None) -> dict[str, A
 @pytest.mark.django_db
 @pytest.mark.parametrize("path", ["/api/v1/me/", "/api/v1/jobs/", "/api/v1/credits/", "/sync"])
 def test_a_browser_refused_gets_a_401_not_a_500(path: str) -> None:
-    from jobs.models import EndpointPolicy
-    from jobs.policies import ENDPOINT_DEFAULTS
+    from accounts.models import EndpointPolicy
+    from accounts.policies import ENDPOINT_DEFAULTS
 
     EndpointPolicy.objects.update_or_create(
         name="compat.sync", defaults={**ENDPOINT_DEFAULTS["compat.sync"], "auth_required": True}

@@ -4,7 +4,7 @@ import httpx
 import pytest
 from django.test import Client
 
-from jobs.policies import policies_changed
+from jobsite.process_cache import settings_cache
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -28,7 +28,7 @@ def test_healthz_is_503_fast_when_redis_is_down(client: Client, settings) -> Non
     assert time.monotonic() - started < 5
     assert response.status_code == 503
     assert response.json()["status"] == "unhealthy" and response.json()["redis_ok"] is False
-    policies_changed()
+    settings_cache.changed()
 
 
 @pytest.mark.slow

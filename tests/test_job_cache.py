@@ -7,9 +7,9 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from accounts.models import User
+from jobs.kind_settings import kind_defaults
 from jobs.kinds import KINDS
 from jobs.models import Job, JobStatus
-from jobs.policies import kind_defaults
 from jobs.services import job_execute
 from jobsite import redis as jobsite_redis
 from tests.conftest import LocalHTTPServer, free_port, respond

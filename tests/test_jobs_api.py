@@ -6,8 +6,8 @@ from collections.abc import Callable
 import pytest
 from rest_framework.test import APIClient
 
-from accounts.models import User
-from jobs.models import EndpointPolicy, Job, JobStatus
+from accounts.models import EndpointPolicy, User
+from jobs.models import Job, JobStatus
 from tests.conftest import run_worker_burst
 
 pytestmark = pytest.mark.django_db(transaction=True)

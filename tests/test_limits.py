@@ -4,9 +4,9 @@ import pytest
 from rest_framework.test import APIClient
 
 from accounts.models import SCOPES, User
+from accounts.policies import ENDPOINT_DEFAULTS
 from accounts.services import api_key_create
 from credits.selectors import credit_balance
-from jobs.policies import ENDPOINT_DEFAULTS
 from tests.access_helpers import set_policy
 from tests.conftest import bearer
 

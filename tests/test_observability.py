@@ -17,9 +17,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
-from accounts.models import User
+from accounts.models import EndpointPolicy, User
 from jobs import ssrf
-from jobs.models import EndpointPolicy, Job, JobStatus, KindSettings
+from jobs.models import Job, JobStatus, KindSettings
 from jobsite.logs import REDACTED, get_logger, logging_config
 from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst, wait_until
 from tests.webhook_helpers import drain_callbacks

@@ -17,12 +17,11 @@ from urllib.parse import quote
 import pytest
 from django.db import connection
 
-from accounts.models import SCOPES, User
+from accounts.models import SCOPES, EndpointPolicy, RateLimitAlgorithm, User
+from accounts.policies import ENDPOINT_DEFAULTS
 from accounts.services import api_key_create
 from credits.services import credit_grant
 from jobs.idempotency import KEY_MAX_LENGTH, KEY_PATTERN
-from jobs.models import EndpointPolicy, RateLimitAlgorithm
-from jobs.policies import ENDPOINT_DEFAULTS
 from tests import schemathesis_hooks
 from tests.conftest import ROOT, subprocess_env
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from jobs.models import EndpointPolicy
+from accounts.models import EndpointPolicy
 from tests import access_helpers
 
 SERVER_POLICY_CHECK = 0.3

@@ -1,11 +1,12 @@
-"""Seed a policy row per endpoint and a settings row per kind from the defaults in jobs.policies."""
+"""Seed a policy row per endpoint and a settings row per kind from the defaults in accounts.policies and jobs.kind_settings."""
 
 from django.db import migrations
 
 
 def seed(apps, schema_editor):
     from jobs.kinds import KINDS
-    from jobs.policies import ENDPOINT_DEFAULTS, kind_defaults
+    from accounts.policies import ENDPOINT_DEFAULTS
+    from jobs.kind_settings import kind_defaults
 
     EndpointPolicy = apps.get_model("jobs", "EndpointPolicy")
     KindSettings = apps.get_model("jobs", "KindSettings")

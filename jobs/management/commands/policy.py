@@ -9,11 +9,13 @@ from django import forms
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import models, transaction
 
-from accounts.models import Role, split_list
-from jobs.forms import EndpointPolicyForm, KindSettingsForm
+from accounts.forms import EndpointPolicyForm
+from accounts.models import EndpointPolicy, Role, split_list
+from accounts.policies import ENDPOINT_DEFAULTS
+from jobs.forms import KindSettingsForm
+from jobs.kind_settings import kind_defaults
 from jobs.kinds import KINDS
-from jobs.models import EndpointPolicy, KindSettings
-from jobs.policies import ENDPOINT_DEFAULTS, kind_defaults
+from jobs.models import KindSettings
 
 KIND_PREFIX = "kind."
 """Kind settings are named `kind.<kind>` next to the endpoint names."""

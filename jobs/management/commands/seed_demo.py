@@ -6,14 +6,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from accounts.models import SCOPES, ApiKey, User
+from accounts.models import SCOPES, ApiKey, EndpointPolicy, User
+from accounts.policies import ENDPOINT_DEFAULTS
 from accounts.selectors import api_key_get_active
 from accounts.services import api_key_create, api_key_revoke
 from credits.selectors import credit_balance
 from credits.services import credit_grant
 from jobs.compat import COMPAT_ASYNC, COMPAT_READ, COMPAT_SYNC
-from jobs.models import EndpointPolicy
-from jobs.policies import ENDPOINT_DEFAULTS
 from jobs.views import JobSyncView
 from jobs.webhooks import webhook_secret_rotate, webhook_signing_secrets
 

@@ -14,7 +14,7 @@ import math
 import uuid
 from dataclasses import dataclass, replace
 
-from jobs.models import RateLimitAlgorithm
+from accounts.models import RateLimitAlgorithm
 from jobsite.redis import get_redis, redis_key, run_lua
 
 _NOW = """

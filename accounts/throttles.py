@@ -1,4 +1,4 @@
-"""DRF throttle that applies the endpoint policy's rate limit (jobs.ratelimit) and sets the RateLimit headers."""
+"""DRF throttle that applies the endpoint policy's rate limit (accounts.ratelimit) and sets the RateLimit headers."""
 
 import logging
 from typing import Any
@@ -8,17 +8,15 @@ from redis.exceptions import RedisError
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-from jobs import metrics
-from jobs.models import EndpointPolicy, RateLimitAlgorithm, RateLimitKey
-from jobs.ratelimit import RateLimitDecision, rate_limit_hit, rate_limit_state_key
-from jobsite.api import governing_policies
+from accounts import metrics
+from accounts.endpoints import JOB_CREATING_ENDPOINTS
+from accounts.models import EndpointPolicy, RateLimitAlgorithm, RateLimitKey
+from accounts.policies import governing_policies
+from accounts.ratelimit import RateLimitDecision, rate_limit_hit, rate_limit_state_key
 from jobsite.client_ip import client_ip
 from jobsite.errors import RateLimited, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
-
-JOB_CREATING_ENDPOINTS = frozenset({"jobs.sync", "jobs.async", "compat.sync", "compat.async"})
-"""Endpoints whose limiter fails closed (503) when Redis is unreachable: they start work that costs."""
 
 
 def rate_limit_subject(request: Request, key: str) -> str:
@@ -123,6 +121,5 @@ class AnonymousBudgetThrottle(BaseThrottle):
         return True
 
 
-def policy_throttle_classes() -> list[type[BaseThrottle]]:
-    """The throttles every policy-governed endpoint runs (settings.ENDPOINT_THROTTLES)."""
-    return [AnonymousBudgetThrottle, PolicyRateThrottle]
+POLICY_THROTTLES: tuple[type[BaseThrottle], ...] = (AnonymousBudgetThrottle, PolicyRateThrottle)
+"""The throttles every policy-governed endpoint runs ."""

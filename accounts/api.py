@@ -1,0 +1,68 @@
+"""The base of every policy-governed API view: it loads the endpoint's policies before DRF's checks run them."""
+
+from typing import Any, ClassVar
+
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.endpoints import AUTHENTICATED_ALSO_GOVERNED_BY, Endpoint
+from accounts.permissions import POLICY_PERMISSIONS
+from accounts.policies import get_endpoint_policy
+from accounts.throttles import POLICY_THROTTLES
+from jobsite.api import ApiSchema
+from jobsite.logs import bind_context
+
+MFA_CODE_PARAMETER = OpenApiParameter(
+    "X-MFA-Code",
+    str,
+    OpenApiParameter.HEADER,
+    description="6-digit TOTP code of a confirmed device; required where the endpoint's policy requires MFA.",
+)
+
+
+class EndpointSchema(ApiSchema):
+    """Every policy-governed operation documents the MFA header its policy may demand."""
+
+    def get_override_parameters(self) -> list[Any]:
+        return [*super().get_override_parameters(), MFA_CODE_PARAMETER]
+
+
+class EndpointView(APIView):
+    """An API view governed by the EndpointPolicy named `endpoint`; the policy is on `request.policy`.
+
+    Every check (permissions, throttles) runs over governing_policies(request): the route's own policy,
+    plus, for a caller who authenticated, the policy AUTHENTICATED_ALSO_GOVERNED_BY names for it.
+    """
+
+    endpoint: ClassVar[Endpoint]
+    schema = EndpointSchema()
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        # On the HttpRequest too: the browsable API re-checks permissions on clones that only share it.
+        request.policy = request._request.policy = get_endpoint_policy(self.endpoint)
+        also = AUTHENTICATED_ALSO_GOVERNED_BY.get(self.endpoint)
+        request.authenticated_policy = request._request.authenticated_policy = (
+            get_endpoint_policy(also) if also else None
+        )
+        bind_context(endpoint=self.endpoint)
+        super().initial(request, *args, **kwargs)
+
+    def perform_authentication(self, request: Request) -> None:
+        super().perform_authentication(request)
+        if request.user is not None and request.user.is_authenticated:
+            bind_context(user_id=request.user.pk)
+
+    def get_permissions(self) -> list[Any]:
+        return [permission() for permission in POLICY_PERMISSIONS]
+
+    def get_throttles(self) -> list[Any]:
+        return [throttle() for throttle in POLICY_THROTTLES]
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        # Set by the rate-limit throttle; carried by every response, errors included.
+        for name, value in getattr(request, "rate_limit_headers", {}).items():
+            response[name] = value
+        return response
