@@ -3,7 +3,7 @@
 A kind with a `circuit_target` has one breaker per target, so a failing host cuts off only jobs to that
 host, and only upstream failures count (5xx, timeouts, refused connections: KindError.transient and the
 time limit); our own refusals and the caller's input errors (forbidden or unresolvable URLs) neither count
-nor reset it (jobs.services._job_run).
+nor reset it (jobs.execution.job_run).
 
 Written in Lua rather than with pybreaker's Redis storage: pybreaker moves between states with separate
 reads and writes per process (two processes can both open, or both send a half-open trial), and fixes

@@ -21,9 +21,9 @@ from jobs.encryption import masked_input
 from jobs.kind_settings import get_kind_settings
 from jobs.kinds.hash import HashInput
 from jobs.models import Job, JobMode, JobStatus
+from jobs.pipeline import job_submit
 from jobs.selectors import job_list
 from jobs.serializers import callback_url_field
-from jobs.services import job_submit
 from jobsite.api import BODY_STATUSES, GATE_STATUSES, problems
 from jobsite.client_ip import client_ip
 from jobsite.errors import NotFound

@@ -6,9 +6,10 @@ from opentelemetry import context
 from rq import Retry, get_current_job
 
 from credits.selectors import credit_accounts_out_of_balance
+from jobs.execution import job_execute
 from jobs.idempotency import idempotency_purge_expired
 from jobs.metrics import LEDGER_CHECK_KEY, RECONCILER_LAST_RUN_KEY
-from jobs.services import job_execute, jobs_reconcile
+from jobs.services import jobs_reconcile
 from jobs.webhooks import callback_deliver, callbacks_reconcile
 from jobsite.logs import log_context
 from jobsite.redis import get_redis

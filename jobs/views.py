@@ -17,6 +17,7 @@ from jobs.export import export_chunks, export_csv, export_jsonl
 from jobs.idempotency import KEY_HEADER, KEY_MAX_LENGTH, KEY_PATTERN, idempotent_response
 from jobs.limits import caller_limits
 from jobs.models import Job, JobMode
+from jobs.pipeline import job_submit
 from jobs.selectors import job_get, job_list
 from jobs.serializers import (
     ExportQuerySerializer,
@@ -27,7 +28,7 @@ from jobs.serializers import (
     WebhookSecretSerializer,
     job_request_schema,
 )
-from jobs.services import job_cancel, job_submit
+from jobs.services import job_cancel
 from jobs.webhooks import webhook_secret_rotate
 from jobsite.api import BODY_STATUSES, GATE_STATUSES, NewestFirstPagination, PageQuerySerializer, paginated, problems
 from jobsite.errors import NotFound

@@ -7,10 +7,10 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from accounts.models import User
+from jobs.execution import job_execute
 from jobs.kind_settings import kind_defaults
 from jobs.kinds import KINDS
 from jobs.models import Job, JobStatus
-from jobs.services import job_execute
 from jobsite import redis as jobsite_redis
 from tests.conftest import LocalHTTPServer, free_port, respond
 from tests.test_credits import kind_settings

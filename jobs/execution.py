@@ -1,0 +1,189 @@
+"""Running a recorded job: claim it, run its kind, record the outcome and what follows a final state."""
+
+import logging
+import time
+from datetime import datetime
+from functools import partial
+from typing import Any
+from uuid import UUID
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from redis.exceptions import RedisError
+from rq import Retry
+from rq.timeouts import JobTimeoutException
+
+from jobs import metrics, queues
+from jobs.billing import job_refund_if_due
+from jobs.cache import cache_set
+from jobs.circuit import CircuitState, circuit_acquire, circuit_record, circuit_target
+from jobs.deadline import Deadline, DeadlineExceeded
+from jobs.encryption import open_input, seal_result
+from jobs.kind_settings import get_kind_settings
+from jobs.kinds import KINDS, KindError, RunContext
+from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
+from jobs.retries import retry_delay
+from jobsite.logs import bind_context
+from jobsite.tracing import get_tracer
+
+logger = logging.getLogger(__name__)
+tracer = get_tracer()
+
+
+def elapsed_ms(start: datetime, end: datetime) -> int:
+    return max(0, int((end - start).total_seconds() * 1000))
+
+
+def job_claim(job_id: UUID, *, worker_name: str = "") -> Job | None:
+    """Conditionally move queued -> running; only one worker can win, a canceled job is skipped."""
+    now = timezone.now()
+    claimed = Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
+        status=JobStatus.RUNNING, started_at=now, attempts=F("attempts") + 1, worker_name=worker_name
+    )
+    if not claimed:
+        return None
+    job = Job.objects.get(pk=job_id)
+    # Only the last wait: a job back on the queue (retry, lost worker) counts from when it went back.
+    job.queue_wait_ms = elapsed_ms(job.queued_at or job.created_at, now)
+    Job.objects.filter(pk=job_id).update(queue_wait_ms=job.queue_wait_ms)
+    metrics.JOB_QUEUE_WAIT.labels(kind=job.kind).observe(job.queue_wait_ms / 1000)
+    return job
+
+
+def attempt_log_with(job: Job, *, code: str, message: str, callers_fault: bool = False) -> list[dict[str, Any]]:
+    """The job's attempt log with this attempt's failure appended: which worker ran it, from when until when."""
+    entry = {"n": job.attempts, "at": timezone.now().isoformat(), "code": code, "message": message[:500]}
+    started_at = job.started_at.isoformat() if job.started_at else None
+    return [
+        *job.attempt_log,
+        {**entry, "callers_fault": callers_fault, "worker": job.worker_name, "started_at": started_at},
+    ]
+
+
+def job_finish(
+    job: Job,
+    *,
+    status: str,
+    result: Any = None,
+    error_code: str = "",
+    error_message: str = "",
+    callers_fault: bool = False,
+) -> bool:
+    """Record the outcome, only if this attempt still owns the job (a reaped job is not overwritten).
+
+    The final state and its refund commit together: no reader sees a failed job before its refund, and a
+    worker killed in between cannot leave the refund undone.
+    """
+    now = timezone.now()
+    log = (
+        attempt_log_with(job, code=error_code, message=error_message, callers_fault=callers_fault)
+        if error_code
+        else job.attempt_log
+    )
+    with transaction.atomic():
+        finished = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(
+            status=status,
+            result=result,
+            error_code=error_code,
+            error_message=error_message[:2000],
+            attempt_log=log,
+            finished_at=now,
+            run_ms=elapsed_ms(job.started_at, now),
+        )
+        if finished:
+            job.refresh_from_db()
+            job_on_final(job)
+    return bool(finished)
+
+
+def job_on_final(job: Job) -> None:
+    """Everything that follows a job reaching a final state."""
+    job_refund_if_due(job)
+    logger.info("job finished", extra={"job_id": str(job.id), "status": job.status, "kind": job.kind})
+    metrics.JOBS_FINISHED.labels(kind=job.kind, mode=job.mode, outcome=job.status).inc()
+    if job.run_ms is not None:
+        metrics.JOB_RUN_TIME.labels(kind=job.kind).observe(job.run_ms / 1000)
+    if job.callback_status == CallbackStatus.PENDING:
+        retries = get_kind_settings(job.kind).callback_retries
+        transaction.on_commit(partial(queues.enqueue_callback_or_defer, job.pk, n=1, retries_left=retries))
+
+
+def _job_retry_later(job: Job, *, code: str, message: str) -> bool:
+    """Record a transiently failed attempt and hand the job back: async to the queue, sync to its caller."""
+    owned = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts)
+    log = attempt_log_with(job, code=code, message=message)
+    if job.mode == JobMode.SYNC:
+        return bool(owned.update(attempts=F("attempts") + 1, attempt_log=log))
+    return bool(owned.update(status=JobStatus.QUEUED, started_at=None, queued_at=timezone.now(), attempt_log=log))
+
+
+def job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
+    """Run a claimed job's kind and record its outcome; returns the delay before a due retry, else None.
+
+    The run ends at `deadline` (default: the kind's time limit from now). Never raises for the kind's own
+    failures.
+    """
+    kind = KINDS[job.kind]
+    bind_context(job_id=str(job.id), user_id=job.owner_id, endpoint=job.endpoint)
+    kind_settings = get_kind_settings(job.kind)
+    deadline = deadline or Deadline.after(kind_settings.time_limit)
+    params = open_input(job.input)
+    target = circuit_target(kind_settings, params)
+    if circuit_acquire(kind_settings, target, take_trial=True) == CircuitState.OPEN:
+        message = f"the {job.kind} circuit of {target} is open after repeated upstream failures"
+        job_finish(job, status=JobStatus.FAILED, error_code="circuit_open", error_message=message)
+        return None
+    started = time.perf_counter()
+    attributes = {"job.id": str(job.id), "job.kind": job.kind, "job.attempt": job.attempts}
+    try:
+        with tracer.start_as_current_span("job.run", attributes=attributes):
+            result = kind.run(params, RunContext(owner_id=job.owner_id, job_id=str(job.id), deadline=deadline))
+    except KindError as exc:
+        if exc.transient:  # the upstream failed; our refusals and the caller's errors say nothing about it
+            circuit_record(kind_settings, target, failed=True)
+        delay = retry_delay(kind_settings, attempt=job.attempts) if exc.transient else None
+        if delay is not None and job.mode == JobMode.SYNC and delay >= deadline.remaining():
+            delay = None  # a sync job's retries share its one deadline
+        if delay is not None and _job_retry_later(job, code=exc.code, message=exc.message):
+            return delay
+        job_finish(
+            job, status=JobStatus.FAILED, error_code=exc.code, error_message=exc.message,
+            callers_fault=exc.callers_fault,
+        )  # fmt: skip
+    except (DeadlineExceeded, JobTimeoutException):
+        circuit_record(kind_settings, target, failed=True)
+        limit = kind_settings.time_limit
+        job_finish(job, status=JobStatus.FAILED, error_code="time_limit", error_message=f"ran over {limit} s")
+    except Exception:
+        logger.exception("job %s crashed after %.3f s", job.id, time.perf_counter() - started)
+        job_finish(job, status=JobStatus.FAILED, error_code="internal_error", error_message="the job crashed")
+    else:
+        circuit_record(kind_settings, target, failed=False)
+        stored = seal_result(kind_settings, result)
+        # The database first: the committed result is the outcome; the cache is a best-effort copy of it.
+        if job_finish(job, status=JobStatus.SUCCEEDED, result=stored):
+            _cache_store(kind_settings, params, stored, owner_id=job.owner_id)
+    return None
+
+
+def _cache_store(kind_settings: KindSettings, params: dict[str, Any], stored: Any, *, owner_id: int) -> None:
+    """Best effort: a Redis error loses only a future cache hit, never a finished job's outcome."""
+    try:
+        cache_set(kind_settings, params, stored, owner_id=owner_id)
+    except RedisError:
+        logger.warning("result not cached: Redis failed", exc_info=True)
+
+
+def job_execute(*, job_id: UUID | str, worker_name: str = "") -> Retry | None:
+    """Worker entry: claim the job and run it; a job already claimed or canceled is left alone.
+
+    A due retry is returned as an RQ Retry: RQ schedules the same RQ job (ScheduledJobRegistry, so the
+    reconciler sees it pending) and a worker started --with-scheduler runs it after the delay.
+    """
+    job = job_claim(UUID(str(job_id)), worker_name=worker_name)
+    if job is None:
+        return None
+    delay = job_run(job)
+    # max: our attempts counter decides, RQ's own retry count never reaches it.
+    return None if delay is None else Retry(max=job.attempts, interval=[delay])

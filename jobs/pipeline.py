@@ -1,0 +1,182 @@
+"""Submission of a job, top to bottom: after the gate (accounts.api.EndpointView: authentication, policy
+checks, rate limits) and validation, a job request passes the SSRF check, the circuit breaker and the result
+cache, then is admitted by the concurrency caps, charged and recorded in one transaction, and run now (sync)
+or queued (async)."""
+
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from redis.exceptions import RedisError
+
+from accounts.models import EndpointPolicy, User
+from jobs import metrics, queues, ssrf
+from jobs.billing import job_charge
+from jobs.cache import cache_get
+from jobs.circuit import CircuitState, circuit_acquire, circuit_target
+from jobs.concurrency import concurrency_admit
+from jobs.deadline import Deadline
+from jobs.encryption import seal_input, seal_result
+from jobs.execution import job_on_final, job_run
+from jobs.idempotency import idempotency_bind_job
+from jobs.kind_settings import get_kind_settings
+from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
+from jobsite.errors import (
+    CallbackUrlForbidden,
+    CircuitOpen,
+    JobFailed,
+    QueueFull,
+    ServiceUnavailable,
+)
+from jobsite.tracing import get_tracer, inject_context
+
+tracer = get_tracer()
+
+
+def job_submit(
+    *,
+    user: User,
+    policy: EndpointPolicy,
+    kind_name: str,
+    params: dict[str, Any],
+    mode: str,
+    callback_url: str = "",
+    free: bool = False,
+    client_ip: str | None = None,
+) -> Job:
+    """Accept a validated job: answer it from the cache, run it now (sync) or record and queue it (async).
+
+    `free` jobs cost nothing: anonymous callers of the compatible routes have no credits to spend.
+    `client_ip` is recorded on the job (anonymous callers see only the jobs submitted from their address).
+    """
+    if callback_url:
+        try:
+            ssrf.check_url(callback_url, allow_unresolved=True)
+        except ssrf.UrlForbidden as exc:
+            raise CallbackUrlForbidden(exc.reason) from None
+    kind_settings = get_kind_settings(kind_name)
+    target = circuit_target(kind_settings, params)
+    if circuit_acquire(kind_settings, target, take_trial=False) == CircuitState.OPEN:
+        retry_after = max(1, kind_settings.circuit_recovery)
+        raise CircuitOpen(
+            f"Jobs of kind {kind_name} to {target} fail fast while it keeps failing; nothing was charged.",
+            headers={"Retry-After": str(retry_after)},
+            limit={"circuit": kind_name, "target": target, "recovery": kind_settings.circuit_recovery},
+            retry_after=retry_after,
+        )
+    request = _JobRequest(user=user, policy=policy, kind_settings=kind_settings, params=params, mode=mode,
+                          callback_url=callback_url, cost=0 if free else kind_settings.cost,
+                          client_ip=client_ip)  # fmt: skip
+    cached = cache_get(kind_settings, params, owner_id=user.pk)
+    if cached is not None:
+        job = _job_record_cached(request, result=cached)
+    elif mode == JobMode.SYNC:
+        job = _job_run_sync(request)
+    else:
+        job = _job_enqueue(request)
+    metrics.JOBS_SUBMITTED.labels(kind=kind_name, mode=mode).inc()
+    return job
+
+
+@dataclass(frozen=True)
+class _JobRequest:
+    """A validated submission on its way to becoming a Job."""
+
+    user: User
+    policy: EndpointPolicy
+    kind_settings: KindSettings
+    params: dict[str, Any]
+    mode: str
+    callback_url: str
+    cost: int
+    client_ip: str | None = None
+
+
+def _job_create(request: _JobRequest, **state: Any) -> Job:
+    """Record an accepted job: input sealed, trace context and callback status set; `state` says the rest.
+
+    The request's Idempotency-Key (if any) is tied to the job in the same transaction.
+    """
+    job = Job.objects.create(
+        owner=request.user,
+        endpoint=request.policy.name,
+        kind=request.kind_settings.kind,
+        mode=request.mode,
+        input=seal_input(request.kind_settings, request.params),
+        callback_url=request.callback_url,
+        callback_status=CallbackStatus.PENDING if request.callback_url else CallbackStatus.NONE,
+        trace_context=inject_context(),
+        client_ip=request.client_ip,
+        **state,
+    )
+    idempotency_bind_job(job)
+    return job
+
+
+def _job_record_cached(request: _JobRequest, *, result: Any) -> Job:
+    """A cache hit: the job is final at once, costs nothing, and still goes through job_on_final."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = _job_create(
+            request, status=JobStatus.SUCCEEDED, result=seal_result(request.kind_settings, result), cost=0,
+            cached=True, created_at=now, started_at=now, finished_at=now, queue_wait_ms=0, run_ms=0,
+        )  # fmt: skip
+        job_on_final(job)
+    return job
+
+
+def _job_run_sync(request: _JobRequest) -> Job:
+    # One deadline for the whole request, retries included: it bounds how long a web thread is held.
+    deadline = Deadline.after(request.kind_settings.time_limit)
+    with transaction.atomic():
+        concurrency_admit(user=request.user, policy=request.policy)
+        now = timezone.now()  # created and started at once: started_at never precedes created_at
+        job = _job_create(
+            request, status=JobStatus.RUNNING, cost=request.cost, attempts=1,
+            created_at=now, started_at=now, queue_wait_ms=0,
+        )  # fmt: skip
+        job_charge(job)
+    while (delay := job_run(job, deadline=deadline)) is not None:
+        time.sleep(delay)
+        job.refresh_from_db()
+    job.refresh_from_db()
+    if job.status == JobStatus.FAILED:
+        raise JobFailed(
+            job.error_message, job_id=str(job.id), error={"code": job.error_code, "message": job.error_message}
+        )
+    return job
+
+
+def _job_enqueue(request: _JobRequest) -> Job:
+    policy = request.policy
+    try:
+        depth = queues.queue_depth()
+    except RedisError:
+        raise ServiceUnavailable("The job queue is unreachable; try again shortly.") from None
+    if depth >= policy.queue_max_depth:
+        raise QueueFull(
+            f"The queue holds {depth} jobs (cap {policy.queue_max_depth}).",
+            headers={"Retry-After": str(settings.QUEUE_FULL_RETRY_AFTER)},
+            limit={"policy": policy.name, "queue_max_depth": policy.queue_max_depth},
+            queue_depth=depth,
+            queue_capacity=policy.queue_max_depth,
+            retry_after=settings.QUEUE_FULL_RETRY_AFTER,
+        )
+    attributes = {"job.kind": request.kind_settings.kind}
+    with transaction.atomic(), tracer.start_as_current_span("job.enqueue", attributes=attributes) as span:
+        concurrency_admit(user=request.user, policy=policy)
+        job = _job_create(request, cost=request.cost)
+        span.set_attribute("job.id", str(job.id))
+        job_charge(job)
+        enqueue = partial(
+            queues.enqueue_job_or_defer,
+            job.id,
+            time_limit=request.kind_settings.time_limit,
+            trace_context=job.trace_context,
+        )
+        transaction.on_commit(enqueue)
+    return job
