@@ -39,8 +39,18 @@ class JobAdmin(ScaleAdmin):
     DISTINCT date_trunc over the whole table; the API's created_after/created_before filter by date."""
 
     list_display = [
-        "short_id", "owner", "kind", "mode", "status", "cost", "attempts", "cached", "created", "run_ms", "webhook",
-    ]  # fmt: skip
+        "short_id",
+        "owner",
+        "kind",
+        "mode",
+        "status",
+        "cost",
+        "attempts",
+        "cached",
+        "created",
+        "run_ms",
+        "webhook",
+    ]
     list_filter = ["status", "mode", KindFilter, "cached", "callback_status"]
     search_fields = ["id", "owner__username"]
     search_help_text = "A job id or its first hex digits (at least 4), or a username or its beginning."
@@ -111,5 +121,14 @@ class WebhookSecretAdmin(admin.ModelAdmin):
 class KindSettingsAdmin(PolicyAdmin):
     form = KindSettingsForm
     identity = "kind"
-    list_display = ["kind", "cost", "cache_algorithm", "cache_capacity", "cache_ttl", "circuit_threshold",
-                    "retries", "time_limit", "updated_at"]  # fmt: skip
+    list_display = [
+        "kind",
+        "cost",
+        "cache_algorithm",
+        "cache_capacity",
+        "cache_ttl",
+        "circuit_threshold",
+        "retries",
+        "time_limit",
+        "updated_at",
+    ]
