@@ -5,21 +5,24 @@ import base64
 import json
 import secrets
 import sys
+import time
 import types
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import pytest
 from django.test import Client as DjangoClient
 from standardwebhooks import Webhook
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, LocalHTTPServer, respond
 
 sys.path.insert(0, str(ROOT / "jobsite-client"))  # until requirements-dev installs ./jobsite-client
 
-import jobsite_client as jc  # noqa: E402
-from jobsite_client.errors import ERROR_CLASSES, error_for  # noqa: E402
+import jobsite_client as jc
+from jobsite_client.errors import ERROR_CLASSES, error_for
 
 COMPONENTS: dict[type, str] = {
     jc.Job: "Job",
@@ -96,7 +99,13 @@ def test_error_for_carries_the_problem_members() -> None:
         None,
     )  # fmt: skip
     assert isinstance(error, jc.InsufficientCredits) and isinstance(error, jc.JobsiteError)
-    assert (error.status, error.code, error.balance, error.cost, error.body["extra"]) == (402, "insufficient_credits", 0, 3, 1)
+    assert (error.status, error.code, error.balance, error.cost, error.body["extra"]) == (
+        402,
+        "insufficient_credits",
+        0,
+        3,
+        1,
+    )
     limited = error_for(429, {"code": "rate_limited", "title": "t", "detail": "d", "type": "x"}, "7")
     assert isinstance(limited, jc.RateLimited) and limited.retry_after == 7
     unknown = error_for(409, {"code": "a_newer_code", "title": "t", "detail": "d", "type": "x"}, None)
@@ -141,3 +150,47 @@ def test_verify_webhook_returns_the_event_and_refuses_forgeries() -> None:
         with pytest.raises(jc.InvalidWebhook):
             jc.verify_webhook(payload, headers, key)
             pytest.fail(case)
+
+
+# --- polling, against a stand-in server that says what the real one may ------------------------------
+
+
+def _job(status: str) -> dict[str, Any]:
+    return {
+        "id": "3f0c1f9e-0000-4000-8000-000000000001", "kind": "hash", "mode": "async", "status": status,
+        "input": {"data": "x"}, "result": None, "error": None, "cost": 1, "attempts": 0, "attempt_log": [],
+        "cached": False, "created_at": "2026-01-01T00:00:00Z", "started_at": None, "finished_at": None,
+        "queue_wait_ms": None, "run_ms": None, "callback": {"url": "", "status": "none", "attempts": []},
+        "a_member_from_a_newer_service": True,
+    }  # fmt: skip
+
+
+def _polled(http_server: Callable[..., LocalHTTPServer], headers: dict[str, str]) -> tuple[jc.Job, list[float]]:
+    """wait() against a server answering queued (with `headers`) once, then succeeded; when each poll came."""
+    polls: list[float] = []
+
+    def answer(request: BaseHTTPRequestHandler) -> None:
+        polls.append(time.monotonic())
+        body = json.dumps(_job("queued" if len(polls) == 1 else "succeeded")).encode()
+        respond(request, 200, body, {"Content-Type": "application/json", **(headers if len(polls) == 1 else {})})
+
+    server = http_server(answer)
+    with jc.Client(server.url, "jsk_test.key") as client:
+        job = client.wait(_job("queued")["id"], timeout=10, poll_interval=3)
+    (first, *_) = server.requests  # Prefer: the whole seconds left of the timeout
+    assert first["path"] == f"/api/v1/jobs/{job.id}/" and first["headers"]["Prefer"] in ("wait=9", "wait=10")
+    assert first["headers"]["Authorization"] == "Bearer jsk_test.key"
+    return job, polls
+
+
+def test_wait_honours_retry_after(http_server: Callable[..., LocalHTTPServer]) -> None:
+    job, polls = _polled(http_server, {"Retry-After": "1"})
+    assert job.status == "succeeded" and len(polls) == 2
+    assert 1.0 <= polls[1] - polls[0] < 2.5  # Retry-After (1 s), not the 3 s poll interval
+
+
+def test_wait_polls_again_at_once_when_the_server_held_the_request(
+    http_server: Callable[..., LocalHTTPServer],
+) -> None:
+    job, polls = _polled(http_server, {"Preference-Applied": "wait=10"})
+    assert job.finished and polls[1] - polls[0] < 1.0  # no 3 s pause: the server already waited
