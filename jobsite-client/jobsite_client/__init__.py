@@ -35,6 +35,7 @@ from jobsite_client.models import (
     RateLimitState,
     WebhookEvent,
     WebhookSecret,
+    parse,
 )
 from jobsite_client.webhooks import verify_webhook
 
@@ -72,5 +73,6 @@ __all__ = [
     "WaitTimeout",
     "WebhookEvent",
     "WebhookSecret",
+    "parse",
     "verify_webhook",
 ]

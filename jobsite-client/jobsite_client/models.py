@@ -30,7 +30,10 @@ def parse(cls: type[T], data: Any) -> T:
     hints, required = _shape(cls)
     if missing := [name for name in required if name not in data]:
         raise MalformedResponse(f"{cls.__name__}: missing {', '.join(missing)}")
-    return cls(**{name: _convert(hint, data[name]) for name, hint in hints.items() if name in data})
+    try:
+        return cls(**{name: _convert(hint, data[name]) for name, hint in hints.items() if name in data})
+    except (TypeError, ValueError) as exc:  # a member of the wrong shape, at any depth
+        raise MalformedResponse(f"{cls.__name__}: {exc}") from exc
 
 
 @cache
