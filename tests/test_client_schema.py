@@ -83,7 +83,7 @@ def test_every_model_of_the_api_is_mirrored(components: dict[str, Any]) -> None:
     assert read - unmirrored == set(COMPONENTS.values())
 
 
-def test_every_documented_error_code_has_its_class() -> None:
+def test_every_mapped_code_is_a_documented_one() -> None:
     documented = (ROOT / "docs" / "api.md").read_text()
     for code in ERROR_CLASSES:
         assert f"`{code}`" in documented, f"{code} is not a documented code"
