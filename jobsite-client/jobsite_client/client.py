@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
-from typing import Any, Self, TypeVar, Unpack
+from typing import Any, Self, TypeVar, Unpack, cast
 
 import httpx
 
@@ -59,7 +59,7 @@ class Client:
                 else:
                     step = flow.send(self._http.send(_request(self._http, step)))
             except StopIteration as done:
-                return done.value
+                return cast(T, done.value)  # a flow returns its declared result
 
     def run(self, kind: str, input: Mapping[str, Any], *, idempotency_key: str | None = None) -> Job:
         """Run a job now (POST /jobs/sync/): the succeeded job; a failed one raises `JobFailed`."""
@@ -158,7 +158,7 @@ class AsyncClient:
                 else:
                     step = flow.send(await self._http.send(_request(self._http, step)))
             except StopIteration as done:
-                return done.value
+                return cast(T, done.value)  # a flow returns its declared result
 
     async def run(self, kind: str, input: Mapping[str, Any], *, idempotency_key: str | None = None) -> Job:
         """See `Client.run`."""

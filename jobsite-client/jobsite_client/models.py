@@ -10,7 +10,6 @@ from __future__ import annotations
 import types
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from datetime import datetime
-from functools import cache
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
@@ -36,14 +35,18 @@ def parse(cls: type[T], data: Any) -> T:
         raise MalformedResponse(f"{cls.__name__}: {exc}") from exc
 
 
-@cache
+_SHAPES: dict[type, tuple[dict[str, Any], tuple[str, ...]]] = {}
+"""Per model class: each field's type hint, and the fields without a default (resolving hints is slow)."""
+
+
 def _shape(cls: type) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """Each field's type hint, and the fields without a default (resolving hints is slow: once per class)."""
-    hints = get_type_hints(cls)
-    return (
-        {f.name: hints[f.name] for f in fields(cls)},
-        tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING),
-    )
+    if cls not in _SHAPES:
+        hints = get_type_hints(cls)
+        _SHAPES[cls] = (
+            {f.name: hints[f.name] for f in fields(cls)},
+            tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING),
+        )
+    return _SHAPES[cls]
 
 
 def _convert(hint: Any, value: Any) -> Any:
