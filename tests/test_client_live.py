@@ -156,6 +156,8 @@ def test_errors_are_typed(
     with pytest.raises(jc.NotFound) as missing:
         client.get(str(uuid.uuid4()))
     assert (missing.value.status, missing.value.code, missing.value.title) == (404, "not_found", "Not found")
+    with pytest.raises(jc.NotFound):
+        client.get("../../me")  # escaped: an id never reaches another route
 
     with pytest.raises(jc.ValidationError) as invalid:
         client.run("hash", {"data": "", "iterations": 0})

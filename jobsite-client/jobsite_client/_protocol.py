@@ -14,7 +14,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypedDict, TypeVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 
@@ -32,8 +32,9 @@ POLL_INTERVAL = 0.25
 MAX_POLL_INTERVAL = 5.0
 """Seconds the poll interval doubles up to."""
 
-MAX_PREFER_WAIT = 30
-"""Longest `Prefer: wait=N` sent: servers that honour it hold the request at most this long."""
+MAX_PREFER_WAIT = 10
+"""Longest `Prefer: wait=N` sent: a server that honours it holds the request this long, well within the
+client's default read timeout (30 s)."""
 
 EXPORT_FORMATS = ("jsonl", "csv")
 """What `GET /api/v1/jobs/export/?format=` accepts."""
@@ -96,12 +97,17 @@ def submit(kind: str, job_input: Mapping[str, Any], callback_url: str | None, id
     return _post_job("async", kind, job_input, callback_url, idempotency_key)
 
 
+def _job_path(job_id: str) -> str:
+    """The job's URL path; the id is escaped, so that no id can name another route."""
+    return f"{JOBS_PATH}{quote(job_id, safe='')}/"
+
+
 def get(job_id: str) -> Flow[Job]:
-    return _one(Call("GET", f"{JOBS_PATH}{job_id}/"), Job)
+    return _one(Call("GET", _job_path(job_id)), Job)
 
 
 def cancel(job_id: str) -> Flow[Job]:
-    return _one(Call("POST", f"{JOBS_PATH}{job_id}/cancel/"), Job)
+    return _one(Call("POST", f"{_job_path(job_id)}cancel/"), Job)
 
 
 def wait(job_id: str, timeout: float, poll_interval: float) -> Flow[Job]:
@@ -112,7 +118,7 @@ def wait(job_id: str, timeout: float, poll_interval: float) -> Flow[Job]:
     while True:
         prefer = min(MAX_PREFER_WAIT, int(deadline - time.monotonic()))
         headers = {"Prefer": f"wait={prefer}"} if prefer >= 1 else {}
-        response = yield Call("GET", f"{JOBS_PATH}{job_id}/", headers=headers)
+        response = yield Call("GET", _job_path(job_id), headers=headers)
         assert response is not None
         job = parse(Job, checked(response))
         remaining = deadline - time.monotonic()

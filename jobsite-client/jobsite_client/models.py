@@ -8,6 +8,7 @@ keeps working against a newer service; `tests/test_client_schema.py` fails when 
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from datetime import datetime
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -22,48 +23,58 @@ class MalformedResponse(ValueError):
     """A response lacks a member the schema requires, or has one of the wrong shape."""
 
 
+Converter = Callable[[Any], Any]
+"""Turns one decoded JSON member into the field's value."""
+
+
 def parse(cls: type[T], data: Any) -> T:
     """Build the dataclass `cls` from decoded JSON: nested dataclasses, lists, datetimes; extra keys ignored."""
     if not isinstance(data, dict):
         raise MalformedResponse(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    hints, required = _shape(cls)
+    converters, required = _shape(cls)
     if missing := [name for name in required if name not in data]:
         raise MalformedResponse(f"{cls.__name__}: missing {', '.join(missing)}")
     try:
-        return cls(**{name: _convert(hint, data[name]) for name, hint in hints.items() if name in data})
+        return cls(
+            **{
+                name: data[name] if convert is None or data[name] is None else convert(data[name])
+                for name, convert in converters.items()
+                if name in data
+            }
+        )
     except (TypeError, ValueError) as exc:  # a member of the wrong shape, at any depth
         raise MalformedResponse(f"{cls.__name__}: {exc}") from exc
 
 
-_SHAPES: dict[type, tuple[dict[str, Any], tuple[str, ...]]] = {}
-"""Per model class: each field's type hint, and the fields without a default (resolving hints is slow)."""
+_SHAPES: dict[type, tuple[dict[str, Converter | None], tuple[str, ...]]] = {}
+"""Per model class: each field's converter (None: taken as decoded), and the fields without a default.
+
+Built once per class: resolving type hints costs far more than parsing (loadgen parses every answer)."""
 
 
-def _shape(cls: type) -> tuple[dict[str, Any], tuple[str, ...]]:
+def _shape(cls: type) -> tuple[dict[str, Converter | None], tuple[str, ...]]:
     if cls not in _SHAPES:
         hints = get_type_hints(cls)
         _SHAPES[cls] = (
-            {f.name: hints[f.name] for f in fields(cls)},
+            {f.name: _converter(hints[f.name]) for f in fields(cls)},
             tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING),
         )
     return _SHAPES[cls]
 
 
-def _convert(hint: Any, value: Any) -> Any:
-    if value is None:
-        return None
+def _converter(hint: Any) -> Converter | None:
     origin = get_origin(hint)
     if origin in (Union, types.UnionType):
         (inner,) = [arg for arg in get_args(hint) if arg is not type(None)]
-        return _convert(inner, value)
+        return _converter(inner)  # None itself is never converted (parse passes it through)
     if origin is list:
-        (item,) = get_args(hint)
-        return [_convert(item, element) for element in value]
+        item = _converter(get_args(hint)[0])
+        return None if item is None else lambda values: [item(value) for value in values]
     if is_dataclass(hint):
-        return parse(hint, value)  # type: ignore[arg-type]
+        return lambda value: parse(hint, value)  # type: ignore[arg-type]
     if hint is datetime:
-        return datetime.fromisoformat(value)
-    return value
+        return datetime.fromisoformat
+    return None
 
 
 @dataclass(frozen=True)
