@@ -13,8 +13,9 @@ from jobs import queues, ssrf
 from jobs.circuit import CircuitState, circuit_acquire, circuit_record, circuit_states
 from jobs.models import Job, JobStatus, KindSettings
 from jobs.policies import get_kind_settings
-from tests.conftest import LocalHTTPServer, respond, wait_until
+from tests.conftest import LocalHTTPServer, respond
 from tests.test_credits import kind_settings
+from tests.waiting import wait_until
 from tests.webhook_helpers import FakeDNS
 
 pytestmark = pytest.mark.django_db(transaction=True)

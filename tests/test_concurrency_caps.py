@@ -12,8 +12,9 @@ from accounts.models import User
 from jobs.models import Job, JobStatus
 from jobs.policies import ENDPOINT_DEFAULTS
 from jobs.services import jobs_reconcile
-from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst, wait_until
+from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst
 from tests.traffic_http import fire_concurrently, set_policy
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -21,8 +21,9 @@ from jobs.models import Job, JobStatus, KindSettings
 from jobs.policies import kind_defaults
 from jobs.services import jobs_reconcile
 from jobsite.errors import InsufficientCredits
-from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst, wait_until
+from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst
 from tests.traffic_http import set_policy
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

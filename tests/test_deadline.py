@@ -14,9 +14,10 @@ from credits.selectors import credit_balance
 from jobs.deadline import Deadline, DeadlineExceeded
 from jobs.kinds import KINDS, RunContext
 from jobs.models import Job, JobStatus
-from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst, wait_until
+from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst
 from tests.test_credits import assert_ledger_explains_balance, kind_settings
 from tests.traffic_http import SERVER_POLICY_CHECK
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,7 +14,9 @@ import pytest
 import yaml
 from prometheus_client.mmap_dict import MmapedDict
 
-from tests.conftest import ROOT, free_port, subprocess_env, wait_answering
+from tests.conftest import ROOT, subprocess_env
+from tests.processes import free_port
+from tests.waiting import wait_answering
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 PROCESS_TYPES = ("web", "job-worker", "webhook-worker", "cron")

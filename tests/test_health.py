@@ -5,7 +5,7 @@ import pytest
 from django.test import Client
 
 from jobs.policies import policies_changed
-from tests.conftest import free_port
+from tests.processes import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

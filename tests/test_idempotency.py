@@ -12,7 +12,8 @@ from credits.models import EntryType, LedgerEntry
 from jobs.idempotency import idempotency_claim, request_fingerprint
 from jobs.models import IdempotencyRecord, IdempotencyStatus, Job, JobStatus
 from jobs.tasks import reconcile
-from tests.conftest import auth_headers, free_port
+from tests.conftest import auth_headers
+from tests.processes import free_port
 from tests.traffic_http import fire_concurrently, set_policy
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -12,7 +12,8 @@ from jobs.models import Job, JobStatus
 from jobs.policies import kind_defaults
 from jobs.services import job_execute
 from jobsite import redis as jobsite_redis
-from tests.conftest import LocalHTTPServer, free_port, respond
+from tests.conftest import LocalHTTPServer, respond
+from tests.processes import free_port
 from tests.test_credits import kind_settings
 
 pytestmark = pytest.mark.django_db(transaction=True)

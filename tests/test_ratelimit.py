@@ -10,7 +10,8 @@ from accounts.models import User
 from jobs.models import IdempotencyRecord, Job, RateLimitAlgorithm
 from jobs.ratelimit import rate_limit_hit
 from jobsite.redis import get_redis
-from tests.conftest import auth_headers, free_port, gunicorn_server
+from tests.conftest import auth_headers, gunicorn_server
+from tests.processes import free_port
 from tests.traffic_http import fire_concurrently, set_policy
 
 HASH = {"kind": "hash", "input": {"data": "hello", "iterations": 10}}

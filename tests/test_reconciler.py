@@ -15,7 +15,8 @@ from jobs import queues
 from jobs.models import Job, JobStatus, KindSettings
 from jobs.services import jobs_reconcile
 from jobsite.redis import get_redis
-from tests.conftest import LocalHTTPServer, respond, run_worker_burst, wait_until
+from tests.conftest import LocalHTTPServer, respond, run_worker_burst
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -30,7 +30,8 @@ from jobs.selectors import job_list
 from jobs.serializers import JobSerializer
 from jobs.services import jobs_purge, jobs_reconcile
 from jobs.webhooks import callbacks_reconcile
-from tests.conftest import auth_headers, wait_until
+from tests.conftest import auth_headers
+from tests.waiting import wait_until
 
 postgres_only = pytest.mark.skipif(
     connection.vendor != "postgresql",

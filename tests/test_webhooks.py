@@ -25,7 +25,9 @@ from jobs.models import CallbackAttempt, CallbackStatus, Job, KindSettings, Webh
 from jobs.webhooks import callback_redeliver, callback_retry_delay, callbacks_reconcile
 from jobsite import crypto
 from jobsite.redis import get_redis
-from tests.conftest import free_port, respond, run_worker_burst, wait_until
+from tests.conftest import respond, run_worker_burst
+from tests.processes import free_port
+from tests.waiting import wait_until
 from tests.webhook_helpers import FakeDNS, drain_callbacks
 
 pytestmark = [
