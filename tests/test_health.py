@@ -7,7 +7,7 @@ from django.test import Client
 from jobs.policies import policies_changed
 from tests.processes import free_port
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 def test_healthz_reports_database_redis_and_queues(client: Client) -> None:
@@ -31,6 +31,7 @@ def test_healthz_is_503_fast_when_redis_is_down(client: Client, settings) -> Non
     policies_changed()
 
 
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 def test_healthz_over_http(server_url: str) -> None:
     assert httpx.get(f"{server_url}/healthz").json()["database_ok"] is True

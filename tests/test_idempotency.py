@@ -12,11 +12,12 @@ from credits.models import EntryType, LedgerEntry
 from jobs.idempotency import idempotency_claim, request_fingerprint
 from jobs.models import IdempotencyRecord, IdempotencyStatus, Job, JobStatus
 from jobs.tasks import reconcile
+from tests.access_helpers import set_policy
 from tests.conftest import auth_headers
 from tests.processes import free_port
-from tests.traffic_http import fire_concurrently, set_policy
+from tests.traffic_http import fire_concurrently
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 HASH = {"kind": "hash", "input": {"data": "hello", "iterations": 10}}
 OTHER = {"kind": "hash", "input": {"data": "other", "iterations": 10}}
@@ -38,6 +39,7 @@ def test_same_key_same_body_replays_the_first_response(api: APIClient) -> None:
     assert Job.objects.count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
 def test_async_replay_keeps_status_and_location(api: APIClient) -> None:
     first = post(api, "/api/v1/jobs/async/", HASH)
     assert first.status_code == 202
@@ -47,6 +49,7 @@ def test_async_replay_keeps_status_and_location(api: APIClient) -> None:
     assert Job.objects.count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
 def test_different_body_or_path_is_422(api: APIClient) -> None:
     assert post(api, "/api/v1/jobs/sync/", HASH).status_code == 200
     for path, body in (("/api/v1/jobs/sync/", OTHER), ("/api/v1/jobs/async/", HASH)):
@@ -65,6 +68,7 @@ def test_in_flight_is_409(api: APIClient, user: User) -> None:
     assert Job.objects.count() == 0
 
 
+@pytest.mark.django_db(transaction=True)
 def test_rejected_requests_store_nothing_and_release_the_key(api: APIClient) -> None:
     invalid = post(api, "/api/v1/jobs/sync/", {"kind": "hash", "input": {"data": ""}})
     assert invalid.status_code == 400
@@ -125,6 +129,7 @@ def test_bad_key_is_a_validation_error(api: APIClient) -> None:
     assert Job.objects.count() == 0
 
 
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ["/api/v1/jobs/sync/", "/api/v1/jobs/async/"])
 def test_fifty_concurrent_requests_with_one_key_make_one_job(
@@ -163,6 +168,7 @@ def _request_died_in_flight() -> None:
     )
 
 
+@pytest.mark.django_db(transaction=True)
 def test_key_of_a_dead_request_is_answered_by_its_async_job(api: APIClient) -> None:
     first = post(api, "/api/v1/jobs/async/", HASH)
     assert first.status_code == 202

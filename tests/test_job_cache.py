@@ -13,10 +13,10 @@ from jobs.policies import kind_defaults
 from jobs.services import job_execute
 from jobsite import redis as jobsite_redis
 from tests.conftest import LocalHTTPServer, respond
+from tests.job_helpers import kind_settings
 from tests.processes import free_port
-from tests.test_credits import kind_settings
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 HASH = {"kind": "hash", "input": {"data": "db first", "iterations": 5}}
 
@@ -38,6 +38,7 @@ def redis_gone() -> Iterator[None]:
     reconnect()
 
 
+@pytest.mark.django_db(transaction=True)
 def test_redis_failing_at_the_cache_write_keeps_the_committed_result(api: APIClient, request) -> None:
     job_id = api.post("/api/v1/jobs/async/", HASH, format="json").json()["id"]
     request.getfixturevalue("redis_gone")  # Redis dies while the worker runs the job

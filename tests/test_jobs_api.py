@@ -10,7 +10,7 @@ from accounts.models import User
 from jobs.models import EndpointPolicy, Job, JobStatus
 from tests.conftest import run_worker_burst
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 HASH = {"kind": "hash", "input": {"data": "hello", "iterations": 1000}}
 HELLO_1000 = "1a95c960fe725fd7966a330d086667bfb756e49b60d5b253469e8a5752353a09"
@@ -27,6 +27,7 @@ def test_sync_hash_returns_result(api: APIClient) -> None:
     assert Job.objects.get(pk=body["id"]).status == JobStatus.SUCCEEDED
 
 
+@pytest.mark.django_db(transaction=True)
 def test_async_hash_queued_then_succeeded_by_polling(api: APIClient) -> None:
     response = api.post("/api/v1/jobs/async/", HASH, format="json")
     assert response.status_code == 202, response.content
@@ -42,6 +43,7 @@ def test_async_hash_queued_then_succeeded_by_polling(api: APIClient) -> None:
     assert done["queue_wait_ms"] is not None and done["run_ms"] is not None
 
 
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     "payload,field",
     [
@@ -82,6 +84,7 @@ def test_anonymous_gets_401_problem(db: None) -> None:
     assert response.json()["code"] == "not_authenticated"
 
 
+@pytest.mark.django_db(transaction=True)
 def test_other_users_job_is_404(api: APIClient, other_user: User, client_for: Callable[[User], APIClient]) -> None:
     job_id = api.post("/api/v1/jobs/async/", HASH, format="json").json()["id"]
     intruder = client_for(other_user)
@@ -103,6 +106,7 @@ def test_other_users_job_is_404(api: APIClient, other_user: User, client_for: Ca
     assert api.post(f"/api/v1/jobs/{job_id}/cancel/").status_code == 200
 
 
+@pytest.mark.django_db(transaction=True)
 def test_cancel_queued_then_not_cancellable(api: APIClient) -> None:
     job_id = api.post("/api/v1/jobs/async/", HASH, format="json").json()["id"]
     response = api.post(f"/api/v1/jobs/{job_id}/cancel/")
@@ -115,6 +119,7 @@ def test_cancel_queued_then_not_cancellable(api: APIClient) -> None:
     assert Job.objects.get(pk=job_id).status == JobStatus.CANCELED
 
 
+@pytest.mark.django_db(transaction=True)
 def test_list_filters_and_cursor_pagination(api: APIClient) -> None:
     for i in range(5):
         api.post("/api/v1/jobs/sync/", {"kind": "hash", "input": {"data": f"d{i}", "iterations": 1}}, format="json")
@@ -157,6 +162,7 @@ def test_etag_and_304_for_finished_job(api: APIClient) -> None:
     assert api.get(f"/api/v1/jobs/{job_id}/", HTTP_IF_NONE_MATCH='"other"').status_code == 200
 
 
+@pytest.mark.django_db(transaction=True)
 def test_queue_full_is_503_with_retry_after(api: APIClient) -> None:
     EndpointPolicy.objects.update_or_create(name="jobs.async", defaults={"queue_max_depth": 2, "scopes": "jobs:run"})
     assert api.post("/api/v1/jobs/async/", HASH, format="json").status_code == 202
@@ -177,6 +183,7 @@ def test_stats_counts_own_jobs(api: APIClient, other_user: User, client_for: Cal
     assert result["by_status"] == {"succeeded": 1, "running": 1}
 
 
+@pytest.mark.django_db(transaction=True)
 def test_openapi_schema_documents_every_endpoint(api: APIClient) -> None:
     schema = api.get("/api/schema/?format=json", HTTP_ACCEPT="application/json")
     assert schema.status_code == 200

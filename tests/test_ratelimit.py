@@ -10,9 +10,10 @@ from accounts.models import User
 from jobs.models import IdempotencyRecord, Job, RateLimitAlgorithm
 from jobs.ratelimit import rate_limit_hit
 from jobsite.redis import get_redis
+from tests.access_helpers import set_policy
 from tests.conftest import auth_headers, gunicorn_server
 from tests.processes import free_port
-from tests.traffic_http import fire_concurrently, set_policy
+from tests.traffic_http import fire_concurrently
 
 HASH = {"kind": "hash", "input": {"data": "hello", "iterations": 10}}
 
@@ -245,7 +246,7 @@ def _get_jobs_concurrently(url: str, user: User) -> list[int]:
 @pytest.mark.parametrize("algorithm", list(EXACT_CASES))
 def test_exact_under_concurrency(server_url: str, make_user: Callable[..., User], algorithm: str) -> None:
     fields, expected = EXACT_CASES[algorithm]
-    set_policy("jobs.read", over_http=True, rate_limit_algorithm=algorithm, rate_limit_key="user", **fields)
+    set_policy("jobs.read", rate_limit_algorithm=algorithm, rate_limit_key="user", **fields)
     statuses = _get_jobs_concurrently(server_url, make_user())
     assert set(statuses) <= {200, 429}, statuses
     assert statuses.count(200) == expected, f"{algorithm}: {statuses.count(200)} admitted of {CONCURRENT}"
@@ -257,7 +258,7 @@ def test_drf_user_rate_throttle_under_the_same_load(
     server_url: str, make_user: Callable[..., User], record_property: Callable[[str, object], None]
 ) -> None:
     """Reports DRF's admitted count next to ours (not asserted: its read-then-write loses counts)."""
-    set_policy("jobs.read", over_http=True, rate_limit_algorithm="sliding_window", rate_limit=10, rate_window=3600)
+    set_policy("jobs.read", rate_limit_algorithm="sliding_window", rate_limit=10, rate_window=3600)
     ours = _get_jobs_concurrently(server_url, make_user()).count(200)
     with gunicorn_server("test-gunicorn-drf", DJANGO_SETTINGS_MODULE="tests.drf_throttle_settings") as drf_url:
         statuses = _get_jobs_concurrently(drf_url, make_user())
