@@ -195,7 +195,7 @@ def test_admin_reconciler_and_export_queries_use_indexes(staff_client: Client, u
 # --- purge and reconciler --------------------------------------------------------------------------
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_purge_deletes_in_committed_batches_with_progress_and_metric(
     user: User, caplog: pytest.LogCaptureFixture
 ) -> None:
