@@ -171,7 +171,7 @@ def gunicorn_server(name: str = "test-gunicorn", **env: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def server_url(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
-    """One gunicorn for the whole session, on the test database; tests using it need transactional_db."""
+    """One gunicorn for the whole session, on the test database; a test whose rows it must read needs transactional_db."""
     with gunicorn_server() as url:
         yield url
 

@@ -94,7 +94,7 @@ def test_gunicorn_config_is_sized_by_the_machine_and_the_environment() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_gunicorn_config_serves_and_owns_the_metrics_directory(tmp_path: Path) -> None:
     """The config creates PROMETHEUS_MULTIPROC_DIR, drops an earlier run's files and keeps live processes' files."""
     metrics_dir = tmp_path / "prometheus"

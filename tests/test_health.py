@@ -31,7 +31,6 @@ def test_healthz_is_503_fast_when_redis_is_down(client: Client, settings) -> Non
     policies_changed()
 
 
-@pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 def test_healthz_over_http(server_url: str) -> None:
     assert httpx.get(f"{server_url}/healthz").json()["database_ok"] is True

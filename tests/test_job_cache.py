@@ -38,7 +38,6 @@ def redis_gone() -> Iterator[None]:
     reconnect()
 
 
-@pytest.mark.django_db(transaction=True)
 def test_redis_failing_at_the_cache_write_keeps_the_committed_result(api: APIClient, request) -> None:
     job_id = api.post("/api/v1/jobs/async/", HASH, format="json").json()["id"]
     request.getfixturevalue("redis_gone")  # Redis dies while the worker runs the job
