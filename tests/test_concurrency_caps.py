@@ -32,7 +32,6 @@ def submit(api: APIClient) -> int:
     return api.post("/api/v1/jobs/async/", HASH, format="json").status_code
 
 
-@pytest.mark.django_db(transaction=True)
 def test_per_user_cap_names_the_cap_and_other_users_are_not_affected(
     client_for: Callable[[User], APIClient], user: User, other_user: User
 ) -> None:
@@ -63,7 +62,6 @@ def test_slot_released_when_a_job_finishes_or_is_canceled(api: APIClient) -> Non
     assert submit(api) == 202
 
 
-@pytest.mark.django_db(transaction=True)
 def test_slot_released_when_a_stuck_job_is_reaped(api: APIClient, settings) -> None:
     settings.JOB_MAX_ATTEMPTS = 1
     set_policy("jobs.async", max_concurrent_per_user=1)
@@ -75,7 +73,6 @@ def test_slot_released_when_a_stuck_job_is_reaped(api: APIClient, settings) -> N
     assert submit(api) == 202
 
 
-@pytest.mark.django_db(transaction=True)
 def test_global_cap(client_for: Callable[[User], APIClient], make_user: Callable[..., User]) -> None:
     set_policy("jobs.async", max_concurrent_global=2, max_concurrent_per_user=0)
     assert [submit(client_for(make_user())) for _ in range(3)] == [202, 202, 429]

@@ -145,7 +145,6 @@ def test_200_concurrent_charges_against_100_credits(server_url: str, user: User)
     assert Job.objects.filter(owner=user).count() == 100
 
 
-@pytest.mark.django_db(transaction=True)
 def test_cache_hit_costs_nothing(api: APIClient, user: User) -> None:
     first = api.post("/api/v1/jobs/sync/", hash_job("cached"), format="json").json()
     before = credit_balance(user=user)
@@ -158,7 +157,6 @@ def test_cache_hit_costs_nothing(api: APIClient, user: User) -> None:
     assert credit_balance(user=user) == before
 
 
-@pytest.mark.django_db(transaction=True)
 def test_cancel_while_queued_refunds(api: APIClient, user: User) -> None:
     before = credit_balance(user=user)
     job = api.post("/api/v1/jobs/async/", hash_job("cancel me"), format="json").json()

@@ -48,7 +48,6 @@ def test_raw_row_holds_no_plaintext_and_the_api_masks_input(api: APIClient) -> N
     assert SECRET not in raw and expected["output_hash"] not in raw and expected["input_hash"] not in raw
 
 
-@pytest.mark.django_db(transaction=True)
 def test_a_cache_hit_is_stored_sealed_and_reads_back(api: APIClient) -> None:
     kind_settings("hash", encrypt_fields="data,result", cache_algorithm="lru")
     body = {"kind": "hash", "input": {"data": SECRET, "iterations": 3}}

@@ -39,7 +39,6 @@ def test_same_key_same_body_replays_the_first_response(api: APIClient) -> None:
     assert Job.objects.count() == 1
 
 
-@pytest.mark.django_db(transaction=True)
 def test_async_replay_keeps_status_and_location(api: APIClient) -> None:
     first = post(api, "/api/v1/jobs/async/", HASH)
     assert first.status_code == 202
@@ -49,7 +48,6 @@ def test_async_replay_keeps_status_and_location(api: APIClient) -> None:
     assert Job.objects.count() == 1
 
 
-@pytest.mark.django_db(transaction=True)
 def test_different_body_or_path_is_422(api: APIClient) -> None:
     assert post(api, "/api/v1/jobs/sync/", HASH).status_code == 200
     for path, body in (("/api/v1/jobs/sync/", OTHER), ("/api/v1/jobs/async/", HASH)):
@@ -68,7 +66,6 @@ def test_in_flight_is_409(api: APIClient, user: User) -> None:
     assert Job.objects.count() == 0
 
 
-@pytest.mark.django_db(transaction=True)
 def test_rejected_requests_store_nothing_and_release_the_key(api: APIClient) -> None:
     invalid = post(api, "/api/v1/jobs/sync/", {"kind": "hash", "input": {"data": ""}})
     assert invalid.status_code == 400
@@ -168,7 +165,6 @@ def _request_died_in_flight() -> None:
     )
 
 
-@pytest.mark.django_db(transaction=True)
 def test_key_of_a_dead_request_is_answered_by_its_async_job(api: APIClient) -> None:
     first = post(api, "/api/v1/jobs/async/", HASH)
     assert first.status_code == 202

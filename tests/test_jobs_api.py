@@ -43,7 +43,6 @@ def test_async_hash_queued_then_succeeded_by_polling(api: APIClient) -> None:
     assert done["queue_wait_ms"] is not None and done["run_ms"] is not None
 
 
-@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     "payload,field",
     [
@@ -84,7 +83,6 @@ def test_anonymous_gets_401_problem(db: None) -> None:
     assert response.json()["code"] == "not_authenticated"
 
 
-@pytest.mark.django_db(transaction=True)
 def test_other_users_job_is_404(api: APIClient, other_user: User, client_for: Callable[[User], APIClient]) -> None:
     job_id = api.post("/api/v1/jobs/async/", HASH, format="json").json()["id"]
     intruder = client_for(other_user)
@@ -106,7 +104,6 @@ def test_other_users_job_is_404(api: APIClient, other_user: User, client_for: Ca
     assert api.post(f"/api/v1/jobs/{job_id}/cancel/").status_code == 200
 
 
-@pytest.mark.django_db(transaction=True)
 def test_cancel_queued_then_not_cancellable(api: APIClient) -> None:
     job_id = api.post("/api/v1/jobs/async/", HASH, format="json").json()["id"]
     response = api.post(f"/api/v1/jobs/{job_id}/cancel/")
@@ -119,7 +116,6 @@ def test_cancel_queued_then_not_cancellable(api: APIClient) -> None:
     assert Job.objects.get(pk=job_id).status == JobStatus.CANCELED
 
 
-@pytest.mark.django_db(transaction=True)
 def test_list_filters_and_cursor_pagination(api: APIClient) -> None:
     for i in range(5):
         api.post("/api/v1/jobs/sync/", {"kind": "hash", "input": {"data": f"d{i}", "iterations": 1}}, format="json")
@@ -183,7 +179,6 @@ def test_stats_counts_own_jobs(api: APIClient, other_user: User, client_for: Cal
     assert result["by_status"] == {"succeeded": 1, "running": 1}
 
 
-@pytest.mark.django_db(transaction=True)
 def test_openapi_schema_documents_every_endpoint(api: APIClient) -> None:
     schema = api.get("/api/schema/?format=json", HTTP_ACCEPT="application/json")
     assert schema.status_code == 200

@@ -66,7 +66,6 @@ def test_sigkilled_worker_job_is_requeued_then_completed(api: APIClient, start_w
     assert job.queue_wait_ms < (job.started_at - job.created_at).total_seconds() * 1000 - 3000
 
 
-@pytest.mark.django_db(transaction=True)
 @override_settings(RECONCILE_RUNNING_GRACE=0, JOB_MAX_ATTEMPTS=1)
 def test_job_past_its_attempts_fails_with_worker_lost(api: APIClient) -> None:
     job_id = api.post("/api/v1/jobs/async/", {"kind": "hash", "input": {"data": "x"}}, format="json").json()["id"]

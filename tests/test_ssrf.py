@@ -349,7 +349,6 @@ def test_forms_that_escaped_the_old_guard_are_refused_by_their_rule(url: str, ru
     assert error.value.reason.startswith(expected), error.value.reason
 
 
-@pytest.mark.django_db(transaction=True)
 @override_settings(CALLBACK_ALLOW_PRIVATE=False)
 def test_callback_url_with_port_99999_is_a_400_problem_at_submission(api: APIClient) -> None:
     """Literal address, no lookup, no connection: refused before anything is stored."""

@@ -368,7 +368,6 @@ def test_webhooks_of_free_jobs_spend_the_owners_budget(api: APIClient, secret: s
     assert len(receiver.requests) == 3
 
 
-@pytest.mark.django_db(transaction=True)
 def test_callback_status_follows_a_2xx_attempt_even_if_the_job_row_was_read_first(api: APIClient, http_server) -> None:
     """Issue 21: the detail showed `pending` next to attempt 1 at 200 (two commits, read in between)."""
     hook = f"http://127.0.0.1:{free_port()}/hook"  # never called: the test writes the attempt itself
