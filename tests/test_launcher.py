@@ -21,7 +21,9 @@ from accounts.selectors import api_key_get_active
 from accounts.services import api_key_revoke
 from jobs.webhooks import webhook_signing_secrets
 from jobsite.__main__ import venv_made_by_another_python
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import ROOT
+from tests.processes import free_port, group_alive
+from tests.waiting import wait_until
 
 
 def _old_pythons() -> list[str]:
@@ -103,14 +105,6 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _process_group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_run_in_the_background_stops_on_sigint_and_sigterm(tmp_path: Path, stop_signal: signal.Signals) -> None:
@@ -133,11 +127,11 @@ def test_run_in_the_background_stops_on_sigint_and_sigterm(tmp_path: Path, stop_
         wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=180, interval=0.5)  # migrates first
         launcher.send_signal(stop_signal)
         assert launcher.wait(timeout=60) in (130, 143)
-        wait_until(lambda: not _process_group_alive(launcher.pid), timeout=30)
+        wait_until(lambda: not group_alive(launcher.pid), timeout=30)
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", redis_port)) != 0, "the Redis it started is stopped too"
     finally:
-        if _process_group_alive(launcher.pid):
+        if group_alive(launcher.pid):
             os.killpg(launcher.pid, signal.SIGKILL)
 
 

@@ -30,7 +30,8 @@ from jobs.selectors import job_list
 from jobs.serializers import JobSerializer
 from jobs.services import jobs_purge, jobs_reconcile
 from jobs.webhooks import callbacks_reconcile
-from tests.conftest import auth_headers, wait_until
+from tests.conftest import auth_headers
+from tests.waiting import wait_until
 
 postgres_only = pytest.mark.skipif(
     connection.vendor != "postgresql",
@@ -194,7 +195,7 @@ def test_admin_reconciler_and_export_queries_use_indexes(staff_client: Client, u
 # --- purge and reconciler --------------------------------------------------------------------------
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_purge_deletes_in_committed_batches_with_progress_and_metric(
     user: User, caplog: pytest.LogCaptureFixture
 ) -> None:
