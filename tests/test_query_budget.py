@@ -12,6 +12,8 @@ global concurrency cap, a rate limit (Redis), a credit charge, the result cache 
   (release), COMMIT. The response serialises the job in memory: nothing is read back.
 - with an Idempotency-Key, +3: one INSERT claims the key (autocommit), one UPDATE in the job's transaction
   ties the key to the job (a request that dies is answered by its job), one UPDATE stores the response.
+- an anonymous sync job on the compatible route /sync, 10: the sync job less the charge (anonymous jobs are
+  free) and without a key to look up; the anonymous owner is cached per process like the policies.
 - job detail, 2: the job, its delivery attempts (one prefetch).
 - job list, 3: COUNT for the page, the page, the delivery attempts of the whole page (one prefetch):
   the same at 1 and at 50 jobs.
@@ -32,6 +34,7 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from accounts.models import User
+from tests.access_helpers import open_compat_to_anonymous
 from tests.conftest import run_worker_burst
 from tests.test_credits import kind_settings
 from tests.traffic_http import set_policy
@@ -45,6 +48,7 @@ SYNC_JOB = 12 + GATE
 IDEMPOTENCY_KEY = 3
 REPLAY = 2 + GATE
 """A replayed key: the claim's INSERT finds the key taken, one SELECT reads the stored response."""
+COMPAT_ANONYMOUS_SYNC = 10
 JOB_DETAIL = 2 + GATE
 JOB_LIST = 3 + GATE
 
@@ -89,6 +93,15 @@ def test_a_submission_stays_within_its_budget(
     submit(api, path, key=key)  # the first request fills the per-process caches
     with django_assert_max_num_queries(budget + (IDEMPOTENCY_KEY if key else 0)):
         submit(api, path, key=key)
+
+
+def test_an_anonymous_compat_sync_job_reads_nothing(django_assert_max_num_queries: Any) -> None:
+    open_compat_to_anonymous()
+    set_policy("compat.sync", auth_required=False, **EVERY_POLICY)
+    anonymous = APIClient()
+    assert anonymous.post("/sync", {"data": uuid.uuid4().hex, "iterations": 1}, format="json").status_code == 200
+    with django_assert_max_num_queries(COMPAT_ANONYMOUS_SYNC):
+        assert anonymous.post("/sync", {"data": uuid.uuid4().hex, "iterations": 1}, format="json").status_code == 200
 
 
 def test_a_replayed_key_is_one_failed_insert_and_one_read(api: APIClient, django_assert_max_num_queries: Any) -> None:
