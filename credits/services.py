@@ -51,9 +51,14 @@ def _post(
     row missing (users get one when created: credits.signals) is opened once, and a replay undoes its UPDATE.
     """
     entry = LedgerEntry(
-        account_id=user_id, type=type, amount=amount, reason=reason[:255], job_id=job_id,
-        posting_key=posting_key, created_by=created_by,
-    )  # fmt: skip
+        account_id=user_id,
+        type=type,
+        amount=amount,
+        reason=reason[:255],
+        job_id=job_id,
+        posting_key=posting_key,
+        created_by=created_by,
+    )
     with transaction.atomic(savepoint=False):
         balance = _move_balance(user_id=user_id, amount=amount)
         if balance is None and _account_opened(user_id):
