@@ -41,21 +41,19 @@ WARM_UP = 20
 BLOCKS = 10
 """On/off blocks per mode in the policy comparison; each holds n / BLOCKS requests."""
 
-POLICIES_ON = {
-    "jobs.sync": {
-        "rate_limit_algorithm": "token_bucket",
-        "rate_limit": 1_000_000,
-        "refill_rate": 1_000_000,
-        "rate_window": 60,
-        "max_concurrent_per_user": 1000,
-        "max_concurrent_global": 100_000,
-    },
-    "kind.hash": {"cost": 1, "cache_algorithm": "lru"},
+FULL_POLICY = {
+    "rate_limit_algorithm": "token_bucket",
+    "rate_limit": 1_000_000,
+    "refill_rate": 1_000_000,
+    "rate_window": 60,
+    "max_concurrent_per_user": 1000,
+    "max_concurrent_global": 100_000,
+    "queue_max_depth": 100_000,
 }
-POLICIES_OFF = {
-    "jobs.sync": dict(assignment.split("=", 1) for assignment in UNLIMITED),
-    "kind.hash": {"cost": 0, "cache_algorithm": "none"},
-}
+"""Every limit of an endpoint policy on, none of them ever refusing."""
+NO_POLICY = dict(assignment.split("=", 1) for assignment in UNLIMITED)
+POLICIES_ON = {"jobs.sync": FULL_POLICY, "jobs.async": FULL_POLICY, "kind.hash": {"cost": 1, "cache_algorithm": "lru"}}
+POLICIES_OFF = {"jobs.sync": NO_POLICY, "jobs.async": NO_POLICY, "kind.hash": {"cost": 0, "cache_algorithm": "none"}}
 _request_numbers = itertools.count()
 
 
@@ -152,8 +150,13 @@ def _statements(captured: list[str]) -> int:
     return sum(not statement.upper().startswith(TRANSACTION_CONTROL) for statement in captured)
 
 
-def profile_sync(api_key: str, requests: int = 20) -> dict[str, Any]:
-    """Statements and round trips of one POST /api/v1/jobs/sync/ in process (after warm-up), and its p50."""
+def profile_sync(
+    api_key: str, requests: int = 20, *, path: str = "/api/v1/jobs/sync/", idempotency: bool = False
+) -> dict[str, Any]:
+    """Statements and round trips of one POST to `path` (sync or async job) in process (after warm-up), and its p50.
+
+    `idempotency`: every request carries a fresh Idempotency-Key.
+    """
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
     from rest_framework.test import APIClient
@@ -161,8 +164,9 @@ def profile_sync(api_key: str, requests: int = 20) -> dict[str, Any]:
     client = APIClient(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Bearer {api_key}")
 
     def send() -> Any:
-        response = client.post("/api/v1/jobs/sync/", hash_body(), format="json")
-        assert response.status_code == 200, response.content
+        headers = {"Idempotency-Key": str(uuid.uuid4())} if idempotency else {}
+        response = client.post(path, hash_body(), format="json", headers=headers)
+        assert response.status_code in (200, 202), response.content
         return response
 
     for _ in range(WARM_UP):
@@ -189,6 +193,16 @@ def profile_sync(api_key: str, requests: int = 20) -> dict[str, Any]:
     }
 
 
+def profiles_off_and_on(api_key: str) -> dict[str, dict[str, Any]]:
+    """A sync job and an async acknowledgement profiled with every policy off, then every policy on."""
+    profiles = {}
+    for mode, policies in (("off", POLICIES_OFF), ("on", POLICIES_ON)):
+        apply_policies(policies)
+        for kind, path in (("sync", "/api/v1/jobs/sync/"), ("async", "/api/v1/jobs/async/")):
+            profiles[f"{kind} {mode}"] = profile_sync(api_key, path=path, idempotency=mode == "on")
+    return profiles
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=200, help="measured requests per figure")
@@ -207,6 +221,7 @@ def main() -> None:
             figures = serial_figures(client, args.n)
             profile = profile_sync(stack.api_key)
             figures.update(policies_on_vs_off(client, args.n))
+            profiles = profiles_off_and_on(stack.api_key)
     load_average["end"] = os.getloadavg()
     database = "PostgreSQL" if args.database_url else "SQLite"
     print(f"one request at a time, hash iterations=1, n={args.n}, {database}; load average {load_average}")
@@ -226,11 +241,17 @@ def main() -> None:
     )
     for statement in profile["statements"]:
         print(f"    {statement[:150]}")
+    for name, each in profiles.items():
+        print(
+            f"  {name:<10} {each['sql_statements']:3d} SQL statements, {each['database_round_trips']:3d} database round"
+            f" trips, {each['redis_round_trips']} Redis round trips; in-process p50 {each['in_process_p50_ms']:.2f} ms"
+        )
     if args.json:
         document = {
             "config": {"n": args.n, "database": database, "load_average": load_average},
             "figures": figures,
             "profile": profile,
+            "profiles_off_and_on": profiles,
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
 

@@ -18,6 +18,7 @@ from jobs import metrics, queues
 from jobs.billing import job_refund_if_due
 from jobs.cache import cache_set
 from jobs.circuit import CircuitState, circuit_acquire, circuit_record, circuit_target
+from jobs.concurrency import concurrency_release
 from jobs.deadline import Deadline, DeadlineExceeded
 from jobs.encryption import open_input, seal_result
 from jobs.kind_settings import get_kind_settings
@@ -81,18 +82,22 @@ def job_finish(
         if error_code
         else job.attempt_log
     )
+    outcome = {
+        "status": status,
+        "result": result,
+        "error_code": error_code,
+        "error_message": error_message[:2000],
+        "attempt_log": log,
+        "finished_at": now,
+        "run_ms": elapsed_ms(job.started_at, now),
+    }
     with transaction.atomic():
-        finished = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(
-            status=status,
-            result=result,
-            error_code=error_code,
-            error_message=error_message[:2000],
-            attempt_log=log,
-            finished_at=now,
-            run_ms=elapsed_ms(job.started_at, now),
-        )
+        finished = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(**outcome)
         if finished:
-            job.refresh_from_db()
+            # What we wrote is the row now (it matched status and attempts): no read back.
+            for field, value in outcome.items():
+                setattr(job, field, value)
+            concurrency_release(job)
             job_on_final(job)
     return bool(finished)
 

@@ -49,8 +49,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(autouse=True)
 def _clean_redis() -> Iterator[None]:
-    """Each test starts with an empty Redis database (tests use their own database number)."""
+    """Each test starts with an empty Redis database (tests use their own database number) and no rows cached
+    in this process: a row a test wrote and rolled back must not outlive it."""
     flush_test_database(get_redis())
+    settings_cache.clear()
     yield
 
 

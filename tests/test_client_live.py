@@ -17,7 +17,8 @@ from accounts.models import User
 from credits.services import credit_adjust
 from tests import conftest
 from tests.access_helpers import set_policy
-from tests.conftest import ROOT, LocalHTTPServer, respond, wait_until
+from tests.conftest import ROOT, LocalHTTPServer, respond
+from tests.waiting import wait_until
 
 sys.path.insert(0, str(ROOT / "jobsite-client"))  # until requirements-dev installs ./jobsite-client
 

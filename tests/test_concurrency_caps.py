@@ -5,11 +5,14 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from django.db import transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import User
 from accounts.policies import ENDPOINT_DEFAULTS
+from jobs.concurrency import concurrency_admit
+from jobs.execution import job_finish
 from jobs.models import Job, JobStatus
 from jobs.services import jobs_reconcile
 from tests.access_helpers import set_policy
@@ -79,11 +82,20 @@ def test_global_cap(client_for: Callable[[User], APIClient], make_user: Callable
 
 
 def test_sync_jobs_count_while_running(api: APIClient, user: User) -> None:
-    set_policy("jobs.sync", max_concurrent_per_user=1)
-    Job.objects.create(owner=user, endpoint="jobs.sync", kind="hash", mode="sync", status=JobStatus.RUNNING)
+    policy = set_policy("jobs.sync", max_concurrent_per_user=1)
+    with transaction.atomic():  # a sync job mid-run: admitted and recorded, not yet finished
+        concurrency_admit(user=user, policy=policy)
+        running = Job.objects.create(
+            owner=user,
+            endpoint="jobs.sync",
+            kind="hash",
+            mode="sync",
+            status=JobStatus.RUNNING,
+            started_at=timezone.now(),
+        )
     refused = api.post("/api/v1/jobs/sync/", HASH, format="json")
     assert refused.status_code == 429
-    Job.objects.update(status=JobStatus.SUCCEEDED)
+    assert job_finish(running, status=JobStatus.SUCCEEDED, result={})
     assert api.post("/api/v1/jobs/sync/", HASH, format="json").status_code == 200
 
 

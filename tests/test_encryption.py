@@ -1,17 +1,20 @@
 """Sensitive fields are encrypted at rest, masked in the API, opened by the worker, and survive key rotation."""
 
 from collections.abc import Iterator
+from unittest.mock import ANY
 
 import pytest
 from cryptography.fernet import Fernet
 from django.core.management import call_command
 from django.db import connection
+from django.forms.models import model_to_dict
 from rest_framework.test import APIClient
 
 from accounts.models import User
 from jobs.encryption import MASK
+from jobs.forms import KindSettingsForm
 from jobs.kinds.hash import compute_hash
-from jobs.models import Job
+from jobs.models import Job, KindSettings
 from jobs.webhooks import webhook_signing_secrets
 from jobsite.crypto import get_fernet
 from tests.conftest import run_worker_burst
@@ -46,6 +49,32 @@ def test_raw_row_holds_no_plaintext_and_the_api_masks_input(api: APIClient) -> N
     assert job["result"] == expected
     raw = raw_row(job["id"])
     assert SECRET not in raw and expected["output_hash"] not in raw and expected["input_hash"] not in raw
+
+
+def test_the_compatible_routes_answer_an_encrypted_result_plain(api: APIClient) -> None:
+    """/sync, /requests and /requests/{id} read a job through the API's opening of results: never sealed."""
+    expected = compute_hash(SECRET, 3)
+    answer = api.post("/sync", {"data": SECRET, "iterations": 3}, format="json").json()
+    request_id = answer["result"]["request_id"]
+    assert answer["result"] == {"request_id": request_id, **expected, "processing_time_ms": ANY}
+    record = api.get(f"/requests/{request_id}").json()
+    assert record["result"] == answer["result"]
+    assert record["data"] == MASK and record["iterations"] == 3
+    assert api.get("/requests").json()["requests"][0]["result"] == answer["result"]
+    assert expected["output_hash"] not in raw_row(request_id)
+
+
+def test_the_kind_settings_form_accepts_result_among_encrypted_fields() -> None:
+    row = KindSettings.objects.get(kind="hash")
+
+    def form(encrypt_fields: str) -> KindSettingsForm:
+        return KindSettingsForm(instance=row, data={**model_to_dict(row), "encrypt_fields": encrypt_fields})
+
+    accepted = form("result, data")
+    assert accepted.is_valid(), accepted.errors
+    assert accepted.cleaned_data["encrypt_fields"] == "result,data"
+    refused = form("nonsense")
+    assert not refused.is_valid() and "encrypt_fields" in refused.errors
 
 
 def test_a_cache_hit_is_stored_sealed_and_reads_back(api: APIClient) -> None:
