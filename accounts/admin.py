@@ -62,7 +62,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             return []
         return ["owner", "prefix", "created_at", "last_used_at", "revoked_at"]
 
-    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
