@@ -44,7 +44,7 @@ from jobsite.errors import (
 )
 from jobsite.process_cache import settings_cache
 from jobsite.redis import get_redis
-from tests.access_helpers import confirmed_device, set_policy
+from tests.access_helpers import confirmed_device, set_policy, totp_code
 from tests.conftest import bearer, wait_until
 
 factory = APIRequestFactory()
@@ -240,6 +240,18 @@ def test_every_change_to_a_caller_takes_effect_in_this_process_at_once(user: Use
     key.expires_at = timezone.now()  # an admin edit
     key.save()
     assert client.get("/api/v1/me/").status_code == 401
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("fresh_policies")
+def test_an_accepted_mfa_code_keeps_cached_credentials(user: User, django_assert_num_queries: Callable) -> None:
+    _, raw_key = api_key_create(owner=user, scopes=list(SCOPES))
+    device = confirmed_device(user)
+    set_policy(Endpoint.ACCOUNT_READ, mfa_required=True)
+    client = APIClient(**bearer(raw_key))
+    assert client.get("/api/v1/me/", HTTP_X_MFA_CODE=totp_code(device)).status_code == 200  # saves the device
+    with django_assert_num_queries(0):
+        assert api_key_get_active(raw_key=raw_key) is not None
 
 
 @pytest.mark.django_db
