@@ -301,16 +301,29 @@ class GateProbe(EndpointView):
         return Response({})
 
 
+class CompatGateProbe(GateProbe):
+    """An authenticated caller of a compatible route counts against two limiters: compat.sync's and jobs.sync's."""
+
+    endpoint = Endpoint.COMPAT_SYNC
+
+
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("probe", "policies"),
+    [
+        (GateProbe, '"jobs.sync";q=2000;w=60'),
+        (CompatGateProbe, '"compat.sync";q=1200;w=60, "jobs.sync";q=2000;w=60'),
+    ],
+)
 def test_the_gate_costs_no_sql_and_one_redis_round_trip(
-    user: User, settings, django_assert_max_num_queries: Callable
+    probe: type[EndpointView], policies: str, user: User, settings, django_assert_max_num_queries: Callable
 ) -> None:
     settings.POLICY_CHECK_INTERVAL = 60  # the caches' version checks (one GET each per interval) are not due
     _, raw_key = api_key_create(owner=user, scopes=list(SCOPES))
-    view = GateProbe.as_view()
+    view = probe.as_view()
     assert view(factory.get("/", **bearer(raw_key))).status_code == 200
     with django_assert_max_num_queries(0), redis_round_trips() as trips:
         response = view(factory.get("/", **bearer(raw_key)))
     assert response.status_code == 200
-    assert response["RateLimit-Policy"] == '"jobs.sync";q=2000;w=60'
+    assert response["RateLimit-Policy"] == policies
     assert trips == ["EVALSHA"]
