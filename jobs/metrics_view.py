@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rq import Worker
 
 from accounts.api import EndpointView
+from accounts.endpoints import Endpoint
 from jobs import queues
 from jobs.circuit import CircuitState, circuit_states
 from jobs.kind_settings import get_kind_settings
@@ -95,7 +96,7 @@ def metrics_exposition() -> HttpResponse:
 class MetricsView(EndpointView):
     """/metrics under the `metrics.read` policy: public by default (scrapers), staff may demand a key or an IP."""
 
-    endpoint = "metrics.read"
+    endpoint = Endpoint.METRICS_READ
     anonymous_budget = False  # monitoring must keep working while anonymous job traffic is throttled
 
     @extend_schema(exclude=True)

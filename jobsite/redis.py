@@ -12,6 +12,18 @@ KEY_PREFIX = "jobsite:"
 """Every key Jobsite writes starts with this (RQ keeps its own `rq:` prefix)."""
 
 
+LUA_NOW_MS = """
+-- redis_now_ms(): Redis server time in whole milliseconds. Reads no KEYS and no ARGV.
+local function redis_now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+"""The one Lua reading of the clock: prepend it to a script that needs the time, then call redis_now_ms().
+
+Server time, so every web and worker process reads one clock whatever their own clocks say."""
+
+
 def redis_key(*parts: object) -> str:
     """Build a namespaced key: redis_key("policy", "version") -> "jobsite:policy:version"."""
     return KEY_PREFIX + ":".join(str(part) for part in parts)

@@ -23,7 +23,7 @@ from rq import SimpleWorker
 from accounts.models import SCOPES, User
 from accounts.services import api_key_create
 from jobs import queues
-from jobsite.process_cache import settings_cache
+from jobsite.process_cache import credentials_cache, settings_cache
 from jobsite.redis import get_redis
 from tests.processes import free_port
 from tests.redis_owner import claim_test_database, flush_test_database
@@ -53,6 +53,7 @@ def _clean_redis() -> Iterator[None]:
     in this process: a row a test wrote and rolled back must not outlive it."""
     flush_test_database(get_redis())
     settings_cache.clear()
+    credentials_cache.clear()
     yield
 
 

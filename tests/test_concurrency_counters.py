@@ -14,8 +14,8 @@ from jobs.models import FINAL_STATUSES, ConcurrencySlot, Job, JobStatus
 from jobs.services import job_requeue, jobs_reconcile
 from tests.access_helpers import open_compat_to_anonymous, set_policy
 from tests.conftest import auth_headers, run_worker_burst
+from tests.job_helpers import kind_settings, set_balance
 from tests.processes import free_port
-from tests.test_credits import kind_settings, set_balance
 from tests.traffic_http import fire_concurrently
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -22,16 +22,10 @@ from jobs.services import jobs_reconcile
 from jobsite.errors import InsufficientCredits
 from tests.access_helpers import set_policy
 from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst
-from tests.job_helpers import assert_ledger_explains_balance, kind_settings
+from tests.job_helpers import assert_ledger_explains_balance, kind_settings, set_balance
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db
-
-
-def set_balance(user: User, balance: int) -> None:
-    delta = balance - credit_balance(user=user)
-    if delta:
-        credit_adjust(user=user, amount=delta, reason="test setup")
 
 
 def hash_job(data: str) -> dict:

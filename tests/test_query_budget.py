@@ -20,8 +20,8 @@ global concurrency cap, a rate limit (Redis), a credit charge, the result cache 
 Without the global cap a submission costs 2 fewer (no lock, no SUM); SQLite takes no advisory lock (its write
 transactions are serialised from BEGIN IMMEDIATE), so there each submission costs 1 fewer than the budget.
 
-GATE is what authentication costs today: the API key's SELECT. The per-process key cache (accounts) makes it
-0; every budget here is the design's plus GATE, so lowering GATE to 0 is the one change that lands with it.
+The gate (authentication, policies, permissions) costs no statement: keys, roles, allowlists and policies are
+cached per process (accounts.selectors, jobsite.process_cache); tests/test_gate.py holds it to that.
 """
 
 import uuid
@@ -36,20 +36,18 @@ from rest_framework.test import APIClient
 from accounts.models import User
 from tests.access_helpers import open_compat_to_anonymous, set_policy
 from tests.conftest import run_worker_burst
-from tests.test_credits import kind_settings
+from tests.job_helpers import kind_settings
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-GATE = 1
-"""Statements of the gate per request until the API key is cached per process (then 0)."""
-ASYNC_ACK = 8 + GATE
-SYNC_JOB = 12 + GATE
+ASYNC_ACK = 8
+SYNC_JOB = 12
 IDEMPOTENCY_KEY = 3
-REPLAY = 2 + GATE
+REPLAY = 2
 """A replayed key: the claim's INSERT finds the key taken, one SELECT reads the stored response."""
 COMPAT_ANONYMOUS_SYNC = 10
-JOB_DETAIL = 2 + GATE
-JOB_LIST = 3 + GATE
+JOB_DETAIL = 2
+JOB_LIST = 3
 
 EVERY_POLICY = {
     "rate_limit_algorithm": "token_bucket",
