@@ -89,7 +89,7 @@ CreditAccount.objects.update(balance=10**12)
 JOBS_SQL = """
 INSERT INTO jobs_job (id, owner_id, endpoint, kind, mode, status, input, result, error_code, error_message, cost,
     attempts, cached, attempt_log, created_at, started_at, finished_at, queue_wait_ms, run_ms, callback_url,
-    callback_status, delivery_id, trace_context)
+    callback_status, delivery_id, trace_context, worker_name)
 SELECT gen_random_uuid(),
     CASE WHEN g %% 2 = 0 THEN %(heavy)s ELSE (%(others)s)[1 + (g / 2) %% cardinality(%(others)s)] END,
     'jobs.async', (ARRAY['hash', 'stats', 'fetch'])[1 + g %% 3], 'async',
@@ -98,7 +98,7 @@ SELECT gen_random_uuid(),
     CASE WHEN g %% 37 = 0 THEN 'upstream_error' ELSE '' END, '', 1, 1, false, '[]'::jsonb,
     t, t + interval '5 ms', t + interval '20 ms', 5, 15,
     CASE WHEN g %% 10 = 0 THEN 'http://127.0.0.1:9/hook/' || g ELSE '' END,
-    CASE WHEN g %% 10 = 0 THEN 'delivered' ELSE 'none' END, gen_random_uuid(), '{}'::jsonb
+    CASE WHEN g %% 10 = 0 THEN 'delivered' ELSE 'none' END, gen_random_uuid(), '{}'::jsonb, ''
 FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g,
     LATERAL (SELECT (now() - %(newest_age)s::bigint * interval '1 second') - (%(last)s::bigint - g) * %(spacing)s::bigint * interval '1 second' AS t) AS at
 """
@@ -111,8 +111,8 @@ FROM jobs_job WHERE created_at BETWEEN %(oldest)s AND %(newest)s
 """
 
 ATTEMPTS_SQL = """
-INSERT INTO jobs_callbackattempt (job_id, n, at, status_code, error, duration_ms)
-SELECT id, 1, finished_at, 200, '', 12 FROM jobs_job
+INSERT INTO jobs_callbackattempt (job_id, n, at, status_code, error, duration_ms, retries_left)
+SELECT id, 1, finished_at, 200, '', 12, 0 FROM jobs_job
 WHERE callback_url <> '' AND created_at BETWEEN %(oldest)s AND %(newest)s
 """
 
