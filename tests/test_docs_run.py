@@ -7,11 +7,13 @@ starts the service is left out: the session's gunicorn and a worker started here
 """
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -44,11 +46,9 @@ RUNNABLE = ("sh", "python", "js")
 """Languages of the blocks a reader runs; the others (text, output) are shown, not run."""
 NOT_RUN = {"start-service"}
 """Quickstart blocks this test does not run: the session's gunicorn and a worker started here replace them."""
-QUICKSTART_ORDER = [
-    "env", "sync.sh", "sync_job.py", "cancel.sh", "cancel_job.py", "receiver.py", "async.sh", "async_job.py",
-    "poll.sh",
-]  # fmt: skip
-"""The order the test runs them in: cancels before any worker runs, so that the jobs they cancel are still queued."""
+RUN_HERE = {"env", "sync.sh", "sync_job.py", "cancel.sh", "cancel_job.py", "receiver.py", "async.sh", "async_job.py",
+            "poll.sh"}  # fmt: skip
+"""Quickstart blocks this test runs: the cancels before any worker runs, so that the jobs they cancel are still queued."""
 DOC_URL = "http://127.0.0.1:8000"
 """The service URL the quickstart's `env` block sets; the test points it at the session's gunicorn instead."""
 DOC_RECEIVER_PORT = "8001"
@@ -149,10 +149,6 @@ def sourced_environment(code: str, *, cwd: Path) -> dict[str, str]:
     return dict(entry.split("=", 1) for entry in output.split("\0") if "=" in entry)
 
 
-def json_out(output: str) -> dict[str, Any]:
-    return json.loads(output)
-
-
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_quickstart_runs_against_a_live_service(
@@ -160,9 +156,10 @@ def test_quickstart_runs_against_a_live_service(
     start_worker: Callable[..., Any],
     checkout: Path,
     background: Callable[..., BackgroundProcess],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     blocks = runnable_blocks(QUICKSTART)
-    assert set(blocks) == set(QUICKSTART_ORDER) | NOT_RUN, "a block the test does not run, or one it misses"
+    assert set(blocks) == RUN_HERE | NOT_RUN, "a block the test does not run, or one it misses"
 
     # What `python3 -m jobsite run` does before starting the processes: seed the demo data, print, keep it.
     printed = StringIO()
@@ -184,23 +181,22 @@ def test_quickstart_runs_against_a_live_service(
 
     def run(title: str) -> str:
         block = blocks[title]
-        return run_python(block, cwd=checkout, env=env) if block.language == "python" else run_sh(
-            block.code, cwd=checkout, env=env
-        )
+        if block.language == "python":
+            return run_python(block, cwd=checkout, env=env)
+        return run_sh(block.code, cwd=checkout, env=env)
 
-    synced = json_out(run("sync.sh"))
+    synced = json.loads(run("sync.sh"))
     assert (synced["status"], synced["mode"], synced["kind"]) == ("succeeded", "sync", "hash")
     assert synced["result"]["input_hash"] == hashlib.sha256(b"hello").hexdigest()
     assert synced["result"]["iterations"] == 1000
-    match = re.fullmatch(r"succeeded ([0-9a-f]{64}) cost (\d+) balance (\d+)\n", run("sync_job.py"))
-    assert match and match.group(1) == synced["result"]["output_hash"]
+    ran = re.fullmatch(r"succeeded ([0-9a-f]{64}) cost (\d+) balance (\d+)\n", run("sync_job.py"))
+    assert ran and ran.group(1) == synced["result"]["output_hash"]
 
     # No worker yet: the jobs the cancel blocks submit are still queued when they cancel them.
-    canceled = json_out(run("cancel.sh"))
+    canceled = json.loads(run("cancel.sh"))
     assert (canceled["status"], canceled["mode"]) == ("canceled", "async")
-    balance_before = int(match.group(3))
-    match = re.fullmatch(r"canceled (\S+) canceled balance (\d+)\n", run("cancel_job.py"))
-    assert match and int(match.group(2)) == balance_before  # both cancels refunded their cost
+    canceled_in_python = re.fullmatch(r"canceled (\S+) canceled balance (\d+)\n", run("cancel_job.py"))
+    assert canceled_in_python and int(canceled_in_python.group(2)) == int(ran.group(3))  # both refunded their cost
 
     start_worker("jobs", "callbacks")
     receiver_file = checkout / "receiver.py"
@@ -208,7 +204,7 @@ def test_quickstart_runs_against_a_live_service(
     receiver = background([sys.executable, receiver_file.name], cwd=checkout, env=env)
     wait_until(lambda: receiver.matching(rf"listening on http://127\.0\.0\.1:{env['RECEIVER_PORT']}/hook"))
 
-    queued = json_out(run("async.sh"))
+    queued = json.loads(run("async.sh"))
     assert (queued["status"], queued["mode"]) == ("queued", "async")
     assert queued["callback"]["url"] == f"http://127.0.0.1:{env['RECEIVER_PORT']}/hook"
     assert json.loads((checkout / "async-job.json").read_text())["id"] == queued["id"]
@@ -222,10 +218,31 @@ def test_quickstart_runs_against_a_live_service(
     assert {m.group(2) for m in receiver.matching(verified)} == {queued["id"], submitted.group(1)}
     assert not [line for line in receiver.lines if line.startswith("refused")]
 
-    polled = json_out(run("poll.sh"))
+    polled = json.loads(run("poll.sh"))
     assert (polled["id"], polled["status"]) == (queued["id"], "succeeded")
     assert polled["callback"]["url"] == queued["callback"]["url"]
     assert polled["callback"]["status"] in ("pending", "delivered")
+    wait_until(lambda: json.loads(run("poll.sh"))["callback"]["status"] == "delivered")  # as the page says: then
+    (attempt,) = json.loads(run("poll.sh"))["callback"]["attempts"]
+    assert (attempt["n"], attempt["status_code"], attempt["error"]) == (1, 204, "")
+    monkeypatch.setenv("JOBSITE_WEBHOOK_SECRET", kept["webhook_secret"])  # what the handlers read on import
+    delivery_handlers_verify(polled, secret=kept["webhook_secret"], cwd=checkout)
+
+
+def delivery_handlers_verify(job: dict[str, Any], *, secret: str, cwd: Path) -> None:
+    """docs/webhooks.md's Python handlers accept a delivery of the job signed as the service signs, refuse a forgery."""
+    body = json.dumps(job, separators=(",", ":"))
+    headers = _headers([secret], datetime.now(UTC), body)
+    forged = body.replace('"succeeded"', '"failed"', 1)
+    for title in ("verify_with_client.py", "verify_with_standardwebhooks.py"):
+        (cwd / title).write_text(runnable_blocks(WEBHOOKS)[title].code)
+        handle = runpy.run_path(str(cwd / title))["handle"]
+        with contextlib.redirect_stdout(StringIO()) as printed:
+            assert handle(body.encode(), headers) == 204, title
+            assert handle(forged.encode(), headers) == 400, title
+        verified, refused = printed.getvalue().splitlines()
+        assert verified.startswith(f"verified {headers['webhook-id']} ") and f" {job['id']} succeeded" in verified
+        assert refused.startswith("refused:"), title
 
 
 WORKED_ASSIGNMENT = re.compile(r"^(SECRET|ID|TS|BODY)='([^']*)'$", re.MULTILINE)
@@ -266,7 +283,7 @@ def test_the_worked_example_is_what_the_service_signs(worked: WorkedExample) -> 
 
 def test_the_worked_example_commands_print_the_signature(worked: WorkedExample, tmp_path: Path) -> None:
     blocks = runnable_blocks(WEBHOOKS)
-    assert set(blocks) == {"worked-example.sh", "sign.js"}
+    assert set(blocks) == {"worked-example.sh", "sign.js", "verify_with_client.py", "verify_with_standardwebhooks.py"}
     assert run_sh(blocks["worked-example.sh"].code, cwd=tmp_path, env=dict(os.environ)) == worked.signature + "\n"
     node = shutil.which("node")
     if node is None:
