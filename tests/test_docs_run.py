@@ -278,7 +278,13 @@ def test_the_worked_example_is_what_the_service_signs(worked: WorkedExample) -> 
     assert Webhook(worked.secret).sign(worked.msg_id, at, worked.body) == worked.signature
     signed_by_service = webhook_sign(secrets_=[worked.secret], msg_id=worked.msg_id, timestamp=at, body=worked.body)
     assert signed_by_service == worked.signature
-    assert worked.signed_content in text_blocks(WEBHOOKS)[1]
+    delivery, signed_content = text_blocks(WEBHOOKS)[:2]
+    assert worked.signed_content == signed_content.strip()
+    sample = delivery.splitlines()
+    assert sample[-1] == worked.body
+    signature = f"webhook-signature: {worked.signature}"
+    for header in (f"webhook-id: {worked.msg_id}", f"webhook-timestamp: {worked.timestamp}", signature):
+        assert header in sample
 
 
 def test_the_worked_example_commands_print_the_signature(worked: WorkedExample, tmp_path: Path) -> None:
