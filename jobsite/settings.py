@@ -205,6 +205,9 @@ CALLBACK_CONNECT_TIMEOUT = env_float("CALLBACK_CONNECT_TIMEOUT", 5.0, minimum=0.
 CALLBACK_READ_TIMEOUT = env_float("CALLBACK_READ_TIMEOUT", 10.0, minimum=0.1)
 CALLBACK_TOTAL_TIMEOUT = env_float("CALLBACK_TOTAL_TIMEOUT", 15.0, minimum=0.1)
 """Seconds one attempt may take in all (DNS, connect, headers, body), however slowly the receiver drips."""
+CALLBACK_INLINE_TIMEOUT = env_float("CALLBACK_INLINE_TIMEOUT", 2.0, minimum=0.1)
+"""Seconds the job worker's own first attempt may take before it is cut and carried on at once by a callbacks
+worker (full deadline, no retry spent): a slow receiver never holds a job worker longer than this."""
 CALLBACK_INTERRUPT_MARGIN = env_float("CALLBACK_INTERRUPT_MARGIN", 10.0, minimum=0.0)
 """Seconds past its deadline after which an attempt still in progress is taken as lost with its worker."""
 CALLBACK_MAX_AGE = env_int("CALLBACK_MAX_AGE", 24 * 3600, minimum=0)
