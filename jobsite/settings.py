@@ -9,6 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from jobsite.env import env_bool, env_choice, env_float, env_int, env_list, env_ports, env_str
 from jobsite.logs import logging_config
+from jobsite.sizing import ADMISSION_PER_JOB_WORKER, default_job_workers
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -237,6 +238,15 @@ SERVICE_UNAVAILABLE_RETRY_AFTER = env_int("SERVICE_UNAVAILABLE_RETRY_AFTER", 5, 
 """Seconds a client told `service_unavailable` (Redis unreachable) should wait."""
 QUEUE_FULL_RETRY_AFTER = env_int("QUEUE_FULL_RETRY_AFTER", 5, minimum=1)
 """Seconds a client told `queue_full` should wait."""
+QUEUE_ADMISSION_DEPTH = env_int(
+    "QUEUE_ADMISSION_DEPTH",
+    ADMISSION_PER_JOB_WORKER * env_int("RQ_WORKERS", default_job_workers(), minimum=1),
+    minimum=1,
+)
+"""Async jobs waiting in the jobs queue beyond which an acknowledgement waits for room (back-pressure): a job
+accepted under saturation waits behind at most this many, so its time to callback does not grow with the backlog."""
+QUEUE_ADMISSION_WAIT = env_float("QUEUE_ADMISSION_WAIT", 2.0, minimum=0.0)
+"""Seconds an async acknowledgement waits for room below QUEUE_ADMISSION_DEPTH before answering 503 queue_full."""
 
 API_KEY_PREFIX_BYTES = 6
 """Random bytes in a key's visible prefix (hex): enough to be unique, short enough to read."""
