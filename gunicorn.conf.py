@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prometheus_client import multiprocess
 
-from jobsite.env import env_int, env_list, env_str
+from jobsite.env import env_bool, env_int, env_list, env_str
 from jobsite.sizing import default_web_workers
 
 METRICS_DIR = Path(env_str("PROMETHEUS_MULTIPROC_DIR", str(Path(__file__).resolve().parent / "var" / "prometheus")))
@@ -37,7 +37,8 @@ keepalive = 5
 max_requests = 10_000
 max_requests_jitter = 1_000
 """Workers are recycled now and then (jittered, so not all at once), bounding the damage of any slow leak."""
-accesslog = "-"
+accesslog = "-" if env_bool("GUNICORN_ACCESS_LOG", True) else None
+"""One line per request on stdout; GUNICORN_ACCESS_LOG=false drops it where the load balancer logs requests."""
 
 
 def _pid_alive(pid: int) -> bool:

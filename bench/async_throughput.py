@@ -81,6 +81,8 @@ def _raw_rq_jobs_per_s(redis_url: str, *, n: int, concurrency: int, iterations: 
         if all(job.get_status(refresh=True) == "finished" for job in rq_jobs):
             break
         time.sleep(0.1)
+    for job in rq_jobs:
+        job.refresh()  # ended_at
     return n / (max(job.ended_at.timestamp() for job in rq_jobs) - started)
 
 
