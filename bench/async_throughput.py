@@ -2,8 +2,10 @@
 work (`hash`, 100 000 iterations) against hashlib alone on the same cores (issue 11).
 
 Method: for each job-worker count W, a fresh stack (bench/stack.py: gunicorn 2 x 8 threads, W SimpleWorkers on
-`jobs`, limits lifted, result cache off). Jobsite: N async `hash` submissions through the API at concurrency C,
-jobs/s = N / (last job's finished_at - first submission). Raw RQ: the same N calls of the kind's own function
+`jobs`, limits lifted, result cache off, admission bound above N). Jobsite end to end: N async `hash`
+submissions through the API at concurrency C, jobs/s = N / (last job's finished_at - first submission);
+workers' side: the same with the workers suspended (RQ's suspension) while the N are submitted, timed from
+their resumption. Raw RQ: the same N calls of the kind's own function
 (jobs.kinds.hash.compute_hash) enqueued on the same queue from C threads and run by the same W workers,
 jobs/s = N / (last RQ ended_at - first enqueue). Heavy: Jobsite async with 100 000 iterations on the default
 worker count against the same loop in a multiprocessing pool of as many processes as cores (no Jobsite, no RQ).
@@ -24,6 +26,7 @@ from typing import Any
 import httpx
 from redis import Redis
 from rq import Queue
+from rq.suspension import resume, suspend
 
 from bench.stack import Stack, Topology, running_stack
 from bench.throughput import UNLIMITED
@@ -35,7 +38,14 @@ HEAVY_ITERATIONS = 100_000
 """Issue 11's heavy work: ~0.15 s of CPU per job."""
 
 
-def _jobsite_jobs_per_s(stack: Stack, *, n: int, concurrency: int, iterations: int) -> float:
+def _jobsite_jobs_per_s(
+    stack: Stack, *, n: int, concurrency: int, iterations: int, redis_url: str, drain: bool = False
+) -> float:
+    """End to end (from the first submission), or with `drain` the workers' side alone: the jobs are
+    submitted while RQ's workers are suspended, and timed from their resumption."""
+    connection = Redis.from_url(redis_url)
+    if drain:
+        suspend(connection)
     headers = {"Authorization": f"Bearer {stack.api_key}"}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     with httpx.Client(base_url=stack.url, headers=headers, timeout=60, limits=limits) as client:
@@ -52,6 +62,9 @@ def _jobsite_jobs_per_s(stack: Stack, *, n: int, concurrency: int, iterations: i
         started = time.time()
         with ThreadPoolExecutor(concurrency) as pool:
             ids = set(pool.map(submit, range(n)))
+        if drain:
+            started = time.time()
+            resume(connection)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             busy = [client.get("/api/v1/jobs/", params={"mode": "async", "status": status, "page_size": 1})
@@ -103,7 +116,9 @@ def _hashlib_jobs_per_s(*, n: int, iterations: int) -> float:
 
 def _stack(workers: int, args: argparse.Namespace) -> Any:
     topology = Topology(threads=8, worker_queues=(("jobs",),) * workers)
-    return running_stack(topology=topology, redis_url=args.redis_url, database_url=args.database_url)
+    # The drain measure queues all N jobs before any runs: the admission bound must not refuse them.
+    env = {"QUEUE_ADMISSION_DEPTH": str(10 * args.n)}
+    return running_stack(topology=topology, redis_url=args.redis_url, database_url=args.database_url, env=env)
 
 
 def _unlimited(stack: Stack) -> None:
@@ -125,18 +140,23 @@ def main() -> None:
     for workers in args.workers:
         with _stack(workers, args) as stack:
             _unlimited(stack)
-            _jobsite_jobs_per_s(stack, n=args.c, concurrency=args.c, iterations=LIGHT_ITERATIONS)  # warm-up
-            jobsite = _jobsite_jobs_per_s(stack, n=args.n, concurrency=args.c, iterations=LIGHT_ITERATIONS)
+            light = {"n": args.n, "concurrency": args.c, "iterations": LIGHT_ITERATIONS, "redis_url": args.redis_url}
+            _jobsite_jobs_per_s(stack, **{**light, "n": args.c})  # warm-up
+            jobsite = _jobsite_jobs_per_s(stack, **light)
+            drained = _jobsite_jobs_per_s(stack, **light, drain=True)
             raw = _raw_rq_jobs_per_s(args.redis_url, n=args.n, concurrency=args.c, iterations=LIGHT_ITERATIONS)
-        report["light"][workers] = {"jobsite": jobsite, "raw_rq": raw, "ratio": jobsite / raw}
+        report["light"][workers] = {"jobsite": jobsite, "jobsite_drain": drained, "raw_rq": raw}
         print(
-            f"W={workers}: Jobsite {jobsite:7.1f} jobs/s, raw RQ {raw:7.1f} jobs/s, ratio {jobsite / raw:.2f}",
+            f"W={workers}: Jobsite end to end {jobsite:7.1f} jobs/s ({jobsite / raw:.2f}x raw RQ), workers' side"
+            f" {drained:7.1f} jobs/s ({drained / raw:.2f}x), raw RQ {raw:7.1f} jobs/s",
             flush=True,
         )
     workers = default_job_workers()
     with _stack(workers, args) as stack:
         _unlimited(stack)
-        jobsite = _jobsite_jobs_per_s(stack, n=args.heavy_n, concurrency=args.c, iterations=HEAVY_ITERATIONS)
+        jobsite = _jobsite_jobs_per_s(
+            stack, n=args.heavy_n, concurrency=args.c, iterations=HEAVY_ITERATIONS, redis_url=args.redis_url
+        )
     alone = _hashlib_jobs_per_s(n=args.heavy_n, iterations=HEAVY_ITERATIONS)
     report["heavy"] = {"workers": workers, "jobsite": jobsite, "hashlib": alone, "ratio": jobsite / alone}
     print(f"heavy (100 000 iterations), W={workers}: Jobsite {jobsite:.2f} jobs/s, hashlib alone on {cpu_cores()}"

@@ -472,10 +472,9 @@ def test_a_2xx_attempt_and_the_delivered_status_commit_together(
         respond(request, 200, b"ok")
 
     receiver = http_server(answer_with_the_row_locked)
-    start_worker(queues.CALLBACKS_QUEUE)
+    start_worker(queues.JOBS_QUEUE)  # the job's worker makes the attempt, in a process of its own
     job_id["id"] = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json").json()["id"]
     try:
-        run_worker_burst()
         wait_until(lambda: locked.is_set() and _lock_waiters() > 0, timeout=30)  # the worker waits on the job row
         [attempt] = CallbackAttempt.objects.filter(job_id=job_id["id"])
         assert (attempt.status_code, attempt.error) == (None, "in progress")
