@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import User
 from jobs import queues
-from jobs.encryption import seal_input
+from jobs.encryption import open_result, seal_input
 from jobs.execution import job_execute
 from jobs.kind_settings import get_kind_settings
 from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus, KindSettings
@@ -50,7 +50,7 @@ def test_claim_run_finish_of_a_hash_job_is_four_statements(user: User, django_as
     assert statements.count("SELECT") == 0, captured.captured_queries
     job.refresh_from_db()
     assert (job.status, job.attempts, job.worker_name) == (JobStatus.SUCCEEDED, 1, "w1")
-    assert job.result["iterations"] == 1000
+    assert open_result(job.result)["iterations"] == 1000  # sealed if the kind's settings say so
     assert job.queue_wait_ms >= 50 and job.run_ms is not None  # written by the finish UPDATE
     assert job.started_at <= job.finished_at
 
