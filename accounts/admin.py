@@ -1,3 +1,4 @@
+from datetime import datetime
 from typing import Any
 
 from django import forms
@@ -52,7 +53,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     """Creating a key shows it once on the next page; afterwards only its prefix is known."""
 
     form = ApiKeyForm
-    list_display = ["prefix", "owner", "name", "scopes", "created_at", "expires_at", "revoked_at", "last_used_at"]
+    list_display = ["prefix", "owner", "name", "scopes", "created_at", "expires_at", "revoked_at", "last_used"]
     list_filter = ["revoked_at", "expires_at"]
     search_fields = ["prefix", "name", "owner__username"]
     actions = ["revoke"]
@@ -60,9 +61,14 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is None:
             return []
-        return ["owner", "prefix", "created_at", "last_used_at", "revoked_at"]
+        return ["owner", "prefix", "created_at", "last_used", "revoked_at"]
 
-    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+    @admin.display(description="last used (to within API_KEY_TOUCH_INTERVAL)", ordering="last_used_at")
+    def last_used(self, obj: ApiKey) -> datetime | None:
+        """Written at most once per API_KEY_TOUCH_INTERVAL per process (accounts.services.api_key_touch)."""
+        return obj.last_used_at
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
@@ -98,6 +104,17 @@ class IpAllowEntryAdmin(admin.ModelAdmin):
 class EndpointPolicyAdmin(PolicyAdmin):
     form = EndpointPolicyForm
     identity = "name"
-    list_display = ["name", "enabled", "auth_required", "roles", "scopes", "ip_allowlist", "mfa_required",
-                    "rate_limit_algorithm", "rate_limit", "rate_window", "updated_at"]  # fmt: skip
+    list_display = [
+        "name",
+        "enabled",
+        "auth_required",
+        "roles",
+        "scopes",
+        "ip_allowlist",
+        "mfa_required",
+        "rate_limit_algorithm",
+        "rate_limit",
+        "rate_window",
+        "updated_at",
+    ]
     list_filter = ["enabled", "auth_required", "ip_allowlist", "mfa_required", "rate_limit_algorithm"]

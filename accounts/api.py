@@ -2,15 +2,17 @@
 
 from typing import Any, ClassVar
 
+from django.http import HttpRequest
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.authentication import AUTHENTICATION_CLASSES
 from accounts.endpoints import AUTHENTICATED_ALSO_GOVERNED_BY, Endpoint
 from accounts.permissions import POLICY_PERMISSIONS
 from accounts.policies import get_endpoint_policy
-from accounts.throttles import POLICY_THROTTLES
+from accounts.throttles import POLICY_THROTTLES, rate_limits_check
 from jobsite.api import ApiSchema
 from jobsite.logs import bind_context
 
@@ -32,20 +34,24 @@ class EndpointSchema(ApiSchema):
 class EndpointView(APIView):
     """An API view governed by the EndpointPolicy named `endpoint`; the policy is on `request.policy`.
 
-    Every check (permissions, throttles) runs over governing_policies(request): the route's own policy,
-    plus, for a caller who authenticated, the policy AUTHENTICATED_ALSO_GOVERNED_BY names for it.
+    The gate, in the order it runs: who is calling (authentication_classes), may they (permission_classes),
+    how often (throttle_classes, all their limiters in one Redis round trip). Every check runs over
+    governing_policies(request): the route's own policy, plus, for a caller who authenticated, the policy
+    AUTHENTICATED_ALSO_GOVERNED_BY names for it.
     """
 
     endpoint: ClassVar[Endpoint]
+    authentication_classes = AUTHENTICATION_CLASSES
+    permission_classes = POLICY_PERMISSIONS
+    throttle_classes = POLICY_THROTTLES
     schema = EndpointSchema()
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         # On the HttpRequest too: the browsable API re-checks permissions on clones that only share it.
-        request.policy = request._request.policy = get_endpoint_policy(self.endpoint)
+        http_request: HttpRequest = request._request
+        request.policy = http_request.policy = get_endpoint_policy(self.endpoint)
         also = AUTHENTICATED_ALSO_GOVERNED_BY.get(self.endpoint)
-        request.authenticated_policy = request._request.authenticated_policy = (
-            get_endpoint_policy(also) if also else None
-        )
+        request.authenticated_policy = http_request.authenticated_policy = get_endpoint_policy(also) if also else None
         bind_context(endpoint=self.endpoint)
         super().initial(request, *args, **kwargs)
 
@@ -54,11 +60,8 @@ class EndpointView(APIView):
         if request.user is not None and request.user.is_authenticated:
             bind_context(user_id=request.user.pk)
 
-    def get_permissions(self) -> list[Any]:
-        return [permission() for permission in POLICY_PERMISSIONS]
-
-    def get_throttles(self) -> list[Any]:
-        return [throttle() for throttle in POLICY_THROTTLES]
+    def check_throttles(self, request: Request) -> None:
+        rate_limits_check(request, self, self.get_throttles())
 
     def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
         response = super().finalize_response(request, response, *args, **kwargs)

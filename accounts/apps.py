@@ -8,7 +8,7 @@ class AccountsConfig(AppConfig):
     default = True
 
     def ready(self) -> None:
-        from accounts import policies, schema  # noqa: F401 - policy change signals; the OpenAPI extension
+        from accounts import credentials, policies, schema  # noqa: F401 - change signals; the OpenAPI extension
 
 
 class JobsiteAdminConfig(admin_apps.AdminConfig):

@@ -2,7 +2,6 @@
 token minted from a key or an MFA-verified session, accounts.tokens), and OTP-verified sessions."""
 
 from dataclasses import dataclass
-from typing import Any
 
 from django_otp import user_has_device
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication, get_authorization_header
@@ -73,14 +72,18 @@ class OtpSessionAuthentication(SessionAuthentication):
         return result
 
 
-def request_api_key(request: Any) -> ApiKey | None:
+AUTHENTICATION_CLASSES: tuple[type[BaseAuthentication], ...] = (ApiKeyAuthentication, OtpSessionAuthentication)
+"""Who is calling, tried in order: a bearer key or token, then an OTP-verified session (settings.REST_FRAMEWORK too)."""
+
+
+def request_api_key(request: Request) -> ApiKey | None:
     """The key a request came with (directly or through a token minted from it); None for sessions."""
     if isinstance(request.auth, BearerToken):
         return request.auth.key
     return request.auth if isinstance(request.auth, ApiKey) else None
 
 
-def request_scopes(request: Any) -> list[str]:
+def request_scopes(request: Request) -> list[str]:
     """The scopes a request carries: its key's, its token's (never more than the key has now), or all (a session)."""
     key = request_api_key(request)
     scopes = list(SCOPES) if key is None else key.scope_list

@@ -167,13 +167,19 @@ class EndpointPolicy(models.Model):
         "MFA required", default=False, help_text="On: calls need an X-MFA-Code header from the user's TOTP device."
     )
     rate_limit_algorithm = models.CharField(
-        "rate-limit algorithm", max_length=16, choices=RateLimitAlgorithm.choices, default=RateLimitAlgorithm.NONE,
+        "rate-limit algorithm",
+        max_length=16,
+        choices=RateLimitAlgorithm.choices,
+        default=RateLimitAlgorithm.NONE,
         help_text="How calls are counted; none: no rate limit.",
-    )  # fmt: skip
+    )
     rate_limit_key = models.CharField(
-        "rate-limit key", max_length=8, choices=RateLimitKey.choices, default=RateLimitKey.USER,
+        "rate-limit key",
+        max_length=8,
+        choices=RateLimitKey.choices,
+        default=RateLimitKey.USER,
         help_text="Whose calls share one limit: each user's, each client IP's, or everyone's.",
-    )  # fmt: skip
+    )
     rate_limit = models.PositiveIntegerField(
         "rate limit", default=60, help_text="Calls allowed: the bucket's capacity or the window's limit."
     )

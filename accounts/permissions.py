@@ -4,12 +4,12 @@ Each check raises its own problem (API.md codes) rather than returning False, so
 which requirement failed. The order is fixed by POLICY_PERMISSIONS.
 """
 
-from typing import Any
-
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
+from rest_framework.views import APIView
 
 from accounts.authentication import request_api_key, request_scopes
+from accounts.models import EndpointPolicy
 from accounts.policies import governing_policies
 from accounts.selectors import ip_allowed, user_has_mfa, user_role_names
 from accounts.services import mfa_verify
@@ -34,25 +34,25 @@ def _require_authenticated(request: Request, what: str) -> None:
 class PolicyPermission(BasePermission):
     """One requirement, checked against every policy that governs the request (accounts.policies.governing_policies)."""
 
-    def has_permission(self, request: Request, view: Any) -> bool:
+    def has_permission(self, request: Request, view: APIView) -> bool:
         for policy in governing_policies(request):
             self.check(request, view, policy)
         return True
 
-    def check(self, request: Request, view: Any, policy: Any) -> None:
+    def check(self, request: Request, view: APIView, policy: EndpointPolicy) -> None:
         raise NotImplementedError
 
 
 class AuthenticatedIfRequired(PolicyPermission):
     """`auth_required=false` is the policy's anonymous-access switch (off by default, see accounts.policies)."""
 
-    def check(self, request: Request, view: Any, policy: Any) -> None:
+    def check(self, request: Request, view: APIView, policy: EndpointPolicy) -> None:
         if policy.auth_required:
             _require_authenticated(request, "authentication")
 
 
 class EndpointEnabled(PolicyPermission):
-    def check(self, request: Request, view: Any, policy: Any) -> None:
+    def check(self, request: Request, view: APIView, policy: EndpointPolicy) -> None:
         if not policy.enabled:
             raise PermissionDenied(f"The endpoint {policy.name} is disabled.")
 
@@ -60,7 +60,7 @@ class EndpointEnabled(PolicyPermission):
 class ClientIpAllowed(PolicyPermission):
     """With the policy's allowlist on, the client address must match a global, user or key entry."""
 
-    def check(self, request: Request, view: Any, policy: Any) -> None:
+    def check(self, request: Request, view: APIView, policy: EndpointPolicy) -> None:
         if not policy.ip_allowlist:
             return
         user = request.user if _authenticated(request) else None
@@ -71,7 +71,7 @@ class ClientIpAllowed(PolicyPermission):
 class HasPolicyRole(PolicyPermission):
     """Any one of the policy's roles suffices; staff are not exempt (the policy says who)."""
 
-    def check(self, request: Request, view: Any, policy: Any) -> None:
+    def check(self, request: Request, view: APIView, policy: EndpointPolicy) -> None:
         required = policy.role_list
         if not required:
             return
@@ -86,7 +86,7 @@ def has_scopes(request: Request, required: list[str]) -> bool:
 
 
 class HasPolicyScopes(PolicyPermission):
-    def check(self, request: Request, view: Any, policy: Any) -> None:
+    def check(self, request: Request, view: APIView, policy: EndpointPolicy) -> None:
         required = policy.scope_list
         if not required:
             return
@@ -127,7 +127,7 @@ def require_mfa_code(request: Request) -> None:
 class MfaVerified(PolicyPermission):
     """Views that enrol the first device (`mfa_enrolment`) let a user without one through: they cannot comply."""
 
-    def check(self, request: Request, view: Any, policy: Any) -> None:
+    def check(self, request: Request, view: APIView, policy: EndpointPolicy) -> None:
         if not policy.mfa_required:
             return
         if getattr(view, "mfa_enrolment", False) and not (_authenticated(request) and user_has_mfa(user=request.user)):

@@ -1,181 +1,179 @@
-"""Exact rate limiters: one atomic Lua script per algorithm, one round trip, Redis server time.
+"""Exact rate limiters: one atomic Lua script counts a call against any number of limiters in one round trip.
 
-Every script reads the clock with TIME (so web processes never disagree about time), keeps its state
+Every algorithm reads the clock with TIME (so web processes never disagree about time), keeps its state
 in one key that expires once the state is equivalent to "never seen", and never changes state for a
-rejected call except where the algorithm itself is defined by attempts (debounce). Each script takes a
-last, optional ARGV `now_ms` that overrides TIME: only tests pass it, to check semantics without sleeping.
+rejected call except where the algorithm itself is defined by attempts (debounce). The script takes
+`now_ms` as its first ARGV, or 'server' for Redis TIME: only tests pass a time, to check semantics without
+sleeping.
 
-All scripts return {allowed (0|1), remaining, reset_ms, retry_after_ms}:
+Every limiter answers {allowed (0|1), remaining, reset_ms, retry_after_ms}:
 remaining is the quota left after this call, reset_ms when the quota is next restored (per algorithm,
 below), retry_after_ms how long a rejected caller must wait (0 when allowed).
 """
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from accounts.models import RateLimitAlgorithm
-from jobsite.redis import get_redis, redis_key, run_lua
+from jobsite.redis import LUA_NOW_MS, get_redis, redis_key, run_lua
 
-_NOW = """
-local now = tonumber(ARGV[#ARGV])
-if ARGV[#ARGV] == 'server' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
-
-TOKEN_BUCKET = (
-    """
--- KEYS[1]  hash {tokens, ts}: tokens left (fractional) and when they were counted (ms)
--- ARGV[1]  capacity (tokens), ARGV[2] refill (tokens per period), ARGV[3] period (ms), ARGV[4] now_ms|'server'
+TOKEN_BUCKET = """
+-- key: hash {tokens, ts}: tokens left (fractional) and when they were counted (ms)
+-- a: capacity (tokens), refill (tokens per period), period (ms)
 -- reset_ms: until the bucket is full again; the key expires then (a full bucket = no state)
-"""
-    + _NOW
-    + """
-local capacity = tonumber(ARGV[1])
-local refill = tonumber(ARGV[2])
-local period = tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = capacity
-  ts = now
-end
-if now > ts then
-  if refill > 0 then
-    tokens = math.min(capacity, tokens + (now - ts) * refill / period)
+algorithms.token_bucket = {arity = 3, run = function(key, a, now)
+  local capacity, refill, period = tonumber(a[1]), tonumber(a[2]), tonumber(a[3])
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(state[1])
+  local ts = tonumber(state[2])
+  if tokens == nil or ts == nil then
+    tokens = capacity
+    ts = now
   end
-  ts = now
-end
-local allowed = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
-end
-local reset, retry
-if refill > 0 then
-  local ms_per_token = period / refill
-  reset = math.ceil((capacity - tokens) * ms_per_token)
-  retry = math.ceil((1 - tokens) * ms_per_token)
-else
-  reset = period
-  retry = period
-end
-if allowed == 1 then retry = 0 end
-if reset > 0 then
-  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
-  redis.call('PEXPIRE', KEYS[1], reset)
-else
-  redis.call('DEL', KEYS[1])
-end
-return {allowed, math.floor(tokens), reset, retry}
+  if now > ts then
+    if refill > 0 then
+      tokens = math.min(capacity, tokens + (now - ts) * refill / period)
+    end
+    ts = now
+  end
+  local allowed = 0
+  if tokens >= 1 then
+    tokens = tokens - 1
+    allowed = 1
+  end
+  local reset, retry
+  if refill > 0 then
+    local ms_per_token = period / refill
+    reset = math.ceil((capacity - tokens) * ms_per_token)
+    retry = math.ceil((1 - tokens) * ms_per_token)
+  else
+    reset = period
+    retry = period
+  end
+  if allowed == 1 then retry = 0 end
+  if reset > 0 then
+    redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(ts))
+    redis.call('PEXPIRE', key, reset)
+  else
+    redis.call('DEL', key)
+  end
+  return {allowed, math.floor(tokens), reset, retry}
+end}
 """
-)
 
-FIXED_WINDOW = (
-    """
--- KEYS[1]  hash {w, n}: the current window's number (now // window) and the calls admitted in it
--- ARGV[1]  limit, ARGV[2] window (ms), ARGV[3] now_ms|'server'
+FIXED_WINDOW = """
+-- key: hash {w, n}: the current window's number (now // window) and the calls admitted in it
+-- a: limit, window (ms)
 -- Windows are aligned to the epoch; reset_ms: until the window ends, when the key expires
+algorithms.fixed_window = {arity = 2, run = function(key, a, now)
+  local limit, window = tonumber(a[1]), tonumber(a[2])
+  local current = math.floor(now / window)
+  local state = redis.call('HMGET', key, 'w', 'n')
+  local count = 0
+  if tonumber(state[1]) == current then count = tonumber(state[2]) end
+  local reset = (current + 1) * window - now
+  local allowed = 0
+  if count < limit then
+    count = count + 1
+    allowed = 1
+    redis.call('HSET', key, 'w', string.format('%d', current), 'n', count)
+    redis.call('PEXPIRE', key, reset)
+  end
+  local retry = reset
+  if allowed == 1 then retry = 0 end
+  return {allowed, limit - count, reset, retry}
+end}
 """
-    + _NOW
-    + """
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local current = math.floor(now / window)
-local state = redis.call('HMGET', KEYS[1], 'w', 'n')
-local count = 0
-if tonumber(state[1]) == current then count = tonumber(state[2]) end
-local reset = (current + 1) * window - now
-local allowed = 0
-if count < limit then
-  count = count + 1
-  allowed = 1
-  redis.call('HSET', KEYS[1], 'w', string.format('%d', current), 'n', count)
-  redis.call('PEXPIRE', KEYS[1], reset)
-end
-local retry = reset
-if allowed == 1 then retry = 0 end
-return {allowed, limit - count, reset, retry}
-"""
-)
 
-SLIDING_WINDOW = (
-    """
--- KEYS[1]  sorted set: one member per admitted call (unique id), scored by its time (ms); an exact log
--- ARGV[1]  limit, ARGV[2] window (ms), ARGV[3] unique member for this call, ARGV[4] now_ms|'server'
+SLIDING_WINDOW = """
+-- key: sorted set: one member per admitted call (unique id), scored by its time (ms); an exact log
+-- a: limit, window (ms), unique member for this call
 -- A call counts while now - its time < window; reset_ms: until the oldest counted call leaves the window
+algorithms.sliding_window = {arity = 3, run = function(key, a, now)
+  local limit, window = tonumber(a[1]), tonumber(a[2])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local count = redis.call('ZCARD', key)
+  local allowed = 0
+  if count < limit then
+    redis.call('ZADD', key, now, a[3])
+    redis.call('PEXPIRE', key, window)
+    count = count + 1
+    allowed = 1
+  end
+  local reset = window
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if oldest[2] ~= nil then reset = tonumber(oldest[2]) + window - now end
+  local retry = reset
+  if allowed == 1 then retry = 0 end
+  return {allowed, limit - count, reset, retry}
+end}
 """
-    + _NOW
-    + """
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-local allowed = 0
-if count < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  count = count + 1
-  allowed = 1
-end
-local reset = window
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if oldest[2] ~= nil then reset = tonumber(oldest[2]) + window - now end
-local retry = reset
-if allowed == 1 then retry = 0 end
-return {allowed, limit - count, reset, retry}
-"""
-)
 
-THROTTLE = (
-    """
--- KEYS[1]  string: time (ms) of the last admitted call
--- ARGV[1]  interval (ms), ARGV[2] now_ms|'server'
+THROTTLE = """
+-- key: string: time (ms) of the last admitted call
+-- a: interval (ms)
 -- At most one call per interval; rejected calls change nothing; reset_ms: until the next call may pass
+algorithms.throttle = {arity = 1, run = function(key, a, now)
+  local interval = tonumber(a[1])
+  local last = tonumber(redis.call('GET', key))
+  if last == nil or now - last >= interval then
+    redis.call('SET', key, string.format('%d', now), 'PX', interval)
+    return {1, 0, interval, 0}
+  end
+  local wait = last + interval - now
+  return {0, 0, wait, wait}
+end}
 """
-    + _NOW
-    + """
-local interval = tonumber(ARGV[1])
-local last = tonumber(redis.call('GET', KEYS[1]))
-if last == nil or now - last >= interval then
-  redis.call('SET', KEYS[1], string.format('%d', now), 'PX', interval)
-  return {1, 0, interval, 0}
-end
-local wait = last + interval - now
-return {0, 0, wait, wait}
-"""
-)
 
-DEBOUNCE = (
-    """
--- KEYS[1]  string: time (ms) of the last attempt, admitted or not
--- ARGV[1]  interval (ms), ARGV[2] now_ms|'server'
+DEBOUNCE = """
+-- key: string: time (ms) of the last attempt, admitted or not
+-- a: interval (ms)
 -- A call passes only after `interval` of quiet since the last attempt; every attempt restarts the quiet period
+algorithms.debounce = {arity = 1, run = function(key, a, now)
+  local interval = tonumber(a[1])
+  local last = tonumber(redis.call('GET', key))
+  local allowed = 0
+  if last == nil or now - last >= interval then allowed = 1 end
+  redis.call('SET', key, string.format('%d', now), 'PX', interval)
+  local retry = interval
+  if allowed == 1 then retry = 0 end
+  return {allowed, 0, interval, retry}
+end}
 """
-    + _NOW
+
+LIMITERS = (
+    """
+-- KEYS[i]  the state of limiter i (its algorithm's `key`, below)
+-- ARGV[1]  now_ms, or 'server' for Redis TIME; then for each limiter in turn: its algorithm's name, then
+--          that algorithm's arguments `a` (as many as its arity)
+-- Counts one call against each limiter in order and stops after the first that rejects it, so a refused
+-- call spends nothing of the limiters after it; returns one result per limiter that ran
+local algorithms = {}
+"""
+    + LUA_NOW_MS
+    + TOKEN_BUCKET
+    + FIXED_WINDOW
+    + SLIDING_WINDOW
+    + THROTTLE
+    + DEBOUNCE
     + """
-local interval = tonumber(ARGV[1])
-local last = tonumber(redis.call('GET', KEYS[1]))
-local allowed = 0
-if last == nil or now - last >= interval then allowed = 1 end
-redis.call('SET', KEYS[1], string.format('%d', now), 'PX', interval)
-local retry = interval
-if allowed == 1 then retry = 0 end
-return {allowed, 0, interval, retry}
+local now = tonumber(ARGV[1])
+if ARGV[1] == 'server' then now = redis_now_ms() end
+local results = {}
+local at = 2
+for i, key in ipairs(KEYS) do
+  local algorithm = algorithms[ARGV[at]]
+  local result = algorithm.run(key, {unpack(ARGV, at + 1, at + algorithm.arity)}, now)
+  at = at + 1 + algorithm.arity
+  results[i] = result
+  if result[1] == 0 then break end
+end
+return results
 """
 )
-
-SCRIPTS = {
-    RateLimitAlgorithm.TOKEN_BUCKET: TOKEN_BUCKET,
-    RateLimitAlgorithm.FIXED_WINDOW: FIXED_WINDOW,
-    RateLimitAlgorithm.SLIDING_WINDOW: SLIDING_WINDOW,
-    RateLimitAlgorithm.THROTTLE: THROTTLE,
-    RateLimitAlgorithm.DEBOUNCE: DEBOUNCE,
-}
-"""The Lua source of each algorithm."""
+"""Every algorithm, and the loop that runs a call's limiters: one script, so one round trip per request."""
 
 SERVER_TIME = "server"
 """The `now_ms` ARGV that means: use Redis TIME."""
@@ -211,6 +209,54 @@ def rate_limit_state_key(*, scope: str, algorithm: str, subject: str) -> str:
     return redis_key("ratelimit", scope, algorithm, subject)
 
 
+@dataclass(frozen=True)
+class Limiter:
+    """One limiter a call is counted against: its algorithm, its state's Redis key and its numbers."""
+
+    algorithm: str
+    key: str
+    limit: int
+    window: int
+    refill_rate: int = 0
+
+    def arguments(self) -> list[object]:
+        """The algorithm's name and its `a` arguments, as LIMITERS takes them."""
+        window_ms = max(1, self.window * 1000)
+        if self.algorithm == RateLimitAlgorithm.TOKEN_BUCKET:
+            return [self.algorithm, self.limit, self.refill_rate, window_ms]
+        if self.algorithm == RateLimitAlgorithm.FIXED_WINDOW:
+            return [self.algorithm, self.limit, window_ms]
+        if self.algorithm == RateLimitAlgorithm.SLIDING_WINDOW:
+            return [self.algorithm, self.limit, window_ms, uuid.uuid4().hex]
+        if self.algorithm in (RateLimitAlgorithm.THROTTLE, RateLimitAlgorithm.DEBOUNCE):
+            return [self.algorithm, window_ms]
+        raise ValueError(f"unknown rate limit algorithm {self.algorithm!r}")
+
+    def decision(self, result: list[int]) -> RateLimitDecision:
+        allowed, remaining, reset_ms, retry_ms = result
+        return RateLimitDecision(
+            allowed=bool(allowed),
+            quota=rate_limit_quota(algorithm=self.algorithm, limit=self.limit, window=self.window),
+            window=self.window,
+            remaining=max(0, int(remaining)),
+            reset_ms=max(0, int(reset_ms)),
+            retry_after_ms=max(0, int(retry_ms)),
+        )
+
+
+def rate_limit_hit_all(limiters: Sequence[Limiter], *, now_ms: int | None = None) -> list[RateLimitDecision]:
+    """Count one call against each limiter in order, atomically, in one round trip (raises RedisError).
+
+    Stops after the first rejection: the decisions returned are those of the limiters that ran."""
+    if not limiters:
+        return []
+    args: list[object] = [SERVER_TIME if now_ms is None else str(now_ms)]
+    for limiter in limiters:
+        args += limiter.arguments()
+    results = run_lua(LIMITERS, keys=[limiter.key for limiter in limiters], args=args)
+    return [limiter.decision(result) for limiter, result in zip(limiters, results, strict=False)]
+
+
 def rate_limit_hit(
     *,
     algorithm: str,
@@ -221,27 +267,8 @@ def rate_limit_hit(
     now_ms: int | None = None,
 ) -> RateLimitDecision:
     """Count one call against the limiter at `key`, atomically, in one round trip (raises RedisError)."""
-    window_ms = max(1, window * 1000)
-    now = SERVER_TIME if now_ms is None else str(now_ms)
-    if algorithm == RateLimitAlgorithm.TOKEN_BUCKET:
-        args: list[object] = [limit, refill_rate, window_ms, now]
-    elif algorithm == RateLimitAlgorithm.FIXED_WINDOW:
-        args = [limit, window_ms, now]
-    elif algorithm == RateLimitAlgorithm.SLIDING_WINDOW:
-        args = [limit, window_ms, uuid.uuid4().hex, now]
-    elif algorithm in (RateLimitAlgorithm.THROTTLE, RateLimitAlgorithm.DEBOUNCE):
-        args = [window_ms, now]
-    else:
-        raise ValueError(f"unknown rate limit algorithm {algorithm!r}")
-    allowed, remaining, reset_ms, retry_ms = run_lua(SCRIPTS[algorithm], keys=[key], args=args)
-    return RateLimitDecision(
-        allowed=bool(allowed),
-        quota=rate_limit_quota(algorithm=algorithm, limit=limit, window=window),
-        window=window,
-        remaining=max(0, int(remaining)),
-        reset_ms=max(0, int(reset_ms)),
-        retry_after_ms=max(0, int(retry_ms)),
-    )
+    limiter = Limiter(algorithm=algorithm, key=key, limit=limit, window=window, refill_rate=refill_rate)
+    return rate_limit_hit_all([limiter], now_ms=now_ms)[0]
 
 
 def rate_limit_peek(*, algorithm: str, key: str, limit: int, window: int, refill_rate: int = 0) -> RateLimitDecision:

@@ -1,18 +1,19 @@
-"""DRF throttle that applies the endpoint policy's rate limit (accounts.ratelimit) and sets the RateLimit headers."""
+"""DRF throttles: the anonymous budget and the endpoint policies' rate limits (accounts.ratelimit), in one round trip."""
 
 import logging
-from typing import Any
+from collections.abc import Sequence
 
 from django.conf import settings
 from redis.exceptions import RedisError
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
+from rest_framework.views import APIView
 
 from accounts import metrics
 from accounts.endpoints import JOB_CREATING_ENDPOINTS
 from accounts.models import EndpointPolicy, RateLimitAlgorithm, RateLimitKey
 from accounts.policies import governing_policies
-from accounts.ratelimit import RateLimitDecision, rate_limit_hit, rate_limit_state_key
+from accounts.ratelimit import Limiter, RateLimitDecision, rate_limit_hit_all, rate_limit_state_key
 from jobsite.client_ip import client_ip
 from jobsite.errors import RateLimited, ServiceUnavailable
 
@@ -37,12 +38,11 @@ def rate_limit_headers(policy: EndpointPolicy, decision: RateLimitDecision) -> d
     }
 
 
-def _limiter_unreachable(policy: EndpointPolicy) -> bool:
-    """Whether a call may pass when Redis is down: reads may (setting), job creation never."""
+def _limiter_unreachable(policy: EndpointPolicy) -> None:
+    """Let a call pass when Redis is down where the policy may (reads, by setting); job creation never."""
     if policy.name in JOB_CREATING_ENDPOINTS or not settings.RATELIMIT_FAIL_OPEN_READS:
         raise ServiceUnavailable("The rate limiter is unreachable; try again shortly.") from None
     logger.warning("rate limiter unreachable; %s fails open", policy.name, exc_info=True)
-    return True
 
 
 def _rejected(decision: RateLimitDecision, name: str, algorithm: str, key: str) -> RateLimited:
@@ -57,69 +57,119 @@ def _rejected(decision: RateLimitDecision, name: str, algorithm: str, key: str) 
     )
 
 
-class PolicyRateThrottle(BaseThrottle):
-    """Counts the call against each governing policy's limiter; a rejection raises 429 `rate_limited`."""
+class LimiterThrottle(BaseThrottle):
+    """A throttle that names the limiters a call counts against, then judges their decisions.
 
-    def allow_request(self, request: Request, view: Any) -> bool:
+    rate_limits_check runs the limiters of all of a view's throttles in one round trip (EndpointView);
+    allow_request runs one throttle on its own, as DRF would.
+    """
+
+    def limiters(self, request: Request, view: APIView) -> list[Limiter]:
+        raise NotImplementedError
+
+    def admit(self, request: Request, decisions: list[RateLimitDecision | None]) -> None:
+        """Raise the problem of a rejection; None stands for a limiter that did not run (an earlier one refused)."""
+        raise NotImplementedError
+
+    def unreachable(self, request: Request) -> None:
+        """Redis could not be asked: raise 503 where the call must not pass unlimited."""
+        raise NotImplementedError
+
+    def allow_request(self, request: Request, view: APIView) -> bool:
+        rate_limits_check(request, view, [self])
+        return True
+
+
+def rate_limits_check(request: Request, view: APIView, throttles: Sequence[LimiterThrottle]) -> None:
+    """Count the call against every throttle's limiters, in order, in one round trip; each throttle judges its own."""
+    planned = [(throttle, throttle.limiters(request, view)) for throttle in throttles]
+    try:
+        decisions = iter(rate_limit_hit_all([limiter for _, limiters in planned for limiter in limiters]))
+    except RedisError:
+        for throttle, limiters in planned:
+            if limiters:
+                throttle.unreachable(request)
+        return
+    for throttle, limiters in planned:
+        throttle.admit(request, [next(decisions, None) for _ in limiters])
+
+
+def _policy_limiter(request: Request, policy: EndpointPolicy) -> Limiter:
+    subject = rate_limit_subject(request, policy.rate_limit_key)
+    return Limiter(
+        algorithm=policy.rate_limit_algorithm,
+        key=rate_limit_state_key(scope=policy.name, algorithm=policy.rate_limit_algorithm, subject=subject),
+        limit=policy.rate_limit,
+        window=policy.rate_window,
+        refill_rate=policy.refill_rate,
+    )
+
+
+def _limited_policies(request: Request) -> list[EndpointPolicy]:
+    return [policy for policy in governing_policies(request) if policy.rate_limit_algorithm != RateLimitAlgorithm.NONE]
+
+
+class PolicyRateThrottle(LimiterThrottle):
+    """Counts the call against each governing policy's limiter; a rejection raises 429 `rate_limited`.
+
+    Sets request.rate_limit_headers, which EndpointView.finalize_response puts on every response, errors included.
+    """
+
+    def limiters(self, request: Request, view: APIView) -> list[Limiter]:
+        return [_policy_limiter(request, policy) for policy in _limited_policies(request)]
+
+    def admit(self, request: Request, decisions: list[RateLimitDecision | None]) -> None:
         headers: dict[str, list[str]] = {}
         try:
-            for policy in governing_policies(request):
-                decision = self._hit(request, policy)
+            for policy, decision in zip(_limited_policies(request), decisions, strict=True):
                 if decision is None:
-                    continue
+                    return
                 for name, value in rate_limit_headers(policy, decision).items():
                     headers.setdefault(name, []).append(value)
                 if not decision.allowed:
                     raise _rejected(decision, policy.name, policy.rate_limit_algorithm, policy.rate_limit_key)
         finally:
-            # EndpointView.finalize_response puts these on every response, errors included.
             request.rate_limit_headers = {name: ", ".join(values) for name, values in headers.items()}
-        return True
 
-    def _hit(self, request: Request, policy: EndpointPolicy) -> RateLimitDecision | None:
-        if policy.rate_limit_algorithm == RateLimitAlgorithm.NONE:
-            return None
-        subject = rate_limit_subject(request, policy.rate_limit_key)
-        try:
-            decision = rate_limit_hit(
-                algorithm=policy.rate_limit_algorithm,
-                key=rate_limit_state_key(scope=policy.name, algorithm=policy.rate_limit_algorithm, subject=subject),
-                limit=policy.rate_limit,
-                window=policy.rate_window,
-                refill_rate=policy.refill_rate,
-            )
-        except RedisError:
+    def unreachable(self, request: Request) -> None:
+        request.rate_limit_headers = {}
+        for policy in _limited_policies(request):
             _limiter_unreachable(policy)
-            return None
-        return decision
 
 
 ANONYMOUS_BUDGET_SCOPE = "anonymous-budget"
 """The limiter state shared by every anonymous caller of every route (settings.ANONYMOUS_BUDGET)."""
 
 
-class AnonymousBudgetThrottle(BaseThrottle):
-    """All anonymous callers together get settings.ANONYMOUS_BUDGET calls per window; the authenticated none of it."""
+class AnonymousBudgetThrottle(LimiterThrottle):
+    """All anonymous callers together get settings.ANONYMOUS_BUDGET calls per window; the authenticated none of it.
 
-    def allow_request(self, request: Request, view: Any) -> bool:
+    A view opts out with `anonymous_budget = False` (monitoring must work while anonymous job traffic is cut off).
+    """
+
+    algorithm = RateLimitAlgorithm.FIXED_WINDOW
+
+    def limiters(self, request: Request, view: APIView) -> list[Limiter]:
         user = getattr(request, "user", None)
         if (user is not None and user.is_authenticated) or not getattr(view, "anonymous_budget", True):
-            return True
-        algorithm = RateLimitAlgorithm.FIXED_WINDOW
-        try:
-            decision = rate_limit_hit(
-                algorithm=algorithm,
-                key=rate_limit_state_key(scope=ANONYMOUS_BUDGET_SCOPE, algorithm=algorithm, subject="global"),
+            return []
+        return [
+            Limiter(
+                algorithm=self.algorithm,
+                key=rate_limit_state_key(scope=ANONYMOUS_BUDGET_SCOPE, algorithm=self.algorithm, subject="global"),
                 limit=settings.ANONYMOUS_BUDGET,
                 window=settings.ANONYMOUS_BUDGET_WINDOW,
-                refill_rate=settings.ANONYMOUS_BUDGET,
             )
-        except RedisError:
-            return _limiter_unreachable(request.policy)
-        if not decision.allowed:
-            raise _rejected(decision, ANONYMOUS_BUDGET_SCOPE, algorithm, RateLimitKey.GLOBAL)
-        return True
+        ]
+
+    def admit(self, request: Request, decisions: list[RateLimitDecision | None]) -> None:
+        for decision in decisions:
+            if decision is not None and not decision.allowed:
+                raise _rejected(decision, ANONYMOUS_BUDGET_SCOPE, self.algorithm, RateLimitKey.GLOBAL)
+
+    def unreachable(self, request: Request) -> None:
+        _limiter_unreachable(request.policy)
 
 
-POLICY_THROTTLES: tuple[type[BaseThrottle], ...] = (AnonymousBudgetThrottle, PolicyRateThrottle)
-"""The throttles every policy-governed endpoint runs ."""
+POLICY_THROTTLES: tuple[type[LimiterThrottle], ...] = (AnonymousBudgetThrottle, PolicyRateThrottle)
+"""The throttles every policy-governed endpoint runs, in order: the anonymous budget, then the policies' limits."""

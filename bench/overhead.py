@@ -15,7 +15,10 @@ Method (figures and commands in bench/README.md):
   Under gunicorn a request also runs the connection health check (a `SELECT 1` on PostgreSQL), which the
   test client skips.
 
-    .venv/bin/python -m bench.overhead [-n 200] [--database-url postgres://...] [--json FILE]
+- Profile of GET /api/v1/jobs/{id}/ the same way: what the gate (authentication, policy checks, rate limit)
+  costs on a read that itself is one SELECT.
+
+    .venv/bin/python -m bench.overhead [-n 200] [--database-url postgres://...] [--json FILE] [--no-comparison]
 """
 
 import argparse
@@ -41,21 +44,19 @@ WARM_UP = 20
 BLOCKS = 10
 """On/off blocks per mode in the policy comparison; each holds n / BLOCKS requests."""
 
-POLICIES_ON = {
-    "jobs.sync": {
-        "rate_limit_algorithm": "token_bucket",
-        "rate_limit": 1_000_000,
-        "refill_rate": 1_000_000,
-        "rate_window": 60,
-        "max_concurrent_per_user": 1000,
-        "max_concurrent_global": 100_000,
-    },
-    "kind.hash": {"cost": 1, "cache_algorithm": "lru"},
+FULL_POLICY = {
+    "rate_limit_algorithm": "token_bucket",
+    "rate_limit": 1_000_000,
+    "refill_rate": 1_000_000,
+    "rate_window": 60,
+    "max_concurrent_per_user": 1000,
+    "max_concurrent_global": 100_000,
+    "queue_max_depth": 100_000,
 }
-POLICIES_OFF = {
-    "jobs.sync": dict(assignment.split("=", 1) for assignment in UNLIMITED),
-    "kind.hash": {"cost": 0, "cache_algorithm": "none"},
-}
+"""Every limit of an endpoint policy on, none of them ever refusing."""
+NO_POLICY = dict(assignment.split("=", 1) for assignment in UNLIMITED)
+POLICIES_ON = {"jobs.sync": FULL_POLICY, "jobs.async": FULL_POLICY, "kind.hash": {"cost": 1, "cache_algorithm": "lru"}}
+POLICIES_OFF = {"jobs.sync": NO_POLICY, "jobs.async": NO_POLICY, "kind.hash": {"cost": 0, "cache_algorithm": "none"}}
 _request_numbers = itertools.count()
 
 
@@ -77,9 +78,10 @@ def p50_ms(send: Callable[[], httpx.Response], n: int) -> float:
     return statistics.median(latencies)
 
 
-def serial_figures(client: httpx.Client, n: int) -> dict[str, float]:
+def serial_figures(client: httpx.Client, n: int, job_id: str) -> dict[str, float]:
     return {
         "healthz_p50_ms": p50_ms(lambda: client.get("/healthz"), n),
+        "job_get_p50_ms": p50_ms(lambda: client.get(f"/api/v1/jobs/{job_id}/"), n),
         "sync_p50_ms": p50_ms(lambda: client.post("/api/v1/jobs/sync/", json=hash_body()), n),
         "job_list_p50_ms": p50_ms(lambda: client.get("/api/v1/jobs/"), n),
         "async_ack_p50_ms": p50_ms(lambda: client.post("/api/v1/jobs/async/", json=hash_body()), n),
@@ -152,8 +154,27 @@ def _statements(captured: list[str]) -> int:
     return sum(not statement.upper().startswith(TRANSACTION_CONTROL) for statement in captured)
 
 
-def profile_sync(api_key: str, requests: int = 20) -> dict[str, Any]:
-    """Statements and round trips of one POST /api/v1/jobs/sync/ in process (after warm-up), and its p50."""
+def profile_sync(
+    api_key: str, requests: int = 20, *, path: str = "/api/v1/jobs/sync/", idempotency: bool = False
+) -> dict[str, Any]:
+    """Statements and round trips of one POST to `path` (sync or async job) in process (after warm-up), and its p50.
+
+    `idempotency`: every request carries a fresh Idempotency-Key.
+    """
+
+    def post(client: Any) -> Any:
+        headers = {"Idempotency-Key": str(uuid.uuid4())} if idempotency else {}
+        return client.post(path, hash_body(), format="json", headers=headers)
+
+    return _profile(api_key, post, requests)
+
+
+def profile_job_get(api_key: str, job_id: str, requests: int = 20) -> dict[str, Any]:
+    """The same for GET /api/v1/jobs/{id}/: the gate's share of a read of one row."""
+    return _profile(api_key, lambda client: client.get(f"/api/v1/jobs/{job_id}/"), requests)
+
+
+def _profile(api_key: str, request: Callable[[Any], Any], requests: int) -> dict[str, Any]:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
     from rest_framework.test import APIClient
@@ -161,8 +182,8 @@ def profile_sync(api_key: str, requests: int = 20) -> dict[str, Any]:
     client = APIClient(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Bearer {api_key}")
 
     def send() -> Any:
-        response = client.post("/api/v1/jobs/sync/", hash_body(), format="json")
-        assert response.status_code == 200, response.content
+        response = request(client)
+        assert response.status_code in (200, 202), response.content
         return response
 
     for _ in range(WARM_UP):
@@ -189,12 +210,23 @@ def profile_sync(api_key: str, requests: int = 20) -> dict[str, Any]:
     }
 
 
+def profiles_off_and_on(api_key: str) -> dict[str, dict[str, Any]]:
+    """A sync job and an async acknowledgement profiled with every policy off, then every policy on."""
+    profiles = {}
+    for mode, policies in (("off", POLICIES_OFF), ("on", POLICIES_ON)):
+        apply_policies(policies)
+        for kind, path in (("sync", "/api/v1/jobs/sync/"), ("async", "/api/v1/jobs/async/")):
+            profiles[f"{kind} {mode}"] = profile_sync(api_key, path=path, idempotency=mode == "on")
+    return profiles
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=200, help="measured requests per figure")
     parser.add_argument("--database-url", help="the stack's database (default: a fresh SQLite file)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/8", help="the stack's Redis db (FLUSHed)")
     parser.add_argument("--json", type=Path, help="write every figure, and the profiled statements, here")
+    parser.add_argument("--no-comparison", action="store_true", help="skip the policies on/off comparison (slow)")
     args = parser.parse_args()
     load_average = {"start": os.getloadavg()}
     with running_stack(topology=RUN_COMMAND, redis_url=args.redis_url, database_url=args.database_url) as stack:
@@ -204,33 +236,46 @@ def main() -> None:
         django.setup()
         headers = {"Authorization": f"Bearer {stack.api_key}"}
         with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as client:
-            figures = serial_figures(client, args.n)
+            job_id = client.post("/api/v1/jobs/sync/", json=hash_body()).raise_for_status().json()["id"]
+            figures = serial_figures(client, args.n, job_id)
             profile = profile_sync(stack.api_key)
-            figures.update(policies_on_vs_off(client, args.n))
+            get_profile = profile_job_get(stack.api_key, job_id)
+            if not args.no_comparison:
+                figures.update(policies_on_vs_off(client, args.n))
+            profiles = profiles_off_and_on(stack.api_key)
     load_average["end"] = os.getloadavg()
     database = "PostgreSQL" if args.database_url else "SQLite"
     print(f"one request at a time, hash iterations=1, n={args.n}, {database}; load average {load_average}")
-    for name in ("healthz_p50_ms", "sync_p50_ms", "async_ack_p50_ms", "job_list_p50_ms"):
+    for name in ("healthz_p50_ms", "job_get_p50_ms", "sync_p50_ms", "async_ack_p50_ms", "job_list_p50_ms"):
         print(f"  {name:<28} {figures[name]:8.2f}")
-    print(
-        f"  sync, every policy off / on  {figures['sync_policies_off_p50_ms']:.2f} / "
-        f"{figures['sync_policies_on_p50_ms']:.2f} ms p50: policies cost {figures['policies_cost_ms']:+.2f} ms"
-        " (issue target <= 2 ms)"
-    )
-    print("profile of POST /api/v1/jobs/sync/ (policies as shipped, in process):")
-    print(
-        f"  {profile['sql_statements']} SQL statements (range {profile['sql_statements_range']}),"
-        f" {profile['database_round_trips']} database round trips with BEGIN/COMMIT,"
-        f" {profile['redis_round_trips']} Redis round trips: {' '.join(profile['redis_commands'])};"
-        f" in-process p50 {profile['in_process_p50_ms']:.2f} ms"
-    )
-    for statement in profile["statements"]:
-        print(f"    {statement[:150]}")
+    if not args.no_comparison:
+        print(
+            f"  sync, every policy off / on  {figures['sync_policies_off_p50_ms']:.2f} / "
+            f"{figures['sync_policies_on_p50_ms']:.2f} ms p50: policies cost {figures['policies_cost_ms']:+.2f} ms"
+            " (issue target <= 2 ms)"
+        )
+    for title, figure in (("POST /api/v1/jobs/sync/", profile), ("GET /api/v1/jobs/{id}/", get_profile)):
+        print(f"profile of {title} (policies as shipped, in process):")
+        print(
+            f"  {figure['sql_statements']} SQL statements (range {figure['sql_statements_range']}),"
+            f" {figure['database_round_trips']} database round trips with BEGIN/COMMIT,"
+            f" {figure['redis_round_trips']} Redis round trips: {' '.join(figure['redis_commands'])};"
+            f" in-process p50 {figure['in_process_p50_ms']:.2f} ms"
+        )
+        for statement in figure["statements"]:
+            print(f"    {statement[:150]}")
+    for name, each in profiles.items():
+        print(
+            f"  {name:<10} {each['sql_statements']:3d} SQL statements, {each['database_round_trips']:3d} database round"
+            f" trips, {each['redis_round_trips']} Redis round trips; in-process p50 {each['in_process_p50_ms']:.2f} ms"
+        )
     if args.json:
         document = {
             "config": {"n": args.n, "database": database, "load_average": load_average},
             "figures": figures,
             "profile": profile,
+            "profiles_off_and_on": profiles,
+            "job_get_profile": get_profile,
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
 

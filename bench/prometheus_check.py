@@ -50,10 +50,15 @@ def main() -> None:
             f"    static_configs: [{{targets: ['{target}']}}]\n"
         )
         server = subprocess.Popen(
-            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={scratch}/data",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                "prometheus",
+                f"--config.file={config}",
+                f"--storage.tsdb.path={scratch}/data",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             api = f"http://127.0.0.1:{port}/api/v1"
             deadline = time.monotonic() + 60

@@ -110,20 +110,38 @@ def running_stack(
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT, "env": env}
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}",
-                 "--workers", str(topology.web_workers), "--threads", str(topology.threads),
-                 "--worker-class", "gthread"],
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "jobsite.wsgi",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--workers",
+                    str(topology.web_workers),
+                    "--threads",
+                    str(topology.threads),
+                    "--worker-class",
+                    "gthread",
+                ],
                 **quiet,
             )
-        )  # fmt: skip
+        )
         for queues in topology.worker_queues:
             processes.append(
                 subprocess.Popen(
-                    [sys.executable, "manage.py", "rqworker", *queues, "--with-scheduler",
-                     "--worker-class", "rq.worker.SimpleWorker"],
+                    [
+                        sys.executable,
+                        "manage.py",
+                        "rqworker",
+                        *queues,
+                        "--with-scheduler",
+                        "--worker-class",
+                        "rq.worker.SimpleWorker",
+                    ],
                     **quiet,
                 )
-            )  # fmt: skip
+            )
         if topology.cron:
             processes.append(subprocess.Popen([sys.executable, "manage.py", "rqcron", "jobs.cron"], **quiet))
         workers = len(topology.worker_queues)

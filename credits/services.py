@@ -3,12 +3,15 @@
 import uuid
 from uuid import UUID
 
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import connection, transaction
 
 from accounts.models import User
 from credits.models import CreditAccount, EntryType, LedgerEntry
+from jobsite.db import insert_unless_conflict
 from jobsite.errors import InsufficientCredits, InvalidInput
+
+REASON_MAX_LENGTH = LedgerEntry._meta.get_field("reason").max_length
+"""A ledger entry's reason is cut to its column (job kinds and error codes can make it long)."""
 
 
 def charge_key(job_id: UUID | str) -> str:
@@ -17,6 +20,21 @@ def charge_key(job_id: UUID | str) -> str:
 
 def refund_key(job_id: UUID | str) -> str:
     return f"refund:{job_id}"
+
+
+_ACCOUNTS = CreditAccount._meta.db_table
+
+
+def _move_balance(*, user_id: int, amount: int) -> int | None:
+    """One UPDATE ... RETURNING: the balance after adding `amount`, or None if the account is missing or
+    (spending) short. The condition is the one guard: the balance can only go below zero by losing this race."""
+    sql, params = f"UPDATE {_ACCOUNTS} SET balance = balance + %s WHERE user_id = %s", [amount, user_id]
+    if amount < 0:
+        sql, params = f"{sql} AND balance >= %s", [*params, -amount]
+    with connection.cursor() as cursor:
+        cursor.execute(f"{sql} RETURNING balance", params)
+        row = cursor.fetchone()
+    return None if row is None else row[0]
 
 
 def _post(
@@ -29,36 +47,43 @@ def _post(
     job_id: UUID | str | None = None,
     created_by: User | None = None,
 ) -> LedgerEntry | None:
-    """Apply `amount` to the balance and record it; a replayed posting key writes nothing (returns None)."""
-    try:
-        with transaction.atomic():
-            if LedgerEntry.objects.filter(posting_key=posting_key).exists():
-                return None
-            CreditAccount.objects.get_or_create(user_id=user_id)
-            accounts = CreditAccount.objects.filter(user_id=user_id)
-            if amount < 0:
-                # The one conditional update: the balance can only go below zero by losing this race.
-                accounts = accounts.filter(balance__gte=-amount)
-            if not accounts.update(balance=F("balance") + amount):
-                balance = CreditAccount.objects.get(user_id=user_id).balance
-                raise InsufficientCredits(balance=balance, cost=-amount)
-            # Our UPDATE holds the row until commit, so this read is the balance we produced.
-            balance_after = CreditAccount.objects.get(user_id=user_id).balance
-            return LedgerEntry.objects.create(
-                account_id=user_id,
-                type=type,
-                amount=amount,
-                balance_after=balance_after,
-                reason=reason[:255],
-                job_id=job_id,
-                posting_key=posting_key,
-                created_by=created_by,
-            )
-    except IntegrityError:
-        # A concurrent posting with the same key won; ours rolled back whole.
-        if LedgerEntry.objects.filter(posting_key=posting_key).exists():
+    """Apply `amount` to the balance and record it; a replayed posting key writes nothing (returns None).
+
+    Two statements when the posting goes through (the UPDATE, then the entry's INSERT ... ON CONFLICT DO
+    NOTHING), in the caller's transaction if there is one, without a savepoint. Off that path: an account
+    row missing (users get one when created: credits.signals) is opened once, and a replay undoes its UPDATE.
+    """
+    entry = LedgerEntry(
+        account_id=user_id,
+        type=type,
+        amount=amount,
+        reason=reason[:REASON_MAX_LENGTH],
+        job_id=job_id,
+        posting_key=posting_key,
+        created_by=created_by,
+    )
+    with transaction.atomic(savepoint=False):
+        balance = _move_balance(user_id=user_id, amount=amount)
+        if balance is None and _account_opened(user_id):
+            balance = _move_balance(user_id=user_id, amount=amount)
+        if balance is not None:
+            entry.balance_after = balance
+            if insert_unless_conflict(entry, unique_fields=["posting_key"]):
+                return entry
+            # Replayed: the posting with this key is done already; our UPDATE is undone in the same transaction.
+            _move_balance(user_id=user_id, amount=-amount)
             return None
-        raise
+        replayed = LedgerEntry.objects.filter(posting_key=posting_key).exists()
+    if replayed:
+        return None
+    balance = CreditAccount.objects.filter(user_id=user_id).values_list("balance", flat=True).first() or 0
+    raise InsufficientCredits(balance=balance, cost=-amount)
+
+
+def _account_opened(user_id: int) -> bool:
+    """Open the user's account if it is missing; whether it was."""
+    _, created = CreditAccount.objects.get_or_create(user_id=user_id)
+    return created
 
 
 def _require_nonzero(amount: int) -> None:

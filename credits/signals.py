@@ -1,4 +1,5 @@
-"""New users start with NEW_USER_CREDITS, granted once (the posting key is per user)."""
+"""Every user gets a credit account when created (the charge on the hot path is one UPDATE of an existing
+row), and new users start with NEW_USER_CREDITS, granted once (the posting key is per user)."""
 
 from typing import Any
 
@@ -7,12 +8,16 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 
 from accounts.models import User
+from credits.models import CreditAccount
 from credits.services import credit_grant
 
 
 @receiver(post_save, sender=User)
-def _grant_new_user_credits(sender: type, instance: User, created: bool, raw: bool = False, **kwargs: Any) -> None:
-    if created and not raw and settings.NEW_USER_CREDITS > 0:
+def _open_credit_account(sender: type, instance: User, created: bool, raw: bool = False, **kwargs: Any) -> None:
+    if not created or raw:
+        return
+    CreditAccount.objects.create(user=instance)
+    if settings.NEW_USER_CREDITS > 0:
         credit_grant(
             user=instance,
             amount=settings.NEW_USER_CREDITS,

@@ -16,8 +16,11 @@ from jobsite.api import GATE_STATUSES, NewestFirstPagination, PageQuerySerialize
 class BalanceView(EndpointView):
     endpoint = Endpoint.CREDITS_READ
 
-    @extend_schema(operation_id="credits_balance", summary="The caller's credit balance",
-                   responses={200: BalanceSerializer, **problems(*GATE_STATUSES)})  # fmt: skip
+    @extend_schema(
+        operation_id="credits_balance",
+        summary="The caller's credit balance",
+        responses={200: BalanceSerializer, **problems(*GATE_STATUSES)},
+    )
     def get(self, request: Request) -> Response:
         return Response(BalanceSerializer({"balance": credit_balance(user=request.user)}).data)
 

@@ -9,6 +9,9 @@ from jobs.services import job_cancel, job_requeue
 from jobs.webhooks import callback_redeliver
 from jobsite.admin import PolicyAdmin, ScaleAdmin
 
+SHORT_ID_DIGITS = 8
+"""Hex digits of a job id in the change list: unique enough to read, one line at 1366 px."""
+
 
 class CallbackAttemptInline(admin.TabularInline):
     model = CallbackAttempt
@@ -39,8 +42,18 @@ class JobAdmin(ScaleAdmin):
     DISTINCT date_trunc over the whole table; the API's created_after/created_before filter by date."""
 
     list_display = [
-        "short_id", "owner", "kind", "mode", "status", "cost", "attempts", "cached", "created", "run_ms", "webhook",
-    ]  # fmt: skip
+        "short_id",
+        "owner",
+        "kind",
+        "mode",
+        "status",
+        "cost",
+        "attempts",
+        "cached",
+        "created",
+        "run_ms",
+        "webhook",
+    ]
     list_filter = ["status", "mode", KindFilter, "cached", "callback_status"]
     search_fields = ["id", "owner__username"]
     search_help_text = "A job id or its first hex digits (at least 4), or a username or its beginning."
@@ -61,7 +74,7 @@ class JobAdmin(ScaleAdmin):
     @admin.display(description="id", ordering="id")
     def short_id(self, job: Job) -> str:
         """The first 8 hex digits: unique enough to read, one line at 1366 px; search takes the full id."""
-        return str(job.id)[:8]
+        return str(job.id)[:SHORT_ID_DIGITS]
 
     @admin.display(description="created", ordering="created_at")
     def created(self, job: Job) -> str:
@@ -111,5 +124,14 @@ class WebhookSecretAdmin(admin.ModelAdmin):
 class KindSettingsAdmin(PolicyAdmin):
     form = KindSettingsForm
     identity = "kind"
-    list_display = ["kind", "cost", "cache_algorithm", "cache_capacity", "cache_ttl", "circuit_threshold",
-                    "retries", "time_limit", "updated_at"]  # fmt: skip
+    list_display = [
+        "kind",
+        "cost",
+        "cache_algorithm",
+        "cache_capacity",
+        "cache_ttl",
+        "circuit_threshold",
+        "retries",
+        "time_limit",
+        "updated_at",
+    ]

@@ -24,11 +24,12 @@ from django.conf import settings
 from jobs import metrics
 from jobs.kinds import KINDS
 from jobs.models import CacheAlgorithm, KindSettings
-from jobsite.redis import get_redis, redis_key, run_lua
+from jobsite.redis import LUA_NOW_MS, get_redis, redis_key, run_lua
 
-_PURGE_EXPIRED = """
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+_PURGE_EXPIRED = (
+    LUA_NOW_MS
+    + """
+local now_ms = redis_now_ms()
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms)
 for _, field in ipairs(expired) do
   redis.call('HDEL', KEYS[1], field)
@@ -36,6 +37,7 @@ for _, field in ipairs(expired) do
   redis.call('ZREM', KEYS[3], field)
 end
 """
+)
 
 _GET = (
     """

@@ -20,12 +20,9 @@ from typing import Any
 
 from jobs.kinds import KINDS
 from jobs.models import KindSettings
-from jobsite.redis import get_redis, redis_key, run_lua
+from jobsite.redis import LUA_NOW_MS, get_redis, redis_key, run_lua
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
+_NOW = LUA_NOW_MS + "local now = redis_now_ms()\n"
 
 _ACQUIRE = (
     """

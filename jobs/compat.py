@@ -17,7 +17,7 @@ from rest_framework.response import Response
 
 from accounts.api import EndpointSchema, EndpointView
 from accounts.models import User
-from jobs.encryption import masked_input
+from jobs.encryption import masked_input, open_result
 from jobs.kind_settings import get_kind_settings
 from jobs.kinds.hash import HashInput
 from jobs.models import Job, JobMode, JobStatus
@@ -28,6 +28,7 @@ from jobsite.api import BODY_STATUSES, GATE_STATUSES, problems
 from jobsite.client_ip import client_ip
 from jobsite.errors import NotFound
 from jobsite.fields import ListedChoiceField
+from jobsite.process_cache import settings_cache
 
 COMPAT_SYNC = "compat.sync"
 COMPAT_ASYNC = "compat.async"
@@ -66,8 +67,13 @@ def compat_owner(user: Any) -> User:
     """The user a compatible-route job belongs to: the caller, or the anonymous service user."""
     if user is not None and user.is_authenticated:
         return user
-    owner, _ = User.objects.get_or_create(username=ANONYMOUS_USERNAME, defaults={"password": make_password(None)})
-    return owner
+
+    def load() -> User:
+        owner, _ = User.objects.get_or_create(username=ANONYMOUS_USERNAME, defaults={"password": make_password(None)})
+        return owner
+
+    # Per process, like policies: the hot path of an anonymous caller reads nothing but what it writes.
+    return settings_cache.get((User, ANONYMOUS_USERNAME), load)
 
 
 def compat_visible_jobs(request: Request, *, mode: str = "") -> QuerySet[Job]:
@@ -94,9 +100,11 @@ class CompatQuery(serializers.Serializer):
 
 
 def _compat_result(job: Job) -> dict[str, Any] | None:
-    if job.status != JobStatus.SUCCEEDED or job.result is None:
+    """The result as the original backend gave it, opened like the API's (an encrypted result is served plain)."""
+    result = open_result(job.result)
+    if job.status != JobStatus.SUCCEEDED or result is None:
         return None
-    return {"request_id": str(job.id), **job.result, "processing_time_ms": job.run_ms}
+    return {"request_id": str(job.id), **result, "processing_time_ms": job.run_ms}
 
 
 class CompatResultSerializer(serializers.Serializer):
@@ -153,7 +161,8 @@ class CompatRequestSerializer(_CompatOutcomeSerializer):
         return masked_input(get_kind_settings(job.kind), job.input).get("data")
 
     def get_iterations(self, job: Job) -> int | None:
-        return job.input.get("iterations")
+        iterations = masked_input(get_kind_settings(job.kind), job.input).get("iterations")
+        return iterations if isinstance(iterations, int) else None  # encrypted: masked, not a count
 
 
 class CompatRequestListSerializer(serializers.Serializer):

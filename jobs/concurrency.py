@@ -1,23 +1,34 @@
 """Concurrency caps: at most N queued-or-running jobs per user and per endpoint, counted in the database.
 
-The database is the source of truth: a cap is checked by COUNTing active jobs inside the transaction
-that creates the job, under a lock that serialises competing submissions, so there is no over-admission
-and nothing to release by hand: a job stops counting the moment it reaches a final state (finished,
-failed, canceled or reaped), and a Redis flush cannot lose a slot.
+Every (endpoint, owner) has a hot counter (ConcurrencySlot.in_use), kept whatever the caps, so a cap set
+later is exact at once. A job takes a slot with one conditional upsert in the transaction that creates it
+(no row back = the per-user cap is reached) and gives it back in the transaction that makes it final
+(job_finish, job_cancel; a lost worker's job is failed through job_finish); a requeued final job takes it
+again. The database stays the source of truth: a Redis flush cannot lose a slot, and the invariant
+`in_use == COUNT(queued or running jobs)` holds at every commit. The rare global cap sums an endpoint's
+counters under a lock that serialises competing submissions to it.
 """
 
 import hashlib
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import F, Sum
 
 from accounts import metrics
 from accounts.models import EndpointPolicy, User
-from jobs.models import Job, JobStatus
+from jobs.models import ConcurrencySlot, Job
 from jobsite.errors import RateLimited
 
-ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
-"""A job in one of these holds a concurrency slot."""
+_SLOTS = ConcurrencySlot._meta.db_table
+
+_TAKE = (
+    f"INSERT INTO {_SLOTS} (endpoint, owner_id, in_use) VALUES (%s, %s, 1)"
+    f" ON CONFLICT (endpoint, owner_id) DO UPDATE SET in_use = {_SLOTS}.in_use + 1"
+)
+"""One more job holds a slot (PostgreSQL, SQLite >= 3.35); `_TAKE_BELOW` adds the cap's condition."""
+
+_TAKE_BELOW = f"{_TAKE} WHERE {_SLOTS}.in_use < %s RETURNING in_use"
 
 
 def _lock_endpoint(name: str) -> None:
@@ -44,23 +55,34 @@ def _refuse(cap: str, limit: int, active: int, policy: EndpointPolicy) -> RateLi
 
 
 def concurrency_admit(*, user: User, policy: EndpointPolicy) -> None:
-    """Raise RateLimited if one more active job would exceed the policy's caps (0 = no cap).
+    """Take a slot for one more job of the user's, or raise RateLimited if a cap of the policy is reached (0 = no cap).
 
-    Must run inside the transaction that creates the job, so that the lock is held until it commits.
+    Must run inside the job-creating transaction: the slot and the job commit (or roll back) together.
     """
-    if not (policy.max_concurrent_global or policy.max_concurrent_per_user):
-        return
     if not connection.in_atomic_block:
         raise RuntimeError("concurrency_admit must run inside the job-creating transaction")
-    active = Job.objects.filter(endpoint=policy.name, status__in=ACTIVE_STATUSES)
-    # Lock order is always endpoint, then user: no deadlock between the two caps.
+    # Lock order is always endpoint, then the user's row: no deadlock between the two caps.
     if policy.max_concurrent_global:
         _lock_endpoint(policy.name)
-        count = active.count()
+        count = ConcurrencySlot.objects.filter(endpoint=policy.name).aggregate(n=Sum("in_use"))["n"] or 0
         if count >= policy.max_concurrent_global:
             raise _refuse("max_concurrent_global", policy.max_concurrent_global, count, policy)
-    if policy.max_concurrent_per_user:
-        list(User.objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True))
-        count = active.filter(owner=user).count()
-        if count >= policy.max_concurrent_per_user:
-            raise _refuse("max_concurrent_per_user", policy.max_concurrent_per_user, count, policy)
+    cap = policy.max_concurrent_per_user
+    with connection.cursor() as cursor:
+        if not cap:
+            cursor.execute(_TAKE, [policy.name, user.pk])
+            return
+        cursor.execute(_TAKE_BELOW, [policy.name, user.pk, cap])
+        if cursor.fetchone() is None:
+            raise _refuse("max_concurrent_per_user", cap, cap, policy)
+
+
+def concurrency_release(job: Job) -> None:
+    """The job reached a final state: its slot is free. Call in the transaction that made it final."""
+    ConcurrencySlot.objects.filter(endpoint=job.endpoint, owner_id=job.owner_id).update(in_use=F("in_use") - 1)
+
+
+def concurrency_retake(job: Job) -> None:
+    """A final job is active again (requeued by staff): it holds a slot again, whatever the caps say now."""
+    with connection.cursor() as cursor:
+        cursor.execute(_TAKE, [job.endpoint, job.owner_id])

@@ -21,6 +21,7 @@ from jobs import metrics, queues
 from jobs.billing import job_refund_if_due
 from jobs.cache import cache_set
 from jobs.circuit import CircuitState, circuit_acquire, circuit_record, circuit_target
+from jobs.concurrency import concurrency_release
 from jobs.deadline import Deadline, DeadlineExceeded
 from jobs.encryption import open_input, seal_result
 from jobs.kind_settings import get_kind_settings
@@ -135,6 +136,7 @@ def job_finish(
         if finished:
             for name, value in outcome.items():  # the row now holds exactly these: no need to read it back
                 setattr(job, name, value)
+            concurrency_release(job)
             job_on_final(job)
     return bool(finished)
 

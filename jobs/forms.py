@@ -5,6 +5,7 @@ from typing import Any
 from django import forms
 
 from accounts.forms import clean_comma_list, editable_fields
+from jobs.encryption import RESULT_FIELD
 from jobs.kinds import KINDS
 from jobs.models import CacheAlgorithm, KindSettings
 
@@ -26,7 +27,9 @@ class KindSettingsForm(forms.ModelForm):
         if kind is not None and "encrypt_fields" in data:
             try:
                 data["encrypt_fields"] = clean_comma_list(
-                    data["encrypt_fields"], set(kind.serializer_class().fields), f"input field(s) of {kind.name}"
+                    data["encrypt_fields"],
+                    {*kind.serializer_class().fields, RESULT_FIELD},
+                    f"input field(s) of {kind.name} (or {RESULT_FIELD})",
                 )
             except forms.ValidationError as exc:
                 self.add_error("encrypt_fields", exc)

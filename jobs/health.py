@@ -8,6 +8,7 @@ from django.http import HttpRequest, JsonResponse
 from redis.exceptions import RedisError
 from rq import Worker
 
+from accounts.endpoints import Endpoint
 from accounts.policies import get_endpoint_policy
 from jobs import queues
 
@@ -27,7 +28,7 @@ def _database_ok() -> bool:
 def health_report() -> tuple[int, dict[str, Any]]:
     database_ok = _database_ok()
     report: dict[str, Any] = {"database_ok": database_ok, "redis_ok": False, "queue_size": None, "queues": {}}
-    report["queue_capacity"] = get_endpoint_policy("jobs.async").queue_max_depth if database_ok else None
+    report["queue_capacity"] = get_endpoint_policy(Endpoint.JOBS_ASYNC).queue_max_depth if database_ok else None
     report["active_workers"] = 0
     try:
         connection_ = queues.get_queue(queues.JOBS_QUEUE).connection

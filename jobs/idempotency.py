@@ -15,7 +15,6 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 from rest_framework.request import Request
@@ -23,6 +22,7 @@ from rest_framework.response import Response
 
 from accounts.models import EndpointPolicy, User
 from jobs.models import FINAL_STATUSES, IdempotencyRecord, IdempotencyStatus, Job, JobMode, JobStatus
+from jobsite.db import insert_unless_conflict
 from jobsite.errors import (
     PROBLEM_CONTENT_TYPE,
     IdempotencyInFlight,
@@ -91,19 +91,17 @@ def idempotency_claim(
             "locked_until": now + timedelta(seconds=settings.IDEMPOTENCY_LOCK_TIMEOUT),
             "expires_at": now + timedelta(seconds=ttl),
         }
-        try:
-            with transaction.atomic():
-                IdempotencyRecord.objects.create(owner=user, key=key, **fresh)
-            return None
-        except IntegrityError:
-            pass
-        # An expired record, or one whose first request died in flight before creating a job, goes to one taker.
-        stale = Q(expires_at__lte=now) | Q(status=IdempotencyStatus.IN_FLIGHT, locked_until__lte=now, job=None)
-        if IdempotencyRecord.objects.filter(stale, owner=user, key=key).update(**fresh):
+        if insert_unless_conflict(IdempotencyRecord(owner=user, key=key, **fresh), unique_fields=["owner", "key"]):
             return None
         record = IdempotencyRecord.objects.filter(owner=user, key=key).select_related("job").first()
         if record is None:
             continue  # released between our insert and our read: try again
+        if _stale(record, now):
+            # An expired record, or one whose first request died in flight before creating a job, goes to one taker.
+            stale = Q(expires_at__lte=now) | Q(status=IdempotencyStatus.IN_FLIGHT, locked_until__lte=now, job=None)
+            if IdempotencyRecord.objects.filter(stale, owner=user, key=key).update(**fresh):
+                return None
+            continue
         if record.fingerprint != fingerprint:
             raise IdempotencyKeyReused(
                 "This Idempotency-Key was used with a different request (method, path or body).", key=key
@@ -126,6 +124,13 @@ def idempotency_claim(
         key=key,
         retry_after=JOB_IN_FLIGHT_RETRY_AFTER,
     )
+
+
+def _stale(record: IdempotencyRecord, now: Any) -> bool:
+    """Expired, or in flight past its lock without a job: its request is over (the replay path reads it first)."""
+    if record.expires_at <= now:
+        return True
+    return record.status == IdempotencyStatus.IN_FLIGHT and record.locked_until <= now and record.job_id is None
 
 
 def _answers_request(job: Job) -> bool:

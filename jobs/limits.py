@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from django.db.models import Count
+from django.db.models import Sum
 from redis.exceptions import RedisError
 from rest_framework.request import Request
 
@@ -11,8 +11,7 @@ from accounts.policies import ENDPOINT_DEFAULTS, get_endpoint_policy
 from accounts.ratelimit import rate_limit_peek, rate_limit_state_key
 from accounts.throttles import rate_limit_subject
 from credits.selectors import credit_balance
-from jobs.concurrency import ACTIVE_STATUSES
-from jobs.models import Job
+from jobs.models import ConcurrencySlot
 
 
 def _rate_limit(request: Request, policy: EndpointPolicy) -> dict[str, Any] | None:
@@ -35,9 +34,9 @@ def _rate_limit(request: Request, policy: EndpointPolicy) -> dict[str, Any] | No
 
 def caller_limits(request: Request) -> dict[str, Any]:
     """Per endpoint: enabled, rate limit (quota, remaining, reset in s), concurrency caps and jobs holding them."""
-    active = Job.objects.filter(status__in=ACTIVE_STATUSES).values("endpoint").annotate(n=Count("id")).order_by()
-    in_use_global = {row["endpoint"]: row["n"] for row in active}
-    in_use_mine = {row["endpoint"]: row["n"] for row in active.filter(owner=request.user)}
+    slots = ConcurrencySlot.objects.all()
+    in_use_global = dict(slots.values_list("endpoint").annotate(n=Sum("in_use")).order_by())
+    in_use_mine = dict(slots.filter(owner=request.user).values_list("endpoint", "in_use"))
     endpoints = []
     for name in ENDPOINT_DEFAULTS:
         policy = get_endpoint_policy(name)

@@ -94,6 +94,24 @@ class Job(models.Model):
         return self.status in FINAL_STATUSES
 
 
+class ConcurrencySlot(models.Model):
+    """How many of one owner's jobs under one endpoint are queued or running: a hot counter, kept exact.
+
+    Taken in the transaction that creates the job, given back in the one that makes it final
+    (jobs.concurrency), so a cap is one conditional upsert instead of a COUNT under a lock.
+    """
+
+    endpoint = models.CharField(max_length=64, help_text="Name of the endpoint policy the jobs were submitted under.")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    in_use = models.IntegerField(default=0, help_text="Queued or running jobs.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["endpoint", "owner"], name="concurrency_slot_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} of {self.owner_id}: {self.in_use}"
+
+
 ATTEMPT_IN_PROGRESS = "in progress"
 """The error text of a delivery attempt that has been claimed and not yet finished."""
 

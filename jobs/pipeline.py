@@ -113,6 +113,8 @@ def _job_create(request: _JobRequest, **state: Any) -> Job:
         client_ip=request.client_ip,
         **state,
     )
+    # A job just recorded has no webhook delivery attempts: serialising it need not ask the database.
+    job._prefetched_objects_cache = {"callback_attempts": job.callback_attempts.none()}
     idempotency_bind_job(job)
     return job
 
@@ -143,7 +145,8 @@ def _job_run_sync(request: _JobRequest) -> Job:
     while (delay := job_run(job, deadline=deadline)) is not None:
         time.sleep(delay)
         job.refresh_from_db()
-    job.refresh_from_db()
+    if not job.is_final:
+        job.refresh_from_db()  # another hand (the reconciler) finished it: read what it wrote
     if job.status == JobStatus.FAILED:
         raise JobFailed(
             job.error_message, job_id=str(job.id), error={"code": job.error_code, "message": job.error_message}

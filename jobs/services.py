@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from jobs import metrics, queues
+from jobs.concurrency import concurrency_release, concurrency_retake
 from jobs.execution import attempt_log_with, job_finish, job_on_final
 from jobs.kind_settings import get_kind_settings
 from jobs.models import FINAL_STATUSES, Job, JobMode, JobStatus
@@ -37,6 +38,7 @@ def job_cancel(*, user: User, job_id: UUID) -> Job:
     if not canceled:
         raise NotCancellable(f"The job is {job.status}; only queued jobs can be canceled.")
     job.refresh_from_db()
+    concurrency_release(job)
     job_on_final(job)
     transaction.on_commit(partial(queues.discard_job, job.pk))
     return job
@@ -53,6 +55,7 @@ def job_requeue(*, job_id: UUID) -> bool:
             started_at=None, finished_at=None, run_ms=None, queue_wait_ms=None, queued_at=timezone.now(),
         )  # fmt: skip
         if requeued:
+            concurrency_retake(job)
             time_limit = get_kind_settings(job.kind).time_limit
             enqueue = partial(
                 queues.enqueue_job_or_defer, job.pk, time_limit=time_limit, trace_context=job.trace_context
@@ -69,6 +72,7 @@ def _job_requeue_or_fail(job: Job, *, reason: str, now: datetime) -> str:
             status=JobStatus.QUEUED, started_at=None, queued_at=now, attempt_log=log
         )
         if requeued:
+            concurrency_retake(job)
             time_limit = get_kind_settings(job.kind).time_limit
             queues.enqueue_job(job.pk, time_limit=time_limit, trace_context=job.trace_context)
             return "requeued"

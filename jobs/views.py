@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api import EndpointView
+from accounts.endpoints import Endpoint
 from jobs.export import export_chunks, export_csv, export_jsonl
 from jobs.idempotency import KEY_HEADER, KEY_MAX_LENGTH, KEY_PATTERN, idempotent_response
 from jobs.limits import caller_limits
@@ -81,7 +82,7 @@ class JobSubmitView(EndpointView):
     )
 )
 class JobSyncView(JobSubmitView):
-    endpoint = "jobs.sync"
+    endpoint = Endpoint.JOBS_SYNC
     mode = JobMode.SYNC
 
 
@@ -95,7 +96,7 @@ class JobSyncView(JobSubmitView):
     )
 )
 class JobAsyncView(JobSubmitView):
-    endpoint = "jobs.async"
+    endpoint = Endpoint.JOBS_ASYNC
     mode = JobMode.ASYNC
 
     def job_response(self, job: Job) -> Response:
@@ -107,7 +108,7 @@ class JobAsyncView(JobSubmitView):
 
 
 class JobListView(EndpointView):
-    endpoint = "jobs.read"
+    endpoint = Endpoint.JOBS_READ
 
     @extend_schema(
         operation_id="jobs_list",
@@ -124,8 +125,12 @@ class JobListView(EndpointView):
         return paginator.get_paginated_response(JobSerializer(page, many=True).data)
 
 
+ETAG_HEX_DIGITS = 32
+"""128 bits of the body's sha256: collisions out of reach, half the header of the full digest."""
+
+
 def _etag(body: bytes) -> str:
-    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    return '"' + hashlib.sha256(body).hexdigest()[:ETAG_HEX_DIGITS] + '"'
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -134,7 +139,7 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 
 class JobDetailView(EndpointView):
-    endpoint = "jobs.read"
+    endpoint = Endpoint.JOBS_READ
 
     @extend_schema(
         operation_id="jobs_detail",
@@ -160,7 +165,7 @@ class JobDetailView(EndpointView):
 
 
 class JobCancelView(EndpointView):
-    endpoint = "jobs.async"
+    endpoint = Endpoint.JOBS_ASYNC
 
     @extend_schema(
         operation_id="jobs_cancel",
@@ -173,7 +178,7 @@ class JobCancelView(EndpointView):
 
 
 class JobExportView(EndpointView):
-    endpoint = "jobs.read"
+    endpoint = Endpoint.JOBS_READ
 
     @extend_schema(
         operation_id="jobs_export",
@@ -202,7 +207,7 @@ class JobExportView(EndpointView):
 class WebhookSecretView(EndpointView):
     """An account write like the /me ones: governed by the `account.write` policy."""
 
-    endpoint = "account.write"
+    endpoint = Endpoint.ACCOUNT_WRITE
 
     @extend_schema(
         operation_id="me_webhook_secret",
@@ -218,7 +223,7 @@ class WebhookSecretView(EndpointView):
 class LimitsView(EndpointView):
     """The caller's limits on every endpoint: what remains of each rate limit, caps in use, the balance."""
 
-    endpoint = "account.read"
+    endpoint = Endpoint.ACCOUNT_READ
 
     @extend_schema(
         operation_id="me_limits",

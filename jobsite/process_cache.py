@@ -1,4 +1,4 @@
-"""Per-process caches of rows every request reads (policies, kind settings, API keys), invalidated everywhere
+"""Per-process caches of rows every request reads (policies, kind settings, API keys and their owners), invalidated everywhere
 at once: any change sets a fresh version token in Redis, and every process re-checks that token at most every
 POLICY_CHECK_INTERVAL seconds."""
 
@@ -52,12 +52,16 @@ class VersionedCache:
             self._version = version
         self._checked_at = now
 
-    def get(self, key: Hashable, load: Callable[[], T]) -> T:
+    def get(self, key: Hashable, load: Callable[[], T], *, keep_none: bool = True) -> T:
+        """The entry, loaded on a miss; `keep_none=False` stores no None (keys a caller invents: unbounded)."""
         with self._lock:
             self._revalidate()
-            if key not in self._entries:
-                self._entries[key] = load()
-            return self._entries[key]  # type: ignore[return-value]
+            if key in self._entries:
+                return self._entries[key]  # type: ignore[return-value]
+            value = load()
+            if value is not None or keep_none:
+                self._entries[key] = value
+            return value
 
     def changed(self) -> None:
         """Tell every process (this one at once) that a cached row changed."""
@@ -67,5 +71,12 @@ class VersionedCache:
             get_redis().set(self._version_key, uuid.uuid4().hex)
 
 
+CREDENTIALS_VERSION_KEY = redis_key("credentials", "version")
+"""The version token of credentials_cache: its own, so a key's revocation leaves cached policies alone."""
+
 settings_cache = VersionedCache(SETTINGS_VERSION_KEY)
 """The one cache of staff-edited settings rows (endpoint policies, kind settings) and what depends on them."""
+
+credentials_cache = VersionedCache(CREDENTIALS_VERSION_KEY)
+"""What every authenticated request reads about its caller: API keys with their owners, roles, IP allowlist
+entries, MFA enrolment (accounts.selectors; invalidated by accounts.credentials)."""

@@ -1,13 +1,27 @@
 """The one Redis connection factory, and the key prefix every Jobsite key lives under."""
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 from django.conf import settings
 from redis import Redis
 from redis.commands.core import Script
+from redis.typing import EncodableT
 
 KEY_PREFIX = "jobsite:"
 """Every key Jobsite writes starts with this (RQ keeps its own `rq:` prefix)."""
+
+
+LUA_NOW_MS = """
+-- redis_now_ms(): Redis server time in whole milliseconds. Reads no KEYS and no ARGV.
+local function redis_now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+"""The one Lua reading of the clock: prepend it to a script that needs the time, then call redis_now_ms().
+
+Server time, so every web and worker process reads one clock whatever their own clocks say."""
 
 
 def redis_key(*parts: object) -> str:
@@ -31,6 +45,6 @@ def _script(source: str) -> Script:
     return get_redis().register_script(source)
 
 
-def run_lua(source: str, *, keys: list[str], args: list[object]) -> object:
+def run_lua(source: str, *, keys: list[str], args: Sequence[EncodableT]) -> object:
     """Run a Lua script by its SHA (registered once per process; redis-py reloads it after a Redis restart)."""
     return _script(source)(keys=keys, args=args, client=get_redis())

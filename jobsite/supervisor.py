@@ -56,9 +56,13 @@ class Child:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            self.argv, cwd=self.cwd, env=self.env, stdout=self.stdout, stderr=subprocess.STDOUT if self.stdout else None,
+            self.argv,
+            cwd=self.cwd,
+            env=self.env,
+            stdout=self.stdout,
+            stderr=subprocess.STDOUT if self.stdout else None,
             start_new_session=True,  # its own process group: its children are stopped with it
-        )  # fmt: skip
+        )
         self.started_at = time.monotonic()
         self.restart_at = None
 
@@ -72,8 +76,15 @@ class Supervisor:
         self._lock = threading.Lock()
         self._stopping = False
 
-    def add(self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str] | None = None,
-            stdout: IO[Any] | int | None = None) -> Child:  # fmt: skip
+    def add(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        stdout: IO[Any] | int | None = None,
+    ) -> Child:
         child = Child(name=name, argv=[str(part) for part in argv], cwd=cwd, env=env, stdout=stdout)
         self.children[name] = child
         return child

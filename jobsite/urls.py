@@ -7,7 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from jobs import compat
 from jobs.health import healthz
-from jobs.metrics import MetricsView
+from jobs.metrics_view import MetricsView
 from jobs.operations import operations_view
 
 

@@ -5,6 +5,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobsite_client import Job, MalformedResponse, parse
+
 SYNC = "sync"
 ASYNC = "async"
 MODES = (SYNC, ASYNC)
@@ -47,12 +49,14 @@ class NativeDialect:
 
     def accepted(self, mode: str, status_code: int, body: Any) -> str | None:
         """The job id when the answer is the success the mode promises (sync 200 succeeded, async 202)."""
-        if not isinstance(body, dict):
+        try:
+            job = parse(Job, body)
+        except MalformedResponse:
             return None
-        if mode == SYNC and status_code == 200 and body.get("status") == "succeeded":
-            return body.get("id")
+        if mode == SYNC and status_code == 200 and job.status == "succeeded":
+            return job.id
         if mode == ASYNC and status_code == 202:
-            return body.get("id")
+            return job.id
         return None
 
 

@@ -1,10 +1,9 @@
 """The webhook receiver: a small HTTP server on 127.0.0.1 that records when each job's callback arrives.
 
-With a signing secret it verifies every delivery with the `standardwebhooks` verifier and answers 400
+With a signing secret it verifies every delivery with jobsite-client's `verify_webhook` and answers 400
 to a bad signature (so that the sender retries, as the spec expects); without one it accepts all.
 """
 
-import binascii
 import json
 import threading
 import time
@@ -13,8 +12,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from standardwebhooks import Webhook
-from standardwebhooks.webhooks import WebhookVerificationError
+from jobsite_client import InvalidWebhook, verify_webhook
 
 from loadgen.stats import CallbackCounts
 
@@ -34,7 +32,7 @@ class WebhookReceiver:
     """Records callbacks by job id; `id_field` is where the id is in the body (`id`, or `request_id` in compat)."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, secret: str | None = None, id_field: str = "id"):
-        self.webhook = Webhook(secret) if secret else None
+        self.secret = secret or None
         self.id_field = id_field
         self.arrivals: dict[str, Arrival] = {}
         self.counts: Counter[str] = Counter()
@@ -84,23 +82,20 @@ class WebhookReceiver:
     def handle(self, body: bytes, headers: dict[str, str]) -> int:
         """Check and record one delivery; returns the HTTP status to answer with."""
         at = time.perf_counter()
-        if self.webhook is not None:
-            try:
-                self.webhook.verify(body, headers, json_parse=False)
-            except (WebhookVerificationError, ValueError, binascii.Error):
-                self._count("invalid")
-                return 400
         try:
-            payload: Any = json.loads(body)
-            job_id = payload[self.id_field]
-        except (ValueError, TypeError, KeyError):
+            payload: Any = json.loads(body) if self.secret is None else verify_webhook(body, headers, self.secret).data
+        except InvalidWebhook:
+            self._count("invalid")
+            return 400
+        except ValueError:
             self._count("malformed")
             return 400
+        job_id = payload.get(self.id_field) if isinstance(payload, dict) else None
         if not isinstance(job_id, str):
             self._count("malformed")
             return 400
         with self.lock:
-            self.counts["verified" if self.webhook is not None else "unverified"] += 1
+            self.counts["verified" if self.secret is not None else "unverified"] += 1
             if job_id in self.arrivals:
                 self.counts["duplicates"] += 1
             else:

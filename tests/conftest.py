@@ -5,18 +5,15 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from django.db import connection
 from django.test.utils import override_settings
@@ -26,8 +23,11 @@ from rq import SimpleWorker
 from accounts.models import SCOPES, User
 from accounts.services import api_key_create
 from jobs import queues
-from jobsite.process_cache import settings_cache
+from jobsite.process_cache import credentials_cache, settings_cache
 from jobsite.redis import get_redis
+from tests.processes import free_port
+from tests.redis_owner import claim_test_database, flush_test_database
+from tests.waiting import wait_answering
 
 ROOT = Path(__file__).resolve().parent.parent
 (ROOT / "var").mkdir(exist_ok=True)  # the SQLite test database and server logs live there
@@ -40,10 +40,20 @@ def _fast_password_hashing() -> Iterator[None]:
         yield
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Before anything runs: the Redis database tests flush must be empty or a test session's."""
+    refusal = claim_test_database(get_redis())
+    if refusal:
+        pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 @pytest.fixture(autouse=True)
 def _clean_redis() -> Iterator[None]:
-    """Each test starts with an empty Redis database (tests use their own database number)."""
-    get_redis().flushdb()
+    """Each test starts with an empty Redis database (tests use their own database number) and no rows cached
+    in this process: a row a test wrote and rolled back must not outlive it."""
+    flush_test_database(get_redis())
+    settings_cache.clear()
+    credentials_cache.clear()
     yield
 
 
@@ -110,12 +120,6 @@ def run_worker_burst(*queue_names: str) -> None:
     worker.work(burst=True, with_scheduler=False)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _test_database_url() -> str:
     settings = connection.settings_dict
     if connection.vendor == "sqlite":
@@ -136,33 +140,13 @@ def subprocess_env(**extra: str) -> dict[str, str]:
         DATABASE_URL=_test_database_url(),
         DJANGO_SETTINGS_MODULE="jobsite.settings",
         CALLBACK_ALLOW_PRIVATE="true",
-        POLICY_CHECK_INTERVAL="0.2",
+        # Every request re-reads the policy version (one GET): an edit a test commits is in force at its next
+        # request in every server process, without waiting out an interval.
+        POLICY_CHECK_INTERVAL="0",
         PROMETHEUS_MULTIPROC_DIR=METRICS_DIR,
     )
     env.update(extra)
     return env
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 15.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
-def wait_answering(url: str) -> None:
-    """Until the service at `url` answers /healthz: 200, or 503 while a backing service is down."""
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code in (200, 503)
-        except httpx.HTTPError:
-            return False
-
-    wait_until(answers, timeout=30, interval=0.2)
 
 
 @contextlib.contextmanager
@@ -190,7 +174,7 @@ def gunicorn_server(name: str = "test-gunicorn", **env: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def server_url(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
-    """One gunicorn for the whole session, on the test database; tests using it need transactional_db."""
+    """One gunicorn for the whole session, on the test database; a test whose rows it must read needs transactional_db."""
     with gunicorn_server() as url:
         yield url
 

@@ -17,9 +17,9 @@ from playwright.sync_api import BrowserContext, Page, Request, sync_playwright
 from accounts.models import SCOPES, User
 from accounts.services import api_key_create
 from jobs.models import Job, JobMode, JobStatus
+from tests.api_operations import schema_operations
 from tests.conftest import ROOT, gunicorn_server
-from tests.test_deploy import required_tool
-from tests.test_docs import schema_operations
+from tests.processes import required_tool
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

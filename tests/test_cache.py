@@ -1,7 +1,6 @@
 """The result cache evicts exactly per algorithm at capacity, expires by TTL and stays bounded under concurrency."""
 
 import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -9,6 +8,7 @@ import pytest
 from jobs.cache import _keys, cache_get, cache_set, cache_size
 from jobs.models import KindSettings
 from jobsite.redis import get_redis
+from tests.waiting import wait_until
 
 OWNER = 1
 """The user the entries are cached for (hash results are public: any owner would do)."""
@@ -44,8 +44,7 @@ def test_entries_expire_after_their_ttl() -> None:
     kind_settings = settings_for("lru", ttl=1)
     cache_set(kind_settings, params("a"), {"v": 1}, owner_id=OWNER)
     assert cache_get(kind_settings, params("a"), owner_id=OWNER) == {"v": 1}
-    time.sleep(1.1)
-    assert cache_get(kind_settings, params("a"), owner_id=OWNER) is None
+    wait_until(lambda: cache_get(kind_settings, params("a"), owner_id=OWNER) is None, timeout=5)
     assert cache_size(kind_settings) == 0
 
 

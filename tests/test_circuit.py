@@ -13,16 +13,22 @@ from jobs import queues, ssrf
 from jobs.circuit import CircuitState, circuit_acquire, circuit_record, circuit_states
 from jobs.kind_settings import get_kind_settings
 from jobs.models import Job, JobStatus, KindSettings
-from tests.conftest import LocalHTTPServer, respond, wait_until
-from tests.test_credits import kind_settings
+from tests.conftest import LocalHTTPServer, respond
+from tests.job_helpers import kind_settings
+from tests.waiting import wait_until
 from tests.webhook_helpers import FakeDNS
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
 def _local_fetch_targets(settings) -> None:
     settings.CALLBACK_ALLOW_PRIVATE = True  # the failing upstream is a server on 127.0.0.1
+
+
+def _wait_half_open(breaker: KindSettings, host: str) -> None:
+    """Until the recovery period has passed (asking without taking the trial changes nothing)."""
+    wait_until(lambda: circuit_acquire(breaker, host, take_trial=False) == CircuitState.HALF_OPEN, timeout=5)
 
 
 def test_half_open_admits_one_trial_and_a_success_closes() -> None:
@@ -32,13 +38,12 @@ def test_half_open_admits_one_trial_and_a_success_closes() -> None:
     assert circuit_acquire(breaker, host, take_trial=False) == CircuitState.CLOSED
     circuit_record(breaker, host, failed=True)
     assert circuit_acquire(breaker, host, take_trial=False) == CircuitState.OPEN
-    time.sleep(1.05)
-    assert circuit_acquire(breaker, host, take_trial=False) == CircuitState.HALF_OPEN
+    _wait_half_open(breaker, host)
     assert circuit_acquire(breaker, host, take_trial=True) == CircuitState.TRIAL
     assert circuit_acquire(breaker, host, take_trial=True) == CircuitState.OPEN  # one trial at a time
     circuit_record(breaker, host, failed=True)  # the trial failed: open again for a full recovery period
     assert circuit_acquire(breaker, host, take_trial=False) == CircuitState.OPEN
-    time.sleep(1.05)
+    _wait_half_open(breaker, host)
     assert circuit_acquire(breaker, host, take_trial=True) == CircuitState.TRIAL
     circuit_record(breaker, host, failed=False)
     assert circuit_acquire(breaker, host, take_trial=True) == CircuitState.CLOSED
@@ -67,6 +72,7 @@ def _final(job_id: str) -> Job:
     return wait_until(lambda: (job := Job.objects.get(pk=job_id)).is_final and job, timeout=30)
 
 
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 def test_circuit_opens_across_two_workers_fails_fast_half_opens_and_closes(
     api: APIClient, start_worker, http_server: Callable[..., LocalHTTPServer]
@@ -101,6 +107,7 @@ def test_circuit_opens_across_two_workers_fails_fast_half_opens_and_closes(
     assert _final(_submit(api, server.url).json()["id"]).status == JobStatus.SUCCEEDED
 
 
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 def test_transient_failures_retry_with_backoff_then_succeed_or_refund(
     api: APIClient, user, start_worker, http_server: Callable[..., LocalHTTPServer]

@@ -11,7 +11,8 @@ from jobs.compat import ANONYMOUS_USERNAME
 from jobs.models import Job, JobMode, WebhookSecret
 from jobsite import crypto
 from tests.access_helpers import open_compat_to_anonymous
-from tests.conftest import respond, wait_until
+from tests.conftest import respond
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -5,17 +5,22 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from django.db import transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import User
 from accounts.policies import ENDPOINT_DEFAULTS
+from jobs.concurrency import concurrency_admit
+from jobs.execution import job_finish
 from jobs.models import Job, JobStatus
 from jobs.services import jobs_reconcile
-from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst, wait_until
-from tests.traffic_http import fire_concurrently, set_policy
+from tests.access_helpers import set_policy
+from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst
+from tests.traffic_http import fire_concurrently
+from tests.waiting import wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +52,7 @@ def test_per_user_cap_names_the_cap_and_other_users_are_not_affected(
     assert Job.objects.count() == 3
 
 
+@pytest.mark.django_db(transaction=True)
 def test_slot_released_when_a_job_finishes_or_is_canceled(api: APIClient) -> None:
     set_policy("jobs.async", max_concurrent_per_user=1)
     first = api.post("/api/v1/jobs/async/", HASH, format="json").json()
@@ -76,18 +82,28 @@ def test_global_cap(client_for: Callable[[User], APIClient], make_user: Callable
 
 
 def test_sync_jobs_count_while_running(api: APIClient, user: User) -> None:
-    set_policy("jobs.sync", max_concurrent_per_user=1)
-    Job.objects.create(owner=user, endpoint="jobs.sync", kind="hash", mode="sync", status=JobStatus.RUNNING)
+    policy = set_policy("jobs.sync", max_concurrent_per_user=1)
+    with transaction.atomic():  # a sync job mid-run: admitted and recorded, not yet finished
+        concurrency_admit(user=user, policy=policy)
+        running = Job.objects.create(
+            owner=user,
+            endpoint="jobs.sync",
+            kind="hash",
+            mode="sync",
+            status=JobStatus.RUNNING,
+            started_at=timezone.now(),
+        )
     refused = api.post("/api/v1/jobs/sync/", HASH, format="json")
     assert refused.status_code == 429
-    Job.objects.update(status=JobStatus.SUCCEEDED)
+    assert job_finish(running, status=JobStatus.SUCCEEDED, result={})
     assert api.post("/api/v1/jobs/sync/", HASH, format="json").status_code == 200
 
 
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 @pytest.mark.parametrize("cap", ["max_concurrent_per_user", "max_concurrent_global"])
 def test_caps_are_exact_under_concurrency(server_url: str, make_user: Callable[..., User], cap: str) -> None:
-    set_policy("jobs.async", over_http=True, **{"max_concurrent_per_user": 0, cap: 5})
+    set_policy("jobs.async", **{"max_concurrent_per_user": 0, cap: 5})
     users = [make_user() for _ in range(5)] if cap == "max_concurrent_global" else [make_user()]
     headers = [auth_headers(user) for user in users]
     responses = fire_concurrently(
@@ -100,12 +116,13 @@ def test_caps_are_exact_under_concurrency(server_url: str, make_user: Callable[.
     assert Job.objects.count() == 5
 
 
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 def test_one_user_cannot_hold_the_web_tier_with_sync_jobs(
     server_url: str, make_user: Callable[..., User], http_server: Callable[..., LocalHTTPServer]
 ) -> None:
     """The default jobs.sync policy caps each user's sync jobs; the web tier keeps serving everyone else."""
-    set_policy("jobs.sync", over_http=True)  # the defaults, as shipped
+    set_policy("jobs.sync")  # the defaults, as shipped
     cap = ENDPOINT_DEFAULTS["jobs.sync"]["max_concurrent_per_user"]
     assert 0 < cap < 16  # below the web threads of the run command (and of this test server: 32)
     release = threading.Event()

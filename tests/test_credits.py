@@ -15,31 +15,17 @@ from rest_framework.test import APIClient
 
 from accounts.models import User
 from credits.models import EntryType, LedgerEntry
-from credits.selectors import credit_balance, ledger_sum
+from credits.selectors import credit_balance
 from credits.services import credit_adjust, credit_charge, credit_grant, credit_refund
-from jobs.kind_settings import kind_defaults
-from jobs.models import Job, JobStatus, KindSettings
+from jobs.models import Job, JobStatus
 from jobs.services import jobs_reconcile
 from jobsite.errors import InsufficientCredits
-from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst, wait_until
-from tests.traffic_http import set_policy
+from tests.access_helpers import set_policy
+from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst
+from tests.job_helpers import assert_ledger_explains_balance, kind_settings, set_balance
+from tests.waiting import wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def kind_settings(kind: str, **fields: object) -> None:
-    """Store a kind's settings row: its defaults (tests flush the seeded rows) with these fields changed."""
-    KindSettings.objects.update_or_create(kind=kind, defaults={**kind_defaults(kind), **fields})
-
-
-def set_balance(user: User, balance: int) -> None:
-    delta = balance - credit_balance(user=user)
-    if delta:
-        credit_adjust(user=user, amount=delta, reason="test setup")
-
-
-def assert_ledger_explains_balance(user: User) -> None:
-    assert ledger_sum(user=user) == credit_balance(user=user) >= 0
+pytestmark = pytest.mark.django_db
 
 
 def hash_job(data: str) -> dict:
@@ -132,9 +118,10 @@ def test_admin_grant_action_records_the_staff_user(make_user: Callable[..., User
     assert credit_balance(user=user) == before + 7
 
 
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 def test_200_concurrent_charges_against_100_credits(server_url: str, user: User) -> None:
-    set_policy("jobs.sync", over_http=True, max_concurrent_per_user=0)  # the ledger is under test, not the cap
+    set_policy("jobs.sync", max_concurrent_per_user=0)  # the ledger is under test, not the cap
     set_balance(user, 100)
     headers = auth_headers(user)
     with httpx.Client(base_url=server_url, headers=headers, timeout=60, limits=httpx.Limits(max_connections=200)) as c:
@@ -181,6 +168,7 @@ def _fetch(api: APIClient, url: str, mode: str = "async") -> dict:
     return response.json()
 
 
+@pytest.mark.django_db(transaction=True)
 @override_settings(CALLBACK_ALLOW_PRIVATE=True)
 def test_time_limit_refunds(api: APIClient, user: User, http_server: Callable[..., LocalHTTPServer]) -> None:
     kind_settings("fetch", time_limit=1, retries=0)
@@ -206,6 +194,7 @@ def test_callers_bad_input_to_a_kind_that_ran_is_not_refunded(
     assert not LedgerEntry.objects.filter(type=EntryType.REFUND).exists()
 
 
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 @override_settings(RECONCILE_RUNNING_GRACE=0, JOB_MAX_ATTEMPTS=1, CALLBACK_ALLOW_PRIVATE=True)
 def test_sigkilled_worker_reaped_by_reconciler_refunds(
@@ -220,14 +209,14 @@ def test_sigkilled_worker_reaped_by_reconciler_refunds(
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
     assert credit_balance(user=user) == before - 2
-    time.sleep(1.2)  # past time_limit + grace
-    assert jobs_reconcile()["failed"] == 1
+    wait_until(lambda: jobs_reconcile()["failed"] == 1, timeout=5, interval=0.1)  # past time_limit + grace
     stored = Job.objects.get(pk=job["id"])
     assert (stored.status, stored.error_code) == (JobStatus.FAILED, "worker_lost")
     assert credit_balance(user=user) == before
     assert_ledger_explains_balance(user)
 
 
+@pytest.mark.django_db(transaction=True)
 @override_settings(CALLBACK_ALLOW_PRIVATE=True)
 def test_circuit_open_fails_fast_at_submission_and_refunds_queued_jobs(
     api: APIClient, user: User, http_server: Callable[..., LocalHTTPServer]

@@ -14,11 +14,11 @@ from credits.selectors import credit_balance
 from jobs.deadline import Deadline, DeadlineExceeded
 from jobs.kinds import KINDS, RunContext
 from jobs.models import Job, JobStatus
-from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst, wait_until
-from tests.test_credits import assert_ledger_explains_balance, kind_settings
-from tests.traffic_http import SERVER_POLICY_CHECK
+from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst
+from tests.job_helpers import assert_ledger_explains_balance, kind_settings
+from tests.waiting import wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 DRIP_INTERVAL = 0.3
 """Seconds between the bytes a dripping target sends: far below every per-read timeout."""
@@ -63,13 +63,13 @@ def dripper(http_server: Callable[..., LocalHTTPServer]) -> Iterator[Callable[[s
     yield start
 
 
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["headers", "body"])
 def test_sync_fetch_of_a_dripping_target_fails_time_limit_and_frees_the_web_thread(
     server_url: str, user: User, dripper, phase: str
 ) -> None:
     kind_settings("fetch", time_limit=2, retries=0)
-    threading.Event().wait(SERVER_POLICY_CHECK)  # the server processes re-read kind settings
     handler, url = dripper(phase)
     before = credit_balance(user=user)
     # Before the deadline, this request stayed open as long as the target kept dripping (minutes here).
@@ -91,6 +91,7 @@ def test_sync_fetch_of_a_dripping_target_fails_time_limit_and_frees_the_web_thre
     wait_until(handler.closed.is_set, timeout=5)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_async_fetch_of_a_dripping_target_fails_time_limit(api: APIClient, settings, dripper) -> None:
     settings.CALLBACK_ALLOW_PRIVATE = True
     kind_settings("fetch", time_limit=1, retries=0)
@@ -146,6 +147,7 @@ def tls_handshake_dripper() -> Iterator[tuple[str, threading.Event]]:
     listener.close()
 
 
+@pytest.mark.django_db(transaction=True)
 def test_the_deadline_holds_during_a_dripped_tls_handshake(settings, tls_handshake_dripper) -> None:
     settings.CALLBACK_ALLOW_PRIVATE = True
     url, closed = tls_handshake_dripper

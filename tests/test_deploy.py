@@ -4,7 +4,6 @@ pass their promtool unit tests, the dashboard's queries parse."""
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,21 +13,12 @@ import pytest
 import yaml
 from prometheus_client.mmap_dict import MmapedDict
 
-from tests.conftest import ROOT, free_port, subprocess_env, wait_answering
+from tests.conftest import ROOT, subprocess_env
+from tests.processes import free_port, required_tool
+from tests.waiting import wait_answering
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 PROCESS_TYPES = ("web", "job-worker", "webhook-worker", "cron")
-
-
-def required_tool(name: str) -> str:
-    """A Debian tool the suite needs (.ci/run installs it); outside CI a machine without it skips, CI fails."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (apt-get install -y {name}; .ci/run does it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def procfile() -> dict[str, list[str]]:
@@ -104,7 +94,7 @@ def test_gunicorn_config_is_sized_by_the_machine_and_the_environment() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_gunicorn_config_serves_and_owns_the_metrics_directory(tmp_path: Path) -> None:
     """The config creates PROMETHEUS_MULTIPROC_DIR, drops an earlier run's files and keeps live processes' files."""
     metrics_dir = tmp_path / "prometheus"

@@ -19,7 +19,8 @@ from jobs.kind_settings import get_kind_settings
 from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus, KindSettings
 from jobs.webhooks import _host_key, callbacks_reconcile
 from jobsite.redis import get_redis
-from tests.conftest import LocalHTTPServer, respond, wait_until
+from tests.conftest import LocalHTTPServer, respond
+from tests.waiting import wait_until
 from tests.webhook_helpers import drain_callbacks, hold_host_leases
 
 pytestmark = pytest.mark.django_db(transaction=True)

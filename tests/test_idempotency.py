@@ -12,10 +12,12 @@ from credits.models import EntryType, LedgerEntry
 from jobs.idempotency import idempotency_claim, request_fingerprint
 from jobs.models import IdempotencyRecord, IdempotencyStatus, Job, JobStatus
 from jobs.tasks import reconcile
-from tests.conftest import auth_headers, free_port
-from tests.traffic_http import fire_concurrently, set_policy
+from tests.access_helpers import set_policy
+from tests.conftest import auth_headers
+from tests.processes import free_port
+from tests.traffic_http import fire_concurrently
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 HASH = {"kind": "hash", "input": {"data": "hello", "iterations": 10}}
 OTHER = {"kind": "hash", "input": {"data": "other", "iterations": 10}}
@@ -124,6 +126,7 @@ def test_bad_key_is_a_validation_error(api: APIClient) -> None:
     assert Job.objects.count() == 0
 
 
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ["/api/v1/jobs/sync/", "/api/v1/jobs/async/"])
 def test_fifty_concurrent_requests_with_one_key_make_one_job(

@@ -12,10 +12,11 @@ from jobs.kind_settings import kind_defaults
 from jobs.kinds import KINDS
 from jobs.models import Job, JobStatus
 from jobsite import redis as jobsite_redis
-from tests.conftest import LocalHTTPServer, free_port, respond
-from tests.test_credits import kind_settings
+from tests.conftest import LocalHTTPServer, respond
+from tests.job_helpers import kind_settings
+from tests.processes import free_port
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 HASH = {"kind": "hash", "input": {"data": "db first", "iterations": 5}}
 

@@ -10,7 +10,7 @@ from accounts.models import EndpointPolicy, User
 from jobs.models import Job, JobStatus
 from tests.conftest import run_worker_burst
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 HASH = {"kind": "hash", "input": {"data": "hello", "iterations": 1000}}
 HELLO_1000 = "1a95c960fe725fd7966a330d086667bfb756e49b60d5b253469e8a5752353a09"
@@ -27,6 +27,7 @@ def test_sync_hash_returns_result(api: APIClient) -> None:
     assert Job.objects.get(pk=body["id"]).status == JobStatus.SUCCEEDED
 
 
+@pytest.mark.django_db(transaction=True)
 def test_async_hash_queued_then_succeeded_by_polling(api: APIClient) -> None:
     response = api.post("/api/v1/jobs/async/", HASH, format="json")
     assert response.status_code == 202, response.content
@@ -157,6 +158,7 @@ def test_etag_and_304_for_finished_job(api: APIClient) -> None:
     assert api.get(f"/api/v1/jobs/{job_id}/", HTTP_IF_NONE_MATCH='"other"').status_code == 200
 
 
+@pytest.mark.django_db(transaction=True)
 def test_queue_full_is_503_with_retry_after(api: APIClient) -> None:
     EndpointPolicy.objects.update_or_create(name="jobs.async", defaults={"queue_max_depth": 2, "scopes": "jobs:run"})
     assert api.post("/api/v1/jobs/async/", HASH, format="json").status_code == 202

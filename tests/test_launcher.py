@@ -1,7 +1,9 @@
 """The launcher (`python3 -m jobsite`) and the run command's demo data: safe to run twice, clear when it cannot run."""
 
 import json
+import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -9,6 +11,7 @@ import sys
 from io import StringIO
 from pathlib import Path
 
+import httpx
 import pytest
 from django.core.management import call_command
 from rest_framework.test import APIClient
@@ -19,6 +22,8 @@ from accounts.services import api_key_revoke
 from jobs.webhooks import webhook_signing_secrets
 from jobsite.__main__ import venv_made_by_another_python
 from tests.conftest import ROOT
+from tests.processes import free_port, group_alive
+from tests.waiting import wait_until
 
 
 def _old_pythons() -> list[str]:
@@ -73,10 +78,61 @@ def test_a_second_run_on_a_taken_port_touches_nothing(tmp_path: Path) -> None:
         )  # fmt: skip
     assert done.returncode == 1
     assert done.stderr.strip() == (
-        f"port {port} is already in use (another `python3 -m jobsite run`?): stop it, or set PORT"
+        f"port {port} is already in use (another `python3 -m jobsite run`?): stop it, or pass --port"
     )
     assert done.stdout == ""
     assert {path: path.stat().st_mtime_ns for path in before} == before
+
+
+def test_run_help_prints_usage_and_starts_nothing() -> None:
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "jobsite", "run", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PORT": str(port)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "--port PORT" in done.stdout
+    for variable in ("PORT", "REDIS_URL", "DATABASE_URL", "RQ_WORKERS", "RQ_CALLBACK_WORKERS"):
+        assert f"  {variable} " in done.stdout
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "nothing listens: --help started no server"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_run_in_the_background_stops_on_sigint_and_sigterm(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    """A shell's `cmd &` starts it with SIGINT ignored; it must still stop, with every process it started."""
+    port, redis_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'run.sqlite3'}",
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",  # none answers there: the launcher starts its own
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        "RQ_WORKERS": "1",
+        "RQ_CALLBACK_WORKERS": "1",
+    }
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "jobsite", "run", "--port", str(port)], cwd=ROOT, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=180, interval=0.5)  # migrates first
+        launcher.send_signal(stop_signal)
+        assert launcher.wait(timeout=60) in (130, 143)
+        wait_until(lambda: not group_alive(launcher.pid), timeout=30)
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", redis_port)) != 0, "the Redis it started is stopped too"
+    finally:
+        if group_alive(launcher.pid):
+            os.killpg(launcher.pid, signal.SIGKILL)
 
 
 @pytest.mark.django_db

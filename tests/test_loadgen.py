@@ -23,7 +23,9 @@ from loadgen.receiver import WebhookReceiver
 from loadgen.stats import CallbackCounts, Distribution, PhaseResult, Sample, percentile
 from tests import conftest
 from tests.access_helpers import open_compat_to_anonymous
-from tests.conftest import ROOT, free_port, run_worker_burst, subprocess_env, wait_until
+from tests.conftest import ROOT, run_worker_burst, subprocess_env
+from tests.processes import free_port
+from tests.waiting import wait_until
 
 # --- statistics -----------------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ from accounts.models import EndpointPolicy, User
 from jobs import ssrf
 from jobs.models import Job, JobStatus, KindSettings
 from jobsite.logs import REDACTED, get_logger, logging_config
-from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst, wait_until
+from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst
+from tests.waiting import wait_until
 from tests.webhook_helpers import drain_callbacks
 
 

@@ -10,8 +10,10 @@ from accounts.models import RateLimitAlgorithm, User
 from accounts.ratelimit import rate_limit_hit
 from jobs.models import IdempotencyRecord, Job
 from jobsite.redis import get_redis
-from tests.conftest import auth_headers, free_port
-from tests.traffic_http import fire_concurrently, set_policy
+from tests.access_helpers import set_policy
+from tests.conftest import auth_headers
+from tests.processes import free_port
+from tests.traffic_http import fire_concurrently
 
 HASH = {"kind": "hash", "input": {"data": "hello", "iterations": 10}}
 
@@ -109,7 +111,7 @@ def test_keys_expire_using_server_time(algorithm: str) -> None:
 # --- the throttle on endpoints: headers, 429, keys, Redis down ---------------------------------------
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_headers_on_every_response_and_429_consumes_nothing(api: APIClient) -> None:
     set_policy("jobs.sync", rate_limit_algorithm="fixed_window", rate_limit=2, rate_window=60)
     ok = api.post("/api/v1/jobs/sync/", HASH, format="json")
@@ -139,7 +141,7 @@ def test_headers_on_every_response_and_429_consumes_nothing(api: APIClient) -> N
     assert IdempotencyRecord.objects.count() == 0
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_no_headers_when_the_policy_has_no_limit(api: APIClient) -> None:
     set_policy("jobs.read", rate_limit_algorithm="none")
     response = api.get("/api/v1/jobs/")
@@ -147,7 +149,7 @@ def test_no_headers_when_the_policy_has_no_limit(api: APIClient) -> None:
     assert not response.has_header("RateLimit")
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 @pytest.mark.parametrize("key,second_user_status", [("user", 200), ("ip", 429), ("global", 429)])
 def test_rate_limit_key(
     key: str, second_user_status: int, client_for: Callable[[User], APIClient], user: User, other_user: User
@@ -180,7 +182,7 @@ def redis_unreachable(request: pytest.FixtureRequest) -> Iterator[None]:
             listener.close()
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_redis_down_job_creation_fails_closed_reads_fail_open(api: APIClient, redis_unreachable: None) -> None:
     set_policy("jobs.read", rate_limit_algorithm="fixed_window", rate_limit=5, rate_window=60)
     for path in ("/api/v1/jobs/sync/", "/api/v1/jobs/async/"):
@@ -193,7 +195,7 @@ def test_redis_down_job_creation_fails_closed_reads_fail_open(api: APIClient, re
     assert api.get("/api/v1/jobs/").status_code == 200
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_redis_down_without_a_limiter_still_refuses_cleanly(api: APIClient, redis_unreachable: None) -> None:
     """No limiter to fail closed: the result cache, queue or circuit meets the dead Redis, and answers 503."""
     for name in ("jobs.sync", "jobs.async"):
@@ -206,7 +208,7 @@ def test_redis_down_without_a_limiter_still_refuses_cleanly(api: APIClient, redi
     assert Job.objects.count() == 0
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_redis_down_reads_fail_closed_when_configured(api: APIClient, redis_unreachable: None) -> None:
     set_policy("jobs.read", rate_limit_algorithm="fixed_window", rate_limit=5, rate_window=60)
     settings.RATELIMIT_FAIL_OPEN_READS = False
@@ -244,7 +246,7 @@ def _get_jobs_concurrently(url: str, user: User) -> list[int]:
 @pytest.mark.parametrize("algorithm", list(EXACT_CASES))
 def test_exact_under_concurrency(server_url: str, make_user: Callable[..., User], algorithm: str) -> None:
     fields, expected = EXACT_CASES[algorithm]
-    set_policy("jobs.read", over_http=True, rate_limit_algorithm=algorithm, rate_limit_key="user", **fields)
+    set_policy("jobs.read", rate_limit_algorithm=algorithm, rate_limit_key="user", **fields)
     statuses = _get_jobs_concurrently(server_url, make_user())
     assert set(statuses) <= {200, 429}, statuses
     assert statuses.count(200) == expected, f"{algorithm}: {statuses.count(200)} admitted of {CONCURRENT}"

@@ -27,7 +27,8 @@ from jobs.models import FINAL_STATUSES, CallbackStatus, Job, JobStatus
 from jobs.queues import CALLBACKS_QUEUE, JOBS_QUEUE, MAINTENANCE_QUEUE
 from jobs.webhooks import webhook_secret_rotate
 from jobsite.redis import get_redis
-from tests.conftest import ROOT, LocalHTTPServer, gunicorn_server, respond, wait_until
+from tests.conftest import ROOT, LocalHTTPServer, gunicorn_server, respond
+from tests.waiting import wait_until
 
 USERS = 4
 ASYNC_PER_USER = 15

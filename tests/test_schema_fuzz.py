@@ -1,18 +1,15 @@
 """schemathesis against the published schema: every check, every phase, with a key and anonymously, 0 failures.
 
-The service (gunicorn, an RQ worker, a Redis of its own) and schemathesis run inside a network namespace this
-test creates (`unshare -n`): the fuzzer submits `fetch` jobs and callback URLs, and nothing they name can be
-reached outside the namespace. The test database is shared with the namespace without any network: SQLite is a
-file, PostgreSQL is reached through its unix socket (a socket path works across network namespaces).
+The service (gunicorn, an RQ worker, a Redis of its own) and schemathesis run inside a network namespace
+(tests/netns.py): the fuzzer submits `fetch` jobs and callback URLs, and nothing they name can be reached outside
+the namespace. The test database is shared with it: SQLite is a file, PostgreSQL's port is relayed in.
 """
 
 import os
-import shlex
-import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.db import connection
@@ -24,14 +21,15 @@ from credits.services import credit_grant
 from jobs.idempotency import KEY_MAX_LENGTH, KEY_PATTERN
 from tests import schemathesis_hooks
 from tests.conftest import ROOT, subprocess_env
+from tests.netns import backing_service_ports, netns_unavailable, run_in_netns
+from tests.processes import REDIS_SERVER
+from tests.waiting import wait_answering
 
 SEED = 20261129
 """Fixed, so that a failure reproduces; change it to explore."""
 
 MAX_EXAMPLES = 100
 """Examples per operation and phase (the issue's floor)."""
-
-POSTGRES_SOCKET_DIR = "/var/run/postgresql"
 
 CONFIG = """
 [checks.not_a_server_error]
@@ -48,60 +46,65 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401",
 HASH_MAX_ITERATIONS = "1000"
 """The served schema says so too: the fuzzer's hash jobs stay cheap, and the bound is still tested at its edge."""
 
+NETNS_REDIS_PORT = 6379
+"""The namespace's own Redis, on its own loopback: the fuzz run never touches the session's Redis."""
 
-def _netns_database_url() -> str:
-    settings = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{settings['NAME']}"
-    return f"postgres://{settings.get('USER') or 'postgres'}@{quote(POSTGRES_SOCKET_DIR, safe='')}/{settings['NAME']}"
+WEB_URL = "http://127.0.0.1:8000"
+"""The service inside the namespace."""
 
-
-def _unavailable() -> str | None:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "unshare and ip (util-linux, iproute2) are needed"
-    if connection.vendor == "postgresql" and not Path(POSTGRES_SOCKET_DIR).is_dir():
-        return f"PostgreSQL's unix socket directory {POSTGRES_SOCKET_DIR} is missing"
-    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
-    if probe.returncode != 0:
-        return f"unshare -n fails here: {probe.stderr.decode().strip()}"
-    return None
+FUZZ_TIMEOUT = 1500
+"""Seconds for both schemathesis runs; past it the namespace child is killed and the test fails."""
 
 
-SCRIPT = r"""
-set -u
-ip link set lo up
-trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT
-redis-server --port {redis_port} --bind 127.0.0.1 --save '' --appendonly no >{log_dir}/redis.log 2>&1 &
-# --limit-request-line 0: gunicorn answers a request line over 4094 bytes with its own 414 page, which no
-# Django code can shape; unlimited, such a query reaches Django (DATA_UPLOAD_MAX_NUMBER_FIELDS, then problem+json).
-{python} -m gunicorn jobsite.wsgi --bind 127.0.0.1:{web_port} --workers 2 --threads 4 --worker-class gthread \
-    --timeout 60 --limit-request-line 0 >{log_dir}/gunicorn.log 2>&1 &
-{python} manage.py rqworker jobs callbacks --worker-class rq.worker.SimpleWorker >{log_dir}/worker.log 2>&1 &
-for _ in $(seq 300); do
-    curl -sf -o /dev/null http://127.0.0.1:{web_port}/healthz && break
-    sleep 0.1
-done
-status=0
-for who in key anonymous; do
-    echo "== schemathesis, $who"
-    auth=()
-    [ "$who" = key ] && auth=(-H "Authorization: Bearer {api_key}")
-    # One worker: two threads of Hypothesis describing lambdas hit a CPython 3.11 ast race (SystemError).
-    {schemathesis} --config-file {config} run "http://127.0.0.1:{web_port}/api/schema/?format=json" \
-        --checks all --phases examples,coverage,fuzzing,stateful --max-examples {max_examples} --seed {seed} \
-        --workers 1 --no-color "${{auth[@]}}" || status=1
-done
-exit $status
-"""
+def _start(argv: list, log: Path, env: dict[str, str]) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _fuzz_in_namespace(api_key: str, config: Path, log_dir: Path, env: dict[str, str]) -> tuple[bool, str]:
+    """Inside the namespace: Redis, gunicorn and a worker, then schemathesis with a key and anonymously."""
+    python = sys.executable
+    processes = [
+        _start([REDIS_SERVER, "--port", str(NETNS_REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no"], log_dir / "redis.log", env),
+        # --limit-request-line 0: gunicorn answers a request line over 4094 bytes with its own 414 page, which no
+        # Django code can shape; unlimited, such a query reaches Django (DATA_UPLOAD_MAX_NUMBER_FIELDS, then
+        # problem+json).
+        _start([python, "-m", "gunicorn", "jobsite.wsgi", "--bind", "127.0.0.1:8000", "--workers", "2",
+                "--threads", "4", "--worker-class", "gthread", "--timeout", "60", "--limit-request-line", "0"],
+               log_dir / "gunicorn.log", env),
+        _start([python, "manage.py", "rqworker", "jobs", "callbacks", "--worker-class", "rq.worker.SimpleWorker"],
+               log_dir / "worker.log", env),
+    ]  # fmt: skip
+    try:
+        wait_answering(WEB_URL)
+        passed, report = True, ""
+        for who, auth in (("key", ["-H", f"Authorization: Bearer {api_key}"]), ("anonymous", [])):
+            # One worker: two threads of Hypothesis describing lambdas hit a CPython 3.11 ast race (SystemError).
+            run = subprocess.run(
+                [Path(python).parent / "schemathesis", "--config-file", config, "run",
+                 f"{WEB_URL}/api/schema/?format=json", "--checks", "all",
+                 "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", str(MAX_EXAMPLES),
+                 "--seed", str(SEED), "--workers", "1", "--no-color", *auth],
+                cwd=ROOT, env=env, capture_output=True, text=True,
+            )  # fmt: skip
+            passed = passed and run.returncode == 0
+            report += f"== schemathesis, {who}\n{run.stdout}{run.stderr}"
+        return passed, report
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait()
 
 
 def test_the_hooks_make_keys_unique_by_the_rule_the_server_applies() -> None:
     assert (schemathesis_hooks.KEY_PATTERN, schemathesis_hooks.KEY_MAX_LENGTH) == (KEY_PATTERN, KEY_MAX_LENGTH)
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True)  # the service's processes read the fuzzer's user and key
 def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
-    reason = _unavailable()
+    reason = netns_unavailable()
     if reason:
         pytest.fail(f"the fuzz run needs a network namespace: {reason}")
     user = User.objects.create_user(username="fuzzer", password="pw")
@@ -117,30 +120,17 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
-    bin_dir = Path(sys.executable).parent
-    script = SCRIPT.format(
-        redis_port=6379,  # the namespace's own loopback: no other Redis is there
-        web_port=8000,
-        log_dir=log_dir,
-        python=shlex.quote(sys.executable),
-        schemathesis=shlex.quote(str(bin_dir / "schemathesis")),
-        config=config,
-        api_key=api_key,
-        max_examples=MAX_EXAMPLES,
-        seed=SEED,
-    )
     env = subprocess_env(
-        DATABASE_URL=_netns_database_url(),
-        REDIS_URL="redis://127.0.0.1:6379/0",
+        REDIS_URL=f"redis://127.0.0.1:{NETNS_REDIS_PORT}/0",
         ALLOWED_HOSTS="127.0.0.1,localhost",
-        PATH=f"{bin_dir}:{os.environ.get('PATH', '')}",
+        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
         HASH_MAX_ITERATIONS=HASH_MAX_ITERATIONS,
         SCHEMATHESIS_HOOKS="tests.schemathesis_hooks",
         PYTHONPATH=str(ROOT),
     )
-    run = subprocess.run(
-        ["unshare", "-n", "bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500
+    _session_redis, *database_ports = backing_service_ports()  # the database relayed in; Redis is its own
+    passed, report = run_in_netns(
+        _fuzz_in_namespace, api_key, config, log_dir, env, forward=database_ports, timeout=FUZZ_TIMEOUT
     )
-    report = run.stdout + run.stderr
     (log_dir / "schemathesis.log").write_text(report)
-    assert run.returncode == 0, report[-20000:]
+    assert passed, report[-20000:]

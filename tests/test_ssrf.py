@@ -27,7 +27,7 @@ from tests.conftest import run_worker_burst
 from tests.netns import Trap, netns_unavailable, rewrite_hosts, run_in_netns
 from tests.webhook_helpers import FakeDNS, drain_callbacks
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 NETNS_PROBLEM = netns_unavailable()
 needs_netns = pytest.mark.skipif(NETNS_PROBLEM is not None, reason=f"no network namespace: {NETNS_PROBLEM}")
@@ -158,6 +158,7 @@ def _check_everywhere(api: APIClient, user: User, urls: list[str]) -> dict[str, 
     return {"failures": failures, "trap_hits": trap.count(), "where": trap.hits}
 
 
+@pytest.mark.django_db(transaction=True)
 @needs_netns
 @override_settings(CALLBACK_ALLOW_PRIVATE=False, FETCH_READ_TIMEOUT=0.5, CALLBACK_READ_TIMEOUT=0.5)
 def test_forbidden_corpus_is_refused_everywhere_with_zero_trap_hits(api: APIClient, user: User) -> None:
@@ -183,6 +184,7 @@ def _control(api: APIClient) -> dict[str, Any]:
     return {"outcomes": outcomes, "trap_hits": trap.count(), "accepted": accepted}
 
 
+@pytest.mark.django_db(transaction=True)
 @needs_netns
 @override_settings(CALLBACK_ALLOW_PRIVATE=False, FETCH_READ_TIMEOUT=0.3)
 def test_control_allowed_urls_do_reach_the_trap(api: APIClient) -> None:
@@ -206,6 +208,7 @@ def _allow_private_control() -> dict[str, Any]:
     return {"reached": reached, "refused": refused, "trap_hits": trap.count()}
 
 
+@pytest.mark.django_db(transaction=True)
 @needs_netns
 @override_settings(CALLBACK_ALLOW_PRIVATE=True, FETCH_READ_TIMEOUT=0.3)
 def test_allow_private_means_only_loopback_and_private_ranges() -> None:
@@ -244,6 +247,7 @@ def _rebind_end_to_end(api: APIClient) -> dict[str, Any]:
     }
 
 
+@pytest.mark.django_db(transaction=True)
 @needs_netns
 @override_settings(CALLBACK_ALLOW_PRIVATE=False, FETCH_READ_TIMEOUT=0.5, CALLBACK_READ_TIMEOUT=0.5)
 def test_names_repointed_between_submission_and_delivery_are_refused_end_to_end(api: APIClient) -> None:
@@ -298,6 +302,7 @@ def _tls_pool_probe(ca_file: str, chain_file: str) -> dict[str, Any]:
     return {"results": results, "connections": len(set(peers))}
 
 
+@pytest.mark.django_db(transaction=True)
 @needs_netns
 @override_settings(CALLBACK_ALLOW_PRIVATE=False)
 def test_pool_is_keyed_by_host_name_so_tls_verifies_each_name(tmp_path: Path) -> None:
@@ -375,6 +380,7 @@ def test_public_urls_pass_without_any_lookup_leaving_the_process(monkeypatch: py
         assert ssrf.check_url(url).addresses, url
 
 
+@pytest.mark.django_db(transaction=True)
 @override_settings(CALLBACK_ALLOW_PRIVATE=False)
 def test_unresolvable_name_is_accepted_then_retried_and_failed(api: APIClient, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ssrf, "resolver", FakeDNS())  # no name resolves, and no question reaches real DNS
@@ -418,6 +424,7 @@ def _interfaces() -> dict[str, Any]:
         }
 
 
+@pytest.mark.django_db(transaction=True)
 @needs_netns
 def test_the_namespace_has_only_loopback_and_its_own_hosts_file() -> None:
     """The harness itself: no interface but lo and no route off it, so a guard failure cannot leave the host."""

@@ -1,6 +1,5 @@
 """The run command's supervisor: a child that dies is restarted (and what it forked is ended), stop ends all."""
 
-import contextlib
 import os
 import signal
 import sys
@@ -11,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from jobsite.supervisor import Supervisor
-from tests.conftest import wait_until
+from tests.processes import group_alive
+from tests.waiting import wait_until
 
 FORKING_CHILD = """
 import os, sys, time
@@ -20,16 +20,6 @@ if os.fork() == 0:  # a grandchild, as RQ's scheduler is to a worker
     sys.exit(0)
 time.sleep(600)
 """
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether a live (not zombie) process of the group is still there; init reaps zombies in its own time."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, ...
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
 
 
 @pytest.fixture

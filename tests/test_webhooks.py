@@ -25,11 +25,13 @@ from jobs.models import CallbackAttempt, CallbackStatus, Job, KindSettings, Webh
 from jobs.webhooks import callback_redeliver, callback_retry_delay, callbacks_reconcile
 from jobsite import crypto
 from jobsite.redis import get_redis
-from tests.conftest import free_port, respond, run_worker_burst, wait_until
+from tests.conftest import respond, run_worker_burst
+from tests.processes import free_port
+from tests.waiting import wait_until
 from tests.webhook_helpers import FakeDNS, drain_callbacks, hold_host_leases
 
 pytestmark = [
-    pytest.mark.django_db(transaction=True),
+    pytest.mark.django_db,
     pytest.mark.usefixtures("fast_retries"),
 ]
 
@@ -83,6 +85,7 @@ def callback_of(api: APIClient, job: Job) -> dict[str, Any]:
     return api.get(f"/api/v1/jobs/{job.id}/").json()["callback"]
 
 
+@pytest.mark.django_db(transaction=True)
 def test_delivered_first_try_signed(api: APIClient, secret: str, http_server) -> None:
     receiver = http_server(status(200))
     job = submit_and_deliver(api, receiver.url + "/hook")
@@ -97,6 +100,7 @@ def test_delivered_first_try_signed(api: APIClient, secret: str, http_server) ->
     assert attempt["n"] == 1 and attempt["status_code"] == 200 and attempt["error"] == ""
 
 
+@pytest.mark.django_db(transaction=True)
 def test_cache_hit_async_job_still_delivers_its_webhook(api: APIClient, secret: str, http_server) -> None:
     KindSettings.objects.filter(kind="hash").update(cache_algorithm="lru")
     assert api.post("/api/v1/jobs/sync/", HASH, format="json").json()["cached"] is False
@@ -109,6 +113,7 @@ def test_cache_hit_async_job_still_delivers_its_webhook(api: APIClient, secret: 
     assert Job.objects.get(pk=response.json()["id"]).callback_status == CallbackStatus.DELIVERED
 
 
+@pytest.mark.django_db(transaction=True)
 def test_server_error_then_success_is_retried_with_the_same_id(api: APIClient, secret: str, http_server) -> None:
     receiver = http_server(scripted(status(500), status(200)))
     job = submit_and_deliver(api, receiver.url)
@@ -121,6 +126,7 @@ def test_server_error_then_success_is_retried_with_the_same_id(api: APIClient, s
     assert attempts[0]["error"].startswith("HTTP 500: receiver says no")
 
 
+@pytest.mark.django_db(transaction=True)
 def test_gone_stops_retrying(api: APIClient, secret: str, http_server) -> None:
     receiver = http_server(status(410))
     job = submit_and_deliver(api, receiver.url)
@@ -129,16 +135,22 @@ def test_gone_stops_retrying(api: APIClient, secret: str, http_server) -> None:
     assert [a["status_code"] for a in callback_of(api, job)["attempts"]] == [410]
 
 
+@pytest.mark.django_db(transaction=True)
 @override_settings(CALLBACK_READ_TIMEOUT=0.2)
 def test_timeouts_are_retried_then_fail(api: APIClient, secret: str, http_server) -> None:
     KindSettings.objects.filter(kind="hash").update(callback_retries=2)
 
+    answer = threading.Event()  # the receiver answers only once the test is done: every attempt times out
+
     def slow(request: BaseHTTPRequestHandler) -> None:
-        time.sleep(1.0)
+        answer.wait(30)
         respond(request, 200, b"too late")
 
     receiver = http_server(slow)
-    job = submit_and_deliver(api, receiver.url)
+    try:
+        job = submit_and_deliver(api, receiver.url)
+    finally:
+        answer.set()
     assert job.callback_status == CallbackStatus.FAILED
     attempts = callback_of(api, job)["attempts"]
     assert [a["n"] for a in attempts] == [1, 2, 3]
@@ -146,6 +158,7 @@ def test_timeouts_are_retried_then_fail(api: APIClient, secret: str, http_server
     assert all(a["duration_ms"] < 1000 for a in attempts)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_redirect_is_not_followed(api: APIClient, secret: str, http_server) -> None:
     KindSettings.objects.filter(kind="hash").update(callback_retries=1)
     receiver = http_server(lambda request: respond(request, 307, headers={"Location": f"{receiver.url}/elsewhere"}))
@@ -157,6 +170,7 @@ def test_redirect_is_not_followed(api: APIClient, secret: str, http_server) -> N
     assert "redirect not followed" in attempts[0]["error"]
 
 
+@pytest.mark.django_db(transaction=True)
 @override_settings(CALLBACK_MAX_RESPONSE_BYTES=1024)
 def test_endless_body_is_cut_off(api: APIClient, secret: str, http_server) -> None:
     written = {"bytes": 0, "done": False}
@@ -184,6 +198,7 @@ def test_endless_body_is_cut_off(api: APIClient, secret: str, http_server) -> No
     assert callback_of(api, job)["attempts"][0]["status_code"] == 200
 
 
+@pytest.mark.django_db(transaction=True)
 def test_retry_after_is_honoured(api: APIClient, secret: str, http_server) -> None:
     receiver = http_server(scripted(status(503, **{"Retry-After": "2"}), status(200)))
     seen: list[float] = []
@@ -194,6 +209,7 @@ def test_retry_after_is_honoured(api: APIClient, secret: str, http_server) -> No
     assert seen[1] - seen[0] >= 1.5  # the schedule alone (5 ms) would have retried at once
 
 
+@pytest.mark.django_db(transaction=True)
 def test_rotation_signs_with_both_secrets_for_the_window(api: APIClient, user: User, http_server) -> None:
     old = api.post("/api/v1/me/webhook-secret/").json()["secret"]
     new = api.post("/api/v1/me/webhook-secret/").json()["secret"]
@@ -221,6 +237,7 @@ def test_secret_endpoint_needs_a_user_and_stores_the_secret_encrypted(api: APICl
     assert crypto.decrypt(row.secret_encrypted) == secret
 
 
+@pytest.mark.django_db(transaction=True)
 def test_user_without_secret_gets_one_at_first_delivery(api: APIClient, user: User, http_server) -> None:
     receiver = http_server(status(200))
     job = submit_and_deliver(api, receiver.url)
@@ -229,6 +246,7 @@ def test_user_without_secret_gets_one_at_first_delivery(api: APIClient, user: Us
     verified(crypto.decrypt(row.secret_encrypted), receiver.requests[0])
 
 
+@pytest.mark.django_db(transaction=True)
 def test_delivery_connects_to_the_address_it_checked(api: APIClient, secret: str, http_server, monkeypatch) -> None:
     """DNS rebinding: later answers point elsewhere (127.0.0.2, where nothing listens); the pinned address wins."""
     receiver = http_server(status(200))
@@ -244,6 +262,7 @@ def test_delivery_connects_to_the_address_it_checked(api: APIClient, secret: str
     verified(secret, request)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_redeliver_and_reconciler_rescue(api: APIClient, secret: str, http_server) -> None:
     receiver = http_server(status(200))
     response = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json")
@@ -285,6 +304,7 @@ def drip_headers(stop: threading.Event) -> Callable[[BaseHTTPRequestHandler], No
     return handler
 
 
+@pytest.mark.django_db(transaction=True)
 @override_settings(CALLBACK_TOTAL_TIMEOUT=1.0)
 def test_a_receiver_dripping_its_headers_is_cut_off_at_the_total_deadline(
     api: APIClient, secret: str, http_server
@@ -311,6 +331,7 @@ def test_the_retry_schedule_is_standard_webhooks_scaled_by_the_kind() -> None:
     assert callback_retry_delay(scale=0.001, retry_index=0, retry_after=7200) == 3600  # CALLBACK_RETRY_AFTER_MAX
 
 
+@pytest.mark.django_db(transaction=True)
 @override_settings(CALLBACK_MAX_AGE=10)
 def test_no_retry_starts_past_the_age_cap(api: APIClient, secret: str, http_server) -> None:
     # The schedule at 1/100: 50 ms, 3 s, 18 s... (RQ's scheduler rounds up to whole seconds)
@@ -323,6 +344,7 @@ def test_no_retry_starts_past_the_age_cap(api: APIClient, secret: str, http_serv
     assert len(receiver.requests) == 3
 
 
+@pytest.mark.django_db(transaction=True)
 @override_settings(CALLBACK_FREE_BUDGET=1, CALLBACK_FREE_BUDGET_WINDOW=1)
 def test_webhooks_of_free_jobs_spend_the_owners_budget(api: APIClient, secret: str, http_server) -> None:
     KindSettings.objects.filter(kind="hash").update(cache_algorithm="lru")
@@ -373,6 +395,7 @@ def held_then_ok(held: threading.Event, release: threading.Event) -> Callable[[B
     return handler
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_delivery_whose_worker_was_killed_is_closed_interrupted_and_retried(
     api: APIClient, secret: str, http_server, start_worker
 ) -> None:
@@ -404,6 +427,7 @@ def test_a_delivery_whose_worker_was_killed_is_closed_interrupted_and_retried(
     assert not CallbackAttempt.objects.filter(error="in progress").exists()
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_slow_receiver_holds_one_worker_and_the_others_deliver(
     api: APIClient, secret: str, http_server, start_worker
 ) -> None:
@@ -451,6 +475,7 @@ def _lock_waiters() -> int:
         return cursor.fetchone()[0]
 
 
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks: SQLite serialises every writer anyway")
 def test_a_2xx_attempt_and_the_delivered_status_commit_together(
     api: APIClient, secret: str, http_server, start_worker

@@ -11,6 +11,7 @@ from jobs import queues
 from jobs.webhooks import _host_key
 from jobsite.redis import get_redis
 from tests.conftest import run_worker_burst
+from tests.waiting import wait_until
 
 
 class FakeDNS:
@@ -35,19 +36,18 @@ class FakeDNS:
 def drain_callbacks(*, timeout: float = 20.0) -> None:
     """Run deliveries in-process until none is queued or scheduled; RQ's own scheduler releases retries."""
     queue = queues.get_queue(queues.CALLBACKS_QUEUE)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def drained() -> bool:
         run_worker_burst(queues.CALLBACKS_QUEUE)
         if queue.scheduled_job_registry.count == 0 and queue.count == 0:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("deliveries still scheduled after the timeout")
+            return True
         scheduler = RQScheduler([queue], connection=queue.connection)
         scheduler.acquire_locks()
-        scheduler.enqueue_scheduled_jobs()
+        scheduler.enqueue_scheduled_jobs()  # retries whose time has come
         scheduler.release_locks()
-        if queue.count == 0:
-            time.sleep(0.05)
+        return False
+
+    wait_until(drained, timeout=timeout)
 
 
 def hold_host_leases(url: str) -> None:

@@ -55,8 +55,12 @@ class Command(BaseCommand):
             webhook_secret = webhook_secret_rotate(user=demo)
         if credentials:
             credentials.touch(mode=0o600)
-            values = {"admin_password": admin_password, "user_password": user_password, "demo_key": demo_key,
-                      "webhook_secret": webhook_secret}  # fmt: skip
+            values = {
+                "admin_password": admin_password,
+                "user_password": user_password,
+                "demo_key": demo_key,
+                "webhook_secret": webhook_secret,
+            }
             credentials.write_text(json.dumps(values, indent=2) + "\n")
         for name in (COMPAT_SYNC, COMPAT_ASYNC, COMPAT_READ):
             # The demo opens the compatible routes to anonymous callers, as the original backend was.

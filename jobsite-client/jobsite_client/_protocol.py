@@ -1,0 +1,196 @@
+"""The request/response layer both clients share, free of I/O.
+
+Each operation is a generator (a "flow") that yields `Call`s to make and `Pause`s to sleep, receives each
+call's `httpx.Response`, and returns the parsed result. `Client` drives flows with httpx.Client and
+time.sleep, `AsyncClient` with httpx.AsyncClient and asyncio.sleep: the API's logic (paths, bodies, error
+mapping, polling) exists once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypedDict, TypeVar
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import httpx
+
+from jobsite_client.errors import WaitTimeout, error_for
+from jobsite_client.models import Balance, Job, JobPage, Limits, Me, WebhookSecret, parse
+
+T = TypeVar("T")
+
+JOBS_PATH = "/api/v1/jobs/"
+"""The job collection; submission, export and each job live under it."""
+
+POLL_INTERVAL = 0.25
+"""Seconds `wait()` first sleeps between polls when the service sends no `Retry-After`."""
+
+MAX_POLL_INTERVAL = 5.0
+"""Seconds the poll interval doubles up to."""
+
+MAX_PREFER_WAIT = 10
+"""Longest `Prefer: wait=N` sent: a server that honours it holds the request this long, well within the
+client's default read timeout (30 s)."""
+
+EXPORT_FORMATS = ("jsonl", "csv")
+"""What `GET /api/v1/jobs/export/?format=` accepts."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request, relative to the client's base URL."""
+
+    method: str
+    path: str
+    params: dict[str, str] = field(default_factory=dict)
+    json: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Sleep this many seconds before the flow goes on."""
+
+    seconds: float
+
+
+Flow = Generator[Call | Pause, httpx.Response | None, T]
+"""An operation: yields calls (answered with their response) and pauses (answered with None)."""
+
+
+def checked(response: httpx.Response) -> Any:
+    """The decoded JSON of a success; the typed `APIError` of an error (body read already)."""
+    if response.is_success:
+        return response.json()
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    raise error_for(response.status_code, body, response.headers.get("Retry-After"))
+
+
+def _one(call: Call, cls: type[T]) -> Flow[T]:
+    response = yield call
+    assert response is not None  # a Call is always answered
+    return parse(cls, checked(response))
+
+
+def _post_job(
+    mode: str, kind: str, job_input: Mapping[str, Any], callback_url: str | None, idempotency_key: str | None
+) -> Flow[Job]:
+    body: dict[str, Any] = {"kind": kind, "input": dict(job_input)}
+    if callback_url is not None:
+        body["callback_url"] = callback_url
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+    return _one(Call("POST", f"{JOBS_PATH}{mode}/", json=body, headers=headers), Job)
+
+
+def run(kind: str, job_input: Mapping[str, Any], idempotency_key: str | None) -> Flow[Job]:
+    return _post_job("sync", kind, job_input, None, idempotency_key)
+
+
+def submit(kind: str, job_input: Mapping[str, Any], callback_url: str | None, idempotency_key: str | None) -> Flow[Job]:
+    return _post_job("async", kind, job_input, callback_url, idempotency_key)
+
+
+def _job_path(job_id: str) -> str:
+    """The job's URL path; the id is escaped, so that no id can name another route."""
+    return f"{JOBS_PATH}{quote(job_id, safe='')}/"
+
+
+def get(job_id: str) -> Flow[Job]:
+    return _one(Call("GET", _job_path(job_id)), Job)
+
+
+def cancel(job_id: str) -> Flow[Job]:
+    return _one(Call("POST", f"{_job_path(job_id)}cancel/"), Job)
+
+
+def wait(job_id: str, timeout: float, poll_interval: float) -> Flow[Job]:
+    """Poll until the job is final: honours `Retry-After`, asks `Prefer: wait=N` and, where the service
+    says `Preference-Applied` (it held the request), polls again at once; else backs off to MAX_POLL_INTERVAL."""
+    deadline = time.monotonic() + timeout
+    interval = poll_interval
+    while True:
+        prefer = min(MAX_PREFER_WAIT, int(deadline - time.monotonic()))
+        headers = {"Prefer": f"wait={prefer}"} if prefer >= 1 else {}
+        response = yield Call("GET", _job_path(job_id), headers=headers)
+        assert response is not None
+        job = parse(Job, checked(response))
+        remaining = deadline - time.monotonic()
+        if job.finished:
+            return job
+        if remaining <= 0:
+            raise WaitTimeout(job, timeout)
+        if "wait" in response.headers.get("Preference-Applied", ""):
+            continue
+        retry_after = response.headers.get("Retry-After", "")
+        delay = int(retry_after) if retry_after.strip().isdigit() else interval
+        interval = min(interval * 2, MAX_POLL_INTERVAL)
+        yield Pause(min(delay, remaining))
+
+
+def _filters(**filters: Any) -> dict[str, str]:
+    return {
+        name: value.isoformat() if isinstance(value, datetime) else str(value)
+        for name, value in filters.items()
+        if value is not None
+    }
+
+
+class JobFilters(TypedDict, total=False):
+    """The job list's filters (API.md): all optional; `created_*` are exclusive bounds."""
+
+    mode: str
+    status: str
+    kind: str
+    created_after: datetime | str
+    created_before: datetime | str
+    page_size: int
+
+
+def page_call(filters: JobFilters) -> Call:
+    """The first page of the caller's jobs matching the filters, newest first."""
+    return Call("GET", JOBS_PATH, params=_filters(**filters))
+
+
+def page(call: Call) -> Flow[JobPage]:
+    return _one(call, JobPage)
+
+
+def next_page_call(current: Call, job_page: JobPage) -> Call | None:
+    """The call for the page after this one: the same filters with the `next` link's query (its cursor).
+
+    Only the query of `next` is used, so that a proxy's idea of the host never redirects the client."""
+    if job_page.next is None:
+        return None
+    return Call("GET", JOBS_PATH, params={**current.params, **dict(parse_qsl(urlsplit(job_page.next).query))})
+
+
+def export_call(
+    export_format: str, created_after: datetime | str | None, created_before: datetime | str | None
+) -> Call:
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}")
+    params = _filters(format=export_format, created_after=created_after, created_before=created_before)
+    return Call("GET", f"{JOBS_PATH}export/", params=params)
+
+
+def balance() -> Flow[Balance]:
+    return _one(Call("GET", "/api/v1/credits/"), Balance)
+
+
+def limits() -> Flow[Limits]:
+    return _one(Call("GET", "/api/v1/me/limits/"), Limits)
+
+
+def me() -> Flow[Me]:
+    return _one(Call("GET", "/api/v1/me/"), Me)
+
+
+def rotate_webhook_secret() -> Flow[WebhookSecret]:
+    return _one(Call("POST", "/api/v1/me/webhook-secret/"), WebhookSecret)

@@ -1,0 +1,243 @@
+"""`Client` (blocking, httpx.Client) and `AsyncClient` (asyncio, httpx.AsyncClient).
+
+Both drive the same flows (`_protocol`); each public method is a one-line hand-over, so the two cannot
+disagree about paths, bodies, errors or polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from types import TracebackType
+from typing import Any, Self, TypeVar, Unpack, cast
+
+import httpx
+
+from jobsite_client import _protocol as protocol
+from jobsite_client._protocol import Call, Flow, JobFilters, Pause
+from jobsite_client.models import Balance, Job, JobPage, Limits, Me, WebhookSecret
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds per request (connect, read, write and pool each); a sync job holds its request while it runs."""
+
+try:
+    USER_AGENT = f"jobsite-client/{version('jobsite-client')}"
+except PackageNotFoundError:  # imported from a source tree, not installed
+    USER_AGENT = "jobsite-client"
+"""Sent with every request, so that the service's logs tell this client's traffic apart."""
+
+
+def _headers(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}", "Accept": "application/json", "User-Agent": USER_AGENT}
+
+
+def _request(http: httpx.Client | httpx.AsyncClient, call: Call) -> httpx.Request:
+    return http.build_request(call.method, call.path, params=call.params, json=call.json, headers=call.headers)
+
+
+class Client:
+    """The Jobsite API over one pooled HTTP connection set; use as a context manager or call `close()`.
+
+    Errors raise `jobsite_client.errors.APIError` subclasses; transport failures raise `httpx.HTTPError`.
+    """
+
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=_headers(api_key), timeout=timeout)
+
+    def _drive(self, flow: Flow[T]) -> T:
+        step = next(flow)
+        while True:
+            try:
+                if isinstance(step, Pause):
+                    time.sleep(step.seconds)
+                    step = flow.send(None)
+                else:
+                    step = flow.send(self._http.send(_request(self._http, step)))
+            except StopIteration as done:
+                return cast(T, done.value)  # a flow returns its declared result
+
+    def run(self, kind: str, input: Mapping[str, Any], *, idempotency_key: str | None = None) -> Job:
+        """Run a job now (POST /jobs/sync/): the succeeded job; a failed one raises `JobFailed`."""
+        return self._drive(protocol.run(kind, input, idempotency_key))
+
+    def submit(
+        self,
+        kind: str,
+        input: Mapping[str, Any],
+        *,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Queue a job (POST /jobs/async/): the job, `queued` (or final at once when cached)."""
+        return self._drive(protocol.submit(kind, input, callback_url, idempotency_key))
+
+    def get(self, job_id: str) -> Job:
+        """One job with its webhook delivery attempts."""
+        return self._drive(protocol.get(job_id))
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job (its credits are refunded); `Conflict` when it is no longer cancellable."""
+        return self._drive(protocol.cancel(job_id))
+
+    def wait(self, job_id: str, timeout: float = 60.0, *, poll_interval: float = protocol.POLL_INTERVAL) -> Job:
+        """Poll until the job is final; `WaitTimeout` (with the last state) after `timeout` seconds."""
+        return self._drive(protocol.wait(job_id, timeout, poll_interval))
+
+    def page(self, **filters: Unpack[JobFilters]) -> JobPage:
+        """The first page of the caller's jobs, newest first (staff: everyone's)."""
+        return self._drive(protocol.page(protocol.page_call(filters)))
+
+    def jobs(self, **filters: Unpack[JobFilters]) -> Iterator[Job]:
+        """Every job matching the filters, newest first, fetching page after page as iteration goes."""
+        call: Call | None = protocol.page_call(filters)
+        while call is not None:
+            job_page = self._drive(protocol.page(call))
+            yield from job_page.results
+            call = protocol.next_page_call(call, job_page)
+
+    def export(
+        self,
+        format: str = "jsonl",
+        *,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+    ) -> Iterator[str]:
+        """The caller's jobs as JSON lines or CSV rows (first the header), streamed line by line."""
+        call = protocol.export_call(format, created_after, created_before)
+        with self._http.stream(call.method, call.path, params=call.params, headers=call.headers) as response:
+            if not response.is_success:
+                response.read()
+                protocol.checked(response)
+            yield from response.iter_lines()
+
+    def balance(self) -> Balance:
+        """The caller's credit balance."""
+        return self._drive(protocol.balance())
+
+    def limits(self) -> Limits:
+        """Each endpoint's rate limit and concurrency caps as they apply to the caller, and the balance."""
+        return self._drive(protocol.limits())
+
+    def me(self) -> Me:
+        """The caller: username, roles, the key's scopes, MFA enrolment, balance."""
+        return self._drive(protocol.me())
+
+    def rotate_webhook_secret(self) -> str:
+        """Create or rotate the webhook signing secret (`whsec_...`, shown once); the old one signs for 24 h."""
+        secret: WebhookSecret = self._drive(protocol.rotate_webhook_secret())
+        return secret.secret
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """`Client` for asyncio: the same methods, awaited (`jobs()` and `export()` are async iterators)."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=_headers(api_key), timeout=timeout)
+
+    async def _drive(self, flow: Flow[T]) -> T:
+        step = next(flow)
+        while True:
+            try:
+                if isinstance(step, Pause):
+                    await asyncio.sleep(step.seconds)
+                    step = flow.send(None)
+                else:
+                    step = flow.send(await self._http.send(_request(self._http, step)))
+            except StopIteration as done:
+                return cast(T, done.value)  # a flow returns its declared result
+
+    async def run(self, kind: str, input: Mapping[str, Any], *, idempotency_key: str | None = None) -> Job:
+        """See `Client.run`."""
+        return await self._drive(protocol.run(kind, input, idempotency_key))
+
+    async def submit(
+        self,
+        kind: str,
+        input: Mapping[str, Any],
+        *,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """See `Client.submit`."""
+        return await self._drive(protocol.submit(kind, input, callback_url, idempotency_key))
+
+    async def get(self, job_id: str) -> Job:
+        """See `Client.get`."""
+        return await self._drive(protocol.get(job_id))
+
+    async def cancel(self, job_id: str) -> Job:
+        """See `Client.cancel`."""
+        return await self._drive(protocol.cancel(job_id))
+
+    async def wait(self, job_id: str, timeout: float = 60.0, *, poll_interval: float = protocol.POLL_INTERVAL) -> Job:
+        """See `Client.wait`."""
+        return await self._drive(protocol.wait(job_id, timeout, poll_interval))
+
+    async def page(self, **filters: Unpack[JobFilters]) -> JobPage:
+        """See `Client.page`."""
+        return await self._drive(protocol.page(protocol.page_call(filters)))
+
+    async def jobs(self, **filters: Unpack[JobFilters]) -> AsyncIterator[Job]:
+        """See `Client.jobs`."""
+        call: Call | None = protocol.page_call(filters)
+        while call is not None:
+            job_page = await self._drive(protocol.page(call))
+            for job in job_page.results:
+                yield job
+            call = protocol.next_page_call(call, job_page)
+
+    async def export(
+        self,
+        format: str = "jsonl",
+        *,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+    ) -> AsyncIterator[str]:
+        """See `Client.export`."""
+        call = protocol.export_call(format, created_after, created_before)
+        async with self._http.stream(call.method, call.path, params=call.params, headers=call.headers) as response:
+            if not response.is_success:
+                await response.aread()
+                protocol.checked(response)
+            async for line in response.aiter_lines():
+                yield line
+
+    async def balance(self) -> Balance:
+        """See `Client.balance`."""
+        return await self._drive(protocol.balance())
+
+    async def limits(self) -> Limits:
+        """See `Client.limits`."""
+        return await self._drive(protocol.limits())
+
+    async def me(self) -> Me:
+        """See `Client.me`."""
+        return await self._drive(protocol.me())
+
+    async def rotate_webhook_secret(self) -> str:
+        """See `Client.rotate_webhook_secret`."""
+        secret: WebhookSecret = await self._drive(protocol.rotate_webhook_secret())
+        return secret.secret
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        await self.aclose()

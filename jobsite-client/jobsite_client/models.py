@@ -1,0 +1,255 @@
+"""The API's resources as frozen dataclasses, parsed from JSON by their type hints.
+
+A field without a default is one the OpenAPI schema lists as required (it may still be nullable: `X | None`);
+a field with a default is optional there. Members the service adds later are ignored, so an older client
+keeps working against a newer service; `tests/test_client_schema.py` fails when these drift from the schema.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from datetime import datetime
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+
+FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+"""Job statuses that never change again."""
+
+
+class MalformedResponse(ValueError):
+    """A response lacks a member the schema requires, or has one of the wrong shape."""
+
+
+Converter = Callable[[Any], Any]
+"""Turns one decoded JSON member into the field's value."""
+
+
+def parse(cls: type[T], data: Any) -> T:
+    """Build the dataclass `cls` from decoded JSON: nested dataclasses, lists, datetimes; extra keys ignored."""
+    if not isinstance(data, dict):
+        raise MalformedResponse(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    converters, required = _shape(cls)
+    if missing := [name for name in required if name not in data]:
+        raise MalformedResponse(f"{cls.__name__}: missing {', '.join(missing)}")
+    try:
+        return cls(
+            **{
+                name: data[name] if convert is None or data[name] is None else convert(data[name])
+                for name, convert in converters.items()
+                if name in data
+            }
+        )
+    except (TypeError, ValueError) as exc:  # a member of the wrong shape, at any depth
+        raise MalformedResponse(f"{cls.__name__}: {exc}") from exc
+
+
+_SHAPES: dict[type, tuple[dict[str, Converter | None], tuple[str, ...]]] = {}
+"""Per model class: each field's converter (None: taken as decoded), and the fields without a default.
+
+Built once per class: resolving type hints costs far more than parsing (loadgen parses every answer)."""
+
+
+def _shape(cls: type) -> tuple[dict[str, Converter | None], tuple[str, ...]]:
+    if cls not in _SHAPES:
+        hints = get_type_hints(cls)
+        _SHAPES[cls] = (
+            {f.name: _converter(hints[f.name]) for f in fields(cls)},
+            tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING),
+        )
+    return _SHAPES[cls]
+
+
+def _converter(hint: Any) -> Converter | None:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        (inner,) = [arg for arg in get_args(hint) if arg is not type(None)]
+        return _converter(inner)  # None itself is never converted (parse passes it through)
+    if origin is list:
+        item = _converter(get_args(hint)[0])
+        return None if item is None else lambda values: [item(value) for value in values]
+    if is_dataclass(hint):
+        return lambda value: parse(hint, value)  # type: ignore[arg-type]
+    if hint is datetime:
+        return datetime.fromisoformat
+    return None
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job failed."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class CallbackAttempt:
+    """One webhook delivery attempt."""
+
+    n: int
+    at: datetime
+    status_code: int | None = None
+    error: str = ""
+    duration_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Callback:
+    """The webhook of an async job: where, how it went (`none|pending|delivered|failed`), each attempt."""
+
+    url: str
+    status: str
+    attempts: list[CallbackAttempt]
+
+
+@dataclass(frozen=True)
+class AttemptLogEntry:
+    """One run of a job: its error and whether it was the caller's fault."""
+
+    n: int
+    at: datetime
+    code: str
+    message: str
+    callers_fault: bool
+    worker: str = ""
+    started_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as the API shows it (sensitive input fields masked)."""
+
+    id: str
+    kind: str
+    mode: str
+    status: str
+    input: dict[str, Any]
+    result: dict[str, Any] | None
+    error: JobError | None
+    cost: int
+    attempts: int
+    attempt_log: list[AttemptLogEntry]
+    cached: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queue_wait_ms: int | None
+    run_ms: int | None
+    callback: Callback
+
+    @property
+    def finished(self) -> bool:
+        """True once the job is succeeded, failed or canceled."""
+        return self.status in FINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of the cursor-paginated job list; `next`/`previous` are URLs or None."""
+
+    results: list[Job]
+    next: str | None
+    previous: str | None
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One invalid field of a 400 `validation_error`."""
+
+    field: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An RFC 9457 problem+json body; codes may add members (kept in `APIError.body`)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[FieldError] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Balance:
+    """The caller's credit balance."""
+
+    balance: int
+
+
+@dataclass(frozen=True)
+class Me:
+    """The caller: user, roles, the key's scopes, MFA enrolment and balance."""
+
+    username: str
+    is_staff: bool
+    roles: list[str]
+    scopes: list[str]
+    mfa_enrolled: bool
+    balance: int
+
+
+@dataclass(frozen=True)
+class RateLimitState:
+    """An endpoint's rate limit and what remains of it (`remaining`, `reset` None when not yet used)."""
+
+    algorithm: str
+    key: str
+    quota: int
+    window: int
+    remaining: int | None
+    reset: int | None
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """An endpoint's concurrency caps (None: no cap) and how many slots are in use."""
+
+    max_per_user: int | None
+    max_global: int | None
+    in_use_by_you: int
+    in_use_global: int
+
+
+@dataclass(frozen=True)
+class EndpointLimits:
+    """One endpoint policy's limits as they apply to the caller."""
+
+    name: str
+    enabled: bool
+    rate_limit: RateLimitState | None
+    concurrency: Concurrency
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every endpoint's limits and the balance."""
+
+    balance: int
+    endpoints: list[EndpointLimits]
+
+
+@dataclass(frozen=True)
+class WebhookSecret:
+    """A new webhook signing secret (`whsec_...`), shown once."""
+
+    secret: str
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    """A verified webhook delivery: its id (stable across retries), its timestamp and its JSON body."""
+
+    id: str
+    timestamp: datetime
+    data: dict[str, Any]
+
+    @property
+    def job(self) -> Job:
+        """The body as a Job (the service's own webhooks; the compatible routes send another shape)."""
+        return parse(Job, self.data)

@@ -1,0 +1,213 @@
+"""jobsite-client against the real service: gunicorn, an RQ worker, a webhook receiver on 127.0.0.1."""
+
+import asyncio
+import hashlib
+import json
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import pytest
+
+from accounts.models import User
+from credits.services import credit_adjust
+from tests import conftest
+from tests.access_helpers import set_policy
+from tests.conftest import ROOT, LocalHTTPServer, respond
+from tests.waiting import wait_until
+
+sys.path.insert(0, str(ROOT / "jobsite-client"))  # until requirements-dev installs ./jobsite-client
+
+import jobsite_client as jc
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def _hash(data: str, iterations: int) -> str:
+    """The hash kind's output (API.md), computed here independently of the service."""
+    h = hashlib.sha256(data.encode()).hexdigest()
+    for i in range(iterations):
+        h = hashlib.sha256(f"{h}:{i}".encode()).hexdigest()
+    return h
+
+
+@pytest.fixture
+def client_of(server_url: str) -> Iterator[Callable[[User], jc.Client]]:
+    """A `jc.Client` on the session's gunicorn with a fresh all-scopes API key of the user."""
+    clients: list[jc.Client] = []
+
+    def make(user: User) -> jc.Client:
+        key = conftest.auth_headers(user)["Authorization"].removeprefix("Bearer ")
+        clients.append(jc.Client(server_url, key, timeout=30))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def test_run_sync_and_read_the_account(client_of: Callable[[User], jc.Client], make_user: Callable[..., User]) -> None:
+    user = make_user()
+    client = client_of(user)
+    before = client.balance().balance
+    job = client.run("hash", {"data": "hello", "iterations": 10})
+    assert (job.status, job.mode, job.kind, job.finished) == ("succeeded", "sync", "hash", True)
+    assert job.result is not None and job.result["output_hash"] == _hash("hello", 10)
+    assert job.finished_at is not None and job.created_at <= job.finished_at
+    assert client.balance().balance == before - job.cost
+    me = client.me()
+    assert (me.username, me.balance) == (user.username, before - job.cost)
+    assert "jobs:run" in me.scopes
+    limits = client.limits()
+    assert limits.balance == me.balance
+    by_name = {endpoint.name: endpoint for endpoint in limits.endpoints}
+    assert by_name["jobs.sync"].concurrency.max_per_user == 4
+    assert client.get(job.id) == job
+
+
+def test_submit_wait_and_a_verified_webhook(
+    client_of: Callable[[User], jc.Client],
+    make_user: Callable[..., User],
+    start_worker: Callable[..., Any],
+    http_server: Callable[..., LocalHTTPServer],
+) -> None:
+    client = client_of(make_user())
+    secret = client.rotate_webhook_secret()
+    assert secret.startswith("whsec_")
+    events: list[jc.WebhookEvent] = []
+    refused: list[str] = []
+    lock = threading.Lock()
+
+    def receive(request: BaseHTTPRequestHandler) -> None:
+        delivery = receiver.requests[-1]  # LocalHTTPServer records each request before calling its handler
+        try:
+            event = jc.verify_webhook(delivery["body"], delivery["headers"], secret)
+        except jc.InvalidWebhook as exc:
+            with lock:
+                refused.append(str(exc))
+            respond(request, 400)
+            return
+        with lock:
+            events.append(event)
+        respond(request, 204)
+
+    receiver = http_server(receive)
+    start_worker("jobs", "callbacks")
+    queued = client.submit(
+        "hash", {"data": f"webhook-{uuid.uuid4()}", "iterations": 5}, callback_url=f"{receiver.url}/hook"
+    )
+    assert (queued.mode, queued.status, queued.callback.url) == ("async", "queued", f"{receiver.url}/hook")
+    done = client.wait(queued.id, timeout=30)
+    assert done.status == "succeeded" and done.result is not None
+    wait_until(lambda: events, timeout=20)
+    (event,) = events
+    assert refused == []
+    job = event.job
+    assert (job.id, job.status, job.result) == (queued.id, "succeeded", done.result)
+    assert event.id == receiver.requests[0]["headers"]["webhook-id"]
+    wait_until(lambda: client.get(queued.id).callback.status == "delivered")
+    (attempt,) = client.get(queued.id).callback.attempts
+    assert (attempt.n, attempt.status_code) == (1, 204)
+
+
+def test_wait_times_out_with_the_last_state_and_cancel_refunds(
+    client_of: Callable[[User], jc.Client], make_user: Callable[..., User]
+) -> None:
+    client = client_of(make_user())  # no worker: the job stays queued
+    before = client.balance().balance
+    queued = client.submit("hash", {"data": f"cancel-{uuid.uuid4()}", "iterations": 5})
+    started = time.monotonic()
+    with pytest.raises(jc.WaitTimeout) as timeout:
+        client.wait(queued.id, timeout=1.0, poll_interval=0.1)
+    assert 1.0 <= time.monotonic() - started < 5 and timeout.value.job.status == "queued"
+    canceled = client.cancel(queued.id)
+    assert canceled.status == "canceled" and client.balance().balance == before
+    with pytest.raises(jc.Conflict) as again:
+        client.cancel(queued.id)
+    assert (again.value.status, again.value.code) == (409, "not_cancellable")
+
+
+def test_jobs_iterates_every_page_and_export_streams(
+    client_of: Callable[[User], jc.Client], make_user: Callable[..., User]
+) -> None:
+    client = client_of(make_user())
+    ran = [client.run("hash", {"data": f"page-{n}-{uuid.uuid4()}", "iterations": 1}).id for n in range(7)]
+    first = client.page(page_size=3)
+    assert len(first.results) == 3 and first.next is not None and first.previous is None
+    listed = [job.id for job in client.jobs(page_size=3, mode="sync", kind="hash")]
+    assert listed == ran[::-1]  # newest first, all 7 across 3 pages, none twice
+    assert list(client.jobs(status="queued")) == []
+    lines = list(client.export("jsonl"))
+    assert sorted(json.loads(line)["id"] for line in lines) == sorted(ran)
+    rows = list(client.export("csv"))
+    assert "id" in rows[0].split(",") and len(rows) == 8
+    with pytest.raises(ValueError):
+        list(client.export("xml"))
+
+
+def test_errors_are_typed(
+    server_url: str, client_of: Callable[[User], jc.Client], make_user: Callable[..., User], fresh_policies: None
+) -> None:
+    user = make_user()
+    client = client_of(user)
+    with pytest.raises(jc.NotFound) as missing:
+        client.get(str(uuid.uuid4()))
+    assert (missing.value.status, missing.value.code, missing.value.title) == (404, "not_found", "Not found")
+    with pytest.raises(jc.NotFound):
+        client.get("../../me")  # escaped: an id never reaches another route
+
+    with pytest.raises(jc.ValidationError) as invalid:
+        client.run("hash", {"data": "", "iterations": 0})
+    assert invalid.value.status == 400 and {e.field for e in invalid.value.errors} >= {"input.iterations"}
+
+    key = f"k-{uuid.uuid4()}"
+    first = client.submit("hash", {"data": "idem", "iterations": 1}, idempotency_key=key)
+    assert client.submit("hash", {"data": "idem", "iterations": 1}, idempotency_key=key).id == first.id
+    with pytest.raises(jc.IdempotencyError) as reused:
+        client.submit("hash", {"data": "other", "iterations": 1}, idempotency_key=key)
+    assert (reused.value.status, reused.value.code) == (422, "idempotency_key_reused")
+
+    credit_adjust(user=user, amount=-client.balance().balance, reason="spend it all")
+    with pytest.raises(jc.InsufficientCredits) as poor:
+        client.run("hash", {"data": "x", "iterations": 1})
+    assert (poor.value.status, poor.value.balance, poor.value.cost) == (402, 0, 1)
+
+    set_policy("credits.read", rate_limit_algorithm="fixed_window", rate_limit_key="user", rate_limit=1, rate_window=60)
+
+    def limited() -> jc.RateLimited | None:
+        try:
+            client.balance()
+        except jc.RateLimited as exc:
+            return exc
+        return None
+
+    error = wait_until(limited)  # the server reads the new policy within POLICY_CHECK_INTERVAL
+    assert (error.status, error.code) == (429, "rate_limited") and 0 < error.retry_after <= 60
+
+    wrong = jc.Client(server_url, "jsk_0.wrong")
+    with wrong, pytest.raises(jc.AuthenticationFailed) as unauthenticated:
+        wrong.me()
+    assert unauthenticated.value.code == "not_authenticated"
+
+
+def test_async_client_shares_the_flows(server_url: str, make_user: Callable[..., User]) -> None:
+    key = conftest.auth_headers(make_user())["Authorization"].removeprefix("Bearer ")
+
+    async def scenario() -> tuple[list[jc.Job], list[str], list[jc.Job]]:
+        async with jc.AsyncClient(server_url, key) as client:
+            ran = list(
+                await asyncio.gather(*(client.run("hash", {"data": f"a{n}", "iterations": 2}) for n in range(3)))
+            )
+            exported = [line async for line in client.export()]
+            listed = [job async for job in client.jobs(page_size=2)]
+            with pytest.raises(jc.NotFound):
+                await client.wait(str(uuid.uuid4()), timeout=1)
+            return ran, exported, listed
+
+    ran, exported, listed = asyncio.run(scenario())
+    assert all(job.status == "succeeded" for job in ran)
+    assert {job.id for job in listed} == {job.id for job in ran} == {json.loads(line)["id"] for line in exported}

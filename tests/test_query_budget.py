@@ -1,0 +1,136 @@
+"""Query budgets of the hot path, through the full API with an API key, in the steady state.
+
+Budgets count database round trips as Django captures them, BEGIN and COMMIT included (an autocommit
+statement is one round trip, a transaction of n statements is n + 2). Steady state: the second request, with
+the API key, its user and roles, the endpoint policies and the kind settings in the per-process caches, so
+authentication and policy checks cost 0 statements. Every policy is on and never refuses: a per-user and a
+global concurrency cap, a rate limit (Redis), a credit charge, the result cache (a miss: unique data).
+
+- async acknowledgement, 8 = BEGIN, [global cap: advisory lock, SUM of the endpoint's counters], the
+  per-user counter's conditional upsert, INSERT job, UPDATE account (charge), INSERT ledger entry, COMMIT.
+- sync job, 12 = the same transaction (8), the run, then BEGIN, UPDATE job (finish), UPDATE counter
+  (release), COMMIT. The response serialises the job in memory: nothing is read back.
+- with an Idempotency-Key, +3: one INSERT claims the key (autocommit), one UPDATE in the job's transaction
+  ties the key to the job (a request that dies is answered by its job), one UPDATE stores the response.
+- an anonymous sync job on the compatible route /sync, 10: the sync job less the charge (anonymous jobs are
+  free) and without a key to look up; the anonymous owner is cached per process like the policies.
+- job detail, 2: the job, its delivery attempts (one prefetch).
+- job list, 3: COUNT for the page, the page, the delivery attempts of the whole page (one prefetch):
+  the same at 1 and at 50 jobs.
+Without the global cap a submission costs 2 fewer (no lock, no SUM); SQLite takes no advisory lock (its write
+transactions are serialised from BEGIN IMMEDIATE), so there each submission costs 1 fewer than the budget.
+
+The gate (authentication, policies, permissions) costs no statement: keys, roles, allowlists and policies are
+cached per process (accounts.selectors, jobsite.process_cache); tests/test_gate.py holds it to that.
+"""
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from accounts.models import User
+from tests.access_helpers import open_compat_to_anonymous, set_policy
+from tests.conftest import run_worker_burst
+from tests.job_helpers import kind_settings
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ASYNC_ACK = 8
+SYNC_JOB = 12
+IDEMPOTENCY_KEY = 3
+REPLAY = 2
+"""A replayed key: the claim's INSERT finds the key taken, one SELECT reads the stored response."""
+COMPAT_ANONYMOUS_SYNC = 10
+JOB_DETAIL = 2
+JOB_LIST = 3
+
+EVERY_POLICY = {
+    "rate_limit_algorithm": "token_bucket",
+    "rate_limit": 1_000_000,
+    "refill_rate": 1_000_000,
+    "rate_window": 60,
+    "max_concurrent_per_user": 1000,
+    "max_concurrent_global": 100_000,
+}
+"""Every limit of an endpoint policy on, none of them ever refusing."""
+
+
+@pytest.fixture
+def api(client_for: Callable[[User], APIClient], user: User) -> APIClient:
+    for name in ("jobs.sync", "jobs.async"):
+        set_policy(name, **EVERY_POLICY)
+    kind_settings("hash", cost=1, cache_algorithm="lru")
+    return client_for(user)
+
+
+def unique_hash() -> dict[str, Any]:
+    """Data never seen before: the result cache misses."""
+    return {"kind": "hash", "input": {"data": uuid.uuid4().hex, "iterations": 1}}
+
+
+def submit(api: APIClient, path: str, *, key: bool) -> Any:
+    headers = {"Idempotency-Key": uuid.uuid4().hex} if key else {}
+    response = api.post(path, unique_hash(), format="json", headers=headers)
+    assert response.status_code in (200, 202), response.content
+    return response
+
+
+@pytest.mark.parametrize(
+    ("path", "budget"), [("/api/v1/jobs/sync/", SYNC_JOB), ("/api/v1/jobs/async/", ASYNC_ACK)], ids=["sync", "async"]
+)
+@pytest.mark.parametrize("key", [False, True], ids=["no-key", "idempotency-key"])
+def test_a_submission_stays_within_its_budget(
+    api: APIClient, path: str, budget: int, key: bool, django_assert_max_num_queries: Any
+) -> None:
+    submit(api, path, key=key)  # the first request fills the per-process caches
+    with django_assert_max_num_queries(budget + (IDEMPOTENCY_KEY if key else 0)):
+        submit(api, path, key=key)
+
+
+def test_an_anonymous_compat_sync_job_reads_nothing(django_assert_max_num_queries: Any) -> None:
+    open_compat_to_anonymous()
+    set_policy("compat.sync", auth_required=False, **EVERY_POLICY)
+    anonymous = APIClient()
+    assert anonymous.post("/sync", {"data": uuid.uuid4().hex, "iterations": 1}, format="json").status_code == 200
+    with django_assert_max_num_queries(COMPAT_ANONYMOUS_SYNC):
+        assert anonymous.post("/sync", {"data": uuid.uuid4().hex, "iterations": 1}, format="json").status_code == 200
+
+
+def test_a_replayed_key_is_one_failed_insert_and_one_read(api: APIClient, django_assert_max_num_queries: Any) -> None:
+    body, headers = unique_hash(), {"Idempotency-Key": "replayed"}
+    first = api.post("/api/v1/jobs/sync/", body, format="json", headers=headers)
+    with django_assert_max_num_queries(REPLAY):
+        replay = api.post("/api/v1/jobs/sync/", body, format="json", headers=headers)
+    assert replay["Idempotent-Replayed"] == "true" and replay.json() == first.json()
+
+
+def test_a_job_detail_stays_within_its_budget(api: APIClient, django_assert_max_num_queries: Any) -> None:
+    job_id = submit(api, "/api/v1/jobs/sync/", key=False).json()["id"]
+    api.get(f"/api/v1/jobs/{job_id}/")
+    with django_assert_max_num_queries(JOB_DETAIL):
+        assert api.get(f"/api/v1/jobs/{job_id}/").status_code == 200
+
+
+def list_queries(api: APIClient) -> int:
+    api.get("/api/v1/jobs/")
+    with CaptureQueriesContext(connection) as queries:
+        response = api.get("/api/v1/jobs/")
+    assert response.status_code == 200
+    return len(queries)
+
+
+def test_a_job_list_costs_the_same_at_1_and_at_50_jobs(api: APIClient) -> None:
+    submit(api, "/api/v1/jobs/sync/", key=False)
+    at_one = list_queries(api)
+    for _ in range(24):
+        submit(api, "/api/v1/jobs/sync/", key=False)
+    for _ in range(25):
+        submit(api, "/api/v1/jobs/async/", key=False)
+    run_worker_burst()
+    assert len(api.get("/api/v1/jobs/").json()["results"]) == 50
+    assert list_queries(api) == at_one <= JOB_LIST
