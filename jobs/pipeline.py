@@ -156,17 +156,18 @@ def _job_run_sync(request: _JobRequest) -> Job:
 
 def _job_enqueue(request: _JobRequest) -> Job:
     policy = request.policy
+    capacity = min(policy.queue_max_depth, settings.QUEUE_ADMISSION_DEPTH)
     try:
-        depth = queues.queue_depth()
+        depth = queues.queue_wait_for_room(limit=capacity, wait=settings.QUEUE_ADMISSION_WAIT)
     except RedisError:
         raise ServiceUnavailable("The job queue is unreachable; try again shortly.") from None
-    if depth >= policy.queue_max_depth:
+    if depth >= capacity:
         raise QueueFull(
-            f"The queue holds {depth} jobs (cap {policy.queue_max_depth}).",
+            f"The queue holds {depth} jobs (cap {capacity}).",
             headers={"Retry-After": str(settings.QUEUE_FULL_RETRY_AFTER)},
             limit={"policy": policy.name, "queue_max_depth": policy.queue_max_depth},
             queue_depth=depth,
-            queue_capacity=policy.queue_max_depth,
+            queue_capacity=capacity,
             retry_after=settings.QUEUE_FULL_RETRY_AFTER,
         )
     attributes = {"job.kind": request.kind_settings.kind}

@@ -1,6 +1,7 @@
 """RQ queues Jobsite uses, and enqueueing that never loses a job: the database row comes first."""
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -45,6 +46,28 @@ def get_queue(name: str) -> Queue:
 
 def queue_depth(name: str = JOBS_QUEUE) -> int:
     return get_queue(name).count
+
+
+ADMISSION_POLL_FIRST = 0.005
+"""Seconds before an acknowledgement waiting for room looks at the queue again; doubled up to the max."""
+ADMISSION_POLL_MAX = 0.04
+"""Longest pause between looks: shorter than the time the workers take to run the bounded queue's jobs, so
+they never starve while acknowledgements wait."""
+
+
+def queue_wait_for_room(*, limit: int, wait: float) -> int:
+    """The jobs queue's depth as soon as it is below `limit`, or after `wait` seconds (then >= limit).
+
+    Back-pressure for async acknowledgements: under saturation a caller waits for room instead of adding to
+    a backlog that every accepted job would wait behind. One LLEN when there is room.
+    """
+    depth = queue_depth()
+    deadline, pause = time.monotonic() + wait, ADMISSION_POLL_FIRST
+    while depth >= limit and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, ADMISSION_POLL_MAX)
+        depth = queue_depth()
+    return depth
 
 
 def enqueue_job(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
