@@ -34,6 +34,11 @@ from jobsite.tracing import get_tracer
 logger = logging.getLogger(__name__)
 tracer = get_tracer()
 
+ERROR_MESSAGE_MAX = 2000
+"""Characters of a failed job's error_message kept: an upstream's whole error page would bloat every read."""
+ATTEMPT_MESSAGE_MAX = 500
+"""Characters of each attempt_log entry's message: the log grows by one entry per attempt."""
+
 
 def elapsed_ms(start: datetime, end: datetime) -> int:
     return max(0, int((end - start).total_seconds() * 1000))
@@ -93,7 +98,7 @@ def job_claim(job_id: UUID, *, worker_name: str = "") -> Job | None:
 
 def attempt_log_with(job: Job, *, code: str, message: str, callers_fault: bool = False) -> list[dict[str, Any]]:
     """The job's attempt log with this attempt's failure appended: which worker ran it, from when until when."""
-    entry = {"n": job.attempts, "at": timezone.now().isoformat(), "code": code, "message": message[:500]}
+    entry = {"n": job.attempts, "at": timezone.now().isoformat(), "code": code, "message": message[:ATTEMPT_MESSAGE_MAX]}
     started_at = job.started_at.isoformat() if job.started_at else None
     return [
         *job.attempt_log,
@@ -125,7 +130,7 @@ def job_finish(
         "status": status,
         "result": result,
         "error_code": error_code,
-        "error_message": error_message[:2000],
+        "error_message": error_message[:ERROR_MESSAGE_MAX],
         "attempt_log": log,
         "finished_at": now,
         "run_ms": elapsed_ms(job.started_at, now),
