@@ -98,7 +98,12 @@ def job_claim(job_id: UUID, *, worker_name: str = "") -> Job | None:
 
 def attempt_log_with(job: Job, *, code: str, message: str, callers_fault: bool = False) -> list[dict[str, Any]]:
     """The job's attempt log with this attempt's failure appended: which worker ran it, from when until when."""
-    entry = {"n": job.attempts, "at": timezone.now().isoformat(), "code": code, "message": message[:ATTEMPT_MESSAGE_MAX]}
+    entry = {
+        "n": job.attempts,
+        "at": timezone.now().isoformat(),
+        "code": code,
+        "message": message[:ATTEMPT_MESSAGE_MAX],
+    }
     started_at = job.started_at.isoformat() if job.started_at else None
     return [
         *job.attempt_log,

@@ -5,7 +5,6 @@ or queued (async)."""
 
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -176,11 +175,7 @@ def _job_enqueue(request: _JobRequest) -> Job:
         job = _job_create(request, cost=request.cost)
         span.set_attribute("job.id", str(job.id))
         job_charge(job)
-        enqueue = partial(
-            queues.enqueue_job_or_defer,
-            job.id,
-            time_limit=request.kind_settings.time_limit,
-            trace_context=job.trace_context,
+        queues.enqueue_job_on_commit(
+            job.id, time_limit=request.kind_settings.time_limit, trace_context=job.trace_context
         )
-        transaction.on_commit(enqueue)
     return job

@@ -3,10 +3,12 @@
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from uuid import UUID
 
 import django_rq
 from django.conf import settings
+from django.db import transaction
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
@@ -83,12 +85,17 @@ def enqueue_job(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] 
     )
 
 
-def enqueue_job_or_defer(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
+def _enqueue_job_or_defer(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
     """After commit: enqueue now, or leave the job queued in the database for the reconciler."""
     try:
         enqueue_job(job_id, time_limit=time_limit, trace_context=trace_context)
     except RedisError:
         logger.warning("enqueue failed; the reconciler will enqueue job %s", job_id, exc_info=True)
+
+
+def enqueue_job_on_commit(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
+    """Enqueue the job once the transaction that recorded it commits (a rolled-back job is never run)."""
+    transaction.on_commit(partial(_enqueue_job_or_defer, job_id, time_limit=time_limit, trace_context=trace_context))
 
 
 def callback_rq_id(job_id: UUID | str, n: int, *, deferral: str = "") -> str:
