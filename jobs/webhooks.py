@@ -106,7 +106,8 @@ def webhook_secret_rotate(*, user: User) -> str:
     return _secret_create(user)
 
 
-def _active_secrets(user_id: int, now: datetime) -> list[str]:
+def webhook_secrets_active(*, user_id: int, now: datetime) -> list[str]:
+    """The user's secrets that sign now, newest first (none created: see webhook_signing_secrets)."""
     rows = WebhookSecret.objects.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now), user_id=user_id)
     return [crypto.decrypt(row.secret_encrypted) for row in rows.order_by("-created_at")]
 
@@ -114,12 +115,12 @@ def _active_secrets(user_id: int, now: datetime) -> list[str]:
 def webhook_signing_secrets(*, user: User) -> list[str]:
     """The secrets that sign the user's webhooks, newest first; one is created if the user has none."""
     now = timezone.now()
-    active = _active_secrets(user.pk, now)
+    active = webhook_secrets_active(user_id=user.pk, now=now)
     if active:
         return active
     with transaction.atomic():
         User.objects.select_for_update().filter(pk=user.pk).first()
-        return _active_secrets(user.pk, now) or [_secret_create(user)]
+        return webhook_secrets_active(user_id=user.pk, now=now) or [_secret_create(user)]
 
 
 def webhook_sign(*, secrets_: list[str], msg_id: str, timestamp: datetime, body: str) -> str:

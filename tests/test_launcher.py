@@ -142,7 +142,7 @@ def test_seed_demo_keeps_its_credentials_across_runs(tmp_path: Path) -> None:
     first = json.loads(stored.read_text())
     demo = User.objects.get(username="demo")
     secrets_signing = webhook_signing_secrets(user=demo)
-    assert secrets_signing[0] == first["webhook_secret"]
+    assert secrets_signing == [first["webhook_secret"]], "a fresh demo signs with one secret, not two"
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
     out = StringIO()
     call_command("seed_demo", "--credentials", str(stored), stdout=out)
