@@ -17,10 +17,10 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
-from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.models import EndpointPolicy, User
+from accounts.requests import AuthenticatedRequest
 from jobs.models import FINAL_STATUSES, IdempotencyRecord, IdempotencyStatus, Job, JobMode, JobStatus
 from jobsite.db import insert_unless_conflict
 from jobsite.errors import (
@@ -193,7 +193,11 @@ def _replay(record: IdempotencyRecord) -> Response:
 
 
 def idempotent_response(
-    *, request: Request, policy: EndpointPolicy, run: Callable[[], Response], render_job: Callable[[Job], Response]
+    *,
+    request: AuthenticatedRequest,
+    policy: EndpointPolicy,
+    run: Callable[[], Response],
+    render_job: Callable[[Job], Response],
 ) -> Response:
     """Run `run` once per (user, Idempotency-Key) within the policy's TTL; without the header, just run it.
 
