@@ -4,6 +4,7 @@ The gate sets these attributes at run time, where mypy cannot see them; views an
 classes instead of `Request` so the attributes and the narrowed user are typed.
 """
 
+from django.http import HttpRequest
 from rest_framework.request import Request
 
 from accounts.models import EndpointPolicy, User
@@ -21,3 +22,9 @@ class AuthenticatedRequest(PolicyRequest):
     """A request a view handles behind a policy that requires authentication: the caller is a User."""
 
     user: User  # type: ignore[assignment]  # narrows Request.user, which the stubs type as User | AnonymousUser
+
+
+class StaffHttpRequest(HttpRequest):
+    """A Django request the admin site lets in: its user is active staff, so a User."""
+
+    user: User
