@@ -108,8 +108,7 @@ class WebhookSecretAdmin(admin.ModelAdmin):
 
     list_display = ["user", "created_at", "expires_at"]
     search_fields = ["user__username"]
-    fields: list[str] = ["user", "created_at", "expires_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("user", "created_at", "expires_at")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

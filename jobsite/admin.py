@@ -3,7 +3,7 @@
 import json
 import string
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from django.contrib import admin
@@ -36,10 +36,11 @@ class EstimatedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        estimate = planner_estimate(self.object_list)
+        objects = cast(QuerySet[Model], self.object_list)  # the admin pages querysets only
+        estimate = planner_estimate(objects)
         if estimate is not None and estimate > EXACT_COUNT_UP_TO:
             return estimate
-        return self.object_list[: EXACT_COUNT_UP_TO + 1].count()
+        return objects[: EXACT_COUNT_UP_TO + 1].count()
 
 
 class ScaleAdmin(admin.ModelAdmin):

@@ -25,7 +25,9 @@ class ProblemSerializer(serializers.Serializer):
     status = serializers.IntegerField()
     detail = serializers.CharField()
     code = serializers.CharField()
-    errors = ProblemFieldErrorSerializer(many=True, required=False, help_text="validation_error: each bad field.")
+    errors = ProblemFieldErrorSerializer(  # type: ignore[assignment]  # a field: DRF's metaclass leaves the property
+        many=True, required=False, help_text="validation_error: each bad field."
+    )
 
 
 PROBLEM = OpenApiResponse(response=ProblemSerializer, description="problem+json (see `code`)")
@@ -83,7 +85,7 @@ class NewestFirstPagination(CursorPagination):
         # A cursor names a page; one this service did not issue names no page (404, as DRF decides).
         try:
             cursor = super().decode_cursor(request)
-            if cursor is not None and cursor.position is not None and parse_datetime(cursor.position) is None:
+            if cursor is not None and cursor.position is not None and parse_datetime(str(cursor.position)) is None:
                 raise ValueError(cursor.position)
         except (exceptions.NotFound, ValueError):
             raise NotFound("No such page: the cursor is not one this service issued.") from None
@@ -93,7 +95,7 @@ class NewestFirstPagination(CursorPagination):
 class ApiSchema(AutoSchema):
     """Descriptions come from `extend_schema` only: a class's docstring is for developers, not integrators."""
 
-    def get_description(self) -> str:
+    def get_description(self) -> str:  # type: ignore[override]  # spectacular's signature, not DRF's it shadows
         return ""
 
     def _get_request_for_media_type(self, serializer: Any, direction: str = "request") -> tuple[Any, bool]:
