@@ -16,6 +16,7 @@ from contextlib import closing
 from datetime import datetime, tzinfo
 from itertools import chain, islice, repeat
 from typing import Any
+from uuid import UUID
 
 from django.db import transaction
 from django.db.models import QuerySet
@@ -70,10 +71,10 @@ def export_row(row: dict[str, Any], attempts: list[dict[str, Any]], zone: tzinfo
     }  # fmt: skip
 
 
-def _attempts_of(rows: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+def _attempts_of(rows: list[dict[str, Any]]) -> dict[UUID, list[dict[str, Any]]]:
     """The webhook attempts of one chunk's jobs, in one query (only jobs with a callback have any)."""
     with_callback = [row["id"] for row in rows if row["callback_url"]]
-    by_job: dict[Any, list[dict[str, Any]]] = {}
+    by_job: dict[UUID, list[dict[str, Any]]] = {}
     if with_callback:
         attempts = CallbackAttempt.objects.filter(job_id__in=with_callback).order_by("job_id", "n")
         for attempt in attempts.values("job_id", *ATTEMPT_FIELDS):

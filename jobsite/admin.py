@@ -19,7 +19,7 @@ ID_PREFIX_MIN = 4
 """Hex digits from which a search term is taken as an id prefix rather than a username prefix."""
 
 
-def planner_estimate(queryset: QuerySet[Any]) -> int | None:
+def planner_estimate(queryset: QuerySet[Model]) -> int | None:
     """PostgreSQL's own row estimate for the query (from pg_class.reltuples and column statistics); None elsewhere."""
     connection = connections[queryset.db]
     if connection.vendor != "postgresql":
