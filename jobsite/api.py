@@ -1,7 +1,9 @@
 """What every API view shares: problem responses, cursor pagination, and the OpenAPI pieces of every operation."""
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from django.db.models import Model, QuerySet
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, PolymorphicProxySerializer, inline_serializer
@@ -10,6 +12,12 @@ from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 
 from jobsite.errors import PROBLEM_CONTENT_TYPE, NotFound
+
+if TYPE_CHECKING:  # rest_framework.views loads the authentication classes, which import this module
+    from rest_framework.views import APIView
+
+M = TypeVar("M", bound=Model)
+R = TypeVar("R")
 
 
 class ProblemFieldErrorSerializer(serializers.Serializer):
@@ -77,7 +85,9 @@ class NewestFirstPagination(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
 
-    def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> Any:
+    def paginate_queryset(
+        self, queryset: QuerySet[M, R] | Sequence[R], request: Request, view: "APIView | None" = None
+    ) -> list[R] | None:
         PageQuerySerializer(data=request.query_params.dict()).is_valid(raise_exception=True)
         return super().paginate_queryset(queryset, request, view)
 
