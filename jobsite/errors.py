@@ -177,7 +177,7 @@ def problem(
     }
 
 
-def _field_errors(detail: Any, prefix: str = "") -> list[dict[str, str]]:
+def _field_errors(detail: object, prefix: str = "") -> list[dict[str, str]]:
     """Flatten DRF's nested error detail into [{field, message}] with dotted field paths."""
     if isinstance(detail, dict):
         errors = []

@@ -10,7 +10,7 @@ MAX_JSON_DEPTH = 32
 """Deepest nesting of arrays and objects a request body may have; deeper bodies are refused (400), never recursed."""
 
 
-def _json_depth(value: Any) -> int:
+def _json_depth(value: object) -> int:
     deepest, stack = 0, [(value, 1)]
     while stack:
         node, depth = stack.pop()
