@@ -13,13 +13,13 @@ a restart never doubles counts nor drops the live processes' (RQ workers of the 
 """
 
 import contextlib
-import multiprocessing
 import os
 from pathlib import Path
 
 from prometheus_client import multiprocess
 
-from jobsite.env import env_int, env_list, env_str
+from jobsite.env import env_bool, env_int, env_list, env_str
+from jobsite.sizing import default_web_workers
 
 METRICS_DIR = Path(env_str("PROMETHEUS_MULTIPROC_DIR", str(Path(__file__).resolve().parent / "var" / "prometheus")))
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)  # read by prometheus_client in the workers
@@ -27,7 +27,7 @@ METRICS_DIR.mkdir(parents=True, exist_ok=True)
 
 wsgi_app = "jobsite.wsgi:application"
 bind = env_list("BIND", [f"0.0.0.0:{env_int('PORT', 8000, minimum=1)}"])
-workers = env_int("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count()), minimum=1)
+workers = env_int("WEB_CONCURRENCY", default_web_workers(), minimum=1)
 worker_class = "gthread"
 threads = env_int("GUNICORN_THREADS", 8, minimum=1)
 timeout = env_int("GUNICORN_TIMEOUT", 60, minimum=1)
@@ -37,7 +37,8 @@ keepalive = 5
 max_requests = 10_000
 max_requests_jitter = 1_000
 """Workers are recycled now and then (jittered, so not all at once), bounding the damage of any slow leak."""
-accesslog = "-"
+accesslog = "-" if env_bool("GUNICORN_ACCESS_LOG", True) else None
+"""One line per request on stdout; GUNICORN_ACCESS_LOG=false drops it where the load balancer logs requests."""
 
 
 def _pid_alive(pid: int) -> bool:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from jobsite.sizing import CALLBACK_WORKERS, default_job_workers
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_USER = "bench"
 
@@ -31,7 +33,9 @@ class Topology:
 BENCH_TOPOLOGY = Topology()
 """The benchmarks' own default: more threads, and every worker on jobs and callbacks alike."""
 RUN_COMMAND = Topology(
-    threads=8, worker_queues=(("jobs", "maintenance"), ("jobs", "maintenance"), ("callbacks",)), cron=True
+    threads=8,
+    worker_queues=(("jobs", "maintenance"),) * default_job_workers() + (("callbacks",),) * CALLBACK_WORKERS,
+    cron=True,
 )
 """What `python3 -m jobsite run` starts (jobsite/__main__.py run_service, RQ_WORKERS and RQ_CALLBACK_WORKERS unset)."""
 

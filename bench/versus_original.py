@@ -50,6 +50,9 @@ ORIGINAL_VENV = Path.home() / ".cache" / "jobsite-bench" / "original-venv"
 COMPAT_POLICY = ["auth_required=false", "rate_limit_algorithm=none"]
 """Anonymous, no rate limit: how the original served its routes. Set on compat.sync and compat.async."""
 
+FREE_BUDGET_LIFTED = 1_000_000
+"""CALLBACK_FREE_BUDGET of the stack: more webhook attempts per minute than any run makes."""
+
 BIND_ORIGINAL = 'web.TCPSite(self._runner, "0.0.0.0", self.callback_port)'
 BIND_LOOPBACK = 'web.TCPSite(self._runner, "127.0.0.1", self.callback_port)'
 """The one change made to the generator: its callback receiver listens on loopback only."""
@@ -340,7 +343,9 @@ def main() -> None:
         extract_original(args.original, original)
         python = original_python(original / "requirements.txt")
         timer = prepare_generator(original, Path(scratch) / "generator")
-        stack_env = {"CALLBACK_ALLOW_PRIVATE": "true"}
+        # The free-webhook budget is a rate limit on anonymous callers' deliveries (120 a minute): lifted like
+        # the routes' own limit, as the original had none (else it, not the service, paces the callbacks).
+        stack_env = {"CALLBACK_ALLOW_PRIVATE": "true", "CALLBACK_FREE_BUDGET": str(FREE_BUDGET_LIFTED)}
         with (
             running_original(original, python) as original_url,
             running_stack(

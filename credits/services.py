@@ -10,6 +10,9 @@ from credits.models import CreditAccount, EntryType, LedgerEntry
 from jobsite.db import insert_unless_conflict
 from jobsite.errors import InsufficientCredits, InvalidInput
 
+REASON_MAX_LENGTH = LedgerEntry._meta.get_field("reason").max_length
+"""A ledger entry's reason is cut to its column (job kinds and error codes can make it long)."""
+
 
 def charge_key(job_id: UUID | str) -> str:
     return f"charge:{job_id}"
@@ -54,7 +57,7 @@ def _post(
         account_id=user_id,
         type=type,
         amount=amount,
-        reason=reason[:255],
+        reason=reason[:REASON_MAX_LENGTH],
         job_id=job_id,
         posting_key=posting_key,
         created_by=created_by,

@@ -10,6 +10,9 @@ from jobs.services import job_cancel, job_requeue
 from jobs.webhooks import callback_redeliver
 from jobsite.admin import PolicyAdmin, ScaleAdmin
 
+SHORT_ID_DIGITS = 8
+"""Hex digits of a job id in the change list: unique enough to read, one line at 1366 px."""
+
 
 class CallbackAttemptInline(admin.TabularInline):
     model = CallbackAttempt
@@ -72,7 +75,7 @@ class JobAdmin(ScaleAdmin):
     @admin.display(description="id", ordering="id")
     def short_id(self, job: Job) -> str:
         """The first 8 hex digits: unique enough to read, one line at 1366 px; search takes the full id."""
-        return str(job.id)[:8]
+        return str(job.id)[:SHORT_ID_DIGITS]
 
     @admin.display(description="created", ordering="created_at")
     def created(self, job: Job) -> str:

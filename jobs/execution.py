@@ -2,12 +2,15 @@
 
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
-from functools import partial
+from functools import cache, partial
 from typing import Any
 from uuid import UUID
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from redis.exceptions import RedisError
@@ -31,30 +34,76 @@ from jobsite.tracing import get_tracer
 logger = logging.getLogger(__name__)
 tracer = get_tracer()
 
+ERROR_MESSAGE_MAX = 2000
+"""Characters of a failed job's error_message kept: an upstream's whole error page would bloat every read."""
+ATTEMPT_MESSAGE_MAX = 500
+"""Characters of each attempt_log entry's message: the log grows by one entry per attempt."""
+
 
 def elapsed_ms(start: datetime, end: datetime) -> int:
     return max(0, int((end - start).total_seconds() * 1000))
 
 
-def job_claim(job_id: UUID, *, worker_name: str = "") -> Job | None:
-    """Conditionally move queued -> running; only one worker can win, a canceled job is skipped."""
-    now = timezone.now()
-    claimed = Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
-        status=JobStatus.RUNNING, started_at=now, attempts=F("attempts") + 1, worker_name=worker_name
+@cache
+def _claim_sql() -> tuple[str, tuple[Any, ...]]:
+    """The claim statement (PostgreSQL, SQLite >= 3.35: UPDATE ... RETURNING) and the fields it returns."""
+    fields = tuple(Job._meta.concrete_fields)
+    quote = connection.ops.quote_name
+    sql = (
+        f"UPDATE {quote(Job._meta.db_table)} SET {quote('status')} = %s, {quote('started_at')} = %s,"
+        f" {quote('attempts')} = {quote('attempts')} + 1, {quote('worker_name')} = %s"
+        f" WHERE {quote('id')} = %s AND {quote('status')} = %s"
+        f" RETURNING {', '.join(quote(field.column) for field in fields)}"
     )
-    if not claimed:
+    return sql, fields
+
+
+def _job_from_row(row: tuple[Any, ...], fields: tuple[Any, ...]) -> Job:
+    """A Job from a raw row, through the same converters the ORM applies (JSON, UUIDs, SQLite datetimes)."""
+    values = []
+    for field, value in zip(fields, row, strict=True):
+        column = field.get_col(Job._meta.db_table)
+        for converter in connection.ops.get_db_converters(column) + column.get_db_converters(connection):
+            value = converter(value, column, connection)
+        values.append(value)
+    return Job.from_db(connection.alias, [field.attname for field in fields], values)
+
+
+def job_claim(job_id: UUID, *, worker_name: str = "") -> Job | None:
+    """Conditionally move queued -> running; only one worker can win, a canceled job is skipped.
+
+    One statement: the conditional UPDATE returns the row the run needs. The queue wait is computed here
+    and written by the finish UPDATE (job_finish), not by a statement of its own.
+    """
+    now = timezone.now()
+    sql, fields = _claim_sql()
+    params = (
+        JobStatus.RUNNING,
+        Job._meta.get_field("started_at").get_db_prep_value(now, connection),
+        worker_name[: Job._meta.get_field("worker_name").max_length],
+        Job._meta.pk.get_db_prep_value(job_id, connection),
+        JobStatus.QUEUED,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()  # to the end: SQLite finishes (and commits) the statement only then
+    if not rows:
         return None
-    job = Job.objects.get(pk=job_id)
+    job = _job_from_row(rows[0], fields)
     # Only the last wait: a job back on the queue (retry, lost worker) counts from when it went back.
     job.queue_wait_ms = elapsed_ms(job.queued_at or job.created_at, now)
-    Job.objects.filter(pk=job_id).update(queue_wait_ms=job.queue_wait_ms)
     metrics.JOB_QUEUE_WAIT.labels(kind=job.kind).observe(job.queue_wait_ms / 1000)
     return job
 
 
 def attempt_log_with(job: Job, *, code: str, message: str, callers_fault: bool = False) -> list[dict[str, Any]]:
     """The job's attempt log with this attempt's failure appended: which worker ran it, from when until when."""
-    entry = {"n": job.attempts, "at": timezone.now().isoformat(), "code": code, "message": message[:500]}
+    entry = {
+        "n": job.attempts,
+        "at": timezone.now().isoformat(),
+        "code": code,
+        "message": message[:ATTEMPT_MESSAGE_MAX],
+    }
     started_at = job.started_at.isoformat() if job.started_at else None
     return [
         *job.attempt_log,
@@ -86,17 +135,17 @@ def job_finish(
         "status": status,
         "result": result,
         "error_code": error_code,
-        "error_message": error_message[:2000],
+        "error_message": error_message[:ERROR_MESSAGE_MAX],
         "attempt_log": log,
         "finished_at": now,
         "run_ms": elapsed_ms(job.started_at, now),
+        "queue_wait_ms": job.queue_wait_ms,
     }
     with transaction.atomic():
         finished = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(**outcome)
         if finished:
-            # What we wrote is the row now (it matched status and attempts): no read back.
-            for field, value in outcome.items():
-                setattr(job, field, value)
+            for name, value in outcome.items():  # the row now holds exactly these: no need to read it back
+                setattr(job, name, value)
             concurrency_release(job)
             job_on_final(job)
     return bool(finished)
@@ -109,9 +158,22 @@ def job_on_final(job: Job) -> None:
     metrics.JOBS_FINISHED.labels(kind=job.kind, mode=job.mode, outcome=job.status).inc()
     if job.run_ms is not None:
         metrics.JOB_RUN_TIME.labels(kind=job.kind).observe(job.run_ms / 1000)
-    if job.callback_status == CallbackStatus.PENDING:
+    if job.callback_status == CallbackStatus.PENDING and not _WORKER_DELIVERS_FIRST.get():
         retries = get_kind_settings(job.kind).callback_retries
         transaction.on_commit(partial(queues.enqueue_callback_or_defer, job.pk, n=1, retries_left=retries))
+
+
+_WORKER_DELIVERS_FIRST: ContextVar[bool] = ContextVar("worker_delivers_first", default=False)
+"""Set while a worker runs a job whose first webhook attempt it makes itself (job_execute's `deliver_first`)."""
+
+
+@contextmanager
+def _worker_delivers_first(enabled: bool) -> Iterator[None]:
+    token = _WORKER_DELIVERS_FIRST.set(enabled)
+    try:
+        yield
+    finally:
+        _WORKER_DELIVERS_FIRST.reset(token)
 
 
 def _job_retry_later(job: Job, *, code: str, message: str) -> bool:
@@ -180,15 +242,23 @@ def _cache_store(kind_settings: KindSettings, params: dict[str, Any], stored: An
         logger.warning("result not cached: Redis failed", exc_info=True)
 
 
-def job_execute(*, job_id: UUID | str, worker_name: str = "") -> Retry | None:
+def job_execute(
+    *, job_id: UUID | str, worker_name: str = "", deliver_first: Callable[[Job], object] | None = None
+) -> Retry | None:
     """Worker entry: claim the job and run it; a job already claimed or canceled is left alone.
 
+    With `deliver_first`, the first webhook attempt of a job this worker finished is made here, right
+    after the final state commits, instead of an RQ hop to the callbacks queue. Crash-safe as the hop was:
+    a worker that dies in between leaves the delivery pending in the database for the reconciler.
     A due retry is returned as an RQ Retry: RQ schedules the same RQ job (ScheduledJobRegistry, so the
     reconciler sees it pending) and a worker started --with-scheduler runs it after the delay.
     """
     job = job_claim(UUID(str(job_id)), worker_name=worker_name)
     if job is None:
         return None
-    delay = job_run(job)
+    with _worker_delivers_first(deliver_first is not None):
+        delay = job_run(job)
+    if deliver_first is not None and job.is_final and job.callback_status == CallbackStatus.PENDING:
+        deliver_first(job)  # the in-memory job is final only if this worker's finish committed
     # max: our attempts counter decides, RQ's own retry count never reaches it.
     return None if delay is None else Retry(max=job.attempts, interval=[delay])

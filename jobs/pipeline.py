@@ -5,7 +5,6 @@ or queued (async)."""
 
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -157,17 +156,18 @@ def _job_run_sync(request: _JobRequest) -> Job:
 
 def _job_enqueue(request: _JobRequest) -> Job:
     policy = request.policy
+    capacity = min(policy.queue_max_depth, settings.QUEUE_ADMISSION_DEPTH)
     try:
-        depth = queues.queue_depth()
+        depth = queues.queue_wait_for_room(limit=capacity, wait=settings.QUEUE_ADMISSION_WAIT)
     except RedisError:
         raise ServiceUnavailable("The job queue is unreachable; try again shortly.") from None
-    if depth >= policy.queue_max_depth:
+    if depth >= capacity:
         raise QueueFull(
-            f"The queue holds {depth} jobs (cap {policy.queue_max_depth}).",
+            f"The queue holds {depth} jobs (cap {capacity}).",
             headers={"Retry-After": str(settings.QUEUE_FULL_RETRY_AFTER)},
             limit={"policy": policy.name, "queue_max_depth": policy.queue_max_depth},
             queue_depth=depth,
-            queue_capacity=policy.queue_max_depth,
+            queue_capacity=capacity,
             retry_after=settings.QUEUE_FULL_RETRY_AFTER,
         )
     attributes = {"job.kind": request.kind_settings.kind}
@@ -176,11 +176,7 @@ def _job_enqueue(request: _JobRequest) -> Job:
         job = _job_create(request, cost=request.cost)
         span.set_attribute("job.id", str(job.id))
         job_charge(job)
-        enqueue = partial(
-            queues.enqueue_job_or_defer,
-            job.id,
-            time_limit=request.kind_settings.time_limit,
-            trace_context=job.trace_context,
+        queues.enqueue_job_on_commit(
+            job.id, time_limit=request.kind_settings.time_limit, trace_context=job.trace_context
         )
-        transaction.on_commit(enqueue)
     return job

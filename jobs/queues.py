@@ -1,11 +1,14 @@
 """RQ queues Jobsite uses, and enqueueing that never loses a job: the database row comes first."""
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from uuid import UUID
 
 import django_rq
 from django.conf import settings
+from django.db import transaction
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
@@ -47,6 +50,28 @@ def queue_depth(name: str = JOBS_QUEUE) -> int:
     return get_queue(name).count
 
 
+ADMISSION_POLL_FIRST = 0.005
+"""Seconds before an acknowledgement waiting for room looks at the queue again; doubled up to the max."""
+ADMISSION_POLL_MAX = 0.04
+"""Longest pause between looks: shorter than the time the workers take to run the bounded queue's jobs, so
+they never starve while acknowledgements wait."""
+
+
+def queue_wait_for_room(*, limit: int, wait: float) -> int:
+    """The jobs queue's depth as soon as it is below `limit`, or after `wait` seconds (then >= limit).
+
+    Back-pressure for async acknowledgements: under saturation a caller waits for room instead of adding to
+    a backlog that every accepted job would wait behind. One LLEN when there is room.
+    """
+    depth = queue_depth()
+    deadline, pause = time.monotonic() + wait, ADMISSION_POLL_FIRST
+    while depth >= limit and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, ADMISSION_POLL_MAX)
+        depth = queue_depth()
+    return depth
+
+
 def enqueue_job(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
     """Put a job on the jobs queue; RQ's job id is ours, RQ backs the kind's time limit, meta carries the trace."""
     get_queue(JOBS_QUEUE).enqueue(
@@ -60,12 +85,17 @@ def enqueue_job(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] 
     )
 
 
-def enqueue_job_or_defer(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
+def _enqueue_job_or_defer(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
     """After commit: enqueue now, or leave the job queued in the database for the reconciler."""
     try:
         enqueue_job(job_id, time_limit=time_limit, trace_context=trace_context)
     except RedisError:
         logger.warning("enqueue failed; the reconciler will enqueue job %s", job_id, exc_info=True)
+
+
+def enqueue_job_on_commit(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
+    """Enqueue the job once the transaction that recorded it commits (a rolled-back job is never run)."""
+    transaction.on_commit(partial(_enqueue_job_or_defer, job_id, time_limit=time_limit, trace_context=trace_context))
 
 
 def callback_rq_id(job_id: UUID | str, n: int, *, deferral: str = "") -> str:

@@ -57,10 +57,7 @@ def job_requeue(*, job_id: UUID) -> bool:
         if requeued:
             concurrency_retake(job)
             time_limit = get_kind_settings(job.kind).time_limit
-            enqueue = partial(
-                queues.enqueue_job_or_defer, job.pk, time_limit=time_limit, trace_context=job.trace_context
-            )
-            transaction.on_commit(enqueue)
+            queues.enqueue_job_on_commit(job.pk, time_limit=time_limit, trace_context=job.trace_context)
     return bool(requeued)
 
 

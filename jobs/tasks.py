@@ -10,7 +10,7 @@ from jobs.execution import job_execute
 from jobs.idempotency import idempotency_purge_expired
 from jobs.metrics import LEDGER_CHECK_KEY, RECONCILER_LAST_RUN_KEY
 from jobs.services import jobs_reconcile
-from jobs.webhooks import callback_deliver, callbacks_reconcile
+from jobs.webhooks import callback_deliver, callback_deliver_first, callbacks_reconcile
 from jobsite.logs import log_context
 from jobsite.redis import get_redis
 from jobsite.tracing import TRACE_META_KEY, extract_context
@@ -21,7 +21,8 @@ def execute_job(job_id: str) -> Retry | None:
     token = context.attach(extract_context(rq_job.meta.get(TRACE_META_KEY) if rq_job else None))
     try:
         with log_context(job_id=job_id):
-            return job_execute(job_id=job_id, worker_name=(rq_job.worker_name or "") if rq_job else "")
+            worker_name = (rq_job.worker_name or "") if rq_job else ""
+            return job_execute(job_id=job_id, worker_name=worker_name, deliver_first=callback_deliver_first)
     finally:
         context.detach(token)
 

@@ -1,6 +1,7 @@
 """Webhook deliveries: per-user signing secrets, signed attempts through the SSRF guard, retries, rescue.
 
-One delivery attempt is one RQ job on the callbacks queue. An attempt has a total deadline; at most
+The first attempt is made by the job worker that finished the job, right after commit (no second queue
+hop); every other attempt is one RQ job on the callbacks queue. An attempt has a total deadline; at most
 CALLBACK_MAX_PER_HOST attempts run against one receiver host at a time (the others are deferred, not
 counted); webhooks of jobs that cost nothing spend their owner's free-delivery budget. A failed attempt
 schedules the next one on CALLBACK_SCHEDULE with RQ's scheduler (workers run `--with-scheduler`), within
@@ -14,6 +15,7 @@ import logging
 import random
 import secrets
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
+from redis.exceptions import RedisError
 from rest_framework.renderers import JSONRenderer
 from standardwebhooks.webhooks import Webhook
 
@@ -136,6 +139,8 @@ class _Outcome:
     error: str = ""
     retryable: bool = True
     retry_after: float | None = None
+    cut_short: bool = False
+    """An inline attempt cut at CALLBACK_INLINE_TIMEOUT: carried on at once from the queue, no retry spent."""
 
     @property
     def delivered(self) -> bool:
@@ -219,8 +224,9 @@ def _post(url: str, body: str, headers: dict[str, str]) -> _Outcome:
     )
 
 
-def _send(job: Job, body: str) -> _Outcome:
-    """One signed POST, all of it (DNS, connect, headers, body) within CALLBACK_TOTAL_TIMEOUT."""
+def _send(job: Job, body: str, *, inline: bool = False) -> _Outcome:
+    """One signed POST, all of it (DNS, connect, headers, body) within CALLBACK_TOTAL_TIMEOUT (inline:
+    CALLBACK_INLINE_TIMEOUT, then it is cut short)."""
     now = timezone.now()
     msg_id = str(job.delivery_id)
     headers = {
@@ -232,11 +238,15 @@ def _send(job: Job, body: str) -> _Outcome:
             secrets_=webhook_signing_secrets(user=job.owner), msg_id=msg_id, timestamp=now, body=body
         ),
     }
+    cut = inline and settings.CALLBACK_INLINE_TIMEOUT < settings.CALLBACK_TOTAL_TIMEOUT
+    seconds = settings.CALLBACK_INLINE_TIMEOUT if cut else settings.CALLBACK_TOTAL_TIMEOUT
     try:
-        with _attempt_deadline(settings.CALLBACK_TOTAL_TIMEOUT):
+        with _attempt_deadline(seconds):
             return _post(job.callback_url, body, headers)
     except AttemptDeadlineExceeded:
-        return _Outcome(error=f"timeout: no complete answer within {settings.CALLBACK_TOTAL_TIMEOUT:g} s")
+        if cut:
+            return _Outcome(error=f"timeout: cut after {seconds:g} s in the job worker", cut_short=True)
+        return _Outcome(error=f"timeout: no complete answer within {seconds:g} s")
 
 
 def callback_retry_delay(*, scale: float, retry_index: int, retry_after: float | None = None) -> float:
@@ -307,20 +317,56 @@ def callback_deliver(*, job_id: UUID | str, n: int, retries_left: int, give_up_a
     job = Job.objects.select_related("owner").filter(pk=job_id).first()
     if job is None or job.callback_status != CallbackStatus.PENDING or job.status not in FINAL_STATUSES:
         return "skipped"
-    give_up = _give_up_at(job, give_up_at)
+    return _callback_deliver_job(job, n=n, retries_left=retries_left, give_up=_give_up_at(job, give_up_at))
+
+
+def _callback_deliver_job(job: Job, *, n: int, retries_left: int, give_up: datetime, inline: bool = False) -> str:
+    """Attempt n under the receiver host's lease; a busy host defers it (inline: hands it to the queue)."""
     slot = _host_slot_acquire(job.callback_url)
     if slot is None:
+        if inline:
+            queues.enqueue_callback(job.pk, n=n, retries_left=retries_left)
+            return "handed over"
         wait = settings.CALLBACK_HOST_BUSY_DELAY * random.uniform(1, 2)
         return _callback_defer(job, n=n, retries_left=retries_left, give_up=give_up, wait=wait, why="host busy")
     try:
         wait = _free_budget_wait(job)
         if wait:
             return _callback_defer(job, n=n, retries_left=retries_left, give_up=give_up, wait=wait, why="free budget")
-        result = _callback_attempt(job, n=n, retries_left=retries_left, give_up=give_up)
+        result = _callback_attempt(job, n=n, retries_left=retries_left, give_up=give_up, inline=inline)
     finally:
         _host_slot_release(slot)
     metrics.WEBHOOK_DELIVERIES.labels(outcome=result, attempt=str(n)).inc()
     return result
+
+
+def _inline_attempt_fits() -> bool:
+    """An attempt's SIGALRM deadline works in the main thread only, and must end well before RQ's own alarm."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
+    return not outer_left or outer_left > settings.CALLBACK_INLINE_TIMEOUT + queues.RQ_TIMEOUT_MARGIN
+
+
+def callback_deliver_first(job: Job) -> str:
+    """The first attempt of a job's webhook, by the worker that just committed the job's final state.
+
+    It saves the callbacks queue's hop. Leases, retries and signatures are those of callback_deliver; past
+    CALLBACK_INLINE_TIMEOUT the attempt is cut and carried on at once by a callbacks worker with the full
+    deadline and no retry spent, so a slow receiver holds a job worker that long at most. If the attempt cannot start here (host lease busy, Redis error, no time left under
+    RQ's alarm) it goes to the callbacks queue as attempt 1, and if even that fails the reconciler finds the
+    delivery pending (as after a worker killed before this call).
+    """
+    retries = get_kind_settings(job.kind).callback_retries
+    if not _inline_attempt_fits():
+        queues.enqueue_callback_or_defer(job.pk, n=1, retries_left=retries)
+        return "handed over"
+    try:
+        return _callback_deliver_job(job, n=1, retries_left=retries, give_up=_give_up_at(job, None), inline=True)
+    except RedisError:
+        logger.warning("webhook of job %s: inline attempt failed on Redis; handed to the queue", job.pk, exc_info=True)
+        queues.enqueue_callback_or_defer(job.pk, n=1, retries_left=retries)  # skipped if the attempt was made
+        return "handed over"
 
 
 def _callback_defer(job: Job, *, n: int, retries_left: int, give_up: datetime, wait: float, why: str) -> str:
@@ -338,7 +384,7 @@ def _callback_defer(job: Job, *, n: int, retries_left: int, give_up: datetime, w
     return "deferred"
 
 
-def _callback_attempt(job: Job, *, n: int, retries_left: int, give_up: datetime) -> str:
+def _callback_attempt(job: Job, *, n: int, retries_left: int, give_up: datetime, inline: bool = False) -> str:
     body = callback_body(job)
     try:
         with transaction.atomic():
@@ -352,7 +398,7 @@ def _callback_attempt(job: Job, *, n: int, retries_left: int, give_up: datetime)
     # A child of the job's submission: every attempt lands in the job's one trace.
     with tracer.start_as_current_span("webhook.deliver", context=extract_context(job.trace_context)) as span:
         span.set_attributes(attributes)
-        outcome = _send(job, body)
+        outcome = _send(job, body, inline=inline)
         span.set_attribute("http.response.status_code", outcome.status_code or 0)
     return _attempt_close(attempt, outcome=outcome, duration_ms=int((time.perf_counter() - started) * 1000))
 
@@ -365,17 +411,19 @@ def _attempt_close(attempt: CallbackAttempt, *, outcome: _Outcome, duration_ms: 
     `interrupted`) is dropped and the schedule the reconciler started goes on.
     """
     job = attempt.job
-    retry_delay = None
-    if not outcome.delivered and outcome.retryable and attempt.retries_left > 0:
+    retry_delay, retries_left = None, attempt.retries_left - 1
+    if outcome.cut_short:
+        retry_delay, retries_left = 0.0, attempt.retries_left
+    elif not outcome.delivered and outcome.retryable and attempt.retries_left > 0:
         kind_settings = get_kind_settings(job.kind)
         retry_delay = callback_retry_delay(
             scale=kind_settings.callback_backoff,
             retry_index=kind_settings.callback_retries - attempt.retries_left,
             retry_after=outcome.retry_after,
         )
-        give_up = attempt.give_up_at or _give_up_at(job, None)
-        if timezone.now() + timedelta(seconds=retry_delay) > give_up:
-            retry_delay = None
+    give_up = attempt.give_up_at or _give_up_at(job, None)
+    if retry_delay is not None and timezone.now() + timedelta(seconds=retry_delay) > give_up:
+        retry_delay = None
     if outcome.delivered:
         result, settle = "delivered", CallbackStatus.DELIVERED
     elif retry_delay is not None:
@@ -395,7 +443,7 @@ def _attempt_close(attempt: CallbackAttempt, *, outcome: _Outcome, duration_ms: 
             _callback_settle(job.pk, settle)
     if retry_delay is not None:
         queues.enqueue_callback(
-            job.pk, n=attempt.n + 1, retries_left=attempt.retries_left - 1,
+            job.pk, n=attempt.n + 1, retries_left=retries_left,
             give_up_at=attempt.give_up_at.timestamp() if attempt.give_up_at else None, delay=retry_delay,
         )  # fmt: skip
         logger.info(

@@ -19,6 +19,7 @@ import venv
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from jobsite.sizing import CALLBACK_WORKERS, default_job_workers
 from jobsite.supervisor import Supervisor  # jobsite/__init__.py has refused a Python older than 3.11
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,11 +197,10 @@ def service_commands(port: str) -> dict[str, list]:
         # gunicorn.conf.py sizes it to the machine and sets up PROMETHEUS_MULTIPROC_DIR, as in production.
         "web": [bin_dir / "gunicorn", "--config", ROOT / "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}"],
     }
-    # Deliveries have workers of their own, so that a slow receiver never holds up jobs, nor a backlog of jobs
-    # the webhooks of jobs already done.
-    job_workers = int(os.environ.get("RQ_WORKERS", "2"))
-    # More than CALLBACK_MAX_PER_HOST (2), so that one slow receiver never holds every delivery worker.
-    callback_workers = int(os.environ.get("RQ_CALLBACK_WORKERS", "3"))
+    # Sized to the machine (jobsite/sizing.py); webhook retries have workers of their own, so that a slow
+    # receiver never holds up jobs, nor a backlog of jobs the retries of webhooks already due.
+    job_workers = int(os.environ.get("RQ_WORKERS") or default_job_workers())
+    callback_workers = int(os.environ.get("RQ_CALLBACK_WORKERS") or CALLBACK_WORKERS)
     for role, queue_names, count in (("jobs", ["jobs", "maintenance"], job_workers),
                                      ("callbacks", ["callbacks"], callback_workers)):  # fmt: skip
         for number in range(1, count + 1):

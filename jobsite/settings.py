@@ -9,6 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from jobsite.env import env_bool, env_choice, env_float, env_int, env_list, env_ports, env_str
 from jobsite.logs import logging_config
+from jobsite.sizing import ADMISSION_PER_JOB_WORKER, default_job_workers
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -205,6 +206,9 @@ CALLBACK_CONNECT_TIMEOUT = env_float("CALLBACK_CONNECT_TIMEOUT", 5.0, minimum=0.
 CALLBACK_READ_TIMEOUT = env_float("CALLBACK_READ_TIMEOUT", 10.0, minimum=0.1)
 CALLBACK_TOTAL_TIMEOUT = env_float("CALLBACK_TOTAL_TIMEOUT", 15.0, minimum=0.1)
 """Seconds one attempt may take in all (DNS, connect, headers, body), however slowly the receiver drips."""
+CALLBACK_INLINE_TIMEOUT = env_float("CALLBACK_INLINE_TIMEOUT", 2.0, minimum=0.1)
+"""Seconds the job worker's own first attempt may take before it is cut and carried on at once by a callbacks
+worker (full deadline, no retry spent): a slow receiver never holds a job worker longer than this."""
 CALLBACK_INTERRUPT_MARGIN = env_float("CALLBACK_INTERRUPT_MARGIN", 10.0, minimum=0.0)
 """Seconds past its deadline after which an attempt still in progress is taken as lost with its worker."""
 CALLBACK_MAX_AGE = env_int("CALLBACK_MAX_AGE", 24 * 3600, minimum=0)
@@ -234,6 +238,15 @@ SERVICE_UNAVAILABLE_RETRY_AFTER = env_int("SERVICE_UNAVAILABLE_RETRY_AFTER", 5, 
 """Seconds a client told `service_unavailable` (Redis unreachable) should wait."""
 QUEUE_FULL_RETRY_AFTER = env_int("QUEUE_FULL_RETRY_AFTER", 5, minimum=1)
 """Seconds a client told `queue_full` should wait."""
+QUEUE_ADMISSION_DEPTH = env_int(
+    "QUEUE_ADMISSION_DEPTH",
+    ADMISSION_PER_JOB_WORKER * env_int("RQ_WORKERS", default_job_workers(), minimum=1),
+    minimum=1,
+)
+"""Async jobs waiting in the jobs queue beyond which an acknowledgement waits for room (back-pressure): a job
+accepted under saturation waits behind at most this many, so its time to callback does not grow with the backlog."""
+QUEUE_ADMISSION_WAIT = env_float("QUEUE_ADMISSION_WAIT", 2.0, minimum=0.0)
+"""Seconds an async acknowledgement waits for room below QUEUE_ADMISSION_DEPTH before answering 503 queue_full."""
 
 API_KEY_PREFIX_BYTES = 6
 """Random bytes in a key's visible prefix (hex): enough to be unique, short enough to read."""

@@ -6,7 +6,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from rest_framework.test import APIClient
 from accounts.models import User
 from credits.admin import RECENT_LEDGER_ENTRIES
 from credits.models import CreditAccount, EntryType, LedgerEntry
-from jobs.export import EXPORT_FIELDS, export_chunks
+from jobs.export import FIRST_CHUNK, export_chunks, export_jsonl, export_query
 from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus
 from jobs.selectors import job_list
 from jobs.serializers import JobSerializer
@@ -181,10 +181,10 @@ def test_admin_reconciler_and_export_queries_use_indexes(staff_client: Client, u
     reconcile_plans = "\n".join(_plans_of(reconcile.captured_queries, "jobs_job"))
     for index in ("job_status_created", "job_running_started", "job_callback_pending", "attempt_in_progress"):
         assert index in reconcile_plans, reconcile_plans
-    export_plan = job_list(user=user, own_only=True).values(*EXPORT_FIELDS).explain()
+    export_plan = export_query(job_list(user=user, own_only=True)).explain()
     assert "job_owner_created" in export_plan, export_plan
     since = timezone.now() - timedelta(days=1)
-    dated_plan = job_list(user=user, own_only=True, created_after=since).values(*EXPORT_FIELDS).explain()
+    dated_plan = export_query(job_list(user=user, own_only=True, created_after=since)).explain()
     assert "job_owner_created" in dated_plan or "job_created_id" in dated_plan, dated_plan
     for plan in [*admin_plans, *ledger_plans, reconcile_plans, export_plan, dated_plan]:
         assert "Seq Scan on jobs_job" not in plan and "Seq Scan on credits_ledgerentry" not in plan, plan
@@ -263,8 +263,8 @@ def test_bad_created_range_is_a_400_problem(api: APIClient, path: str, query: di
 @pytest.mark.django_db
 def test_export_rows_read_exactly_like_the_api(user: User) -> None:
     jobs = make_jobs(user, 3, callback_url="http://127.0.0.1:9/h", callback_status=CallbackStatus.FAILED)
+    CallbackAttempt.objects.create(job=jobs[0], n=2, error="timeout")  # out of order: the export sorts by n
     CallbackAttempt.objects.create(job=jobs[0], n=1, status_code=500, error="boom", duration_ms=3)
-    CallbackAttempt.objects.create(job=jobs[0], n=2, error="timeout")
     make_jobs(user, 2, status=JobStatus.FAILED, error_code="upstream", error_message="no", result=None)
     make_jobs(
         user,
@@ -273,11 +273,40 @@ def test_export_rows_read_exactly_like_the_api(user: User) -> None:
         finished_at=None,
         attempt_log=[{"n": 1, "at": "2026-01-01T00:00:00+00:00", "code": "x", "message": "", "callers_fault": False}],
     )
+    # The database writes the times: whole seconds drop the fraction, a half second keeps all six digits
+    whole, half = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), datetime(2026, 1, 2, 3, 4, 5, 500000, tzinfo=UTC)
+    Job.objects.filter(pk=jobs[1].pk).update(created_at=whole, started_at=half, finished_at=whole)
+    Job.objects.filter(pk=jobs[2].pk).update(input={"data": 'café ✓ "quoted"\n'})
 
     jobs_qs = job_list(user=user, own_only=True)
     exported = [row for chunk in export_chunks(jobs_qs, chunk_size=4) for row in chunk]
     expected = JobSerializer(jobs_qs.prefetch_related("callback_attempts"), many=True).data
     assert json.loads(json.dumps(exported)) == json.loads(json.dumps(expected))
+    # Byte for byte what json.dumps writes of the API's representation (compact, ASCII)
+    jsonl = "".join(export_jsonl(export_chunks(jobs_qs, chunk_size=4)))
+    assert jsonl == "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in expected)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_export_reads_a_server_side_cursor_inside_its_own_transaction(user: User) -> None:
+    make_jobs(user, 50)
+    chunks = export_chunks(job_list(user=user, own_only=True), chunk_size=30)
+    assert not connection.in_atomic_block
+    assert len(next(chunks)) == FIRST_CHUNK
+    assert connection.in_atomic_block  # held while the stream is
+    if connection.vendor == "postgresql":  # a named cursor WITHOUT HOLD: rows as read, no temporary file
+        assert _open_cursors() == [(False,)]
+    chunks.close()  # what the WSGI server does when the client leaves
+    assert not connection.in_atomic_block
+    if connection.vendor == "postgresql":
+        assert _open_cursors() == []
+
+
+def _open_cursors() -> list[tuple[bool]]:
+    """This session's server-side cursors (the query asking is not one), whether each is WITH HOLD."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT is_holdable FROM pg_cursors")
+        return cursor.fetchall()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -28,7 +28,7 @@ from jobsite.redis import get_redis
 from tests.conftest import respond, run_worker_burst
 from tests.processes import free_port
 from tests.waiting import wait_until
-from tests.webhook_helpers import FakeDNS, drain_callbacks
+from tests.webhook_helpers import FakeDNS, drain_callbacks, hold_host_leases
 
 pytestmark = [
     pytest.mark.django_db,
@@ -267,7 +267,9 @@ def test_redeliver_and_reconciler_rescue(api: APIClient, secret: str, http_serve
     receiver = http_server(status(200))
     response = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json")
     job_id = response.json()["id"]
+    hold_host_leases(receiver.url)  # the job worker cannot attempt it inline: it hands attempt 1 to the queue
     run_worker_burst()
+    assert queues.get_queue(queues.CALLBACKS_QUEUE).count == 1
     get_redis().flushdb()  # the delivery's RQ job is lost with Redis
     assert Job.objects.get(pk=job_id).callback_status == CallbackStatus.PENDING
     assert callbacks_reconcile() == {"callbacks_interrupted": 0, "callbacks_requeued": 0}  # within the grace period
@@ -400,11 +402,10 @@ def test_a_delivery_whose_worker_was_killed_is_closed_interrupted_and_retried(
     held, release = threading.Event(), threading.Event()
     receiver = http_server(held_then_ok(held, release))
     deadlines = {"CALLBACK_TOTAL_TIMEOUT": "3", "CALLBACK_INTERRUPT_MARGIN": "1"}
-    worker = start_worker(queues.CALLBACKS_QUEUE, **deadlines)
+    worker = start_worker(queues.JOBS_QUEUE, **deadlines)  # the job's worker makes attempt 1 itself
     response = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json")
     job = Job.objects.get(pk=response.json()["id"])
     try:
-        run_worker_burst()
         assert held.wait(30)  # the worker is mid-delivery, the receiver holds the request
         [attempt] = CallbackAttempt.objects.filter(job=job)
         assert attempt.error == "in progress"
@@ -430,40 +431,40 @@ def test_a_delivery_whose_worker_was_killed_is_closed_interrupted_and_retried(
 def test_a_slow_receiver_holds_one_worker_and_the_others_deliver(
     api: APIClient, secret: str, http_server, start_worker
 ) -> None:
-    """Two callbacks workers, one slot per host: three deliveries to a stuck receiver never take both workers."""
+    """One slot per host: three deliveries to a stuck receiver hold one callbacks worker, never the job worker
+    (its own attempt is cut at CALLBACK_INLINE_TIMEOUT and carried on by a callbacks worker)."""
     release = threading.Event()
-    in_flight = {"now": 0, "most": 0}
-    lock = threading.Lock()
 
     def stuck(request: BaseHTTPRequestHandler) -> None:
-        with lock:
-            in_flight["now"] += 1
-            in_flight["most"] = max(in_flight["most"], in_flight["now"])
         release.wait(30)
-        with lock:
-            in_flight["now"] -= 1
         with contextlib.suppress(OSError):
             respond(request, 200, b"ok")
 
     slow, fast = http_server(stuck), http_server(status(200))
-    limits = {"CALLBACK_MAX_PER_HOST": "1", "CALLBACK_HOST_BUSY_DELAY": "0.2", "CALLBACK_TOTAL_TIMEOUT": "30"}
+    limits = {"CALLBACK_MAX_PER_HOST": "1", "CALLBACK_HOST_BUSY_DELAY": "0.2", "CALLBACK_TOTAL_TIMEOUT": "30",
+              "CALLBACK_INLINE_TIMEOUT": "0.3"}  # fmt: skip
     for _ in range(2):
         start_worker(queues.CALLBACKS_QUEUE, **limits)
+    start_worker(queues.JOBS_QUEUE, **limits)
     slow_ids = [api.post("/api/v1/jobs/async/", {**HASH, "callback_url": slow.url}, format="json").json()["id"]
                 for _ in range(3)]  # fmt: skip
+    in_progress = CallbackAttempt.objects.filter(job_id__in=slow_ids, error="in progress")
     try:
-        run_worker_burst()
-        wait_until(lambda: slow.requests, timeout=30)
+        wait_until(lambda: Job.objects.filter(pk__in=slow_ids, status="succeeded").count() == 3, timeout=30)
         fast_id = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": fast.url}, format="json").json()["id"]
-        run_worker_burst()
         wait_until(lambda: Job.objects.get(pk=fast_id).callback_status == CallbackStatus.DELIVERED, timeout=30)
-        assert in_flight == {"now": 1, "most": 1}  # the other two wait their turn without holding a worker
-        assert CallbackAttempt.objects.filter(job_id__in=slow_ids).count() == 1
+        assert [(a.n, a.status_code) for a in CallbackAttempt.objects.filter(job_id=fast_id)] == [(1, 200)]
+        wait_until(lambda: in_progress.count() == 1, timeout=30)  # the job worker's cut attempts are closed
+        cut = CallbackAttempt.objects.filter(job_id__in=slow_ids, error__startswith="timeout: cut")
+        assert in_progress.count() == 1 and all(a.n == 1 for a in cut)
     finally:
         release.set()
     delivered = Job.objects.filter(pk__in=slow_ids, callback_status=CallbackStatus.DELIVERED)
     wait_until(lambda: delivered.count() == 3, timeout=30)
-    assert in_flight["most"] == 1 and len(slow.requests) == 3
+    for job_id in slow_ids:  # a cut attempt spends no retry: the one after it keeps the whole budget
+        attempts = list(CallbackAttempt.objects.filter(job_id=job_id).order_by("n"))
+        assert attempts[-1].status_code == 200
+        assert {a.retries_left for a in attempts} == {3}
 
 
 def _lock_waiters() -> int:
@@ -496,10 +497,9 @@ def test_a_2xx_attempt_and_the_delivered_status_commit_together(
         respond(request, 200, b"ok")
 
     receiver = http_server(answer_with_the_row_locked)
-    start_worker(queues.CALLBACKS_QUEUE)
+    start_worker(queues.JOBS_QUEUE)  # the job's worker makes the attempt, in a process of its own
     job_id["id"] = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json").json()["id"]
     try:
-        run_worker_burst()
         wait_until(lambda: locked.is_set() and _lock_waiters() > 0, timeout=30)  # the worker waits on the job row
         [attempt] = CallbackAttempt.objects.filter(job_id=job_id["id"])
         assert (attempt.status_code, attempt.error) == (None, "in progress")

@@ -1,11 +1,15 @@
 """Helpers for webhook tests: a fake DNS at the edge of the world, and draining the callbacks queue."""
 
 import socket
+import time
 from collections.abc import Callable, Iterable
 
+from django.conf import settings
 from rq.scheduler import RQScheduler
 
 from jobs import queues
+from jobs.webhooks import _host_key
+from jobsite.redis import get_redis
 from tests.conftest import run_worker_burst
 from tests.waiting import wait_until
 
@@ -44,3 +48,9 @@ def drain_callbacks(*, timeout: float = 20.0) -> None:
         return False
 
     wait_until(drained, timeout=timeout)
+
+
+def hold_host_leases(url: str) -> None:
+    """Every per-host slot of the URL's host taken for a minute, as by deliveries in flight elsewhere."""
+    lease_end_ms = (time.time() + 60) * 1000
+    get_redis().zadd(_host_key(url), {f"held-{n}": lease_end_ms for n in range(settings.CALLBACK_MAX_PER_HOST)})

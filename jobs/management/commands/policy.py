@@ -22,6 +22,9 @@ KIND_PREFIX = "kind."
 
 TRUE_WORDS, FALSE_WORDS = ("true", "1"), ("false", "0")
 
+LIST_FIELDS = 6
+"""Fields `policy list` shows per row; `policy show NAME` shows them all."""
+
 
 @dataclass
 class Target:
@@ -122,7 +125,7 @@ class Command(BaseCommand):
     def do_list(self, **options: Any) -> None:
         for name in policy_names():
             values = get_target(name).values()
-            summary = " ".join(f"{field}={_text(value)}" for field, value in list(values.items())[:6])
+            summary = " ".join(f"{field}={_text(value)}" for field, value in list(values.items())[:LIST_FIELDS])
             self.stdout.write(f"{name:<14} {summary}")
 
     def do_show(self, *, name: str, **options: Any) -> None:

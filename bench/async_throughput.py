@@ -1,0 +1,170 @@
+"""Async end-to-end jobs/s of Jobsite against raw RQ running the same function on the same workers, and heavy
+work (`hash`, 100 000 iterations) against hashlib alone on the same cores (issue 11).
+
+Method: for each job-worker count W, a fresh stack (bench/stack.py: gunicorn 2 x 8 threads, W SimpleWorkers on
+`jobs`, limits lifted, result cache off, admission bound above N). Jobsite end to end: N async `hash`
+submissions through the API at concurrency C, jobs/s = N / (last job's finished_at - first submission);
+workers' side: the same with the workers suspended (RQ's suspension) while the N are submitted, timed from
+their resumption. Raw RQ: the same N calls of the kind's own function
+(jobs.kinds.hash.compute_hash) enqueued on the same queue from C threads and run by the same W workers,
+jobs/s = N / (last RQ ended_at - first enqueue). Heavy: Jobsite async with 100 000 iterations on the default
+worker count against the same loop in a multiprocessing pool of as many processes as cores (no Jobsite, no RQ).
+
+    .venv/bin/python -m bench.async_throughput [--workers 1 2 3 4] [-n 400] [-c 20] [--heavy-n 40]
+        [--database-url postgres://...] [--redis-url redis://127.0.0.1:6379/7] [--json FILE]
+"""
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+import httpx
+from redis import Redis
+from rq import Queue
+from rq.suspension import resume, suspend
+
+from bench.stack import Stack, Topology, running_stack
+from bench.throughput import UNLIMITED
+from jobsite.sizing import cpu_cores, default_job_workers
+
+LIGHT_ITERATIONS = 1000
+"""The original benchmark's job: 1000 sha256 rounds (~1.5 ms)."""
+HEAVY_ITERATIONS = 100_000
+"""Issue 11's heavy work: ~0.15 s of CPU per job."""
+
+
+def _jobsite_jobs_per_s(
+    stack: Stack, *, n: int, concurrency: int, iterations: int, redis_url: str, drain: bool = False
+) -> float:
+    """End to end (from the first submission), or with `drain` the workers' side alone: the jobs are
+    submitted while RQ's workers are suspended, and timed from their resumption."""
+    connection = Redis.from_url(redis_url)
+    if drain:
+        suspend(connection)
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    with httpx.Client(base_url=stack.url, headers=headers, timeout=60, limits=limits) as client:
+
+        def submit(i: int) -> str:
+            body = {
+                "kind": "hash",
+                "input": {"data": f"async-{iterations}-{i}-{time.time()}", "iterations": iterations},
+            }
+            response = client.post("/api/v1/jobs/async/", json=body)
+            response.raise_for_status()
+            return response.json()["id"]
+
+        started = time.time()
+        with ThreadPoolExecutor(concurrency) as pool:
+            ids = set(pool.map(submit, range(n)))
+        if drain:
+            started = time.time()
+            resume(connection)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            busy = [client.get("/api/v1/jobs/", params={"mode": "async", "status": status, "page_size": 1})
+                    for status in ("queued", "running")]  # fmt: skip
+            if not any(response.json()["results"] for response in busy):
+                break
+            time.sleep(0.1)
+        rows = [
+            json.loads(line) for line in client.get("/api/v1/jobs/export/", params={"format": "jsonl"}).text.split()
+        ]
+    done = [row for row in rows if row["id"] in ids]
+    assert len(done) == n and all(row["status"] == "succeeded" for row in done), "an async job did not succeed"
+    last = max(datetime.fromisoformat(row["finished_at"].replace("Z", "+00:00")).timestamp() for row in done)
+    return n / (last - started)
+
+
+def _raw_rq_jobs_per_s(redis_url: str, *, n: int, concurrency: int, iterations: int) -> float:
+    queue = Queue("jobs", connection=Redis.from_url(redis_url))
+    started = time.time()
+    with ThreadPoolExecutor(concurrency) as pool:
+        rq_jobs = list(pool.map(
+            lambda i: queue.enqueue("jobs.kinds.hash.compute_hash", f"raw-{iterations}-{i}-{time.time()}", iterations),
+            range(n),
+        ))  # fmt: skip
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if all(job.get_status(refresh=True) == "finished" for job in rq_jobs):
+            break
+        time.sleep(0.1)
+    for job in rq_jobs:
+        job.refresh()  # ended_at
+    return n / (max(job.ended_at.timestamp() for job in rq_jobs) - started)
+
+
+def _hash_alone(data: str, iterations: int) -> str:
+    """The work of one `hash` job and nothing else (the loop of jobs.kinds.hash.compute_hash)."""
+    current = hashlib.sha256(data.encode()).hexdigest()
+    for i in range(iterations):
+        current = hashlib.sha256(f"{current}:{i}".encode()).hexdigest()
+    return current
+
+
+def _hashlib_jobs_per_s(*, n: int, iterations: int) -> float:
+    with multiprocessing.Pool(cpu_cores()) as pool:
+        started = time.perf_counter()
+        pool.starmap(_hash_alone, [(f"alone-{i}", iterations) for i in range(n)])
+        return n / (time.perf_counter() - started)
+
+
+def _stack(workers: int, args: argparse.Namespace) -> Any:
+    topology = Topology(threads=8, worker_queues=(("jobs",),) * workers)
+    # The drain measure queues all N jobs before any runs: the admission bound must not refuse them.
+    env = {"QUEUE_ADMISSION_DEPTH": str(10 * args.n)}
+    return running_stack(topology=topology, redis_url=args.redis_url, database_url=args.database_url, env=env)
+
+
+def _unlimited(stack: Stack) -> None:
+    stack.manage("policy", "set", "jobs.async", *UNLIMITED)
+    stack.manage("policy", "set", "kind.hash", "cache_algorithm=none")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3, 4])
+    parser.add_argument("-n", type=int, default=400)
+    parser.add_argument("-c", type=int, default=20)
+    parser.add_argument("--heavy-n", type=int, default=40)
+    parser.add_argument("--database-url")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/7")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    report: dict[str, Any] = {"cores": cpu_cores(), "light": {}, "heavy": {}}
+    for workers in args.workers:
+        with _stack(workers, args) as stack:
+            _unlimited(stack)
+            light = {"n": args.n, "concurrency": args.c, "iterations": LIGHT_ITERATIONS, "redis_url": args.redis_url}
+            _jobsite_jobs_per_s(stack, **{**light, "n": args.c})  # warm-up
+            jobsite = _jobsite_jobs_per_s(stack, **light)
+            drained = _jobsite_jobs_per_s(stack, **light, drain=True)
+            raw = _raw_rq_jobs_per_s(args.redis_url, n=args.n, concurrency=args.c, iterations=LIGHT_ITERATIONS)
+        report["light"][workers] = {"jobsite": jobsite, "jobsite_drain": drained, "raw_rq": raw}
+        print(
+            f"W={workers}: Jobsite end to end {jobsite:7.1f} jobs/s ({jobsite / raw:.2f}x raw RQ), workers' side"
+            f" {drained:7.1f} jobs/s ({drained / raw:.2f}x), raw RQ {raw:7.1f} jobs/s",
+            flush=True,
+        )
+    workers = default_job_workers()
+    with _stack(workers, args) as stack:
+        _unlimited(stack)
+        jobsite = _jobsite_jobs_per_s(
+            stack, n=args.heavy_n, concurrency=args.c, iterations=HEAVY_ITERATIONS, redis_url=args.redis_url
+        )
+    alone = _hashlib_jobs_per_s(n=args.heavy_n, iterations=HEAVY_ITERATIONS)
+    report["heavy"] = {"workers": workers, "jobsite": jobsite, "hashlib": alone, "ratio": jobsite / alone}
+    print(f"heavy (100 000 iterations), W={workers}: Jobsite {jobsite:.2f} jobs/s, hashlib alone on {cpu_cores()}"
+          f" processes {alone:.2f} jobs/s, ratio {jobsite / alone:.2f}")  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()
