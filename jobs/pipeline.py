@@ -113,7 +113,8 @@ def _job_create(request: _JobRequest, **state: Any) -> Job:
         **state,
     )
     # A job just recorded has no webhook delivery attempts: serialising it need not ask the database.
-    job._prefetched_objects_cache = {"callback_attempts": job.callback_attempts.none()}
+    prefetched = {"callback_attempts": job.callback_attempts.none()}
+    job._prefetched_objects_cache = prefetched  # type: ignore[attr-defined]  # Django's private prefetch store
     idempotency_bind_job(job)
     return job
 

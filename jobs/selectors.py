@@ -2,6 +2,7 @@
 
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from django.db.models import Count, QuerySet
 
@@ -37,7 +38,7 @@ def job_list(
     return jobs
 
 
-def job_get(*, user: User, job_id: Any) -> Job | None:
+def job_get(*, user: User, job_id: UUID) -> Job | None:
     """One job if the user may see it; another user's job is indistinguishable from a missing one."""
     jobs = Job.objects.all() if user.is_staff else Job.objects.filter(owner=user)
     return jobs.prefetch_related("callback_attempts").filter(pk=job_id).first()

@@ -47,9 +47,10 @@ def callback_url_field(**kwargs: Any) -> CallbackUrlField:
 def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
     """The submission body for one kind in one mode: the envelope around the kind's own input serializer."""
     input_required = any(field.required for field in kind.serializer_class().fields.values())
+    input_options: dict[str, Any] = {} if input_required else {"default": dict}
     fields: dict[str, Any] = {
         "kind": ListedChoiceField(choices=[kind.name]),
-        "input": kind.serializer_class(required=input_required, **({} if input_required else {"default": dict})),
+        "input": kind.serializer_class(required=input_required, **input_options),
     }
     if mode == JobMode.ASYNC:
         fields["callback_url"] = callback_url_field(required=False)
@@ -68,7 +69,7 @@ def job_request_schema(mode: str) -> PolymorphicProxySerializer:
     """OpenAPI: the submission body as a union discriminated on `kind`."""
     return PolymorphicProxySerializer(
         component_name=f"{mode.title()}JobRequest",
-        serializers=KIND_REQUESTS[mode],
+        serializers={**KIND_REQUESTS[mode]},  # a copy: typed as the wider dict spectacular takes
         resource_type_field_name="kind",
     )
 
