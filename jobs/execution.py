@@ -1,6 +1,7 @@
 """Running a recorded job: claim it, run its kind, record the outcome and what follows a final state."""
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,13 +48,13 @@ def elapsed_ms(start: datetime, end: datetime) -> int:
 @cache
 def _claim_sql() -> tuple[str, tuple[Any, ...]]:
     """The claim statement (PostgreSQL, SQLite >= 3.35: UPDATE ... RETURNING) and the fields it returns."""
-    fields = tuple(Job._meta.concrete_fields)
+    fields = tuple(field for field in Job._meta.concrete_fields if field.column)
     quote = connection.ops.quote_name
     sql = (
         f"UPDATE {quote(Job._meta.db_table)} SET {quote('status')} = %s, {quote('started_at')} = %s,"
         f" {quote('attempts')} = {quote('attempts')} + 1, {quote('worker_name')} = %s"
         f" WHERE {quote('id')} = %s AND {quote('status')} = %s"
-        f" RETURNING {', '.join(quote(field.column) for field in fields)}"
+        f" RETURNING {', '.join(quote(str(field.column)) for field in fields)}"
     )
     return sql, fields
 
@@ -138,7 +139,7 @@ def job_finish(
         "error_message": error_message[:ERROR_MESSAGE_MAX],
         "attempt_log": log,
         "finished_at": now,
-        "run_ms": elapsed_ms(job.started_at, now),
+        "run_ms": elapsed_ms(job.started_at or now, now),  # a running job always has started_at
         "queue_wait_ms": job.queue_wait_ms,
     }
     with transaction.atomic():
@@ -202,7 +203,7 @@ def job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
         job_finish(job, status=JobStatus.FAILED, error_code="circuit_open", error_message=message)
         return None
     started = time.perf_counter()
-    attributes = {"job.id": str(job.id), "job.kind": job.kind, "job.attempt": job.attempts}
+    attributes: dict[str, str | int] = {"job.id": str(job.id), "job.kind": job.kind, "job.attempt": job.attempts}
     try:
         with tracer.start_as_current_span("job.run", attributes=attributes):
             result = kind.run(params, RunContext(owner_id=job.owner_id, job_id=str(job.id), deadline=deadline))
@@ -261,4 +262,4 @@ def job_execute(
     if deliver_first is not None and job.is_final and job.callback_status == CallbackStatus.PENDING:
         deliver_first(job)  # the in-memory job is final only if this worker's finish committed
     # max: our attempts counter decides, RQ's own retry count never reaches it.
-    return None if delay is None else Retry(max=job.attempts, interval=[delay])
+    return None if delay is None else Retry(max=job.attempts, interval=[math.ceil(delay)])

@@ -127,7 +127,7 @@ def enqueue_callback(
     """
     queue = get_queue(CALLBACKS_QUEUE)
     rq_id = callback_rq_id(job_id, n, deferral=deferral)
-    args = ("jobs.tasks.deliver_callback", str(job_id), n, retries_left, give_up_at)
+    task, args = "jobs.tasks.deliver_callback", (str(job_id), n, retries_left, give_up_at)
     options = {
         "job_id": rq_id,
         "job_timeout": callback_job_timeout(),
@@ -137,9 +137,11 @@ def enqueue_callback(
     if delay > 0:
         # RQ's scheduled registry keeps whole seconds, rounded down: round up so no retry comes early.
         due = datetime.now(UTC) + timedelta(seconds=delay)
-        queue.enqueue_at(due.replace(microsecond=0) + timedelta(seconds=1 if due.microsecond else 0), *args, **options)
+        queue.enqueue_at(
+            due.replace(microsecond=0) + timedelta(seconds=1 if due.microsecond else 0), task, *args, **options
+        )
     else:
-        queue.enqueue(*args, **options)
+        queue.enqueue(task, *args, **options)
     remember = int(delay) + settings.CALLBACK_RECONCILE_GRACE + callback_job_timeout()
     queue.connection.set(_callback_next_key(job_id), rq_id, ex=remember)
 
@@ -162,7 +164,7 @@ def callback_is_on_its_way(job_id: UUID | str) -> bool:
     if rq_id is None:
         return False
     try:
-        rq_job = RQJob.fetch(rq_id.decode(), connection=connection)
+        rq_job = RQJob.fetch(rq_id.decode() if isinstance(rq_id, bytes) else rq_id, connection=connection)
     except NoSuchJobError:
         return False
     status = rq_job.get_status(refresh=False)

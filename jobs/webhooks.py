@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import cast
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -272,7 +273,9 @@ def _host_slot_acquire(url: str) -> tuple[str, str] | None:
     """
     key, member = _host_key(url), uuid.uuid4().hex
     lease_ms = int((settings.CALLBACK_TOTAL_TIMEOUT + settings.CALLBACK_INTERRUPT_MARGIN) * 1000)
-    acquired, _ = run_lua(HOST_SLOT_ACQUIRE, keys=[key], args=[settings.CALLBACK_MAX_PER_HOST, lease_ms, member])
+    acquired, _ = cast(
+        list[int], run_lua(HOST_SLOT_ACQUIRE, keys=[key], args=[settings.CALLBACK_MAX_PER_HOST, lease_ms, member])
+    )
     return (key, member) if acquired else None
 
 
@@ -395,7 +398,7 @@ def _callback_attempt(job: Job, *, n: int, retries_left: int, give_up: datetime,
     except IntegrityError:
         return "skipped"  # another worker claimed this attempt
     started = time.perf_counter()
-    attributes = {"job.id": str(job.pk), "webhook.attempt": n, "webhook.id": str(job.delivery_id)}
+    attributes: dict[str, str | int] = {"job.id": str(job.pk), "webhook.attempt": n, "webhook.id": str(job.delivery_id)}
     # A child of the job's submission: every attempt lands in the job's one trace.
     with tracer.start_as_current_span("webhook.deliver", context=extract_context(job.trace_context)) as span:
         span.set_attributes(attributes)
