@@ -130,8 +130,13 @@ def cache_set(kind_settings: KindSettings, params: dict[str, Any], value: Any, *
     if not _enabled(kind_settings):
         return []
     kind, algorithm = kind_settings.kind, kind_settings.cache_algorithm
-    args: list[str | int] = [cache_field(kind, params, owner_id=owner_id), json.dumps(value), algorithm, kind_settings.cache_capacity,
-            max(1, kind_settings.cache_ttl)]  # fmt: skip
+    args: list[str | int] = [
+        cache_field(kind, params, owner_id=owner_id),
+        json.dumps(value),
+        algorithm,
+        kind_settings.cache_capacity,
+        max(1, kind_settings.cache_ttl),
+    ]
     evicted = cast(list[bytes], run_lua(_SET, keys=_keys(kind, algorithm), args=args))  # the fields it evicted
     return [field.decode() for field in evicted]
 

@@ -216,9 +216,12 @@ def job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
         if delay is not None and _job_retry_later(job, code=exc.code, message=exc.message):
             return delay
         job_finish(
-            job, status=JobStatus.FAILED, error_code=exc.code, error_message=exc.message,
+            job,
+            status=JobStatus.FAILED,
+            error_code=exc.code,
+            error_message=exc.message,
             callers_fault=exc.callers_fault,
-        )  # fmt: skip
+        )
     except (DeadlineExceeded, JobTimeoutException):
         circuit_record(kind_settings, target, failed=True)
         limit = kind_settings.time_limit

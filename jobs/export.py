@@ -79,10 +79,27 @@ def _callback_attempts() -> Case:
 
 
 EXPORT_COLUMNS: list[str | Combinable] = [
-    "id", "kind", "mode", "status", "input", "result", "error_code", "error_message", "cost", "attempts",
-    Cast("attempt_log", TextField()), "cached", UtcText("created_at"), UtcText("started_at"),
-    UtcText("finished_at"), "queue_wait_ms", "run_ms", "callback_url", "callback_status", _callback_attempts(),
-]  # fmt: skip
+    "id",
+    "kind",
+    "mode",
+    "status",
+    "input",
+    "result",
+    "error_code",
+    "error_message",
+    "cost",
+    "attempts",
+    Cast("attempt_log", TextField()),
+    "cached",
+    UtcText("created_at"),
+    UtcText("started_at"),
+    UtcText("finished_at"),
+    "queue_wait_ms",
+    "run_ms",
+    "callback_url",
+    "callback_status",
+    _callback_attempts(),
+]
 """What the export reads of a job, in tuple order: only the columns it writes, its webhook attempts included."""
 NO_ATTEMPTS = "[]"
 """attempt_log of nearly every job, read as text: parsing it costs as much as the rest of the row's JSON."""
@@ -90,9 +107,23 @@ _KIND = EXPORT_COLUMNS.index("kind")
 ATTEMPT_FIELDS = ["n", "at", "status_code", "error", "duration_ms"]
 
 CSV_COLUMNS = [
-    "id", "kind", "mode", "status", "cost", "attempts", "cached", "created_at", "started_at",
-    "finished_at", "queue_wait_ms", "run_ms", "error_code", "error_message", "input", "result",
-]  # fmt: skip
+    "id",
+    "kind",
+    "mode",
+    "status",
+    "cost",
+    "attempts",
+    "cached",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "queue_wait_ms",
+    "run_ms",
+    "error_code",
+    "error_message",
+    "input",
+    "result",
+]
 _CSV_ERROR = CSV_COLUMNS.index("error_code")
 """CSV columns before this one are the row's own values; error, input and result are flattened to text."""
 
@@ -115,16 +146,47 @@ def _attempts(text: str | None) -> list[dict[str, Any]]:
 def _row(values: tuple[Any, ...], mask: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
     """JobSerializer's representation of one export tuple: the serializer costs ~10x more per row, too slow for
     20 000 rows/s (tests/test_scale.py holds the two equal, byte for byte)."""
-    (job_id, kind, mode, status, input_, result, error_code, error_message, cost, tries, attempt_log, cached,
-     created_at, started_at, finished_at, queue_wait_ms, run_ms, callback_url, callback_status, attempts) = values  # fmt: skip
+    (
+        job_id,
+        kind,
+        mode,
+        status,
+        input_,
+        result,
+        error_code,
+        error_message,
+        cost,
+        tries,
+        attempt_log,
+        cached,
+        created_at,
+        started_at,
+        finished_at,
+        queue_wait_ms,
+        run_ms,
+        callback_url,
+        callback_status,
+        attempts,
+    ) = values
     return {
-        "id": str(job_id), "kind": kind, "mode": mode, "status": status, "input": mask(input_),
-        "result": open_result(result), "error": {"code": error_code, "message": error_message} if error_code else None,
-        "cost": cost, "attempts": tries, "attempt_log": [] if attempt_log == NO_ATTEMPTS else json.loads(attempt_log),
-        "cached": cached, "created_at": created_at, "started_at": started_at, "finished_at": finished_at,
-        "queue_wait_ms": queue_wait_ms, "run_ms": run_ms,
+        "id": str(job_id),
+        "kind": kind,
+        "mode": mode,
+        "status": status,
+        "input": mask(input_),
+        "result": open_result(result),
+        "error": {"code": error_code, "message": error_message} if error_code else None,
+        "cost": cost,
+        "attempts": tries,
+        "attempt_log": [] if attempt_log == NO_ATTEMPTS else json.loads(attempt_log),
+        "cached": cached,
+        "created_at": created_at,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "queue_wait_ms": queue_wait_ms,
+        "run_ms": run_ms,
         "callback": {"url": callback_url, "status": callback_status, "attempts": _attempts(attempts)},
-    }  # fmt: skip
+    }
 
 
 def _rows(chunk: list[tuple[Any, ...]]) -> list[dict[str, Any]]:

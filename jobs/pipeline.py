@@ -67,9 +67,16 @@ def job_submit(
             limit={"circuit": kind_name, "target": target, "recovery": kind_settings.circuit_recovery},
             retry_after=retry_after,
         )
-    request = _JobRequest(user=user, policy=policy, kind_settings=kind_settings, params=params, mode=mode,
-                          callback_url=callback_url, cost=0 if free else kind_settings.cost,
-                          client_ip=client_ip)  # fmt: skip
+    request = _JobRequest(
+        user=user,
+        policy=policy,
+        kind_settings=kind_settings,
+        params=params,
+        mode=mode,
+        callback_url=callback_url,
+        cost=0 if free else kind_settings.cost,
+        client_ip=client_ip,
+    )
     cached = cache_get(kind_settings, params, owner_id=user.pk)
     if cached is not None:
         job = _job_record_cached(request, result=cached)
@@ -124,9 +131,17 @@ def _job_record_cached(request: _JobRequest, *, result: Any) -> Job:
     now = timezone.now()
     with transaction.atomic():
         job = _job_create(
-            request, status=JobStatus.SUCCEEDED, result=seal_result(request.kind_settings, result), cost=0,
-            cached=True, created_at=now, started_at=now, finished_at=now, queue_wait_ms=0, run_ms=0,
-        )  # fmt: skip
+            request,
+            status=JobStatus.SUCCEEDED,
+            result=seal_result(request.kind_settings, result),
+            cost=0,
+            cached=True,
+            created_at=now,
+            started_at=now,
+            finished_at=now,
+            queue_wait_ms=0,
+            run_ms=0,
+        )
         job_on_final(job)
     return job
 
@@ -138,9 +153,14 @@ def _job_run_sync(request: _JobRequest) -> Job:
         concurrency_admit(user=request.user, policy=request.policy)
         now = timezone.now()  # created and started at once: started_at never precedes created_at
         job = _job_create(
-            request, status=JobStatus.RUNNING, cost=request.cost, attempts=1,
-            created_at=now, started_at=now, queue_wait_ms=0,
-        )  # fmt: skip
+            request,
+            status=JobStatus.RUNNING,
+            cost=request.cost,
+            attempts=1,
+            created_at=now,
+            started_at=now,
+            queue_wait_ms=0,
+        )
         job_charge(job)
     while (delay := job_run(job, deadline=deadline)) is not None:
         time.sleep(delay)

@@ -51,9 +51,17 @@ def job_requeue(*, job_id: UUID) -> bool:
         return False
     with transaction.atomic():
         requeued = Job.objects.filter(pk=job.pk, status=JobStatus.FAILED).update(
-            status=JobStatus.QUEUED, attempts=0, result=None, error_code="", error_message="",
-            started_at=None, finished_at=None, run_ms=None, queue_wait_ms=None, queued_at=timezone.now(),
-        )  # fmt: skip
+            status=JobStatus.QUEUED,
+            attempts=0,
+            result=None,
+            error_code="",
+            error_message="",
+            started_at=None,
+            finished_at=None,
+            run_ms=None,
+            queue_wait_ms=None,
+            queued_at=timezone.now(),
+        )
         if requeued:
             concurrency_retake(job)
             time_limit = get_kind_settings(job.kind).time_limit

@@ -204,11 +204,20 @@ def service_commands(port: str) -> dict[str, list]:
     # receiver never holds up jobs, nor a backlog of jobs the retries of webhooks already due.
     job_workers = int(os.environ.get("RQ_WORKERS") or default_job_workers())
     callback_workers = int(os.environ.get("RQ_CALLBACK_WORKERS") or CALLBACK_WORKERS)
-    for role, queue_names, count in (("jobs", ["jobs", "maintenance"], job_workers),
-                                     ("callbacks", ["callbacks"], callback_workers)):  # fmt: skip
+    for role, queue_names, count in (
+        ("jobs", ["jobs", "maintenance"], job_workers),
+        ("callbacks", ["callbacks"], callback_workers),
+    ):
         for number in range(1, count + 1):
-            commands[f"{role}-worker-{number}"] = [VENV_PYTHON, "manage.py", "rqworker", *queue_names,
-                                                   "--worker-class", WORKER_CLASS, "--with-scheduler"]  # fmt: skip
+            commands[f"{role}-worker-{number}"] = [
+                VENV_PYTHON,
+                "manage.py",
+                "rqworker",
+                *queue_names,
+                "--worker-class",
+                WORKER_CLASS,
+                "--with-scheduler",
+            ]
     commands["cron"] = [VENV_PYTHON, "manage.py", "cron"]
     return commands
 
