@@ -1,12 +1,14 @@
 """Concurrency caps: at most N queued-or-running jobs per user and per endpoint, counted in the database.
 
-Every (endpoint, owner) has a hot counter (ConcurrencySlot.in_use), kept whatever the caps, so a cap set
-later is exact at once. A job takes a slot with one conditional upsert in the transaction that creates it
-(no row back = the per-user cap is reached) and gives it back in the transaction that makes it final
-(job_finish, job_cancel; a lost worker's job is failed through job_finish); a requeued final job takes it
-again. The database stays the source of truth: a Redis flush cannot lose a slot, and the invariant
-`in_use == COUNT(queued or running jobs)` holds at every commit. The rare global cap sums an endpoint's
-counters under a lock that serialises competing submissions to it.
+Every (endpoint, owner) under a cap has a hot counter (ConcurrencySlot.in_use). A job admitted under a cap
+takes a slot with one conditional upsert in the transaction that creates it (no row back = the per-user cap
+is reached) and gives it back in the transaction that makes it final (job_finish, job_cancel; a lost worker's
+job is failed through job_finish); a requeued final job takes it again. The database stays the source of
+truth: a Redis flush cannot lose a slot, and `in_use == COUNT(queued or running jobs)` holds at every commit
+for jobs admitted while the policy had a cap. Endpoints without caps (the compatible routes, whose anonymous
+callers share one owner) take no slot: one counter row for everyone would serialise their submissions. A cap
+set later counts the jobs admitted from then on; a release never takes a counter below zero. The rare global
+cap sums an endpoint's counters under a lock that serialises competing submissions to it.
 """
 
 import hashlib
@@ -68,6 +70,8 @@ def concurrency_admit(*, user: User, policy: EndpointPolicy) -> None:
         if count >= policy.max_concurrent_global:
             raise _refuse("max_concurrent_global", policy.max_concurrent_global, count, policy)
     cap = policy.max_concurrent_per_user
+    if not (cap or policy.max_concurrent_global):
+        return
     with connection.cursor() as cursor:
         if not cap:
             cursor.execute(_TAKE, [policy.name, user.pk])
@@ -79,7 +83,9 @@ def concurrency_admit(*, user: User, policy: EndpointPolicy) -> None:
 
 def concurrency_release(job: Job) -> None:
     """The job reached a final state: its slot is free. Call in the transaction that made it final."""
-    ConcurrencySlot.objects.filter(endpoint=job.endpoint, owner_id=job.owner_id).update(in_use=F("in_use") - 1)
+    # in_use > 0: a job admitted before its policy had a cap took no slot; an uncapped endpoint has no row to lock.
+    slot = ConcurrencySlot.objects.filter(endpoint=job.endpoint, owner_id=job.owner_id, in_use__gt=0)
+    slot.update(in_use=F("in_use") - 1)
 
 
 def concurrency_retake(job: Job) -> None:
