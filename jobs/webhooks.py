@@ -526,13 +526,22 @@ def webhook_test_deliver(*, user_id: int, url: str, msg_id: str) -> dict[str, An
     outcome = _post_within(
         url, body, _signed_headers(user=user, msg_id=msg_id, body=body), seconds=settings.CALLBACK_TOTAL_TIMEOUT
     )
+    return _test_event_result(msg_id, outcome, duration_ms=int((time.perf_counter() - started) * 1000))
+
+
+def _test_event_result(msg_id: str, outcome: _Outcome | None, *, duration_ms: int | None = None) -> dict[str, Any]:
+    """What the caller is told about a test event; no outcome: it was still being sent."""
+    if outcome is None:
+        status = CallbackStatus.PENDING
+    else:
+        status = CallbackStatus.DELIVERED if outcome.delivered else CallbackStatus.FAILED
     return {
         "webhook_id": msg_id,
-        "status": CallbackStatus.DELIVERED if outcome.delivered else CallbackStatus.FAILED,
-        "delivered": outcome.delivered,
-        "status_code": outcome.status_code,
-        "error": outcome.error,
-        "duration_ms": int((time.perf_counter() - started) * 1000),
+        "status": status,
+        "delivered": status == CallbackStatus.DELIVERED,
+        "status_code": outcome.status_code if outcome else None,
+        "error": outcome.error if outcome else "",
+        "duration_ms": duration_ms,
     }
 
 
@@ -558,13 +567,11 @@ def webhook_test_send(*, user: User, url: str) -> dict[str, Any]:
         time.sleep(min(pause, left))
         pause = min(pause * 2, TEST_EVENT_POLL_MAX)
     if result is None:
-        return {"webhook_id": msg_id, "status": CallbackStatus.PENDING, "delivered": False, "status_code": None,
-                "error": "", "duration_ms": None}  # fmt: skip
+        return _test_event_result(msg_id, None)
     if result.type == Result.Type.SUCCESSFUL:
         return result.return_value
     logger.warning("webhook test event %s: the worker failed: %s", msg_id, result.exc_string)
-    return {"webhook_id": msg_id, "status": CallbackStatus.FAILED, "delivered": False, "status_code": None,
-            "error": "the worker could not send the event", "duration_ms": None}  # fmt: skip
+    return _test_event_result(msg_id, _Outcome(error="the worker could not send the event", retryable=False))
 
 
 def _callbacks_close_interrupted(now: datetime) -> int:
