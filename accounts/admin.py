@@ -19,7 +19,7 @@ CREATED_KEY_ATTRIBUTE = "_jobsite_created_api_key"
 
 @admin.register(User)
 class JobsiteUserAdmin(UserAdmin):
-    fieldsets = (*UserAdmin.fieldsets, ("Access", {"fields": ("roles",)}))
+    fieldsets = (*(UserAdmin.fieldsets or ()), ("Access", {"fields": ("roles",)}))
     filter_horizontal = (*UserAdmin.filter_horizontal, "roles")
     list_filter = (*UserAdmin.list_filter, "roles")
 

@@ -9,6 +9,7 @@ from django_otp import user_has_device
 from django_otp.admin import OTPAdminSite
 
 from accounts.login import AdminLoginForm, throttled_login
+from accounts.models import User
 
 
 class JobsiteAdminSite(OTPAdminSite):
@@ -25,7 +26,8 @@ class JobsiteAdminSite(OTPAdminSite):
     def has_permission(self, request: HttpRequest) -> bool:
         if not AdminSite.has_permission(self, request):  # active staff
             return False
-        return request.user.is_verified() or not user_has_device(request.user)
+        user = request.user  # active staff: a User
+        return isinstance(user, User) and (user.is_verified() or not user_has_device(user))
 
     def login(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         return throttled_login(request, partial(super().login, request, extra_context))

@@ -1,8 +1,8 @@
 """The base of every policy-governed API view: it loads the endpoint's policies before DRF's checks run them."""
 
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, cast
 
-from django.http import HttpRequest
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -12,7 +12,8 @@ from accounts.authentication import AUTHENTICATION_CLASSES
 from accounts.endpoints import AUTHENTICATED_ALSO_GOVERNED_BY, Endpoint
 from accounts.permissions import POLICY_PERMISSIONS
 from accounts.policies import get_endpoint_policy
-from accounts.throttles import POLICY_THROTTLES, rate_limits_check
+from accounts.requests import PolicyRequest
+from accounts.throttles import POLICY_THROTTLES, LimiterThrottle, rate_limits_check
 from jobsite.api import ApiSchema
 from jobsite.logs import bind_context
 
@@ -43,15 +44,16 @@ class EndpointView(APIView):
     endpoint: ClassVar[Endpoint]
     authentication_classes = AUTHENTICATION_CLASSES
     permission_classes = POLICY_PERMISSIONS
-    throttle_classes = POLICY_THROTTLES
+    throttle_classes: Sequence[type[LimiterThrottle]] = POLICY_THROTTLES
     schema = EndpointSchema()
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        # On the HttpRequest too: the browsable API re-checks permissions on clones that only share it.
-        http_request: HttpRequest = request._request
-        request.policy = http_request.policy = get_endpoint_policy(self.endpoint)
+        gated = cast(PolicyRequest, request)
         also = AUTHENTICATED_ALSO_GOVERNED_BY.get(self.endpoint)
-        request.authenticated_policy = http_request.authenticated_policy = get_endpoint_policy(also) if also else None
+        gated.policy = get_endpoint_policy(self.endpoint)
+        gated.authenticated_policy = get_endpoint_policy(also) if also else None
+        # On the HttpRequest too: the browsable API re-checks permissions on clones that only share it.
+        request._request.__dict__.update(policy=gated.policy, authenticated_policy=gated.authenticated_policy)
         bind_context(endpoint=self.endpoint)
         super().initial(request, *args, **kwargs)
 
@@ -61,7 +63,8 @@ class EndpointView(APIView):
             bind_context(user_id=request.user.pk)
 
     def check_throttles(self, request: Request) -> None:
-        rate_limits_check(request, self, self.get_throttles())
+        # DRF's get_throttles, typed: rate_limits_check needs LimiterThrottles.
+        rate_limits_check(request, self, [throttle() for throttle in self.throttle_classes])
 
     def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
         response = super().finalize_response(request, response, *args, **kwargs)

@@ -67,7 +67,7 @@ class OtpSessionAuthentication(SessionAuthentication):
         if result is None:
             return None
         user = result[0]
-        if user_has_device(user) and not request._request.user.is_verified():
+        if user_has_device(user) and not user.is_verified():  # the session's user: request._request.user
             raise NotAuthenticated("This session has not passed its OTP check: sign in again with your TOTP code.")
         return result
 

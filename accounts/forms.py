@@ -42,7 +42,8 @@ class EndpointPolicyForm(forms.ModelForm):
         return clean_comma_list(self.cleaned_data["scopes"], set(SCOPES), "scope(s)")
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         algorithm = data.get("rate_limit_algorithm")
         if algorithm and algorithm != RateLimitAlgorithm.NONE:
             for field in ("rate_limit", "rate_window"):

@@ -6,6 +6,7 @@ from functools import partial
 from typing import Any
 
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.forms import AuthenticationForm
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -18,8 +19,10 @@ from accounts.throttling import login_throttled
 THROTTLED_TEMPLATE = "accounts/login_throttled.html"
 
 
-class OptionalOtpMixin:
+class OptionalOtpMixin(AuthenticationForm):
     """Password always; the OTP code only from users who enrolled a device (they cannot sign in without it)."""
+
+    clean_otp: Callable[[AbstractBaseUser], None]  # django_otp's form mixin, after this class in the MRO
 
     def clean(self) -> dict[str, Any]:
         self.cleaned_data = AuthenticationForm.clean(self)  # password and confirm_login_allowed (admin: staff)

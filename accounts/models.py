@@ -1,5 +1,6 @@
 import contextlib
 import ipaddress
+from collections.abc import Callable
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
@@ -47,6 +48,9 @@ class User(AbstractUser):
     """Custom from the start so accounts can grow fields without a painful swap later."""
 
     roles = models.ManyToManyField(Role, blank=True, related_name="users")
+
+    is_verified: Callable[[], bool]
+    """Whether this session passed its OTP check: django_otp's OTPMiddleware sets it on request.user."""
 
 
 class ApiKey(models.Model):
@@ -104,7 +108,11 @@ class IpAllowEntry(models.Model):
         ]
 
     def __str__(self) -> str:
-        owner = f"key {self.api_key.prefix}" if self.api_key_id else (f"user {self.user}" if self.user_id else "global")
+        owner = (
+            f"key {self.api_key.prefix}"
+            if self.api_key is not None
+            else (f"user {self.user}" if self.user_id else "global")
+        )
         return f"{self.cidr} ({owner})"
 
     def clean(self) -> None:

@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from accounts.authentication import request_api_key, request_scopes
-from accounts.models import EndpointPolicy
+from accounts.models import EndpointPolicy, User
 from accounts.policies import governing_policies
 from accounts.selectors import ip_allowed, user_has_mfa, user_role_names
 from accounts.services import mfa_verify
@@ -22,13 +22,16 @@ _MFA_VERIFIED = "_jobsite_mfa_verified"
 """Marks the underlying HttpRequest once its code was accepted: re-checks (browsable API) must not replay it."""
 
 
-def _authenticated(request: Request) -> bool:
-    return bool(request.user and request.user.is_authenticated)
+def _authenticated_user(request: Request) -> User | None:
+    user = request.user
+    return user if isinstance(user, User) and user.is_authenticated else None
 
 
-def _require_authenticated(request: Request, what: str) -> None:
-    if not _authenticated(request):
+def _require_authenticated(request: Request, what: str) -> User:
+    user = _authenticated_user(request)
+    if user is None:
         raise NotAuthenticated(f"This endpoint requires {what}; authenticate first.")
+    return user
 
 
 class PolicyPermission(BasePermission):
@@ -63,8 +66,9 @@ class ClientIpAllowed(PolicyPermission):
     def check(self, request: Request, view: APIView, policy: EndpointPolicy) -> None:
         if not policy.ip_allowlist:
             return
-        user = request.user if _authenticated(request) else None
-        if not ip_allowed(address=client_ip(request), user=user, api_key=request_api_key(request)):
+        if not ip_allowed(
+            address=client_ip(request), user=_authenticated_user(request), api_key=request_api_key(request)
+        ):
             raise IpNotAllowed("Your address is not on the allowlist for this endpoint.")
 
 
@@ -75,8 +79,8 @@ class HasPolicyRole(PolicyPermission):
         required = policy.role_list
         if not required:
             return
-        _require_authenticated(request, "a role")
-        if not user_role_names(user=request.user) & set(required):
+        user = _require_authenticated(request, "a role")
+        if not user_role_names(user=user) & set(required):
             raise PermissionDenied(f"This endpoint requires one of the roles: {', '.join(required)}.")
 
 
@@ -109,16 +113,16 @@ def require_mfa_code(request: Request) -> None:
     http_request = request._request
     if getattr(http_request, _MFA_VERIFIED, False):
         return
-    _require_authenticated(request, "MFA")
+    user = _require_authenticated(request, "MFA")
     code = request.headers.get(MFA_HEADER, "").strip()
     if not code:
         detail = "Send a code of your TOTP device in the X-MFA-Code header."
-        if not user_has_mfa(user=request.user):
+        if not user_has_mfa(user=user):
             detail = "This endpoint requires MFA: enrol a TOTP device at /api/v1/me/mfa/totp/ first."
         raise MfaRequired(detail)
     credential = _mfa_credential(request)
     mfa_check_allowed(http_request, credential=credential)
-    if not mfa_verify(user=request.user, code=code):
+    if not mfa_verify(user=user, code=code):
         mfa_failure_record(http_request, credential=credential)
         raise MfaInvalid("The MFA code is wrong, expired or already used.")
     setattr(http_request, _MFA_VERIFIED, True)
@@ -130,7 +134,8 @@ class MfaVerified(PolicyPermission):
     def check(self, request: Request, view: APIView, policy: EndpointPolicy) -> None:
         if not policy.mfa_required:
             return
-        if getattr(view, "mfa_enrolment", False) and not (_authenticated(request) and user_has_mfa(user=request.user)):
+        user = _authenticated_user(request)
+        if getattr(view, "mfa_enrolment", False) and not (user is not None and user_has_mfa(user=user)):
             return
         require_mfa_code(request)
 

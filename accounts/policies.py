@@ -4,7 +4,7 @@ Rows are cached per process (jobsite.process_cache): any save bumps the version 
 edit is seen everywhere within POLICY_CHECK_INTERVAL without a restart.
 """
 
-from typing import Any
+from typing import Any, cast
 
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
@@ -13,6 +13,7 @@ from rest_framework.request import Request
 
 from accounts.endpoints import Endpoint
 from accounts.models import EndpointPolicy, RateLimitAlgorithm, RateLimitKey
+from accounts.requests import PolicyRequest
 from jobsite.process_cache import settings_cache
 
 _JOB_SUBMIT = {
@@ -91,8 +92,8 @@ def get_endpoint_policy(name: str) -> EndpointPolicy:
 
 def governing_policies(request: Request) -> list[EndpointPolicy]:
     """The policies a request answers to: its route's, and for an authenticated caller the one it adds."""
-    policies = [request.policy]
-    extra = getattr(request, "authenticated_policy", None)
+    policies = [cast(PolicyRequest, request).policy]
+    extra: EndpointPolicy | None = getattr(request, "authenticated_policy", None)
     if extra is not None and request.user is not None and request.user.is_authenticated:
         policies.append(extra)
     return policies

@@ -15,6 +15,7 @@ import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 
 from accounts.models import RateLimitAlgorithm
 from jobsite.redis import LUA_NOW_MS, get_redis, redis_key, run_lua
@@ -219,7 +220,7 @@ class Limiter:
     window: int
     refill_rate: int = 0
 
-    def arguments(self) -> list[object]:
+    def arguments(self) -> list[str | int]:
         """The algorithm's name and its `a` arguments, as LIMITERS takes them."""
         window_ms = max(1, self.window * 1000)
         if self.algorithm == RateLimitAlgorithm.TOKEN_BUCKET:
@@ -250,10 +251,11 @@ def rate_limit_hit_all(limiters: Sequence[Limiter], *, now_ms: int | None = None
     Stops after the first rejection: the decisions returned are those of the limiters that ran."""
     if not limiters:
         return []
-    args: list[object] = [SERVER_TIME if now_ms is None else str(now_ms)]
+    args: list[str | int] = [SERVER_TIME if now_ms is None else str(now_ms)]
     for limiter in limiters:
         args += limiter.arguments()
-    results = run_lua(LIMITERS, keys=[limiter.key for limiter in limiters], args=args)
+    # LIMITERS replies {allowed, remaining, reset_ms, retry_ms} for each limiter it ran.
+    results = cast(list[list[int]], run_lua(LIMITERS, keys=[limiter.key for limiter in limiters], args=args))
     return [limiter.decision(result) for limiter, result in zip(limiters, results, strict=False)]
 
 

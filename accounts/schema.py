@@ -1,16 +1,15 @@
 """OpenAPI: describe API-key authentication so Swagger UI offers `Authorization: Bearer <key>`."""
 
-from typing import Any
-
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = "accounts.authentication.ApiKeyAuthentication"
     name = "ApiKey"
 
-    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, str]:
         return {"type": "http", "scheme": "bearer", "bearerFormat": "<prefix>.<secret>"}
 
 
@@ -20,5 +19,5 @@ class OtpSessionAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = "accounts.authentication.OtpSessionAuthentication"
     name = "Session"
 
-    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, str]:
         return {"type": "apiKey", "in": "cookie", "name": settings.SESSION_COOKIE_NAME}

@@ -70,5 +70,5 @@ def user_role_names(*, user: User) -> frozenset[str]:
 
 def user_has_mfa(*, user: User) -> bool:
     return credentials_cache.get(
-        ("mfa", user.pk), lambda: TOTPDevice.objects.filter(user=user, confirmed=True).exists()
+        ("mfa", user.pk), lambda: bool(TOTPDevice.objects.filter(user=user, confirmed=True).exists())
     )

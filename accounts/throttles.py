@@ -2,6 +2,7 @@
 
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 from django.conf import settings
 from redis.exceptions import RedisError
@@ -14,6 +15,7 @@ from accounts.endpoints import JOB_CREATING_ENDPOINTS
 from accounts.models import EndpointPolicy, RateLimitAlgorithm, RateLimitKey
 from accounts.policies import governing_policies
 from accounts.ratelimit import Limiter, RateLimitDecision, rate_limit_hit_all, rate_limit_state_key
+from accounts.requests import PolicyRequest
 from jobsite.client_ip import client_ip
 from jobsite.errors import RateLimited, ServiceUnavailable
 
@@ -129,10 +131,12 @@ class PolicyRateThrottle(LimiterThrottle):
                 if not decision.allowed:
                     raise _rejected(decision, policy.name, policy.rate_limit_algorithm, policy.rate_limit_key)
         finally:
-            request.rate_limit_headers = {name: ", ".join(values) for name, values in headers.items()}
+            cast(PolicyRequest, request).rate_limit_headers = {
+                name: ", ".join(values) for name, values in headers.items()
+            }
 
     def unreachable(self, request: Request) -> None:
-        request.rate_limit_headers = {}
+        cast(PolicyRequest, request).rate_limit_headers = {}
         for policy in _limited_policies(request):
             _limiter_unreachable(policy)
 
@@ -168,7 +172,7 @@ class AnonymousBudgetThrottle(LimiterThrottle):
                 raise _rejected(decision, ANONYMOUS_BUDGET_SCOPE, self.algorithm, RateLimitKey.GLOBAL)
 
     def unreachable(self, request: Request) -> None:
-        _limiter_unreachable(request.policy)
+        _limiter_unreachable(cast(PolicyRequest, request).policy)
 
 
 POLICY_THROTTLES: tuple[type[LimiterThrottle], ...] = (AnonymousBudgetThrottle, PolicyRateThrottle)

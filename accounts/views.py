@@ -6,13 +6,13 @@ import io
 import qrcode
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api import EndpointView
 from accounts.authentication import BearerToken, request_api_key, request_scopes
 from accounts.endpoints import Endpoint
 from accounts.permissions import MFA_HEADER, require_mfa_code
+from accounts.requests import AuthenticatedRequest
 from accounts.selectors import user_has_mfa
 from accounts.serializers import (
     MfaStatusSerializer,
@@ -28,7 +28,7 @@ from jobsite.errors import NotFound, PermissionDenied
 
 def _qr_png_base64(text: str) -> str:
     buffer = io.BytesIO()
-    qrcode.make(text).save(buffer, format="PNG")
+    qrcode.make(text).save(buffer)  # PNG: the default kind of both qrcode image factories
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -46,7 +46,7 @@ class TotpView(TotpEnrolmentView):
         request=None,
         responses={201: TotpEnrolmentSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES)},
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         device = totp_enrol(user=request.user)
         uri = device.config_url
         data = {"provisioning_uri": uri, "qr_png": _qr_png_base64(uri)}
@@ -58,7 +58,7 @@ class TotpView(TotpEnrolmentView):
         parameters=[OpenApiParameter(MFA_HEADER, str, OpenApiParameter.HEADER, required=True)],
         responses={204: None, **problems(*GATE_STATUSES, 404)},
     )
-    def delete(self, request: Request) -> Response:
+    def delete(self, request: AuthenticatedRequest) -> Response:
         if not request.headers.get(MFA_HEADER, "").strip():
             require_mfa_code(request)  # the required header is missing: 401 mfa_required, device or not
         if not user_has_mfa(user=request.user):
@@ -75,7 +75,7 @@ class TotpConfirmView(TotpEnrolmentView):
         request=TotpConfirmSerializer,
         responses={200: MfaStatusSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES)},
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         body = TotpConfirmSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         totp_confirm(user=request.user, code=body.validated_data["code"])
@@ -91,7 +91,7 @@ class TokenView(EndpointView):
         request=None,
         responses={200: TokenSerializer, **problems(*GATE_STATUSES)},
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         if isinstance(request.auth, BearerToken):
             raise PermissionDenied("A token cannot mint tokens: use the API key or the session it came from.")
         key = request_api_key(request)

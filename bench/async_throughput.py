@@ -67,8 +67,10 @@ def _jobsite_jobs_per_s(
             resume(connection)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            busy = [client.get("/api/v1/jobs/", params={"mode": "async", "status": status, "page_size": 1})
-                    for status in ("queued", "running")]  # fmt: skip
+            busy = [
+                client.get("/api/v1/jobs/", params={"mode": "async", "status": status, "page_size": 1})
+                for status in ("queued", "running")
+            ]
             if not any(response.json()["results"] for response in busy):
                 break
             time.sleep(0.1)
@@ -85,10 +87,14 @@ def _raw_rq_jobs_per_s(redis_url: str, *, n: int, concurrency: int, iterations: 
     queue = Queue("jobs", connection=Redis.from_url(redis_url))
     started = time.time()
     with ThreadPoolExecutor(concurrency) as pool:
-        rq_jobs = list(pool.map(
-            lambda i: queue.enqueue("jobs.kinds.hash.compute_hash", f"raw-{iterations}-{i}-{time.time()}", iterations),
-            range(n),
-        ))  # fmt: skip
+        rq_jobs = list(
+            pool.map(
+                lambda i: queue.enqueue(
+                    "jobs.kinds.hash.compute_hash", f"raw-{iterations}-{i}-{time.time()}", iterations
+                ),
+                range(n),
+            )
+        )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if all(job.get_status(refresh=True) == "finished" for job in rq_jobs):
@@ -159,8 +165,10 @@ def main() -> None:
         )
     alone = _hashlib_jobs_per_s(n=args.heavy_n, iterations=HEAVY_ITERATIONS)
     report["heavy"] = {"workers": workers, "jobsite": jobsite, "hashlib": alone, "ratio": jobsite / alone}
-    print(f"heavy (100 000 iterations), W={workers}: Jobsite {jobsite:.2f} jobs/s, hashlib alone on {cpu_cores()}"
-          f" processes {alone:.2f} jobs/s, ratio {jobsite / alone:.2f}")  # fmt: skip
+    print(
+        f"heavy (100 000 iterations), W={workers}: Jobsite {jobsite:.2f} jobs/s, hashlib alone on {cpu_cores()}"
+        f" processes {alone:.2f} jobs/s, ratio {jobsite / alone:.2f}"
+    )
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=2)

@@ -121,9 +121,13 @@ def _insert_jobs(first: int, last: int, *, newest_age: int, spacing: int) -> Non
     """Jobs first..last, the last one `newest_age` seconds old, `spacing` seconds apart."""
     ids = dict(sql("SELECT username, id FROM accounts_user"))
     params = {
-        "heavy": ids[HEAVY], "others": [pk for name, pk in ids.items() if name not in (HEAVY, "admin")],
-        "first": first, "last": last, "newest_age": newest_age, "spacing": spacing,
-    }  # fmt: skip
+        "heavy": ids[HEAVY],
+        "others": [pk for name, pk in ids.items() if name not in (HEAVY, "admin")],
+        "first": first,
+        "last": last,
+        "newest_age": newest_age,
+        "spacing": spacing,
+    }
     with connect() as conn, conn.transaction():  # one transaction: one now() for jobs and their window
         bounds = conn.execute(
             "SELECT (now() - %(newest_age)s::bigint * interval '1 second') - (%(last)s::bigint - %(first)s::bigint) * %(spacing)s::bigint * interval '1 second', (now() - %(newest_age)s::bigint * interval '1 second')",
@@ -148,12 +152,18 @@ def build(jobs: int) -> None:
         _insert_jobs(first, last, newest_age=(jobs - last) * 2, spacing=2)
         print(f"built {last} jobs in {time.monotonic() - started:.0f} s", flush=True)
     # Jobs in flight: what the reconcilers look for among the million
-    sql(f"UPDATE jobs_job SET status = 'queued', started_at = NULL, finished_at = NULL WHERE id IN "
-        f"(SELECT id FROM jobs_job WHERE kind = 'hash' ORDER BY created_at DESC LIMIT {IN_FLIGHT})")  # fmt: skip
-    sql(f"UPDATE jobs_job SET status = 'running', finished_at = NULL WHERE id IN "
-        f"(SELECT id FROM jobs_job WHERE kind = 'stats' ORDER BY created_at DESC LIMIT {IN_FLIGHT})")  # fmt: skip
-    sql(f"UPDATE jobs_job SET callback_status = 'pending' WHERE id IN (SELECT id FROM jobs_job "
-        f"WHERE callback_url <> '' AND status = 'succeeded' ORDER BY created_at DESC LIMIT {IN_FLIGHT})")  # fmt: skip
+    sql(
+        f"UPDATE jobs_job SET status = 'queued', started_at = NULL, finished_at = NULL WHERE id IN "
+        f"(SELECT id FROM jobs_job WHERE kind = 'hash' ORDER BY created_at DESC LIMIT {IN_FLIGHT})"
+    )
+    sql(
+        f"UPDATE jobs_job SET status = 'running', finished_at = NULL WHERE id IN "
+        f"(SELECT id FROM jobs_job WHERE kind = 'stats' ORDER BY created_at DESC LIMIT {IN_FLIGHT})"
+    )
+    sql(
+        f"UPDATE jobs_job SET callback_status = 'pending' WHERE id IN (SELECT id FROM jobs_job "
+        f"WHERE callback_url <> '' AND status = 'succeeded' ORDER BY created_at DESC LIMIT {IN_FLIGHT})"
+    )
     sql("VACUUM ANALYZE")
     print(f"built {jobs} jobs in {time.monotonic() - started:.0f} s", flush=True)
 
@@ -180,10 +190,27 @@ class Server:
         port = 18000 + os.getpid() % 1000
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-             "--threads", "4", "--worker-class", "gthread", "--timeout", "600"],
-            cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "jobsite.wsgi",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+                "--threads",
+                "4",
+                "--worker-class",
+                "gthread",
+                "--timeout",
+                "600",
+            ],
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
@@ -234,8 +261,13 @@ def timed(request: Callable[[], httpx.Response], *, n: int, budget: float = 120.
             break
     times.sort()
     p95 = times[min(len(times) - 1, int(len(times) * 0.95))]
-    return {"p50_ms": round(statistics.median(times), 1), "p95_ms": round(p95, 1), "n": len(times),
-            "status": status, "bytes": len(response.content)}  # fmt: skip
+    return {
+        "p50_ms": round(statistics.median(times), 1),
+        "p95_ms": round(p95, 1),
+        "n": len(times),
+        "status": status,
+        "bytes": len(response.content),
+    }
 
 
 @contextlib.contextmanager
@@ -266,8 +298,12 @@ def export(server: Server, key: str, *, fmt: str, max_seconds: float) -> dict[st
     cpu_before = server.worker_cpu_s()
     with rss_sampler(server) as memory:
         t0 = time.perf_counter()
-        with httpx.stream("GET", f"{server.url}/api/v1/jobs/export/?format={fmt}",
-                          headers={"Authorization": f"Bearer {key}"}, timeout=600) as response:  # fmt: skip
+        with httpx.stream(
+            "GET",
+            f"{server.url}/api/v1/jobs/export/?format={fmt}",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=600,
+        ) as response:
             for data in response.iter_raw():
                 lines += data.count(b"\n")
                 if first is None and lines > header:  # the first data row, not CSV's header
@@ -277,9 +313,17 @@ def export(server: Server, key: str, *, fmt: str, max_seconds: float) -> dict[st
         elapsed = time.perf_counter() - t0
     cpu = server.worker_cpu_s() - cpu_before
     rows = lines - header
-    return {"rows_per_worker_cpu_s": round(rows / max(cpu, 0.01)), "format": fmt, "first_row_ms": round(first or 0, 1), "rows": rows, "seconds": round(elapsed, 1),
-            "rows_per_s": round(rows / elapsed), "complete": elapsed <= max_seconds,
-            "rss_before_mb": round(memory["before_mb"]), "rss_peak_mb": round(memory["peak_mb"])}  # fmt: skip
+    return {
+        "rows_per_worker_cpu_s": round(rows / max(cpu, 0.01)),
+        "format": fmt,
+        "first_row_ms": round(first or 0, 1),
+        "rows": rows,
+        "seconds": round(elapsed, 1),
+        "rows_per_s": round(rows / elapsed),
+        "complete": elapsed <= max_seconds,
+        "rss_before_mb": round(memory["before_mb"]),
+        "rss_peak_mb": round(memory["peak_mb"]),
+    }
 
 
 def busy_backends() -> int:
@@ -292,8 +336,9 @@ def busy_backends() -> int:
 
 def export_abandoned(server: Server, key: str) -> dict[str, object]:
     """Leave an export after a second; how long until the database stops working for it."""
-    with httpx.stream("GET", f"{server.url}/api/v1/jobs/export/", headers={"Authorization": f"Bearer {key}"},
-                      timeout=600) as response:  # fmt: skip
+    with httpx.stream(
+        "GET", f"{server.url}/api/v1/jobs/export/", headers={"Authorization": f"Bearer {key}"}, timeout=600
+    ) as response:
         lines = response.iter_lines()
         next(lines)
         time.sleep(1)
@@ -307,12 +352,23 @@ def purge() -> dict[str, object]:
     seed_purgeable()
     doomed = sql("SELECT count(*) FROM jobs_job WHERE finished_at < now() - interval '30 days'")[0][0]
     t0 = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "manage.py", "purge_jobs", "--older-than", "30"], cwd=ROOT,
-                               env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "purge_jobs", "--older-than", "30"],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - t0
-    return {"rows": doomed, "seconds": round(elapsed, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024),
-            "exit": os.waitstatus_to_exitcode(status), "output": process.stdout.read().strip()[-200:]}  # fmt: skip
+    return {
+        "rows": doomed,
+        "seconds": round(elapsed, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "exit": os.waitstatus_to_exitcode(status),
+        "output": process.stdout.read().strip()[-200:],
+    }
 
 
 RECONCILE_SCRIPT = """

@@ -315,9 +315,19 @@ def check_and_warm(url: str, requests: int) -> None:
 
 def run_generator(python: Path, timer: Path, url: str, requests: int, concurrency: int) -> tuple[str, dict]:
     command = [
-        str(python), str(timer), "--url", url, "-n", str(requests), "-c", str(concurrency),
-        "--mode", "both", "--callback-port", str(free_port()),
-    ]  # fmt: skip
+        str(python),
+        str(timer),
+        "--url",
+        url,
+        "-n",
+        str(requests),
+        "-c",
+        str(concurrency),
+        "--mode",
+        "both",
+        "--callback-port",
+        str(free_port()),
+    ]
     done = subprocess.run(command, cwd=timer.parent, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         sys.exit(f"load generator failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")

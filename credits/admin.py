@@ -1,6 +1,6 @@
 """Credit accounts with grant/adjust actions that post ledger entries; the ledger itself is read-only."""
 
-from typing import Any
+from collections.abc import Callable
 
 from django import forms
 from django.contrib import admin, messages
@@ -41,7 +41,7 @@ class CreditAccountAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: CreditAccount | None = None) -> bool:
         return False
 
     @admin.display(description="Latest ledger entries")
@@ -67,7 +67,12 @@ class CreditAccountAdmin(admin.ModelAdmin):
         )
 
     def _posting_action(
-        self, request: HttpRequest, queryset: QuerySet[CreditAccount], *, action: str, post: Any
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[CreditAccount],
+        *,
+        action: str,
+        post: Callable[..., LedgerEntry | None],
     ) -> HttpResponse | None:
         form = PostingForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
@@ -114,8 +119,8 @@ class LedgerEntryAdmin(ScaleAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: LedgerEntry | None = None) -> bool:
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: LedgerEntry | None = None) -> bool:
         return False

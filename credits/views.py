@@ -1,12 +1,12 @@
 """Thin views over credits selectors (`credits.read`), and the caller's account with its balance (`account.read`)."""
 
 from drf_spectacular.utils import extend_schema
-from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api import EndpointView
 from accounts.authentication import request_scopes
 from accounts.endpoints import Endpoint
+from accounts.requests import AuthenticatedRequest
 from accounts.selectors import user_has_mfa, user_role_names
 from credits.selectors import credit_balance, ledger_list
 from credits.serializers import BalanceSerializer, LedgerEntrySerializer, MeSerializer
@@ -21,7 +21,7 @@ class BalanceView(EndpointView):
         summary="The caller's credit balance",
         responses={200: BalanceSerializer, **problems(*GATE_STATUSES)},
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         return Response(BalanceSerializer({"balance": credit_balance(user=request.user)}).data)
 
 
@@ -37,7 +37,7 @@ class LedgerView(EndpointView):
             **problems(*GATE_STATUSES, 404),
         },
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         paginator = NewestFirstPagination()
         page = paginator.paginate_queryset(ledger_list(user=request.user), request, view=self)
         return paginator.get_paginated_response(LedgerEntrySerializer(page, many=True).data)
@@ -47,7 +47,7 @@ class MeView(EndpointView):
     endpoint = Endpoint.ACCOUNT_READ
 
     @extend_schema(operation_id="me", summary="The caller", responses={200: MeSerializer, **problems(*GATE_STATUSES)})
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         data = {
             "username": request.user.get_username(),
             "is_staff": request.user.is_staff,

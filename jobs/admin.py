@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from accounts.requests import StaffHttpRequest
 from jobs.forms import KindSettingsForm
 from jobs.kinds import KINDS
 from jobs.models import CallbackAttempt, CallbackStatus, Job, JobStatus, KindSettings, WebhookSecret
@@ -90,7 +91,7 @@ class JobAdmin(ScaleAdmin):
         self.message_user(request, f"Requeued {requeued} failed job(s).", messages.SUCCESS)
 
     @admin.action(description="Cancel selected queued jobs")
-    def cancel_queued(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+    def cancel_queued(self, request: StaffHttpRequest, queryset: QuerySet[Job]) -> None:
         canceled = 0
         for job in queryset.filter(status=JobStatus.QUEUED):
             job_cancel(user=request.user, job_id=job.pk)
@@ -110,8 +111,7 @@ class WebhookSecretAdmin(admin.ModelAdmin):
 
     list_display = ["user", "created_at", "expires_at"]
     search_fields = ["user__username"]
-    fields = ["user", "created_at", "expires_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("user", "created_at", "expires_at")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -17,7 +17,7 @@ and have no fifo, lifo or mru.
 import hashlib
 import hmac
 import json
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 
@@ -117,7 +117,10 @@ def cache_get(kind_settings: KindSettings, params: dict[str, Any], *, owner_id: 
     if not _enabled(kind_settings):
         return None
     kind, algorithm = kind_settings.kind, kind_settings.cache_algorithm
-    raw = run_lua(_GET, keys=_keys(kind, algorithm), args=[cache_field(kind, params, owner_id=owner_id), algorithm])
+    raw = cast(
+        bytes | None,
+        run_lua(_GET, keys=_keys(kind, algorithm), args=[cache_field(kind, params, owner_id=owner_id), algorithm]),
+    )
     metrics.CACHE_LOOKUPS.labels(kind=kind, result="miss" if raw is None else "hit").inc()
     return None if raw is None else json.loads(raw)
 
@@ -127,9 +130,14 @@ def cache_set(kind_settings: KindSettings, params: dict[str, Any], value: Any, *
     if not _enabled(kind_settings):
         return []
     kind, algorithm = kind_settings.kind, kind_settings.cache_algorithm
-    args = [cache_field(kind, params, owner_id=owner_id), json.dumps(value), algorithm, kind_settings.cache_capacity,
-            max(1, kind_settings.cache_ttl)]  # fmt: skip
-    evicted = run_lua(_SET, keys=_keys(kind, algorithm), args=args)
+    args: list[str | int] = [
+        cache_field(kind, params, owner_id=owner_id),
+        json.dumps(value),
+        algorithm,
+        kind_settings.cache_capacity,
+        max(1, kind_settings.cache_ttl),
+    ]
+    evicted = cast(list[bytes], run_lua(_SET, keys=_keys(kind, algorithm), args=args))  # the fields it evicted
     return [field.decode() for field in evicted]
 
 

@@ -16,7 +16,7 @@ State, one hash per (kind, target), gone KEY_TTL after its last failure: `failur
 import itertools
 from collections import Counter
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from jobs.kinds import KINDS
 from jobs.models import KindSettings
@@ -96,7 +96,7 @@ def circuit_acquire(kind_settings: KindSettings, target: str | None, *, take_tri
     if target is None:
         return CircuitState.CLOSED
     args = [kind_settings.circuit_recovery * 1000, kind_settings.time_limit * 1000, int(take_trial)]
-    state = run_lua(_ACQUIRE, keys=[_key(kind_settings.kind, target)], args=args)
+    state = cast(bytes, run_lua(_ACQUIRE, keys=[_key(kind_settings.kind, target)], args=args))  # a CircuitState value
     return CircuitState(state.decode())
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from django.contrib.auth.hashers import make_password
+from django.contrib.auth.models import AnonymousUser
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
@@ -16,7 +17,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api import EndpointSchema, EndpointView
+from accounts.endpoints import Endpoint
 from accounts.models import User
+from accounts.requests import PolicyRequest
 from jobs.encryption import masked_input, open_result
 from jobs.kind_settings import get_kind_settings
 from jobs.kinds.hash import HashInput
@@ -30,9 +33,9 @@ from jobsite.errors import NotFound
 from jobsite.fields import ListedChoiceField
 from jobsite.process_cache import settings_cache
 
-COMPAT_SYNC = "compat.sync"
-COMPAT_ASYNC = "compat.async"
-COMPAT_READ = "compat.read"
+COMPAT_SYNC = Endpoint.COMPAT_SYNC
+COMPAT_ASYNC = Endpoint.COMPAT_ASYNC
+COMPAT_READ = Endpoint.COMPAT_READ
 
 COMPAT_KIND = "hash"
 """The only work the original backend did."""
@@ -49,7 +52,7 @@ REQUESTS_MAX_OFFSET = 2**31 - 1
 COMPAT_STATUSES = tuple(422 if status == 400 else status for status in GATE_STATUSES)
 """The compatible routes answer 422 where the API answers 400."""
 
-STATUS_NAMES = {
+STATUS_NAMES: dict[str, str] = {
     JobStatus.QUEUED: "pending",
     JobStatus.RUNNING: "processing",
     JobStatus.SUCCEEDED: "success",
@@ -63,9 +66,9 @@ def _anonymous(request: Request) -> bool:
     return not (request.user is not None and request.user.is_authenticated)
 
 
-def compat_owner(user: Any) -> User:
+def compat_owner(user: User | AnonymousUser | None) -> User:
     """The user a compatible-route job belongs to: the caller, or the anonymous service user."""
-    if user is not None and user.is_authenticated:
+    if isinstance(user, User) and user.is_authenticated:
         return user
 
     def load() -> User:
@@ -146,7 +149,7 @@ class CompatRequestSerializer(_CompatOutcomeSerializer):
     request_id = serializers.UUIDField(source="id")
     mode = serializers.ChoiceField(choices=JobMode.choices)
     status = serializers.SerializerMethodField()
-    data = serializers.SerializerMethodField()
+    data = serializers.SerializerMethodField()  # type: ignore[assignment]  # a field: DRF's metaclass leaves the property
     iterations = serializers.SerializerMethodField()
     callback_url = serializers.CharField()
     created_at = serializers.DateTimeField()
@@ -207,7 +210,7 @@ class CompatSubmitView(CompatView):
     input_class: type[HashInput]
     mode: str
 
-    def submit(self, request: Request) -> Job:
+    def submit(self, request: PolicyRequest) -> Job:
         params = self.input_class(data=request.data)
         params.is_valid(raise_exception=True)
         callback_url = params.validated_data.pop("callback_url", "")
@@ -234,7 +237,7 @@ class CompatSyncView(CompatSubmitView):
         request=CompatSyncInput,
         responses={200: CompatSyncResponse, **problems(*COMPAT_STATUSES, *BODY_STATUSES, 402, 409, 502)},
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: PolicyRequest) -> Response:
         return Response({"status": "success", "result": _compat_result(self.submit(request))})
 
 
@@ -249,7 +252,7 @@ class CompatAsyncView(CompatSubmitView):
         request=CompatAsyncInput,
         responses={200: CompatAsyncResponse, **problems(*COMPAT_STATUSES, *BODY_STATUSES, 402, 409)},
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: PolicyRequest) -> Response:
         job = self.submit(request)
         message = "Request accepted for processing" + (
             f"; the result will be sent to {job.callback_url}" if job.callback_url else ""

@@ -1,6 +1,7 @@
 """Running a recorded job: claim it, run its kind, record the outcome and what follows a final state."""
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +35,11 @@ from jobsite.tracing import get_tracer
 logger = logging.getLogger(__name__)
 tracer = get_tracer()
 
+ERROR_MESSAGE_MAX = 2000
+"""Characters of a failed job's error_message kept: an upstream's whole error page would bloat every read."""
+ATTEMPT_MESSAGE_MAX = 500
+"""Characters of each attempt_log entry's message: the log grows by one entry per attempt."""
+
 
 def elapsed_ms(start: datetime, end: datetime) -> int:
     return max(0, int((end - start).total_seconds() * 1000))
@@ -42,13 +48,13 @@ def elapsed_ms(start: datetime, end: datetime) -> int:
 @cache
 def _claim_sql() -> tuple[str, tuple[Any, ...]]:
     """The claim statement (PostgreSQL, SQLite >= 3.35: UPDATE ... RETURNING) and the fields it returns."""
-    fields = tuple(Job._meta.concrete_fields)
+    fields = tuple(field for field in Job._meta.concrete_fields if field.column)
     quote = connection.ops.quote_name
     sql = (
         f"UPDATE {quote(Job._meta.db_table)} SET {quote('status')} = %s, {quote('started_at')} = %s,"
         f" {quote('attempts')} = {quote('attempts')} + 1, {quote('worker_name')} = %s"
         f" WHERE {quote('id')} = %s AND {quote('status')} = %s"
-        f" RETURNING {', '.join(quote(field.column) for field in fields)}"
+        f" RETURNING {', '.join(quote(str(field.column)) for field in fields)}"
     )
     return sql, fields
 
@@ -93,7 +99,12 @@ def job_claim(job_id: UUID, *, worker_name: str = "") -> Job | None:
 
 def attempt_log_with(job: Job, *, code: str, message: str, callers_fault: bool = False) -> list[dict[str, Any]]:
     """The job's attempt log with this attempt's failure appended: which worker ran it, from when until when."""
-    entry = {"n": job.attempts, "at": timezone.now().isoformat(), "code": code, "message": message[:500]}
+    entry = {
+        "n": job.attempts,
+        "at": timezone.now().isoformat(),
+        "code": code,
+        "message": message[:ATTEMPT_MESSAGE_MAX],
+    }
     started_at = job.started_at.isoformat() if job.started_at else None
     return [
         *job.attempt_log,
@@ -125,10 +136,10 @@ def job_finish(
         "status": status,
         "result": result,
         "error_code": error_code,
-        "error_message": error_message[:2000],
+        "error_message": error_message[:ERROR_MESSAGE_MAX],
         "attempt_log": log,
         "finished_at": now,
-        "run_ms": elapsed_ms(job.started_at, now),
+        "run_ms": elapsed_ms(job.started_at or now, now),  # a running job always has started_at
         "queue_wait_ms": job.queue_wait_ms,
     }
     with transaction.atomic():
@@ -192,7 +203,7 @@ def job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
         job_finish(job, status=JobStatus.FAILED, error_code="circuit_open", error_message=message)
         return None
     started = time.perf_counter()
-    attributes = {"job.id": str(job.id), "job.kind": job.kind, "job.attempt": job.attempts}
+    attributes: dict[str, str | int] = {"job.id": str(job.id), "job.kind": job.kind, "job.attempt": job.attempts}
     try:
         with tracer.start_as_current_span("job.run", attributes=attributes):
             result = kind.run(params, RunContext(owner_id=job.owner_id, job_id=str(job.id), deadline=deadline))
@@ -205,9 +216,12 @@ def job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
         if delay is not None and _job_retry_later(job, code=exc.code, message=exc.message):
             return delay
         job_finish(
-            job, status=JobStatus.FAILED, error_code=exc.code, error_message=exc.message,
+            job,
+            status=JobStatus.FAILED,
+            error_code=exc.code,
+            error_message=exc.message,
             callers_fault=exc.callers_fault,
-        )  # fmt: skip
+        )
     except (DeadlineExceeded, JobTimeoutException):
         circuit_record(kind_settings, target, failed=True)
         limit = kind_settings.time_limit
@@ -251,4 +265,4 @@ def job_execute(
     if deliver_first is not None and job.is_final and job.callback_status == CallbackStatus.PENDING:
         deliver_first(job)  # the in-memory job is final only if this worker's finish committed
     # max: our attempts counter decides, RQ's own retry count never reaches it.
-    return None if delay is None else Retry(max=job.attempts, interval=[delay])
+    return None if delay is None else Retry(max=job.attempts, interval=[math.ceil(delay)])

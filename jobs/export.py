@@ -15,13 +15,14 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from itertools import chain, islice, repeat
-from typing import Any
+from typing import Any, cast
 
 from django.db import connection, transaction
 from django.db.models import Aggregate, Case, CharField, Func, OuterRef, QuerySet, Subquery, TextField, When
+from django.db.models.expressions import Combinable
 from django.db.models.functions import Cast, JSONArray
 
 from jobs.encryption import input_masker, open_result
@@ -77,11 +78,28 @@ def _callback_attempts() -> Case:
     )
 
 
-EXPORT_COLUMNS = [
-    "id", "kind", "mode", "status", "input", "result", "error_code", "error_message", "cost", "attempts",
-    Cast("attempt_log", TextField()), "cached", UtcText("created_at"), UtcText("started_at"),
-    UtcText("finished_at"), "queue_wait_ms", "run_ms", "callback_url", "callback_status", _callback_attempts(),
-]  # fmt: skip
+EXPORT_COLUMNS: list[str | Combinable] = [
+    "id",
+    "kind",
+    "mode",
+    "status",
+    "input",
+    "result",
+    "error_code",
+    "error_message",
+    "cost",
+    "attempts",
+    Cast("attempt_log", TextField()),
+    "cached",
+    UtcText("created_at"),
+    UtcText("started_at"),
+    UtcText("finished_at"),
+    "queue_wait_ms",
+    "run_ms",
+    "callback_url",
+    "callback_status",
+    _callback_attempts(),
+]
 """What the export reads of a job, in tuple order: only the columns it writes, its webhook attempts included."""
 NO_ATTEMPTS = "[]"
 """attempt_log of nearly every job, read as text: parsing it costs as much as the rest of the row's JSON."""
@@ -89,9 +107,23 @@ _KIND = EXPORT_COLUMNS.index("kind")
 ATTEMPT_FIELDS = ["n", "at", "status_code", "error", "duration_ms"]
 
 CSV_COLUMNS = [
-    "id", "kind", "mode", "status", "cost", "attempts", "cached", "created_at", "started_at",
-    "finished_at", "queue_wait_ms", "run_ms", "error_code", "error_message", "input", "result",
-]  # fmt: skip
+    "id",
+    "kind",
+    "mode",
+    "status",
+    "cost",
+    "attempts",
+    "cached",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "queue_wait_ms",
+    "run_ms",
+    "error_code",
+    "error_message",
+    "input",
+    "result",
+]
 _CSV_ERROR = CSV_COLUMNS.index("error_code")
 """CSV columns before this one are the row's own values; error, input and result are flattened to text."""
 
@@ -99,7 +131,7 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 """json.dumps(..., separators=(",", ":")) without building an encoder per call."""
 
 
-def export_query(jobs: QuerySet[Job]) -> QuerySet[Job]:
+def export_query(jobs: QuerySet[Job]) -> QuerySet[Job, tuple[Any, ...]]:
     """The jobs as tuples of EXPORT_COLUMNS, in the queryset's order (newest first)."""
     return jobs.values_list(*EXPORT_COLUMNS)
 
@@ -111,22 +143,53 @@ def _attempts(text: str | None) -> list[dict[str, Any]]:
     return [dict(zip(ATTEMPT_FIELDS, attempt, strict=True)) for attempt in attempts]
 
 
-def _row(values: tuple, mask: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+def _row(values: tuple[Any, ...], mask: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
     """JobSerializer's representation of one export tuple: the serializer costs ~10x more per row, too slow for
     20 000 rows/s (tests/test_scale.py holds the two equal, byte for byte)."""
-    (job_id, kind, mode, status, input_, result, error_code, error_message, cost, tries, attempt_log, cached,
-     created_at, started_at, finished_at, queue_wait_ms, run_ms, callback_url, callback_status, attempts) = values  # fmt: skip
+    (
+        job_id,
+        kind,
+        mode,
+        status,
+        input_,
+        result,
+        error_code,
+        error_message,
+        cost,
+        tries,
+        attempt_log,
+        cached,
+        created_at,
+        started_at,
+        finished_at,
+        queue_wait_ms,
+        run_ms,
+        callback_url,
+        callback_status,
+        attempts,
+    ) = values
     return {
-        "id": str(job_id), "kind": kind, "mode": mode, "status": status, "input": mask(input_),
-        "result": open_result(result), "error": {"code": error_code, "message": error_message} if error_code else None,
-        "cost": cost, "attempts": tries, "attempt_log": [] if attempt_log == NO_ATTEMPTS else json.loads(attempt_log),
-        "cached": cached, "created_at": created_at, "started_at": started_at, "finished_at": finished_at,
-        "queue_wait_ms": queue_wait_ms, "run_ms": run_ms,
+        "id": str(job_id),
+        "kind": kind,
+        "mode": mode,
+        "status": status,
+        "input": mask(input_),
+        "result": open_result(result),
+        "error": {"code": error_code, "message": error_message} if error_code else None,
+        "cost": cost,
+        "attempts": tries,
+        "attempt_log": [] if attempt_log == NO_ATTEMPTS else json.loads(attempt_log),
+        "cached": cached,
+        "created_at": created_at,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "queue_wait_ms": queue_wait_ms,
+        "run_ms": run_ms,
         "callback": {"url": callback_url, "status": callback_status, "attempts": _attempts(attempts)},
-    }  # fmt: skip
+    }
 
 
-def _rows(chunk: list[tuple]) -> list[dict[str, Any]]:
+def _rows(chunk: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     masks = {kind: input_masker(get_kind_settings(kind)) for kind in {row[_KIND] for row in chunk}}  # once a chunk
     return [_row(values, masks[values[_KIND]]) for values in chunk]
 
@@ -144,7 +207,11 @@ def export_chunks(jobs: QuerySet[Job], *, chunk_size: int = EXPORT_CHUNK) -> Ite
     sent = 0
     finished = False
     try:
-        with transaction.atomic(), closing(export_query(jobs).iterator(chunk_size=chunk_size)) as rows:
+        # QuerySet.iterator() is a generator (typed Iterator): closing it closes the server-side cursor.
+        with (
+            transaction.atomic(),
+            closing(cast(Generator[tuple[Any, ...]], export_query(jobs).iterator(chunk_size=chunk_size))) as rows,
+        ):
             _no_jit()
             sizes = chain([min(FIRST_CHUNK, chunk_size)], repeat(chunk_size))
             while chunk := list(islice(rows, next(sizes))):

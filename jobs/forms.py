@@ -22,7 +22,8 @@ class KindSettingsForm(forms.ModelForm):
         return kind
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         kind = KINDS.get(data.get("kind", ""))
         if kind is not None and "encrypt_fields" in data:
             try:

@@ -11,16 +11,16 @@ import math
 import re
 from collections.abc import Callable
 from contextvars import ContextVar
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
-from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.models import EndpointPolicy, User
+from accounts.requests import AuthenticatedRequest
 from jobs.models import FINAL_STATUSES, IdempotencyRecord, IdempotencyStatus, Job, JobMode, JobStatus
 from jobsite.db import insert_unless_conflict
 from jobsite.errors import (
@@ -81,7 +81,7 @@ def idempotency_claim(
     """
     for _ in range(_CLAIM_ATTEMPTS):
         now = timezone.now()
-        fresh = {
+        fresh: dict[str, object] = {
             "fingerprint": fingerprint,
             "status": IdempotencyStatus.IN_FLIGHT,
             "response_status": None,
@@ -108,7 +108,7 @@ def idempotency_claim(
             )
         if record.status == IdempotencyStatus.IN_FLIGHT:
             if record.job is not None and render_job is not None and _answers_request(record.job):
-                _complete_from_job(record, render_job)
+                _complete_from_job(record, record.job, render_job)
                 continue  # read the completed record again (another taker may have completed it first)
             retry_after = _in_flight_retry_after(record, now)
             raise IdempotencyInFlight(
@@ -126,7 +126,7 @@ def idempotency_claim(
     )
 
 
-def _stale(record: IdempotencyRecord, now: Any) -> bool:
+def _stale(record: IdempotencyRecord, now: datetime) -> bool:
     """Expired, or in flight past its lock without a job: its request is over (the replay path reads it first)."""
     if record.expires_at <= now:
         return True
@@ -138,15 +138,14 @@ def _answers_request(job: Job) -> bool:
     return job.mode == JobMode.ASYNC or job.status in FINAL_STATUSES
 
 
-def _in_flight_retry_after(record: IdempotencyRecord, now: Any) -> int:
+def _in_flight_retry_after(record: IdempotencyRecord, now: datetime) -> int:
     if record.job_id is not None:
         return JOB_IN_FLIGHT_RETRY_AFTER
     return max(1, math.ceil((record.locked_until - now).total_seconds()))
 
 
-def _complete_from_job(record: IdempotencyRecord, render_job: Callable[[Job], Response]) -> None:
-    """Store, for a request that died, the response its job gives: the same one the request would have sent."""
-    job = record.job
+def _complete_from_job(record: IdempotencyRecord, job: Job, render_job: Callable[[Job], Response]) -> None:
+    """Store, for a request that died, the response its job (record.job) gives: the one it would have sent."""
     if job.mode == JobMode.SYNC and job.status == JobStatus.FAILED:
         error = JobFailed(
             job.error_message, job_id=str(job.id), error={"code": job.error_code, "message": job.error_message}
@@ -193,7 +192,11 @@ def _replay(record: IdempotencyRecord) -> Response:
 
 
 def idempotent_response(
-    *, request: Request, policy: EndpointPolicy, run: Callable[[], Response], render_job: Callable[[Job], Response]
+    *,
+    request: AuthenticatedRequest,
+    policy: EndpointPolicy,
+    run: Callable[[], Response],
+    render_job: Callable[[Job], Response],
 ) -> Response:
     """Run `run` once per (user, Idempotency-Key) within the policy's TTL; without the header, just run it.
 
@@ -203,7 +206,7 @@ def idempotent_response(
     if raw is None:
         return run()
     user, key = request.user, _valid_key(raw)
-    fingerprint = request_fingerprint(method=request.method, path=request.path, data=request.data)
+    fingerprint = request_fingerprint(method=request.method or "", path=request.path, data=request.data)
     record = idempotency_claim(
         user=user, key=key, fingerprint=fingerprint, ttl=policy.idempotency_ttl, render_job=render_job
     )

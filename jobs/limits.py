@@ -9,6 +9,7 @@ from rest_framework.request import Request
 from accounts.models import EndpointPolicy, RateLimitAlgorithm
 from accounts.policies import ENDPOINT_DEFAULTS, get_endpoint_policy
 from accounts.ratelimit import rate_limit_peek, rate_limit_state_key
+from accounts.requests import AuthenticatedRequest
 from accounts.throttles import rate_limit_subject
 from credits.selectors import credit_balance
 from jobs.models import ConcurrencySlot
@@ -32,7 +33,7 @@ def _rate_limit(request: Request, policy: EndpointPolicy) -> dict[str, Any] | No
     return {**limit, "quota": decision.quota, "remaining": decision.remaining, "reset": decision.reset_seconds}
 
 
-def caller_limits(request: Request) -> dict[str, Any]:
+def caller_limits(request: AuthenticatedRequest) -> dict[str, Any]:
     """Per endpoint: enabled, rate limit (quota, remaining, reset in s), concurrency caps and jobs holding them."""
     slots = ConcurrencySlot.objects.all()
     in_use_global = dict(slots.values_list("endpoint").annotate(n=Sum("in_use")).order_by())

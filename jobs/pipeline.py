@@ -5,7 +5,6 @@ or queued (async)."""
 
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -68,9 +67,16 @@ def job_submit(
             limit={"circuit": kind_name, "target": target, "recovery": kind_settings.circuit_recovery},
             retry_after=retry_after,
         )
-    request = _JobRequest(user=user, policy=policy, kind_settings=kind_settings, params=params, mode=mode,
-                          callback_url=callback_url, cost=0 if free else kind_settings.cost,
-                          client_ip=client_ip)  # fmt: skip
+    request = _JobRequest(
+        user=user,
+        policy=policy,
+        kind_settings=kind_settings,
+        params=params,
+        mode=mode,
+        callback_url=callback_url,
+        cost=0 if free else kind_settings.cost,
+        client_ip=client_ip,
+    )
     cached = cache_get(kind_settings, params, owner_id=user.pk)
     if cached is not None:
         job = _job_record_cached(request, result=cached)
@@ -114,7 +120,8 @@ def _job_create(request: _JobRequest, **state: Any) -> Job:
         **state,
     )
     # A job just recorded has no webhook delivery attempts: serialising it need not ask the database.
-    job._prefetched_objects_cache = {"callback_attempts": job.callback_attempts.none()}
+    prefetched = {"callback_attempts": job.callback_attempts.none()}
+    job._prefetched_objects_cache = prefetched  # type: ignore[attr-defined]  # Django's private prefetch store
     idempotency_bind_job(job)
     return job
 
@@ -124,9 +131,17 @@ def _job_record_cached(request: _JobRequest, *, result: Any) -> Job:
     now = timezone.now()
     with transaction.atomic():
         job = _job_create(
-            request, status=JobStatus.SUCCEEDED, result=seal_result(request.kind_settings, result), cost=0,
-            cached=True, created_at=now, started_at=now, finished_at=now, queue_wait_ms=0, run_ms=0,
-        )  # fmt: skip
+            request,
+            status=JobStatus.SUCCEEDED,
+            result=seal_result(request.kind_settings, result),
+            cost=0,
+            cached=True,
+            created_at=now,
+            started_at=now,
+            finished_at=now,
+            queue_wait_ms=0,
+            run_ms=0,
+        )
         job_on_final(job)
     return job
 
@@ -138,9 +153,14 @@ def _job_run_sync(request: _JobRequest) -> Job:
         concurrency_admit(user=request.user, policy=request.policy)
         now = timezone.now()  # created and started at once: started_at never precedes created_at
         job = _job_create(
-            request, status=JobStatus.RUNNING, cost=request.cost, attempts=1,
-            created_at=now, started_at=now, queue_wait_ms=0,
-        )  # fmt: skip
+            request,
+            status=JobStatus.RUNNING,
+            cost=request.cost,
+            attempts=1,
+            created_at=now,
+            started_at=now,
+            queue_wait_ms=0,
+        )
         job_charge(job)
     while (delay := job_run(job, deadline=deadline)) is not None:
         time.sleep(delay)
@@ -176,11 +196,7 @@ def _job_enqueue(request: _JobRequest) -> Job:
         job = _job_create(request, cost=request.cost)
         span.set_attribute("job.id", str(job.id))
         job_charge(job)
-        enqueue = partial(
-            queues.enqueue_job_or_defer,
-            job.id,
-            time_limit=request.kind_settings.time_limit,
-            trace_context=job.trace_context,
+        queues.enqueue_job_on_commit(
+            job.id, time_limit=request.kind_settings.time_limit, trace_context=job.trace_context
         )
-        transaction.on_commit(enqueue)
     return job

@@ -3,10 +3,12 @@
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from uuid import UUID
 
 import django_rq
 from django.conf import settings
+from django.db import transaction
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
@@ -83,12 +85,17 @@ def enqueue_job(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] 
     )
 
 
-def enqueue_job_or_defer(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
+def _enqueue_job_or_defer(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
     """After commit: enqueue now, or leave the job queued in the database for the reconciler."""
     try:
         enqueue_job(job_id, time_limit=time_limit, trace_context=trace_context)
     except RedisError:
         logger.warning("enqueue failed; the reconciler will enqueue job %s", job_id, exc_info=True)
+
+
+def enqueue_job_on_commit(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
+    """Enqueue the job once the transaction that recorded it commits (a rolled-back job is never run)."""
+    transaction.on_commit(partial(_enqueue_job_or_defer, job_id, time_limit=time_limit, trace_context=trace_context))
 
 
 def callback_rq_id(job_id: UUID | str, n: int, *, deferral: str = "") -> str:
@@ -120,7 +127,7 @@ def enqueue_callback(
     """
     queue = get_queue(CALLBACKS_QUEUE)
     rq_id = callback_rq_id(job_id, n, deferral=deferral)
-    args = ("jobs.tasks.deliver_callback", str(job_id), n, retries_left, give_up_at)
+    task, args = "jobs.tasks.deliver_callback", (str(job_id), n, retries_left, give_up_at)
     options = {
         "job_id": rq_id,
         "job_timeout": callback_job_timeout(),
@@ -130,9 +137,11 @@ def enqueue_callback(
     if delay > 0:
         # RQ's scheduled registry keeps whole seconds, rounded down: round up so no retry comes early.
         due = datetime.now(UTC) + timedelta(seconds=delay)
-        queue.enqueue_at(due.replace(microsecond=0) + timedelta(seconds=1 if due.microsecond else 0), *args, **options)
+        queue.enqueue_at(
+            due.replace(microsecond=0) + timedelta(seconds=1 if due.microsecond else 0), task, *args, **options
+        )
     else:
-        queue.enqueue(*args, **options)
+        queue.enqueue(task, *args, **options)
     remember = int(delay) + settings.CALLBACK_RECONCILE_GRACE + callback_job_timeout()
     queue.connection.set(_callback_next_key(job_id), rq_id, ex=remember)
 
@@ -169,7 +178,7 @@ def callback_is_on_its_way(job_id: UUID | str) -> bool:
     if rq_id is None:
         return False
     try:
-        rq_job = RQJob.fetch(rq_id.decode(), connection=connection)
+        rq_job = RQJob.fetch(rq_id.decode() if isinstance(rq_id, bytes) else rq_id, connection=connection)
     except NoSuchJobError:
         return False
     status = rq_job.get_status(refresh=False)

@@ -2,6 +2,7 @@
 
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from django.db.models import Count, QuerySet
 
@@ -41,7 +42,7 @@ def webhook_delivery_list(
     *,
     user: User,
     status: str = "",
-    job_id: Any = None,
+    job_id: UUID | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
 ) -> QuerySet[Job]:
@@ -61,7 +62,7 @@ def webhook_delivery_list(
     return jobs.prefetch_related("callback_attempts")
 
 
-def job_get(*, user: User, job_id: Any) -> Job | None:
+def job_get(*, user: User, job_id: UUID) -> Job | None:
     """One job if the user may see it; another user's job is indistinguishable from a missing one."""
     jobs = Job.objects.all() if user.is_staff else Job.objects.filter(owner=user)
     return jobs.prefetch_related("callback_attempts").filter(pk=job_id).first()

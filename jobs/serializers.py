@@ -1,4 +1,4 @@
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from drf_spectacular.types import OpenApiTypes
@@ -44,9 +44,10 @@ def callback_url_field(**kwargs: Any) -> CallbackUrlField:
 def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
     """The submission body for one kind in one mode: the envelope around the kind's own input serializer."""
     input_required = any(field.required for field in kind.serializer_class().fields.values())
+    input_options: dict[str, Any] = {} if input_required else {"default": dict}
     fields: dict[str, Any] = {
         "kind": ListedChoiceField(choices=[kind.name]),
-        "input": kind.serializer_class(required=input_required, **({} if input_required else {"default": dict})),
+        "input": kind.serializer_class(required=input_required, **input_options),
     }
     if mode == JobMode.ASYNC:
         fields["callback_url"] = callback_url_field(required=False)
@@ -65,7 +66,7 @@ def job_request_schema(mode: str) -> PolymorphicProxySerializer:
     """OpenAPI: the submission body as a union discriminated on `kind`."""
     return PolymorphicProxySerializer(
         component_name=f"{mode.title()}JobRequest",
-        serializers=KIND_REQUESTS[mode],
+        serializers={**KIND_REQUESTS[mode]},  # a copy: typed as the wider dict spectacular takes
         resource_type_field_name="kind",
     )
 
@@ -211,7 +212,7 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
 
     @extend_schema_field(CallbackAttemptSerializer(many=True))
     def get_attempts(self, job: Job) -> list[dict[str, Any]]:
-        return CallbackAttemptSerializer(job.callback_attempts.all(), many=True).data
+        return cast(list[dict[str, Any]], CallbackAttemptSerializer(job.callback_attempts.all(), many=True).data)
 
 
 class WebhookDeliveryQuerySerializer(CreatedRangeSerializer):

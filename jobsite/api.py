@@ -1,7 +1,9 @@
 """What every API view shares: problem responses, cursor pagination, and the OpenAPI pieces of every operation."""
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from django.db.models import Model, QuerySet
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, PolymorphicProxySerializer, inline_serializer
@@ -10,6 +12,12 @@ from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 
 from jobsite.errors import PROBLEM_CONTENT_TYPE, NotFound
+
+if TYPE_CHECKING:  # rest_framework.views loads the authentication classes, which import this module
+    from rest_framework.views import APIView
+
+M = TypeVar("M", bound=Model)
+R = TypeVar("R")
 
 
 class ProblemFieldErrorSerializer(serializers.Serializer):
@@ -25,7 +33,9 @@ class ProblemSerializer(serializers.Serializer):
     status = serializers.IntegerField()
     detail = serializers.CharField()
     code = serializers.CharField()
-    errors = ProblemFieldErrorSerializer(many=True, required=False, help_text="validation_error: each bad field.")
+    errors = ProblemFieldErrorSerializer(  # type: ignore[assignment]  # a field: DRF's metaclass leaves the property
+        many=True, required=False, help_text="validation_error: each bad field."
+    )
 
 
 PROBLEM = OpenApiResponse(response=ProblemSerializer, description="problem+json (see `code`)")
@@ -75,7 +85,9 @@ class NewestFirstPagination(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
 
-    def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> Any:
+    def paginate_queryset(
+        self, queryset: QuerySet[M, R] | Sequence[R], request: Request, view: "APIView | None" = None
+    ) -> list[R] | None:
         PageQuerySerializer(data=request.query_params.dict()).is_valid(raise_exception=True)
         return super().paginate_queryset(queryset, request, view)
 
@@ -83,7 +95,7 @@ class NewestFirstPagination(CursorPagination):
         # A cursor names a page; one this service did not issue names no page (404, as DRF decides).
         try:
             cursor = super().decode_cursor(request)
-            if cursor is not None and cursor.position is not None and parse_datetime(cursor.position) is None:
+            if cursor is not None and cursor.position is not None and parse_datetime(str(cursor.position)) is None:
                 raise ValueError(cursor.position)
         except (exceptions.NotFound, ValueError):
             raise NotFound("No such page: the cursor is not one this service issued.") from None
@@ -93,7 +105,7 @@ class NewestFirstPagination(CursorPagination):
 class ApiSchema(AutoSchema):
     """Descriptions come from `extend_schema` only: a class's docstring is for developers, not integrators."""
 
-    def get_description(self) -> str:
+    def get_description(self) -> str:  # type: ignore[override]  # spectacular's signature, not DRF's it shadows
         return ""
 
     def _get_request_for_media_type(self, serializer: Any, direction: str = "request") -> tuple[Any, bool]:

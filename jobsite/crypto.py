@@ -23,7 +23,7 @@ def _derived_key() -> bytes:
 
 @lru_cache(maxsize=1)
 def get_fernet() -> MultiFernet:
-    keys = settings.ENCRYPTION_KEYS or [_derived_key()]
+    keys: list[str] | list[bytes] = settings.ENCRYPTION_KEYS or [_derived_key()]
     try:
         return MultiFernet([Fernet(key) for key in keys])
     except ValueError as exc:

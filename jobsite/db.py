@@ -1,13 +1,17 @@
 """Database helpers that keep memory and transactions bounded however large a table grows."""
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.db import connection, migrations
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.state import ProjectState
 from django.db.models import Model, Q, QuerySet
-from django.db.models.fields import AutoFieldMixin
+from django.db.models.fields import AutoFieldMixin, Field
+from django.db.models.fields.reverse_related import ForeignObjectRel
+
+if TYPE_CHECKING:
+    from django.db.backends.postgresql.schema import DatabaseSchemaEditor as PostgresSchemaEditor
 
 
 def keyset_batches(queryset: QuerySet[Any], *, field: str, size: int) -> Iterator[list[Any]]:
@@ -46,7 +50,7 @@ class AddIndexWithoutLock(migrations.AddIndex):
         if not self.allow_migrate_model(schema_editor.connection.alias, model):
             return
         if schema_editor.connection.vendor == "postgresql":
-            schema_editor.add_index(model, self.index, concurrently=True)
+            cast("PostgresSchemaEditor", schema_editor).add_index(model, self.index, concurrently=True)
         else:
             schema_editor.add_index(model, self.index)
 
@@ -57,9 +61,17 @@ class AddIndexWithoutLock(migrations.AddIndex):
         if not self.allow_migrate_model(schema_editor.connection.alias, model):
             return
         if schema_editor.connection.vendor == "postgresql":
-            schema_editor.remove_index(model, self.index, concurrently=True)
+            cast("PostgresSchemaEditor", schema_editor).remove_index(model, self.index, concurrently=True)
         else:
             schema_editor.remove_index(model, self.index)
+
+
+def _quoted_column(field: "Field[Any, Any] | ForeignObjectRel | None") -> str:
+    """A concrete field's column, quoted (the stubs also allow None and reverse relations, which have none)."""
+    column = getattr(field, "column", None)
+    if not isinstance(column, str):
+        raise ValueError(f"{field!r} has no column")
+    return connection.ops.quote_name(column)
 
 
 def insert_unless_conflict(instance: Model, *, unique_fields: Sequence[str]) -> bool:
@@ -71,13 +83,12 @@ def insert_unless_conflict(instance: Model, *, unique_fields: Sequence[str]) -> 
     meta = instance._meta
     auto_pk = meta.pk if isinstance(meta.pk, AutoFieldMixin) else None
     fields = [field for field in meta.concrete_fields if field is not auto_pk]
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(field.column) for field in fields)
-    conflict = ", ".join(quote(meta.get_field(name).column) for name in unique_fields)
+    columns = ", ".join(_quoted_column(field) for field in fields)
+    conflict = ", ".join(_quoted_column(meta.get_field(name)) for name in unique_fields)
     values = [field.get_db_prep_save(field.pre_save(instance, add=True), connection) for field in fields]
     sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
-        f" ON CONFLICT ({conflict}) DO NOTHING RETURNING {quote(meta.pk.column)}"
+        f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
+        f" ON CONFLICT ({conflict}) DO NOTHING RETURNING {_quoted_column(meta.pk)}"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, values)

@@ -43,6 +43,7 @@ class ServiceError(drf.APIException):
     status = 500
     code = "internal_error"
     title = "Internal error"
+    detail: str  # type: ignore[assignment]  # always one message here; DRF's own errors may carry lists and dicts
 
     def __init__(self, detail: str = "", *, headers: dict[str, str] | None = None, **extra: Any):
         super().__init__(detail or self.title, self.code)
@@ -51,7 +52,7 @@ class ServiceError(drf.APIException):
         self.extra = extra
 
     @property
-    def status_code(self) -> int:  # DRF's name for `status`
+    def status_code(self) -> int:  # type: ignore[override]  # DRF's name for `status`, read-only: one source
         return self.status
 
 
@@ -184,7 +185,7 @@ def problem(
     }
 
 
-def _field_errors(detail: Any, prefix: str = "") -> list[dict[str, str]]:
+def _field_errors(detail: object, prefix: str = "") -> list[dict[str, str]]:
     """Flatten DRF's nested error detail into [{field, message}] with dotted field paths."""
     if isinstance(detail, dict):
         errors = []
@@ -255,8 +256,9 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
     context["request"].accepted_media_type = PROBLEM_CONTENT_TYPE
     body = problem(error.status, error.code, error.title, error.detail, **error.extra)
     headers = dict(error.headers)
-    if isinstance(exc, drf.APIException) and getattr(exc, "auth_header", None):
-        headers["WWW-Authenticate"] = exc.auth_header
+    auth_header = getattr(exc, "auth_header", None) if isinstance(exc, drf.APIException) else None
+    if auth_header:
+        headers["WWW-Authenticate"] = auth_header
     view = context.get("view")
     if error.status == 401 and "WWW-Authenticate" not in headers and view is not None:
         # Every 401 names the scheme to use (RFC 9110), also when a permission check raised it.
@@ -282,19 +284,19 @@ def wants_html_errors(request: HttpRequest) -> bool:
     return request.path.startswith(HTML_PATH_PREFIXES)
 
 
-def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+def handler400(request: HttpRequest, exception: Exception) -> HttpResponse:
     if wants_html_errors(request):
         return defaults.bad_request(request, exception)
     return problem_response(_as_service_error(exception) or BadRequest("The request is malformed."))
 
 
-def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+def handler403(request: HttpRequest, exception: Exception) -> HttpResponse:
     if wants_html_errors(request):
         return defaults.permission_denied(request, exception)
-    return problem_response(PermissionDenied(str(exception or "") or PermissionDenied.title))
+    return problem_response(PermissionDenied(str(exception) or PermissionDenied.title))
 
 
-def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:
     if wants_html_errors(request):
         return defaults.page_not_found(request, exception)
     return problem_response(NotFound("No such resource."))

@@ -7,10 +7,11 @@ a log call by mistake still never reaches the output.
 import contextlib
 import logging
 import re
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 REDACTED = "[REDACTED]"
 
@@ -50,14 +51,14 @@ def _redact_value(key: str, value: Any) -> Any:
     return value
 
 
-def redact(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def redact(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """structlog processor: drop secret-named fields' values and scrub secret-looking substrings."""
     for key in list(event_dict):
         event_dict[key] = _redact_value(key, event_dict[key])
     return event_dict
 
 
-def _shared_processors() -> list[Any]:
+def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -104,7 +105,7 @@ def configure_structlog() -> None:
     )
 
 
-def get_logger(name: str) -> Any:
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(name)
 
 

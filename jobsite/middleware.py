@@ -18,12 +18,12 @@ class RequestContextMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         offered = request.headers.get(REQUEST_ID_HEADER, "")
-        request.request_id = offered if _SAFE_REQUEST_ID.match(offered) else uuid.uuid4().hex
+        request_id = offered if _SAFE_REQUEST_ID.match(offered) else uuid.uuid4().hex
         clear_context()
-        bind_context(request_id=request.request_id, path=request.path, method=request.method)
+        bind_context(request_id=request_id, path=request.path, method=request.method)
         try:
             response = self.get_response(request)
         finally:
             clear_context()
-        response[REQUEST_ID_HEADER] = request.request_id
+        response[REQUEST_ID_HEADER] = request_id
         return response

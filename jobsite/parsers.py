@@ -1,5 +1,6 @@
 """The API's one request parser (DEFAULT_PARSER_CLASSES); no view imports here, DRF loads it at start-up."""
 
+from collections.abc import Mapping
 from typing import Any
 
 from rest_framework.exceptions import ParseError
@@ -9,7 +10,7 @@ MAX_JSON_DEPTH = 32
 """Deepest nesting of arrays and objects a request body may have; deeper bodies are refused (400), never recursed."""
 
 
-def _json_depth(value: Any) -> int:
+def _json_depth(value: object) -> int:
     deepest, stack = 0, [(value, 1)]
     while stack:
         node, depth = stack.pop()
@@ -22,7 +23,7 @@ def _json_depth(value: Any) -> int:
 class BoundedJSONParser(JSONParser):
     """The API's only parser: JSON, nested at most MAX_JSON_DEPTH levels."""
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         try:
             data = super().parse(stream, media_type, parser_context)
         except RecursionError:

@@ -30,7 +30,7 @@ class VersionedCache:
         self._version_key = version_key
         self._lock = threading.Lock()
         self._entries: dict[Hashable, object] = {}
-        self._version: bytes | None = None
+        self._version: bytes | str | None = None
         self._checked_at = float("-inf")
 
     def clear(self) -> None:

@@ -46,7 +46,7 @@ class Child:
     cwd: Path
     env: dict[str, str] | None = None
     stdout: IO[Any] | int | None = None
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     crashes: int = 0
     restart_at: float | None = None
@@ -54,8 +54,8 @@ class Child:
     history: list[tuple[float, int]] = field(default_factory=list)
     """(time, exit code) of every exit seen by the supervisor."""
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(
+    def start(self) -> subprocess.Popen[bytes]:
+        self.process = process = subprocess.Popen(
             self.argv,
             cwd=self.cwd,
             env=self.env,
@@ -65,6 +65,7 @@ class Child:
         )
         self.started_at = time.monotonic()
         self.restart_at = None
+        return process
 
 
 class Supervisor:
@@ -92,8 +93,8 @@ class Supervisor:
     def start(self) -> None:
         with self._lock:
             for child in self.children.values():
-                child.start()
-                self._log(f"started {child.name} (pid {child.process.pid})")
+                process = child.start()
+                self._log(f"started {child.name} (pid {process.pid})")
 
     def poll(self) -> None:
         """Notice children that exited (ending what they left in their group) and restart those that are due."""
@@ -113,9 +114,9 @@ class Supervisor:
                     child.restart_at = now + delay
                     self._log(f"{child.name} (pid {child.process.pid}) exited with {code}; restarting in {delay:.1f} s")
                 if child.restart_at is not None and now >= child.restart_at:
-                    child.start()
+                    process = child.start()
                     child.restarts += 1
-                    self._log(f"restarted {child.name} (pid {child.process.pid}, restart {child.restarts})")
+                    self._log(f"restarted {child.name} (pid {process.pid}, restart {child.restarts})")
 
     def run(self, stop: threading.Event, interval: float = 0.2) -> None:
         """Poll until `stop` is set (the run command and tests call this; the caller then calls stop_all)."""

@@ -22,8 +22,8 @@ def plot(path: Path, results: list[PhaseResult], *, url: str) -> None:
     """Write a PNG with a latency histogram per phase, then a time-to-callback scatter per async phase."""
     async_results = [r for r in results if r.callbacks is not None]
     panels = len(results) + len(async_results)
-    figure, axes = plt.subplots(panels, 1, figsize=(10, 3.8 * panels), squeeze=False)
-    axes = [ax for (ax,) in axes]
+    figure, grid = plt.subplots(panels, 1, figsize=(10, 3.8 * panels), squeeze=False)
+    axes = [ax for (ax,) in grid]
     for ax, result in zip(axes, results, strict=False):
         latencies = [s.latency_ms for s in result.samples if s.status_code is not None]
         ax.set_title(

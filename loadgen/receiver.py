@@ -43,7 +43,7 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
+        host, port = self.server.socket.getsockname()[:2]
         return f"http://{host}:{port}{CALLBACK_PATH}"
 
     def __enter__(self) -> "WebhookReceiver":

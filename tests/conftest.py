@@ -155,10 +155,24 @@ def gunicorn_server(name: str = "test-gunicorn", **env: str) -> Iterator[str]:
     port = free_port()
     log = open(ROOT / "var" / f"{name}.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
-         "--workers", "2", "--threads", "16"],
-        cwd=ROOT, env=subprocess_env(**env), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            "gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--threads",
+            "16",
+        ],
+        cwd=ROOT,
+        env=subprocess_env(**env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_answering(url)
@@ -190,11 +204,21 @@ def start_worker() -> Iterator[Callable[..., subprocess.Popen]]:
     def start(*queue_names: str, **env: str) -> subprocess.Popen:
         names = list(queue_names or (queues.JOBS_QUEUE,))
         process = subprocess.Popen(
-            [sys.executable, "manage.py", "rqworker", *names, "--worker-class", "jobs.worker.ResilientWorker",
-             "--with-scheduler"],
-            cwd=ROOT, env=subprocess_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "manage.py",
+                "rqworker",
+                *names,
+                "--worker-class",
+                "jobs.worker.ResilientWorker",
+                "--with-scheduler",
+            ],
+            cwd=ROOT,
+            env=subprocess_env(**env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: the scheduler it forks is ended with it
-        )  # fmt: skip
+        )
         started.append(process)
         return process
 

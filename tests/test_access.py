@@ -248,11 +248,20 @@ def test_admin_policy_form_validates(make_user: Callable[..., User]) -> None:
     policy = set_policy("jobs.read")
     url = f"/admin/accounts/endpointpolicy/{policy.pk}/change/"
     form = {
-        "enabled": "on", "auth_required": "on", "roles": "", "scopes": "jobs:read,bogus:scope",
-        "rate_limit_algorithm": "token_bucket", "rate_limit_key": "user", "rate_limit": "0", "rate_window": "60",
-        "refill_rate": "60", "max_concurrent_per_user": "0", "max_concurrent_global": "0",
-        "queue_max_depth": "100", "idempotency_ttl": "60",
-    }  # fmt: skip
+        "enabled": "on",
+        "auth_required": "on",
+        "roles": "",
+        "scopes": "jobs:read,bogus:scope",
+        "rate_limit_algorithm": "token_bucket",
+        "rate_limit_key": "user",
+        "rate_limit": "0",
+        "rate_window": "60",
+        "refill_rate": "60",
+        "max_concurrent_per_user": "0",
+        "max_concurrent_global": "0",
+        "queue_max_depth": "100",
+        "idempotency_ttl": "60",
+    }
     refused = admin.post(url, form)
     assert refused.status_code == 200
     assert set(refused.context["adminform"].form.errors) == {"scopes", "rate_limit"}

@@ -22,9 +22,15 @@ from tests.conftest import ROOT, gunicorn_server
 from tests.processes import required_tool
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 """Chromium as root in a container with no network beyond 127.0.0.1: no sandbox, no GPU, no calls home."""
 
 
@@ -126,10 +132,17 @@ def staff_with_a_job(make_user: Any) -> Job:
     staff.password = hasher.encode(STAFF_PASSWORD, hasher.salt(), iterations=1000)
     staff.save(update_fields=["password"])
     return Job.objects.create(
-        owner=staff, endpoint="jobs.async", kind="fetch", mode=JobMode.ASYNC, status=JobStatus.SUCCEEDED,
-        input={"url": "https://example.org/" + "a-long-path/" * 8}, callback_url="https://example.org/hook",
-        result={"status_code": 200}, cost=1, attempts=1,
-    )  # fmt: skip
+        owner=staff,
+        endpoint="jobs.async",
+        kind="fetch",
+        mode=JobMode.ASYNC,
+        status=JobStatus.SUCCEEDED,
+        input={"url": "https://example.org/" + "a-long-path/" * 8},
+        callback_url="https://example.org/hook",
+        result={"status_code": 200},
+        cost=1,
+        attempts=1,
+    )
 
 
 @pytest.mark.slow

@@ -133,8 +133,9 @@ def test_one_user_cannot_hold_the_web_tier_with_sync_jobs(
     pool = ThreadPoolExecutor(3 * cap)
     with httpx.Client(base_url=server_url, timeout=60, limits=httpx.Limits(max_connections=3 * cap)) as client:
         try:
-            futures = [pool.submit(client.post, "/api/v1/jobs/sync/", json=fetch, headers=hog_headers)
-                       for _ in range(3 * cap)]  # fmt: skip
+            futures = [
+                pool.submit(client.post, "/api/v1/jobs/sync/", json=fetch, headers=hog_headers) for _ in range(3 * cap)
+            ]
             wait_until(lambda: len(server.requests) == cap and sum(f.done() for f in futures) == 2 * cap, timeout=30)
             refused = [f.result() for f in futures if f.done()]
             assert {r.status_code for r in refused} == {429}

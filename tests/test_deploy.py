@@ -76,8 +76,12 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
 def _print_config(**env: str) -> dict[str, str]:
     done = subprocess.run(
         [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--print-config"],
-        cwd=ROOT, env=subprocess_env(**env), capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     pairs = (line.split(" = ", 1) for line in done.stdout.splitlines() if " = " in line)
     return {name.strip(): value.strip() for name, value in pairs}
 
@@ -107,8 +111,11 @@ def test_gunicorn_config_serves_and_owns_the_metrics_directory(tmp_path: Path) -
     env = subprocess_env(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1")
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_answering(url)

@@ -46,8 +46,17 @@ RUNNABLE = ("sh", "python", "js")
 """Languages of the blocks a reader runs; the others (text, output) are shown, not run."""
 NOT_RUN = {"start-service"}
 """Quickstart blocks this test does not run: the session's gunicorn and a worker started here replace them."""
-RUN_HERE = {"env", "sync.sh", "sync_job.py", "cancel.sh", "cancel_job.py", "receiver.py", "async.sh", "async_job.py",
-            "poll.sh"}  # fmt: skip
+RUN_HERE = {
+    "env",
+    "sync.sh",
+    "sync_job.py",
+    "cancel.sh",
+    "cancel_job.py",
+    "receiver.py",
+    "async.sh",
+    "async_job.py",
+    "poll.sh",
+}
 """Quickstart blocks this test runs: the cancels before any worker runs, so that the jobs they cancel are still queued."""
 DOC_URL = "http://127.0.0.1:8000"
 """The service URL the quickstart's `env` block sets; the test points it at the session's gunicorn instead."""
@@ -82,9 +91,13 @@ def text_blocks(page: Path) -> list[str]:
 
 def run_sh(code: str, *, cwd: Path, env: dict[str, str]) -> str:
     done = subprocess.run(
-        ["bash", "-e", "-o", "pipefail", "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+        ["bash", "-e", "-o", "pipefail", "-c", code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=BLOCK_TIMEOUT,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, f"{code}\nexit {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done.stdout
 

@@ -101,10 +101,11 @@ def test_worker_opens_the_input_to_run(api: APIClient) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_rotate_keys_keeps_every_row_readable_under_the_new_key_alone(api: APIClient, settings) -> None:
     ids = [
-        api.post("/api/v1/jobs/sync/", {"kind": "hash", "input": {"data": f"{SECRET} {i}", "iterations": 1}},
-                 format="json").json()["id"]
+        api.post(
+            "/api/v1/jobs/sync/", {"kind": "hash", "input": {"data": f"{SECRET} {i}", "iterations": 1}}, format="json"
+        ).json()["id"]
         for i in range(3)
-    ]  # fmt: skip
+    ]
     queued = api.post("/api/v1/jobs/async/", {"kind": "hash", "input": {"data": SECRET}}, format="json").json()["id"]
     signing_secret = api.post("/api/v1/me/webhook-secret/").json()["secret"]
     old_key, new_key = settings.ENCRYPTION_KEYS[0], Fernet.generate_key().decode()

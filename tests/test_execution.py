@@ -37,9 +37,15 @@ def queued_job(user: User, **fields: object) -> Job:
     """A job as submission records it, without the RQ hop (the test calls the worker entry itself)."""
     created = timezone.now() - timedelta(milliseconds=50)
     return Job.objects.create(
-        owner=user, endpoint="jobs.async", kind="hash", mode=JobMode.ASYNC, cost=1, created_at=created,
-        input=seal_input(get_kind_settings("hash"), HASH_INPUT), **fields,
-    )  # fmt: skip
+        owner=user,
+        endpoint="jobs.async",
+        kind="hash",
+        mode=JobMode.ASYNC,
+        cost=1,
+        created_at=created,
+        input=seal_input(get_kind_settings("hash"), HASH_INPUT),
+        **fields,
+    )
 
 
 def test_claim_run_finish_of_a_hash_job_stays_in_its_statement_budget(

@@ -204,13 +204,27 @@ def topology(django_db_setup: None, django_db_blocker: Any) -> Iterator[Topology
     python = sys.executable
     worker = ["manage.py", "rqworker", "--worker-class", "jobs.worker.ResilientWorker", "--with-scheduler"]
     commands = {
-        "web": [python, "-m", "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                "--threads", "4", "--worker-class", "gthread", "--timeout", "60"],
+        "web": [
+            python,
+            "-m",
+            "gunicorn",
+            "jobsite.wsgi",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            "--worker-class",
+            "gthread",
+            "--timeout",
+            "60",
+        ],
         "jobs-worker-1": [python, *worker, "jobs", "maintenance"],
         "jobs-worker-2": [python, *worker, "jobs", "maintenance"],
         "callbacks-worker-1": [python, *worker, "callbacks"],
         "cron": [python, "manage.py", "cron"],
-    }  # fmt: skip
+    }
     logs = []
     lines: list[str] = []
     supervisor = Supervisor(log=lines.append)

@@ -173,8 +173,12 @@ def test_policy_rate_throttle_sets_headers_and_refuses(user: User) -> None:
     problem = refusal(PolicyRateThrottle(), request)
     assert isinstance(problem, RateLimited)
     assert problem.extra["limit"] == {
-        "policy": "account.read", "algorithm": "fixed_window", "key": "user", "quota": 1, "window": 60,
-    }  # fmt: skip
+        "policy": "account.read",
+        "algorithm": "fixed_window",
+        "key": "user",
+        "quota": 1,
+        "window": 60,
+    }
     assert request.rate_limit_headers["RateLimit"].startswith('"account.read";r=0;t=')
 
 

@@ -183,8 +183,14 @@ def test_openapi_schema_documents_every_endpoint(api: APIClient) -> None:
     schema = api.get("/api/schema/?format=json", HTTP_ACCEPT="application/json")
     assert schema.status_code == 200
     paths = schema.json()["paths"]
-    for path in ("/api/v1/jobs/", "/api/v1/jobs/sync/", "/api/v1/jobs/async/", "/api/v1/jobs/{job_id}/",
-                 "/api/v1/jobs/{job_id}/cancel/", "/api/v1/jobs/export/"):  # fmt: skip
+    for path in (
+        "/api/v1/jobs/",
+        "/api/v1/jobs/sync/",
+        "/api/v1/jobs/async/",
+        "/api/v1/jobs/{job_id}/",
+        "/api/v1/jobs/{job_id}/cancel/",
+        "/api/v1/jobs/export/",
+    ):
         assert path in paths
     headers = {p["name"] for p in paths["/api/v1/jobs/sync/"]["post"]["parameters"] if p["in"] == "header"}
     assert headers == {"Idempotency-Key", "X-MFA-Code"}

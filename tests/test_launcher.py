@@ -73,9 +73,13 @@ def test_a_second_run_on_a_taken_port_touches_nothing(tmp_path: Path) -> None:
         listener.listen()
         port = listener.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "jobsite", "run"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+            [sys.executable, "-m", "jobsite", "run"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
             env={"PATH": "/usr/bin:/bin", "PORT": str(port)},
-        )  # fmt: skip
+        )
     assert done.returncode == 1
     assert done.stderr.strip() == (
         f"port {port} is already in use (another `python3 -m jobsite run`?): stop it, or pass --port"
@@ -87,9 +91,13 @@ def test_a_second_run_on_a_taken_port_touches_nothing(tmp_path: Path) -> None:
 def test_run_help_prints_usage_and_starts_nothing() -> None:
     port = free_port()
     done = subprocess.run(
-        [sys.executable, "-m", "jobsite", "run", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "jobsite", "run", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": "/usr/bin:/bin", "PORT": str(port)},
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     assert "--port PORT" in done.stdout
     for variable in ("PORT", "REDIS_URL", "DATABASE_URL", "RQ_WORKERS", "RQ_CALLBACK_WORKERS"):
@@ -119,10 +127,14 @@ def test_run_in_the_background_stops_on_sigint_and_sigterm(tmp_path: Path, stop_
         "RQ_CALLBACK_WORKERS": "1",
     }
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "jobsite", "run", "--port", str(port)], cwd=ROOT, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "jobsite", "run", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    )  # fmt: skip
+    )
     try:
         wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=180, interval=0.5)  # migrates first
         launcher.send_signal(stop_signal)
@@ -142,7 +154,7 @@ def test_seed_demo_keeps_its_credentials_across_runs(tmp_path: Path) -> None:
     first = json.loads(stored.read_text())
     demo = User.objects.get(username="demo")
     secrets_signing = webhook_signing_secrets(user=demo)
-    assert secrets_signing[0] == first["webhook_secret"]
+    assert secrets_signing == [first["webhook_secret"]], "a fresh demo signs with one secret, not two"
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
     out = StringIO()
     call_command("seed_demo", "--credentials", str(stored), stdout=out)

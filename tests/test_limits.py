@@ -38,8 +38,11 @@ def test_limits_show_what_remains_and_reading_them_spends_nothing(user: User) ->
         assert 0 < sync["reset"] <= 600
         assert by_name["jobs.read"]["rate_limit"]["remaining"] == 2
         assert by_name["jobs.async"]["concurrency"] == {
-            "max_per_user": 7, "max_global": None, "in_use_by_you": 1, "in_use_global": 1,
-        }  # fmt: skip
+            "max_per_user": 7,
+            "max_global": None,
+            "in_use_by_you": 1,
+            "in_use_global": 1,
+        }
         assert by_name["account.read"]["rate_limit"] is None
         untouched = by_name["compat.sync"]["rate_limit"]
         assert (untouched["remaining"], untouched["reset"]) == (untouched["quota"], 0)

@@ -141,8 +141,12 @@ def test_receiver_without_secret_matches_compat_request_ids() -> None:
 def _loadgen(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "loadgen", "--no-progress", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def _phases(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[dict[str, Any]]]:
@@ -173,9 +177,23 @@ def test_both_modes_against_the_service(server_url: str, make_user: Callable[...
     user = make_user()
     out, png = tmp_path / "run.json", tmp_path / "run.png"
     run = _loadgen(
-        "-n", "12", "-c", "4", "--mode", "both", "--url", server_url, *_credentials(user), "--unique",
-        "--callback-wait", "0", "--json", str(out), "--plot", str(png),
-    )  # fmt: skip
+        "-n",
+        "12",
+        "-c",
+        "4",
+        "--mode",
+        "both",
+        "--url",
+        server_url,
+        *_credentials(user),
+        "--unique",
+        "--callback-wait",
+        "0",
+        "--json",
+        str(out),
+        "--plot",
+        str(png),
+    )
     assert run.returncode == 0, run.stderr
     for row in ("throughput (req/s)", "latency p99 (ms)", "status 200", "status 202", "callbacks expected"):
         assert row in run.stdout
@@ -230,9 +248,21 @@ def test_async_callbacks_are_received_and_verified(
     assert created.status_code == 201, created.text  # depends on webhooks: signing secrets
     start_worker("jobs", "callbacks")
     run, (phase,) = _phases(
-        tmp_path, "-n", "10", "-c", "5", "--mode", "async", "--url", server_url, *_credentials(user),
-        "--webhook-secret", created.json()["secret"], "--callback-wait", "20",
-    )  # fmt: skip
+        tmp_path,
+        "-n",
+        "10",
+        "-c",
+        "5",
+        "--mode",
+        "async",
+        "--url",
+        server_url,
+        *_credentials(user),
+        "--webhook-secret",
+        created.json()["secret"],
+        "--callback-wait",
+        "20",
+    )
     assert run.returncode == 0, run.stderr
     callbacks = phase["callbacks"]
     # All of these depend on webhooks: delivery, Standard Webhooks signatures, the final job JSON as body.
@@ -267,8 +297,11 @@ def test_sync_run_with_an_api_key(server_url: str, make_user: Callable[..., User
     user = make_user()
     output = subprocess.run(
         [sys.executable, "manage.py", "create_api_key", user.username],
-        cwd=ROOT, capture_output=True, text=True, env=subprocess_env(),
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
     assert output.returncode == 0, output.stderr  # depends on API keys: the command
     key = output.stdout.strip().splitlines()[-1]
     run, (phase,) = _phases(tmp_path, "-n", "4", "-c", "2", "--url", server_url, "--api-key", key)

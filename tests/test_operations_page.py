@@ -15,9 +15,17 @@ from jobs.operations import operations_overview
 def _job(owner: User, status: str, *, minutes_ago: float, wait_ms: int = 10) -> Job:
     at = timezone.now() - timedelta(minutes=minutes_ago)
     return Job.objects.create(
-        owner=owner, endpoint="jobs.async", kind="hash", mode=JobMode.ASYNC, status=status, created_at=at,
-        started_at=at, finished_at=at, queue_wait_ms=wait_ms, cost=1,
-    )  # fmt: skip
+        owner=owner,
+        endpoint="jobs.async",
+        kind="hash",
+        mode=JobMode.ASYNC,
+        status=status,
+        created_at=at,
+        started_at=at,
+        finished_at=at,
+        queue_wait_ms=wait_ms,
+        cost=1,
+    )
 
 
 @pytest.mark.django_db

@@ -26,8 +26,9 @@ def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 @pytest.mark.django_db
 def test_live_workers_are_counted_per_queue() -> None:
     assert scrape()[("jobsite_workers", (("queue", "jobs"),))] == 0
-    worker = SimpleWorker([queues.get_queue(queues.JOBS_QUEUE), queues.get_queue(queues.MAINTENANCE_QUEUE)],
-                          connection=get_redis())  # fmt: skip
+    worker = SimpleWorker(
+        [queues.get_queue(queues.JOBS_QUEUE), queues.get_queue(queues.MAINTENANCE_QUEUE)], connection=get_redis()
+    )
     worker.register_birth()
     try:
         metrics = scrape()

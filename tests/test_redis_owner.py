@@ -46,8 +46,12 @@ def test_a_test_session_on_a_foreign_database_exits_before_flushing(private_redi
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": url, "SECRET_KEY": "test-only-secret-key"}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "tests/test_health.py"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout + run.stderr
     assert f"refusing to flush Redis database {FOREIGN_DB}" in run.stdout + run.stderr
     assert client.get("someone:data") == b"precious"

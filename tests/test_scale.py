@@ -43,14 +43,27 @@ def make_jobs(owner: User, n: int, *, age: timedelta = timedelta(0), **fields: A
     """n jobs of the owner, finished `age` ago, one second apart (bulk: thousands in a test)."""
     now = timezone.now() - age
     defaults = {
-        "endpoint": "jobs.async", "kind": "hash", "mode": JobMode.ASYNC, "status": JobStatus.SUCCEEDED,
-        "input": {"data": "x"}, "result": {"digest": "d"}, "cost": 1, "attempts": 1,
-    }  # fmt: skip
+        "endpoint": "jobs.async",
+        "kind": "hash",
+        "mode": JobMode.ASYNC,
+        "status": JobStatus.SUCCEEDED,
+        "input": {"data": "x"},
+        "result": {"digest": "d"},
+        "cost": 1,
+        "attempts": 1,
+    }
     jobs = [
-        Job(owner=owner, **{"created_at": now - timedelta(seconds=i), "finished_at": now - timedelta(seconds=i),
-                            **defaults, **fields})
+        Job(
+            owner=owner,
+            **{
+                "created_at": now - timedelta(seconds=i),
+                "finished_at": now - timedelta(seconds=i),
+                **defaults,
+                **fields,
+            },
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
     created = Job.objects.bulk_create(jobs, batch_size=2000)
     # auto_now_add overrode created_at on insert: put the spread back (created when finished, in these tests)
     Job.objects.filter(owner=owner, finished_at__isnull=False).update(created_at=F("finished_at"))
@@ -59,10 +72,16 @@ def make_jobs(owner: User, n: int, *, age: timedelta = timedelta(0), **fields: A
 
 def make_ledger(account: CreditAccount, n: int) -> None:
     LedgerEntry.objects.bulk_create(
-        LedgerEntry(account=account, type=EntryType.CHARGE, amount=-1, balance_after=1000 - i,
-                    posting_key=f"test:{uuid.uuid4()}", job_id=uuid.uuid4())
+        LedgerEntry(
+            account=account,
+            type=EntryType.CHARGE,
+            amount=-1,
+            balance_after=1000 - i,
+            posting_key=f"test:{uuid.uuid4()}",
+            job_id=uuid.uuid4(),
+        )
         for i in range(n)
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -248,7 +267,7 @@ def test_created_range_filters_list_and_export(api: APIClient, user: User) -> No
 @pytest.mark.parametrize(
     "query",
     [{"created_after": "yesterday"}, {"created_before": "2026-13-01"}],
-)  # fmt: skip
+)
 @pytest.mark.parametrize("path", ["/api/v1/jobs/", "/api/v1/jobs/export/"])
 def test_bad_created_range_is_a_400_problem(api: APIClient, path: str, query: dict[str, str]) -> None:
     response = api.get(path, query)

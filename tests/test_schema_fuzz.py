@@ -65,29 +65,72 @@ def _fuzz_in_namespace(api_key: str, config: Path, log_dir: Path, env: dict[str,
     """Inside the namespace: Redis, gunicorn and a worker, then schemathesis with a key and anonymously."""
     python = sys.executable
     processes = [
-        _start([REDIS_SERVER, "--port", str(NETNS_REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no"], log_dir / "redis.log", env),
+        _start(
+            [REDIS_SERVER, "--port", str(NETNS_REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            log_dir / "redis.log",
+            env,
+        ),
         # --limit-request-line 0: gunicorn answers a request line over 4094 bytes with its own 414 page, which no
         # Django code can shape; unlimited, such a query reaches Django (DATA_UPLOAD_MAX_NUMBER_FIELDS, then
         # problem+json).
-        _start([python, "-m", "gunicorn", "jobsite.wsgi", "--bind", "127.0.0.1:8000", "--workers", "2",
-                "--threads", "4", "--worker-class", "gthread", "--timeout", "60", "--limit-request-line", "0"],
-               log_dir / "gunicorn.log", env),
-        _start([python, "manage.py", "rqworker", "jobs", "callbacks", "--worker-class", "rq.worker.SimpleWorker"],
-               log_dir / "worker.log", env),
-    ]  # fmt: skip
+        _start(
+            [
+                python,
+                "-m",
+                "gunicorn",
+                "jobsite.wsgi",
+                "--bind",
+                "127.0.0.1:8000",
+                "--workers",
+                "2",
+                "--threads",
+                "4",
+                "--worker-class",
+                "gthread",
+                "--timeout",
+                "60",
+                "--limit-request-line",
+                "0",
+            ],
+            log_dir / "gunicorn.log",
+            env,
+        ),
+        _start(
+            [python, "manage.py", "rqworker", "jobs", "callbacks", "--worker-class", "rq.worker.SimpleWorker"],
+            log_dir / "worker.log",
+            env,
+        ),
+    ]
     try:
         wait_answering(WEB_URL)
         passed, report = True, ""
         for who, auth in (("key", ["-H", f"Authorization: Bearer {api_key}"]), ("anonymous", [])):
             # One worker: two threads of Hypothesis describing lambdas hit a CPython 3.11 ast race (SystemError).
             run = subprocess.run(
-                [Path(python).parent / "schemathesis", "--config-file", config, "run",
-                 f"{WEB_URL}/api/schema/?format=json", "--checks", "all",
-                 "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", str(MAX_EXAMPLES),
-                 "--seed", str(SEED), "--workers", "1", "--no-color", *auth],
-                cwd=ROOT, env=env, capture_output=True, text=True,
-            )  # fmt: skip
+                [
+                    Path(python).parent / "schemathesis",
+                    "--config-file",
+                    config,
+                    "run",
+                    f"{WEB_URL}/api/schema/?format=json",
+                    "--checks",
+                    "all",
+                    "--phases",
+                    "examples,coverage,fuzzing,stateful",
+                    "--max-examples",
+                    str(MAX_EXAMPLES),
+                    "--seed",
+                    str(SEED),
+                    "--workers",
+                    "1",
+                    "--no-color",
+                    *auth,
+                ],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             passed = passed and run.returncode == 0
             report += f"== schemathesis, {who}\n{run.stdout}{run.stderr}"
         return passed, report

@@ -60,23 +60,70 @@ HOSTS = {
 """The namespace's hosts file: every name but public.test resolves to a forbidden address."""
 
 FORBIDDEN_IPV4 = [
-    "0.1.2.3", "10.0.0.1", "10.255.255.254", "100.64.0.1", "100.127.255.254", "127.0.0.1", "127.255.255.254",
-    "169.254.169.254", "169.254.0.1", "172.16.0.1", "172.31.255.254", "192.0.0.1", "192.0.0.8", "192.0.0.100",
-    "192.0.0.170", "192.0.0.171", "192.0.2.1", "192.88.99.1", "192.88.99.254", "192.168.1.1", "198.18.0.1",
-    "198.19.255.254", "198.51.100.1", "203.0.113.1", "240.0.0.1", "250.1.2.3",
-]  # fmt: skip
+    "0.1.2.3",
+    "10.0.0.1",
+    "10.255.255.254",
+    "100.64.0.1",
+    "100.127.255.254",
+    "127.0.0.1",
+    "127.255.255.254",
+    "169.254.169.254",
+    "169.254.0.1",
+    "172.16.0.1",
+    "172.31.255.254",
+    "192.0.0.1",
+    "192.0.0.8",
+    "192.0.0.100",
+    "192.0.0.170",
+    "192.0.0.171",
+    "192.0.2.1",
+    "192.88.99.1",
+    "192.88.99.254",
+    "192.168.1.1",
+    "198.18.0.1",
+    "198.19.255.254",
+    "198.51.100.1",
+    "203.0.113.1",
+    "240.0.0.1",
+    "250.1.2.3",
+]
 """One or two unicast addresses in every forbidden IPv4 block of the IANA special-purpose registry and beyond."""
 
 UNASSIGNABLE_IPV4 = ["0.0.0.0", "224.0.0.1", "239.255.255.250", "255.255.255.255"]
 """Forbidden addresses that cannot sit on an interface (any address, multicast, broadcast)."""
 
 FORBIDDEN_IPV6 = [
-    "::1", "::2", "::a00:1", "::7f00:1", "100::1", "100:0:0:1::1", "2001::1", "2001:0:4136:e378:8000:63bf:3fff:fdd2",
-    "2001:1::4", "2001:2::1", "2001:10::1", "2001:db8::1", "3fff::1", "3fff:fff::1", "5f00::1", "4000::1",
-    "64:ff9b:1::a00:1", "fc00::1", "fd12:3456::1", "fe80::1", "fec0::1", "feff::1", "2002:7f00:1::1",
-    "2002:c0a8:101::1", "2002:c058:6301::1", "2002:c000:8::1", "64:ff9b::c058:6301", "64:ff9b::c000:8",
-    "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",
-]  # fmt: skip
+    "::1",
+    "::2",
+    "::a00:1",
+    "::7f00:1",
+    "100::1",
+    "100:0:0:1::1",
+    "2001::1",
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+    "2001:1::4",
+    "2001:2::1",
+    "2001:10::1",
+    "2001:db8::1",
+    "3fff::1",
+    "3fff:fff::1",
+    "5f00::1",
+    "4000::1",
+    "64:ff9b:1::a00:1",
+    "fc00::1",
+    "fd12:3456::1",
+    "fe80::1",
+    "fec0::1",
+    "feff::1",
+    "2002:7f00:1::1",
+    "2002:c0a8:101::1",
+    "2002:c058:6301::1",
+    "2002:c000:8::1",
+    "64:ff9b::c058:6301",
+    "64:ff9b::c000:8",
+    "64:ff9b::7f00:1",
+    "64:ff9b::a9fe:a9fe",
+]
 """Forbidden IPv6 unicast: every IANA special-purpose block, reserved space, and IPv4 embedded in 6to4/NAT64."""
 
 UNASSIGNABLE_IPV6 = ["::", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:192.0.0.8", "ff02::1", "ff0e::1"]
@@ -88,9 +135,15 @@ def _notations(address: str) -> list[str]:
     a, b, c, d = (int(part) for part in address.split("."))
     value = int(ipaddress.IPv4Address(address))
     return [
-        str(value), hex(value), f"0{value:o}", f"{a}.{(b << 16) + (c << 8) + d}", f"{a}.{b}.{(c << 8) + d}",
-        f"0x{a:x}.0x{b:x}.0x{c:x}.0x{d:x}", f"0{a:o}.0{b:o}.0{c:o}.0{d:o}", f"{address}.",
-    ]  # fmt: skip
+        str(value),
+        hex(value),
+        f"0{value:o}",
+        f"{a}.{(b << 16) + (c << 8) + d}",
+        f"{a}.{b}.{(c << 8) + d}",
+        f"0x{a:x}.0x{b:x}.0x{c:x}.0x{d:x}",
+        f"0{a:o}.0{b:o}.0{c:o}.0{d:o}",
+        f"{address}.",
+    ]
 
 
 def corpus() -> list[str]:
@@ -106,12 +159,25 @@ def corpus() -> list[str]:
     urls += [f"https://{host}/" for host in ("127.1", "192.0.0.8", "[fec0::1]", "[3fff::1]", "dummy.test")]
     urls += [f"http://{host}/" for host in ("192.88.99.1", "[2002:c058:6301::1]", "sitelocal.test", "0300.0.0.010")]
     urls += [
-        "http://public.test:99999/", "http://public.test:22/", "http://public.test:25/", "http://public.test:3306/",
-        "http://public.test:11211/", f"http://{PUBLIC}:0/", f"https://{PUBLIC}:65536/", "http://[2606:4700::1]:6379/",
-        f"ftp://{PUBLIC}/", "file:///etc/passwd", "gopher://127.0.0.1:8080/", "javascript:alert(1)",
-        "dict://public.test:8080/", "ws://public.test:8080/", "http://user:pass@public.test:8080/",
-        "http://user@public.test:8080/", "not a url", "http:///nohost",
-    ]  # fmt: skip
+        "http://public.test:99999/",
+        "http://public.test:22/",
+        "http://public.test:25/",
+        "http://public.test:3306/",
+        "http://public.test:11211/",
+        f"http://{PUBLIC}:0/",
+        f"https://{PUBLIC}:65536/",
+        "http://[2606:4700::1]:6379/",
+        f"ftp://{PUBLIC}/",
+        "file:///etc/passwd",
+        "gopher://127.0.0.1:8080/",
+        "javascript:alert(1)",
+        "dict://public.test:8080/",
+        "ws://public.test:8080/",
+        "http://user:pass@public.test:8080/",
+        "http://user@public.test:8080/",
+        "not a url",
+        "http:///nohost",
+    ]
     return urls
 
 
@@ -143,10 +209,15 @@ def _check_everywhere(api: APIClient, user: User, urls: list[str]) -> dict[str, 
             if error.code != "url_forbidden":
                 failures.append((url, "fetch run", error.code))
         job = Job.objects.create(
-            owner=user, endpoint="jobs.async", kind="hash", mode=JobMode.ASYNC,
-            status=JobStatus.SUCCEEDED, callback_url=url, callback_status=CallbackStatus.PENDING,
+            owner=user,
+            endpoint="jobs.async",
+            kind="hash",
+            mode=JobMode.ASYNC,
+            status=JobStatus.SUCCEEDED,
+            callback_url=url,
+            callback_status=CallbackStatus.PENDING,
             cost=1,  # a paid job: the free-delivery budget would defer the corpus' later attempts
-        )  # fmt: skip
+        )
         outcome = callback_deliver(job_id=job.pk, n=1, retries_left=3)
         error = job.callback_attempts.get().error
         texts.append(error)
@@ -216,9 +287,11 @@ def test_allow_private_means_only_loopback_and_private_ranges() -> None:
     assert report["reached"] == [1, 2, 3]
     assert report["trap_hits"] == 3  # link-local, shared, dummy and site-local stayed refused
     assert [reason.rsplit(": ", 1)[1] for reason in report["refused"]] == [
-        "link-local (RFC 3927)", "shared address space (RFC 6598)", "IPv4 dummy address (RFC 7600)",
+        "link-local (RFC 3927)",
+        "shared address space (RFC 6598)",
+        "IPv4 dummy address (RFC 7600)",
         "deprecated site-local (RFC 3879)",
-    ]  # fmt: skip
+    ]
 
 
 def _rebind_end_to_end(api: APIClient) -> dict[str, Any]:
@@ -362,9 +435,22 @@ def test_callback_url_with_port_99999_is_a_400_problem_at_submission(api: APICli
 
 @pytest.mark.parametrize(
     "address",
-    ["192.0.0.9", "192.0.0.10", "2001:1::1", "2001:1::2", "2001:3::1", "2001:4:112::1", "2001:20::1", PUBLIC,
-     "2606:4700:4700::1111", "64:ff9b::808:808", "::ffff:8.8.8.8", "2002:808:808::1", "192.31.196.1"],
-)  # fmt: skip
+    [
+        "192.0.0.9",
+        "192.0.0.10",
+        "2001:1::1",
+        "2001:1::2",
+        "2001:3::1",
+        "2001:4:112::1",
+        "2001:20::1",
+        PUBLIC,
+        "2606:4700:4700::1111",
+        "64:ff9b::808:808",
+        "::ffff:8.8.8.8",
+        "2002:808:808::1",
+        "192.31.196.1",
+    ],
+)
 def test_registry_exceptions_and_public_addresses_are_allowed(address: str) -> None:
     assert ssrf.forbidden_reason(ipaddress.ip_address(address), allow_private=False) is None
 
@@ -373,10 +459,15 @@ def test_registry_exceptions_and_public_addresses_are_allowed(address: str) -> N
 def test_public_urls_pass_without_any_lookup_leaving_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ssrf, "resolver", FakeDNS({"public.test": [PUBLIC]}))
     for url in (
-        "https://public.test/hook", f"http://{PUBLIC}/", "http://[2606:4700:4700::1111]/",
-        "http://[64:ff9b::808:808]/", "http://[::ffff:8.8.8.8]:8080/", "HTTPS://PUBLIC.TEST./x?y=1",
-        "http://public.test:1024/", "http://public.test:65535/",
-    ):  # fmt: skip
+        "https://public.test/hook",
+        f"http://{PUBLIC}/",
+        "http://[2606:4700:4700::1111]/",
+        "http://[64:ff9b::808:808]/",
+        "http://[::ffff:8.8.8.8]:8080/",
+        "HTTPS://PUBLIC.TEST./x?y=1",
+        "http://public.test:1024/",
+        "http://public.test:65535/",
+    ):
         assert ssrf.check_url(url).addresses, url
 
 
@@ -400,12 +491,20 @@ def test_unresolvable_name_is_accepted_then_retried_and_failed(api: APIClient, m
 @pytest.mark.parametrize(
     "host,expected",
     [
-        ("0177.0.0.1", "127.0.0.1"), ("0177.1", "127.0.0.1"), ("127.000.000.001", "127.0.0.1"),
-        ("0x7f.0x0.0x0.0x1", "127.0.0.1"), ("2130706433", "127.0.0.1"), ("127.1", "127.0.0.1"),
-        ("10.1", "10.0.0.1"), ("192.168.257", "192.168.1.1"), ("0", "0.0.0.0"), ("8.8.8.8.", "8.8.8.8"),
-        ("example.com", None), ("1.example", None),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("0177.1", "127.0.0.1"),
+        ("127.000.000.001", "127.0.0.1"),
+        ("0x7f.0x0.0x0.0x1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("10.1", "10.0.0.1"),
+        ("192.168.257", "192.168.1.1"),
+        ("0", "0.0.0.0"),
+        ("8.8.8.8.", "8.8.8.8"),
+        ("example.com", None),
+        ("1.example", None),
     ],
-)  # fmt: skip
+)
 def test_ipv4_parser_reads_every_notation(host: str, expected: str | None) -> None:
     """httpx rejects some of these outright; other clients and resolvers (inet_aton) read them all as IPv4."""
     parsed = ssrf.parse_ipv4(host)

@@ -351,8 +351,9 @@ def test_webhooks_of_free_jobs_spend_the_owners_budget(api: APIClient, secret: s
     receiver = http_server(status(200))
     paid = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json").json()
     run_worker_burst()  # computes (and caches) the result; its webhook is queued
-    free = [api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json").json()
-            for _ in range(2)]  # fmt: skip
+    free = [
+        api.post("/api/v1/jobs/async/", {**HASH, "callback_url": receiver.url}, format="json").json() for _ in range(2)
+    ]
     assert [job["cached"] for job in free] == [True, True]
     assert Job.objects.get(pk=free[0]["id"]).cost == 0
 
@@ -441,13 +442,19 @@ def test_a_slow_receiver_holds_one_worker_and_the_others_deliver(
             respond(request, 200, b"ok")
 
     slow, fast = http_server(stuck), http_server(status(200))
-    limits = {"CALLBACK_MAX_PER_HOST": "1", "CALLBACK_HOST_BUSY_DELAY": "0.2", "CALLBACK_TOTAL_TIMEOUT": "30",
-              "CALLBACK_INLINE_TIMEOUT": "0.3"}  # fmt: skip
+    limits = {
+        "CALLBACK_MAX_PER_HOST": "1",
+        "CALLBACK_HOST_BUSY_DELAY": "0.2",
+        "CALLBACK_TOTAL_TIMEOUT": "30",
+        "CALLBACK_INLINE_TIMEOUT": "0.3",
+    }
     for _ in range(2):
         start_worker(queues.CALLBACKS_QUEUE, **limits)
     start_worker(queues.JOBS_QUEUE, **limits)
-    slow_ids = [api.post("/api/v1/jobs/async/", {**HASH, "callback_url": slow.url}, format="json").json()["id"]
-                for _ in range(3)]  # fmt: skip
+    slow_ids = [
+        api.post("/api/v1/jobs/async/", {**HASH, "callback_url": slow.url}, format="json").json()["id"]
+        for _ in range(3)
+    ]
     in_progress = CallbackAttempt.objects.filter(job_id__in=slow_ids, error="in progress")
     try:
         wait_until(lambda: Job.objects.filter(pk__in=slow_ids, status="succeeded").count() == 3, timeout=30)

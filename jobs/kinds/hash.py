@@ -23,7 +23,7 @@ DATA_PATTERN = r"^(?=\s*\S)[^\x00]*$"
 
 class HashInput(serializers.Serializer):
     # trim_whitespace off: the hash must cover `data` exactly as sent.
-    data = StrictCharField(
+    data = StrictCharField(  # type: ignore[assignment]  # a field: DRF's metaclass leaves the property
         min_length=1,
         max_length=MAX_DATA_CHARS,
         trim_whitespace=False,

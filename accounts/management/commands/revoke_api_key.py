@@ -15,4 +15,5 @@ class Command(BaseCommand):
     def handle(self, *args: Any, prefix: str, **options: Any) -> None:
         with service_errors():
             key = api_key_revoke(prefix=prefix)
+        assert key.revoked_at is not None  # api_key_revoke sets it
         self.stdout.write(f"revoked {key.prefix} (owner {key.owner}) at {key.revoked_at.isoformat()}")

@@ -73,13 +73,16 @@ def get_target(name: str) -> Target:
         return Target(name, row, EndpointPolicyForm, "name")
     kind = name.removeprefix(KIND_PREFIX)
     if name.startswith(KIND_PREFIX) and kind in KINDS:
-        row = KindSettings.objects.filter(kind=kind).first() or KindSettings(kind=kind, **kind_defaults(kind))
-        return Target(name, row, KindSettingsForm, "kind")
+        kind_row = KindSettings.objects.filter(kind=kind).first() or KindSettings(kind=kind, **kind_defaults(kind))
+        return Target(name, kind_row, KindSettingsForm, "kind")
     raise CommandError(f"unknown policy {name!r}; names: {', '.join(policy_names())}")
 
 
 def _errors(target: Target, form: forms.ModelForm) -> str:
-    return "; ".join(f"{target.name}: {field}: {' '.join(messages)}" for field, messages in form.errors.items())
+    return "; ".join(
+        f"{target.name}: {field}: {' '.join(str(message) for message in messages)}"
+        for field, messages in form.errors.items()
+    )
 
 
 def _validated(changes_by_name: dict[str, dict[str, Any]]) -> list[forms.ModelForm]:

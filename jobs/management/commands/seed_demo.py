@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.utils import timezone
 
 from accounts.models import SCOPES, ApiKey, EndpointPolicy, User
 from accounts.policies import ENDPOINT_DEFAULTS
@@ -14,7 +15,7 @@ from credits.selectors import credit_balance
 from credits.services import credit_grant
 from jobs.compat import COMPAT_ASYNC, COMPAT_READ, COMPAT_SYNC
 from jobs.views import JobSyncView
-from jobs.webhooks import webhook_secret_rotate, webhook_signing_secrets
+from jobs.webhooks import webhook_secret_rotate, webhook_secrets_active
 
 DEMO_ADMIN = "admin"
 DEMO_USER = "demo"
@@ -51,7 +52,8 @@ class Command(BaseCommand):
         if shortfall > 0:
             credit_grant(user=demo, amount=shortfall, reason="demo top-up", posting_key=f"demo:{uuid.uuid4()}")
         webhook_secret = kept.get("webhook_secret", "")
-        if webhook_signing_secrets(user=demo)[:1] != [webhook_secret]:
+        # Read without creating: a first secret made on the spot would sign beside the new one for a day.
+        if webhook_secrets_active(user_id=demo.pk, now=timezone.now())[:1] != [webhook_secret]:
             webhook_secret = webhook_secret_rotate(user=demo)
         if credentials:
             credentials.touch(mode=0o600)
