@@ -15,6 +15,7 @@ class Endpoint(StrEnum):
     ACCOUNT_WRITE = "account.write"
     AUTH_TOKEN = "auth.token"
     METRICS_READ = "metrics.read"
+    WEBHOOKS_TEST = "webhooks.test"
 
 
 JOB_CREATING_ENDPOINTS = frozenset(

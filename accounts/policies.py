@@ -65,6 +65,15 @@ ENDPOINT_DEFAULTS: dict[str, dict[str, Any]] = {
         "rate_window": 60,
         "refill_rate": 30,
     },
+    # Each call makes the service POST to a URL of the caller's choosing: a few a minute are all a test needs.
+    Endpoint.WEBHOOKS_TEST: {
+        "scopes": "account:write",
+        "rate_limit_algorithm": RateLimitAlgorithm.TOKEN_BUCKET,
+        "rate_limit_key": RateLimitKey.USER,
+        "rate_limit": 10,
+        "rate_window": 60,
+        "refill_rate": 10,
+    },
 }
 """Every endpoint policy that exists, with what differs from the model's field defaults."""
 

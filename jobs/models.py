@@ -84,6 +84,10 @@ class Job(models.Model):
             models.Index(fields=["finished_at", "id"], name="job_finished_id"),
             models.Index(fields=["started_at", "id"], condition=Q(status="running"), name="job_running_started"),
             models.Index(fields=["finished_at"], condition=Q(callback_status="pending"), name="job_callback_pending"),
+            # A consumer's delivery log: their jobs with a webhook, skipping the (many) without one.
+            models.Index(
+                fields=["owner", "-created_at"], condition=~Q(callback_status="none"), name="job_owner_deliveries"
+            ),
         ]
 
     def __str__(self) -> str:

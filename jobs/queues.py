@@ -154,6 +154,20 @@ def enqueue_callback_or_defer(job_id: UUID, *, n: int, retries_left: int) -> Non
         logger.warning("enqueue failed; the reconciler will deliver the webhook of job %s", job_id, exc_info=True)
 
 
+def enqueue_webhook_test(*, user_id: int, url: str, msg_id: str) -> RQJob:
+    """Put a test event on the callbacks queue: sent like a delivery attempt, in a worker's main thread."""
+    return get_queue(CALLBACKS_QUEUE).enqueue(
+        "jobs.tasks.send_test_webhook",
+        user_id,
+        url,
+        msg_id,
+        job_id=f"webhook-test-{msg_id}",
+        job_timeout=callback_job_timeout(),
+        result_ttl=RESULT_TTL,
+        failure_ttl=RESULT_TTL,
+    )
+
+
 def callback_is_on_its_way(job_id: UUID | str) -> bool:
     """Whether the job's latest delivery RQ job waits to run, or runs and is not yet past its time limit.
 

@@ -7,7 +7,7 @@ from uuid import UUID
 from django.db.models import Count, QuerySet
 
 from accounts.models import User
-from jobs.models import Job
+from jobs.models import CallbackStatus, Job
 
 
 def job_list(
@@ -36,6 +36,30 @@ def job_list(
     if created_before:
         jobs = jobs.filter(created_at__lt=created_before)
     return jobs
+
+
+def webhook_delivery_list(
+    *,
+    user: User,
+    status: str = "",
+    job_id: UUID | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> QuerySet[Job]:
+    """The user's own webhook deliveries (one per job with a callback_url) with their attempts, newest first.
+
+    Served by the partial index job_owner_deliveries (owner, created_at where a webhook exists).
+    """
+    jobs = Job.objects.filter(owner=user).exclude(callback_status=CallbackStatus.NONE)
+    if status:
+        jobs = jobs.filter(callback_status=status)
+    if job_id:
+        jobs = jobs.filter(pk=job_id)
+    if created_after:
+        jobs = jobs.filter(created_at__gt=created_after)
+    if created_before:
+        jobs = jobs.filter(created_at__lt=created_before)
+    return jobs.prefetch_related("callback_attempts")
 
 
 def job_get(*, user: User, job_id: UUID) -> Job | None:

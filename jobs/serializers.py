@@ -1,4 +1,4 @@
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from drf_spectacular.types import OpenApiTypes
@@ -37,11 +37,8 @@ def _shape_refusal(url: str) -> str:
 
 
 def callback_url_field(**kwargs: Any) -> CallbackUrlField:
-    return CallbackUrlField(
-        max_length=CALLBACK_URL_MAX_LENGTH,
-        help_text="Receives the final job as a signed webhook (Standard Webhooks).",
-        **kwargs,
-    )
+    kwargs.setdefault("help_text", "Receives the final job as a signed webhook (Standard Webhooks).")
+    return CallbackUrlField(max_length=CALLBACK_URL_MAX_LENGTH, **kwargs)
 
 
 def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
@@ -92,6 +89,14 @@ class CallbackAttemptSerializer(serializers.ModelSerializer):
     class Meta:
         model = CallbackAttempt
         fields = ["n", "at", "status_code", "error", "duration_ms"]
+
+
+def callback_status_of(job: Job, attempts: list[CallbackAttempt]) -> str:
+    """The webhook's status as its attempts show it."""
+    # The job row is read before its attempts: a 2xx last attempt committed in between says the status.
+    if job.callback_status == CallbackStatus.PENDING and attempts and 200 <= (attempts[-1].status_code or 0) < 300:
+        return CallbackStatus.DELIVERED
+    return job.callback_status
 
 
 class JobErrorSerializer(serializers.Serializer):
@@ -154,11 +159,11 @@ class JobSerializer(serializers.ModelSerializer):
     @extend_schema_field(JobCallbackSerializer)
     def get_callback(self, job: Job) -> dict[str, Any]:
         rows = list(job.callback_attempts.all())
-        status = job.callback_status
-        # The job row is read before its attempts: a 2xx last attempt committed in between says the status.
-        if status == CallbackStatus.PENDING and rows and 200 <= (rows[-1].status_code or 0) < 300:
-            status = CallbackStatus.DELIVERED
-        return {"url": job.callback_url, "status": status, "attempts": CallbackAttemptSerializer(rows, many=True).data}
+        return {
+            "url": job.callback_url,
+            "status": callback_status_of(job, rows),
+            "attempts": CallbackAttemptSerializer(rows, many=True).data,
+        }
 
 
 class WebhookSecretSerializer(serializers.Serializer):
@@ -181,6 +186,53 @@ class JobListQuerySerializer(CreatedRangeSerializer):
 
 class ExportQuerySerializer(CreatedRangeSerializer):
     format = ListedChoiceField(choices=["jsonl", "csv"], default="jsonl")
+
+
+DELIVERY_STATUSES = [CallbackStatus.PENDING, CallbackStatus.DELIVERED, CallbackStatus.FAILED]
+"""What a delivery can be (a job without a webhook has none)."""
+
+
+class WebhookDeliverySerializer(serializers.ModelSerializer):
+    """One job's webhook: its delivery id (the `webhook-id` header, stable across attempts) and every attempt."""
+
+    webhook_id = serializers.UUIDField(source="delivery_id", read_only=True, help_text="The webhook-id header.")
+    job_id = serializers.UUIDField(source="id", read_only=True)
+    url = serializers.CharField(source="callback_url", read_only=True)
+    status = serializers.SerializerMethodField()
+    attempts = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = ["webhook_id", "job_id", "url", "status", "attempts", "created_at"]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.ChoiceField(choices=DELIVERY_STATUSES))
+    def get_status(self, job: Job) -> str:
+        return callback_status_of(job, list(job.callback_attempts.all()))
+
+    @extend_schema_field(CallbackAttemptSerializer(many=True))
+    def get_attempts(self, job: Job) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], CallbackAttemptSerializer(job.callback_attempts.all(), many=True).data)
+
+
+class WebhookDeliveryQuerySerializer(CreatedRangeSerializer):
+    status = ListedChoiceField(choices=DELIVERY_STATUSES, required=False)
+    job_id = serializers.UUIDField(required=False, help_text="Only this job's delivery.")
+
+
+class WebhookTestRequestSerializer(serializers.Serializer):
+    url = callback_url_field(help_text="Receives one signed test event (`type: webhook.test`).")
+
+
+class WebhookTestResultSerializer(serializers.Serializer):
+    webhook_id = serializers.CharField(help_text="The test event's webhook-id header.")
+    status = serializers.ChoiceField(
+        choices=DELIVERY_STATUSES, help_text="pending: still being sent when the wait ended (202)."
+    )
+    delivered = serializers.BooleanField(help_text="The receiver answered 2xx.")
+    status_code = serializers.IntegerField(allow_null=True, help_text="The receiver's status, if it answered.")
+    error = serializers.CharField(allow_blank=True, help_text="Why it was not delivered (as in delivery attempts).")
+    duration_ms = serializers.IntegerField(allow_null=True)
 
 
 class _RateLimitStateSerializer(serializers.Serializer):

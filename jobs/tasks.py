@@ -1,6 +1,7 @@
 """RQ entry points: thin wrappers that take ids and call services (RQ pickles only the ids)."""
 
 import time
+from typing import Any
 
 from opentelemetry import context
 from rq import Retry, get_current_job
@@ -10,7 +11,7 @@ from jobs.execution import job_execute
 from jobs.idempotency import idempotency_purge_expired
 from jobs.metrics import LEDGER_CHECK_KEY, RECONCILER_LAST_RUN_KEY
 from jobs.services import jobs_reconcile
-from jobs.webhooks import callback_deliver, callback_deliver_first, callbacks_reconcile
+from jobs.webhooks import callback_deliver, callback_deliver_first, callbacks_reconcile, webhook_test_deliver
 from jobsite.logs import log_context
 from jobsite.redis import get_redis
 from jobsite.tracing import TRACE_META_KEY, extract_context
@@ -30,6 +31,11 @@ def execute_job(job_id: str) -> Retry | None:
 def deliver_callback(job_id: str, n: int, retries_left: int, give_up_at: float | None = None) -> str:
     with log_context(job_id=job_id, webhook_attempt=n):
         return callback_deliver(job_id=job_id, n=n, retries_left=retries_left, give_up_at=give_up_at)
+
+
+def send_test_webhook(user_id: int, url: str, msg_id: str) -> dict[str, Any]:
+    with log_context(webhook_id=msg_id):
+        return webhook_test_deliver(user_id=user_id, url=url, msg_id=msg_id)
 
 
 def reconcile() -> dict[str, int]:

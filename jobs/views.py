@@ -19,18 +19,22 @@ from jobs.idempotency import KEY_HEADER, KEY_MAX_LENGTH, KEY_PATTERN, idempotent
 from jobs.limits import caller_limits
 from jobs.models import Job, JobMode
 from jobs.pipeline import job_submit
-from jobs.selectors import job_get, job_list
+from jobs.selectors import job_get, job_list, webhook_delivery_list
 from jobs.serializers import (
     ExportQuerySerializer,
     JobListQuerySerializer,
     JobRequestSerializer,
     JobSerializer,
     LimitsSerializer,
+    WebhookDeliveryQuerySerializer,
+    WebhookDeliverySerializer,
     WebhookSecretSerializer,
+    WebhookTestRequestSerializer,
+    WebhookTestResultSerializer,
     job_request_schema,
 )
 from jobs.services import job_cancel
-from jobs.webhooks import webhook_secret_rotate
+from jobs.webhooks import webhook_redeliver, webhook_secret_rotate, webhook_test_send
 from jobsite.api import BODY_STATUSES, GATE_STATUSES, NewestFirstPagination, PageQuerySerializer, paginated, problems
 from jobsite.errors import NotFound
 
@@ -218,6 +222,62 @@ class WebhookSecretView(EndpointView):
     def post(self, request: AuthenticatedRequest) -> Response:
         secret = webhook_secret_rotate(user=request.user)
         return Response(WebhookSecretSerializer({"secret": secret}).data, status=status.HTTP_201_CREATED)
+
+
+class WebhookTestView(EndpointView):
+    endpoint = Endpoint.WEBHOOKS_TEST
+
+    @extend_schema(
+        operation_id="me_webhooks_test",
+        summary="Send a signed test event to a URL (as deliveries are sent) and answer how it went",
+        request=WebhookTestRequestSerializer,
+        responses={
+            200: WebhookTestResultSerializer,
+            202: OpenApiResponse(WebhookTestResultSerializer, description="Still being sent when the wait ended."),
+            **problems(*GATE_STATUSES, *BODY_STATUSES, 409),
+        },
+    )
+    def post(self, request: AuthenticatedRequest) -> Response:
+        body = WebhookTestRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        outcome = webhook_test_send(user=request.user, url=body.validated_data["url"])
+        code = status.HTTP_202_ACCEPTED if outcome["status"] == "pending" else status.HTTP_200_OK
+        return Response(WebhookTestResultSerializer(outcome).data, status=code)
+
+
+class WebhookDeliveryListView(EndpointView):
+    endpoint = Endpoint.JOBS_READ
+
+    @extend_schema(
+        operation_id="me_webhook_deliveries",
+        summary="Own webhook deliveries (one per job with a callback_url) with their attempts, newest first",
+        parameters=[WebhookDeliveryQuerySerializer, PageQuerySerializer],
+        responses={
+            200: paginated("PaginatedWebhookDeliveryList", WebhookDeliverySerializer(many=True)),
+            **problems(*GATE_STATUSES, 404),
+        },
+    )
+    def get(self, request: AuthenticatedRequest) -> Response:
+        filters = WebhookDeliveryQuerySerializer(data=request.query_params.dict())
+        filters.is_valid(raise_exception=True)
+        deliveries = webhook_delivery_list(user=request.user, **filters.validated_data)
+        paginator = NewestFirstPagination()
+        page = paginator.paginate_queryset(deliveries, request, view=self)
+        return paginator.get_paginated_response(WebhookDeliverySerializer(page, many=True).data)
+
+
+class WebhookRedeliverView(EndpointView):
+    endpoint = Endpoint.JOBS_ASYNC
+
+    @extend_schema(
+        operation_id="jobs_webhook_redeliver",
+        summary="Deliver a finished job's webhook again (a new attempt, fresh retries)",
+        request=None,
+        responses={202: JobSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES, 404, 409)},
+    )
+    def post(self, request: AuthenticatedRequest, job_id: UUID) -> Response:
+        job = webhook_redeliver(user=request.user, job_id=job_id)
+        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 
 class LimitsView(EndpointView):

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -34,6 +34,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rest_framework.renderers import JSONRenderer
+from rq.results import Result
 from standardwebhooks.webhooks import Webhook
 
 from accounts.models import RateLimitAlgorithm, User
@@ -45,6 +46,7 @@ from jobs.kind_settings import get_kind_settings
 from jobs.models import ATTEMPT_IN_PROGRESS, FINAL_STATUSES, CallbackAttempt, CallbackStatus, Job, WebhookSecret
 from jobs.serializers import JobSerializer
 from jobsite import crypto
+from jobsite.errors import CallbackUrlForbidden, NotFound, NotRedeliverable, WebhookSecretMissing
 from jobsite.redis import redis_key, run_lua
 from jobsite.tracing import extract_context, get_tracer
 
@@ -226,25 +228,34 @@ def _post(url: str, body: str, headers: dict[str, str]) -> _Outcome:
     )
 
 
-def _send(job: Job, body: str, *, inline: bool = False) -> _Outcome:
-    """One signed POST, all of it (DNS, connect, headers, body) within CALLBACK_TOTAL_TIMEOUT (inline:
-    CALLBACK_INLINE_TIMEOUT, then it is cut short)."""
+def _signed_headers(*, user: User, msg_id: str, body: str) -> dict[str, str]:
+    """Standard Webhooks headers for one attempt, signed with every secret of the user's that still signs."""
     now = timezone.now()
-    msg_id = str(job.delivery_id)
-    headers = {
+    return {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(now.timestamp())),
         "webhook-signature": webhook_sign(
-            secrets_=webhook_signing_secrets(user=job.owner), msg_id=msg_id, timestamp=now, body=body
+            secrets_=webhook_signing_secrets(user=user), msg_id=msg_id, timestamp=now, body=body
         ),
     }
+
+
+def _send(job: Job, body: str, *, inline: bool = False) -> _Outcome:
+    """One signed POST, all of it (DNS, connect, headers, body) within CALLBACK_TOTAL_TIMEOUT (inline:
+    CALLBACK_INLINE_TIMEOUT, then it is cut short)."""
+    headers = _signed_headers(user=job.owner, msg_id=str(job.delivery_id), body=body)
     cut = inline and settings.CALLBACK_INLINE_TIMEOUT < settings.CALLBACK_TOTAL_TIMEOUT
     seconds = settings.CALLBACK_INLINE_TIMEOUT if cut else settings.CALLBACK_TOTAL_TIMEOUT
+    return _post_within(job.callback_url, body, headers, seconds=seconds, cut=cut)
+
+
+def _post_within(url: str, body: str, headers: dict[str, str], *, seconds: float, cut: bool = False) -> _Outcome:
+    """The guarded POST under the attempt's total deadline (`cut`: an inline attempt, carried on elsewhere)."""
     try:
         with _attempt_deadline(seconds):
-            return _post(job.callback_url, body, headers)
+            return _post(url, body, headers)
     except AttemptDeadlineExceeded:
         if cut:
             return _Outcome(error=f"timeout: cut after {seconds:g} s in the job worker", cut_short=True)
@@ -478,6 +489,92 @@ def callback_redeliver(*, job_id: UUID) -> bool:
     give_up_at = time.time() + settings.CALLBACK_MAX_AGE
     queues.enqueue_callback(job.pk, n=_next_attempt_n(job.pk), retries_left=retries, give_up_at=give_up_at)
     return True
+
+
+def webhook_redeliver(*, user: User, job_id: UUID) -> Job:
+    """The owner's redelivery of a finished job's webhook (a new attempt, fresh retries); 409 while one is pending."""
+    job = Job.objects.filter(owner=user, pk=job_id).first()
+    if job is None:
+        raise NotFound("No such job.")
+    if not job.is_final:
+        raise NotRedeliverable(f"The job is {job.status}; its webhook is sent when it finishes.")
+    if not job.callback_url:
+        raise NotRedeliverable("The job has no callback_url: there is no webhook to redeliver.")
+    if not callback_redeliver(job_id=job.pk):
+        raise NotRedeliverable("A delivery of this webhook is still pending: wait until it is delivered or failed.")
+    job.refresh_from_db()  # callback_status: pending again
+    return job
+
+
+TEST_EVENT_TYPE = "webhook.test"
+"""The `type` of a test event: a receiver tells it from a job's webhook (whose body is the job itself)."""
+
+TEST_EVENT_WAIT_MARGIN = 2.0
+"""Seconds a test request waits past the attempt's deadline: a callbacks worker's pick-up and the answer's way back."""
+
+TEST_EVENT_POLL_FIRST = 0.01
+"""Seconds before the first look at the test event's outcome; doubled up to TEST_EVENT_POLL_MAX."""
+TEST_EVENT_POLL_MAX = 0.2
+
+
+def webhook_test_deliver(*, user_id: int, url: str, msg_id: str) -> dict[str, Any]:
+    """Send one signed test event to the URL as a delivery attempt is sent (guarded POST, total deadline), once.
+
+    Runs in a callbacks worker: the attempt's deadline is SIGALRM, which needs a main thread.
+    """
+    user = User.objects.get(pk=user_id)
+    event = {"type": TEST_EVENT_TYPE, "timestamp": timezone.now(), "data": {"webhook_id": msg_id, "url": url}}
+    body = JSONRenderer().render(event).decode()
+    started = time.perf_counter()
+    outcome = _post_within(
+        url, body, _signed_headers(user=user, msg_id=msg_id, body=body), seconds=settings.CALLBACK_TOTAL_TIMEOUT
+    )
+    return _test_event_result(msg_id, outcome, duration_ms=int((time.perf_counter() - started) * 1000))
+
+
+def _test_event_result(msg_id: str, outcome: _Outcome | None, *, duration_ms: int | None = None) -> dict[str, Any]:
+    """What the caller is told about a test event; no outcome: it was still being sent."""
+    if outcome is None:
+        status = CallbackStatus.PENDING
+    else:
+        status = CallbackStatus.DELIVERED if outcome.delivered else CallbackStatus.FAILED
+    return {
+        "webhook_id": msg_id,
+        "status": status,
+        "delivered": status == CallbackStatus.DELIVERED,
+        "status_code": outcome.status_code if outcome else None,
+        "error": outcome.error if outcome else "",
+        "duration_ms": duration_ms,
+    }
+
+
+def webhook_test_send(*, user: User, url: str) -> dict[str, Any]:
+    """Have a callbacks worker send a signed test event to the URL; its outcome, or `pending` past the deadline.
+
+    The URL is checked as a callback_url is at submission; the worker's guarded POST checks it again.
+    """
+    try:
+        ssrf.check_url(url, allow_unresolved=True)
+    except ssrf.UrlForbidden as exc:
+        raise CallbackUrlForbidden(exc.reason) from None
+    if not webhook_secrets_active(user_id=user.pk, now=timezone.now()):
+        raise WebhookSecretMissing(
+            "You have no webhook signing secret yet: create one with POST /api/v1/me/webhook-secret/ "
+            "(your receiver verifies with it), then send the test event again."
+        )
+    msg_id = str(uuid.uuid4())
+    rq_job = queues.enqueue_webhook_test(user_id=user.pk, url=url, msg_id=msg_id)
+    deadline = time.monotonic() + settings.CALLBACK_TOTAL_TIMEOUT + TEST_EVENT_WAIT_MARGIN
+    pause = TEST_EVENT_POLL_FIRST
+    while (result := rq_job.latest_result()) is None and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, TEST_EVENT_POLL_MAX)
+    if result is None:
+        return _test_event_result(msg_id, None)
+    if result.type == Result.Type.SUCCESSFUL:
+        return cast(dict[str, Any], result.return_value)  # what webhook_test_deliver returned
+    logger.warning("webhook test event %s: the worker failed: %s", msg_id, result.exc_string)
+    return _test_event_result(msg_id, _Outcome(error="the worker could not send the event", retryable=False))
 
 
 def _callbacks_close_interrupted(now: datetime) -> int:

@@ -125,6 +125,14 @@ class NotCancellable(ServiceError):
     status, code, title = 409, "not_cancellable", "Job cannot be canceled"
 
 
+class NotRedeliverable(ServiceError):
+    status, code, title = 409, "not_redeliverable", "Webhook cannot be redelivered"
+
+
+class WebhookSecretMissing(ServiceError):
+    status, code, title = 409, "webhook_secret_missing", "No webhook signing secret"
+
+
 class IdempotencyInFlight(ServiceError):
     status, code, title = 409, "idempotency_in_flight", "Idempotent request in flight"
 

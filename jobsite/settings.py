@@ -172,7 +172,12 @@ SPECTACULAR_SETTINGS = {
     "OAS_VERSION": "3.1.0",  # for `webhooks`
     "WEBHOOKS": ["jobs.schema.JOB_FINISHED", "jobs.schema.COMPAT_REQUEST_FINISHED"],
     # One per kind: the discriminator of the submission union (a new kind adds its line; the schema test says so).
-    "ENUM_NAME_OVERRIDES": {"HashKindEnum": ["hash"], "FetchKindEnum": ["fetch"], "StatsKindEnum": ["stats"]},
+    "ENUM_NAME_OVERRIDES": {
+        "HashKindEnum": ["hash"],
+        "FetchKindEnum": ["fetch"],
+        "StatsKindEnum": ["stats"],
+        "DeliveryStatusEnum": ["pending", "delivered", "failed"],
+    },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

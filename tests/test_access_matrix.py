@@ -100,6 +100,13 @@ def own_compat_request(client: APIClient, ctx: Ctx) -> str:
     return created.json().get("request_id", str(ctx.job.pk))
 
 
+def finished_with_webhook(job: Job) -> Job:
+    """The job made final with a failed webhook: one its owner may have delivered again."""
+    job.status, job.callback_url, job.callback_status = JobStatus.SUCCEEDED, "https://example.com/hook", "failed"
+    job.save()
+    return job
+
+
 CASES: dict[tuple[str, str], Case] = {
     ("api/v1/jobs/", "get"): Case(lambda c, x: c.get("/api/v1/jobs/"), 200),
     ("api/v1/jobs/sync/", "post"): Case(lambda c, x: c.post("/api/v1/jobs/sync/", HASH, format="json"), 200),
@@ -111,6 +118,16 @@ CASES: dict[tuple[str, str], Case] = {
     ("api/v1/jobs/<uuid:job_id>/cancel/", "post"): Case(
         lambda c, x: c.post(f"/api/v1/jobs/{x.job.pk}/cancel/"), 200, another_users=404
     ),
+    ("api/v1/jobs/<uuid:job_id>/webhook/redeliver/", "post"): Case(
+        lambda c, x: c.post(f"/api/v1/jobs/{finished_with_webhook(x.job).pk}/webhook/redeliver/"),
+        202,
+        another_users=404,
+    ),
+    # Past every gate the call stops at the caller's missing signing secret: sending needs a callbacks worker.
+    ("api/v1/me/webhooks/test/", "post"): Case(
+        lambda c, x: c.post("/api/v1/me/webhooks/test/", {"url": "http://8.8.8.8/hook"}, format="json"), 409
+    ),
+    ("api/v1/me/webhook-deliveries/", "get"): Case(lambda c, x: c.get("/api/v1/me/webhook-deliveries/"), 200),
     ("api/v1/credits/", "get"): Case(lambda c, x: c.get("/api/v1/credits/"), 200),
     ("api/v1/credits/ledger/", "get"): Case(lambda c, x: c.get("/api/v1/credits/ledger/"), 200),
     ("api/v1/me/", "get"): Case(lambda c, x: c.get("/api/v1/me/"), 200),
