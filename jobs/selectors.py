@@ -31,10 +31,14 @@ def job_list(
         jobs = jobs.filter(status=status)
     if kind:
         jobs = jobs.filter(kind=kind)
-    if created_after:
-        jobs = jobs.filter(created_at__gt=created_after)
-    if created_before:
-        jobs = jobs.filter(created_at__lt=created_before)
+    return _created_between(jobs, created_after, created_before)
+
+
+def _created_between(jobs: QuerySet[Job], after: datetime | None, before: datetime | None) -> QuerySet[Job]:
+    if after:
+        jobs = jobs.filter(created_at__gt=after)
+    if before:
+        jobs = jobs.filter(created_at__lt=before)
     return jobs
 
 
@@ -55,11 +59,7 @@ def webhook_delivery_list(
         jobs = jobs.filter(callback_status=status)
     if job_id:
         jobs = jobs.filter(pk=job_id)
-    if created_after:
-        jobs = jobs.filter(created_at__gt=created_after)
-    if created_before:
-        jobs = jobs.filter(created_at__lt=created_before)
-    return jobs.prefetch_related("callback_attempts")
+    return _created_between(jobs, created_after, created_before).prefetch_related("callback_attempts")
 
 
 def job_get(*, user: User, job_id: UUID) -> Job | None:
