@@ -7,7 +7,7 @@ from jobs.forms import KindSettingsForm
 from jobs.kinds import KINDS
 from jobs.models import CallbackAttempt, CallbackStatus, Job, JobStatus, KindSettings, WebhookSecret
 from jobs.services import job_cancel, job_requeue
-from jobs.webhooks import callback_redeliver
+from jobs.webhooks import webhook_delivery_restart
 from jobsite.admin import PolicyAdmin, ScaleAdmin
 
 SHORT_ID_DIGITS = 8
@@ -101,7 +101,7 @@ class JobAdmin(ScaleAdmin):
     @admin.action(description="Redeliver the webhook of selected finished jobs")
     def redeliver_webhook(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         candidates = queryset.exclude(callback_url="").exclude(callback_status=CallbackStatus.PENDING)
-        redelivered = sum(callback_redeliver(job_id=job.pk) for job in candidates)
+        redelivered = sum(webhook_delivery_restart(job_id=job.pk) for job in candidates)
         self.message_user(request, f"Redelivering {redelivered} webhook(s).", messages.SUCCESS)
 
 

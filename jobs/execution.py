@@ -161,7 +161,7 @@ def job_on_final(job: Job) -> None:
         metrics.JOB_RUN_TIME.labels(kind=job.kind).observe(job.run_ms / 1000)
     if job.callback_status == CallbackStatus.PENDING and not _WORKER_DELIVERS_FIRST.get():
         retries = get_kind_settings(job.kind).callback_retries
-        transaction.on_commit(partial(queues.enqueue_callback_or_defer, job.pk, n=1, retries_left=retries))
+        transaction.on_commit(partial(queues.enqueue_webhook_or_defer, job.pk, n=1, retries_left=retries))
 
 
 _WORKER_DELIVERS_FIRST: ContextVar[bool] = ContextVar("worker_delivers_first", default=False)

@@ -157,9 +157,12 @@ class KindSettings(models.Model):
     kind = models.CharField(max_length=32, unique=True, help_text="The job kind these settings apply to.")
     cost = models.PositiveIntegerField(default=1, help_text="Credits one job of this kind costs.")
     cache_algorithm = models.CharField(
-        "result cache", max_length=8, choices=CacheAlgorithm.choices, default=CacheAlgorithm.NONE,
+        "result cache",
+        max_length=8,
+        choices=CacheAlgorithm.choices,
+        default=CacheAlgorithm.NONE,
         help_text="Eviction algorithm of the result cache; none: results are not cached.",
-    )  # fmt: skip
+    )
     cache_capacity = models.PositiveIntegerField(
         "cache capacity", default=1000, help_text="Results kept at most (per owner unless the kind's are public)."
     )
@@ -184,9 +187,10 @@ class KindSettings(models.Model):
         "webhook retries", default=3, help_text="Retries of a failed webhook delivery (6: the whole schedule, ~17.5 h)."
     )
     callback_backoff = models.FloatField(
-        "webhook backoff scale", default=1.0,
+        "webhook backoff scale",
+        default=1.0,
         help_text="Scale of the webhook retry schedule (1.0: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h).",
-    )  # fmt: skip
+    )
     updated_at = models.DateTimeField("updated", auto_now=True)
 
     class Meta:
@@ -222,9 +226,13 @@ class IdempotencyRecord(models.Model):
     )
     expires_at = models.DateTimeField()
     job = models.ForeignKey(
-        "Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        "Job",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="The job the request created: its outcome answers the key if the request dies.",
-    )  # fmt: skip
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["owner", "key"], name="idempotency_owner_key_unique")]

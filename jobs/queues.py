@@ -98,21 +98,21 @@ def enqueue_job_on_commit(job_id: UUID, *, time_limit: int, trace_context: dict[
     transaction.on_commit(partial(_enqueue_job_or_defer, job_id, time_limit=time_limit, trace_context=trace_context))
 
 
-def callback_rq_id(job_id: UUID | str, n: int, *, deferral: str = "") -> str:
+def webhook_rq_id(job_id: UUID | str, n: int, *, deferral: str = "") -> str:
     """RQ's id for delivery attempt n of a job's webhook (a deferral of it adds a suffix): never reused."""
     return f"callback-{job_id}-{n}" + (f"-{deferral}" if deferral else "")
 
 
-def callback_job_timeout() -> int:
+def webhook_job_timeout() -> int:
     """RQ's own time limit on a delivery: the attempt's deadline plus a margin for the database writes."""
     return int(settings.CALLBACK_TOTAL_TIMEOUT + settings.CALLBACK_INTERRUPT_MARGIN) + 1
 
 
-def _callback_next_key(job_id: UUID | str) -> str:
+def _webhook_next_key(job_id: UUID | str) -> str:
     return redis_key("callback", "next", job_id)
 
 
-def enqueue_callback(
+def enqueue_webhook(
     job_id: UUID | str,
     *,
     n: int,
@@ -126,11 +126,11 @@ def enqueue_callback(
     The RQ id is remembered per job, so the reconciler can tell a delivery on its way from a lost one.
     """
     queue = get_queue(CALLBACKS_QUEUE)
-    rq_id = callback_rq_id(job_id, n, deferral=deferral)
+    rq_id = webhook_rq_id(job_id, n, deferral=deferral)
     task, args = "jobs.tasks.deliver_callback", (str(job_id), n, retries_left, give_up_at)
     options = {
         "job_id": rq_id,
-        "job_timeout": callback_job_timeout(),
+        "job_timeout": webhook_job_timeout(),
         "result_ttl": RESULT_TTL,
         "failure_ttl": RESULT_TTL,
     }
@@ -142,14 +142,14 @@ def enqueue_callback(
         )
     else:
         queue.enqueue(task, *args, **options)
-    remember = int(delay) + settings.CALLBACK_RECONCILE_GRACE + callback_job_timeout()
-    queue.connection.set(_callback_next_key(job_id), rq_id, ex=remember)
+    remember = int(delay) + settings.CALLBACK_RECONCILE_GRACE + webhook_job_timeout()
+    queue.connection.set(_webhook_next_key(job_id), rq_id, ex=remember)
 
 
-def enqueue_callback_or_defer(job_id: UUID, *, n: int, retries_left: int) -> None:
+def enqueue_webhook_or_defer(job_id: UUID, *, n: int, retries_left: int) -> None:
     """After commit: enqueue the first delivery, or leave it pending in the database for the reconciler."""
     try:
-        enqueue_callback(job_id, n=n, retries_left=retries_left)
+        enqueue_webhook(job_id, n=n, retries_left=retries_left)
     except RedisError:
         logger.warning("enqueue failed; the reconciler will deliver the webhook of job %s", job_id, exc_info=True)
 
@@ -162,19 +162,19 @@ def enqueue_webhook_test(*, user_id: int, url: str, msg_id: str) -> RQJob:
         url,
         msg_id,
         job_id=f"webhook-test-{msg_id}",
-        job_timeout=callback_job_timeout(),
+        job_timeout=webhook_job_timeout(),
         result_ttl=RESULT_TTL,
         failure_ttl=RESULT_TTL,
     )
 
 
-def callback_is_on_its_way(job_id: UUID | str) -> bool:
+def webhook_is_on_its_way(job_id: UUID | str) -> bool:
     """Whether the job's latest delivery RQ job waits to run, or runs and is not yet past its time limit.
 
     A started one past its limit belongs to a killed worker: RQ would have stopped a live one by then.
     """
     connection = get_queue(CALLBACKS_QUEUE).connection
-    rq_id = connection.get(_callback_next_key(job_id))
+    rq_id = connection.get(_webhook_next_key(job_id))
     if rq_id is None:
         return False
     try:
@@ -183,7 +183,7 @@ def callback_is_on_its_way(job_id: UUID | str) -> bool:
         return False
     status = rq_job.get_status(refresh=False)
     if status == RQJobStatus.STARTED and rq_job.started_at is not None:
-        lost_after = rq_job.started_at.replace(tzinfo=UTC) + timedelta(seconds=callback_job_timeout())
+        lost_after = rq_job.started_at.replace(tzinfo=UTC) + timedelta(seconds=webhook_job_timeout())
         return datetime.now(UTC) < lost_after
     return status in _PENDING_RQ_STATUSES
 

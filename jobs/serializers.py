@@ -137,9 +137,24 @@ class JobSerializer(serializers.ModelSerializer):
     class Meta:
         model = Job
         fields = [
-            "id", "kind", "mode", "status", "input", "result", "error", "cost", "attempts", "attempt_log",
-            "cached", "created_at", "started_at", "finished_at", "queue_wait_ms", "run_ms", "callback",
-        ]  # fmt: skip
+            "id",
+            "kind",
+            "mode",
+            "status",
+            "input",
+            "result",
+            "error",
+            "cost",
+            "attempts",
+            "attempt_log",
+            "cached",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "queue_wait_ms",
+            "run_ms",
+            "callback",
+        ]
         read_only_fields = fields
 
     @extend_schema_field(serializers.DictField())

@@ -11,7 +11,7 @@ from jobs.execution import job_execute
 from jobs.idempotency import idempotency_purge_expired
 from jobs.metrics import LEDGER_CHECK_KEY, RECONCILER_LAST_RUN_KEY
 from jobs.services import jobs_reconcile
-from jobs.webhooks import callback_deliver, callback_deliver_first, callbacks_reconcile, webhook_test_deliver
+from jobs.webhooks import webhook_deliver, webhook_deliver_first, webhook_test_deliver, webhooks_reconcile
 from jobsite.logs import log_context
 from jobsite.redis import get_redis
 from jobsite.tracing import TRACE_META_KEY, extract_context
@@ -23,14 +23,15 @@ def execute_job(job_id: str) -> Retry | None:
     try:
         with log_context(job_id=job_id):
             worker_name = (rq_job.worker_name or "") if rq_job else ""
-            return job_execute(job_id=job_id, worker_name=worker_name, deliver_first=callback_deliver_first)
+            return job_execute(job_id=job_id, worker_name=worker_name, deliver_first=webhook_deliver_first)
     finally:
         context.detach(token)
 
 
+# Keeps its old name: deliveries already queued in Redis call it by this dotted path.
 def deliver_callback(job_id: str, n: int, retries_left: int, give_up_at: float | None = None) -> str:
     with log_context(job_id=job_id, webhook_attempt=n):
-        return callback_deliver(job_id=job_id, n=n, retries_left=retries_left, give_up_at=give_up_at)
+        return webhook_deliver(job_id=job_id, n=n, retries_left=retries_left, give_up_at=give_up_at)
 
 
 def send_test_webhook(user_id: int, url: str, msg_id: str) -> dict[str, Any]:
@@ -39,7 +40,7 @@ def send_test_webhook(user_id: int, url: str, msg_id: str) -> dict[str, Any]:
 
 
 def reconcile() -> dict[str, int]:
-    report = {**jobs_reconcile(), **callbacks_reconcile(), "idempotency_keys_purged": idempotency_purge_expired()}
+    report = {**jobs_reconcile(), **webhooks_reconcile(), "idempotency_keys_purged": idempotency_purge_expired()}
     get_redis().set(RECONCILER_LAST_RUN_KEY, time.time())  # /metrics: alerts fire when the cron stops
     return report
 

@@ -4,7 +4,7 @@ The first attempt is made by the job worker that finished the job, right after c
 hop); every other attempt is one RQ job on the callbacks queue. An attempt has a total deadline; at most
 CALLBACK_MAX_PER_HOST attempts run against one receiver host at a time (the others are deferred, not
 counted); webhooks of jobs that cost nothing spend their owner's free-delivery budget. A failed attempt
-schedules the next one on CALLBACK_SCHEDULE with RQ's scheduler (workers run `--with-scheduler`), within
+schedules the next one on WEBHOOK_SCHEDULE with RQ's scheduler (workers run `--with-scheduler`), within
 the kind's `callback_retries` and CALLBACK_MAX_AGE. The reconciler closes attempts whose worker died as
 `interrupted` and carries on their schedule, and enqueues any pending delivery that lost its RQ job, so a
 pending delivery always ends delivered or failed.
@@ -61,7 +61,7 @@ SECRET_BYTES = 32
 INTERRUPTED = "interrupted"
 """The error text of an attempt whose worker died before recording its outcome (closed by the reconciler)."""
 
-CALLBACK_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+WEBHOOK_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
 """Seconds before retry 1, 2, ... (Standard Webhooks: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h); the last step repeats.
 
 Scaled by the kind's `callback_backoff` (1.0: as written); the kind's `callback_retries` says how many run.
@@ -131,7 +131,7 @@ def webhook_sign(*, secrets_: list[str], msg_id: str, timestamp: datetime, body:
     return " ".join(Webhook(secret).sign(msg_id=msg_id, timestamp=timestamp, data=body) for secret in secrets_)
 
 
-def callback_body(job: Job) -> str:
+def webhook_body(job: Job) -> str:
     """The JSON a job's webhook carries: the job itself, or the original backend's shape for compat jobs."""
     serializer = CompatCallbackSerializer(job) if job.endpoint == COMPAT_ASYNC else JobSerializer(job)
     return JSONRenderer().render(serializer.data).decode()
@@ -262,10 +262,10 @@ def _post_within(url: str, body: str, headers: dict[str, str], *, seconds: float
         return _Outcome(error=f"timeout: no complete answer within {seconds:g} s")
 
 
-def callback_retry_delay(*, scale: float, retry_index: int, retry_after: float | None = None) -> float:
+def webhook_retry_delay(*, scale: float, retry_index: int, retry_after: float | None = None) -> float:
     """Seconds before retry `retry_index` (0: the first): the schedule's step plus up to 10% jitter,
     never shorter than a capped Retry-After."""
-    step = CALLBACK_SCHEDULE[min(max(0, retry_index), len(CALLBACK_SCHEDULE) - 1)] * scale
+    step = WEBHOOK_SCHEDULE[min(max(0, retry_index), len(WEBHOOK_SCHEDULE) - 1)] * scale
     delay = step + random.uniform(0, step / 10)
     if retry_after is not None:
         delay = max(delay, min(retry_after, settings.CALLBACK_RETRY_AFTER_MAX))
@@ -314,7 +314,7 @@ def _free_budget_wait(job: Job) -> float:
     return 0.0 if decision.allowed else decision.retry_after_ms / 1000
 
 
-def _callback_settle(job_id: UUID, status: str) -> None:
+def _webhook_settle(job_id: UUID, status: str) -> None:
     Job.objects.filter(pk=job_id, callback_status=CallbackStatus.PENDING).update(callback_status=status)
 
 
@@ -324,7 +324,7 @@ def _give_up_at(job: Job, give_up_at: float | None) -> datetime:
     return (job.finished_at or timezone.now()) + timedelta(seconds=settings.CALLBACK_MAX_AGE)
 
 
-def callback_deliver(*, job_id: UUID | str, n: int, retries_left: int, give_up_at: float | None = None) -> str:
+def webhook_deliver(*, job_id: UUID | str, n: int, retries_left: int, give_up_at: float | None = None) -> str:
     """Make delivery attempt n of a job's webhook and record it; schedule the next one or settle the status.
 
     `give_up_at` (epoch seconds) ends the delivery's retries; None: CALLBACK_MAX_AGE after the job finished.
@@ -332,23 +332,23 @@ def callback_deliver(*, job_id: UUID | str, n: int, retries_left: int, give_up_a
     job = Job.objects.select_related("owner").filter(pk=job_id).first()
     if job is None or job.callback_status != CallbackStatus.PENDING or job.status not in FINAL_STATUSES:
         return "skipped"
-    return _callback_deliver_job(job, n=n, retries_left=retries_left, give_up=_give_up_at(job, give_up_at))
+    return _webhook_deliver_job(job, n=n, retries_left=retries_left, give_up=_give_up_at(job, give_up_at))
 
 
-def _callback_deliver_job(job: Job, *, n: int, retries_left: int, give_up: datetime, inline: bool = False) -> str:
+def _webhook_deliver_job(job: Job, *, n: int, retries_left: int, give_up: datetime, inline: bool = False) -> str:
     """Attempt n under the receiver host's lease; a busy host defers it (inline: hands it to the queue)."""
     slot = _host_slot_acquire(job.callback_url)
     if slot is None:
         if inline:
-            queues.enqueue_callback(job.pk, n=n, retries_left=retries_left)
+            queues.enqueue_webhook(job.pk, n=n, retries_left=retries_left)
             return "handed over"
         wait = settings.CALLBACK_HOST_BUSY_DELAY * random.uniform(1, 2)
-        return _callback_defer(job, n=n, retries_left=retries_left, give_up=give_up, wait=wait, why="host busy")
+        return _webhook_defer(job, n=n, retries_left=retries_left, give_up=give_up, wait=wait, why="host busy")
     try:
         wait = _free_budget_wait(job)
         if wait:
-            return _callback_defer(job, n=n, retries_left=retries_left, give_up=give_up, wait=wait, why="free budget")
-        result = _callback_attempt(job, n=n, retries_left=retries_left, give_up=give_up, inline=inline)
+            return _webhook_defer(job, n=n, retries_left=retries_left, give_up=give_up, wait=wait, why="free budget")
+        result = _webhook_attempt(job, n=n, retries_left=retries_left, give_up=give_up, inline=inline)
     finally:
         _host_slot_release(slot)
     metrics.WEBHOOK_DELIVERIES.labels(outcome=result, attempt=str(n)).inc()
@@ -363,10 +363,10 @@ def _inline_attempt_fits() -> bool:
     return not outer_left or outer_left > settings.CALLBACK_INLINE_TIMEOUT + queues.RQ_TIMEOUT_MARGIN
 
 
-def callback_deliver_first(job: Job) -> str:
+def webhook_deliver_first(job: Job) -> str:
     """The first attempt of a job's webhook, by the worker that just committed the job's final state.
 
-    It saves the callbacks queue's hop. Leases, retries and signatures are those of callback_deliver; past
+    It saves the callbacks queue's hop. Leases, retries and signatures are those of webhook_deliver; past
     CALLBACK_INLINE_TIMEOUT the attempt is cut and carried on at once by a callbacks worker with the full
     deadline and no retry spent, so a slow receiver holds a job worker that long at most. If the attempt cannot start here (host lease busy, Redis error, no time left under
     RQ's alarm) it goes to the callbacks queue as attempt 1, and if even that fails the reconciler finds the
@@ -374,33 +374,37 @@ def callback_deliver_first(job: Job) -> str:
     """
     retries = get_kind_settings(job.kind).callback_retries
     if not _inline_attempt_fits():
-        queues.enqueue_callback_or_defer(job.pk, n=1, retries_left=retries)
+        queues.enqueue_webhook_or_defer(job.pk, n=1, retries_left=retries)
         return "handed over"
     try:
-        return _callback_deliver_job(job, n=1, retries_left=retries, give_up=_give_up_at(job, None), inline=True)
+        return _webhook_deliver_job(job, n=1, retries_left=retries, give_up=_give_up_at(job, None), inline=True)
     except RedisError:
         logger.warning("webhook of job %s: inline attempt failed on Redis; handed to the queue", job.pk, exc_info=True)
-        queues.enqueue_callback_or_defer(job.pk, n=1, retries_left=retries)  # skipped if the attempt was made
+        queues.enqueue_webhook_or_defer(job.pk, n=1, retries_left=retries)  # skipped if the attempt was made
         return "handed over"
 
 
-def _callback_defer(job: Job, *, n: int, retries_left: int, give_up: datetime, wait: float, why: str) -> str:
+def _webhook_defer(job: Job, *, n: int, retries_left: int, give_up: datetime, wait: float, why: str) -> str:
     """Put attempt n back for later without counting it; past the delivery's age cap, fail it instead."""
     if timezone.now() + timedelta(seconds=wait) > give_up:
-        _callback_settle(job.pk, CallbackStatus.FAILED)
+        _webhook_settle(job.pk, CallbackStatus.FAILED)
         logger.warning("webhook of job %s failed: still deferred (%s) at its age cap", job.pk, why)
         return "failed"
-    queues.enqueue_callback(
-        job.pk, n=n, retries_left=retries_left, give_up_at=give_up.timestamp(), delay=wait,
+    queues.enqueue_webhook(
+        job.pk,
+        n=n,
+        retries_left=retries_left,
+        give_up_at=give_up.timestamp(),
+        delay=wait,
         deferral=uuid.uuid4().hex[:12],
-    )  # fmt: skip
+    )
     logger.info("webhook of job %s: attempt %s deferred %.2f s (%s)", job.pk, n, wait, why)
     metrics.WEBHOOK_DELIVERIES.labels(outcome="deferred", attempt=str(n)).inc()
     return "deferred"
 
 
-def _callback_attempt(job: Job, *, n: int, retries_left: int, give_up: datetime, inline: bool = False) -> str:
-    body = callback_body(job)
+def _webhook_attempt(job: Job, *, n: int, retries_left: int, give_up: datetime, inline: bool = False) -> str:
+    body = webhook_body(job)
     try:
         with transaction.atomic():
             attempt = CallbackAttempt.objects.create(
@@ -431,7 +435,7 @@ def _attempt_close(attempt: CallbackAttempt, *, outcome: _Outcome, duration_ms: 
         retry_delay, retries_left = 0.0, attempt.retries_left
     elif not outcome.delivered and outcome.retryable and attempt.retries_left > 0:
         kind_settings = get_kind_settings(job.kind)
-        retry_delay = callback_retry_delay(
+        retry_delay = webhook_retry_delay(
             scale=kind_settings.callback_backoff,
             retry_index=kind_settings.callback_retries - attempt.retries_left,
             retry_after=outcome.retry_after,
@@ -455,12 +459,15 @@ def _attempt_close(attempt: CallbackAttempt, *, outcome: _Outcome, duration_ms: 
             )
             return "late"
         if settle is not None:
-            _callback_settle(job.pk, settle)
+            _webhook_settle(job.pk, settle)
     if retry_delay is not None:
-        queues.enqueue_callback(
-            job.pk, n=attempt.n + 1, retries_left=retries_left,
-            give_up_at=attempt.give_up_at.timestamp() if attempt.give_up_at else None, delay=retry_delay,
-        )  # fmt: skip
+        queues.enqueue_webhook(
+            job.pk,
+            n=attempt.n + 1,
+            retries_left=retries_left,
+            give_up_at=attempt.give_up_at.timestamp() if attempt.give_up_at else None,
+            delay=retry_delay,
+        )
         logger.info(
             "webhook of job %s: attempt %s failed (%s), retry in %.2f s", job.pk, attempt.n, outcome.error, retry_delay
         )
@@ -473,7 +480,7 @@ def _next_attempt_n(job_id: UUID) -> int:
     return (CallbackAttempt.objects.filter(job_id=job_id).aggregate(last=Max("n"))["last"] or 0) + 1
 
 
-def callback_redeliver(*, job_id: UUID) -> bool:
+def webhook_delivery_restart(*, job_id: UUID) -> bool:
     """Staff action: deliver a finished job's webhook again, with a fresh retry budget and age cap."""
     job = Job.objects.filter(pk=job_id, status__in=FINAL_STATUSES).exclude(callback_url="").first()
     if job is None:
@@ -487,7 +494,7 @@ def callback_redeliver(*, job_id: UUID) -> bool:
         return False
     retries = get_kind_settings(job.kind).callback_retries
     give_up_at = time.time() + settings.CALLBACK_MAX_AGE
-    queues.enqueue_callback(job.pk, n=_next_attempt_n(job.pk), retries_left=retries, give_up_at=give_up_at)
+    queues.enqueue_webhook(job.pk, n=_next_attempt_n(job.pk), retries_left=retries, give_up_at=give_up_at)
     return True
 
 
@@ -500,7 +507,7 @@ def webhook_redeliver(*, user: User, job_id: UUID) -> Job:
         raise NotRedeliverable(f"The job is {job.status}; its webhook is sent when it finishes.")
     if not job.callback_url:
         raise NotRedeliverable("The job has no callback_url: there is no webhook to redeliver.")
-    if not callback_redeliver(job_id=job.pk):
+    if not webhook_delivery_restart(job_id=job.pk):
         raise NotRedeliverable("A delivery of this webhook is still pending: wait until it is delivered or failed.")
     job.refresh_from_db()  # callback_status: pending again
     return job
@@ -577,7 +584,7 @@ def webhook_test_send(*, user: User, url: str) -> dict[str, Any]:
     return _test_event_result(msg_id, _Outcome(error="the worker could not send the event", retryable=False))
 
 
-def _callbacks_close_interrupted(now: datetime) -> int:
+def _webhooks_close_interrupted(now: datetime) -> int:
     """Close attempts still in progress past their deadline plus a margin: their worker died mid-delivery."""
     lost_before = now - timedelta(seconds=settings.CALLBACK_TOTAL_TIMEOUT + settings.CALLBACK_INTERRUPT_MARGIN)
     closed = 0
@@ -591,7 +598,7 @@ def _callbacks_close_interrupted(now: datetime) -> int:
     return closed
 
 
-def _callbacks_requeue_lost(now: datetime) -> int:
+def _webhooks_requeue_lost(now: datetime) -> int:
     """Enqueue pending deliveries with no attempt in progress and no RQ job on its way (Redis lost it)."""
     cutoff = now - timedelta(seconds=settings.CALLBACK_RECONCILE_GRACE)
     stuck = (
@@ -602,26 +609,26 @@ def _callbacks_requeue_lost(now: datetime) -> int:
     )
     requeued = 0
     for job in stuck.iterator():
-        if queues.callback_is_on_its_way(job.pk):
+        if queues.webhook_is_on_its_way(job.pk):
             continue
         last = CallbackAttempt.objects.filter(job=job).order_by("-n").first()
         if last is None:
-            queues.enqueue_callback(job.pk, n=1, retries_left=get_kind_settings(job.kind).callback_retries)
+            queues.enqueue_webhook(job.pk, n=1, retries_left=get_kind_settings(job.kind).callback_retries)
         else:
             give_up_at = last.give_up_at.timestamp() if last.give_up_at else None
-            queues.enqueue_callback(
+            queues.enqueue_webhook(
                 job.pk, n=last.n + 1, retries_left=max(0, last.retries_left - 1), give_up_at=give_up_at
             )
         requeued += 1
     return requeued
 
 
-def callbacks_reconcile(*, now: datetime | None = None) -> dict[str, int]:
+def webhooks_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     """Close attempts whose worker died (their schedule goes on), and enqueue deliveries that lost their RQ job."""
     now = now or timezone.now()
     report = {
-        "callbacks_interrupted": _callbacks_close_interrupted(now),
-        "callbacks_requeued": _callbacks_requeue_lost(now),
+        "callbacks_interrupted": _webhooks_close_interrupted(now),
+        "callbacks_requeued": _webhooks_requeue_lost(now),
     }
     if any(report.values()):
         logger.warning("reconciler: %s", report)

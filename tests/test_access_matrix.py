@@ -152,9 +152,19 @@ CASES: dict[tuple[str, str], Case] = {
 }
 
 SCENARIOS = [
-    "anonymous", "revoked_key", "expired_key", "wrong_role", "missing_scope", "ip_outside_allowlist",
-    "mfa_missing", "mfa_wrong", "mfa_replayed", "staff_without_otp", "another_user", "valid",
-]  # fmt: skip
+    "anonymous",
+    "revoked_key",
+    "expired_key",
+    "wrong_role",
+    "missing_scope",
+    "ip_outside_allowlist",
+    "mfa_missing",
+    "mfa_wrong",
+    "mfa_replayed",
+    "staff_without_otp",
+    "another_user",
+    "valid",
+]
 
 MFA_SCENARIOS = {"mfa_missing", "mfa_wrong", "mfa_replayed"}
 REFUSED = {

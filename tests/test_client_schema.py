@@ -96,10 +96,18 @@ def test_every_mapped_code_is_a_documented_one() -> None:
 def test_error_for_carries_the_problem_members() -> None:
     error = error_for(
         402,
-        {"type": "urn:jobsite:problem:insufficient_credits", "title": "Insufficient credits", "status": 402,
-         "detail": "Not enough credits.", "code": "insufficient_credits", "balance": 0, "cost": 3, "extra": 1},
+        {
+            "type": "urn:jobsite:problem:insufficient_credits",
+            "title": "Insufficient credits",
+            "status": 402,
+            "detail": "Not enough credits.",
+            "code": "insufficient_credits",
+            "balance": 0,
+            "cost": 3,
+            "extra": 1,
+        },
         None,
-    )  # fmt: skip
+    )
     assert isinstance(error, jc.InsufficientCredits) and isinstance(error, jc.JobsiteError)
     assert (error.status, error.code, error.balance, error.cost, error.body["extra"]) == (
         402,
@@ -159,12 +167,25 @@ def test_verify_webhook_returns_the_event_and_refuses_forgeries() -> None:
 
 def _job(status: str) -> dict[str, Any]:
     return {
-        "id": "3f0c1f9e-0000-4000-8000-000000000001", "kind": "hash", "mode": "async", "status": status,
-        "input": {"data": "x"}, "result": None, "error": None, "cost": 1, "attempts": 0, "attempt_log": [],
-        "cached": False, "created_at": "2026-01-01T00:00:00Z", "started_at": None, "finished_at": None,
-        "queue_wait_ms": None, "run_ms": None, "callback": {"url": "", "status": "none", "attempts": []},
+        "id": "3f0c1f9e-0000-4000-8000-000000000001",
+        "kind": "hash",
+        "mode": "async",
+        "status": status,
+        "input": {"data": "x"},
+        "result": None,
+        "error": None,
+        "cost": 1,
+        "attempts": 0,
+        "attempt_log": [],
+        "cached": False,
+        "created_at": "2026-01-01T00:00:00Z",
+        "started_at": None,
+        "finished_at": None,
+        "queue_wait_ms": None,
+        "run_ms": None,
+        "callback": {"url": "", "status": "none", "attempts": []},
         "a_member_from_a_newer_service": True,
-    }  # fmt: skip
+    }
 
 
 def _polled(http_server: Callable[..., LocalHTTPServer], headers: dict[str, str]) -> tuple[jc.Job, list[float]]:

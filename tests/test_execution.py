@@ -17,7 +17,7 @@ from jobs.encryption import open_result, seal_input
 from jobs.execution import job_execute
 from jobs.kind_settings import get_kind_settings
 from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus, KindSettings
-from jobs.webhooks import _host_key, callbacks_reconcile
+from jobs.webhooks import _host_key, webhooks_reconcile
 from jobsite.redis import get_redis
 from tests.conftest import LocalHTTPServer, respond
 from tests.waiting import wait_until
@@ -137,7 +137,7 @@ def test_a_busy_host_hands_the_first_attempt_to_the_callbacks_queue(
     start_worker(queues.JOBS_QUEUE, **webhooks_to_loopback)
     job_id = submit(api, receiver.url)
     callbacks = queues.get_queue(queues.CALLBACKS_QUEUE)
-    wait_until(lambda: queues.callback_rq_id(job_id, 1) in callbacks.job_ids, timeout=30)
+    wait_until(lambda: queues.webhook_rq_id(job_id, 1) in callbacks.job_ids, timeout=30)
     assert attempts_of(job_id) == [] and receiver.requests == []
     get_redis().delete(_host_key(receiver.url))  # the leases end
     drain_callbacks()
@@ -155,8 +155,8 @@ def test_a_worker_lost_between_commit_and_delivery_leaves_it_to_the_reconciler(
     job_execute(job_id=job_id, worker_name="doomed", deliver_first=lambda job: None)
     assert Job.objects.get(pk=job_id).callback_status == CallbackStatus.PENDING
     assert queues.get_queue(queues.CALLBACKS_QUEUE).count == 0
-    assert callbacks_reconcile()["callbacks_requeued"] == 0  # within the grace
+    assert webhooks_reconcile()["callbacks_requeued"] == 0  # within the grace
     later = timezone.now() + timedelta(seconds=settings.CALLBACK_RECONCILE_GRACE + 1)
-    assert callbacks_reconcile(now=later)["callbacks_requeued"] == 1
+    assert webhooks_reconcile(now=later)["callbacks_requeued"] == 1
     drain_callbacks()
     assert attempts_of(job_id) == [(1, 200, "")] and len(receiver.requests) == 1

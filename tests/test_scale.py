@@ -29,7 +29,7 @@ from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus
 from jobs.selectors import job_list
 from jobs.serializers import JobSerializer
 from jobs.services import jobs_purge, jobs_reconcile
-from jobs.webhooks import callbacks_reconcile
+from jobs.webhooks import webhooks_reconcile
 from tests.conftest import auth_headers
 from tests.waiting import wait_until
 
@@ -191,7 +191,7 @@ def test_admin_reconciler_and_export_queries_use_indexes(staff_client: Client, u
         staff_client.get("/admin/credits/ledgerentry/")
     with CaptureQueriesContext(connection) as reconcile:
         jobs_reconcile(now=timezone.now() - timedelta(days=1))  # nothing due: only the scans run
-        callbacks_reconcile()
+        webhooks_reconcile()
 
     admin_plans = _plans_of(admin_list.captured_queries, "jobs_job")
     assert any("job_created_id" in plan for plan in admin_plans), admin_plans

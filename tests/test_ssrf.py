@@ -22,7 +22,7 @@ from accounts.models import User
 from jobs import ssrf
 from jobs.kinds import KINDS, KindError, RunContext
 from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
-from jobs.webhooks import callback_deliver
+from jobs.webhooks import webhook_deliver
 from tests.conftest import run_worker_burst
 from tests.netns import Trap, netns_unavailable, rewrite_hosts, run_in_netns
 from tests.webhook_helpers import FakeDNS, drain_callbacks
@@ -218,7 +218,7 @@ def _check_everywhere(api: APIClient, user: User, urls: list[str]) -> dict[str, 
             callback_status=CallbackStatus.PENDING,
             cost=1,  # a paid job: the free-delivery budget would defer the corpus' later attempts
         )
-        outcome = callback_deliver(job_id=job.pk, n=1, retries_left=3)
+        outcome = webhook_deliver(job_id=job.pk, n=1, retries_left=3)
         error = job.callback_attempts.get().error
         texts.append(error)
         if outcome != "failed" or not error.startswith("callback_url_forbidden"):

@@ -79,8 +79,11 @@ def test_a_test_event_arrives_signed_and_the_answer_says_how_it_went(
     assert response.status_code == 200, response.text
     answer = response.json()
     assert (answer["status"], answer["delivered"], answer["status_code"], answer["error"]) == (
-        "delivered", True, 200, ""
-    )  # fmt: skip
+        "delivered",
+        True,
+        200,
+        "",
+    )
     assert answer["duration_ms"] >= 0
     [event] = receiver.verified
     assert event["id"] == answer["webhook_id"]
@@ -197,9 +200,13 @@ def test_the_delivery_log_reads_a_constant_number_of_queries(api: APIClient, use
     def page_queries(deliveries: int) -> int:
         for _ in range(deliveries):
             job = Job.objects.create(
-                owner=user, kind="hash", mode="async", status=JobStatus.SUCCEEDED,
-                callback_url="https://example.com/hook", callback_status=CallbackStatus.FAILED,
-            )  # fmt: skip
+                owner=user,
+                kind="hash",
+                mode="async",
+                status=JobStatus.SUCCEEDED,
+                callback_url="https://example.com/hook",
+                callback_status=CallbackStatus.FAILED,
+            )
             CallbackAttempt.objects.bulk_create(
                 [CallbackAttempt(job=job, n=n, status_code=500, error="HTTP 500") for n in (1, 2)]
             )

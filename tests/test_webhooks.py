@@ -22,7 +22,7 @@ from standardwebhooks.webhooks import Webhook
 from accounts.models import User
 from jobs import queues, ssrf
 from jobs.models import CallbackAttempt, CallbackStatus, Job, KindSettings, WebhookSecret
-from jobs.webhooks import callback_redeliver, callback_retry_delay, callbacks_reconcile
+from jobs.webhooks import webhook_delivery_restart, webhook_retry_delay, webhooks_reconcile
 from jobsite import crypto
 from jobsite.redis import get_redis
 from tests.conftest import respond, run_worker_burst
@@ -272,14 +272,14 @@ def test_redeliver_and_reconciler_rescue(api: APIClient, secret: str, http_serve
     assert queues.get_queue(queues.CALLBACKS_QUEUE).count == 1
     get_redis().flushdb()  # the delivery's RQ job is lost with Redis
     assert Job.objects.get(pk=job_id).callback_status == CallbackStatus.PENDING
-    assert callbacks_reconcile() == {"callbacks_interrupted": 0, "callbacks_requeued": 0}  # within the grace period
+    assert webhooks_reconcile() == {"callbacks_interrupted": 0, "callbacks_requeued": 0}  # within the grace period
     later = timezone.now() + timedelta(hours=1)
-    assert callbacks_reconcile(now=later) == {"callbacks_interrupted": 0, "callbacks_requeued": 1}
-    assert callbacks_reconcile(now=later) == {"callbacks_interrupted": 0, "callbacks_requeued": 0}  # on its way
+    assert webhooks_reconcile(now=later) == {"callbacks_interrupted": 0, "callbacks_requeued": 1}
+    assert webhooks_reconcile(now=later) == {"callbacks_interrupted": 0, "callbacks_requeued": 0}  # on its way
     drain_callbacks()
     assert Job.objects.get(pk=job_id).callback_status == CallbackStatus.DELIVERED
 
-    assert callback_redeliver(job_id=job_id)
+    assert webhook_delivery_restart(job_id=job_id)
     drain_callbacks()
     job = Job.objects.get(pk=job_id)
     assert job.callback_status == CallbackStatus.DELIVERED
@@ -325,10 +325,10 @@ def test_a_receiver_dripping_its_headers_is_cut_off_at_the_total_deadline(
 def test_the_retry_schedule_is_standard_webhooks_scaled_by_the_kind() -> None:
     expected = [5, 300, 1800, 7200, 18000, 36000, 36000]
     for index, step in enumerate(expected):
-        delay = callback_retry_delay(scale=1.0, retry_index=index)
+        delay = webhook_retry_delay(scale=1.0, retry_index=index)
         assert step <= delay <= step * 1.1
-    assert 0.005 <= callback_retry_delay(scale=0.001, retry_index=0) <= 0.0055
-    assert callback_retry_delay(scale=0.001, retry_index=0, retry_after=7200) == 3600  # CALLBACK_RETRY_AFTER_MAX
+    assert 0.005 <= webhook_retry_delay(scale=0.001, retry_index=0) <= 0.0055
+    assert webhook_retry_delay(scale=0.001, retry_index=0, retry_after=7200) == 3600  # CALLBACK_RETRY_AFTER_MAX
 
 
 @pytest.mark.django_db(transaction=True)
@@ -416,7 +416,7 @@ def test_a_delivery_whose_worker_was_killed_is_closed_interrupted_and_retried(
         release.set()
     start_worker(queues.CALLBACKS_QUEUE, **deadlines)
     with override_settings(CALLBACK_TOTAL_TIMEOUT=3.0, CALLBACK_INTERRUPT_MARGIN=1.0):
-        wait_until(lambda: callbacks_reconcile()["callbacks_interrupted"], timeout=30, interval=0.2)
+        wait_until(lambda: webhooks_reconcile()["callbacks_interrupted"], timeout=30, interval=0.2)
     wait_until(lambda: Job.objects.get(pk=job.pk).callback_status != CallbackStatus.PENDING, timeout=30)
 
     assert Job.objects.get(pk=job.pk).callback_status == CallbackStatus.DELIVERED
