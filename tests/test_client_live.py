@@ -113,6 +113,21 @@ def test_submit_wait_and_a_verified_webhook(
     (attempt,) = client.get(queued.id).callback.attempts
     assert (attempt.n, attempt.status_code) == (1, 204)
 
+    # The webhook tools: the delivery log, a redelivery (same webhook-id), a signed test event.
+    (delivery,) = client.deliveries(job_id=queued.id)
+    assert (delivery.webhook_id, delivery.status, [each.n for each in delivery.attempts]) == (
+        event.id,
+        "delivered",
+        [1],
+    )
+    assert client.redeliver(queued.id).id == queued.id
+    wait_until(lambda: len(events) == 2, timeout=20)
+    assert events[1].id == event.id and events[1].job.id == queued.id
+    tested = client.test_webhook(f"{receiver.url}/hook")
+    assert (tested.status, tested.delivered, tested.status_code) == ("delivered", True, 204)
+    assert len(events) == 3 and events[2].data["type"] == "webhook.test" and events[2].id == tested.webhook_id
+    assert refused == []
+
 
 def test_wait_times_out_with_the_last_state_and_cancel_refunds(
     client_of: Callable[[User], jc.Client], make_user: Callable[..., User]

@@ -33,8 +33,11 @@ from jobsite_client.models import (
     Me,
     Problem,
     RateLimitState,
+    WebhookDelivery,
+    WebhookDeliveryPage,
     WebhookEvent,
     WebhookSecret,
+    WebhookTestResult,
     parse,
 )
 from jobsite_client.webhooks import verify_webhook
@@ -71,8 +74,11 @@ __all__ = [
     "ServiceUnavailable",
     "ValidationError",
     "WaitTimeout",
+    "WebhookDelivery",
+    "WebhookDeliveryPage",
     "WebhookEvent",
     "WebhookSecret",
+    "WebhookTestResult",
     "parse",
     "verify_webhook",
 ]

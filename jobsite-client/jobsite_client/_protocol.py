@@ -19,7 +19,17 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import httpx
 
 from jobsite_client.errors import WaitTimeout, error_for
-from jobsite_client.models import Balance, Job, JobPage, Limits, Me, WebhookSecret, parse
+from jobsite_client.models import (
+    Balance,
+    Job,
+    JobPage,
+    Limits,
+    Me,
+    WebhookDeliveryPage,
+    WebhookSecret,
+    WebhookTestResult,
+    parse,
+)
 
 T = TypeVar("T")
 
@@ -35,6 +45,9 @@ MAX_POLL_INTERVAL = 5.0
 MAX_PREFER_WAIT = 10
 """Longest `Prefer: wait=N` sent: a server that honours it holds the request this long, well within the
 client's default read timeout (30 s)."""
+
+DELIVERIES_PATH = "/api/v1/me/webhook-deliveries/"
+"""The caller's webhook delivery log."""
 
 EXPORT_FORMATS = ("jsonl", "csv")
 """What `GET /api/v1/jobs/export/?format=` accepts."""
@@ -162,13 +175,40 @@ def page(call: Call) -> Flow[JobPage]:
     return _one(call, JobPage)
 
 
-def next_page_call(current: Call, job_page: JobPage) -> Call | None:
-    """The call for the page after this one: the same filters with the `next` link's query (its cursor).
+def next_page_call(current: Call, next_url: str | None) -> Call | None:
+    """The call for the page after this one: the same path and filters with the `next` link's query (its cursor).
 
     Only the query of `next` is used, so that a proxy's idea of the host never redirects the client."""
-    if job_page.next is None:
+    if next_url is None:
         return None
-    return Call("GET", JOBS_PATH, params={**current.params, **dict(parse_qsl(urlsplit(job_page.next).query))})
+    return Call("GET", current.path, params={**current.params, **dict(parse_qsl(urlsplit(next_url).query))})
+
+
+class DeliveryFilters(TypedDict, total=False):
+    """The delivery log's filters: all optional; `created_*` are exclusive bounds."""
+
+    status: str
+    job_id: str
+    created_after: datetime | str
+    created_before: datetime | str
+    page_size: int
+
+
+def deliveries_call(filters: DeliveryFilters) -> Call:
+    """The first page of the caller's webhook deliveries matching the filters, newest first."""
+    return Call("GET", DELIVERIES_PATH, params=_filters(**filters))
+
+
+def delivery_page(call: Call) -> Flow[WebhookDeliveryPage]:
+    return _one(call, WebhookDeliveryPage)
+
+
+def test_webhook(url: str) -> Flow[WebhookTestResult]:
+    return _one(Call("POST", "/api/v1/me/webhooks/test/", json={"url": url}), WebhookTestResult)
+
+
+def redeliver(job_id: str) -> Flow[Job]:
+    return _one(Call("POST", f"{_job_path(job_id)}webhook/redeliver/"), Job)
 
 
 def export_call(

@@ -17,8 +17,17 @@ from typing import Any, Self, TypeVar, Unpack, cast
 import httpx
 
 from jobsite_client import _protocol as protocol
-from jobsite_client._protocol import Call, Flow, JobFilters, Pause
-from jobsite_client.models import Balance, Job, JobPage, Limits, Me, WebhookSecret
+from jobsite_client._protocol import Call, DeliveryFilters, Flow, JobFilters, Pause
+from jobsite_client.models import (
+    Balance,
+    Job,
+    JobPage,
+    Limits,
+    Me,
+    WebhookDelivery,
+    WebhookSecret,
+    WebhookTestResult,
+)
 
 T = TypeVar("T")
 
@@ -98,7 +107,7 @@ class Client:
         while call is not None:
             job_page = self._drive(protocol.page(call))
             yield from job_page.results
-            call = protocol.next_page_call(call, job_page)
+            call = protocol.next_page_call(call, job_page.next)
 
     def export(
         self,
@@ -131,6 +140,22 @@ class Client:
         """Create or rotate the webhook signing secret (`whsec_...`, shown once); the old one signs for 24 h."""
         secret: WebhookSecret = self._drive(protocol.rotate_webhook_secret())
         return secret.secret
+
+    def test_webhook(self, url: str) -> WebhookTestResult:
+        """Have the service send a signed `webhook.test` event to `url` and say what became of it."""
+        return self._drive(protocol.test_webhook(url))
+
+    def deliveries(self, **filters: Unpack[DeliveryFilters]) -> Iterator[WebhookDelivery]:
+        """The caller's webhook deliveries with their attempts, newest first, page after page."""
+        call: Call | None = protocol.deliveries_call(filters)
+        while call is not None:
+            delivery_page = self._drive(protocol.delivery_page(call))
+            yield from delivery_page.results
+            call = protocol.next_page_call(call, delivery_page.next)
+
+    def redeliver(self, job_id: str) -> Job:
+        """Deliver a finished job's webhook again (same `webhook-id`, fresh retries); `Conflict` if not possible."""
+        return self._drive(protocol.redeliver(job_id))
 
     def close(self) -> None:
         self._http.close()
@@ -198,7 +223,7 @@ class AsyncClient:
             job_page = await self._drive(protocol.page(call))
             for job in job_page.results:
                 yield job
-            call = protocol.next_page_call(call, job_page)
+            call = protocol.next_page_call(call, job_page.next)
 
     async def export(
         self,
@@ -232,6 +257,23 @@ class AsyncClient:
         """See `Client.rotate_webhook_secret`."""
         secret: WebhookSecret = await self._drive(protocol.rotate_webhook_secret())
         return secret.secret
+
+    async def test_webhook(self, url: str) -> WebhookTestResult:
+        """See `Client.test_webhook`."""
+        return await self._drive(protocol.test_webhook(url))
+
+    async def deliveries(self, **filters: Unpack[DeliveryFilters]) -> AsyncIterator[WebhookDelivery]:
+        """See `Client.deliveries`."""
+        call: Call | None = protocol.deliveries_call(filters)
+        while call is not None:
+            delivery_page = await self._drive(protocol.delivery_page(call))
+            for delivery in delivery_page.results:
+                yield delivery
+            call = protocol.next_page_call(call, delivery_page.next)
+
+    async def redeliver(self, job_id: str) -> Job:
+        """See `Client.redeliver`."""
+        return await self._drive(protocol.redeliver(job_id))
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -242,6 +242,39 @@ class WebhookSecret:
 
 
 @dataclass(frozen=True)
+class WebhookDelivery:
+    """One job's webhook in the caller's delivery log: its `webhook-id` (stable across attempts) and every attempt."""
+
+    webhook_id: str
+    job_id: str
+    url: str
+    status: str
+    attempts: list[CallbackAttempt]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class WebhookDeliveryPage:
+    """One page of the cursor-paginated delivery log; `next`/`previous` are URLs or None."""
+
+    results: list[WebhookDelivery]
+    next: str | None
+    previous: str | None
+
+
+@dataclass(frozen=True)
+class WebhookTestResult:
+    """What became of a signed test event: `pending` while it was still being sent when the service stopped waiting."""
+
+    webhook_id: str
+    status: str
+    delivered: bool
+    status_code: int | None
+    error: str
+    duration_ms: int | None
+
+
+@dataclass(frozen=True)
 class WebhookEvent:
     """A verified webhook delivery: its id (stable across retries), its timestamp and its JSON body."""
 
