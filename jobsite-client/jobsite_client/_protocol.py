@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypedDict, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
@@ -22,16 +22,15 @@ from jobsite_client.errors import WaitTimeout, error_for
 from jobsite_client.models import (
     Balance,
     Job,
-    JobPage,
     Limits,
     Me,
-    WebhookDeliveryPage,
     WebhookSecret,
     WebhookTestResult,
     parse,
 )
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 JOBS_PATH = "/api/v1/jobs/"
 """The job collection; submission, export and each job live under it."""
@@ -171,8 +170,21 @@ def page_call(filters: JobFilters) -> Call:
     return Call("GET", JOBS_PATH, params=_filters(**filters))
 
 
-def page(call: Call) -> Flow[JobPage]:
-    return _one(call, JobPage)
+class Paged(Protocol[T_co]):
+    """A page of a cursor-paginated list (`JobPage`, `WebhookDeliveryPage`)."""
+
+    @property
+    def results(self) -> Sequence[T_co]: ...
+
+    @property
+    def next(self) -> str | None: ...
+
+
+PageT = TypeVar("PageT", bound=Paged[Any])
+
+
+def page(call: Call, cls: type[PageT]) -> Flow[PageT]:
+    return _one(call, cls)
 
 
 def next_page_call(current: Call, next_url: str | None) -> Call | None:
@@ -197,10 +209,6 @@ class DeliveryFilters(TypedDict, total=False):
 def deliveries_call(filters: DeliveryFilters) -> Call:
     """The first page of the caller's webhook deliveries matching the filters, newest first."""
     return Call("GET", DELIVERIES_PATH, params=_filters(**filters))
-
-
-def delivery_page(call: Call) -> Flow[WebhookDeliveryPage]:
-    return _one(call, WebhookDeliveryPage)
 
 
 def test_webhook(url: str) -> Flow[WebhookTestResult]:

@@ -17,7 +17,7 @@ from typing import Any, Self, TypeVar, Unpack, cast
 import httpx
 
 from jobsite_client import _protocol as protocol
-from jobsite_client._protocol import Call, DeliveryFilters, Flow, JobFilters, Pause
+from jobsite_client._protocol import Call, DeliveryFilters, Flow, JobFilters, Paged, Pause
 from jobsite_client.models import (
     Balance,
     Job,
@@ -25,6 +25,7 @@ from jobsite_client.models import (
     Limits,
     Me,
     WebhookDelivery,
+    WebhookDeliveryPage,
     WebhookSecret,
     WebhookTestResult,
 )
@@ -99,15 +100,18 @@ class Client:
 
     def page(self, **filters: Unpack[JobFilters]) -> JobPage:
         """The first page of the caller's jobs, newest first (staff: everyone's)."""
-        return self._drive(protocol.page(protocol.page_call(filters)))
+        return self._drive(protocol.page(protocol.page_call(filters), JobPage))
 
     def jobs(self, **filters: Unpack[JobFilters]) -> Iterator[Job]:
         """Every job matching the filters, newest first, fetching page after page as iteration goes."""
-        call: Call | None = protocol.page_call(filters)
+        return self._every(protocol.page_call(filters), JobPage)
+
+    def _every(self, call: Call | None, cls: type[Paged[T]]) -> Iterator[T]:
+        """Each item of a cursor-paginated list, fetching page after page as iteration goes."""
         while call is not None:
-            job_page = self._drive(protocol.page(call))
-            yield from job_page.results
-            call = protocol.next_page_call(call, job_page.next)
+            current = self._drive(protocol.page(call, cls))
+            yield from current.results
+            call = protocol.next_page_call(call, current.next)
 
     def export(
         self,
@@ -147,11 +151,7 @@ class Client:
 
     def deliveries(self, **filters: Unpack[DeliveryFilters]) -> Iterator[WebhookDelivery]:
         """The caller's webhook deliveries with their attempts, newest first, page after page."""
-        call: Call | None = protocol.deliveries_call(filters)
-        while call is not None:
-            delivery_page = self._drive(protocol.delivery_page(call))
-            yield from delivery_page.results
-            call = protocol.next_page_call(call, delivery_page.next)
+        return self._every(protocol.deliveries_call(filters), WebhookDeliveryPage)
 
     def redeliver(self, job_id: str) -> Job:
         """Deliver a finished job's webhook again (same `webhook-id`, fresh retries); `Conflict` if not possible."""
@@ -214,16 +214,19 @@ class AsyncClient:
 
     async def page(self, **filters: Unpack[JobFilters]) -> JobPage:
         """See `Client.page`."""
-        return await self._drive(protocol.page(protocol.page_call(filters)))
+        return await self._drive(protocol.page(protocol.page_call(filters), JobPage))
 
-    async def jobs(self, **filters: Unpack[JobFilters]) -> AsyncIterator[Job]:
+    def jobs(self, **filters: Unpack[JobFilters]) -> AsyncIterator[Job]:
         """See `Client.jobs`."""
-        call: Call | None = protocol.page_call(filters)
+        return self._every(protocol.page_call(filters), JobPage)
+
+    async def _every(self, call: Call | None, cls: type[Paged[T]]) -> AsyncIterator[T]:
+        """See `Client._every`."""
         while call is not None:
-            job_page = await self._drive(protocol.page(call))
-            for job in job_page.results:
-                yield job
-            call = protocol.next_page_call(call, job_page.next)
+            current = await self._drive(protocol.page(call, cls))
+            for item in current.results:
+                yield item
+            call = protocol.next_page_call(call, current.next)
 
     async def export(
         self,
@@ -262,14 +265,9 @@ class AsyncClient:
         """See `Client.test_webhook`."""
         return await self._drive(protocol.test_webhook(url))
 
-    async def deliveries(self, **filters: Unpack[DeliveryFilters]) -> AsyncIterator[WebhookDelivery]:
+    def deliveries(self, **filters: Unpack[DeliveryFilters]) -> AsyncIterator[WebhookDelivery]:
         """See `Client.deliveries`."""
-        call: Call | None = protocol.deliveries_call(filters)
-        while call is not None:
-            delivery_page = await self._drive(protocol.delivery_page(call))
-            for delivery in delivery_page.results:
-                yield delivery
-            call = protocol.next_page_call(call, delivery_page.next)
+        return self._every(protocol.deliveries_call(filters), WebhookDeliveryPage)
 
     async def redeliver(self, job_id: str) -> Job:
         """See `Client.redeliver`."""
