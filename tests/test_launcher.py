@@ -11,7 +11,6 @@ import sys
 from io import StringIO
 from pathlib import Path
 
-import httpx
 import pytest
 from django.core.management import call_command
 from rest_framework.test import APIClient
@@ -23,7 +22,7 @@ from jobs.webhooks import webhook_signing_secrets
 from jobsite.__main__ import venv_made_by_another_python
 from tests.conftest import ROOT
 from tests.processes import free_port, group_alive
-from tests.waiting import wait_until
+from tests.waiting import wait_answering, wait_until
 
 
 def _old_pythons() -> list[str]:
@@ -106,13 +105,6 @@ def test_run_help_prints_usage_and_starts_nothing() -> None:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "nothing listens: --help started no server"
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_run_in_the_background_stops_on_sigint_and_sigterm(tmp_path: Path, stop_signal: signal.Signals) -> None:
@@ -136,7 +128,7 @@ def test_run_in_the_background_stops_on_sigint_and_sigterm(tmp_path: Path, stop_
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
-        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=180, interval=0.5)  # migrates first
+        wait_answering(f"http://127.0.0.1:{port}", timeout=180)  # a fresh database: it migrates first
         launcher.send_signal(stop_signal)
         assert launcher.wait(timeout=60) in (130, 143)
         wait_until(lambda: not group_alive(launcher.pid), timeout=30)

@@ -18,7 +18,7 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 15.0, interval:
     raise AssertionError(f"condition not met within {timeout} s")
 
 
-def wait_answering(url: str) -> None:
+def wait_answering(url: str, *, timeout: float = 30) -> None:
     """Until the service at `url` answers /healthz: 200, or 503 while a backing service is down."""
 
     def answers() -> bool:
@@ -27,4 +27,4 @@ def wait_answering(url: str) -> None:
         except httpx.HTTPError:
             return False
 
-    wait_until(answers, timeout=30, interval=0.2)
+    wait_until(answers, timeout=timeout, interval=0.2)
