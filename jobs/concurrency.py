@@ -61,6 +61,9 @@ def concurrency_admit(*, user: User, policy: EndpointPolicy) -> None:
 
     Must run inside the job-creating transaction: the slot and the job commit (or roll back) together.
     """
+    cap = policy.max_concurrent_per_user
+    if not (cap or policy.max_concurrent_global):
+        return
     if not connection.in_atomic_block:
         raise RuntimeError("concurrency_admit must run inside the job-creating transaction")
     # Lock order is always endpoint, then the user's row: no deadlock between the two caps.
@@ -69,9 +72,6 @@ def concurrency_admit(*, user: User, policy: EndpointPolicy) -> None:
         count = ConcurrencySlot.objects.filter(endpoint=policy.name).aggregate(n=Sum("in_use"))["n"] or 0
         if count >= policy.max_concurrent_global:
             raise _refuse("max_concurrent_global", policy.max_concurrent_global, count, policy)
-    cap = policy.max_concurrent_per_user
-    if not (cap or policy.max_concurrent_global):
-        return
     with connection.cursor() as cursor:
         if not cap:
             cursor.execute(_TAKE, [policy.name, user.pk])
