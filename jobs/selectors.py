@@ -7,7 +7,8 @@ from uuid import UUID
 from django.db.models import Count, QuerySet
 
 from accounts.models import User
-from jobs.models import CallbackStatus, Job
+from jobs.models import CallbackStatus, Job, JobTombstone
+from jobsite.errors import JobExpired, NotFound
 
 
 def job_list(
@@ -66,6 +67,22 @@ def job_get(*, user: User, job_id: UUID) -> Job | None:
     """One job if the user may see it; another user's job is indistinguishable from a missing one."""
     jobs = Job.objects.all() if user.is_staff else Job.objects.filter(owner=user)
     return jobs.prefetch_related("callback_attempts").filter(pk=job_id).first()
+
+
+def job_get_or_raise(*, user: User, job_id: UUID) -> Job:
+    """One job the user may see; NotFound, or JobExpired (410) for the owner (and staff) of a purged one.
+
+    The tombstone is read only when the job is missing: reads of live jobs cost nothing more, and another
+    user's purged job stays as invisible as their live ones.
+    """
+    job = job_get(user=user, job_id=job_id)
+    if job is not None:
+        return job
+    tombstones = JobTombstone.objects.all() if user.is_staff else JobTombstone.objects.filter(owner=user)
+    tombstone = tombstones.filter(pk=job_id).first()
+    if tombstone is not None:
+        raise JobExpired(f"The job expired at {tombstone.expired_at.isoformat()} and was deleted with its results.")
+    raise NotFound("No such job.")
 
 
 def job_stats_for_owner(*, owner_id: int) -> dict[str, Any]:
