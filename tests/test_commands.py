@@ -14,16 +14,16 @@ from jobsite.process_cache import settings_cache
 
 
 @pytest.mark.django_db
-def test_purge_jobs_deletes_only_old_finished_jobs(user: User, capsys: pytest.CaptureFixture[str]) -> None:
-    old = timezone.now() - timedelta(days=40)
+def test_purge_jobs_deletes_only_expired_jobs(user: User, capsys: pytest.CaptureFixture[str]) -> None:
     common = {"owner": user, "endpoint": "jobs.async", "kind": "hash", "mode": JobMode.ASYNC}
-    old_done = Job.objects.create(**common, status=JobStatus.SUCCEEDED, finished_at=old)
-    recent_done = Job.objects.create(**common, status=JobStatus.FAILED, finished_at=timezone.now())
-    old_queued = Job.objects.create(**common, status=JobStatus.QUEUED)
-    call_command("purge_jobs", "--older-than", "30")
-    assert "deleted 1 job(s)" in capsys.readouterr().out
-    assert set(Job.objects.values_list("pk", flat=True)) == {recent_done.pk, old_queued.pk}
-    assert not Job.objects.filter(pk=old_done.pk).exists()
+    now = timezone.now()
+    expired = Job.objects.create(**common, status=JobStatus.SUCCEEDED, finished_at=now, expires_at=now)
+    kept = Job.objects.create(**common, status=JobStatus.FAILED, finished_at=now, expires_at=now + timedelta(days=1))
+    queued = Job.objects.create(**common, status=JobStatus.QUEUED)
+    call_command("purge_jobs")
+    assert "jobs_purged: 1," in capsys.readouterr().out
+    assert set(Job.objects.values_list("pk", flat=True)) == {kept.pk, queued.pk}
+    assert not Job.objects.filter(pk=expired.pk).exists()
 
 
 @pytest.mark.django_db
