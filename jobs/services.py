@@ -10,7 +10,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
@@ -18,7 +18,7 @@ from jobs import metrics, queues
 from jobs.concurrency import concurrency_release, concurrency_retake
 from jobs.execution import attempt_log_with, job_finish, job_on_final
 from jobs.kind_settings import get_kind_settings, job_expiry
-from jobs.models import IdempotencyRecord, Job, JobMode, JobStatus, JobTombstone
+from jobs.models import FINAL_STATUSES, IdempotencyRecord, Job, JobMode, JobStatus, JobTombstone
 from jobs.selectors import job_get_or_raise
 from jobs.stop import stop_request
 from jobsite.db import keyset_batches
@@ -166,13 +166,12 @@ def _purge_in_batches(
     return deleted
 
 
-def _jobs_delete_expired(ids: list[UUID], *, now: datetime) -> int:
-    """Delete these jobs if still expired (a requeue may have revived one), each leaving a tombstone; their
+def _jobs_delete(ids: list[UUID], *, due: Q, now: datetime) -> int:
+    """Delete these jobs if still `due` (a requeue may have revived one), each leaving a tombstone; their
     webhook attempts go by cascade, their idempotency records with them."""
-    expired = Job.objects.filter(pk__in=ids, expires_at__lte=now)
-    doomed = list(expired.select_for_update().values_list("pk", "owner_id", "expires_at"))
+    doomed = list(Job.objects.filter(due, pk__in=ids).select_for_update().values_list("pk", "owner_id", "expires_at"))
     JobTombstone.objects.bulk_create(
-        [JobTombstone(id=pk, owner_id=owner_id, expired_at=expires_at) for pk, owner_id, expires_at in doomed],
+        [JobTombstone(id=pk, owner_id=owner, expired_at=min(expiry or now, now)) for pk, owner, expiry in doomed],
         ignore_conflicts=True,
     )
     gone = [pk for pk, _, _ in doomed]
@@ -181,6 +180,10 @@ def _jobs_delete_expired(ids: list[UUID], *, now: datetime) -> int:
     purged = per_model.get(Job._meta.label, 0)
     metrics.JOBS_PURGED.inc(purged)
     return purged
+
+
+def _purge_bounds(batch_size: int, max_batches: int | None) -> dict[str, int]:
+    return {"batch_size": batch_size, "max_batches": max_batches or settings.PURGE_MAX_BATCHES}
 
 
 def jobs_purge_expired(
@@ -193,9 +196,10 @@ def jobs_purge_expired(
     (default PURGE_MAX_BATCHES) each per run: resumable, and a run is bounded whatever the backlog.
     """
     now = now or timezone.now()
-    bounds = {"batch_size": batch_size, "max_batches": max_batches or settings.PURGE_MAX_BATCHES}
-    expired_jobs = Job.objects.filter(expires_at__lte=now).values("pk", "expires_at")
-    jobs = _purge_in_batches(expired_jobs, field="expires_at", delete=partial(_jobs_delete_expired, now=now), **bounds)
+    bounds = _purge_bounds(batch_size, max_batches)
+    due = Q(expires_at__lte=now)
+    expired_jobs = Job.objects.filter(due).values("pk", "expires_at")
+    jobs = _purge_in_batches(expired_jobs, field="expires_at", delete=partial(_jobs_delete, due=due, now=now), **bounds)
     if jobs:
         logger.info("purge: %d expired job(s) deleted", jobs)
     expired_keys = IdempotencyRecord.objects.filter(expires_at__lte=now)
@@ -213,6 +217,17 @@ def jobs_purge_expired(
         **bounds,
     )
     return {"jobs_purged": jobs, "idempotency_keys_purged": keys, "tombstones_purged": tombstones}
+
+
+def jobs_purge_finished_before(
+    *, finished_before: datetime, batch_size: int = PURGE_BATCH, max_batches: int | None = None
+) -> int:
+    """Staff's early purge (`purge_jobs --older-than DAYS`): final jobs finished before the cutoff, expired or
+    not, as the retention purge deletes them (tombstones, attempts, idempotency records; bounded batches)."""
+    due = Q(status__in=FINAL_STATUSES, finished_at__lt=finished_before)
+    finished = Job.objects.filter(due).values("pk", "finished_at")
+    delete = partial(_jobs_delete, due=due, now=timezone.now())
+    return _purge_in_batches(finished, field="finished_at", delete=delete, **_purge_bounds(batch_size, max_batches))
 
 
 def jobs_awaiting_purge(*, now: datetime | None = None) -> QuerySet[Job]:
