@@ -26,10 +26,11 @@ class Command(BaseCommand):
         if batch_size < 1 or max_batches < 1 or (older_than is not None and older_than < 0):
             self.stderr.write("--batch-size and --max-batches must be >= 1, --older-than >= 0")
             raise SystemExit(2)
-        bounds = {"batch_size": batch_size, "max_batches": max_batches}
         report = {}
         if older_than is not None:
             cutoff = timezone.now() - timedelta(days=older_than)
-            report["finished_jobs_purged"] = jobs_purge_finished_before(finished_before=cutoff, **bounds)
-        report.update(jobs_purge_expired(**bounds))
+            report["finished_jobs_purged"] = jobs_purge_finished_before(
+                finished_before=cutoff, batch_size=batch_size, max_batches=max_batches
+            )
+        report.update(jobs_purge_expired(batch_size=batch_size, max_batches=max_batches))
         self.stdout.write(", ".join(f"{name}: {count}" for name, count in report.items()))
