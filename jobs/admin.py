@@ -93,6 +93,12 @@ class JobAdmin(ScaleAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Job | None = None) -> list[str]:
         return [field.name for field in Job._meta.fields]
 
+    def get_ordering(self, request: HttpRequest) -> list[str]:
+        """Jobs awaiting purge in the purge's order, on its index; newest first otherwise."""
+        if request.GET.get(RetentionFilter.parameter_name) == RetentionFilter.AWAITING_PURGE:
+            return ["expires_at", "id"]
+        return list(super().get_ordering(request))
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
