@@ -120,6 +120,7 @@ CSV_COLUMNS = [
     "finished_at",
     "queue_wait_ms",
     "run_ms",
+    "expires_at",
     "error_code",
     "error_message",
     "input",
