@@ -143,14 +143,16 @@ class JobAdmin(ScaleAdmin):
 
 
 @admin.register(JobTombstone)
-class JobTombstoneAdmin(admin.ModelAdmin):
+class JobTombstoneAdmin(ScaleAdmin):
     """What is left of purged jobs (their URLs answer 410 job_expired to their owners); deleted in turn by the
     purge TOMBSTONE_RETENTION_DAYS after."""
 
     list_display = ["id", "owner", "expired_at", "purged_at"]
-    search_fields = ["=id"]
+    search_fields = ["id", "owner__username"]
+    search_help_text = "A job id or its first hex digits (at least 4), or a username or its beginning."
+    id_search_field = "id"
+    username_search_field = "owner__username"
     fields = readonly_fields = ("id", "owner", "expired_at", "purged_at")
-    show_full_result_count = False
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

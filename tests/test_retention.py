@@ -140,7 +140,9 @@ def test_admin_shows_what_the_next_purge_removes(make_user: Callable[..., User],
     assert "expired, awaiting purge" in page and "1 job" in page
     assert str(doomed.pk)[:8] in page and str(kept.pk)[:8] not in page
     JobTombstone.objects.create(id=kept.pk, owner=user, expired_at=now)
-    assert staff.get("/admin/jobs/jobtombstone/").status_code == 200
+    for search in ("", f"?q={str(kept.pk)[:8]}", "?q=alice", "?q=not-an-id"):
+        assert staff.get(f"/admin/jobs/jobtombstone/{search}").status_code == 200, search
+    assert str(kept.pk) in staff.get(f"/admin/jobs/jobtombstone/?q={str(kept.pk)[:8]}").content.decode()
     settings_page = staff.get("/admin/jobs/kindsettings/add/").content.decode()
     assert "Retention (days)" in settings_page
 
