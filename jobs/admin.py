@@ -17,7 +17,8 @@ from jobs.models import (
     KindSettings,
     WebhookSecret,
 )
-from jobs.services import job_cancel, job_requeue, jobs_awaiting_purge
+from jobs.selectors import jobs_awaiting_purge
+from jobs.services import job_cancel, job_requeue
 from jobs.webhooks import webhook_delivery_restart
 from jobsite.admin import PolicyAdmin, ScaleAdmin
 from jobsite.errors import NotCancellable

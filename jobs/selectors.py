@@ -5,6 +5,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db.models import Count, QuerySet
+from django.utils import timezone
 
 from accounts.models import User
 from jobs.models import CallbackStatus, Job, JobTombstone
@@ -83,6 +84,11 @@ def job_get_or_raise(*, user: User, job_id: UUID) -> Job:
     if tombstone is not None:
         raise JobExpired(f"The job expired at {tombstone.expired_at.isoformat()} and was deleted with its results.")
     raise NotFound("No such job.")
+
+
+def jobs_awaiting_purge(*, now: datetime | None = None) -> QuerySet[Job]:
+    """The jobs the next purge runs will delete (expired), on the purge's own index (job_expires_id)."""
+    return Job.objects.filter(expires_at__lte=now or timezone.now())
 
 
 def job_stats_for_owner(*, owner_id: int) -> dict[str, Any]:

@@ -228,8 +228,3 @@ def jobs_purge_finished_before(
     finished = Job.objects.filter(due).values("pk", "finished_at")
     delete = partial(_jobs_delete, due=due, now=timezone.now())
     return _purge_in_batches(finished, field="finished_at", delete=delete, **_purge_bounds(batch_size, max_batches))
-
-
-def jobs_awaiting_purge(*, now: datetime | None = None) -> QuerySet[Job]:
-    """The jobs the next purge run will delete (expired), on the purge's own index."""
-    return Job.objects.filter(expires_at__lte=now or timezone.now())
