@@ -2,6 +2,7 @@ import contextlib
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
+from django.db.models.expressions import Combinable
 from django.http import HttpRequest
 
 from accounts.requests import StaffHttpRequest
@@ -94,11 +95,13 @@ class JobAdmin(ScaleAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Job | None = None) -> list[str]:
         return [field.name for field in Job._meta.fields]
 
-    def get_ordering(self, request: HttpRequest) -> list[str]:
+    def get_ordering(
+        self, request: HttpRequest
+    ) -> list[str | Combinable] | tuple[str | Combinable, ...] | tuple[()]:  # django-stubs' own type
         """Jobs awaiting purge in the purge's order, on its index; newest first otherwise."""
         if request.GET.get(RetentionFilter.parameter_name) == RetentionFilter.AWAITING_PURGE:
             return ["expires_at", "id"]
-        return list(super().get_ordering(request))
+        return super().get_ordering(request)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
