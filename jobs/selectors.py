@@ -87,8 +87,9 @@ def job_get_or_raise(*, user: User, job_id: UUID) -> Job:
 
 
 def jobs_awaiting_purge(*, now: datetime | None = None) -> QuerySet[Job]:
-    """The jobs the next purge runs will delete (expired), on the purge's own index (job_expires_id)."""
-    return Job.objects.filter(expires_at__lte=now or timezone.now())
+    """The jobs the next purge runs will delete: expired, on the purge's own index (job_expires_id), unless
+    their webhook is still being delivered (its retries end within CALLBACK_MAX_AGE; the purge waits)."""
+    return Job.objects.filter(expires_at__lte=now or timezone.now()).exclude(callback_status=CallbackStatus.PENDING)
 
 
 def job_stats_for_owner(*, owner_id: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import User
@@ -18,8 +18,8 @@ from jobs import metrics, queues
 from jobs.concurrency import concurrency_release, concurrency_retake
 from jobs.execution import attempt_log_with, job_finish, job_on_final
 from jobs.kind_settings import get_kind_settings, job_expiry
-from jobs.models import FINAL_STATUSES, IdempotencyRecord, Job, JobMode, JobStatus, JobTombstone
-from jobs.selectors import job_get_or_raise
+from jobs.models import FINAL_STATUSES, CallbackStatus, IdempotencyRecord, Job, JobMode, JobStatus, JobTombstone
+from jobs.selectors import job_get_or_raise, jobs_awaiting_purge
 from jobs.stop import stop_request
 from jobsite.db import keyset_batches
 from jobsite.errors import NotCancellable
@@ -166,10 +166,10 @@ def _purge_in_batches(
     return deleted
 
 
-def _jobs_delete(ids: list[UUID], *, due: Q, now: datetime) -> int:
+def _jobs_delete(ids: list[UUID], *, due: QuerySet[Job], now: datetime) -> int:
     """Delete these jobs if still `due` (a requeue may have revived one), each leaving a tombstone; their
     webhook attempts go by cascade, their idempotency records with them."""
-    doomed = list(Job.objects.filter(due, pk__in=ids).select_for_update().values_list("pk", "owner_id", "expires_at"))
+    doomed = list(due.filter(pk__in=ids).select_for_update().values_list("pk", "owner_id", "expires_at"))
     JobTombstone.objects.bulk_create(
         [JobTombstone(id=pk, owner_id=owner, expired_at=min(expiry or now, now)) for pk, owner, expiry in doomed],
         ignore_conflicts=True,
@@ -197,8 +197,8 @@ def jobs_purge_expired(
     """
     now = now or timezone.now()
     bounds = _purge_bounds(batch_size, max_batches)
-    due = Q(expires_at__lte=now)
-    expired_jobs = Job.objects.filter(due).values("pk", "expires_at")
+    due = jobs_awaiting_purge(now=now)
+    expired_jobs = due.values("pk", "expires_at")
     jobs = _purge_in_batches(expired_jobs, field="expires_at", delete=partial(_jobs_delete, due=due, now=now), **bounds)
     if jobs:
         logger.info("purge: %d expired job(s) deleted", jobs)
@@ -224,7 +224,9 @@ def jobs_purge_finished_before(
 ) -> int:
     """Staff's early purge (`purge_jobs --older-than DAYS`): final jobs finished before the cutoff, expired or
     not, as the retention purge deletes them (tombstones, attempts, idempotency records; bounded batches)."""
-    due = Q(status__in=FINAL_STATUSES, finished_at__lt=finished_before)
-    finished = Job.objects.filter(due).values("pk", "finished_at")
+    due = Job.objects.filter(status__in=FINAL_STATUSES, finished_at__lt=finished_before).exclude(
+        callback_status=CallbackStatus.PENDING
+    )
+    finished = due.values("pk", "finished_at")
     delete = partial(_jobs_delete, due=due, now=timezone.now())
     return _purge_in_batches(finished, field="finished_at", delete=delete, **_purge_bounds(batch_size, max_batches))

@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 from accounts.models import User
 from jobs.models import (
     CallbackAttempt,
+    CallbackStatus,
     IdempotencyRecord,
     IdempotencyStatus,
     Job,
@@ -20,7 +21,7 @@ from jobs.models import (
     JobStatus,
     JobTombstone,
 )
-from jobs.services import job_requeue, jobs_purge_expired
+from jobs.services import job_requeue, jobs_purge_expired, jobs_purge_finished_before
 from tests.conftest import auth_headers
 from tests.job_helpers import kind_settings
 
@@ -113,6 +114,19 @@ def test_purge_runs_are_bounded_and_carry_on(user: User) -> None:
     assert Job.objects.count() == 3
     assert jobs_purge_expired(batch_size=2, max_batches=2)["jobs_purged"] == 3
     assert JobTombstone.objects.count() == 7
+
+
+@pytest.mark.django_db
+def test_a_job_whose_webhook_is_still_being_delivered_waits_for_it(user: User) -> None:
+    now = timezone.now()
+    job = Job.objects.create(
+        owner=user, endpoint="jobs.async", kind="hash", mode=JobMode.ASYNC, status=JobStatus.SUCCEEDED,
+        finished_at=now, expires_at=now, callback_url="http://127.0.0.1:9/h", callback_status=CallbackStatus.PENDING,
+    )  # fmt: skip
+    assert jobs_purge_expired()["jobs_purged"] == 0
+    assert jobs_purge_finished_before(finished_before=now + timedelta(seconds=1)) == 0
+    Job.objects.filter(pk=job.pk).update(callback_status=CallbackStatus.FAILED)
+    assert jobs_purge_expired()["jobs_purged"] == 1
 
 
 @pytest.mark.django_db
