@@ -71,19 +71,24 @@ def job_get(*, user: User, job_id: UUID) -> Job | None:
 
 
 def job_get_or_raise(*, user: User, job_id: UUID) -> Job:
-    """One job the user may see; NotFound, or JobExpired (410) for the owner (and staff) of a purged one.
-
-    The tombstone is read only when the job is missing: reads of live jobs cost nothing more, and another
-    user's purged job stays as invisible as their live ones.
-    """
+    """One job the user may see; NotFound, or JobExpired (410) for the owner (and staff) of a purged one."""
     job = job_get(user=user, job_id=job_id)
-    if job is not None:
-        return job
+    if job is None:
+        raise job_missing(user=user, job_id=job_id)
+    return job
+
+
+def job_missing(*, user: User, job_id: UUID) -> NotFound | JobExpired:
+    """Why the user finds no job by this id: JobExpired for the owner (and staff) of a purged one, else NotFound.
+
+    Read only when a lookup misses, so reads of live jobs cost nothing more; another user's purged job stays
+    as invisible as their live ones.
+    """
     tombstones = JobTombstone.objects.all() if user.is_staff else JobTombstone.objects.filter(owner=user)
     tombstone = tombstones.filter(pk=job_id).first()
     if tombstone is not None:
-        raise JobExpired(f"The job expired at {tombstone.expired_at.isoformat()} and was deleted with its results.")
-    raise NotFound("No such job.")
+        return JobExpired(f"The job expired at {tombstone.expired_at.isoformat()} and was deleted with its results.")
+    return NotFound("No such job.")
 
 
 def jobs_awaiting_purge(*, now: datetime | None = None) -> QuerySet[Job]:

@@ -278,7 +278,7 @@ class WebhookRedeliverView(EndpointView):
         operation_id="jobs_webhook_redeliver",
         summary="Deliver a finished job's webhook again (a new attempt, fresh retries)",
         request=None,
-        responses={202: JobSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES, 404, 409)},
+        responses={202: JobSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES, 404, 409, 410)},
     )
     def post(self, request: AuthenticatedRequest, job_id: UUID) -> Response:
         job = webhook_redeliver(user=request.user, job_id=job_id)

@@ -71,6 +71,7 @@ def test_a_purged_job_answers_410_to_its_owner_and_404_to_others(
         assert gone.headers["Content-Type"].startswith("application/problem+json")
         assert gone.json()["code"] == "job_expired" and gone.json()["status"] == 410
         assert owner.post(f"/api/v1/jobs/{job_id}/cancel/").status_code == 410
+        assert owner.post(f"/api/v1/jobs/{job_id}/webhook/redeliver/").status_code == 410
         assert admin.get(f"/api/v1/jobs/{job_id}/").status_code == 410
         unknown = other.get(f"/api/v1/jobs/{job_id}/")  # no existence leak: as for any id that is not theirs
         assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
