@@ -89,7 +89,7 @@ CreditAccount.objects.update(balance=10**12)
 JOBS_SQL = """
 INSERT INTO jobs_job (id, owner_id, endpoint, kind, mode, status, input, result, error_code, error_message, cost,
     attempts, cached, attempt_log, created_at, started_at, finished_at, queue_wait_ms, run_ms, callback_url,
-    callback_status, delivery_id, trace_context, worker_name)
+    callback_status, delivery_id, trace_context, worker_name, expires_at)
 SELECT gen_random_uuid(),
     CASE WHEN g %% 2 = 0 THEN %(heavy)s ELSE (%(others)s)[1 + (g / 2) %% cardinality(%(others)s)] END,
     'jobs.async', (ARRAY['hash', 'stats', 'fetch'])[1 + g %% 3], 'async',
@@ -98,7 +98,8 @@ SELECT gen_random_uuid(),
     CASE WHEN g %% 37 = 0 THEN 'upstream_error' ELSE '' END, '', 1, 1, false, '[]'::jsonb,
     t, t + interval '5 ms', t + interval '20 ms', 5, 15,
     CASE WHEN g %% 10 = 0 THEN 'http://127.0.0.1:9/hook/' || g ELSE '' END,
-    CASE WHEN g %% 10 = 0 THEN 'delivered' ELSE 'none' END, gen_random_uuid(), '{}'::jsonb, ''
+    CASE WHEN g %% 10 = 0 THEN 'delivered' ELSE 'none' END, gen_random_uuid(), '{}'::jsonb, '',
+    t + interval '20 ms' + %(retention_days)s::bigint * interval '1 day'
 FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g,
     LATERAL (SELECT (now() - %(newest_age)s::bigint * interval '1 second') - (%(last)s::bigint - g) * %(spacing)s::bigint * interval '1 second' AS t) AS at
 """
@@ -117,8 +118,13 @@ WHERE callback_url <> '' AND created_at BETWEEN %(oldest)s AND %(newest)s
 """
 
 
-def _insert_jobs(first: int, last: int, *, newest_age: int, spacing: int) -> None:
-    """Jobs first..last, the last one `newest_age` seconds old, `spacing` seconds apart."""
+LIVE_RETENTION_DAYS = 90
+"""Retention of the built jobs (25 days old at most): none expires, so the purge section deletes only its own."""
+
+
+def _insert_jobs(first: int, last: int, *, newest_age: int, spacing: int, retention_days: int) -> None:
+    """Jobs first..last, the last one `newest_age` seconds old, `spacing` seconds apart, expiring after
+    `retention_days`."""
     ids = dict(sql("SELECT username, id FROM accounts_user"))
     params = {
         "heavy": ids[HEAVY],
@@ -127,6 +133,7 @@ def _insert_jobs(first: int, last: int, *, newest_age: int, spacing: int) -> Non
         "last": last,
         "newest_age": newest_age,
         "spacing": spacing,
+        "retention_days": retention_days,
     }
     with connect() as conn, conn.transaction():  # one transaction: one now() for jobs and their window
         bounds = conn.execute(
@@ -149,15 +156,15 @@ def build(jobs: int) -> None:
     batch = 1_000_000
     for first in range(1, jobs + 1, batch):  # newest first: the live jobs span the last 25 days
         last = min(jobs, first + batch - 1)
-        _insert_jobs(first, last, newest_age=(jobs - last) * 2, spacing=2)
+        _insert_jobs(first, last, newest_age=(jobs - last) * 2, spacing=2, retention_days=LIVE_RETENTION_DAYS)
         print(f"built {last} jobs in {time.monotonic() - started:.0f} s", flush=True)
     # Jobs in flight: what the reconcilers look for among the million
     sql(
-        f"UPDATE jobs_job SET status = 'queued', started_at = NULL, finished_at = NULL WHERE id IN "
+        f"UPDATE jobs_job SET status = 'queued', started_at = NULL, finished_at = NULL, expires_at = NULL WHERE id IN "
         f"(SELECT id FROM jobs_job WHERE kind = 'hash' ORDER BY created_at DESC LIMIT {IN_FLIGHT})"
     )
     sql(
-        f"UPDATE jobs_job SET status = 'running', finished_at = NULL WHERE id IN "
+        f"UPDATE jobs_job SET status = 'running', finished_at = NULL, expires_at = NULL WHERE id IN "
         f"(SELECT id FROM jobs_job WHERE kind = 'stats' ORDER BY created_at DESC LIMIT {IN_FLIGHT})"
     )
     sql(
@@ -169,10 +176,10 @@ def build(jobs: int) -> None:
 
 
 def seed_purgeable() -> None:
-    """300k finished jobs of 60-67 days ago (with ledger entries and webhook attempts), for the purge."""
-    existing = sql("SELECT count(*) FROM jobs_job WHERE finished_at < now() - interval '30 days'")[0][0]
+    """300k jobs finished 60-67 days ago, expired (with ledger entries and webhook attempts), for the purge."""
+    existing = sql("SELECT count(*) FROM jobs_job WHERE expires_at <= now()")[0][0]
     if existing < PURGE_ROWS:
-        _insert_jobs(1, PURGE_ROWS - existing, newest_age=60 * 86400, spacing=2)
+        _insert_jobs(1, PURGE_ROWS - existing, newest_age=60 * 86400, spacing=2, retention_days=7)
         sql("VACUUM ANALYZE jobs_job")
 
 
@@ -350,10 +357,10 @@ def export_abandoned(server: Server, key: str) -> dict[str, object]:
 
 def purge() -> dict[str, object]:
     seed_purgeable()
-    doomed = sql("SELECT count(*) FROM jobs_job WHERE finished_at < now() - interval '30 days'")[0][0]
+    doomed = sql("SELECT count(*) FROM jobs_job WHERE expires_at <= now()")[0][0]
     t0 = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "purge_jobs", "--older-than", "30"],
+        [sys.executable, "manage.py", "purge_jobs", "--max-batches", str(PURGE_ROWS)],
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.PIPE,

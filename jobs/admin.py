@@ -1,14 +1,28 @@
+import contextlib
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
+from django.db.models.expressions import Combinable
 from django.http import HttpRequest
 
 from accounts.requests import StaffHttpRequest
 from jobs.forms import KindSettingsForm
 from jobs.kinds import KINDS
-from jobs.models import CallbackAttempt, CallbackStatus, Job, JobStatus, KindSettings, WebhookSecret
+from jobs.models import (
+    CallbackAttempt,
+    CallbackStatus,
+    Job,
+    JobMode,
+    JobStatus,
+    JobTombstone,
+    KindSettings,
+    WebhookSecret,
+)
+from jobs.selectors import jobs_awaiting_purge
 from jobs.services import job_cancel, job_requeue
 from jobs.webhooks import webhook_delivery_restart
 from jobsite.admin import PolicyAdmin, ScaleAdmin
+from jobsite.errors import NotCancellable
 
 SHORT_ID_DIGITS = 8
 """Hex digits of a job id in the change list: unique enough to read, one line at 1366 px."""
@@ -37,6 +51,20 @@ class KindFilter(admin.SimpleListFilter):
         return queryset.filter(kind=self.value()) if self.value() else queryset
 
 
+class RetentionFilter(admin.SimpleListFilter):
+    """What the next purge runs will delete: the expired jobs (on the purge's own index, job_expires_id)."""
+
+    title = "retention"
+    parameter_name = "retention"
+    AWAITING_PURGE = "awaiting_purge"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(self.AWAITING_PURGE, "expired, awaiting purge")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Job]) -> QuerySet[Job]:
+        return queryset & jobs_awaiting_purge() if self.value() == self.AWAITING_PURGE else queryset
+
+
 @admin.register(Job)
 class JobAdmin(ScaleAdmin):
     """Jobs are records: read-only, changed only through the actions below. No date drill-down: it runs
@@ -54,17 +82,26 @@ class JobAdmin(ScaleAdmin):
         "created",
         "run_ms",
         "webhook",
+        "expires_at",
     ]
-    list_filter = ["status", "mode", KindFilter, "cached", "callback_status"]
+    list_filter = ["status", "mode", KindFilter, "cached", "callback_status", RetentionFilter]
     search_fields = ["id", "owner__username"]
     search_help_text = "A job id or its first hex digits (at least 4), or a username or its beginning."
     id_search_field = "id"
     username_search_field = "owner__username"
     inlines = [CallbackAttemptInline]
-    actions = ["requeue_failed", "cancel_queued", "redeliver_webhook"]
+    actions = ["requeue_failed", "cancel_jobs", "redeliver_webhook"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Job | None = None) -> list[str]:
         return [field.name for field in Job._meta.fields]
+
+    def get_ordering(
+        self, request: HttpRequest
+    ) -> list[str | Combinable] | tuple[str | Combinable, ...] | tuple[()]:  # django-stubs' own type
+        """Jobs awaiting purge in the purge's order, on its index; newest first otherwise."""
+        if request.GET.get(RetentionFilter.parameter_name) == RetentionFilter.AWAITING_PURGE:
+            return ["expires_at", "id"]
+        return super().get_ordering(request)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -90,19 +127,42 @@ class JobAdmin(ScaleAdmin):
         requeued = sum(job_requeue(job_id=job.pk) for job in queryset.filter(status=JobStatus.FAILED))
         self.message_user(request, f"Requeued {requeued} failed job(s).", messages.SUCCESS)
 
-    @admin.action(description="Cancel selected queued jobs")
-    def cancel_queued(self, request: StaffHttpRequest, queryset: QuerySet[Job]) -> None:
-        canceled = 0
-        for job in queryset.filter(status=JobStatus.QUEUED):
-            job_cancel(user=request.user, job_id=job.pk)
-            canceled += 1
-        self.message_user(request, f"Canceled {canceled} queued job(s).", messages.SUCCESS)
+    @admin.action(description="Cancel selected queued jobs, stop selected running async ones")
+    def cancel_jobs(self, request: StaffHttpRequest, queryset: QuerySet[Job]) -> None:
+        cancelable = queryset.filter(status=JobStatus.QUEUED) | queryset.filter(
+            status=JobStatus.RUNNING, mode=JobMode.ASYNC
+        )
+        outcomes = []
+        for job in cancelable:
+            with contextlib.suppress(NotCancellable):  # it finished meanwhile
+                outcomes.append(job_cancel(user=request.user, job_id=job.pk).status)
+        canceled, canceling = outcomes.count(JobStatus.CANCELED), outcomes.count(JobStatus.CANCELING)
+        self.message_user(request, f"Canceled {canceled} queued job(s), stopping {canceling}.", messages.SUCCESS)
 
     @admin.action(description="Redeliver the webhook of selected finished jobs")
     def redeliver_webhook(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         candidates = queryset.exclude(callback_url="").exclude(callback_status=CallbackStatus.PENDING)
         redelivered = sum(webhook_delivery_restart(job_id=job.pk) for job in candidates)
         self.message_user(request, f"Redelivering {redelivered} webhook(s).", messages.SUCCESS)
+
+
+@admin.register(JobTombstone)
+class JobTombstoneAdmin(ScaleAdmin):
+    """What is left of purged jobs (their URLs answer 410 job_expired to their owners); deleted in turn by the
+    purge TOMBSTONE_RETENTION_DAYS after."""
+
+    list_display = ["id", "owner", "expired_at", "purged_at"]
+    search_fields = ["id", "owner__username"]
+    search_help_text = "A job id or its first hex digits (at least 4), or a username or its beginning."
+    id_search_field = "id"
+    username_search_field = "owner__username"
+    fields = readonly_fields = ("id", "owner", "expired_at", "purged_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: JobTombstone | None = None) -> bool:
+        return False
 
 
 @admin.register(WebhookSecret)
@@ -133,5 +193,6 @@ class KindSettingsAdmin(PolicyAdmin):
         "circuit_threshold",
         "retries",
         "time_limit",
+        "retention",
         "updated_at",
     ]

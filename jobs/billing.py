@@ -1,4 +1,5 @@
-"""What a job costs: charged on acceptance, refunded in full when it ends for a reason not the caller's."""
+"""What a job costs: charged on acceptance, refunded in full when it ends for a reason not the caller's, or
+canceled before it started (once it ran, the work was done: a cancel then refunds nothing)."""
 
 from credits.services import credit_charge, credit_refund
 from jobs import metrics
@@ -12,9 +13,9 @@ def job_charge(job: Job) -> None:
 
 
 def refund_due(job: Job) -> bool:
-    """Canceled, or failed for any reason but the caller's own bad input to a kind that ran."""
+    """Canceled before it started, or failed for any reason but the caller's own bad input to a kind that ran."""
     if job.status == JobStatus.CANCELED:
-        return True
+        return job.started_at is None
     if job.status != JobStatus.FAILED:
         return False
     last = job.attempt_log[-1] if job.attempt_log else {}

@@ -55,6 +55,7 @@ COMPAT_STATUSES = tuple(422 if status == 400 else status for status in GATE_STAT
 STATUS_NAMES: dict[str, str] = {
     JobStatus.QUEUED: "pending",
     JobStatus.RUNNING: "processing",
+    JobStatus.CANCELING: "processing",  # the original backend had no such state: still running to it
     JobStatus.SUCCEEDED: "success",
     JobStatus.FAILED: "error",
     JobStatus.CANCELED: "canceled",

@@ -16,7 +16,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,16 +30,22 @@ class DeadlineExceeded(Exception):
     """The run went past its deadline; the job fails with `time_limit`."""
 
 
+class StopRequested(Exception):
+    """The run was asked to stop before its deadline (its job is being canceled); the job ends canceled."""
+
+
 @dataclass(frozen=True)
 class Deadline:
-    """A point on the monotonic clock that a run must finish by."""
+    """A point on the monotonic clock that a run must finish by, or sooner if it is asked to stop."""
 
     seconds: float
     expires_at: float
+    stop_requested: Callable[[], bool] | None = None
+    """Polled by check(), so kinds need no second check: true once the run must stop early (jobs.stop)."""
 
     @classmethod
-    def after(cls, seconds: float) -> "Deadline":
-        return cls(seconds=seconds, expires_at=time.monotonic() + seconds)
+    def after(cls, seconds: float, *, stop_requested: Callable[[], bool] | None = None) -> "Deadline":
+        return cls(seconds=seconds, expires_at=time.monotonic() + seconds, stop_requested=stop_requested)
 
     @classmethod
     def never(cls) -> "Deadline":
@@ -54,9 +60,11 @@ class Deadline:
         return self.remaining() <= 0
 
     def check(self) -> None:
-        """Raise DeadlineExceeded once the deadline has passed."""
+        """Raise DeadlineExceeded once the deadline has passed, StopRequested once a stop was asked for."""
         if self.expired:
             raise DeadlineExceeded(f"ran over {self.seconds:g} s")
+        if self.stop_requested is not None and self.stop_requested():
+            raise StopRequested("stop requested")
 
     def cap(self, seconds: float) -> float:
         """A timeout of at most `seconds` that ends no later than the deadline (never zero: httpx reads 0 as none)."""

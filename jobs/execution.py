@@ -23,12 +23,13 @@ from jobs.billing import job_refund_if_due
 from jobs.cache import cache_set
 from jobs.circuit import CircuitState, circuit_acquire, circuit_record, circuit_target
 from jobs.concurrency import concurrency_release
-from jobs.deadline import Deadline, DeadlineExceeded
+from jobs.deadline import Deadline, DeadlineExceeded, StopRequested
 from jobs.encryption import open_input, seal_result
-from jobs.kind_settings import get_kind_settings
+from jobs.kind_settings import get_kind_settings, job_expiry
 from jobs.kinds import KINDS, KindError, RunContext
 from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
 from jobs.retries import retry_delay
+from jobs.stop import StopSignal
 from jobsite.logs import bind_context
 from jobsite.tracing import get_tracer
 
@@ -123,6 +124,8 @@ def job_finish(
 ) -> bool:
     """Record the outcome, only if this attempt still owns the job (a reaped job is not overwritten).
 
+    A job whose cancel was asked during the run (canceling) keeps a result that made it (the cancel came
+    too late); any other end is the cancel's: canceled, with what ended the attempt in its attempt_log.
     The final state and its refund commit together: no reader sees a failed job before its refund, and a
     worker killed in between cannot leave the refund undone.
     """
@@ -139,11 +142,18 @@ def job_finish(
         "error_message": error_message[:ERROR_MESSAGE_MAX],
         "attempt_log": log,
         "finished_at": now,
+        "expires_at": job_expiry(job.kind, now),
         "run_ms": elapsed_ms(job.started_at or now, now),  # a running job always has started_at
         "queue_wait_ms": job.queue_wait_ms,
     }
+    owned = Job.objects.filter(pk=job.pk, attempts=job.attempts)
     with transaction.atomic():
-        finished = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(**outcome)
+        # One statement on the usual path; the second only when the first found the job no longer running.
+        finished = status != JobStatus.CANCELED and owned.filter(status=JobStatus.RUNNING).update(**outcome)
+        if not finished and job.mode == JobMode.ASYNC:
+            if status != JobStatus.SUCCEEDED:
+                outcome.update(status=JobStatus.CANCELED, result=None, error_code="", error_message="")
+            finished = owned.filter(status=JobStatus.CANCELING).update(**outcome)
         if finished:
             for name, value in outcome.items():  # the row now holds exactly these: no need to read it back
                 setattr(job, name, value)
@@ -195,7 +205,9 @@ def job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
     kind = KINDS[job.kind]
     bind_context(job_id=str(job.id), user_id=job.owner_id, endpoint=job.endpoint)
     kind_settings = get_kind_settings(job.kind)
-    deadline = deadline or Deadline.after(kind_settings.time_limit)
+    # Only async jobs can be canceled while they run: a sync one's caller holds the request.
+    stop = StopSignal(job.id) if job.mode == JobMode.ASYNC else None
+    deadline = deadline or Deadline.after(kind_settings.time_limit, stop_requested=stop)
     params = open_input(job.input)
     target = circuit_target(kind_settings, params)
     if circuit_acquire(kind_settings, target, take_trial=True) == CircuitState.OPEN:
@@ -222,6 +234,8 @@ def job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
             error_message=exc.message,
             callers_fault=exc.callers_fault,
         )
+    except StopRequested:
+        job_finish(job, status=JobStatus.CANCELED)
     except (DeadlineExceeded, JobTimeoutException):
         circuit_record(kind_settings, target, failed=True)
         limit = kind_settings.time_limit

@@ -96,6 +96,7 @@ EXPORT_COLUMNS: list[str | Combinable] = [
     UtcText("finished_at"),
     "queue_wait_ms",
     "run_ms",
+    UtcText("expires_at"),
     "callback_url",
     "callback_status",
     _callback_attempts(),
@@ -119,6 +120,7 @@ CSV_COLUMNS = [
     "finished_at",
     "queue_wait_ms",
     "run_ms",
+    "expires_at",
     "error_code",
     "error_message",
     "input",
@@ -164,6 +166,7 @@ def _row(values: tuple[Any, ...], mask: Callable[[dict[str, Any]], dict[str, Any
         finished_at,
         queue_wait_ms,
         run_ms,
+        expires_at,
         callback_url,
         callback_status,
         attempts,
@@ -185,6 +188,7 @@ def _row(values: tuple[Any, ...], mask: Callable[[dict[str, Any]], dict[str, Any
         "finished_at": finished_at,
         "queue_wait_ms": queue_wait_ms,
         "run_ms": run_ms,
+        "expires_at": expires_at,
         "callback": {"url": callback_url, "status": callback_status, "attempts": _attempts(attempts)},
     }
 

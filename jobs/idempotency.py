@@ -227,9 +227,3 @@ def idempotent_response(
     headers = {name: response[name] for name in REPLAYED_RESPONSE_HEADERS if response.has_header(name)}
     idempotency_complete(user=user, key=key, status=response.status_code, body=response.data, headers=headers)
     return response
-
-
-def idempotency_purge_expired() -> int:
-    """Delete expired records; returns how many went."""
-    deleted, _ = IdempotencyRecord.objects.filter(expires_at__lte=timezone.now()).delete()
-    return deleted

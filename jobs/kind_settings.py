@@ -1,6 +1,7 @@
 """Kind settings: defaults from each kind's module, the database row wins; cached like endpoint policies
 (jobsite.process_cache), so an edit is seen everywhere without a restart."""
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
@@ -33,6 +34,11 @@ def get_kind_settings(kind_name: str) -> KindSettings:
         return row or KindSettings(kind=kind_name, **kind_defaults(kind_name))
 
     return settings_cache.get((KindSettings, kind_name), load)
+
+
+def job_expiry(kind_name: str, finished_at: datetime) -> datetime:
+    """When a job of this kind that became final at `finished_at` expires (its kind's retention later)."""
+    return finished_at + timedelta(days=get_kind_settings(kind_name).retention)
 
 
 @receiver([post_save, post_delete], sender=KindSettings)

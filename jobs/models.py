@@ -12,6 +12,8 @@ from accounts.models import split_list
 class JobStatus(models.TextChoices):
     QUEUED = "queued"
     RUNNING = "running"
+    CANCELING = "canceling"
+    """A running async job whose cancel was asked: its worker stops it at its next check, then canceled."""
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
@@ -68,6 +70,9 @@ class Job(models.Model):
     client_ip = models.GenericIPAddressField(
         null=True, blank=True, help_text="Address it was submitted from (compatible routes: anonymous callers' view)."
     )
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="Set when final (its kind's retention): the purge deletes it after this."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -84,6 +89,8 @@ class Job(models.Model):
             models.Index(fields=["finished_at", "id"], name="job_finished_id"),
             models.Index(fields=["started_at", "id"], condition=Q(status="running"), name="job_running_started"),
             models.Index(fields=["finished_at"], condition=Q(callback_status="pending"), name="job_callback_pending"),
+            # The purge's walk: only final jobs have an expiry, oldest first.
+            models.Index(fields=["expires_at", "id"], condition=Q(expires_at__isnull=False), name="job_expires_id"),
             # A consumer's delivery log: their jobs with a webhook, skipping the (many) without one.
             models.Index(
                 fields=["owner", "-created_at"], condition=~Q(callback_status="none"), name="job_owner_deliveries"
@@ -96,6 +103,21 @@ class Job(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+
+class JobTombstone(models.Model):
+    """What is left of a purged job: enough to answer its owner 410 job_expired instead of 404."""
+
+    id = models.UUIDField(primary_key=True, help_text="The purged job's id.")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    expired_at = models.DateTimeField(help_text="The job's expires_at.")
+    purged_at = models.DateTimeField(default=timezone.now, help_text="Deleted itself TOMBSTONE_RETENTION_DAYS later.")
+
+    class Meta:
+        indexes = [models.Index(fields=["purged_at", "id"], name="tombstone_purged_id")]
+
+    def __str__(self) -> str:
+        return f"purged job {self.id}"
 
 
 class ConcurrencySlot(models.Model):
@@ -190,6 +212,11 @@ class KindSettings(models.Model):
         "webhook backoff scale",
         default=1.0,
         help_text="Scale of the webhook retry schedule (1.0: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h).",
+    )
+    retention = models.PositiveIntegerField(
+        "retention (days)",
+        default=7,
+        help_text="Days a final job (input, result, webhook attempts) is kept before the purge deletes it.",
     )
     updated_at = models.DateTimeField("updated", auto_now=True)
 

@@ -22,7 +22,7 @@ from jobs.deadline import Deadline
 from jobs.encryption import seal_input, seal_result
 from jobs.execution import job_on_final, job_run
 from jobs.idempotency import idempotency_bind_job
-from jobs.kind_settings import get_kind_settings
+from jobs.kind_settings import get_kind_settings, job_expiry
 from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
 from jobsite.errors import (
     CallbackUrlForbidden,
@@ -139,6 +139,7 @@ def _job_record_cached(request: _JobRequest, *, result: Any) -> Job:
             created_at=now,
             started_at=now,
             finished_at=now,
+            expires_at=job_expiry(request.kind_settings.kind, now),
             queue_wait_ms=0,
             run_ms=0,
         )

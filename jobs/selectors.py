@@ -5,9 +5,11 @@ from typing import Any
 from uuid import UUID
 
 from django.db.models import Count, QuerySet
+from django.utils import timezone
 
 from accounts.models import User
-from jobs.models import CallbackStatus, Job
+from jobs.models import CallbackStatus, Job, JobTombstone
+from jobsite.errors import JobExpired, NotFound
 
 
 def job_list(
@@ -66,6 +68,33 @@ def job_get(*, user: User, job_id: UUID) -> Job | None:
     """One job if the user may see it; another user's job is indistinguishable from a missing one."""
     jobs = Job.objects.all() if user.is_staff else Job.objects.filter(owner=user)
     return jobs.prefetch_related("callback_attempts").filter(pk=job_id).first()
+
+
+def job_get_or_raise(*, user: User, job_id: UUID) -> Job:
+    """One job the user may see; NotFound, or JobExpired (410) for the owner (and staff) of a purged one."""
+    job = job_get(user=user, job_id=job_id)
+    if job is None:
+        raise job_missing(user=user, job_id=job_id)
+    return job
+
+
+def job_missing(*, user: User, job_id: UUID) -> NotFound | JobExpired:
+    """Why the user finds no job by this id: JobExpired for the owner (and staff) of a purged one, else NotFound.
+
+    Read only when a lookup misses, so reads of live jobs cost nothing more; another user's purged job stays
+    as invisible as their live ones.
+    """
+    tombstones = JobTombstone.objects.all() if user.is_staff else JobTombstone.objects.filter(owner=user)
+    tombstone = tombstones.filter(pk=job_id).first()
+    if tombstone is not None:
+        return JobExpired(f"The job expired at {tombstone.expired_at.isoformat()} and was deleted with its results.")
+    return NotFound("No such job.")
+
+
+def jobs_awaiting_purge(*, now: datetime | None = None) -> QuerySet[Job]:
+    """The jobs the next purge runs will delete: expired, on the purge's own index (job_expires_id), unless
+    their webhook is still being delivered (its retries end within CALLBACK_MAX_AGE; the purge waits)."""
+    return Job.objects.filter(expires_at__lte=now or timezone.now()).exclude(callback_status=CallbackStatus.PENDING)
 
 
 def job_stats_for_owner(*, owner_id: int) -> dict[str, Any]:

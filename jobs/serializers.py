@@ -153,9 +153,11 @@ class JobSerializer(serializers.ModelSerializer):
             "finished_at",
             "queue_wait_ms",
             "run_ms",
+            "expires_at",
             "callback",
         ]
         read_only_fields = fields
+        extra_kwargs = {"expires_at": {"help_text": "When the job and its results are deleted (set once final)."}}
 
     @extend_schema_field(serializers.DictField())
     def get_input(self, job: Job) -> dict[str, Any]:

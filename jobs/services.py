@@ -1,47 +1,65 @@
 """Writes of jobs: submission, execution, cancellation and reconciliation."""
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 from itertools import chain
+from typing import Any
 from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import User
 from jobs import metrics, queues
 from jobs.concurrency import concurrency_release, concurrency_retake
 from jobs.execution import attempt_log_with, job_finish, job_on_final
-from jobs.kind_settings import get_kind_settings
-from jobs.models import FINAL_STATUSES, Job, JobMode, JobStatus
-from jobs.selectors import job_get
+from jobs.kind_settings import get_kind_settings, job_expiry
+from jobs.models import FINAL_STATUSES, CallbackStatus, IdempotencyRecord, Job, JobMode, JobStatus, JobTombstone
+from jobs.selectors import job_get_or_raise, jobs_awaiting_purge
+from jobs.stop import stop_request
 from jobsite.db import keyset_batches
-from jobsite.errors import (
-    NotCancellable,
-    NotFound,
-)
+from jobsite.errors import NotCancellable
 
 logger = logging.getLogger(__name__)
 
 
+STOP_FLAG_MARGIN = 60
+"""Seconds a stop flag outlives the run's time limit and the reconciler's grace: it is never gone too early."""
+
+
 @transaction.atomic
 def job_cancel(*, user: User, job_id: UUID) -> Job:
-    """Cancel a queued job of the user's; running and finished jobs cannot be canceled."""
-    job = job_get(user=user, job_id=job_id)
-    if job is None:
-        raise NotFound("No such job.")
-    canceled = Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
-        status=JobStatus.CANCELED, finished_at=timezone.now()
-    )
-    if not canceled:
-        raise NotCancellable(f"The job is {job.status}; only queued jobs can be canceled.")
+    """Cancel a job of the user's: a queued one at once (refunded), a running async one by asking its worker
+    to stop (canceling, then canceled at its next check; not refunded: the work was under way).
+
+    Canceling again is harmless (the flag is raised again); a sync job (its caller holds the request) and a
+    final job cannot be canceled. Each step is one conditional UPDATE, so a cancel racing the worker's claim
+    or finish leaves exactly one final state.
+    """
+    job = job_get_or_raise(user=user, job_id=job_id)
+    now = timezone.now()
+    if Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
+        status=JobStatus.CANCELED, finished_at=now, expires_at=job_expiry(job.kind, now)
+    ):
+        job.refresh_from_db()
+        concurrency_release(job)
+        job_on_final(job)
+        transaction.on_commit(partial(queues.discard_job, job.pk))
+        return job
+    asking = Job.objects.filter(pk=job.pk, mode=JobMode.ASYNC, status__in=[JobStatus.RUNNING, JobStatus.CANCELING])
+    if asking.update(status=JobStatus.CANCELING):
+        job.refresh_from_db()
+        ttl = get_kind_settings(job.kind).time_limit + settings.RECONCILE_RUNNING_GRACE + STOP_FLAG_MARGIN
+        transaction.on_commit(partial(stop_request, job.pk, ttl=ttl))
+        return job
     job.refresh_from_db()
-    concurrency_release(job)
-    job_on_final(job)
-    transaction.on_commit(partial(queues.discard_job, job.pk))
-    return job
+    if job.mode == JobMode.SYNC:
+        raise NotCancellable("A sync job runs within its request and cannot be canceled.")
+    raise NotCancellable(f"The job is {job.status}: only queued and running jobs can be canceled.")
 
 
 def job_requeue(*, job_id: UUID) -> bool:
@@ -58,6 +76,7 @@ def job_requeue(*, job_id: UUID) -> bool:
             error_message="",
             started_at=None,
             finished_at=None,
+            expires_at=None,
             run_ms=None,
             queue_wait_ms=None,
             queued_at=timezone.now(),
@@ -93,7 +112,7 @@ RECONCILE_BATCH = 500
 def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     """Rescue jobs that Redis or a dead worker lost; safe to run anywhere, any number of times."""
     now = now or timezone.now()
-    report = {"requeued": 0, "failed": 0}
+    report = {"requeued": 0, "failed": 0, "canceled": 0}
     queued_cutoff = now - timedelta(seconds=settings.RECONCILE_QUEUED_GRACE)
     stale_queued = Job.objects.filter(status=JobStatus.QUEUED, mode=JobMode.ASYNC, created_at__lt=queued_cutoff)
     stale_queued = stale_queued.only("id", "kind", "trace_context", "created_at")
@@ -112,29 +131,102 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
         outcome = _job_requeue_or_fail(job, reason=reason, now=now)
         if outcome in report:
             report[outcome] += 1
+    # Canceling jobs are few: the (status, created_at) index finds them; their deadline is checked here.
+    canceling = Job.objects.filter(status=JobStatus.CANCELING, created_at__lt=now - grace)
+    for job in chain.from_iterable(keyset_batches(canceling, field="created_at", size=RECONCILE_BATCH)):
+        started_at = job.started_at or job.created_at
+        if now < started_at + timedelta(seconds=get_kind_settings(job.kind).time_limit) + grace:
+            continue
+        reason = f"no result {int((now - started_at).total_seconds())} s after start (attempt {job.attempts})"
+        if job_finish(job, status=JobStatus.CANCELED, error_code="worker_lost", error_message=reason):
+            report["canceled"] += 1
     if any(report.values()):
         logger.warning("reconciler: %s", report)
     return report
 
 
 PURGE_BATCH = 1000
-"""Jobs deleted per transaction by jobs_purge: about 0.2 s of locks and WAL each on a busy 2-core machine."""
+"""Rows deleted per transaction by the purge: about 0.2 s of locks and WAL each on a busy 2-core machine."""
 
 
-def jobs_purge(*, finished_before: datetime, batch_size: int = PURGE_BATCH) -> int:
-    """Delete final jobs that finished before the cutoff, one short transaction per batch of ids.
+def _purge_in_batches(
+    rows: QuerySet[Any], *, field: str, batch_size: int, max_batches: int, delete: Callable[[list[Any]], int]
+) -> int:
+    """Walk `rows` (values with pk and `field`) on their index and delete each batch in its own transaction.
 
-    Resumable: every batch commits on its own, so an interrupted purge keeps what it deleted and a rerun
-    carries on with the rest. Returns how many jobs went.
+    At most `max_batches` per call: one scheduled run stays short however large the backlog, and the next
+    run carries on (keyset order, so deleted rows are never walked again). Returns how many rows went.
     """
-    doomed = Job.objects.filter(status__in=FINAL_STATUSES, finished_at__lt=finished_before)
     deleted = 0
-    for batch in keyset_batches(doomed.values("pk", "finished_at"), field="finished_at", size=batch_size):
+    for n, batch in enumerate(keyset_batches(rows, field=field, size=batch_size), start=1):
         with transaction.atomic():
-            # Conditions again: a failed job requeued since the batch was read is no longer doomed.
-            _, per_model = doomed.filter(pk__in=[row["pk"] for row in batch]).only("pk").delete()
-        purged = per_model.get(Job._meta.label, 0)
-        deleted += purged
-        metrics.JOBS_PURGED.inc(purged)
-        logger.info("purge: %d job(s) deleted so far, up to finished_at %s", deleted, batch[-1]["finished_at"])
+            deleted += delete([row["pk"] for row in batch])
+        if n >= max_batches:
+            break
     return deleted
+
+
+def _jobs_delete(ids: list[UUID], *, due: QuerySet[Job], now: datetime) -> int:
+    """Delete these jobs if still `due` (a requeue may have revived one), each leaving a tombstone; their
+    webhook attempts go by cascade, their idempotency records with them."""
+    doomed = list(due.filter(pk__in=ids).select_for_update().values_list("pk", "owner_id", "expires_at"))
+    JobTombstone.objects.bulk_create(
+        [JobTombstone(id=pk, owner_id=owner, expired_at=min(expiry or now, now)) for pk, owner, expiry in doomed],
+        ignore_conflicts=True,
+    )
+    gone = [pk for pk, _, _ in doomed]
+    IdempotencyRecord.objects.filter(job_id__in=gone).delete()
+    _, per_model = Job.objects.filter(pk__in=gone).delete()
+    purged = per_model.get(Job._meta.label, 0)
+    metrics.JOBS_PURGED.inc(purged)
+    return purged
+
+
+def _purge_bounds(batch_size: int, max_batches: int | None) -> dict[str, int]:
+    return {"batch_size": batch_size, "max_batches": max_batches or settings.PURGE_MAX_BATCHES}
+
+
+def jobs_purge_expired(
+    *, now: datetime | None = None, batch_size: int = PURGE_BATCH, max_batches: int | None = None
+) -> dict[str, int]:
+    """The retention purge (rq cron, `manage.py purge_jobs`): expired jobs with their inputs, results, webhook
+    attempts and idempotency records, then expired idempotency keys and old tombstones.
+
+    Each kind of row in batches of `batch_size`, each its own transaction, at most `max_batches` batches
+    (default PURGE_MAX_BATCHES) each per run: resumable, and a run is bounded whatever the backlog.
+    """
+    now = now or timezone.now()
+    bounds = _purge_bounds(batch_size, max_batches)
+    due = jobs_awaiting_purge(now=now)
+    expired_jobs = due.values("pk", "expires_at")
+    jobs = _purge_in_batches(expired_jobs, field="expires_at", delete=partial(_jobs_delete, due=due, now=now), **bounds)
+    if jobs:
+        logger.info("purge: %d expired job(s) deleted", jobs)
+    expired_keys = IdempotencyRecord.objects.filter(expires_at__lte=now)
+    keys = _purge_in_batches(
+        expired_keys.values("pk", "expires_at"),
+        field="expires_at",
+        delete=lambda ids: expired_keys.filter(pk__in=ids).delete()[0],
+        **bounds,
+    )
+    old_tombstones = JobTombstone.objects.filter(purged_at__lte=now - timedelta(days=settings.TOMBSTONE_RETENTION_DAYS))
+    tombstones = _purge_in_batches(
+        old_tombstones.values("pk", "purged_at"),
+        field="purged_at",
+        delete=lambda ids: old_tombstones.filter(pk__in=ids).delete()[0],
+        **bounds,
+    )
+    return {"jobs_purged": jobs, "idempotency_keys_purged": keys, "tombstones_purged": tombstones}
+
+
+def jobs_purge_finished_before(
+    *, finished_before: datetime, batch_size: int = PURGE_BATCH, max_batches: int | None = None
+) -> int:
+    """Staff's early purge (`purge_jobs --older-than DAYS`): final jobs finished before the cutoff, expired or
+    not, as the retention purge deletes them (tombstones, attempts, idempotency records; bounded batches)."""
+    due = Job.objects.filter(status__in=FINAL_STATUSES, finished_at__lt=finished_before).exclude(
+        callback_status=CallbackStatus.PENDING
+    )
+    finished = due.values("pk", "finished_at")
+    delete = partial(_jobs_delete, due=due, now=timezone.now())
+    return _purge_in_batches(finished, field="finished_at", delete=delete, **_purge_bounds(batch_size, max_batches))

@@ -17,9 +17,9 @@ from accounts.requests import AuthenticatedRequest
 from jobs.export import export_chunks, export_csv, export_jsonl
 from jobs.idempotency import KEY_HEADER, KEY_MAX_LENGTH, KEY_PATTERN, idempotent_response
 from jobs.limits import caller_limits
-from jobs.models import Job, JobMode
+from jobs.models import Job, JobMode, JobStatus
 from jobs.pipeline import job_submit
-from jobs.selectors import job_get, job_list, webhook_delivery_list
+from jobs.selectors import job_get_or_raise, job_list, webhook_delivery_list
 from jobs.serializers import (
     ExportQuerySerializer,
     JobListQuerySerializer,
@@ -36,7 +36,6 @@ from jobs.serializers import (
 from jobs.services import job_cancel
 from jobs.webhooks import webhook_redeliver, webhook_secret_rotate, webhook_test_send
 from jobsite.api import BODY_STATUSES, GATE_STATUSES, NewestFirstPagination, PageQuerySerializer, paginated, problems
-from jobsite.errors import NotFound
 
 IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
     KEY_HEADER,
@@ -154,13 +153,11 @@ class JobDetailView(EndpointView):
         responses={
             200: JobSerializer,
             304: OpenApiResponse(description="Not modified"),
-            **problems(*GATE_STATUSES, 404),
+            **problems(*GATE_STATUSES, 404, 410),
         },
     )
     def get(self, request: AuthenticatedRequest, job_id: UUID) -> Response:
-        job = job_get(user=request.user, job_id=job_id)
-        if job is None:
-            raise NotFound("No such job.")
+        job = job_get_or_raise(user=request.user, job_id=job_id)
         data = JobSerializer(job).data
         etag = _etag(JSONRenderer().render(data))
         if _etag_matches(request.headers.get("If-None-Match", ""), etag):
@@ -173,12 +170,20 @@ class JobCancelView(EndpointView):
 
     @extend_schema(
         operation_id="jobs_cancel",
-        summary="Cancel a queued job (credits refunded)",
+        summary="Cancel a queued job (refunded), or ask a running async job to stop (canceling, then canceled)",
         request=None,
-        responses={200: JobSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES, 404, 409)},
+        responses={
+            200: OpenApiResponse(JobSerializer, description="Canceled (it was queued): its credits are refunded."),
+            202: OpenApiResponse(
+                JobSerializer, description="Canceling: its worker stops it at its next check (no refund)."
+            ),
+            **problems(*GATE_STATUSES, *BODY_STATUSES, 404, 409, 410),
+        },
     )
     def post(self, request: AuthenticatedRequest, job_id: UUID) -> Response:
-        return Response(JobSerializer(job_cancel(user=request.user, job_id=job_id)).data)
+        job = job_cancel(user=request.user, job_id=job_id)
+        code = status.HTTP_202_ACCEPTED if job.status == JobStatus.CANCELING else status.HTTP_200_OK
+        return Response(JobSerializer(job).data, status=code)
 
 
 class JobExportView(EndpointView):
@@ -273,7 +278,7 @@ class WebhookRedeliverView(EndpointView):
         operation_id="jobs_webhook_redeliver",
         summary="Deliver a finished job's webhook again (a new attempt, fresh retries)",
         request=None,
-        responses={202: JobSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES, 404, 409)},
+        responses={202: JobSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES, 404, 409, 410)},
     )
     def post(self, request: AuthenticatedRequest, job_id: UUID) -> Response:
         job = webhook_redeliver(user=request.user, job_id=job_id)

@@ -44,9 +44,10 @@ from jobs.billing import refund_due
 from jobs.compat import COMPAT_ASYNC, CompatCallbackSerializer
 from jobs.kind_settings import get_kind_settings
 from jobs.models import ATTEMPT_IN_PROGRESS, FINAL_STATUSES, CallbackAttempt, CallbackStatus, Job, WebhookSecret
+from jobs.selectors import job_missing
 from jobs.serializers import JobSerializer
 from jobsite import crypto
-from jobsite.errors import CallbackUrlForbidden, NotFound, NotRedeliverable, WebhookSecretMissing
+from jobsite.errors import CallbackUrlForbidden, NotRedeliverable, WebhookSecretMissing
 from jobsite.redis import redis_key, run_lua
 from jobsite.tracing import extract_context, get_tracer
 
@@ -502,7 +503,7 @@ def webhook_redeliver(*, user: User, job_id: UUID) -> Job:
     """The owner's redelivery of a finished job's webhook (a new attempt, fresh retries); 409 while one is pending."""
     job = Job.objects.filter(owner=user, pk=job_id).first()
     if job is None:
-        raise NotFound("No such job.")
+        raise job_missing(user=user, job_id=job_id)
     if not job.is_final:
         raise NotRedeliverable(f"The job is {job.status}; its webhook is sent when it finishes.")
     if not job.callback_url:

@@ -125,6 +125,10 @@ class NotCancellable(ServiceError):
     status, code, title = 409, "not_cancellable", "Job cannot be canceled"
 
 
+class JobExpired(ServiceError):
+    status, code, title = 410, "job_expired", "Job expired"
+
+
 class NotRedeliverable(ServiceError):
     status, code, title = 409, "not_redeliverable", "Webhook cannot be redelivered"
 

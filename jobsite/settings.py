@@ -126,6 +126,14 @@ RECONCILE_QUEUED_GRACE = env_int("RECONCILE_QUEUED_GRACE", 10, minimum=0)
 RECONCILE_RUNNING_GRACE = env_int("RECONCILE_RUNNING_GRACE", 30, minimum=0)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
 
+# Retention: final jobs expire after their kind's `retention`; the purge deletes them in bounded runs.
+PURGE_INTERVAL = env_int("PURGE_INTERVAL", 300, minimum=1)
+"""Seconds between two runs of the retention purge (rq cron)."""
+PURGE_MAX_BATCHES = env_int("PURGE_MAX_BATCHES", 20, minimum=1)
+"""Batches of 1000 rows one purge run deletes at most, per kind of row: a run stays short; the next carries on."""
+TOMBSTONE_RETENTION_DAYS = env_int("TOMBSTONE_RETENTION_DAYS", 365, minimum=1)
+"""Days a purged job's tombstone answers 410 job_expired; after that its URL answers 404 like any unknown id."""
+
 CALLBACK_ALLOW_PRIVATE = env_bool("CALLBACK_ALLOW_PRIVATE", False)
 """Lets webhooks and `fetch` reach loopback and private (RFC 1918, ULA) addresses: local runs and tests only."""
 OUTBOUND_ALLOWED_PORTS = env_ports("OUTBOUND_ALLOWED_PORTS", "80,443,1024-65535")

@@ -15,6 +15,8 @@ import pytest
 
 from accounts.models import User
 from credits.services import credit_adjust
+from jobs.models import Job
+from jobs.services import jobs_purge_expired
 from tests import conftest
 from tests.access_helpers import set_policy
 from tests.conftest import ROOT, LocalHTTPServer, respond
@@ -226,3 +228,19 @@ def test_async_client_shares_the_flows(server_url: str, make_user: Callable[...,
     ran, exported, listed = asyncio.run(scenario())
     assert all(job.status == "succeeded" for job in ran)
     assert {job.id for job in listed} == {job.id for job in ran} == {json.loads(line)["id"] for line in exported}
+
+
+def test_the_client_raises_job_expired_for_a_purged_job(server_url: str, user: User, other_user: User) -> None:
+    owner_key = conftest.auth_headers(user)["Authorization"].removeprefix("Bearer ")
+    other_key = conftest.auth_headers(other_user)["Authorization"].removeprefix("Bearer ")
+    with jc.Client(server_url, owner_key) as owner, jc.Client(server_url, other_key) as other:
+        job = owner.run("hash", {"data": "client", "iterations": 1})
+        assert job.expires_at is not None and job.expires_at > job.finished_at
+        Job.objects.filter(pk=job.id).update(expires_at=job.finished_at)
+        jobs_purge_expired()
+        with pytest.raises(jc.JobExpired) as gone:
+            owner.get(job.id)
+        assert gone.value.status == 410 and isinstance(gone.value, jc.NotFound)
+        with pytest.raises(jc.NotFound) as unknown:
+            other.get(job.id)
+        assert type(unknown.value) is jc.NotFound

@@ -184,6 +184,7 @@ def _job(status: str) -> dict[str, Any]:
         "finished_at": None,
         "queue_wait_ms": None,
         "run_ms": None,
+        "expires_at": None,
         "callback": {"url": "", "status": "none", "attempts": []},
         "a_member_from_a_newer_service": True,
     }

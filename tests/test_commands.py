@@ -8,22 +8,33 @@ from rest_framework.test import APIClient
 from accounts.models import User
 from accounts.policies import get_endpoint_policy
 from credits.selectors import credit_balance
-from jobs.models import Job, JobMode, JobStatus
+from jobs.models import Job, JobMode, JobStatus, JobTombstone
 from jobs.webhooks import webhook_signing_secrets
 from jobsite.process_cache import settings_cache
 
 
 @pytest.mark.django_db
-def test_purge_jobs_deletes_only_old_finished_jobs(user: User, capsys: pytest.CaptureFixture[str]) -> None:
-    old = timezone.now() - timedelta(days=40)
+def test_purge_jobs_deletes_expired_jobs_and_with_older_than_old_finished_ones(
+    user: User, capsys: pytest.CaptureFixture[str]
+) -> None:
     common = {"owner": user, "endpoint": "jobs.async", "kind": "hash", "mode": JobMode.ASYNC}
-    old_done = Job.objects.create(**common, status=JobStatus.SUCCEEDED, finished_at=old)
-    recent_done = Job.objects.create(**common, status=JobStatus.FAILED, finished_at=timezone.now())
-    old_queued = Job.objects.create(**common, status=JobStatus.QUEUED)
+    now = timezone.now()
+    later = now + timedelta(days=1)
+    expired = Job.objects.create(**common, status=JobStatus.SUCCEEDED, finished_at=now, expires_at=now)
+    old_done = Job.objects.create(
+        **common, status=JobStatus.SUCCEEDED, finished_at=now - timedelta(days=40), expires_at=later
+    )
+    recent_done = Job.objects.create(**common, status=JobStatus.FAILED, finished_at=now, expires_at=later)
+    old_queued = Job.objects.create(**common, status=JobStatus.QUEUED, created_at=now - timedelta(days=40))
+
+    call_command("purge_jobs")
+    assert "jobs_purged: 1," in capsys.readouterr().out
+    assert not Job.objects.filter(pk=expired.pk).exists() and Job.objects.filter(pk=old_done.pk).exists()
+
     call_command("purge_jobs", "--older-than", "30")
-    assert "deleted 1 job(s)" in capsys.readouterr().out
+    assert "finished_jobs_purged: 1," in capsys.readouterr().out
     assert set(Job.objects.values_list("pk", flat=True)) == {recent_done.pk, old_queued.pk}
-    assert not Job.objects.filter(pk=old_done.pk).exists()
+    assert JobTombstone.objects.filter(pk=old_done.pk, owner=user).exists()  # its URL answers 410
 
 
 @pytest.mark.django_db

@@ -44,9 +44,9 @@ def test_sigkilled_worker_job_is_requeued_then_completed(api: APIClient, start_w
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
     assert Job.objects.get(pk=job_id).status == JobStatus.RUNNING  # RQ alone would leave it so for minutes
-    assert jobs_reconcile() == {"requeued": 0, "failed": 0}  # within time_limit + grace: left alone
+    assert jobs_reconcile() == {"requeued": 0, "failed": 0, "canceled": 0}  # within time_limit + grace: left alone
 
-    wait_until(lambda: jobs_reconcile() == {"requeued": 1, "failed": 0}, timeout=10, interval=0.1)
+    wait_until(lambda: jobs_reconcile() == {"requeued": 1, "failed": 0, "canceled": 0}, timeout=10, interval=0.1)
     job = Job.objects.get(pk=job_id)
     assert job.status == JobStatus.QUEUED and job.attempts == 1
     [lost] = job.attempt_log  # the lost attempt is on record: which worker, from when until when
@@ -73,7 +73,7 @@ def test_job_past_its_attempts_fails_with_worker_lost(api: APIClient) -> None:
     Job.objects.filter(pk=job_id).update(
         status=JobStatus.RUNNING, attempts=1, started_at=Job.objects.get(pk=job_id).created_at
     )
-    wait_until(lambda: jobs_reconcile() == {"requeued": 0, "failed": 1}, timeout=5, interval=0.1)
+    wait_until(lambda: jobs_reconcile() == {"requeued": 0, "failed": 1, "canceled": 0}, timeout=5, interval=0.1)
     job = Job.objects.get(pk=job_id)
     assert job.status == JobStatus.FAILED and job.error_code == "worker_lost"
 
@@ -91,8 +91,8 @@ def test_redis_flushed_after_acceptance_loses_nothing(api: APIClient) -> None:
     redis.flushdb()  # FLUSHDB, not FLUSHALL: other Redis databases on this server are not ours
     resume(redis)
     assert queues.queue_depth() == 0
-    assert jobs_reconcile() == {"requeued": 3, "failed": 0}
-    assert jobs_reconcile() == {"requeued": 0, "failed": 0}  # idempotent: pending jobs are left alone
+    assert jobs_reconcile() == {"requeued": 3, "failed": 0, "canceled": 0}
+    assert jobs_reconcile() == {"requeued": 0, "failed": 0, "canceled": 0}  # idempotent: pending jobs are left alone
     run_worker_burst()
     assert set(Job.objects.filter(pk__in=ids).values_list("status", flat=True)) == {JobStatus.SUCCEEDED}
 

@@ -25,10 +25,10 @@ from accounts.models import User
 from credits.admin import RECENT_LEDGER_ENTRIES
 from credits.models import CreditAccount, EntryType, LedgerEntry
 from jobs.export import FIRST_CHUNK, export_chunks, export_jsonl, export_query
-from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus
+from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus, JobTombstone
 from jobs.selectors import job_list
 from jobs.serializers import JobSerializer
-from jobs.services import jobs_purge, jobs_reconcile
+from jobs.services import jobs_purge_expired, jobs_reconcile
 from jobs.webhooks import webhooks_reconcile
 from tests.conftest import auth_headers
 from tests.waiting import wait_until
@@ -215,24 +215,53 @@ def test_admin_reconciler_and_export_queries_use_indexes(staff_client: Client, u
 
 
 @pytest.mark.django_db
-def test_purge_deletes_in_committed_batches_with_progress_and_metric(
+def test_purge_deletes_in_committed_batches_bounded_per_run_with_metric(
     user: User, caplog: pytest.LogCaptureFixture
 ) -> None:
-    old = make_jobs(user, 25, age=timedelta(days=40), callback_url="http://127.0.0.1:9/h")
+    now = timezone.now()
+    old = make_jobs(user, 25, age=timedelta(days=40), expires_at=now - timedelta(days=1), callback_url="http://h/")
     CallbackAttempt.objects.bulk_create(CallbackAttempt(job=job, n=1) for job in old)
-    make_jobs(user, 3, age=timedelta(days=1))
+    make_jobs(user, 3, age=timedelta(days=1), expires_at=now + timedelta(days=6))
     make_jobs(user, 2, age=timedelta(days=40), status=JobStatus.QUEUED, finished_at=None)
     purged_before = REGISTRY.get_sample_value("jobsite_jobs_purged_total") or 0
 
     with caplog.at_level(logging.INFO, logger="jobs.services"):
-        deleted = jobs_purge(finished_before=timezone.now() - timedelta(days=30), batch_size=10)
+        first = jobs_purge_expired(batch_size=10, max_batches=2)  # bounded: two batches of ten, no more
 
-    assert deleted == 25
+    assert first["jobs_purged"] == 20 and Job.objects.count() == 10
+    assert "purge: 20 expired job(s) deleted" in caplog.text
+    assert jobs_purge_expired(batch_size=10, max_batches=2)["jobs_purged"] == 5  # the next run carries on
     assert Job.objects.count() == 5 and not CallbackAttempt.objects.exists()
-    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("purge:")]
-    assert [m.split(" job(s)")[0] for m in progress] == ["purge: 10", "purge: 20", "purge: 25"]
     assert REGISTRY.get_sample_value("jobsite_jobs_purged_total") - purged_before == 25
-    assert jobs_purge(finished_before=timezone.now() - timedelta(days=30)) == 0  # a rerun finds nothing left
+    assert JobTombstone.objects.filter(owner=user).count() == 25
+    assert jobs_purge_expired()["jobs_purged"] == 0  # a rerun finds nothing left
+
+
+@postgres_only
+@pytest.mark.django_db
+def test_purge_walks_its_index_without_scanning_the_table(staff_client: Client, user: User, other_user: User) -> None:
+    now = timezone.now()
+    make_jobs(other_user, 2000, age=timedelta(days=1), expires_at=now + timedelta(days=6))
+    make_jobs(user, 30, age=timedelta(days=10), expires_at=now - timedelta(days=3))
+    make_jobs(user, 3, status=JobStatus.RUNNING, finished_at=None, started_at=now)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+        cursor.execute("SET enable_seqscan = off")  # as above: a few pages would honestly be scanned
+        cursor.execute("SET enable_sort = off")
+    with CaptureQueriesContext(connection) as purge:
+        assert jobs_purge_expired(batch_size=10)["jobs_purged"] == 30
+    plans = _plans_of(purge.captured_queries, "jobs_job")
+    walks = [plan for plan in plans if "job_expires_id" in plan]
+    assert walks, plans
+    for plan in plans:
+        assert "Seq Scan on jobs_job" not in plan and not re.search(r"(^|->  )Sort ", plan, re.M), plan
+    make_jobs(user, 5, age=timedelta(days=10), expires_at=now - timedelta(days=3))
+    with CaptureQueriesContext(connection) as admin_page:
+        assert staff_client.get("/admin/jobs/job/?retention=awaiting_purge").status_code == 200
+    admin_plans = _plans_of(admin_page.captured_queries, "jobs_job")
+    assert any("job_expires_id" in plan for plan in admin_plans), admin_plans
+    for plan in admin_plans:
+        assert "Seq Scan on jobs_job" not in plan and not re.search(r"(^|->  )Sort ", plan, re.M), plan
 
 
 @pytest.mark.django_db
@@ -242,7 +271,8 @@ def test_reconciler_walks_every_page_of_a_backlog(user: User, monkeypatch: pytes
     long_ago = timezone.now() - timedelta(hours=1)
     make_jobs(user, 5, age=timedelta(hours=1), status=JobStatus.QUEUED, finished_at=None)
     make_jobs(user, 5, status=JobStatus.RUNNING, finished_at=None, started_at=long_ago)
-    assert jobs_reconcile() == {"requeued": 5, "failed": 5}
+    make_jobs(user, 5, age=timedelta(hours=1), status=JobStatus.CANCELING, finished_at=None, started_at=long_ago)
+    assert jobs_reconcile() == {"requeued": 5, "failed": 5, "canceled": 5}
 
 
 # --- API filters -------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
             ssrf.guarded_stream("GET", params["url"], headers=REQUEST_HEADERS, timeout=timeout, auth=watch) as response,
         ):
             for chunk in response.iter_bytes():
+                deadline.check()  # a cancel (jobs.stop) is seen between chunks
                 size += len(chunk)
                 if size > settings.FETCH_MAX_BYTES:
                     raise KindError(

@@ -91,7 +91,8 @@ class Client:
         return self._drive(protocol.get(job_id))
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel a queued job (its credits are refunded); `Conflict` when it is no longer cancellable."""
+        """Cancel a queued job (`canceled`, its credits refunded) or ask a running async one to stop (`canceling`,
+        then `canceled` at its worker's next check; not refunded); `Conflict` when it is final or a sync job."""
         return self._drive(protocol.cancel(job_id))
 
     def wait(self, job_id: str, timeout: float = 60.0, *, poll_interval: float = protocol.POLL_INTERVAL) -> Job:

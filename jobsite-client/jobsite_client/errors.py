@@ -58,6 +58,11 @@ class NotFound(APIError):
     """404 `not_found`: no such job (another user's job too), or no such route."""
 
 
+class JobExpired(NotFound):
+    """410 `job_expired`: the job passed its retention and was deleted with its results (its owner's view;
+    anyone else gets `NotFound`). A subclass of `NotFound`: code that handles a missing job handles this."""
+
+
 class Conflict(APIError):
     """409: the request conflicts with the resource's state (`not_cancellable`)."""
 
@@ -107,6 +112,7 @@ ERROR_CLASSES: dict[str, type[APIError]] = {
     "csrf_failed": PermissionDenied,
     "insufficient_credits": InsufficientCredits,
     "not_found": NotFound,
+    "job_expired": JobExpired,
     "not_cancellable": Conflict,
     "idempotency_in_flight": IdempotencyError,
     "idempotency_key_reused": IdempotencyError,
@@ -125,6 +131,7 @@ STATUS_CLASSES: dict[int, type[APIError]] = {
     403: PermissionDenied,
     404: NotFound,
     409: Conflict,
+    410: JobExpired,
     429: RateLimited,
     503: ServiceUnavailable,
 }

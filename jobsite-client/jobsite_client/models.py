@@ -138,11 +138,13 @@ class Job:
     finished_at: datetime | None
     queue_wait_ms: int | None
     run_ms: int | None
+    expires_at: datetime | None
+    """When the job and its results are deleted (set once final); its URL then answers 410 (`JobExpired`)."""
     callback: Callback
 
     @property
     def finished(self) -> bool:
-        """True once the job is succeeded, failed or canceled."""
+        """True once the job is succeeded, failed or canceled (`canceling` is not final: it is being stopped)."""
         return self.status in FINAL_STATUSES
 
 
