@@ -5,7 +5,7 @@ from django.http import HttpRequest
 from accounts.requests import StaffHttpRequest
 from jobs.forms import KindSettingsForm
 from jobs.kinds import KINDS
-from jobs.models import CallbackAttempt, CallbackStatus, Job, JobStatus, KindSettings, WebhookSecret
+from jobs.models import HELD_STATUSES, CallbackAttempt, CallbackStatus, Job, JobStatus, KindSettings, WebhookSecret
 from jobs.services import job_cancel, job_requeue
 from jobs.webhooks import webhook_delivery_restart
 from jobsite.admin import PolicyAdmin, ScaleAdmin
@@ -90,13 +90,13 @@ class JobAdmin(ScaleAdmin):
         requeued = sum(job_requeue(job_id=job.pk) for job in queryset.filter(status=JobStatus.FAILED))
         self.message_user(request, f"Requeued {requeued} failed job(s).", messages.SUCCESS)
 
-    @admin.action(description="Cancel selected queued jobs")
+    @admin.action(description="Cancel selected queued, scheduled or waiting jobs")
     def cancel_queued(self, request: StaffHttpRequest, queryset: QuerySet[Job]) -> None:
         canceled = 0
-        for job in queryset.filter(status=JobStatus.QUEUED):
+        for job in queryset.filter(status__in=[JobStatus.QUEUED, *HELD_STATUSES]):
             job_cancel(user=request.user, job_id=job.pk)
             canceled += 1
-        self.message_user(request, f"Canceled {canceled} queued job(s).", messages.SUCCESS)
+        self.message_user(request, f"Canceled {canceled} queued or held job(s).", messages.SUCCESS)
 
     @admin.action(description="Redeliver the webhook of selected finished jobs")
     def redeliver_webhook(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:

@@ -25,6 +25,7 @@ from jobs.circuit import CircuitState, circuit_acquire, circuit_record, circuit_
 from jobs.concurrency import concurrency_release
 from jobs.deadline import Deadline, DeadlineExceeded
 from jobs.encryption import open_input, seal_result
+from jobs.holding import Settled, job_dependents_settle, job_settle
 from jobs.kind_settings import get_kind_settings
 from jobs.kinds import KINDS, KindError, RunContext
 from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
@@ -143,7 +144,12 @@ def job_finish(
         "queue_wait_ms": job.queue_wait_ms,
     }
     with transaction.atomic():
-        finished = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(**outcome)
+        owned = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts)
+        # The flag is matched, not trusted: a dependent added since the claim fails the first UPDATE and the
+        # second tells us (the flag is never cleared), so no dependent is left waiting. Usually one UPDATE.
+        finished = (owned if job.has_dependents else owned.filter(has_dependents=False)).update(**outcome)
+        if not finished and not job.has_dependents and owned.update(**outcome):
+            finished, job.has_dependents = 1, True
         if finished:
             for name, value in outcome.items():  # the row now holds exactly these: no need to read it back
                 setattr(job, name, value)
@@ -162,6 +168,19 @@ def job_on_final(job: Job) -> None:
     if job.callback_status == CallbackStatus.PENDING and not _WORKER_DELIVERS_FIRST.get():
         retries = get_kind_settings(job.kind).callback_retries
         transaction.on_commit(partial(queues.enqueue_webhook_or_defer, job.pk, n=1, retries_left=retries))
+    if job.has_dependents:
+        transaction.on_commit(partial(_dependents_settle, job.pk))
+
+
+def _dependents_settle(job_id: UUID) -> None:
+    # Not this worker's first-delivery duty: the dependents' webhooks go by the callbacks queue.
+    with _worker_delivers_first(False):
+        job_dependents_settle(job_id=job_id, finalize=job_on_final)
+
+
+def job_held_settle(*, job_id: UUID, retry_when_full: bool = True) -> Settled:
+    """Move a held (scheduled or waiting) job on as far as its conditions allow (jobs.holding.job_settle)."""
+    return job_settle(job_id=job_id, finalize=job_on_final, retry_when_full=retry_when_full)
 
 
 _WORKER_DELIVERS_FIRST: ContextVar[bool] = ContextVar("worker_delivers_first", default=False)

@@ -1,6 +1,7 @@
 """Writes of jobs: submission, execution, cancellation and reconciliation."""
 
 import logging
+from collections import Counter
 from datetime import datetime, timedelta
 from functools import partial
 from itertools import chain
@@ -13,9 +14,11 @@ from django.utils import timezone
 from accounts.models import User
 from jobs import metrics, queues
 from jobs.concurrency import concurrency_release, concurrency_retake
-from jobs.execution import attempt_log_with, job_finish, job_on_final
+from jobs.dependencies import waiting_jobs_settleable
+from jobs.execution import attempt_log_with, job_finish, job_held_settle, job_on_final
+from jobs.holding import Settled
 from jobs.kind_settings import get_kind_settings
-from jobs.models import FINAL_STATUSES, Job, JobMode, JobStatus
+from jobs.models import FINAL_STATUSES, HELD_STATUSES, Job, JobMode, JobStatus
 from jobs.selectors import job_get
 from jobsite.db import keyset_batches
 from jobsite.errors import (
@@ -28,19 +31,30 @@ logger = logging.getLogger(__name__)
 
 @transaction.atomic
 def job_cancel(*, user: User, job_id: UUID) -> Job:
-    """Cancel a queued job of the user's; running and finished jobs cannot be canceled."""
+    """Cancel a queued or held (scheduled, waiting) job of the user's; running and finished jobs cannot be."""
     job = job_get(user=user, job_id=job_id)
     if job is None:
         raise NotFound("No such job.")
-    canceled = Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
-        status=JobStatus.CANCELED, finished_at=timezone.now()
+    # The status read first, then queued: a held job may have been released since the read.
+    candidates = (job.status, JobStatus.QUEUED) if job.status in HELD_STATUSES else (JobStatus.QUEUED,)
+    now = timezone.now()
+    canceled_from = next(
+        (
+            status
+            for status in candidates
+            if Job.objects.filter(pk=job.pk, status=status).update(status=JobStatus.CANCELED, finished_at=now)
+        ),
+        None,
     )
-    if not canceled:
-        raise NotCancellable(f"The job is {job.status}; only queued jobs can be canceled.")
+    if canceled_from is None:
+        raise NotCancellable(f"The job is {job.status}; only queued, scheduled or waiting jobs can be canceled.")
     job.refresh_from_db()
-    concurrency_release(job)
+    if canceled_from == JobStatus.QUEUED:  # a held job took no slot
+        concurrency_release(job)
+        transaction.on_commit(partial(queues.discard_job, job.pk))
+    elif canceled_from == JobStatus.SCHEDULED:
+        transaction.on_commit(partial(queues.discard_release, job.pk))
     job_on_final(job)
-    transaction.on_commit(partial(queues.discard_job, job.pk))
     return job
 
 
@@ -114,6 +128,29 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
             report[outcome] += 1
     if any(report.values()):
         logger.warning("reconciler: %s", report)
+    return report
+
+
+def held_jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
+    """Settle held jobs whose release Redis lost or a crash cut short; safe anywhere, any number of times.
+
+    Scheduled jobs due for longer than RECONCILE_QUEUED_GRACE (RQ's scheduler releases them within 2 s), and
+    waiting jobs whose dependencies are all final or include a failure they do not allow.
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.RECONCILE_QUEUED_GRACE)
+    due = Job.objects.filter(status=JobStatus.SCHEDULED, run_at__lt=cutoff).only("id", "run_at")
+    settleable = waiting_jobs_settleable().only("id", "created_at")
+    outcomes = Counter(
+        job_held_settle(job_id=job.pk, retry_when_full=False)  # the next pass is the retry
+        for job in chain(
+            chain.from_iterable(keyset_batches(due, field="run_at", size=RECONCILE_BATCH)),
+            chain.from_iterable(keyset_batches(settleable, field="created_at", size=RECONCILE_BATCH)),
+        )
+    )
+    report = {"released": outcomes[Settled.RELEASED], "dependency_failed": outcomes[Settled.FAILED]}
+    if any(report.values()):
+        logger.warning("reconciler: held jobs %s", report)
     return report
 
 

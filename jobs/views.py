@@ -64,6 +64,9 @@ class JobSubmitView(EndpointView):
             params=envelope.validated_data["input"],
             mode=self.mode,
             callback_url=envelope.validated_data.get("callback_url", ""),
+            run_at=envelope.validated_data.get("run_at"),
+            depends_on=envelope.validated_data.get("depends_on", ()),
+            allow_dependency_failure=envelope.validated_data.get("allow_dependency_failure", False),
         )
         return idempotent_response(
             request=request,
@@ -93,7 +96,7 @@ class JobSyncView(JobSubmitView):
 @extend_schema_view(
     post=extend_schema(
         operation_id="jobs_async",
-        summary="Queue a job; poll its Location or receive a signed webhook",
+        summary="Queue a job (or hold it: run_at, depends_on); poll its Location or receive a signed webhook",
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
         request=job_request_schema(JobMode.ASYNC),
         responses={202: JobSerializer, **problems(*SUBMIT_STATUSES)},
@@ -173,7 +176,7 @@ class JobCancelView(EndpointView):
 
     @extend_schema(
         operation_id="jobs_cancel",
-        summary="Cancel a queued job (credits refunded)",
+        summary="Cancel a queued, scheduled or waiting job (credits refunded)",
         request=None,
         responses={200: JobSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES, 404, 409)},
     )
