@@ -184,6 +184,9 @@ def _job(status: str) -> dict[str, Any]:
         "finished_at": None,
         "queue_wait_ms": None,
         "run_ms": None,
+        "run_at": None,
+        "depends_on": [],
+        "allow_dependency_failure": False,
         "callback": {"url": "", "status": "none", "attempts": []},
         "a_member_from_a_newer_service": True,
     }

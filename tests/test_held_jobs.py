@@ -5,6 +5,7 @@ release at run_at, a dependency finishing in a worker); in-process where a step 
 release, a full cap at the moment of release, a dependency finishing while a dependent is submitted).
 """
 
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,7 +31,7 @@ from jobs.tasks import reconcile
 from jobsite.errors import InvalidInput
 from jobsite.redis import get_redis
 from tests.access_helpers import set_policy
-from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst
+from tests.conftest import ROOT, LocalHTTPServer, auth_headers, respond, run_worker_burst
 from tests.job_helpers import assert_ledger_explains_balance, kind_settings
 from tests.waiting import wait_until
 
@@ -343,3 +344,21 @@ def test_compat_reads_show_held_api_jobs_as_pending(api: APIClient) -> None:
     listed = api.get("/requests", {"limit": 5})
     assert listed.status_code == 200
     assert [item["status"] for item in listed.json()["requests"] if item["request_id"] == job["id"]] == ["pending"]
+
+
+@pytest.mark.slow
+def test_the_client_schedules_chains_and_cancels(server_url: str, user: User, start_worker) -> None:
+    sys.path.insert(0, str(ROOT / "jobsite-client"))  # until requirements-dev installs ./jobsite-client
+    import jobsite_client as jc
+
+    key = auth_headers(user)["Authorization"].removeprefix("Bearer ")
+    with jc.Client(server_url, key, timeout=30) as client:
+        later = client.submit("hash", HASH["input"], run_at=datetime.now(UTC) + timedelta(hours=1))
+        assert later.status == "scheduled" and later.run_at is not None and not later.finished
+        after = client.submit("hash", HASH["input"], depends_on=[later.id], allow_dependency_failure=True)
+        assert (after.status, after.depends_on, after.allow_dependency_failure) == ("waiting", [later.id], True)
+        assert client.cancel(later.id).status == "canceled"
+        start_worker()
+        assert client.wait(after.id, timeout=20).status == "succeeded"
+        with pytest.raises(ValueError, match="timezone-aware"):
+            client.submit("hash", HASH["input"], run_at=datetime.now())

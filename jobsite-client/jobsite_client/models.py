@@ -120,7 +120,8 @@ class AttemptLogEntry:
 
 @dataclass(frozen=True)
 class Job:
-    """A job as the API shows it (sensitive input fields masked)."""
+    """A job as the API shows it (sensitive input fields masked). `scheduled` (until `run_at`) and `waiting` (for
+    the jobs of `depends_on`) are held: accepted and charged, not queued yet."""
 
     id: str
     kind: str
@@ -138,6 +139,9 @@ class Job:
     finished_at: datetime | None
     queue_wait_ms: int | None
     run_ms: int | None
+    run_at: datetime | None
+    depends_on: list[str]
+    allow_dependency_failure: bool
     callback: Callback
 
     @property
