@@ -5,7 +5,16 @@ from django.http import HttpRequest
 from accounts.requests import StaffHttpRequest
 from jobs.forms import KindSettingsForm
 from jobs.kinds import KINDS
-from jobs.models import HELD_STATUSES, CallbackAttempt, CallbackStatus, Job, JobStatus, KindSettings, WebhookSecret
+from jobs.models import (
+    HELD_STATUSES,
+    CallbackAttempt,
+    CallbackStatus,
+    Job,
+    JobDependency,
+    JobStatus,
+    KindSettings,
+    WebhookSecret,
+)
 from jobs.services import job_cancel, job_requeue
 from jobs.webhooks import webhook_delivery_restart
 from jobsite.admin import PolicyAdmin, ScaleAdmin
@@ -19,6 +28,23 @@ class CallbackAttemptInline(admin.TabularInline):
     extra = 0
     can_delete = False
     readonly_fields = ["n", "at", "status_code", "error", "duration_ms"]
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class JobDependencyInline(admin.TabularInline):
+    """The jobs this one waits for (its depends_on), as links."""
+
+    model = JobDependency
+    fk_name = "job"
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ("depends_on",)
+    verbose_name_plural = "waits for"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[JobDependency]:
+        return super().get_queryset(request).select_related("depends_on")  # each row shows its job: one query
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
@@ -60,7 +86,7 @@ class JobAdmin(ScaleAdmin):
     search_help_text = "A job id or its first hex digits (at least 4), or a username or its beginning."
     id_search_field = "id"
     username_search_field = "owner__username"
-    inlines = [CallbackAttemptInline]
+    inlines = [CallbackAttemptInline, JobDependencyInline]
     actions = ["requeue_failed", "cancel_queued", "redeliver_webhook"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Job | None = None) -> list[str]:

@@ -71,8 +71,9 @@ def job_dependencies_add(*, job: Job, depends_on: Sequence[UUID]) -> None:
         raise _invalid("The dependencies would form a cycle: a job would wait for itself.")
     Job.objects.filter(pk__in=ids, has_dependents=False).update(has_dependents=True)
     JobDependency.objects.bulk_create([JobDependency(job_id=job.pk, depends_on_id=pk) for pk in ids])
-    job.depends_on = [str(pk) for pk in ids]
-    Job.objects.filter(pk=job.pk).update(depends_on=job.depends_on)
+    if job.depends_on != (listed := [str(pk) for pk in ids]):  # a submission records them with the job
+        job.depends_on = listed
+        Job.objects.filter(pk=job.pk).update(depends_on=listed)
 
 
 def _dependents_reach(start: UUID, targets: set[UUID]) -> bool:

@@ -150,6 +150,7 @@ def _job_create(request: _JobRequest, **state: Any) -> Job:
         trace_context=inject_context(),
         client_ip=request.client_ip,
         run_at=request.run_at,
+        depends_on=[str(pk) for pk in request.depends_on],
         allow_dependency_failure=request.allow_dependency_failure,
         **state,
     )

@@ -362,3 +362,21 @@ def test_the_client_schedules_chains_and_cancels(server_url: str, user: User, st
         assert client.wait(after.id, timeout=20).status == "succeeded"
         with pytest.raises(ValueError, match="timezone-aware"):
             client.submit("hash", HASH["input"], run_at=datetime.now())
+
+
+# --- Query budgets (as tests/test_query_budget.py counts them: BEGIN and COMMIT included) ----------------------
+
+SCHEDULED_ACK = 5
+"""BEGIN, INSERT job, UPDATE account (charge), INSERT ledger entry, COMMIT: no cap, queue room or cache lookup."""
+WAITING_ACK = 10
+"""BEGIN, INSERT job, SELECT ... FOR UPDATE its dependencies, UPDATE their has_dependents, INSERT the edges, the
+charge (2), COMMIT; then settling it reads the job and its dependencies' statuses (2)."""
+
+
+def test_held_submissions_stay_within_their_budgets(api: APIClient, django_assert_max_num_queries: Any) -> None:
+    api.post("/api/v1/jobs/async/", {**HASH, "run_at": _in(600)}, format="json")  # fills the per-process caches
+    with django_assert_max_num_queries(SCHEDULED_ACK):
+        first = api.post("/api/v1/jobs/async/", {**HASH, "run_at": _in(600)}, format="json").json()
+    with django_assert_max_num_queries(WAITING_ACK):
+        waiting = api.post("/api/v1/jobs/async/", {**HASH, "depends_on": [first["id"]]}, format="json").json()
+    assert (first["status"], waiting["status"]) == ("scheduled", "waiting")
