@@ -1,3 +1,4 @@
+import contextlib
 from datetime import datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -57,8 +58,9 @@ class OffsetDateTimeField(serializers.DateTimeField):
     default_error_messages = {"naive": "Give the UTC offset (RFC 3339), e.g. 2030-01-01T12:00:00Z."}
 
     def to_internal_value(self, value: Any) -> datetime:
-        if isinstance(value, str) and (parsed := parse_datetime(value)) is not None and parsed.tzinfo is None:
-            self.fail("naive")
+        with contextlib.suppress(ValueError):  # well-formed but impossible (month 13): DRF's own "invalid" below
+            if isinstance(value, str) and (parsed := parse_datetime(value)) is not None and parsed.tzinfo is None:
+                self.fail("naive")
         return super().to_internal_value(value)
 
 

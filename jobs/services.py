@@ -110,8 +110,10 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     report = {"requeued": 0, "failed": 0}
     queued_cutoff = now - timedelta(seconds=settings.RECONCILE_QUEUED_GRACE)
     stale_queued = Job.objects.filter(status=JobStatus.QUEUED, mode=JobMode.ASYNC, created_at__lt=queued_cutoff)
-    stale_queued = stale_queued.only("id", "kind", "trace_context", "created_at")
+    stale_queued = stale_queued.only("id", "kind", "trace_context", "created_at", "queued_at")
     for job in chain.from_iterable(keyset_batches(stale_queued, field="created_at", size=RECONCILE_BATCH)):
+        if job.queued_at and job.queued_at >= queued_cutoff:
+            continue  # back on the queue (a held job released, a retry) within the grace: its RQ job is on its way
         if not queues.is_pending_in_rq(job.pk):
             time_limit = get_kind_settings(job.kind).time_limit
             queues.enqueue_job(job.pk, time_limit=time_limit, trace_context=job.trace_context)
