@@ -38,14 +38,11 @@ def job_cancel(*, user: User, job_id: UUID) -> Job:
     # The status read first, then queued: a held job may have been released since the read.
     candidates = (job.status, JobStatus.QUEUED) if job.status in HELD_STATUSES else (JobStatus.QUEUED,)
     now = timezone.now()
-    canceled_from = next(
-        (
-            status
-            for status in candidates
-            if Job.objects.filter(pk=job.pk, status=status).update(status=JobStatus.CANCELED, finished_at=now)
-        ),
-        None,
-    )
+    canceled_from = None
+    for status in candidates:
+        if Job.objects.filter(pk=job.pk, status=status).update(status=JobStatus.CANCELED, finished_at=now):
+            canceled_from = status
+            break
     if canceled_from is None:
         raise NotCancellable(f"The job is {job.status}; only queued, scheduled or waiting jobs can be canceled.")
     job.refresh_from_db()
