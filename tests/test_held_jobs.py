@@ -33,6 +33,7 @@ from jobsite.redis import get_redis
 from tests.access_helpers import set_policy
 from tests.conftest import ROOT, LocalHTTPServer, auth_headers, respond, run_worker_burst
 from tests.job_helpers import assert_ledger_explains_balance, kind_settings
+from tests.traffic_http import fire_concurrently
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)  # on_commit enqueues must run
@@ -380,3 +381,31 @@ def test_held_submissions_stay_within_their_budgets(api: APIClient, django_asser
     with django_assert_max_num_queries(WAITING_ACK):
         waiting = api.post("/api/v1/jobs/async/", {**HASH, "depends_on": [first["id"]]}, format="json").json()
     assert (first["status"], waiting["status"]) == ("scheduled", "waiting")
+
+
+@pytest.mark.slow
+def test_dependents_submitted_while_their_dependency_fails_all_fail_refunded(server_url: str, user: User) -> None:
+    """Submissions lock the dependency before the charge, as its finish locks its row before the refund: run
+    together (PostgreSQL's row locks) they neither deadlock nor lose a dependent, whichever commits first."""
+    headers = auth_headers(user)
+    a = Job.objects.get(pk=httpx.post(f"{server_url}/api/v1/jobs/async/", json=HASH, headers=headers).json()["id"])
+    running = job_claim(a.pk)
+    assert running is not None
+    before = credit_balance(user=user)
+
+    def send(client: httpx.Client, index: int) -> httpx.Response:
+        if index == 0:
+            job_finish(running, status=JobStatus.FAILED, error_code="upstream_error", error_message="down")
+            return httpx.Response(202, json={"id": str(a.pk)})
+        return client.post(
+            f"{server_url}/api/v1/jobs/async/", json={**HASH, "depends_on": [str(a.pk)]}, headers=headers
+        )
+
+    responses = fire_concurrently(21, send)
+    assert [response.status_code for response in responses] == [202] * 21
+    dependents = [response.json()["id"] for response in responses[1:]]
+    wait_until(lambda: not Job.objects.filter(pk__in=dependents, status=JobStatus.WAITING).exists(), timeout=10)
+    outcomes = set(Job.objects.filter(pk__in=dependents).values_list("status", "error_code"))
+    assert outcomes == {(JobStatus.FAILED, "dependency_failed")}
+    assert credit_balance(user=user) == before + a.cost  # a refunded, every dependent charged and refunded
+    assert_ledger_explains_balance(user)
