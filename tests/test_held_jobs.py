@@ -5,10 +5,11 @@ release at run_at, a dependency finishing in a worker); in-process where a step 
 release, a full cap at the moment of release, a dependency finishing while a dependent is submitted).
 """
 
+import json
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -409,3 +410,16 @@ def test_dependents_submitted_while_their_dependency_fails_all_fail_refunded(ser
     assert outcomes == {(JobStatus.FAILED, "dependency_failed")}
     assert credit_balance(user=user) == before + a.cost  # a refunded, every dependent charged and refunded
     assert_ledger_explains_balance(user)
+
+
+def test_the_export_shows_held_jobs_as_the_api_does(api: APIClient, user: User) -> None:
+    first = api.post("/api/v1/jobs/async/", {**HASH, "run_at": _in(600)}, format="json").json()
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=500000)
+    at_plus_two = tomorrow.astimezone(timezone(timedelta(hours=2))).isoformat()
+    second = api.post("/api/v1/jobs/async/", {**HASH, "run_at": at_plus_two}, format="json").json()
+    api.post("/api/v1/jobs/async/", {**HASH, "depends_on": [first["id"], second["id"]]}, format="json")
+    exported = [json.loads(line) for line in api.get("/api/v1/jobs/export/").getvalue().decode().splitlines()]
+    assert exported == api.get("/api/v1/jobs/").json()["results"]
+    assert exported[0]["depends_on"] == [first["id"], second["id"]] and exported[1]["run_at"] == tomorrow.strftime(
+        "%Y-%m-%dT%H:%M:%S.500000Z"
+    )
