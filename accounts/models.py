@@ -206,6 +206,11 @@ class EndpointPolicy(models.Model):
     queue_max_depth = models.PositiveIntegerField(
         "max queue depth", default=10000, help_text="Async submissions answer 503 queue_full beyond this many queued."
     )
+    max_schedule_ahead = models.PositiveIntegerField(
+        "max schedule ahead (s)",
+        default=604800,
+        help_text="Seconds ahead an async job's run_at may be (default 7 days); 0: run_at only now or in the past.",
+    )
     idempotency_ttl = models.PositiveIntegerField(
         "idempotency TTL (s)", default=86400, help_text="Seconds an Idempotency-Key replays its first response."
     )

@@ -380,10 +380,11 @@ def purge() -> dict[str, object]:
 
 RECONCILE_SCRIPT = """
 import json, time
-from jobs.services import jobs_reconcile
+from jobs.services import held_jobs_reconcile, jobs_reconcile
 from jobs.webhooks import webhooks_reconcile
 out = {}
-for name, run in (("jobs_reconcile", jobs_reconcile), ("webhooks_reconcile", webhooks_reconcile)):
+runs = (("jobs_reconcile", jobs_reconcile), ("held_jobs_reconcile", held_jobs_reconcile), ("webhooks_reconcile", webhooks_reconcile))
+for name, run in runs:
     times = []
     for _ in range(5):
         t0 = time.perf_counter(); report = run(); times.append((time.perf_counter() - t0) * 1000)

@@ -9,9 +9,11 @@ from accounts.requests import StaffHttpRequest
 from jobs.forms import KindSettingsForm
 from jobs.kinds import KINDS
 from jobs.models import (
+    HELD_STATUSES,
     CallbackAttempt,
     CallbackStatus,
     Job,
+    JobDependency,
     JobMode,
     JobStatus,
     JobTombstone,
@@ -33,6 +35,23 @@ class CallbackAttemptInline(admin.TabularInline):
     extra = 0
     can_delete = False
     readonly_fields = ["n", "at", "status_code", "error", "duration_ms"]
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class JobDependencyInline(admin.TabularInline):
+    """The jobs this one waits for (its depends_on), as links."""
+
+    model = JobDependency
+    fk_name = "job"
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ("depends_on",)
+    verbose_name_plural = "waits for"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[JobDependency]:
+        return super().get_queryset(request).select_related("depends_on")  # each row shows its job: one query
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
@@ -89,7 +108,7 @@ class JobAdmin(ScaleAdmin):
     search_help_text = "A job id or its first hex digits (at least 4), or a username or its beginning."
     id_search_field = "id"
     username_search_field = "owner__username"
-    inlines = [CallbackAttemptInline]
+    inlines = [CallbackAttemptInline, JobDependencyInline]
     actions = ["requeue_failed", "cancel_jobs", "redeliver_webhook"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Job | None = None) -> list[str]:
@@ -127,9 +146,9 @@ class JobAdmin(ScaleAdmin):
         requeued = sum(job_requeue(job_id=job.pk) for job in queryset.filter(status=JobStatus.FAILED))
         self.message_user(request, f"Requeued {requeued} failed job(s).", messages.SUCCESS)
 
-    @admin.action(description="Cancel selected queued jobs, stop selected running async ones")
+    @admin.action(description="Cancel selected queued or held jobs, stop selected running async ones")
     def cancel_jobs(self, request: StaffHttpRequest, queryset: QuerySet[Job]) -> None:
-        cancelable = queryset.filter(status=JobStatus.QUEUED) | queryset.filter(
+        cancelable = queryset.filter(status__in=[JobStatus.QUEUED, *HELD_STATUSES]) | queryset.filter(
             status=JobStatus.RUNNING, mode=JobMode.ASYNC
         )
         outcomes = []
@@ -137,7 +156,9 @@ class JobAdmin(ScaleAdmin):
             with contextlib.suppress(NotCancellable):  # it finished meanwhile
                 outcomes.append(job_cancel(user=request.user, job_id=job.pk).status)
         canceled, canceling = outcomes.count(JobStatus.CANCELED), outcomes.count(JobStatus.CANCELING)
-        self.message_user(request, f"Canceled {canceled} queued job(s), stopping {canceling}.", messages.SUCCESS)
+        self.message_user(
+            request, f"Canceled {canceled} queued or held job(s), stopping {canceling}.", messages.SUCCESS
+        )
 
     @admin.action(description="Redeliver the webhook of selected finished jobs")
     def redeliver_webhook(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:

@@ -53,6 +53,9 @@ COMPAT_STATUSES = tuple(422 if status == 400 else status for status in GATE_STAT
 """The compatible routes answer 422 where the API answers 400."""
 
 STATUS_NAMES: dict[str, str] = {
+    # An own API job held (run_at, depends_on) reads as the original's pending; compat jobs are never held.
+    JobStatus.SCHEDULED: "pending",
+    JobStatus.WAITING: "pending",
     JobStatus.QUEUED: "pending",
     JobStatus.RUNNING: "processing",
     JobStatus.CANCELING: "processing",  # the original backend had no such state: still running to it
@@ -157,7 +160,7 @@ class CompatRequestSerializer(_CompatOutcomeSerializer):
     completed_at = serializers.DateTimeField(source="finished_at", allow_null=True)
     processing_time_ms = serializers.IntegerField(source="run_ms", allow_null=True)
 
-    @extend_schema_field(serializers.ChoiceField(choices=sorted(STATUS_NAMES.values())))
+    @extend_schema_field(serializers.ChoiceField(choices=sorted(set(STATUS_NAMES.values()))))
     def get_status(self, job: Job) -> str:
         return STATUS_NAMES[job.status]
 

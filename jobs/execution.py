@@ -12,7 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rq import Retry
@@ -25,6 +25,7 @@ from jobs.circuit import CircuitState, circuit_acquire, circuit_record, circuit_
 from jobs.concurrency import concurrency_release
 from jobs.deadline import Deadline, DeadlineExceeded, StopRequested
 from jobs.encryption import open_input, seal_result
+from jobs.holding import Settled, job_dependents_settle, job_settle
 from jobs.kind_settings import get_kind_settings, job_expiry
 from jobs.kinds import KINDS, KindError, RunContext
 from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
@@ -149,17 +150,27 @@ def job_finish(
     owned = Job.objects.filter(pk=job.pk, attempts=job.attempts)
     with transaction.atomic():
         # One statement on the usual path; the second only when the first found the job no longer running.
-        finished = status != JobStatus.CANCELED and owned.filter(status=JobStatus.RUNNING).update(**outcome)
+        running, canceling = owned.filter(status=JobStatus.RUNNING), owned.filter(status=JobStatus.CANCELING)
+        finished = status != JobStatus.CANCELED and _outcome_write(job, running, outcome)
         if not finished and job.mode == JobMode.ASYNC:
             if status != JobStatus.SUCCEEDED:
                 outcome.update(status=JobStatus.CANCELED, result=None, error_code="", error_message="")
-            finished = owned.filter(status=JobStatus.CANCELING).update(**outcome)
+            finished = _outcome_write(job, canceling, outcome)
         if finished:
             for name, value in outcome.items():  # the row now holds exactly these: no need to read it back
                 setattr(job, name, value)
             concurrency_release(job)
             job_on_final(job)
     return bool(finished)
+
+
+def _outcome_write(job: Job, rows: QuerySet[Job], outcome: dict[str, Any]) -> int:
+    # The flag is matched, not trusted: a dependent added since the claim fails the first UPDATE and the
+    # second tells us (the flag is never cleared), so no dependent is left waiting. Usually one UPDATE.
+    written = (rows if job.has_dependents else rows.filter(has_dependents=False)).update(**outcome)
+    if not written and not job.has_dependents and rows.update(**outcome):
+        written, job.has_dependents = 1, True
+    return written
 
 
 def job_on_final(job: Job) -> None:
@@ -172,6 +183,19 @@ def job_on_final(job: Job) -> None:
     if job.callback_status == CallbackStatus.PENDING and not _WORKER_DELIVERS_FIRST.get():
         retries = get_kind_settings(job.kind).callback_retries
         transaction.on_commit(partial(queues.enqueue_webhook_or_defer, job.pk, n=1, retries_left=retries))
+    if job.has_dependents:
+        transaction.on_commit(partial(_dependents_settle, job.pk))
+
+
+def _dependents_settle(job_id: UUID) -> None:
+    # Not this worker's first-delivery duty: the dependents' webhooks go by the callbacks queue.
+    with _worker_delivers_first(False):
+        job_dependents_settle(job_id=job_id, finalize=job_on_final)
+
+
+def job_held_settle(*, job_id: UUID, retry_when_full: bool = True) -> Settled:
+    """Move a held (scheduled or waiting) job on as far as its conditions allow (jobs.holding.job_settle)."""
+    return job_settle(job_id=job_id, finalize=job_on_final, retry_when_full=retry_when_full)
 
 
 _WORKER_DELIVERS_FIRST: ContextVar[bool] = ContextVar("worker_delivers_first", default=False)

@@ -97,13 +97,16 @@ EXPORT_COLUMNS: list[str | Combinable] = [
     "queue_wait_ms",
     "run_ms",
     UtcText("expires_at"),
+    UtcText("run_at"),
+    Cast("depends_on", TextField()),
+    "allow_dependency_failure",
     "callback_url",
     "callback_status",
     _callback_attempts(),
 ]
 """What the export reads of a job, in tuple order: only the columns it writes, its webhook attempts included."""
 NO_ATTEMPTS = "[]"
-"""attempt_log of nearly every job, read as text: parsing it costs as much as the rest of the row's JSON."""
+"""attempt_log (and depends_on) of nearly every job, read as text: parsing it costs as much as the rest of the row."""
 _KIND = EXPORT_COLUMNS.index("kind")
 ATTEMPT_FIELDS = ["n", "at", "status_code", "error", "duration_ms"]
 
@@ -167,6 +170,9 @@ def _row(values: tuple[Any, ...], mask: Callable[[dict[str, Any]], dict[str, Any
         queue_wait_ms,
         run_ms,
         expires_at,
+        run_at,
+        depends_on,
+        allow_dependency_failure,
         callback_url,
         callback_status,
         attempts,
@@ -189,6 +195,9 @@ def _row(values: tuple[Any, ...], mask: Callable[[dict[str, Any]], dict[str, Any
         "queue_wait_ms": queue_wait_ms,
         "run_ms": run_ms,
         "expires_at": expires_at,
+        "run_at": run_at,
+        "depends_on": [] if depends_on == NO_ATTEMPTS else json.loads(depends_on),
+        "allow_dependency_failure": allow_dependency_failure,
         "callback": {"url": callback_url, "status": callback_status, "attempts": _attempts(attempts)},
     }
 

@@ -21,6 +21,14 @@ JOBS_FINISHED = Counter(
 JOB_QUEUE_WAIT = Histogram(
     "jobsite_job_queue_wait_seconds", "Time from acceptance to a worker's claim.", ["kind"], buckets=DURATION_BUCKETS
 )
+JOBS_RELEASED = Counter(
+    "jobsite_jobs_released_total", "Held jobs queued once their condition held, by what held them.", ["held"]
+)
+JOB_RELEASE_LATENESS = Histogram(
+    "jobsite_job_release_lateness_seconds",
+    "Time from a scheduled job's run_at to its release onto the queue.",
+    buckets=DURATION_BUCKETS,
+)
 JOB_RUN_TIME = Histogram("jobsite_job_run_seconds", "Time a job ran.", ["kind"], buckets=DURATION_BUCKETS)
 WEBHOOK_DELIVERIES = Counter(
     "jobsite_webhook_deliveries_total",

@@ -10,6 +10,8 @@ from accounts.models import split_list
 
 
 class JobStatus(models.TextChoices):
+    SCHEDULED = "scheduled"
+    WAITING = "waiting"
     QUEUED = "queued"
     RUNNING = "running"
     CANCELING = "canceling"
@@ -21,6 +23,9 @@ class JobStatus(models.TextChoices):
 
 FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
 """A job in one of these never changes status again."""
+
+HELD_STATUSES = frozenset({JobStatus.SCHEDULED, JobStatus.WAITING})
+"""Accepted and charged, not yet queued (run_at ahead, dependencies unfinished): no concurrency slot held."""
 
 
 class JobMode(models.TextChoices):
@@ -73,6 +78,16 @@ class Job(models.Model):
     expires_at = models.DateTimeField(
         null=True, blank=True, help_text="Set when final (its kind's retention): the purge deletes it after this."
     )
+    run_at = models.DateTimeField(null=True, blank=True, help_text="Scheduled: not queued before this instant.")
+    depends_on = models.JSONField(
+        default=list, blank=True, help_text="Ids of the jobs it waits for (a copy of its JobDependency edges)."
+    )
+    allow_dependency_failure = models.BooleanField(
+        default=False, help_text="Runs once its dependencies are final, whatever their outcome."
+    )
+    has_dependents = models.BooleanField(
+        default=False, help_text="Some job depends on this one: its final state settles them (one flag, no query)."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -91,6 +106,9 @@ class Job(models.Model):
             models.Index(fields=["finished_at"], condition=Q(callback_status="pending"), name="job_callback_pending"),
             # The purge's walk: only final jobs have an expiry, oldest first.
             models.Index(fields=["expires_at", "id"], condition=Q(expires_at__isnull=False), name="job_expires_id"),
+            # Held jobs (jobs.holding): the reconciler's scans for due scheduled jobs and for waiting ones.
+            models.Index(fields=["run_at"], condition=Q(status="scheduled"), name="job_scheduled_run_at"),
+            models.Index(fields=["created_at", "id"], condition=Q(status="waiting"), name="job_waiting_created"),
             # A consumer's delivery log: their jobs with a webhook, skipping the (many) without one.
             models.Index(
                 fields=["owner", "-created_at"], condition=~Q(callback_status="none"), name="job_owner_deliveries"
@@ -118,6 +136,20 @@ class JobTombstone(models.Model):
 
     def __str__(self) -> str:
         return f"purged job {self.id}"
+
+
+class JobDependency(models.Model):
+    """An edge: `job` waits for `depends_on` (same owner, no cycles: jobs.dependencies keeps both rules)."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="dependency_edges")
+    depends_on = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="dependent_edges")
+
+    class Meta:
+        verbose_name_plural = "job dependencies"
+        constraints = [models.UniqueConstraint(fields=["job", "depends_on"], name="job_dependency_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} after {self.depends_on_id}"
 
 
 class ConcurrencySlot(models.Model):

@@ -4,8 +4,12 @@ cache, then is admitted by the concurrency caps, charged and recorded in one tra
 or queued (async)."""
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
@@ -19,14 +23,17 @@ from jobs.cache import cache_get
 from jobs.circuit import CircuitState, circuit_acquire, circuit_target
 from jobs.concurrency import concurrency_admit
 from jobs.deadline import Deadline
+from jobs.dependencies import job_dependencies_add
 from jobs.encryption import seal_input, seal_result
-from jobs.execution import job_on_final, job_run
+from jobs.execution import job_held_settle, job_on_final, job_run
+from jobs.holding import Settled
 from jobs.idempotency import idempotency_bind_job
 from jobs.kind_settings import get_kind_settings, job_expiry
 from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
 from jobsite.errors import (
     CallbackUrlForbidden,
     CircuitOpen,
+    InvalidInput,
     JobFailed,
     QueueFull,
     ServiceUnavailable,
@@ -46,8 +53,12 @@ def job_submit(
     callback_url: str = "",
     free: bool = False,
     client_ip: str | None = None,
+    run_at: datetime | None = None,
+    depends_on: Sequence[UUID] = (),
+    allow_dependency_failure: bool = False,
 ) -> Job:
-    """Accept a validated job: answer it from the cache, run it now (sync) or record and queue it (async).
+    """Accept a validated job: answer it from the cache, run it now (sync), record and queue it (async), or
+    record and hold it (async with a run_at ahead or dependencies: jobs.holding queues it later).
 
     `free` jobs cost nothing: anonymous callers of the compatible routes have no credits to spend.
     `client_ip` is recorded on the job (anonymous callers see only the jobs submitted from their address).
@@ -57,9 +68,11 @@ def job_submit(
             ssrf.check_url(callback_url, allow_unresolved=True)
         except ssrf.UrlForbidden as exc:
             raise CallbackUrlForbidden(exc.reason) from None
+    hold = _hold_status(policy=policy, run_at=run_at, depends_on=depends_on)
     kind_settings = get_kind_settings(kind_name)
     target = circuit_target(kind_settings, params)
-    if circuit_acquire(kind_settings, target, take_trial=False) == CircuitState.OPEN:
+    # A held job meets the breaker when it runs: the target's state now says nothing about then.
+    if hold is None and circuit_acquire(kind_settings, target, take_trial=False) == CircuitState.OPEN:
         retry_after = max(1, kind_settings.circuit_recovery)
         raise CircuitOpen(
             f"Jobs of kind {kind_name} to {target} fail fast while it keeps failing; nothing was charged.",
@@ -76,9 +89,13 @@ def job_submit(
         callback_url=callback_url,
         cost=0 if free else kind_settings.cost,
         client_ip=client_ip,
+        run_at=run_at,
+        depends_on=tuple(depends_on),
+        allow_dependency_failure=allow_dependency_failure,
     )
-    cached = cache_get(kind_settings, params, owner_id=user.pk)
-    if cached is not None:
+    if hold is not None:
+        job = _job_hold(request, status=hold)
+    elif (cached := cache_get(kind_settings, params, owner_id=user.pk)) is not None:
         job = _job_record_cached(request, result=cached)
     elif mode == JobMode.SYNC:
         job = _job_run_sync(request)
@@ -100,6 +117,21 @@ class _JobRequest:
     callback_url: str
     cost: int
     client_ip: str | None = None
+    run_at: datetime | None = None
+    depends_on: tuple[UUID, ...] = ()
+    allow_dependency_failure: bool = False
+
+
+def _hold_status(*, policy: EndpointPolicy, run_at: datetime | None, depends_on: Sequence[UUID]) -> str | None:
+    """The status a submission is held in (None: not held); a run_at beyond the policy's horizon is refused."""
+    now = timezone.now()
+    if run_at is not None and run_at > now + timedelta(seconds=policy.max_schedule_ahead):
+        latest = (now + timedelta(seconds=policy.max_schedule_ahead)).isoformat(timespec="seconds")
+        message = f"At most {policy.max_schedule_ahead} s ahead (policy {policy.name}): no later than {latest}."
+        raise InvalidInput([{"field": "run_at", "message": message}])
+    if depends_on:
+        return JobStatus.WAITING
+    return JobStatus.SCHEDULED if run_at is not None and run_at > now else None
 
 
 def _job_create(request: _JobRequest, **state: Any) -> Job:
@@ -117,6 +149,9 @@ def _job_create(request: _JobRequest, **state: Any) -> Job:
         callback_status=CallbackStatus.PENDING if request.callback_url else CallbackStatus.NONE,
         trace_context=inject_context(),
         client_ip=request.client_ip,
+        run_at=request.run_at,
+        depends_on=[str(pk) for pk in request.depends_on],
+        allow_dependency_failure=request.allow_dependency_failure,
         **state,
     )
     # A job just recorded has no webhook delivery attempts: serialising it need not ask the database.
@@ -200,4 +235,22 @@ def _job_enqueue(request: _JobRequest) -> Job:
         queues.enqueue_job_on_commit(
             job.id, time_limit=request.kind_settings.time_limit, trace_context=job.trace_context
         )
+    return job
+
+
+def _job_hold(request: _JobRequest, *, status: str) -> Job:
+    """Record and charge a job that is not queued yet: no queue room or concurrency slot needed until its release.
+
+    Its dependencies are locked before the charge, in the order a finishing dependency takes them (its row,
+    then its owner's balance for a refund), so the two cannot deadlock.
+    """
+    with transaction.atomic():
+        job = _job_create(request, status=status, cost=request.cost)
+        job_dependencies_add(job=job, depends_on=request.depends_on)
+        job_charge(job)
+        if status == JobStatus.SCHEDULED and request.run_at is not None:
+            transaction.on_commit(partial(queues.enqueue_release_or_defer, job.pk, at=request.run_at))
+    if status == JobStatus.WAITING and job_held_settle(job_id=job.pk) != Settled.WAITING:
+        # Its dependencies were done already: show what settling made of it.
+        job.refresh_from_db(fields=["status", "error_code", "error_message", "queued_at", "finished_at"])
     return job

@@ -98,6 +98,52 @@ def enqueue_job_on_commit(job_id: UUID, *, time_limit: int, trace_context: dict[
     transaction.on_commit(partial(_enqueue_job_or_defer, job_id, time_limit=time_limit, trace_context=trace_context))
 
 
+def _no_earlier_than(due: datetime) -> datetime:
+    """`due` rounded up to the second: RQ's scheduled registry keeps whole seconds, rounded down."""
+    return due.replace(microsecond=0) + timedelta(seconds=1 if due.microsecond else 0)
+
+
+def release_rq_id(job_id: UUID | str) -> str:
+    """RQ's id for the release of a scheduled job at its run_at (a cap's retries take ids of their own)."""
+    return f"release-{job_id}"
+
+
+def enqueue_release(job_id: UUID | str, *, at: datetime, first: bool = True) -> None:
+    """Run jobs.tasks.release_job for a held job at `at`, never before (RQ's scheduler, workers --with-scheduler).
+
+    At the front of the jobs queue: a due release waits for a free worker, not for the backlog; the job it
+    queues then goes to the back like any new job. `first`: the schedule at run_at, under an id cancel can
+    find; retries (a full cap, an early wake-up) get RQ's own ids, so none overwrites a release that runs.
+    """
+    get_queue(JOBS_QUEUE).enqueue_at(
+        _no_earlier_than(at),
+        "jobs.tasks.release_job",
+        str(job_id),
+        job_id=release_rq_id(job_id) if first else None,
+        at_front=True,
+        result_ttl=RESULT_TTL,
+        failure_ttl=RESULT_TTL,
+    )
+
+
+def enqueue_release_or_defer(job_id: UUID | str, *, at: datetime, first: bool = True) -> None:
+    """Schedule a release, or leave the held job to the reconciler if Redis fails."""
+    try:
+        enqueue_release(job_id, at=at, first=first)
+    except RedisError:
+        logger.warning("scheduling failed; the reconciler will release job %s", job_id, exc_info=True)
+
+
+def discard_release(job_id: UUID | str) -> None:
+    """Best effort: drop a canceled job's scheduled release (it would find the job canceled and do nothing)."""
+    try:
+        rq_job = RQJob.fetch(release_rq_id(job_id), connection=get_queue(JOBS_QUEUE).connection)
+        if rq_job.get_status(refresh=False) == RQJobStatus.SCHEDULED:
+            rq_job.delete()
+    except (NoSuchJobError, RedisError):
+        logger.info("no scheduled release of job %s to remove", job_id, exc_info=True)
+
+
 def webhook_rq_id(job_id: UUID | str, n: int, *, deferral: str = "") -> str:
     """RQ's id for delivery attempt n of a job's webhook (a deferral of it adds a suffix): never reused."""
     return f"callback-{job_id}-{n}" + (f"-{deferral}" if deferral else "")
@@ -135,11 +181,7 @@ def enqueue_webhook(
         "failure_ttl": RESULT_TTL,
     }
     if delay > 0:
-        # RQ's scheduled registry keeps whole seconds, rounded down: round up so no retry comes early.
-        due = datetime.now(UTC) + timedelta(seconds=delay)
-        queue.enqueue_at(
-            due.replace(microsecond=0) + timedelta(seconds=1 if due.microsecond else 0), task, *args, **options
-        )
+        queue.enqueue_at(_no_earlier_than(datetime.now(UTC) + timedelta(seconds=delay)), task, *args, **options)
     else:
         queue.enqueue(task, *args, **options)
     remember = int(delay) + settings.CALLBACK_RECONCILE_GRACE + webhook_job_timeout()

@@ -1,16 +1,27 @@
+import contextlib
+from datetime import datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
+from uuid import UUID
 
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
+from jobs.dependencies import DEPENDS_ON_MAX
 from jobs.encryption import masked_input, open_result
 from jobs.kind_settings import get_kind_settings
 from jobs.kinds import KINDS, Kind
 from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus
 from jobsite.errors import CallbackUrlForbidden
-from jobsite.fields import HTTP_URL_PATTERN, ListedChoiceField, StrictCharField, matches_http_url
+from jobsite.fields import (
+    HTTP_URL_PATTERN,
+    ListedChoiceField,
+    StrictBooleanField,
+    StrictCharField,
+    matches_http_url,
+)
 
 CALLBACK_URL_MAX_LENGTH = 2048
 
@@ -41,6 +52,52 @@ def callback_url_field(**kwargs: Any) -> CallbackUrlField:
     return CallbackUrlField(max_length=CALLBACK_URL_MAX_LENGTH, **kwargs)
 
 
+class OffsetDateTimeField(serializers.DateTimeField):
+    """An RFC 3339 instant with its UTC offset (`Z` or `+hh:mm`): a naive time would depend on the server's zone."""
+
+    default_error_messages = {"naive": "Give the UTC offset (RFC 3339), e.g. 2030-01-01T12:00:00Z."}
+
+    def to_internal_value(self, value: Any) -> datetime:
+        with contextlib.suppress(ValueError):  # well-formed but impossible (month 13): DRF's own "invalid" below
+            if isinstance(value, str) and (parsed := parse_datetime(value)) is not None and parsed.tzinfo is None:
+                self.fail("naive")
+        return super().to_internal_value(value)
+
+
+class JobIdField(serializers.UUIDField):
+    """A job id: a JSON string in UUID form (DRF's UUIDField would take an integer too)."""
+
+    def to_internal_value(self, data: Any) -> UUID:
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
+def _held_fields() -> dict[str, serializers.Field]:
+    """What an async submission may add to be held until a condition holds (jobs.holding)."""
+    return {
+        "run_at": OffsetDateTimeField(
+            required=False,
+            help_text="Queue it no earlier than this (RFC 3339 with offset), at most the policy's max_schedule_ahead "
+            "ahead; now or past: at once. Until then `scheduled`.",
+        ),
+        "depends_on": serializers.ListField(
+            child=JobIdField(),
+            required=False,
+            max_length=DEPENDS_ON_MAX,
+            help_text="Ids of own jobs to wait for (`waiting`): queued once all succeed; failed `dependency_failed` "
+            "(refunded) once one fails or is canceled.",
+        ),
+        "allow_dependency_failure": StrictBooleanField(
+            required=False, help_text="Run once every dependency is final, whatever its outcome."
+        ),
+    }
+
+
+ASYNC_ONLY_FIELDS = ("callback_url", *_held_fields())
+"""Members of the submission envelope that only async submissions take."""
+
+
 def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
     """The submission body for one kind in one mode: the envelope around the kind's own input serializer."""
     input_required = any(field.required for field in kind.serializer_class().fields.values())
@@ -51,6 +108,7 @@ def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
     }
     if mode == JobMode.ASYNC:
         fields["callback_url"] = callback_url_field(required=False)
+        fields.update(_held_fields())
     name = f"{kind.name.title()}{mode.title()}JobRequest"
     return type(name, (serializers.Serializer,), {**fields, "__doc__": f"A `{kind.name}` job ({mode})."})
 
@@ -78,8 +136,8 @@ class JobRequestSerializer(serializers.Serializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         mode = self.context["mode"]
-        if mode != JobMode.ASYNC and "callback_url" in self.initial_data:
-            raise serializers.ValidationError({"callback_url": ["Only async jobs take a callback_url."]})
+        if mode != JobMode.ASYNC and (named := [name for name in ASYNC_ONLY_FIELDS if name in self.initial_data]):
+            raise serializers.ValidationError({name: [f"Only async jobs take a {name}."] for name in named})
         request = KIND_REQUESTS[mode][attrs["kind"]](data=self.initial_data)
         request.is_valid(raise_exception=True)
         return {"callback_url": "", **request.validated_data, "input": dict(request.validated_data["input"])}
@@ -133,6 +191,9 @@ class JobSerializer(serializers.ModelSerializer):
     error = serializers.SerializerMethodField()
     callback = serializers.SerializerMethodField()
     attempt_log = AttemptLogEntrySerializer(many=True, read_only=True)
+    depends_on = serializers.ListField(
+        child=serializers.UUIDField(), read_only=True, help_text="The jobs it waits for (submission order)."
+    )
 
     class Meta:
         model = Job
@@ -154,6 +215,9 @@ class JobSerializer(serializers.ModelSerializer):
             "queue_wait_ms",
             "run_ms",
             "expires_at",
+            "run_at",
+            "depends_on",
+            "allow_dependency_failure",
             "callback",
         ]
         read_only_fields = fields

@@ -1,6 +1,7 @@
 """Writes of jobs: submission, execution, cancellation and reconciliation."""
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
@@ -16,9 +17,20 @@ from django.utils import timezone
 from accounts.models import User
 from jobs import metrics, queues
 from jobs.concurrency import concurrency_release, concurrency_retake
-from jobs.execution import attempt_log_with, job_finish, job_on_final
+from jobs.dependencies import waiting_jobs_settleable
+from jobs.execution import attempt_log_with, job_finish, job_held_settle, job_on_final
+from jobs.holding import Settled
 from jobs.kind_settings import get_kind_settings, job_expiry
-from jobs.models import FINAL_STATUSES, CallbackStatus, IdempotencyRecord, Job, JobMode, JobStatus, JobTombstone
+from jobs.models import (
+    FINAL_STATUSES,
+    HELD_STATUSES,
+    CallbackStatus,
+    IdempotencyRecord,
+    Job,
+    JobMode,
+    JobStatus,
+    JobTombstone,
+)
 from jobs.selectors import job_get_or_raise, jobs_awaiting_purge
 from jobs.stop import stop_request
 from jobsite.db import keyset_batches
@@ -33,23 +45,30 @@ STOP_FLAG_MARGIN = 60
 
 @transaction.atomic
 def job_cancel(*, user: User, job_id: UUID) -> Job:
-    """Cancel a job of the user's: a queued one at once (refunded), a running async one by asking its worker
-    to stop (canceling, then canceled at its next check; not refunded: the work was under way).
+    """Cancel a job of the user's: a queued or held (scheduled, waiting) one at once (refunded), a running async
+    one by asking its worker to stop (canceling, then canceled at its next check; not refunded: the work was
+    under way).
 
     Canceling again is harmless (the flag is raised again); a sync job (its caller holds the request) and a
-    final job cannot be canceled. Each step is one conditional UPDATE, so a cancel racing the worker's claim
-    or finish leaves exactly one final state.
+    final job cannot be canceled. Each step is one conditional UPDATE, so a cancel racing the worker's claim,
+    a release or a finish leaves exactly one final state.
     """
     job = job_get_or_raise(user=user, job_id=job_id)
     now = timezone.now()
-    if Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
-        status=JobStatus.CANCELED, finished_at=now, expires_at=job_expiry(job.kind, now)
-    ):
-        job.refresh_from_db()
-        concurrency_release(job)
-        job_on_final(job)
-        transaction.on_commit(partial(queues.discard_job, job.pk))
-        return job
+    # The status read first, then queued: a held job may have been released since the read.
+    candidates = (job.status, JobStatus.QUEUED) if job.status in HELD_STATUSES else (JobStatus.QUEUED,)
+    for status in candidates:
+        if Job.objects.filter(pk=job.pk, status=status).update(
+            status=JobStatus.CANCELED, finished_at=now, expires_at=job_expiry(job.kind, now)
+        ):
+            job.refresh_from_db()
+            if status == JobStatus.QUEUED:  # a held job took no slot
+                concurrency_release(job)
+                transaction.on_commit(partial(queues.discard_job, job.pk))
+            elif status == JobStatus.SCHEDULED:
+                transaction.on_commit(partial(queues.discard_release, job.pk))
+            job_on_final(job)
+            return job
     asking = Job.objects.filter(pk=job.pk, mode=JobMode.ASYNC, status__in=[JobStatus.RUNNING, JobStatus.CANCELING])
     if asking.update(status=JobStatus.CANCELING):
         job.refresh_from_db()
@@ -59,7 +78,7 @@ def job_cancel(*, user: User, job_id: UUID) -> Job:
     job.refresh_from_db()
     if job.mode == JobMode.SYNC:
         raise NotCancellable("A sync job runs within its request and cannot be canceled.")
-    raise NotCancellable(f"The job is {job.status}: only queued and running jobs can be canceled.")
+    raise NotCancellable(f"The job is {job.status}: only queued, held and running jobs can be canceled.")
 
 
 def job_requeue(*, job_id: UUID) -> bool:
@@ -115,8 +134,10 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     report = {"requeued": 0, "failed": 0, "canceled": 0}
     queued_cutoff = now - timedelta(seconds=settings.RECONCILE_QUEUED_GRACE)
     stale_queued = Job.objects.filter(status=JobStatus.QUEUED, mode=JobMode.ASYNC, created_at__lt=queued_cutoff)
-    stale_queued = stale_queued.only("id", "kind", "trace_context", "created_at")
+    stale_queued = stale_queued.only("id", "kind", "trace_context", "created_at", "queued_at")
     for job in chain.from_iterable(keyset_batches(stale_queued, field="created_at", size=RECONCILE_BATCH)):
+        if job.queued_at and job.queued_at >= queued_cutoff:
+            continue  # back on the queue (a held job released, a retry) within the grace: its RQ job is on its way
         if not queues.is_pending_in_rq(job.pk):
             time_limit = get_kind_settings(job.kind).time_limit
             queues.enqueue_job(job.pk, time_limit=time_limit, trace_context=job.trace_context)
@@ -142,6 +163,29 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
             report["canceled"] += 1
     if any(report.values()):
         logger.warning("reconciler: %s", report)
+    return report
+
+
+def held_jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
+    """Settle held jobs whose release Redis lost or a crash cut short; safe anywhere, any number of times.
+
+    Scheduled jobs due for longer than RECONCILE_QUEUED_GRACE (RQ's scheduler releases them within 2 s), and
+    waiting jobs whose dependencies are all final or include a failure they do not allow.
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.RECONCILE_QUEUED_GRACE)
+    due = Job.objects.filter(status=JobStatus.SCHEDULED, run_at__lt=cutoff).only("id", "run_at")
+    settleable = waiting_jobs_settleable().only("id", "created_at")
+    outcomes = Counter(
+        job_held_settle(job_id=job.pk, retry_when_full=False)  # the next pass is the retry
+        for job in chain(
+            chain.from_iterable(keyset_batches(due, field="run_at", size=RECONCILE_BATCH)),
+            chain.from_iterable(keyset_batches(settleable, field="created_at", size=RECONCILE_BATCH)),
+        )
+    )
+    report = {"released": outcomes[Settled.RELEASED], "dependency_failed": outcomes[Settled.FAILED]}
+    if any(report.values()):
+        logger.warning("reconciler: held jobs %s", report)
     return report
 
 

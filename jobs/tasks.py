@@ -2,14 +2,15 @@
 
 import time
 from typing import Any
+from uuid import UUID
 
 from opentelemetry import context
 from rq import Retry, get_current_job
 
 from credits.selectors import credit_accounts_out_of_balance
-from jobs.execution import job_execute
+from jobs.execution import job_execute, job_held_settle
 from jobs.metrics import LEDGER_CHECK_KEY, RECONCILER_LAST_RUN_KEY
-from jobs.services import jobs_purge_expired, jobs_reconcile
+from jobs.services import held_jobs_reconcile, jobs_purge_expired, jobs_reconcile
 from jobs.webhooks import webhook_deliver, webhook_deliver_first, webhook_test_deliver, webhooks_reconcile
 from jobsite.logs import log_context
 from jobsite.redis import get_redis
@@ -27,6 +28,12 @@ def execute_job(job_id: str) -> Retry | None:
         context.detach(token)
 
 
+def release_job(job_id: str) -> str:
+    """A held job's release (at its run_at, or a retry while its cap is full): queue it if it is due."""
+    with log_context(job_id=job_id):
+        return job_held_settle(job_id=UUID(job_id))
+
+
 # Keeps its old name: deliveries already queued in Redis call it by this dotted path.
 def deliver_callback(job_id: str, n: int, retries_left: int, give_up_at: float | None = None) -> str:
     with log_context(job_id=job_id, webhook_attempt=n):
@@ -39,7 +46,7 @@ def send_test_webhook(user_id: int, url: str, msg_id: str) -> dict[str, Any]:
 
 
 def reconcile() -> dict[str, int]:
-    report = {**jobs_reconcile(), **webhooks_reconcile()}
+    report = {**jobs_reconcile(), **held_jobs_reconcile(), **webhooks_reconcile()}
     get_redis().set(RECONCILER_LAST_RUN_KEY, time.time())  # /metrics: alerts fire when the cron stops
     return report
 

@@ -63,6 +63,9 @@ class JobSubmitView(EndpointView):
             params=envelope.validated_data["input"],
             mode=self.mode,
             callback_url=envelope.validated_data.get("callback_url", ""),
+            run_at=envelope.validated_data.get("run_at"),
+            depends_on=envelope.validated_data.get("depends_on", ()),
+            allow_dependency_failure=envelope.validated_data.get("allow_dependency_failure", False),
         )
         return idempotent_response(
             request=request,
@@ -92,7 +95,7 @@ class JobSyncView(JobSubmitView):
 @extend_schema_view(
     post=extend_schema(
         operation_id="jobs_async",
-        summary="Queue a job; poll its Location or receive a signed webhook",
+        summary="Queue a job (or hold it: run_at, depends_on); poll its Location or receive a signed webhook",
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
         request=job_request_schema(JobMode.ASYNC),
         responses={202: JobSerializer, **problems(*SUBMIT_STATUSES)},
@@ -170,7 +173,7 @@ class JobCancelView(EndpointView):
 
     @extend_schema(
         operation_id="jobs_cancel",
-        summary="Cancel a queued job (refunded), or ask a running async job to stop (canceling, then canceled)",
+        summary="Cancel a queued or held job (refunded), or ask a running async job to stop (canceling, then canceled)",
         request=None,
         responses={
             200: OpenApiResponse(JobSerializer, description="Canceled (it was queued): its credits are refunded."),

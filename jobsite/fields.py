@@ -62,6 +62,15 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON boolean, nothing else: no "yes", "1" or 0."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 class ListedChoiceField(serializers.ChoiceField):
     """A choice whose error lists the valid choices, so the caller learns them from the refusal."""
 

@@ -8,12 +8,17 @@ They act on whole cases (`filter_case`, `map_case`), the hooks every phase appli
 - So are URLs whose explicit port the deployment's port policy refuses (OUTBOUND_ALLOWED_PORTS minus
   OUTBOUND_DENIED_PORTS, read through jobs.ssrf.allowed_ports from the server's own settings): also a policy, not
   a schema; tests/test_ssrf.py covers it.
+- A well-formed `depends_on` is sent empty, and a `run_at` more than a day ahead (or beyond the range of datetimes)
+  is moved to a minute ahead: which
+  ids name the caller's jobs is data, and how far ahead a job may be scheduled is a policy (`max_schedule_ahead`,
+  7 days by default), neither of which a schema can state; tests/test_held_jobs.py covers both refusals.
 - Each generated Idempotency-Key gets a unique suffix: reusing a key with another body is a documented refusal
   (422 idempotency_key_reused), and tests/test_idempotency.py covers it; here a key must not tie unrelated cases.
 """
 
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +30,8 @@ KEY_PATTERN = r"^[\x21-\x7e]+( +[\x21-\x7e]+)*$"
 """jobs.idempotency's rule (this module runs in schemathesis' process, without Django): only valid keys are
 made unique, so that a key generated to be invalid stays invalid."""
 URL_FIELDS = ("url", "callback_url")
+DEPENDS_ON_MAX = 100
+"""jobs.dependencies' cap, the schema's maxItems (this module runs without Django)."""
 _KEY_SUFFIX_LENGTH = 33
 HTTPX_IPV4_STYLE = re.compile(r"^[0-9]+.[0-9]+.[0-9]+.[0-9]+$")
 """httpx's own test for an IPv4-style host (its dots match any character)."""
@@ -72,9 +79,44 @@ def filter_case(context: Any, case: Any) -> bool:
     return not any(_is_address_literal(url) or _has_refused_port(url) for url in _urls(case.body))
 
 
+def _is_job_id_list(value: Any) -> bool:
+    """A depends_on the schema calls valid: at most DEPENDS_ON_MAX strings in UUID form."""
+    if not isinstance(value, list) or len(value) > DEPENDS_ON_MAX:
+        return False
+    try:
+        return all(isinstance(item, str) and uuid.UUID(item) for item in value)
+    except ValueError:
+        return False
+
+
+def _far_ahead(value: Any) -> bool:
+    """More than a day ahead, or out of the range a server stores (year 1 at +14:00 is before UTC's year 1)."""
+    try:
+        instant = datetime.fromisoformat(value) if isinstance(value, str) else None
+        return (
+            instant is not None
+            and instant.tzinfo is not None
+            and instant.astimezone(UTC) > datetime.now(UTC) + timedelta(days=1)
+        )
+    except ValueError:
+        return False
+    except OverflowError:
+        return True
+
+
+def _hold_within_policy(body: Any) -> None:
+    if not isinstance(body, dict):
+        return
+    if _is_job_id_list(body.get("depends_on")):
+        body["depends_on"] = []
+    if _far_ahead(body.get("run_at")):
+        body["run_at"] = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+
+
 @schemathesis.hook
 def map_case(context: Any, case: Any) -> Any:
     key = case.headers.get(KEY_HEADER) if case.headers is not None else None
     if isinstance(key, str) and len(key) <= KEY_MAX_LENGTH and re.fullmatch(KEY_PATTERN, key):
         case.headers[KEY_HEADER] = f"{key[: KEY_MAX_LENGTH - _KEY_SUFFIX_LENGTH]}-{uuid.uuid4().hex}"
+    _hold_within_policy(case.body)
     return case

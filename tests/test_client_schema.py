@@ -185,6 +185,9 @@ def _job(status: str) -> dict[str, Any]:
         "queue_wait_ms": None,
         "run_ms": None,
         "expires_at": None,
+        "run_at": None,
+        "depends_on": [],
+        "allow_dependency_failure": False,
         "callback": {"url": "", "status": "none", "attempts": []},
         "a_member_from_a_newer_service": True,
     }

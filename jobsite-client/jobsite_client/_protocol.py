@@ -91,22 +91,35 @@ def _one(call: Call, cls: type[T]) -> Flow[T]:
     return parse(cls, checked(response))
 
 
+class SubmitOptions(TypedDict, total=False):
+    """What an async submission may add to its kind and input: all optional, named as the API names them."""
+
+    callback_url: str
+    run_at: datetime
+    """Queue it no earlier than this (timezone-aware); until then the job is `scheduled`."""
+    depends_on: Sequence[str]
+    """Ids of own jobs to wait for; until they are final the job is `waiting`."""
+    allow_dependency_failure: bool
+
+
 def _post_job(
-    mode: str, kind: str, job_input: Mapping[str, Any], callback_url: str | None, idempotency_key: str | None
+    mode: str, kind: str, job_input: Mapping[str, Any], idempotency_key: str | None, **options: Any
 ) -> Flow[Job]:
     body: dict[str, Any] = {"kind": kind, "input": dict(job_input)}
-    if callback_url is not None:
-        body["callback_url"] = callback_url
+    for name, value in options.items():
+        if name == "run_at" and value.tzinfo is None:
+            raise ValueError("run_at must be timezone-aware: the API takes RFC 3339 instants with an offset")
+        body[name] = value.isoformat() if name == "run_at" else list(value) if name == "depends_on" else value
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
     return _one(Call("POST", f"{JOBS_PATH}{mode}/", json=body, headers=headers), Job)
 
 
 def run(kind: str, job_input: Mapping[str, Any], idempotency_key: str | None) -> Flow[Job]:
-    return _post_job("sync", kind, job_input, None, idempotency_key)
+    return _post_job("sync", kind, job_input, idempotency_key)
 
 
-def submit(kind: str, job_input: Mapping[str, Any], callback_url: str | None, idempotency_key: str | None) -> Flow[Job]:
-    return _post_job("async", kind, job_input, callback_url, idempotency_key)
+def submit(kind: str, job_input: Mapping[str, Any], idempotency_key: str | None, options: SubmitOptions) -> Flow[Job]:
+    return _post_job("async", kind, job_input, idempotency_key, **options)
 
 
 def _job_path(job_id: str) -> str:

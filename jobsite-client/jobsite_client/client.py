@@ -17,7 +17,7 @@ from typing import Any, Self, TypeVar, Unpack, cast
 import httpx
 
 from jobsite_client import _protocol as protocol
-from jobsite_client._protocol import Call, DeliveryFilters, Flow, JobFilters, Paged, Pause
+from jobsite_client._protocol import Call, DeliveryFilters, Flow, JobFilters, Paged, Pause, SubmitOptions
 from jobsite_client.models import (
     Balance,
     Job,
@@ -80,19 +80,22 @@ class Client:
         kind: str,
         input: Mapping[str, Any],
         *,
-        callback_url: str | None = None,
         idempotency_key: str | None = None,
+        **options: Unpack[SubmitOptions],
     ) -> Job:
-        """Queue a job (POST /jobs/async/): the job, `queued` (or final at once when cached)."""
-        return self._drive(protocol.submit(kind, input, callback_url, idempotency_key))
+        """Queue a job (POST /jobs/async/): the job, `queued` (or final at once when cached); with `run_at`
+        ahead `scheduled`, with `depends_on` `waiting`. Options: `callback_url`, `run_at`, `depends_on`,
+        `allow_dependency_failure`."""
+        return self._drive(protocol.submit(kind, input, idempotency_key, options))
 
     def get(self, job_id: str) -> Job:
         """One job with its webhook delivery attempts."""
         return self._drive(protocol.get(job_id))
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel a queued job (`canceled`, its credits refunded) or ask a running async one to stop (`canceling`,
-        then `canceled` at its worker's next check; not refunded); `Conflict` when it is final or a sync job."""
+        """Cancel a queued, scheduled or waiting job (`canceled`, refunded in full) or ask a running async one to
+        stop (`canceling`, then `canceled` at its worker's next check; not refunded); `Conflict` when it is final
+        or a sync job."""
         return self._drive(protocol.cancel(job_id))
 
     def wait(self, job_id: str, timeout: float = 60.0, *, poll_interval: float = protocol.POLL_INTERVAL) -> Job:
@@ -195,11 +198,11 @@ class AsyncClient:
         kind: str,
         input: Mapping[str, Any],
         *,
-        callback_url: str | None = None,
         idempotency_key: str | None = None,
+        **options: Unpack[SubmitOptions],
     ) -> Job:
         """See `Client.submit`."""
-        return await self._drive(protocol.submit(kind, input, callback_url, idempotency_key))
+        return await self._drive(protocol.submit(kind, input, idempotency_key, options))
 
     async def get(self, job_id: str) -> Job:
         """See `Client.get`."""

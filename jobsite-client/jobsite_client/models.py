@@ -120,7 +120,8 @@ class AttemptLogEntry:
 
 @dataclass(frozen=True)
 class Job:
-    """A job as the API shows it (sensitive input fields masked)."""
+    """A job as the API shows it (sensitive input fields masked). `scheduled` (until `run_at`) and `waiting` (for
+    the jobs of `depends_on`) are held: accepted and charged, not queued yet."""
 
     id: str
     kind: str
@@ -140,6 +141,9 @@ class Job:
     run_ms: int | None
     expires_at: datetime | None
     """When the job and its results are deleted (set once final); its URL then answers 410 (`JobExpired`)."""
+    run_at: datetime | None
+    depends_on: list[str]
+    allow_dependency_failure: bool
     callback: Callback
 
     @property

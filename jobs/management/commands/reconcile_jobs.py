@@ -12,5 +12,6 @@ class Command(BaseCommand):
         report = reconcile()
         self.stdout.write(
             f"requeued {report['requeued']}, failed {report['failed']}, "
+            f"held jobs released {report['released']}, dependency_failed {report['dependency_failed']}, "
             f"webhooks requeued {report['callbacks_requeued']}"
         )
