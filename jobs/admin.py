@@ -47,6 +47,7 @@ class JobAdmin(ScaleAdmin):
         "owner",
         "kind",
         "mode",
+        "priority",
         "status",
         "cost",
         "attempts",
@@ -55,7 +56,7 @@ class JobAdmin(ScaleAdmin):
         "run_ms",
         "webhook",
     ]
-    list_filter = ["status", "mode", KindFilter, "cached", "callback_status"]
+    list_filter = ["status", "mode", "priority", KindFilter, "cached", "callback_status"]
     search_fields = ["id", "owner__username"]
     search_help_text = "A job id or its first hex digits (at least 4), or a username or its beginning."
     id_search_field = "id"
@@ -133,5 +134,6 @@ class KindSettingsAdmin(PolicyAdmin):
         "circuit_threshold",
         "retries",
         "time_limit",
+        "pool",
         "updated_at",
     ]

@@ -6,7 +6,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import split_list
+from accounts.models import Priority, split_list
+from jobsite.sizing import DEFAULT_POOL
 
 
 class JobStatus(models.TextChoices):
@@ -67,6 +68,12 @@ class Job(models.Model):
     trace_context = models.JSONField(default=dict, blank=True, help_text="W3C trace context of the submission.")
     client_ip = models.GenericIPAddressField(
         null=True, blank=True, help_text="Address it was submitted from (compatible routes: anonymous callers' view)."
+    )
+    priority = models.CharField(
+        max_length=8, choices=Priority.choices, default=Priority.NORMAL, help_text="How soon it is served in its pool."
+    )
+    pool = models.CharField(
+        max_length=32, blank=True, help_text="Worker pool (RQ queue) it was last queued on; empty: it never was."
     )
 
     class Meta:
@@ -190,6 +197,12 @@ class KindSettings(models.Model):
         "webhook backoff scale",
         default=1.0,
         help_text="Scale of the webhook retry schedule (1.0: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h).",
+    )
+    pool = models.CharField(
+        "worker pool",
+        max_length=32,
+        default=DEFAULT_POOL,
+        help_text="Worker pool (RQ queue) its async jobs run on: one of RQ_POOLS, or jobs.",
     )
     updated_at = models.DateTimeField("updated", auto_now=True)
 

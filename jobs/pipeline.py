@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from accounts.models import EndpointPolicy, User
+from accounts.models import PRIORITY_RANK, EndpointPolicy, Priority, User
 from jobs import metrics, queues, ssrf
 from jobs.billing import job_charge
 from jobs.cache import cache_get
@@ -28,6 +28,7 @@ from jobsite.errors import (
     CallbackUrlForbidden,
     CircuitOpen,
     JobFailed,
+    PriorityNotAllowed,
     QueueFull,
     ServiceUnavailable,
 )
@@ -44,14 +45,24 @@ def job_submit(
     params: dict[str, Any],
     mode: str,
     callback_url: str = "",
+    priority: str | None = None,
     free: bool = False,
     client_ip: str | None = None,
 ) -> Job:
     """Accept a validated job: answer it from the cache, run it now (sync) or record and queue it (async).
 
+    `priority` (async) is served in the kind's pool by jobs.pools' rule, up to the policy's max_priority;
+    not asked: normal, or the policy's max if that is lower.
     `free` jobs cost nothing: anonymous callers of the compatible routes have no credits to spend.
     `client_ip` is recorded on the job (anonymous callers see only the jobs submitted from their address).
     """
+    ceiling = Priority(policy.max_priority)
+    priority = priority or min(Priority.NORMAL, ceiling, key=PRIORITY_RANK.__getitem__)
+    if PRIORITY_RANK[Priority(priority)] > PRIORITY_RANK[ceiling]:
+        raise PriorityNotAllowed(
+            f"Priority {priority} is above what {policy.name} allows ({policy.max_priority}); nothing was charged.",
+            limit={"policy": policy.name, "max_priority": policy.max_priority},
+        )
     if callback_url:
         try:
             ssrf.check_url(callback_url, allow_unresolved=True)
@@ -74,6 +85,7 @@ def job_submit(
         params=params,
         mode=mode,
         callback_url=callback_url,
+        priority=priority,
         cost=0 if free else kind_settings.cost,
         client_ip=client_ip,
     )
@@ -98,6 +110,7 @@ class _JobRequest:
     params: dict[str, Any]
     mode: str
     callback_url: str
+    priority: str
     cost: int
     client_ip: str | None = None
 
@@ -117,6 +130,7 @@ def _job_create(request: _JobRequest, **state: Any) -> Job:
         callback_status=CallbackStatus.PENDING if request.callback_url else CallbackStatus.NONE,
         trace_context=inject_context(),
         client_ip=request.client_ip,
+        priority=request.priority,
         **state,
     )
     # A job just recorded has no webhook delivery attempts: serialising it need not ask the database.
@@ -176,14 +190,15 @@ def _job_run_sync(request: _JobRequest) -> Job:
 
 def _job_enqueue(request: _JobRequest) -> Job:
     policy = request.policy
-    capacity = min(policy.queue_max_depth, settings.QUEUE_ADMISSION_DEPTH)
+    pool = queues.job_pool(request.kind_settings)
+    capacity = min(policy.queue_max_depth, settings.QUEUE_ADMISSION_DEPTHS[pool])
     try:
-        depth = queues.queue_wait_for_room(limit=capacity, wait=settings.QUEUE_ADMISSION_WAIT)
+        depth = queues.queue_wait_for_room(pool=pool, limit=capacity, wait=settings.QUEUE_ADMISSION_WAIT)
     except RedisError:
         raise ServiceUnavailable("The job queue is unreachable; try again shortly.") from None
     if depth >= capacity:
         raise QueueFull(
-            f"The queue holds {depth} jobs (cap {capacity}).",
+            f"The {pool} queue holds {depth} jobs (cap {capacity}).",
             headers={"Retry-After": str(settings.QUEUE_FULL_RETRY_AFTER)},
             limit={"policy": policy.name, "queue_max_depth": policy.queue_max_depth},
             queue_depth=depth,
@@ -193,10 +208,8 @@ def _job_enqueue(request: _JobRequest) -> Job:
     attributes = {"job.kind": request.kind_settings.kind}
     with transaction.atomic(), tracer.start_as_current_span("job.enqueue", attributes=attributes) as span:
         concurrency_admit(user=request.user, policy=policy)
-        job = _job_create(request, cost=request.cost)
+        job = _job_create(request, cost=request.cost, pool=pool)
         span.set_attribute("job.id", str(job.id))
         job_charge(job)
-        queues.enqueue_job_on_commit(
-            job.id, time_limit=request.kind_settings.time_limit, trace_context=job.trace_context
-        )
+        queues.enqueue_job_on_commit(job, time_limit=request.kind_settings.time_limit)
     return job

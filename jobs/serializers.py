@@ -5,6 +5,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
+from accounts.models import Priority
 from jobs.encryption import masked_input, open_result
 from jobs.kind_settings import get_kind_settings
 from jobs.kinds import KINDS, Kind
@@ -41,6 +42,16 @@ def callback_url_field(**kwargs: Any) -> CallbackUrlField:
     return CallbackUrlField(max_length=CALLBACK_URL_MAX_LENGTH, **kwargs)
 
 
+def priority_field() -> ListedChoiceField:
+    return ListedChoiceField(
+        choices=Priority.choices,
+        required=False,
+        help_text="How soon the job is served in its pool, up to the policy's max_priority (above it: 403 "
+        "priority_not_allowed); default normal (or the policy's max, if lower). Higher goes first by weight "
+        "(high 4 : normal 2 : low 1 by default), so low is never starved.",
+    )
+
+
 def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
     """The submission body for one kind in one mode: the envelope around the kind's own input serializer."""
     input_required = any(field.required for field in kind.serializer_class().fields.values())
@@ -51,6 +62,7 @@ def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
     }
     if mode == JobMode.ASYNC:
         fields["callback_url"] = callback_url_field(required=False)
+        fields["priority"] = priority_field()
     name = f"{kind.name.title()}{mode.title()}JobRequest"
     return type(name, (serializers.Serializer,), {**fields, "__doc__": f"A `{kind.name}` job ({mode})."})
 
@@ -78,8 +90,9 @@ class JobRequestSerializer(serializers.Serializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         mode = self.context["mode"]
-        if mode != JobMode.ASYNC and "callback_url" in self.initial_data:
-            raise serializers.ValidationError({"callback_url": ["Only async jobs take a callback_url."]})
+        for async_only in ("callback_url", "priority"):
+            if mode != JobMode.ASYNC and async_only in self.initial_data:
+                raise serializers.ValidationError({async_only: [f"Only async jobs take a {async_only}."]})
         request = KIND_REQUESTS[mode][attrs["kind"]](data=self.initial_data)
         request.is_valid(raise_exception=True)
         return {"callback_url": "", **request.validated_data, "input": dict(request.validated_data["input"])}
@@ -140,6 +153,7 @@ class JobSerializer(serializers.ModelSerializer):
             "id",
             "kind",
             "mode",
+            "priority",
             "status",
             "input",
             "result",

@@ -64,6 +64,7 @@ class JobSubmitView(EndpointView):
             params=envelope.validated_data["input"],
             mode=self.mode,
             callback_url=envelope.validated_data.get("callback_url", ""),
+            priority=envelope.validated_data.get("priority"),
         )
         return idempotent_response(
             request=request,
