@@ -62,7 +62,7 @@ def _wait_drained(clients: list[httpx.Client], *, timeout: float) -> None:
 
 def _rows(client: httpx.Client, ids: set[str]) -> list[dict[str, Any]]:
     export = client.get("/api/v1/jobs/export/", params={"format": "jsonl"}, timeout=120)
-    return [row for row in map(json.loads, export.text.split("\n") if export.text else []) if row["id"] in ids]
+    return [row for row in map(json.loads, filter(None, export.text.splitlines())) if row["id"] in ids]
 
 
 def _waits(rows: list[dict[str, Any]]) -> dict[str, float]:
