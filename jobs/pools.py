@@ -208,10 +208,16 @@ class PoolQueue(DjangoRQ):
 
     @property
     def count(self) -> int:
-        """Jobs waiting: on the RQ queue and, for a pool, staged (the dashboard, back-pressure and /healthz)."""
+        """Jobs waiting: on the RQ queue and, for a pool, staged (the dashboard, back-pressure and /healthz).
+
+        One round trip either way."""
         if not is_pool(self.name):
             return super().count
-        return super().count + sum(pool_staged(self.connection, self.name).values())
+        with self.connection.pipeline(transaction=False) as pipeline:
+            pipeline.llen(self.key)
+            pipeline.mget([_staged_key(self.name, priority) for priority in PRIORITIES])
+            ready, staged = pipeline.execute()
+        return int(ready) + sum(max(0, int(value or 0)) for value in staged)
 
     @classmethod
     def dequeue_any(

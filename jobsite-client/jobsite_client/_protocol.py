@@ -92,21 +92,30 @@ def _one(call: Call, cls: type[T]) -> Flow[T]:
 
 
 def _post_job(
-    mode: str, kind: str, job_input: Mapping[str, Any], callback_url: str | None, idempotency_key: str | None
+    mode: str,
+    kind: str,
+    job_input: Mapping[str, Any],
+    idempotency_key: str | None,
+    **async_only: str | None,
 ) -> Flow[Job]:
     body: dict[str, Any] = {"kind": kind, "input": dict(job_input)}
-    if callback_url is not None:
-        body["callback_url"] = callback_url
+    body.update((name, value) for name, value in async_only.items() if value is not None)
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
     return _one(Call("POST", f"{JOBS_PATH}{mode}/", json=body, headers=headers), Job)
 
 
 def run(kind: str, job_input: Mapping[str, Any], idempotency_key: str | None) -> Flow[Job]:
-    return _post_job("sync", kind, job_input, None, idempotency_key)
+    return _post_job("sync", kind, job_input, idempotency_key)
 
 
-def submit(kind: str, job_input: Mapping[str, Any], callback_url: str | None, idempotency_key: str | None) -> Flow[Job]:
-    return _post_job("async", kind, job_input, callback_url, idempotency_key)
+def submit(
+    kind: str,
+    job_input: Mapping[str, Any],
+    callback_url: str | None,
+    idempotency_key: str | None,
+    priority: str | None = None,
+) -> Flow[Job]:
+    return _post_job("async", kind, job_input, idempotency_key, callback_url=callback_url, priority=priority)
 
 
 def _job_path(job_id: str) -> str:

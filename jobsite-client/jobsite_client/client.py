@@ -82,9 +82,13 @@ class Client:
         *,
         callback_url: str | None = None,
         idempotency_key: str | None = None,
+        priority: str | None = None,
     ) -> Job:
-        """Queue a job (POST /jobs/async/): the job, `queued` (or final at once when cached)."""
-        return self._drive(protocol.submit(kind, input, callback_url, idempotency_key))
+        """Queue a job (POST /jobs/async/): the job, `queued` (or final at once when cached).
+
+        `priority` (`high|normal|low`, default normal) up to what the policy allows (above: `PermissionDenied`,
+        code `priority_not_allowed`)."""
+        return self._drive(protocol.submit(kind, input, callback_url, idempotency_key, priority))
 
     def get(self, job_id: str) -> Job:
         """One job with its webhook delivery attempts."""
@@ -196,9 +200,10 @@ class AsyncClient:
         *,
         callback_url: str | None = None,
         idempotency_key: str | None = None,
+        priority: str | None = None,
     ) -> Job:
         """See `Client.submit`."""
-        return await self._drive(protocol.submit(kind, input, callback_url, idempotency_key))
+        return await self._drive(protocol.submit(kind, input, callback_url, idempotency_key, priority))
 
     async def get(self, job_id: str) -> Job:
         """See `Client.get`."""

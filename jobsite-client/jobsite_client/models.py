@@ -125,6 +125,7 @@ class Job:
     id: str
     kind: str
     mode: str
+    priority: str
     status: str
     input: dict[str, Any]
     result: dict[str, Any] | None
