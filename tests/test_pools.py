@@ -1,5 +1,6 @@
 """Worker pools, priorities and per-owner fairness over HTTP: a real gunicorn, real RQ workers, the reconciler."""
 
+import io
 import subprocess
 import sys
 from collections.abc import Callable
@@ -8,11 +9,14 @@ from typing import Any
 
 import httpx
 import pytest
+from django.core.management import CommandError, call_command
+from django.test import override_settings
 from rq.job import Job as RQJob
 
 from accounts.models import User
 from credits.selectors import credit_balance
-from jobs.models import Job, JobStatus
+from jobs.forms import KindSettingsForm
+from jobs.models import Job, JobStatus, KindSettings
 from jobs.pools import pool_staged
 from jobsite.redis import get_redis
 from tests.access_helpers import set_policy
@@ -173,3 +177,16 @@ def test_a_light_users_jobs_run_before_a_heavy_backlog_drains(
         assert heavy_before <= 5  # heavy's first (already dispatched), then one heavy between light's
     else:
         assert heavy_before == len(heavy_ids)
+
+
+def test_staff_route_a_kind_only_to_a_configured_pool() -> None:
+    with pytest.raises(CommandError, match="pool"):
+        call_command("policy", "set", "kind.fetch", "pool=io")  # this process has no pool io
+    assert not KindSettings.objects.filter(kind="fetch", pool="io").exists()  # changed nothing
+    with override_settings(JOB_POOLS={"jobs": 2, "io": 4}):
+        call_command("policy", "set", "kind.fetch", "pool=io", stdout=io.StringIO())
+        assert KindSettingsForm().fields["pool"].choices == [("jobs", "jobs (2 workers)"), ("io", "io (4 workers)")]
+    assert KindSettings.objects.get(kind="fetch").pool == "io"
+    call_command("policy", "set", "jobs.async", "max_priority=high", stdout=io.StringIO())
+    with pytest.raises(CommandError, match="max_priority"):
+        call_command("policy", "set", "jobs.async", "max_priority=urgent")
