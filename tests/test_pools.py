@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 from django.core.management import CommandError, call_command
-from django.test import override_settings
+from django.test import Client, override_settings
+from rest_framework.test import APIClient
 from rq.job import Job as RQJob
 
 from accounts.models import User
@@ -190,3 +191,15 @@ def test_staff_route_a_kind_only_to_a_configured_pool() -> None:
     call_command("policy", "set", "jobs.async", "max_priority=high", stdout=io.StringIO())
     with pytest.raises(CommandError, match="max_priority"):
         call_command("policy", "set", "jobs.async", "max_priority=urgent")
+
+
+def test_the_rq_dashboard_counts_a_pools_staged_jobs(api: APIClient, make_user: Callable[..., User]) -> None:
+    kind_settings("hash", cache_algorithm="none")
+    for n in range(3):
+        assert api.post("/api/v1/jobs/async/", hash_job(n), format="json").status_code == 202
+    staff = Client()
+    staff.force_login(make_user(is_staff=True, is_superuser=True))  # no TOTP device: a session is enough
+    queues = {queue["name"]: queue for queue in staff.get("/admin/rq/stats.json").json()["queues"]}
+    assert {"jobs", "callbacks", "maintenance"} <= set(queues)
+    assert queues["jobs"]["jobs"] == 3  # one on RQ's list, two staged
+    assert get_redis().llen("rq:queue:jobs") == 1
