@@ -284,6 +284,9 @@ class _EndpointLimitsSerializer(serializers.Serializer):
     name = serializers.CharField()
     enabled = serializers.BooleanField()
     rate_limit = _RateLimitStateSerializer(allow_null=True)
+    max_priority = serializers.ChoiceField(
+        choices=Priority.choices, help_text="The highest `priority` a job submission under it may ask."
+    )
     concurrency = _ConcurrencySerializer()
 
 

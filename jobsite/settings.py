@@ -197,6 +197,7 @@ SPECTACULAR_SETTINGS = {
         "FetchKindEnum": ["fetch"],
         "StatsKindEnum": ["stats"],
         "DeliveryStatusEnum": ["pending", "delivered", "failed"],
+        "PriorityEnum": "accounts.models.Priority",
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

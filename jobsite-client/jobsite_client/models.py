@@ -224,6 +224,7 @@ class EndpointLimits:
     name: str
     enabled: bool
     rate_limit: RateLimitState | None
+    max_priority: str
     concurrency: Concurrency
 
 
