@@ -159,7 +159,7 @@ def _dispatch_call(queue: Queue) -> tuple[list[str], list[Any]]:
     pool = queue.name
     keys = [queue.key, _turns_key(pool)]
     keys += [_owners_key(pool, priority) for priority in PRIORITIES]
-    keys += [_staged_key(pool, priority) for priority in PRIORITIES]
+    keys += _staged_keys(pool)
     args: list[Any] = [READY_DEPTH, len(PRIORITIES), *PRIORITIES]
     args += [settings.PRIORITY_WEIGHTS[priority] for priority in PRIORITIES]
     args += [_owner_prefix(pool, priority) for priority in PRIORITIES]
@@ -172,10 +172,18 @@ def pool_dispatch(queue: Queue) -> int:
     return int(run_lua(DISPATCH_LUA, keys=keys, args=args, client=queue.connection))  # type: ignore[call-overload]
 
 
+def _staged_keys(pool: str) -> list[str]:
+    return [_staged_key(pool, priority) for priority in PRIORITIES]
+
+
+def _staged_counts(raw: list[Any]) -> dict[str, int]:
+    """The staged counters as read (MGET: None for a key never written), per priority."""
+    return {priority: max(0, int(value or 0)) for priority, value in zip(PRIORITIES, raw, strict=True)}
+
+
 def pool_staged(connection: Redis, pool: str) -> dict[str, int]:
     """Jobs staged in a pool, per priority (one round trip)."""
-    raw = connection.mget([_staged_key(pool, priority) for priority in PRIORITIES])
-    return {priority: max(0, int(value or 0)) for priority, value in zip(PRIORITIES, raw, strict=True)}
+    return _staged_counts(connection.mget(_staged_keys(pool)))
 
 
 class PoolQueue(DjangoRQ):
@@ -215,9 +223,9 @@ class PoolQueue(DjangoRQ):
             return super().count
         with self.connection.pipeline(transaction=False) as pipeline:
             pipeline.llen(self.key)
-            pipeline.mget([_staged_key(self.name, priority) for priority in PRIORITIES])
+            pipeline.mget(_staged_keys(self.name))
             ready, staged = pipeline.execute()
-        return int(ready) + sum(max(0, int(value or 0)) for value in staged)
+        return int(ready) + sum(_staged_counts(staged).values())
 
     @classmethod
     def dequeue_any(

@@ -65,6 +65,7 @@ def test_a_kind_runs_on_its_pool_and_only_there(user: User, start_worker: Callab
         metrics = client.get("/metrics").text
     assert 'jobsite_queue_depth{queue="jobs"} 1.0' in metrics
     assert 'jobsite_queue_depth{queue="cpu"} 0.0' in metrics
+    assert 'jobsite_queue_staged{priority="low",queue="cpu"} 0.0' in metrics
     assert 'jobsite_job_queue_wait_seconds_count{kind="hash",priority="normal",queue="cpu"} 3.0' in metrics
 
 
