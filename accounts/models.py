@@ -154,6 +154,18 @@ class RateLimitKey(models.TextChoices):
     GLOBAL = "global"
 
 
+class Priority(models.TextChoices):
+    """How soon a queued job is served within its pool (jobs/pools.py: weighted, so low is never starved)."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+PRIORITY_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2}
+"""Order of the priorities: a submission may ask any up to its policy's max_priority."""
+
+
 class EndpointPolicy(models.Model):
     """Who may call one endpoint, how often and on what terms; defaults live in accounts.policies, the row wins."""
 
@@ -213,6 +225,13 @@ class EndpointPolicy(models.Model):
     )
     idempotency_ttl = models.PositiveIntegerField(
         "idempotency TTL (s)", default=86400, help_text="Seconds an Idempotency-Key replays its first response."
+    )
+    max_priority = models.CharField(
+        "max priority",
+        max_length=8,
+        choices=Priority.choices,
+        default=Priority.NORMAL,
+        help_text="Highest `priority` a submission may ask (403 priority_not_allowed above it); low is always allowed.",
     )
     updated_at = models.DateTimeField("updated", auto_now=True)
 

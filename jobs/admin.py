@@ -94,6 +94,7 @@ class JobAdmin(ScaleAdmin):
         "owner",
         "kind",
         "mode",
+        "priority",
         "status",
         "cost",
         "attempts",
@@ -103,7 +104,7 @@ class JobAdmin(ScaleAdmin):
         "webhook",
         "expires_at",
     ]
-    list_filter = ["status", "mode", KindFilter, "cached", "callback_status", RetentionFilter]
+    list_filter = ["status", "mode", "priority", KindFilter, "cached", "callback_status", RetentionFilter]
     search_fields = ["id", "owner__username"]
     search_help_text = "A job id or its first hex digits (at least 4), or a username or its beginning."
     id_search_field = "id"
@@ -215,5 +216,6 @@ class KindSettingsAdmin(PolicyAdmin):
         "retries",
         "time_limit",
         "retention",
+        "pool",
         "updated_at",
     ]

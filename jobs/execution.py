@@ -95,7 +95,8 @@ def job_claim(job_id: UUID, *, worker_name: str = "") -> Job | None:
     job = _job_from_row(rows[0], fields)
     # Only the last wait: a job back on the queue (retry, lost worker) counts from when it went back.
     job.queue_wait_ms = elapsed_ms(job.queued_at or job.created_at, now)
-    metrics.JOB_QUEUE_WAIT.labels(kind=job.kind).observe(job.queue_wait_ms / 1000)
+    labels = {"kind": job.kind, "queue": job.pool or metrics.WEB_QUEUE_LABEL, "priority": job.priority}
+    metrics.JOB_QUEUE_WAIT.labels(**labels).observe(job.queue_wait_ms / 1000)
     return job
 
 
@@ -179,7 +180,8 @@ def job_on_final(job: Job) -> None:
     logger.info("job finished", extra={"job_id": str(job.id), "status": job.status, "kind": job.kind})
     metrics.JOBS_FINISHED.labels(kind=job.kind, mode=job.mode, outcome=job.status).inc()
     if job.run_ms is not None:
-        metrics.JOB_RUN_TIME.labels(kind=job.kind).observe(job.run_ms / 1000)
+        queue = job.pool or metrics.WEB_QUEUE_LABEL
+        metrics.JOB_RUN_TIME.labels(kind=job.kind, queue=queue, priority=job.priority).observe(job.run_ms / 1000)
     if job.callback_status == CallbackStatus.PENDING and not _WORKER_DELIVERS_FIRST.get():
         retries = get_kind_settings(job.kind).callback_retries
         transaction.on_commit(partial(queues.enqueue_webhook_or_defer, job.pk, n=1, retries_left=retries))

@@ -3,17 +3,28 @@
 from typing import Any
 
 from django import forms
+from django.conf import settings
 
 from accounts.forms import clean_comma_list, editable_fields
 from jobs.encryption import RESULT_FIELD
 from jobs.kinds import KINDS
 from jobs.models import CacheAlgorithm, KindSettings
+from jobsite.sizing import DEFAULT_POOL
 
 
 class KindSettingsForm(forms.ModelForm):
     class Meta:
         model = KindSettings
         fields = editable_fields(KindSettings)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "pool" in self.fields:  # a choice of this deployment's pools (RQ_POOLS), not free text
+            model_field = KindSettings._meta.get_field("pool")
+            pools = [(name, f"{name} ({size} workers)") for name, size in settings.JOB_POOLS.items()]
+            self.fields["pool"] = forms.ChoiceField(
+                choices=pools, label=model_field.verbose_name, help_text=model_field.help_text, initial=DEFAULT_POOL
+            )
 
     def clean_kind(self) -> str:
         kind = self.cleaned_data["kind"]

@@ -33,8 +33,8 @@ def health_report() -> tuple[int, dict[str, Any]]:
     try:
         connection_ = queues.get_queue(queues.JOBS_QUEUE).connection
         connection_.ping()
-        report["queues"] = {name: queues.queue_depth(name) for name in queues.ALL_QUEUES}
-        report["queue_size"] = report["queues"][queues.JOBS_QUEUE]
+        report["queues"] = {name: queues.queue_depth(name) for name in queues.all_queues()}
+        report["queue_size"] = sum(report["queues"][name] for name in queues.job_queues())
         report["active_workers"] = Worker.count(connection=connection_)
         report["redis_ok"] = True
     except RedisError:

@@ -83,13 +83,16 @@ def job_settle(*, job_id: UUID, finalize: Finalize, retry_when_full: bool = True
 def _job_release(job: Job, *, now: datetime, retry_when_full: bool) -> Settled:
     """Held -> queued with its concurrency slot, enqueued after commit; a full cap leaves it held."""
     policy = get_endpoint_policy(job.endpoint)
-    time_limit = get_kind_settings(job.kind).time_limit
+    kind_settings = get_kind_settings(job.kind)
+    pool = queues.job_pool(kind_settings)  # its kind's pool as the settings say at release
     try:
         with transaction.atomic():
-            if not Job.objects.filter(pk=job.pk, status=job.status).update(status=JobStatus.QUEUED, queued_at=now):
+            released = Job.objects.filter(pk=job.pk, status=job.status)
+            if not released.update(status=JobStatus.QUEUED, queued_at=now, pool=pool):
                 return Settled.SKIPPED
             concurrency_admit(user=job.owner, policy=policy)
-            queues.enqueue_job_on_commit(job.pk, time_limit=time_limit, trace_context=job.trace_context)
+            job.pool = pool
+            queues.enqueue_job_on_commit(job, time_limit=kind_settings.time_limit)
     except RateLimited:
         if retry_when_full:
             retry_at = now + timedelta(seconds=settings.CONCURRENCY_CAP_RETRY_AFTER)

@@ -46,6 +46,7 @@ def caller_limits(request: AuthenticatedRequest) -> dict[str, Any]:
                 "name": name,
                 "enabled": policy.enabled,
                 "rate_limit": _rate_limit(request, policy),
+                "max_priority": policy.max_priority,
                 "concurrency": {
                     "max_per_user": policy.max_concurrent_per_user or None,
                     "max_global": policy.max_concurrent_global or None,

@@ -19,7 +19,10 @@ JOBS_FINISHED = Counter(
     ["kind", "mode", "outcome"],
 )
 JOB_QUEUE_WAIT = Histogram(
-    "jobsite_job_queue_wait_seconds", "Time from acceptance to a worker's claim.", ["kind"], buckets=DURATION_BUCKETS
+    "jobsite_job_queue_wait_seconds",
+    "Time from acceptance (or going back on the queue) to a worker's claim, by kind, pool and priority.",
+    ["kind", "queue", "priority"],
+    buckets=DURATION_BUCKETS,
 )
 JOBS_RELEASED = Counter(
     "jobsite_jobs_released_total", "Held jobs queued once their condition held, by what held them.", ["held"]
@@ -29,7 +32,14 @@ JOB_RELEASE_LATENESS = Histogram(
     "Time from a scheduled job's run_at to its release onto the queue.",
     buckets=DURATION_BUCKETS,
 )
-JOB_RUN_TIME = Histogram("jobsite_job_run_seconds", "Time a job ran.", ["kind"], buckets=DURATION_BUCKETS)
+JOB_RUN_TIME = Histogram(
+    "jobsite_job_run_seconds",
+    "Time a job ran, by kind, pool (web: sync jobs and cache hits, run in the web process) and priority.",
+    ["kind", "queue", "priority"],
+    buckets=DURATION_BUCKETS,
+)
+WEB_QUEUE_LABEL = "web"
+"""The `queue` label of jobs that ran in the web process (sync jobs, cache hits): they were never queued."""
 WEBHOOK_DELIVERIES = Counter(
     "jobsite_webhook_deliveries_total",
     "Webhook delivery attempts, by outcome and attempt number.",

@@ -20,6 +20,7 @@ from jobs.circuit import CircuitState, circuit_states
 from jobs.kind_settings import get_kind_settings
 from jobs.kinds import KINDS
 from jobs.metrics import LEDGER_CHECK_KEY, RECONCILER_LAST_RUN_KEY
+from jobs.pools import pool_staged
 from jobsite.redis import get_redis
 
 CIRCUIT_STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN)
@@ -27,7 +28,7 @@ CIRCUIT_STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
 
 def _worker_counts() -> dict[str, int]:
-    counts = dict.fromkeys(queues.ALL_QUEUES, 0)
+    counts = dict.fromkeys(queues.all_queues(), 0)
     for worker in Worker.all(connection=get_redis()):
         for name in worker.queue_names():
             counts[name] = counts.get(name, 0) + 1
@@ -43,7 +44,14 @@ class RedisStateCollector(Collector):
     """Live state read at scrape time: queue depths and the circuit state of every kind with a breaker."""
 
     def collect(self) -> Iterator[Metric]:
-        depth = GaugeMetricFamily("jobsite_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"])
+        depth = GaugeMetricFamily(
+            "jobsite_queue_depth", "Jobs waiting in each RQ queue (a pool's staged ones too).", labels=["queue"]
+        )
+        staged = GaugeMetricFamily(
+            "jobsite_queue_staged",
+            "Jobs staged in each worker pool by priority, waiting for the dispatcher (jobs/pools.py).",
+            labels=["queue", "priority"],
+        )
         circuit = GaugeMetricFamily(
             "jobsite_circuit_state",
             "Targets (hosts) whose circuit breaker is in each state, per kind; closed: failures below the threshold.",
@@ -58,8 +66,11 @@ class RedisStateCollector(Collector):
             "Credit accounts whose balance is not their ledger's sum (last check).",
         )
         try:
-            for name in queues.ALL_QUEUES:
+            for name in queues.all_queues():
                 depth.add_metric([name], queues.queue_depth(name))
+            for name in queues.job_queues():
+                for priority, count in pool_staged(get_redis(), name).items():
+                    staged.add_metric([name, priority], count)
             for name, count in _worker_counts().items():
                 workers.add_metric([name], count)
             last_run, mismatched = _redis_number(RECONCILER_LAST_RUN_KEY), _redis_number(LEDGER_CHECK_KEY)
@@ -71,6 +82,7 @@ class RedisStateCollector(Collector):
         except RedisError:
             return
         yield depth
+        yield staged
         yield circuit
         yield workers
         if last_run is not None:  # absent until the first run: alerts use absent() for a cron that never ran

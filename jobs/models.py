@@ -6,7 +6,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import split_list
+from accounts.models import Priority, split_list
+from jobsite.sizing import DEFAULT_POOL
 
 
 class JobStatus(models.TextChoices):
@@ -87,6 +88,12 @@ class Job(models.Model):
     )
     has_dependents = models.BooleanField(
         default=False, help_text="Some job depends on this one: its final state settles them (one flag, no query)."
+    )
+    priority = models.CharField(
+        max_length=8, choices=Priority.choices, default=Priority.NORMAL, help_text="How soon it is served in its pool."
+    )
+    pool = models.CharField(
+        max_length=32, blank=True, help_text="Worker pool (RQ queue) it was last queued on; empty: it never was."
     )
 
     class Meta:
@@ -249,6 +256,12 @@ class KindSettings(models.Model):
         "retention (days)",
         default=7,
         help_text="Days a final job (input, result, webhook attempts) is kept before the purge deletes it.",
+    )
+    pool = models.CharField(
+        "worker pool",
+        max_length=32,
+        default=DEFAULT_POOL,
+        help_text="Worker pool (RQ queue) its async jobs run on: one of RQ_POOLS, or jobs.",
     )
     updated_at = models.DateTimeField("updated", auto_now=True)
 

@@ -130,7 +130,7 @@ def operations_overview(*, window: str = "hour", now: datetime | None = None) ->
 def _live_state() -> dict[str, Any]:
     """Queue depths and circuit states now (Redis keeps no history of them; Prometheus does)."""
     try:
-        depths = {name: queues.queue_depth(name) for name in queues.ALL_QUEUES}
+        depths = {name: queues.queue_depth(name) for name in queues.all_queues()}
         circuits = {
             name: {state.value: count for state, count in circuit_states(get_kind_settings(name)).items()}
             for name, kind in KINDS.items()

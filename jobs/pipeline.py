@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from accounts.models import EndpointPolicy, User
+from accounts.models import PRIORITY_RANK, EndpointPolicy, Priority, User
 from jobs import metrics, queues, ssrf
 from jobs.billing import job_charge
 from jobs.cache import cache_get
@@ -35,6 +35,7 @@ from jobsite.errors import (
     CircuitOpen,
     InvalidInput,
     JobFailed,
+    PriorityNotAllowed,
     QueueFull,
     ServiceUnavailable,
 )
@@ -51,6 +52,7 @@ def job_submit(
     params: dict[str, Any],
     mode: str,
     callback_url: str = "",
+    priority: str | None = None,
     free: bool = False,
     client_ip: str | None = None,
     run_at: datetime | None = None,
@@ -60,9 +62,18 @@ def job_submit(
     """Accept a validated job: answer it from the cache, run it now (sync), record and queue it (async), or
     record and hold it (async with a run_at ahead or dependencies: jobs.holding queues it later).
 
+    `priority` (async) is served in the kind's pool by jobs.pools' rule, up to the policy's max_priority;
+    not asked: normal, or the policy's max if that is lower.
     `free` jobs cost nothing: anonymous callers of the compatible routes have no credits to spend.
     `client_ip` is recorded on the job (anonymous callers see only the jobs submitted from their address).
     """
+    ceiling = Priority(policy.max_priority)
+    priority = priority or min(Priority.NORMAL, ceiling, key=PRIORITY_RANK.__getitem__)
+    if PRIORITY_RANK[Priority(priority)] > PRIORITY_RANK[ceiling]:
+        raise PriorityNotAllowed(
+            f"Priority {priority} is above what {policy.name} allows ({policy.max_priority}); nothing was charged.",
+            limit={"policy": policy.name, "max_priority": policy.max_priority},
+        )
     if callback_url:
         try:
             ssrf.check_url(callback_url, allow_unresolved=True)
@@ -87,6 +98,7 @@ def job_submit(
         params=params,
         mode=mode,
         callback_url=callback_url,
+        priority=priority,
         cost=0 if free else kind_settings.cost,
         client_ip=client_ip,
         run_at=run_at,
@@ -115,6 +127,7 @@ class _JobRequest:
     params: dict[str, Any]
     mode: str
     callback_url: str
+    priority: str
     cost: int
     client_ip: str | None = None
     run_at: datetime | None = None
@@ -152,6 +165,7 @@ def _job_create(request: _JobRequest, **state: Any) -> Job:
         run_at=request.run_at,
         depends_on=[str(pk) for pk in request.depends_on],
         allow_dependency_failure=request.allow_dependency_failure,
+        priority=request.priority,
         **state,
     )
     # A job just recorded has no webhook delivery attempts: serialising it need not ask the database.
@@ -212,14 +226,15 @@ def _job_run_sync(request: _JobRequest) -> Job:
 
 def _job_enqueue(request: _JobRequest) -> Job:
     policy = request.policy
-    capacity = min(policy.queue_max_depth, settings.QUEUE_ADMISSION_DEPTH)
+    pool = queues.job_pool(request.kind_settings)
+    capacity = min(policy.queue_max_depth, settings.QUEUE_ADMISSION_DEPTHS[pool])
     try:
-        depth = queues.queue_wait_for_room(limit=capacity, wait=settings.QUEUE_ADMISSION_WAIT)
+        depth = queues.queue_wait_for_room(pool=pool, limit=capacity, wait=settings.QUEUE_ADMISSION_WAIT)
     except RedisError:
         raise ServiceUnavailable("The job queue is unreachable; try again shortly.") from None
     if depth >= capacity:
         raise QueueFull(
-            f"The queue holds {depth} jobs (cap {capacity}).",
+            f"The {pool} queue holds {depth} jobs (cap {capacity}).",
             headers={"Retry-After": str(settings.QUEUE_FULL_RETRY_AFTER)},
             limit={"policy": policy.name, "queue_max_depth": policy.queue_max_depth},
             queue_depth=depth,
@@ -229,12 +244,10 @@ def _job_enqueue(request: _JobRequest) -> Job:
     attributes = {"job.kind": request.kind_settings.kind}
     with transaction.atomic(), tracer.start_as_current_span("job.enqueue", attributes=attributes) as span:
         concurrency_admit(user=request.user, policy=policy)
-        job = _job_create(request, cost=request.cost)
+        job = _job_create(request, cost=request.cost, pool=pool)
         span.set_attribute("job.id", str(job.id))
         job_charge(job)
-        queues.enqueue_job_on_commit(
-            job.id, time_limit=request.kind_settings.time_limit, trace_context=job.trace_context
-        )
+        queues.enqueue_job_on_commit(job, time_limit=request.kind_settings.time_limit)
     return job
 
 

@@ -4,24 +4,27 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import cast
 from uuid import UUID
 
 import django_rq
 from django.conf import settings
 from django.db import transaction
 from redis.exceptions import RedisError
-from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQJobStatus
 
+from jobs.models import Job, KindSettings
+from jobs.pools import Lane, PoolQueue
 from jobsite.redis import redis_key
+from jobsite.sizing import DEFAULT_POOL
 from jobsite.tracing import TRACE_META_KEY
 
 logger = logging.getLogger(__name__)
 
-JOBS_QUEUE = "jobs"
-"""Async jobs of every kind."""
+JOBS_QUEUE = DEFAULT_POOL
+"""The default pool's queue: async jobs of every kind not routed to another pool."""
 
 CALLBACKS_QUEUE = "callbacks"
 """Webhook deliveries, apart so that slow receivers never hold up job workers."""
@@ -29,7 +32,15 @@ CALLBACKS_QUEUE = "callbacks"
 MAINTENANCE_QUEUE = "maintenance"
 """The periodic reconciler."""
 
-ALL_QUEUES = (JOBS_QUEUE, CALLBACKS_QUEUE, MAINTENANCE_QUEUE)
+
+def job_queues() -> tuple[str, ...]:
+    """The queues of the worker pools (RQ_POOLS), the default pool first."""
+    return tuple(settings.JOB_POOLS)
+
+
+def all_queues() -> tuple[str, ...]:
+    return (*job_queues(), CALLBACKS_QUEUE, MAINTENANCE_QUEUE)
+
 
 RESULT_TTL = 60
 """Seconds RQ keeps a finished RQ job; the result itself lives in the database."""
@@ -41,13 +52,25 @@ first and records `time_limit` cleanly; RQ's SIGALRM stays the backstop for code
 _PENDING_RQ_STATUSES = frozenset({RQJobStatus.QUEUED, RQJobStatus.STARTED, RQJobStatus.SCHEDULED, RQJobStatus.DEFERRED})
 
 
-def get_queue(name: str) -> Queue:
+def get_queue(name: str, *, lane: Lane | None = None) -> PoolQueue:
     # We enqueue after commit ourselves (see enqueue_job), so django-rq must not defer it again.
-    return django_rq.get_queue(name, commit_mode="auto")
+    return cast(PoolQueue, django_rq.get_queue(name, commit_mode="auto", lane=lane))
 
 
 def queue_depth(name: str = JOBS_QUEUE) -> int:
+    """Jobs waiting in a queue: a pool's staged ones included (PoolQueue.count)."""
     return get_queue(name).count
+
+
+def job_pool(kind_settings: KindSettings) -> str:
+    """The pool a kind's jobs are queued on: its setting, or the default pool if that pool is not configured here
+    (RQ_POOLS changed under a stored setting: its jobs still run, and the log says why)."""
+    if kind_settings.pool in settings.JOB_POOLS:
+        return kind_settings.pool
+    logger.warning(
+        "kind %s names pool %r, not one of RQ_POOLS: queued on %s", kind_settings.kind, kind_settings.pool, JOBS_QUEUE
+    )
+    return JOBS_QUEUE
 
 
 ADMISSION_POLL_FIRST = 0.005
@@ -57,45 +80,50 @@ ADMISSION_POLL_MAX = 0.04
 they never starve while acknowledgements wait."""
 
 
-def queue_wait_for_room(*, limit: int, wait: float) -> int:
-    """The jobs queue's depth as soon as it is below `limit`, or after `wait` seconds (then >= limit).
+def queue_wait_for_room(*, pool: str, limit: int, wait: float) -> int:
+    """The pool's depth as soon as it is below `limit`, or after `wait` seconds (then >= limit).
 
-    Back-pressure for async acknowledgements: under saturation a caller waits for room instead of adding to
-    a backlog that every accepted job would wait behind. One LLEN when there is room.
+    Back-pressure for async acknowledgements, per pool: under saturation a caller waits for room instead of
+    adding to a backlog that every accepted job would wait behind. One round trip when there is room.
     """
-    depth = queue_depth()
+    depth = queue_depth(pool)
     deadline, pause = time.monotonic() + wait, ADMISSION_POLL_FIRST
     while depth >= limit and (left := deadline - time.monotonic()) > 0:
         time.sleep(min(pause, left))
         pause = min(pause * 2, ADMISSION_POLL_MAX)
-        depth = queue_depth()
+        depth = queue_depth(pool)
     return depth
 
 
-def enqueue_job(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
-    """Put a job on the jobs queue; RQ's job id is ours, RQ backs the kind's time limit, meta carries the trace."""
-    get_queue(JOBS_QUEUE).enqueue(
+def _lane(job: Job) -> Lane:
+    return Lane.of(priority=job.priority, owner_id=job.owner_id)
+
+
+def enqueue_job(job: Job, *, time_limit: int) -> None:
+    """Stage a job in its pool (job.pool) under its priority and owner; RQ's job id is ours, RQ backs the kind's
+    time limit, meta carries the trace."""
+    get_queue(job.pool, lane=_lane(job)).enqueue(
         "jobs.tasks.execute_job",
-        str(job_id),
-        job_id=str(job_id),
+        str(job.pk),
+        job_id=str(job.pk),
         job_timeout=time_limit + RQ_TIMEOUT_MARGIN,
         result_ttl=RESULT_TTL,
         failure_ttl=RESULT_TTL,
-        meta={TRACE_META_KEY: trace_context or {}},
+        meta={TRACE_META_KEY: job.trace_context or {}},
     )
 
 
-def _enqueue_job_or_defer(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
+def _enqueue_job_or_defer(job: Job, *, time_limit: int) -> None:
     """After commit: enqueue now, or leave the job queued in the database for the reconciler."""
     try:
-        enqueue_job(job_id, time_limit=time_limit, trace_context=trace_context)
+        enqueue_job(job, time_limit=time_limit)
     except RedisError:
-        logger.warning("enqueue failed; the reconciler will enqueue job %s", job_id, exc_info=True)
+        logger.warning("enqueue failed; the reconciler will enqueue job %s", job.pk, exc_info=True)
 
 
-def enqueue_job_on_commit(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
+def enqueue_job_on_commit(job: Job, *, time_limit: int) -> None:
     """Enqueue the job once the transaction that recorded it commits (a rolled-back job is never run)."""
-    transaction.on_commit(partial(_enqueue_job_or_defer, job_id, time_limit=time_limit, trace_context=trace_context))
+    transaction.on_commit(partial(_enqueue_job_or_defer, job, time_limit=time_limit))
 
 
 def _no_earlier_than(due: datetime) -> datetime:
@@ -231,7 +259,7 @@ def webhook_is_on_its_way(job_id: UUID | str) -> bool:
 
 
 def is_pending_in_rq(job_id: UUID | str) -> bool:
-    """Whether RQ still holds this job and will (or does) run it."""
+    """Whether RQ still holds this job (staged, queued, scheduled or running) and will (or does) run it."""
     try:
         rq_job = RQJob.fetch(str(job_id), connection=get_queue(JOBS_QUEUE).connection)
     except NoSuchJobError:
@@ -239,9 +267,9 @@ def is_pending_in_rq(job_id: UUID | str) -> bool:
     return rq_job.get_status(refresh=False) in _PENDING_RQ_STATUSES
 
 
-def discard_job(job_id: UUID) -> None:
-    """Best effort: drop a canceled job from its queue (the worker's claim would skip it anyway)."""
+def discard_job(job: Job) -> None:
+    """Best effort: drop a canceled job from its pool (the worker's claim would skip it anyway)."""
     try:
-        get_queue(JOBS_QUEUE).remove(str(job_id))
+        get_queue(job.pool or JOBS_QUEUE, lane=_lane(job)).discard(str(job.pk))  # no pool: queued before pools
     except RedisError:
-        logger.info("could not remove job %s from its queue", job_id, exc_info=True)
+        logger.info("could not remove job %s from its queue", job.pk, exc_info=True)

@@ -9,6 +9,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
+from accounts.models import Priority
 from jobs.dependencies import DEPENDS_ON_MAX
 from jobs.encryption import masked_input, open_result
 from jobs.kind_settings import get_kind_settings
@@ -94,8 +95,18 @@ def _held_fields() -> dict[str, serializers.Field]:
     }
 
 
-ASYNC_ONLY_FIELDS = ("callback_url", *_held_fields())
+ASYNC_ONLY_FIELDS = ("callback_url", "priority", *_held_fields())
 """Members of the submission envelope that only async submissions take."""
+
+
+def priority_field() -> ListedChoiceField:
+    return ListedChoiceField(
+        choices=Priority.choices,
+        required=False,
+        help_text="How soon the job is served in its pool, up to the policy's max_priority (above it: 403 "
+        "priority_not_allowed); default normal (or the policy's max, if lower). Higher goes first by weight "
+        "(high 4 : normal 2 : low 1 by default), so low is never starved.",
+    )
 
 
 def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
@@ -109,6 +120,7 @@ def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
     if mode == JobMode.ASYNC:
         fields["callback_url"] = callback_url_field(required=False)
         fields.update(_held_fields())
+        fields["priority"] = priority_field()
     name = f"{kind.name.title()}{mode.title()}JobRequest"
     return type(name, (serializers.Serializer,), {**fields, "__doc__": f"A `{kind.name}` job ({mode})."})
 
@@ -201,6 +213,7 @@ class JobSerializer(serializers.ModelSerializer):
             "id",
             "kind",
             "mode",
+            "priority",
             "status",
             "input",
             "result",
@@ -336,6 +349,9 @@ class _EndpointLimitsSerializer(serializers.Serializer):
     name = serializers.CharField()
     enabled = serializers.BooleanField()
     rate_limit = _RateLimitStateSerializer(allow_null=True)
+    max_priority = serializers.ChoiceField(
+        choices=Priority.choices, help_text="The highest `priority` a job submission under it may ask."
+    )
     concurrency = _ConcurrencySerializer()
 
 

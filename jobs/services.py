@@ -64,7 +64,7 @@ def job_cancel(*, user: User, job_id: UUID) -> Job:
             job.refresh_from_db()
             if status == JobStatus.QUEUED:  # a held job took no slot
                 concurrency_release(job)
-                transaction.on_commit(partial(queues.discard_job, job.pk))
+                transaction.on_commit(partial(queues.discard_job, job))
             elif status == JobStatus.SCHEDULED:
                 transaction.on_commit(partial(queues.discard_release, job.pk))
             job_on_final(job)
@@ -86,9 +86,12 @@ def job_requeue(*, job_id: UUID) -> bool:
     job = Job.objects.filter(pk=job_id, mode=JobMode.ASYNC, status=JobStatus.FAILED).first()
     if job is None:
         return False
+    kind_settings = get_kind_settings(job.kind)
+    job.pool = queues.job_pool(kind_settings)  # the kind's pool now: a staff edit since applies
     with transaction.atomic():
         requeued = Job.objects.filter(pk=job.pk, status=JobStatus.FAILED).update(
             status=JobStatus.QUEUED,
+            pool=job.pool,
             attempts=0,
             result=None,
             error_code="",
@@ -102,22 +105,32 @@ def job_requeue(*, job_id: UUID) -> bool:
         )
         if requeued:
             concurrency_retake(job)
-            time_limit = get_kind_settings(job.kind).time_limit
-            queues.enqueue_job_on_commit(job.pk, time_limit=time_limit, trace_context=job.trace_context)
+            queues.enqueue_job_on_commit(job, time_limit=kind_settings.time_limit)
     return bool(requeued)
+
+
+def _job_enqueue_again(job: Job) -> None:
+    """A queued job RQ lost: enqueue it on its kind's pool now (a staff edit since applies), at its priority."""
+    kind_settings = get_kind_settings(job.kind)
+    pool = queues.job_pool(kind_settings)
+    if job.pool != pool:
+        job.pool = pool
+        Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(pool=pool)
+    queues.enqueue_job(job, time_limit=kind_settings.time_limit)
 
 
 def _job_requeue_or_fail(job: Job, *, reason: str, now: datetime) -> str:
     """A running job whose worker is gone: log the lost attempt, run it again while attempts remain, else fail it."""
     if job.mode == JobMode.ASYNC and job.attempts < settings.JOB_MAX_ATTEMPTS:
         log = attempt_log_with(job, code="worker_lost", message=reason)
+        kind_settings = get_kind_settings(job.kind)
+        job.pool = queues.job_pool(kind_settings)
         requeued = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(
-            status=JobStatus.QUEUED, started_at=None, queued_at=now, attempt_log=log
+            status=JobStatus.QUEUED, started_at=None, queued_at=now, attempt_log=log, pool=job.pool
         )
         if requeued:
             concurrency_retake(job)
-            time_limit = get_kind_settings(job.kind).time_limit
-            queues.enqueue_job(job.pk, time_limit=time_limit, trace_context=job.trace_context)
+            queues.enqueue_job(job, time_limit=kind_settings.time_limit)
             return "requeued"
         return "skipped"
     failed = job_finish(job, status=JobStatus.FAILED, error_code="worker_lost", error_message=reason)
@@ -134,13 +147,14 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     report = {"requeued": 0, "failed": 0, "canceled": 0}
     queued_cutoff = now - timedelta(seconds=settings.RECONCILE_QUEUED_GRACE)
     stale_queued = Job.objects.filter(status=JobStatus.QUEUED, mode=JobMode.ASYNC, created_at__lt=queued_cutoff)
-    stale_queued = stale_queued.only("id", "kind", "trace_context", "created_at", "queued_at")
+    stale_queued = stale_queued.only(
+        "id", "kind", "trace_context", "created_at", "queued_at", "owner_id", "priority", "pool"
+    )
     for job in chain.from_iterable(keyset_batches(stale_queued, field="created_at", size=RECONCILE_BATCH)):
         if job.queued_at and job.queued_at >= queued_cutoff:
             continue  # back on the queue (a held job released, a retry) within the grace: its RQ job is on its way
         if not queues.is_pending_in_rq(job.pk):
-            time_limit = get_kind_settings(job.kind).time_limit
-            queues.enqueue_job(job.pk, time_limit=time_limit, trace_context=job.trace_context)
+            _job_enqueue_again(job)
             report["requeued"] += 1
     grace = timedelta(seconds=settings.RECONCILE_RUNNING_GRACE)
     overdue = Job.objects.filter(status=JobStatus.RUNNING, started_at__lt=now - grace)

@@ -66,6 +66,7 @@ class JobSubmitView(EndpointView):
             run_at=envelope.validated_data.get("run_at"),
             depends_on=envelope.validated_data.get("depends_on", ()),
             allow_dependency_failure=envelope.validated_data.get("allow_dependency_failure", False),
+            priority=envelope.validated_data.get("priority"),
         )
         return idempotent_response(
             request=request,

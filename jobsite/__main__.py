@@ -19,7 +19,7 @@ import venv
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from jobsite.sizing import CALLBACK_WORKERS, default_job_workers
+from jobsite.sizing import CALLBACK_WORKERS, DEFAULT_POOL, job_pools
 from jobsite.supervisor import Supervisor  # jobsite/__init__.py has refused a Python older than 3.11
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,14 +200,16 @@ def service_commands(port: str) -> dict[str, list]:
         # gunicorn.conf.py sizes it to the machine and sets up PROMETHEUS_MULTIPROC_DIR, as in production.
         "web": [bin_dir / "gunicorn", "--config", ROOT / "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}"],
     }
-    # Sized to the machine (jobsite/sizing.py); webhook retries have workers of their own, so that a slow
-    # receiver never holds up jobs, nor a backlog of jobs the retries of webhooks already due.
-    job_workers = int(os.environ.get("RQ_WORKERS") or default_job_workers())
+    # One pool of workers per queue of RQ_POOLS (the default pool `jobs`, sized to the machine by jobsite/sizing.py,
+    # also runs the reconciler's queue); webhook retries have workers of their own, so that a slow receiver never
+    # holds up jobs, nor a backlog of jobs the retries of webhooks already due.
+    try:
+        pools = job_pools(os.environ)
+    except ValueError as exc:
+        sys.exit(f"RQ_POOLS / RQ_WORKERS: {exc}")
     callback_workers = int(os.environ.get("RQ_CALLBACK_WORKERS") or CALLBACK_WORKERS)
-    for role, queue_names, count in (
-        ("jobs", ["jobs", "maintenance"], job_workers),
-        ("callbacks", ["callbacks"], callback_workers),
-    ):
+    roles = [(pool, [pool, "maintenance"] if pool == DEFAULT_POOL else [pool], size) for pool, size in pools.items()]
+    for role, queue_names, count in (*roles, ("callbacks", ["callbacks"], callback_workers)):
         for number in range(1, count + 1):
             commands[f"{role}-worker-{number}"] = [
                 VENV_PYTHON,
@@ -233,7 +235,8 @@ RUN_ENVIRONMENT = {
     "PORT": "port of the web server (default 8000; --port wins)",
     "REDIS_URL": "Redis to use (default redis://127.0.0.1:6379/0; a local redis-server is started if none answers)",
     "DATABASE_URL": "database (default SQLite in var/jobsite.sqlite3; postgres://... for PostgreSQL)",
-    "RQ_WORKERS": "job worker processes (default: see docs/operations.md)",
+    "RQ_WORKERS": "worker processes of the default pool `jobs` (default: see docs/operations.md)",
+    "RQ_POOLS": "more worker pools, name:size,... (e.g. cpu:2,io:4); kinds are routed to them in the admin",
     "RQ_CALLBACK_WORKERS": "webhook delivery worker processes",
     "WEB_CONCURRENCY": "gunicorn worker processes (default: one per CPU core, at least 2)",
     "GUNICORN_THREADS": "threads per gunicorn worker (default 8)",

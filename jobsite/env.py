@@ -6,6 +6,8 @@ from typing import TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
 
+from jobsite.sizing import job_pools
+
 T = TypeVar("T")
 
 _TRUE = {"true", "1"}
@@ -89,3 +91,26 @@ def _parse_ports(raw: str) -> frozenset[int]:
 def env_ports(name: str, default: str) -> frozenset[int]:
     """A set of TCP ports written as a comma-separated list of ports and ranges: `80,443,1024-65535`."""
     return _read(name, _parse_ports(default), _parse_ports)
+
+
+def env_pools(name: str) -> dict[str, int]:
+    """Worker pools `name:size,...` (jobsite.sizing.job_pools: the default pool sized by RQ_WORKERS)."""
+    try:
+        return job_pools(os.environ)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"environment variable {name}={os.environ.get(name, '')!r}: {exc}") from None
+
+
+def env_weights(name: str, default: dict[str, int]) -> dict[str, int]:
+    """Positive whole weights for exactly the default's names, `high:4,normal:2,low:1`; unnamed ones keep theirs."""
+
+    def parse(raw: str) -> dict[str, int]:
+        weights = dict(default)
+        for item in _parse_list(raw):
+            key, _, value = item.partition(":")
+            if key not in default or not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{item!r}: expected one of {', '.join(default)} with a whole weight >= 1")
+            weights[key] = int(value)
+        return weights
+
+    return _read(name, dict(default), parse)

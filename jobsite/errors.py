@@ -87,6 +87,12 @@ class IpNotAllowed(ServiceError):
     status, code, title = 403, "ip_not_allowed", "IP address not allowed"
 
 
+class PriorityNotAllowed(ServiceError):
+    """403, not 400: the request is well formed; the caller's policy does not grant that priority (like a scope)."""
+
+    status, code, title = 403, "priority_not_allowed", "Priority not allowed"
+
+
 class NotFound(ServiceError):
     status, code, title = 404, "not_found", "Not found"
 

@@ -45,6 +45,8 @@ def _script(source: str) -> Script:
     return get_redis().register_script(source)
 
 
-def run_lua(source: str, *, keys: list[str], args: Sequence[EncodableT]) -> object:
-    """Run a Lua script by its SHA (registered once per process; redis-py reloads it after a Redis restart)."""
-    return _script(source)(keys=keys, args=args, client=get_redis())
+def run_lua(source: str, *, keys: list[str], args: Sequence[EncodableT], client: Redis | None = None) -> object:
+    """Run a Lua script by its SHA (registered once per process; redis-py reloads it after a Redis restart).
+
+    `client`: another connection or a pipeline (the script then runs inside its transaction)."""
+    return _script(source)(keys=keys, args=args, client=client or get_redis())

@@ -7,9 +7,19 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from jobsite.env import env_bool, env_choice, env_float, env_int, env_list, env_ports, env_str
+from jobsite.env import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_pools,
+    env_ports,
+    env_str,
+    env_weights,
+)
 from jobsite.logs import logging_config
-from jobsite.sizing import ADMISSION_PER_JOB_WORKER, default_job_workers
+from jobsite.sizing import ADMISSION_PER_JOB_WORKER
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -114,11 +124,21 @@ CACHES = {
     }
 }
 
+JOB_POOLS = env_pools("RQ_POOLS")
+"""Worker pools {name: worker processes}: `jobs` (RQ_WORKERS, default one per core) plus those of RQ_POOLS
+(`cpu:2,io:4`). Each is an RQ queue that kinds are routed to (KindSettings.pool); see jobs/pools.py."""
+QUEUE_FAIRNESS = env_bool("QUEUE_FAIRNESS", True)
+"""Round-robin between the owners with jobs waiting in a pool and priority; off: first come, first served."""
+PRIORITY_WEIGHTS = env_weights("PRIORITY_WEIGHTS", {"high": 4, "normal": 2, "low": 1})
+"""Shares of dispatches per priority when all have jobs waiting (smooth weighted round-robin): no starvation."""
+
+# Every queue, the dashboard's too, is a PoolQueue: pools stage their jobs per priority and owner (jobs/pools.py);
+# the others behave as plain RQ queues. One class for all: an RQ worker requires its queues to share one.
 RQ_QUEUES = {
     name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600, "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT}
-    for name in ("jobs", "callbacks", "maintenance")
+    for name in (*JOB_POOLS, "callbacks", "maintenance")
 }
-RQ = {"COMMIT_MODE": "auto"}
+RQ = {"COMMIT_MODE": "auto", "QUEUE_CLASS": "jobs.pools.PoolQueue"}
 
 # Reconciler: how often it runs and how long a job may look stuck before it is rescued.
 RECONCILE_INTERVAL = env_int("RECONCILE_INTERVAL", 15, minimum=1)
@@ -185,6 +205,7 @@ SPECTACULAR_SETTINGS = {
         "FetchKindEnum": ["fetch"],
         "StatsKindEnum": ["stats"],
         "DeliveryStatusEnum": ["pending", "delivered", "failed"],
+        "PriorityEnum": "accounts.models.Priority",
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -251,13 +272,14 @@ SERVICE_UNAVAILABLE_RETRY_AFTER = env_int("SERVICE_UNAVAILABLE_RETRY_AFTER", 5, 
 """Seconds a client told `service_unavailable` (Redis unreachable) should wait."""
 QUEUE_FULL_RETRY_AFTER = env_int("QUEUE_FULL_RETRY_AFTER", 5, minimum=1)
 """Seconds a client told `queue_full` should wait."""
-QUEUE_ADMISSION_DEPTH = env_int(
-    "QUEUE_ADMISSION_DEPTH",
-    ADMISSION_PER_JOB_WORKER * env_int("RQ_WORKERS", default_job_workers(), minimum=1),
-    minimum=1,
-)
-"""Async jobs waiting in the jobs queue beyond which an acknowledgement waits for room (back-pressure): a job
-accepted under saturation waits behind at most this many, so its time to callback does not grow with the backlog."""
+QUEUE_ADMISSION_DEPTH = env_int("QUEUE_ADMISSION_DEPTH", 0, minimum=0)
+"""Set (> 0): the bound of every pool instead of its default (QUEUE_ADMISSION_DEPTHS)."""
+QUEUE_ADMISSION_DEPTHS = {
+    pool: QUEUE_ADMISSION_DEPTH or ADMISSION_PER_JOB_WORKER * size for pool, size in JOB_POOLS.items()
+}
+"""Per pool: async jobs waiting in it beyond which an acknowledgement waits for room (back-pressure), 16 per
+worker of the pool by default: a job accepted under saturation waits behind at most this many, so its time to
+callback does not grow with the backlog."""
 QUEUE_ADMISSION_WAIT = env_float("QUEUE_ADMISSION_WAIT", 2.0, minimum=0.0)
 """Seconds an async acknowledgement waits for room below QUEUE_ADMISSION_DEPTH before answering 503 queue_full."""
 

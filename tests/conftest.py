@@ -23,6 +23,7 @@ from rq import SimpleWorker
 from accounts.models import SCOPES, User
 from accounts.services import api_key_create
 from jobs import queues
+from jobs.pools import PoolQueue
 from jobsite.process_cache import credentials_cache, settings_cache
 from jobsite.redis import get_redis
 from tests.processes import free_port
@@ -114,9 +115,13 @@ def api(client_for: Callable[[User], APIClient], user: User) -> APIClient:
 
 
 def run_worker_burst(*queue_names: str) -> None:
-    """Run an in-process RQ SimpleWorker until the queues are empty."""
+    """Run an in-process RQ SimpleWorker until the queues are empty (dispatching pools as rqworker does)."""
     names = queue_names or (queues.JOBS_QUEUE,)
-    worker = SimpleWorker([queues.get_queue(name) for name in names], connection=queues.get_queue(names[0]).connection)
+    worker = SimpleWorker(
+        [queues.get_queue(name) for name in names],
+        connection=queues.get_queue(names[0]).connection,
+        queue_class=PoolQueue,
+    )
     worker.work(burst=True, with_scheduler=False)
 
 

@@ -171,6 +171,7 @@ def _job(status: str) -> dict[str, Any]:
         "id": "3f0c1f9e-0000-4000-8000-000000000001",
         "kind": "hash",
         "mode": "async",
+        "priority": "normal",
         "status": status,
         "input": {"data": "x"},
         "result": None,

@@ -19,7 +19,7 @@ from accounts.models import User
 from accounts.selectors import api_key_get_active
 from accounts.services import api_key_revoke
 from jobs.webhooks import webhook_signing_secrets
-from jobsite.__main__ import venv_made_by_another_python
+from jobsite.__main__ import service_commands, venv_made_by_another_python
 from tests.conftest import ROOT
 from tests.processes import free_port, group_alive
 from tests.waiting import wait_answering, wait_until
@@ -171,3 +171,27 @@ def test_dumpdata_without_app_labels_serializes_the_whole_database(user: User) -
     records = json.loads(out.getvalue())
     assert {"username": "alice"}.items() <= next(r["fields"] for r in records if r["model"] == "accounts.user").items()
     assert not any(r["model"].startswith("django_rq.") for r in records)
+
+
+def test_run_starts_one_worker_pool_per_queue_sized_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RQ_WORKERS", "2")
+    monkeypatch.setenv("RQ_POOLS", "cpu:1,io:3")
+    monkeypatch.setenv("RQ_CALLBACK_WORKERS", "1")
+    commands = service_commands("8000")
+    queues = {
+        name: argv[argv.index("rqworker") + 1 : argv.index("--worker-class")]
+        for name, argv in commands.items()
+        if "rqworker" in argv
+    }
+    assert queues == {
+        "jobs-worker-1": ["jobs", "maintenance"],
+        "jobs-worker-2": ["jobs", "maintenance"],
+        "cpu-worker-1": ["cpu"],
+        "io-worker-1": ["io"],
+        "io-worker-2": ["io"],
+        "io-worker-3": ["io"],
+        "callbacks-worker-1": ["callbacks"],
+    }
+    monkeypatch.setenv("RQ_POOLS", "cpu:0")
+    with pytest.raises(SystemExit, match="RQ_POOLS"):
+        service_commands("8000")

@@ -43,6 +43,7 @@ def test_limits_show_what_remains_and_reading_them_spends_nothing(user: User) ->
             "in_use_by_you": 1,
             "in_use_global": 1,
         }
+        assert by_name["jobs.async"]["max_priority"] == "normal"  # what a submission may ask
         assert by_name["account.read"]["rate_limit"] is None
         untouched = by_name["compat.sync"]["rate_limit"]
         assert (untouched["remaining"], untouched["reset"]) == (untouched["quota"], 0)

@@ -100,6 +100,8 @@ class SubmitOptions(TypedDict, total=False):
     depends_on: Sequence[str]
     """Ids of own jobs to wait for; until they are final the job is `waiting`."""
     allow_dependency_failure: bool
+    priority: str
+    """`high`, `normal` or `low`, up to the policy's max_priority (above: `PermissionDenied`, `priority_not_allowed`)."""
 
 
 def _post_job(

@@ -85,7 +85,8 @@ class Client:
     ) -> Job:
         """Queue a job (POST /jobs/async/): the job, `queued` (or final at once when cached); with `run_at`
         ahead `scheduled`, with `depends_on` `waiting`. Options: `callback_url`, `run_at`, `depends_on`,
-        `allow_dependency_failure`."""
+        `allow_dependency_failure`, `priority` (`high|normal|low` up to the policy's max_priority; above:
+        `PermissionDenied`, code `priority_not_allowed`)."""
         return self._drive(protocol.submit(kind, input, idempotency_key, options))
 
     def get(self, job_id: str) -> Job:

@@ -42,7 +42,7 @@ class AuthenticationFailed(APIError):
 
 
 class PermissionDenied(APIError):
-    """403: `permission_denied` (role or scope), `ip_not_allowed`, `csrf_failed`."""
+    """403: `permission_denied` (role or scope), `ip_not_allowed`, `csrf_failed`, `priority_not_allowed`."""
 
 
 class InsufficientCredits(APIError):

@@ -126,6 +126,7 @@ class Job:
     id: str
     kind: str
     mode: str
+    priority: str
     status: str
     input: dict[str, Any]
     result: dict[str, Any] | None
@@ -229,6 +230,7 @@ class EndpointLimits:
     name: str
     enabled: bool
     rate_limit: RateLimitState | None
+    max_priority: str
     concurrency: Concurrency
 
 
