@@ -3,12 +3,13 @@
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from uuid import UUID
 
 import django_rq
 from django.conf import settings
 from django.db import transaction
+from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
@@ -42,8 +43,27 @@ _PENDING_RQ_STATUSES = frozenset({RQJobStatus.QUEUED, RQJobStatus.STARTED, RQJob
 
 
 def get_queue(name: str) -> Queue:
+    """The process's one RQ queue of that name (per configured URL: a test may point a queue elsewhere)."""
+    return _queue(name, settings.RQ_QUEUES[name]["URL"])
+
+
+@lru_cache(maxsize=16)
+def _queue(name: str, url: str) -> Queue:
+    # django-rq would build a client, hence a connection pool and a new TCP connection, on every call, and RQ
+    # asks each new client for the server version (INFO): one of each per process instead.
     # We enqueue after commit ourselves (see enqueue_job), so django-rq must not defer it again.
-    return django_rq.get_queue(name, commit_mode="auto")
+    return django_rq.get_queue(name, commit_mode="auto", connection=_connection(url))
+
+
+@lru_cache(maxsize=4)
+def _connection(url: str) -> Redis:
+    """A thread-safe client per Redis URL, with the same short timeouts as jobsite.redis.get_redis."""
+    return Redis.from_url(
+        url,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        health_check_interval=30,
+    )
 
 
 def queue_depth(name: str = JOBS_QUEUE) -> int:
@@ -74,15 +94,20 @@ def queue_wait_for_room(*, limit: int, wait: float) -> int:
 
 def enqueue_job(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
     """Put a job on the jobs queue; RQ's job id is ours, RQ backs the kind's time limit, meta carries the trace."""
-    get_queue(JOBS_QUEUE).enqueue(
-        "jobs.tasks.execute_job",
-        str(job_id),
-        job_id=str(job_id),
-        job_timeout=time_limit + RQ_TIMEOUT_MARGIN,
-        result_ttl=RESULT_TTL,
-        failure_ttl=RESULT_TTL,
-        meta={TRACE_META_KEY: trace_context or {}},
-    )
+    queue = get_queue(JOBS_QUEUE)
+    # One round trip (MULTI/EXEC): RQ's registration of the queue and the job itself, which it would send apart.
+    with queue.connection.pipeline() as pipeline:
+        queue.enqueue(
+            "jobs.tasks.execute_job",
+            str(job_id),
+            job_id=str(job_id),
+            job_timeout=time_limit + RQ_TIMEOUT_MARGIN,
+            result_ttl=RESULT_TTL,
+            failure_ttl=RESULT_TTL,
+            meta={TRACE_META_KEY: trace_context or {}},
+            pipeline=pipeline,
+        )
+        pipeline.execute()
 
 
 def _enqueue_job_or_defer(job_id: UUID, *, time_limit: int, trace_context: dict[str, str] | None = None) -> None:
