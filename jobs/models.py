@@ -68,6 +68,11 @@ class Job(models.Model):
     client_ip = models.GenericIPAddressField(
         null=True, blank=True, help_text="Address it was submitted from (compatible routes: anonymous callers' view)."
     )
+    holds_slot = models.BooleanField(
+        default=True,
+        help_text="Took a concurrency slot when admitted or requeued (its endpoint had a cap): its final state "
+        "gives the slot back. Jobs of uncapped endpoints take none, and their finish writes no counter.",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

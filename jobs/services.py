@@ -61,6 +61,7 @@ def job_requeue(*, job_id: UUID) -> bool:
             run_ms=None,
             queue_wait_ms=None,
             queued_at=timezone.now(),
+            holds_slot=True,
         )
         if requeued:
             concurrency_retake(job)
