@@ -77,8 +77,7 @@ def _job_requeue_or_fail(job: Job, *, reason: str, now: datetime) -> str:
         requeued = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(
             status=JobStatus.QUEUED, started_at=None, queued_at=now, attempt_log=log
         )
-        if requeued:
-            concurrency_retake(job)
+        if requeued:  # still active: it keeps the slot it holds (taking another would count it twice)
             time_limit = get_kind_settings(job.kind).time_limit
             queues.enqueue_job(job.pk, time_limit=time_limit, trace_context=job.trace_context)
             return "requeued"

@@ -99,6 +99,21 @@ def test_counters_equal_active_jobs_through_every_transition(
     assert not ConcurrencySlot.objects.filter(owner__username=ANONYMOUS_USERNAME).exists()
 
 
+def test_a_job_requeued_after_a_lost_worker_keeps_its_one_slot(api: APIClient, settings) -> None:
+    settings.JOB_MAX_ATTEMPTS = 2
+    set_policy("jobs.async", max_concurrent_per_user=2)
+    job_id = api.post("/api/v1/jobs/async/", HASH, format="json").json()["id"]
+    Job.objects.filter(pk=job_id).update(
+        status=JobStatus.RUNNING, started_at=timezone.now() - timedelta(hours=1), attempts=1
+    )
+
+    assert jobs_reconcile()["requeued"] == 1
+    assert_counters_exact()  # still one job, still one slot: the lost attempt's slot was never given back
+    run_worker_burst()
+    assert Job.objects.get(pk=job_id).status == JobStatus.SUCCEEDED
+    assert_counters_exact()
+
+
 def test_counters_stay_exact_when_a_cap_is_lifted_and_set_again_while_jobs_wait(api: APIClient) -> None:
     set_policy("jobs.async", max_concurrent_per_user=4)
     held = [api.post("/api/v1/jobs/async/", HASH, format="json").json()["id"] for _ in range(2)]
