@@ -42,15 +42,21 @@ HASH = {"kind": "hash", "input": {"data": "trace me", "iterations": 10}}
 
 
 @pytest.fixture
-def spans():
-    """Spans exported to memory, requests traced as with an exporter configured (OTEL_EXPORTER is `none` here)."""
+def job_spans():
+    """Spans exported to memory, with tracing as shipped (OTEL_EXPORTER=none: requests are not instrumented)."""
     exporter = InMemorySpanExporter()
     processor = SimpleSpanProcessor(exporter)
     trace.get_tracer_provider().add_span_processor(processor)
-    instrument_django()
     yield exporter
-    DjangoInstrumentor().uninstrument()
     processor.shutdown()
+
+
+@pytest.fixture
+def spans(job_spans: InMemorySpanExporter):
+    """The same, requests traced too, as with an exporter configured."""
+    instrument_django()
+    yield job_spans
+    DjangoInstrumentor().uninstrument()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -222,16 +228,6 @@ def test_outbound_urls_are_logged_without_query_strings(
     [line] = [json.loads(row)["event"] for row in output.splitlines() if "HTTP Request" in row]
     assert line.startswith(f"HTTP Request: GET {server.url}/hook?{REDACTED}")
     assert "s3cr3t-query" not in output
-
-
-@pytest.fixture
-def job_spans():
-    """Spans exported to memory, with tracing as shipped (OTEL_EXPORTER=none: requests are not instrumented)."""
-    exporter = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exporter)
-    trace.get_tracer_provider().add_span_processor(processor)
-    yield exporter
-    processor.shutdown()
 
 
 @pytest.mark.django_db(transaction=True)
