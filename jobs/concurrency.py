@@ -6,8 +6,9 @@ is reached) and gives it back in the transaction that makes it final (job_finish
 job is failed through job_finish); a requeued final job takes it again. The database stays the source of
 truth: a Redis flush cannot lose a slot, and `in_use == COUNT(queued or running jobs)` holds at every commit
 for jobs admitted while the policy had a cap. Endpoints without caps (the compatible routes, whose anonymous
-callers share one owner) take no slot: one counter row for everyone would serialise their submissions. A cap
-set later counts the jobs admitted from then on; a release never takes a counter below zero. The rare global
+callers share one owner) take no slot: one counter row for everyone would serialise their submissions. A job
+remembers whether it took one (`Job.holds_slot`) and only such a job gives one back, so a cap set or lifted
+while jobs run leaves every counter exact; a release never takes a counter below zero. The rare global
 cap sums an endpoint's counters under a lock that serialises competing submissions to it.
 """
 
@@ -15,7 +16,7 @@ import hashlib
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import F, Sum
+from django.db.models import Sum
 
 from accounts import metrics
 from accounts.models import EndpointPolicy, User
@@ -31,6 +32,9 @@ _TAKE = (
 """One more job holds a slot (PostgreSQL, SQLite >= 3.35); `_TAKE_BELOW` adds the cap's condition."""
 
 _TAKE_BELOW = f"{_TAKE} WHERE {_SLOTS}.in_use < %s RETURNING in_use"
+
+_RELEASE = f"UPDATE {_SLOTS} SET in_use = in_use - 1 WHERE endpoint = %s AND owner_id = %s AND in_use > 0"
+"""One job fewer holds a slot; never below zero."""
 
 
 def _lock_endpoint(name: str) -> None:
@@ -56,14 +60,15 @@ def _refuse(cap: str, limit: int, active: int, policy: EndpointPolicy) -> RateLi
     )
 
 
-def concurrency_admit(*, user: User, policy: EndpointPolicy) -> None:
+def concurrency_admit(*, user: User, policy: EndpointPolicy) -> bool:
     """Take a slot for one more job of the user's, or raise RateLimited if a cap of the policy is reached (0 = no cap).
 
-    Must run inside the job-creating transaction: the slot and the job commit (or roll back) together.
+    Returns whether a slot was taken (the job's `holds_slot`). Must run inside the job-creating transaction:
+    the slot and the job commit (or roll back) together.
     """
     cap = policy.max_concurrent_per_user
     if not (cap or policy.max_concurrent_global):
-        return
+        return False
     if not connection.in_atomic_block:
         raise RuntimeError("concurrency_admit must run inside the job-creating transaction")
     # Lock order is always endpoint, then the user's row: no deadlock between the two caps.
@@ -75,20 +80,25 @@ def concurrency_admit(*, user: User, policy: EndpointPolicy) -> None:
     with connection.cursor() as cursor:
         if not cap:
             cursor.execute(_TAKE, [policy.name, user.pk])
-            return
+            return True
         cursor.execute(_TAKE_BELOW, [policy.name, user.pk, cap])
         if cursor.fetchone() is None:
             raise _refuse("max_concurrent_per_user", cap, cap, policy)
+    return True
 
 
 def concurrency_release(job: Job) -> None:
-    """The job reached a final state: its slot is free. Call in the transaction that made it final."""
-    # in_use > 0: a job admitted before its policy had a cap took no slot; an uncapped endpoint has no row to lock.
-    slot = ConcurrencySlot.objects.filter(endpoint=job.endpoint, owner_id=job.owner_id, in_use__gt=0)
-    slot.update(in_use=F("in_use") - 1)
+    """The job reached a final state: its slot, if it took one, is free. Call in the transaction that made it final."""
+    if not job.holds_slot:
+        return  # admitted without a cap: no counter to write (the compatible routes' finish stays one UPDATE)
+    # in_use > 0: rows from before `holds_slot` existed may count a job admitted before its policy had a cap.
+    with connection.cursor() as cursor:  # by hand, like _TAKE: the ORM's UPDATE costs more CPU to build than to run
+        cursor.execute(_RELEASE, [job.endpoint, job.owner_id])
 
 
 def concurrency_retake(job: Job) -> None:
-    """A final job is active again (requeued by staff): it holds a slot again, whatever the caps say now."""
+    """A final job is active again (requeued by staff): it holds a slot again, whatever the caps say now.
+
+    The caller sets the job's `holds_slot` in the same transaction."""
     with connection.cursor() as cursor:
         cursor.execute(_TAKE, [job.endpoint, job.owner_id])

@@ -87,11 +87,12 @@ def _job_release(job: Job, *, now: datetime, retry_when_full: bool) -> Settled:
     pool = queues.job_pool(kind_settings)  # its kind's pool as the settings say at release
     try:
         with transaction.atomic():
+            holds_slot = concurrency_admit(user=job.owner, policy=policy)
             released = Job.objects.filter(pk=job.pk, status=job.status)
-            if not released.update(status=JobStatus.QUEUED, queued_at=now, pool=pool):
+            if not released.update(status=JobStatus.QUEUED, queued_at=now, pool=pool, holds_slot=holds_slot):
+                transaction.set_rollback(True)  # another hand moved it: give the slot just taken back
                 return Settled.SKIPPED
-            concurrency_admit(user=job.owner, policy=policy)
-            job.pool = pool
+            job.pool, job.holds_slot = pool, holds_slot
             queues.enqueue_job_on_commit(job, time_limit=kind_settings.time_limit)
     except RateLimited:
         if retry_when_full:

@@ -95,6 +95,11 @@ class Job(models.Model):
     pool = models.CharField(
         max_length=32, blank=True, help_text="Worker pool (RQ queue) it was last queued on; empty: it never was."
     )
+    holds_slot = models.BooleanField(
+        default=True,
+        help_text="Took a concurrency slot when admitted or requeued (its endpoint had a cap): its final state "
+        "gives the slot back. Jobs of uncapped endpoints take none, and their finish writes no counter.",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -191,6 +191,7 @@ def _job_record_cached(request: _JobRequest, *, result: Any) -> Job:
             expires_at=job_expiry(request.kind_settings.kind, now),
             queue_wait_ms=0,
             run_ms=0,
+            holds_slot=False,
         )
         job_on_final(job)
     return job
@@ -200,7 +201,7 @@ def _job_run_sync(request: _JobRequest) -> Job:
     # One deadline for the whole request, retries included: it bounds how long a web thread is held.
     deadline = Deadline.after(request.kind_settings.time_limit)
     with transaction.atomic():
-        concurrency_admit(user=request.user, policy=request.policy)
+        holds_slot = concurrency_admit(user=request.user, policy=request.policy)
         now = timezone.now()  # created and started at once: started_at never precedes created_at
         job = _job_create(
             request,
@@ -210,6 +211,7 @@ def _job_run_sync(request: _JobRequest) -> Job:
             created_at=now,
             started_at=now,
             queue_wait_ms=0,
+            holds_slot=holds_slot,
         )
         job_charge(job)
     while (delay := job_run(job, deadline=deadline)) is not None:
@@ -243,8 +245,8 @@ def _job_enqueue(request: _JobRequest) -> Job:
         )
     attributes = {"job.kind": request.kind_settings.kind}
     with transaction.atomic(), tracer.start_as_current_span("job.enqueue", attributes=attributes) as span:
-        concurrency_admit(user=request.user, policy=policy)
-        job = _job_create(request, cost=request.cost, pool=pool)
+        holds_slot = concurrency_admit(user=request.user, policy=policy)
+        job = _job_create(request, cost=request.cost, pool=pool, holds_slot=holds_slot)
         span.set_attribute("job.id", str(job.id))
         job_charge(job)
         queues.enqueue_job_on_commit(job, time_limit=request.kind_settings.time_limit)
@@ -258,7 +260,7 @@ def _job_hold(request: _JobRequest, *, status: str) -> Job:
     then its owner's balance for a refund), so the two cannot deadlock.
     """
     with transaction.atomic():
-        job = _job_create(request, status=status, cost=request.cost)
+        job = _job_create(request, status=status, cost=request.cost, holds_slot=False)  # a slot only at release
         job_dependencies_add(job=job, depends_on=request.depends_on)
         job_charge(job)
         if status == JobStatus.SCHEDULED and request.run_at is not None:

@@ -3,13 +3,14 @@
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from typing import cast
 from uuid import UUID
 
 import django_rq
 from django.conf import settings
 from django.db import transaction
+from redis import Redis
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
@@ -53,8 +54,24 @@ _PENDING_RQ_STATUSES = frozenset({RQJobStatus.QUEUED, RQJobStatus.STARTED, RQJob
 
 
 def get_queue(name: str, *, lane: Lane | None = None) -> PoolQueue:
+    """An RQ queue of that name (a pool's pushes go through `lane`) on the process's one client for its URL (a test
+    may point a queue elsewhere)."""
     # We enqueue after commit ourselves (see enqueue_job), so django-rq must not defer it again.
-    return cast(PoolQueue, django_rq.get_queue(name, commit_mode="auto", lane=lane))
+    connection = _connection(settings.RQ_QUEUES[name]["URL"])
+    return cast(PoolQueue, django_rq.get_queue(name, commit_mode="auto", connection=connection, lane=lane))
+
+
+@lru_cache(maxsize=4)
+def _connection(url: str) -> Redis:
+    """A thread-safe client per Redis URL, with the same short timeouts as jobsite.redis.get_redis: django-rq would
+    build a client, hence a connection pool and a new TCP connection, on every call, and RQ asks each new client
+    for the server version (INFO)."""
+    return Redis.from_url(
+        url,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        health_check_interval=30,
+    )
 
 
 def queue_depth(name: str = JOBS_QUEUE) -> int:
@@ -102,15 +119,20 @@ def _lane(job: Job) -> Lane:
 def enqueue_job(job: Job, *, time_limit: int) -> None:
     """Stage a job in its pool (job.pool) under its priority and owner; RQ's job id is ours, RQ backs the kind's
     time limit, meta carries the trace."""
-    get_queue(job.pool, lane=_lane(job)).enqueue(
-        "jobs.tasks.execute_job",
-        str(job.pk),
-        job_id=str(job.pk),
-        job_timeout=time_limit + RQ_TIMEOUT_MARGIN,
-        result_ttl=RESULT_TTL,
-        failure_ttl=RESULT_TTL,
-        meta={TRACE_META_KEY: job.trace_context or {}},
-    )
+    queue = get_queue(job.pool, lane=_lane(job))
+    # One round trip (MULTI/EXEC): RQ's registration of the queue, the job and its staging, which it would send apart.
+    with queue.connection.pipeline() as pipeline:
+        queue.enqueue(
+            "jobs.tasks.execute_job",
+            str(job.pk),
+            job_id=str(job.pk),
+            job_timeout=time_limit + RQ_TIMEOUT_MARGIN,
+            result_ttl=RESULT_TTL,
+            failure_ttl=RESULT_TTL,
+            meta={TRACE_META_KEY: job.trace_context or {}},
+            pipeline=pipeline,
+        )
+        pipeline.execute()
 
 
 def _enqueue_job_or_defer(job: Job, *, time_limit: int) -> None:

@@ -102,6 +102,7 @@ def job_requeue(*, job_id: UUID) -> bool:
             run_ms=None,
             queue_wait_ms=None,
             queued_at=timezone.now(),
+            holds_slot=True,
         )
         if requeued:
             concurrency_retake(job)
@@ -128,8 +129,7 @@ def _job_requeue_or_fail(job: Job, *, reason: str, now: datetime) -> str:
         requeued = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(
             status=JobStatus.QUEUED, started_at=None, queued_at=now, attempt_log=log, pool=job.pool
         )
-        if requeued:
-            concurrency_retake(job)
+        if requeued:  # still active: it keeps the slot it holds (taking another would count it twice)
             queues.enqueue_job(job, time_limit=kind_settings.time_limit)
             return "requeued"
         return "skipped"

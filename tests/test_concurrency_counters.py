@@ -34,16 +34,17 @@ def _capped(endpoint: str) -> bool:
     return bool(policy.max_concurrent_per_user or policy.max_concurrent_global)
 
 
-def assert_counters_exact() -> None:
-    """The invariant: every counter is the COUNT of its queued and running jobs, and every such job of an endpoint
-    under a cap is counted (an uncapped endpoint keeps no counter)."""
-    active = Job.objects.exclude(status__in=FINAL_STATUSES).values_list("endpoint", "owner_id")
-    counted = {
-        (endpoint, owner): n for endpoint, owner, n in active.annotate(n=Count("id")).order_by() if _capped(endpoint)
-    }
+def assert_counters_exact(*, policies_changed: bool = False) -> None:
+    """The invariant: every counter is the COUNT of its queued and running jobs that hold a slot, and (unless a
+    cap was set or lifted meanwhile) those are the jobs of the endpoints under a cap: uncapped ones keep none."""
+    active = Job.objects.exclude(status__in=FINAL_STATUSES)
+    holding = active.filter(holds_slot=True).values_list("endpoint", "owner_id")
+    counted = {(endpoint, owner): n for endpoint, owner, n in holding.annotate(n=Count("id")).order_by()}
     slots = {(slot.endpoint, slot.owner_id): slot.in_use for slot in ConcurrencySlot.objects.all()}
     assert {key: n for key, n in slots.items() if n} == counted, (slots, counted)
     assert min(slots.values(), default=0) >= 0
+    if not policies_changed:
+        assert all(holds == _capped(endpoint) for endpoint, holds in active.values_list("endpoint", "holds_slot"))
 
 
 def test_counters_equal_active_jobs_through_every_transition(
@@ -96,6 +97,37 @@ def test_counters_equal_active_jobs_through_every_transition(
     assert_counters_exact()
     # The compatible routes have no caps: their anonymous callers, one owner, share no counter row to contend on.
     assert not ConcurrencySlot.objects.filter(owner__username=ANONYMOUS_USERNAME).exists()
+
+
+def test_a_job_requeued_after_a_lost_worker_keeps_its_one_slot(api: APIClient, settings) -> None:
+    settings.JOB_MAX_ATTEMPTS = 2
+    set_policy("jobs.async", max_concurrent_per_user=2)
+    job_id = api.post("/api/v1/jobs/async/", HASH, format="json").json()["id"]
+    Job.objects.filter(pk=job_id).update(
+        status=JobStatus.RUNNING, started_at=timezone.now() - timedelta(hours=1), attempts=1
+    )
+
+    assert jobs_reconcile()["requeued"] == 1
+    assert_counters_exact()  # still one job, still one slot: the lost attempt's slot was never given back
+    run_worker_burst()
+    assert Job.objects.get(pk=job_id).status == JobStatus.SUCCEEDED
+    assert_counters_exact()
+
+
+def test_counters_stay_exact_when_a_cap_is_lifted_and_set_again_while_jobs_wait(api: APIClient) -> None:
+    set_policy("jobs.async", max_concurrent_per_user=4)
+    held = [api.post("/api/v1/jobs/async/", HASH, format="json").json()["id"] for _ in range(2)]
+    set_policy("jobs.async", max_concurrent_per_user=0)
+    unheld = api.post("/api/v1/jobs/async/", HASH, format="json").json()["id"]
+    set_policy("jobs.async", max_concurrent_per_user=4)
+    assert_counters_exact(policies_changed=True)
+
+    assert api.post(f"/api/v1/jobs/{unheld}/cancel/").status_code == 200
+    # The job admitted without a cap gives back no slot: the two that took one are still counted.
+    assert_counters_exact(policies_changed=True)
+    assert ConcurrencySlot.objects.get(endpoint="jobs.async").in_use == len(held)
+    run_worker_burst()
+    assert_counters_exact()
 
 
 @pytest.mark.slow

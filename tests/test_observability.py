@@ -12,6 +12,7 @@ import httpx
 import pytest
 from django.test import override_settings
 from opentelemetry import trace
+from opentelemetry.instrumentation.django import DjangoInstrumentor
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,6 +22,7 @@ from accounts.models import EndpointPolicy, User
 from jobs import ssrf
 from jobs.models import Job, JobStatus, KindSettings
 from jobsite.logs import REDACTED, get_logger, logging_config
+from jobsite.tracing import instrument_django
 from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst
 from tests.waiting import wait_until
 from tests.webhook_helpers import drain_callbacks
@@ -40,12 +42,21 @@ HASH = {"kind": "hash", "input": {"data": "trace me", "iterations": 10}}
 
 
 @pytest.fixture
-def spans():
+def job_spans():
+    """Spans exported to memory, with tracing as shipped (OTEL_EXPORTER=none: requests are not instrumented)."""
     exporter = InMemorySpanExporter()
     processor = SimpleSpanProcessor(exporter)
     trace.get_tracer_provider().add_span_processor(processor)
     yield exporter
     processor.shutdown()
+
+
+@pytest.fixture
+def spans(job_spans: InMemorySpanExporter):
+    """The same, requests traced too, as with an exporter configured."""
+    instrument_django()
+    yield job_spans
+    DjangoInstrumentor().uninstrument()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -218,3 +229,12 @@ def test_outbound_urls_are_logged_without_query_strings(
     [line] = [json.loads(row)["event"] for row in output.splitlines() if "HTTP Request" in row]
     assert line.startswith(f"HTTP Request: GET {server.url}/hook?{REDACTED}")
     assert "s3cr3t-query" not in output
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_an_exporter_requests_make_no_span_but_jobs_still_do(
+    api: APIClient, job_spans: InMemorySpanExporter
+) -> None:
+    assert api.post("/api/v1/jobs/sync/", HASH, format="json").status_code == 200
+
+    assert [span.name for span in job_spans.get_finished_spans()] == ["job.run"]
