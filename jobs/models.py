@@ -33,6 +33,13 @@ class CallbackStatus(models.TextChoices):
     FAILED = "failed"
 
 
+class WebhookEvent(models.TextChoices):
+    """Events a submission may subscribe its callback_url to, besides the final webhook (always sent)."""
+
+    STARTED = "job.started"
+    PROGRESS = "job.progress"
+
+
 class Job(models.Model):
     """The record of one job; the database, not Redis, is the source of truth for it."""
 
@@ -68,6 +75,12 @@ class Job(models.Model):
     client_ip = models.GenericIPAddressField(
         null=True, blank=True, help_text="Address it was submitted from (compatible routes: anonymous callers' view)."
     )
+    progress = models.JSONField(
+        null=True, blank=True, help_text="The last progress the kind reported: fraction, message, updated_at."
+    )
+    webhook_events = models.CharField(
+        max_length=64, blank=True, help_text="Comma list of the events sent besides the final webhook (job.started...)."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -96,6 +109,10 @@ class Job(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    @property
+    def webhook_event_list(self) -> list[str]:
+        return split_list(self.webhook_events)
 
 
 class ConcurrencySlot(models.Model):
@@ -190,6 +207,11 @@ class KindSettings(models.Model):
         "webhook backoff scale",
         default=1.0,
         help_text="Scale of the webhook retry schedule (1.0: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h).",
+    )
+    typical_run_seconds = models.PositiveIntegerField(
+        "typical run time (s)",
+        default=1,
+        help_text="Retry-After of a 202: seconds a job of this kind usually takes (see jobsite_job_run_seconds).",
     )
     updated_at = models.DateTimeField("updated", auto_now=True)
 

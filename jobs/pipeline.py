@@ -44,6 +44,7 @@ def job_submit(
     params: dict[str, Any],
     mode: str,
     callback_url: str = "",
+    webhook_events: list[str] | None = None,
     free: bool = False,
     client_ip: str | None = None,
 ) -> Job:
@@ -51,6 +52,7 @@ def job_submit(
 
     `free` jobs cost nothing: anonymous callers of the compatible routes have no credits to spend.
     `client_ip` is recorded on the job (anonymous callers see only the jobs submitted from their address).
+    `webhook_events` (job.started, job.progress) are sent to callback_url besides the final webhook.
     """
     if callback_url:
         try:
@@ -74,6 +76,7 @@ def job_submit(
         params=params,
         mode=mode,
         callback_url=callback_url,
+        webhook_events=",".join(webhook_events or ()),
         cost=0 if free else kind_settings.cost,
         client_ip=client_ip,
     )
@@ -100,6 +103,8 @@ class _JobRequest:
     callback_url: str
     cost: int
     client_ip: str | None = None
+    webhook_events: str = ""
+    """Comma list, as stored."""
 
 
 def _job_create(request: _JobRequest, **state: Any) -> Job:
@@ -114,6 +119,7 @@ def _job_create(request: _JobRequest, **state: Any) -> Job:
         mode=request.mode,
         input=seal_input(request.kind_settings, request.params),
         callback_url=request.callback_url,
+        webhook_events=request.webhook_events,
         callback_status=CallbackStatus.PENDING if request.callback_url else CallbackStatus.NONE,
         trace_context=inject_context(),
         client_ip=request.client_ip,

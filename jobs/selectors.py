@@ -7,6 +7,7 @@ from uuid import UUID
 from django.db.models import Count, QuerySet
 
 from accounts.models import User
+from jobs.events import held_request, job_wait_final
 from jobs.models import CallbackStatus, Job
 
 
@@ -66,6 +67,22 @@ def job_get(*, user: User, job_id: UUID) -> Job | None:
     """One job if the user may see it; another user's job is indistinguishable from a missing one."""
     jobs = Job.objects.all() if user.is_staff else Job.objects.filter(owner=user)
     return jobs.prefetch_related("callback_attempts").filter(pk=job_id).first()
+
+
+def job_await(*, user: User, job: Job, seconds: int) -> tuple[Job, bool]:
+    """The job, final if it became final within `seconds` (a held request: Prefer: wait), and whether the wait
+    was applied: False when this process holds all the requests it may (the job is answered as it is).
+
+    One XREAD BLOCK per BLOCK_MAX_SECONDS on the job's final stream, then (woken) the job read again: 2 queries.
+    """
+    if job.is_final:
+        return job, True
+    with held_request() as held:
+        if not held:
+            return job, False
+        if job_wait_final(job.pk, seconds=seconds):
+            job = job_get(user=user, job_id=job.pk) or job
+    return job, True
 
 
 def job_stats_for_owner(*, owner_id: int) -> dict[str, Any]:

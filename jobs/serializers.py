@@ -8,7 +8,7 @@ from rest_framework import serializers
 from jobs.encryption import masked_input, open_result
 from jobs.kind_settings import get_kind_settings
 from jobs.kinds import KINDS, Kind
-from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus
+from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus, WebhookEvent
 from jobsite.errors import CallbackUrlForbidden
 from jobsite.fields import HTTP_URL_PATTERN, ListedChoiceField, StrictCharField, matches_http_url
 
@@ -41,6 +41,15 @@ def callback_url_field(**kwargs: Any) -> CallbackUrlField:
     return CallbackUrlField(max_length=CALLBACK_URL_MAX_LENGTH, **kwargs)
 
 
+def webhook_events_field() -> serializers.ListField:
+    return serializers.ListField(
+        child=ListedChoiceField(choices=WebhookEvent.choices),
+        required=False,
+        max_length=len(WebhookEvent.choices),
+        help_text="Events sent to callback_url besides the final webhook (always sent): job.started, job.progress.",
+    )
+
+
 def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
     """The submission body for one kind in one mode: the envelope around the kind's own input serializer."""
     input_required = any(field.required for field in kind.serializer_class().fields.values())
@@ -51,6 +60,7 @@ def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
     }
     if mode == JobMode.ASYNC:
         fields["callback_url"] = callback_url_field(required=False)
+        fields["webhook_events"] = webhook_events_field()
     name = f"{kind.name.title()}{mode.title()}JobRequest"
     return type(name, (serializers.Serializer,), {**fields, "__doc__": f"A `{kind.name}` job ({mode})."})
 
@@ -78,11 +88,20 @@ class JobRequestSerializer(serializers.Serializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         mode = self.context["mode"]
-        if mode != JobMode.ASYNC and "callback_url" in self.initial_data:
-            raise serializers.ValidationError({"callback_url": ["Only async jobs take a callback_url."]})
+        for name, what in (("callback_url", "a callback_url"), ("webhook_events", "webhook_events")):
+            if mode != JobMode.ASYNC and name in self.initial_data:
+                raise serializers.ValidationError({name: [f"Only async jobs take {what}."]})
         request = KIND_REQUESTS[mode][attrs["kind"]](data=self.initial_data)
         request.is_valid(raise_exception=True)
-        return {"callback_url": "", **request.validated_data, "input": dict(request.validated_data["input"])}
+        data = {"callback_url": "", **request.validated_data, "input": dict(request.validated_data["input"])}
+        events = data.pop("webhook_events", [])
+        if events and not data["callback_url"]:
+            raise serializers.ValidationError(
+                {"webhook_events": ["Webhook events are sent to a callback_url: give one."]}
+            )
+        if len(set(events)) != len(events):
+            raise serializers.ValidationError({"webhook_events": ["Name each event once."]})
+        return {**data, "webhook_events": events}
 
 
 class CallbackAttemptSerializer(serializers.ModelSerializer):
@@ -108,6 +127,10 @@ class JobCallbackSerializer(serializers.Serializer):
     url = serializers.CharField(allow_blank=True, help_text="The callback URL, or empty.")
     status = serializers.ChoiceField(choices=CallbackStatus.choices)
     attempts = CallbackAttemptSerializer(many=True)
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=WebhookEvent.choices),
+        help_text="Events sent besides the final webhook (webhook_events of the submission).",
+    )
 
 
 @extend_schema_field(OpenApiTypes.DATETIME)
@@ -127,12 +150,40 @@ class AttemptLogEntrySerializer(serializers.Serializer):
     started_at = StoredInstantField(required=False, help_text="When the attempt started.")
 
 
+class JobProgressSerializer(serializers.Serializer):
+    """How far a running job is, as its kind last reported (throttled: about every half second at most)."""
+
+    fraction = serializers.FloatField(
+        min_value=0, max_value=1, allow_null=True, help_text="Share of the work done; null: unknown (bytes only)."
+    )
+    message = serializers.CharField(allow_blank=True)
+    updated_at = StoredInstantField()
+
+
+class JobEventSerializer(serializers.Serializer):
+    """A job's `status` or `progress` event (event streams' data, `job.started`/`job.progress` webhooks' data)."""
+
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    attempts = serializers.IntegerField()
+    progress = JobProgressSerializer(allow_null=True)
+
+
+class JobWebhookEventSerializer(serializers.Serializer):
+    """The body of a `job.started` or `job.progress` webhook (the final webhook's body is the job itself)."""
+
+    type = serializers.ChoiceField(choices=WebhookEvent.choices)
+    timestamp = serializers.DateTimeField()
+    data = JobEventSerializer()  # type: ignore[assignment]  # a field: DRF's metaclass leaves the property
+
+
 class JobSerializer(serializers.ModelSerializer):
     input = serializers.SerializerMethodField()
     result = serializers.SerializerMethodField()
     error = serializers.SerializerMethodField()
     callback = serializers.SerializerMethodField()
     attempt_log = AttemptLogEntrySerializer(many=True, read_only=True)
+    progress = JobProgressSerializer(allow_null=True, read_only=True)
 
     class Meta:
         model = Job
@@ -153,6 +204,7 @@ class JobSerializer(serializers.ModelSerializer):
             "finished_at",
             "queue_wait_ms",
             "run_ms",
+            "progress",
             "callback",
         ]
         read_only_fields = fields
@@ -178,6 +230,7 @@ class JobSerializer(serializers.ModelSerializer):
             "url": job.callback_url,
             "status": callback_status_of(job, rows),
             "attempts": CallbackAttemptSerializer(rows, many=True).data,
+            "events": job.webhook_event_list,
         }
 
 

@@ -13,9 +13,11 @@ from django.utils import timezone
 from accounts.models import User
 from jobs import metrics, queues
 from jobs.concurrency import concurrency_release, concurrency_retake
+from jobs.events import job_events_clear
 from jobs.execution import attempt_log_with, job_finish, job_on_final
 from jobs.kind_settings import get_kind_settings
 from jobs.models import FINAL_STATUSES, Job, JobMode, JobStatus
+from jobs.progress import job_requeued_announce
 from jobs.selectors import job_get
 from jobsite.db import keyset_batches
 from jobsite.errors import (
@@ -61,9 +63,11 @@ def job_requeue(*, job_id: UUID) -> bool:
             run_ms=None,
             queue_wait_ms=None,
             queued_at=timezone.now(),
+            progress=None,
         )
         if requeued:
             concurrency_retake(job)
+            transaction.on_commit(partial(job_events_clear, job.pk))  # its old final event would end streams
             time_limit = get_kind_settings(job.kind).time_limit
             queues.enqueue_job_on_commit(job.pk, time_limit=time_limit, trace_context=job.trace_context)
     return bool(requeued)
@@ -74,10 +78,11 @@ def _job_requeue_or_fail(job: Job, *, reason: str, now: datetime) -> str:
     if job.mode == JobMode.ASYNC and job.attempts < settings.JOB_MAX_ATTEMPTS:
         log = attempt_log_with(job, code="worker_lost", message=reason)
         requeued = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(
-            status=JobStatus.QUEUED, started_at=None, queued_at=now, attempt_log=log
+            status=JobStatus.QUEUED, started_at=None, queued_at=now, attempt_log=log, progress=None
         )
         if requeued:
             concurrency_retake(job)
+            job_requeued_announce(job)
             time_limit = get_kind_settings(job.kind).time_limit
             queues.enqueue_job(job.pk, time_limit=time_limit, trace_context=job.trace_context)
             return "requeued"

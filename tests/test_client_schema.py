@@ -28,6 +28,9 @@ COMPONENTS: dict[type, str] = {
     jc.Job: "Job",
     jc.JobError: "JobError",
     jc.Callback: "JobCallback",
+    jc.Progress: "JobProgress",
+    jc.JobEvent: "JobEvent",
+    jc.JobWebhookEvent: "JobWebhookEvent",
     jc.CallbackAttempt: "CallbackAttempt",
     jc.AttemptLogEntry: "AttemptLogEntry",
     jc.JobPage: "PaginatedJobList",
@@ -184,7 +187,8 @@ def _job(status: str) -> dict[str, Any]:
         "finished_at": None,
         "queue_wait_ms": None,
         "run_ms": None,
-        "callback": {"url": "", "status": "none", "attempts": []},
+        "progress": None,
+        "callback": {"url": "", "status": "none", "attempts": [], "events": []},
         "a_member_from_a_newer_service": True,
     }
 
