@@ -334,3 +334,21 @@ def test_started_and_progress_webhooks_are_signed_and_the_final_one_is_unchanged
     assert len(ids) == len(set(ids)), "webhook-id is unique per event"
     job = http.get(f"/api/v1/jobs/{job_id}/").json()
     assert [attempt["n"] for attempt in job["callback"]["attempts"]] == [1]  # the final webhook's alone
+
+
+def test_the_client_submits_with_a_wait_and_follows_events_across_streams(
+    lifecycle_url: str, make_user: Callable[..., User], start_worker: Callable[..., Any]
+) -> None:
+    key = conftest.auth_headers(make_user())["Authorization"].removeprefix("Bearer ")
+    start_worker("jobs")
+    with jc.Client(lifecycle_url, key) as client:
+        done = client.submit("hash", {"data": f"client {uuid.uuid4()}", "iterations": 10}, wait=20)
+        assert (done.status, done.finished, done.progress) == ("succeeded", True, None)
+        long = client.submit("hash", {"data": f"client long {uuid.uuid4()}", "iterations": LONG_HASH})
+        assert long.status == "queued"
+        events = list(client.events(long.id))  # streams end every STREAM_SECONDS: the client resumes
+    assert len({event.id for event in events}) == len(events)
+    assert events[-1].event == "job" and events[-1].job.status == "succeeded"
+    fractions = [event.job_event.progress.fraction for event in events if event.event == "progress"]
+    assert fractions and fractions == sorted(fractions)
+    assert all(event.job_event.id == long.id for event in events[:-1])

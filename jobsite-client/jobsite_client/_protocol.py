@@ -24,6 +24,7 @@ from jobsite_client.models import (
     Job,
     Limits,
     Me,
+    StreamEvent,
     WebhookSecret,
     WebhookTestResult,
     parse,
@@ -44,6 +45,12 @@ MAX_POLL_INTERVAL = 5.0
 MAX_PREFER_WAIT = 10
 """Longest `Prefer: wait=N` sent: a server that honours it holds the request this long, well within the
 client's default read timeout (30 s)."""
+
+FINAL_STREAM_EVENT = "job"
+"""The last event of a job's stream: the final job."""
+
+NO_CONTENT = 204
+"""What a job's stream answers once its final event was received: nothing more to send."""
 
 DELIVERIES_PATH = "/api/v1/me/webhook-deliveries/"
 """The caller's webhook delivery log."""
@@ -91,22 +98,37 @@ def _one(call: Call, cls: type[T]) -> Flow[T]:
     return parse(cls, checked(response))
 
 
+@dataclass(frozen=True)
+class Submission:
+    """What an async submission adds to a job's kind and input."""
+
+    callback_url: str | None = None
+    webhook_events: Sequence[str] | None = None
+    wait: int | None = None
+    """Seconds the service may hold the request for the job to finish (`Prefer: wait=N`)."""
+
+
 def _post_job(
-    mode: str, kind: str, job_input: Mapping[str, Any], callback_url: str | None, idempotency_key: str | None
+    mode: str, kind: str, job_input: Mapping[str, Any], submission: Submission, idempotency_key: str | None
 ) -> Flow[Job]:
     body: dict[str, Any] = {"kind": kind, "input": dict(job_input)}
-    if callback_url is not None:
-        body["callback_url"] = callback_url
+    if submission.callback_url is not None:
+        body["callback_url"] = submission.callback_url
+    if submission.webhook_events is not None:
+        body["webhook_events"] = list(submission.webhook_events)
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+    if submission.wait is not None:
+        headers["Prefer"] = f"wait={submission.wait}"
     return _one(Call("POST", f"{JOBS_PATH}{mode}/", json=body, headers=headers), Job)
 
 
 def run(kind: str, job_input: Mapping[str, Any], idempotency_key: str | None) -> Flow[Job]:
-    return _post_job("sync", kind, job_input, None, idempotency_key)
+    return _post_job("sync", kind, job_input, Submission(), idempotency_key)
 
 
-def submit(kind: str, job_input: Mapping[str, Any], callback_url: str | None, idempotency_key: str | None) -> Flow[Job]:
-    return _post_job("async", kind, job_input, callback_url, idempotency_key)
+def submit(kind: str, job_input: Mapping[str, Any], submission: Submission, idempotency_key: str | None) -> Flow[Job]:
+    """200 (the final job: `submission.wait` sufficed) or 202 (queued or running) both answer the job."""
+    return _post_job("async", kind, job_input, submission, idempotency_key)
 
 
 def _job_path(job_id: str) -> str:
@@ -144,6 +166,39 @@ def wait(job_id: str, timeout: float, poll_interval: float) -> Flow[Job]:
         delay = int(retry_after) if retry_after.strip().isdigit() else interval
         interval = min(interval * 2, MAX_POLL_INTERVAL)
         yield Pause(min(delay, remaining))
+
+
+def events_call(job_id: str, last_event_id: str | None) -> Call:
+    """One connection to the job's event stream, resuming after `last_event_id` if given."""
+    headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_event_id} if last_event_id else {})}
+    return Call("GET", f"{_job_path(job_id)}events/", headers=headers)
+
+
+class EventStreamParser:
+    """Server-Sent Events, line by line: `feed` returns each complete event; comments (keep-alives) are skipped."""
+
+    def __init__(self) -> None:
+        self._fields: dict[str, str] = {}
+        self.last_event_id: str | None = None
+        self.retry_ms: int | None = None
+
+    def feed(self, line: str) -> StreamEvent | None:
+        if line.startswith(":"):
+            return None
+        if line:
+            name, _, value = line.partition(":")
+            self._fields[name] = value.removeprefix(" ")
+            return None
+        fields, self._fields = self._fields, {}
+        if "retry" in fields and fields["retry"].isdigit():
+            self.retry_ms = int(fields["retry"])
+        if "data" not in fields:
+            return None
+        event = StreamEvent(
+            event=fields.get("event", "message"), id=fields.get("id", ""), data=json.loads(fields["data"])
+        )
+        self.last_event_id = event.id or self.last_event_id
+        return event
 
 
 def _filters(**filters: Any) -> dict[str, str]:

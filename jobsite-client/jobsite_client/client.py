@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
@@ -17,13 +17,14 @@ from typing import Any, Self, TypeVar, Unpack, cast
 import httpx
 
 from jobsite_client import _protocol as protocol
-from jobsite_client._protocol import Call, DeliveryFilters, Flow, JobFilters, Paged, Pause
+from jobsite_client._protocol import Call, DeliveryFilters, Flow, JobFilters, Paged, Pause, Submission
 from jobsite_client.models import (
     Balance,
     Job,
     JobPage,
     Limits,
     Me,
+    StreamEvent,
     WebhookDelivery,
     WebhookDeliveryPage,
     WebhookSecret,
@@ -81,10 +82,18 @@ class Client:
         input: Mapping[str, Any],
         *,
         callback_url: str | None = None,
+        webhook_events: Sequence[str] | None = None,
+        wait: int | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
-        """Queue a job (POST /jobs/async/): the job, `queued` (or final at once when cached)."""
-        return self._drive(protocol.submit(kind, input, callback_url, idempotency_key))
+        """Queue a job (POST /jobs/async/): the job, `queued` (or final at once when cached).
+
+        `wait`: seconds the service may hold the request (`Prefer: wait=N`, capped by its policy): the final job
+        if it finished in time, else as queued. `webhook_events` (`job.started`, `job.progress`) are sent to
+        `callback_url` besides the final webhook.
+        """
+        submission = Submission(callback_url, webhook_events, wait)
+        return self._drive(protocol.submit(kind, input, submission, idempotency_key))
 
     def get(self, job_id: str) -> Job:
         """One job with its webhook delivery attempts."""
@@ -97,6 +106,28 @@ class Client:
     def wait(self, job_id: str, timeout: float = 60.0, *, poll_interval: float = protocol.POLL_INTERVAL) -> Job:
         """Poll until the job is final; `WaitTimeout` (with the last state) after `timeout` seconds."""
         return self._drive(protocol.wait(job_id, timeout, poll_interval))
+
+    def events(self, job_id: str) -> Iterator[StreamEvent]:
+        """The job's events as they happen (`status`, `progress`), the last one `job` (the final job).
+
+        Each stream the service sends lasts a bounded time; this reconnects with Last-Event-ID (after the
+        `retry:` it asked for), so no event comes twice and none is missed.
+        """
+        parser = protocol.EventStreamParser()
+        while True:
+            call = protocol.events_call(job_id, parser.last_event_id)
+            with self._http.stream(call.method, call.path, headers=call.headers) as response:
+                if not response.is_success:
+                    response.read()
+                    protocol.checked(response)
+                if response.status_code == protocol.NO_CONTENT:
+                    return
+                for line in response.iter_lines():
+                    if (event := parser.feed(line)) is not None:
+                        yield event
+                        if event.event == protocol.FINAL_STREAM_EVENT:
+                            return
+            time.sleep((parser.retry_ms or 0) / 1000)
 
     def page(self, **filters: Unpack[JobFilters]) -> JobPage:
         """The first page of the caller's jobs, newest first (staff: everyone's)."""
@@ -195,10 +226,13 @@ class AsyncClient:
         input: Mapping[str, Any],
         *,
         callback_url: str | None = None,
+        webhook_events: Sequence[str] | None = None,
+        wait: int | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
         """See `Client.submit`."""
-        return await self._drive(protocol.submit(kind, input, callback_url, idempotency_key))
+        submission = Submission(callback_url, webhook_events, wait)
+        return await self._drive(protocol.submit(kind, input, submission, idempotency_key))
 
     async def get(self, job_id: str) -> Job:
         """See `Client.get`."""
@@ -211,6 +245,24 @@ class AsyncClient:
     async def wait(self, job_id: str, timeout: float = 60.0, *, poll_interval: float = protocol.POLL_INTERVAL) -> Job:
         """See `Client.wait`."""
         return await self._drive(protocol.wait(job_id, timeout, poll_interval))
+
+    async def events(self, job_id: str) -> AsyncIterator[StreamEvent]:
+        """See `Client.events`."""
+        parser = protocol.EventStreamParser()
+        while True:
+            call = protocol.events_call(job_id, parser.last_event_id)
+            async with self._http.stream(call.method, call.path, headers=call.headers) as response:
+                if not response.is_success:
+                    await response.aread()
+                    protocol.checked(response)
+                if response.status_code == protocol.NO_CONTENT:
+                    return
+                async for line in response.aiter_lines():
+                    if (event := parser.feed(line)) is not None:
+                        yield event
+                        if event.event == protocol.FINAL_STREAM_EVENT:
+                            return
+            await asyncio.sleep((parser.retry_ms or 0) / 1000)
 
     async def page(self, **filters: Unpack[JobFilters]) -> JobPage:
         """See `Client.page`."""

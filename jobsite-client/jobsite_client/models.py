@@ -178,6 +178,25 @@ class JobWebhookEvent:
 
 
 @dataclass(frozen=True)
+class StreamEvent:
+    """One Server-Sent Event of a job's stream: `status` and `progress` (data: a JobEvent), then `job`."""
+
+    event: str
+    id: str
+    data: dict[str, Any]
+
+    @property
+    def job_event(self) -> JobEvent:
+        """A `status` or `progress` event's data."""
+        return parse(JobEvent, self.data)
+
+    @property
+    def job(self) -> Job:
+        """The `job` event's data: the final job."""
+        return parse(Job, self.data)
+
+
+@dataclass(frozen=True)
 class JobPage:
     """One page of the cursor-paginated job list; `next`/`previous` are URLs or None."""
 
