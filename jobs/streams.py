@@ -13,6 +13,7 @@ every STREAM_MAX_SECONDS, a few milliseconds and one database read each.
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator
 from uuid import UUID
@@ -47,8 +48,19 @@ JOB_EVENT = "job"
 FINAL_EVENT_ID = "final"
 """The id of the `job` event: a client that reconnects with it has had everything (204)."""
 
-LAST_EVENT_ID_PATTERN = r"^(\d{1,20}-\d{1,20}|final)$"
+LAST_EVENT_ID_PATTERN = r"^([0-9]{1,20}-[0-9]{1,20}|final)$"
 """A Last-Event-ID this service sent: a Redis stream entry id, or FINAL_EVENT_ID."""
+
+STREAM_ID_PART_MAX = 2**64 - 1
+"""Redis stream ids are two unsigned 64-bit numbers."""
+
+
+def is_stream_event_id(value: str) -> bool:
+    """Whether `value` is an event id a stream of this service can have sent."""
+    if not re.fullmatch(LAST_EVENT_ID_PATTERN, value):
+        return False
+    return value == FINAL_EVENT_ID or all(int(part) <= STREAM_ID_PART_MAX for part in value.split("-"))
+
 
 LEASE_MARGIN_SECONDS = 5
 """A stream's per-user lease outlives the stream by this much (its final read), and ends on its own after."""

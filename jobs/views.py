@@ -39,7 +39,7 @@ from jobs.serializers import (
     job_request_schema,
 )
 from jobs.services import job_cancel
-from jobs.streams import LAST_EVENT_ID_PATTERN, job_event_stream_open
+from jobs.streams import LAST_EVENT_ID_PATTERN, is_stream_event_id, job_event_stream_open
 from jobs.webhooks import webhook_redeliver, webhook_secret_rotate, webhook_test_send
 from jobsite.api import BODY_STATUSES, GATE_STATUSES, NewestFirstPagination, PageQuerySerializer, paginated, problems
 from jobsite.errors import InvalidInput, NotFound
@@ -74,7 +74,7 @@ def prefer_wait(header: str) -> int | None:
         name, _, value = preference.split(";", 1)[0].partition("=")
         if name.strip().lower() == "wait":
             value = value.strip().strip('"')
-            return int(value) if value.isdigit() else None
+            return int(value) if re.fullmatch(r"[0-9]{1,9}", value) else None
     return None
 
 
@@ -275,7 +275,7 @@ class JobEventsView(EndpointView):
     )
     def get(self, request: AuthenticatedRequest, job_id: UUID) -> HttpResponseBase:
         last_event_id = request.headers.get("Last-Event-ID")
-        if last_event_id is not None and not re.fullmatch(LAST_EVENT_ID_PATTERN, last_event_id):
+        if last_event_id is not None and not is_stream_event_id(last_event_id):
             raise InvalidInput(
                 [{"field": "Last-Event-ID", "message": "Not an event id this service sent."}],
                 "The Last-Event-ID header is not an event id of a job stream.",

@@ -68,6 +68,8 @@ def test_subscribed_events_are_recorded_and_shown(api: APIClient) -> None:
         ("wait=2, wait=9", 2),  # RFC 7240: the first one counts
         ("wait=-1", None),
         ("wait=soon", None),
+        ("wait=²", None),  # a digit to str.isdigit, not a number
+        ("wait=99999999999999", None),
         ("handling=lenient", None),
         ("", None),
     ],
@@ -92,6 +94,13 @@ def test_a_process_holding_all_it_may_answers_at_once(api: APIClient) -> None:
     finally:
         for _ in range(taken):
             held_request_release()
+
+
+@pytest.mark.parametrize("last_event_id", ["x", "\u0661-\u0661", "18446744073709551616-0", "final "])
+def test_a_last_event_id_not_sent_by_a_stream_is_refused(api: APIClient, last_event_id: str) -> None:
+    job_id = api.post("/api/v1/jobs/async/", HASH, format="json").json()["id"]
+    response = api.get(f"/api/v1/jobs/{job_id}/events/", HTTP_LAST_EVENT_ID=last_event_id)
+    assert response.status_code == 400 and response.json()["errors"][0]["field"] == "Last-Event-ID"
 
 
 def test_a_wait_for_a_job_final_already_answers_200_at_once(api: APIClient) -> None:
