@@ -4,6 +4,8 @@ process that holds all the requests it may, the progress throttle and the job's 
 Across processes (gunicorn, RQ workers, a receiver): tests/test_job_lifecycle.py."""
 
 import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -14,10 +16,12 @@ from rest_framework.test import APIClient
 from accounts.models import User
 from credits.selectors import credit_balance
 from jobs.events import STREAM_START, held_request_release, held_request_take, job_events_read
+from jobs.kinds import KINDS, RunContext
+from jobs.kinds.hash import STEP_ITERATIONS
 from jobs.models import Job, JobMode, JobStatus
 from jobs.progress import ProgressReporter
 from jobs.views import prefer_wait
-from tests.conftest import run_worker_burst
+from tests.conftest import LocalHTTPServer, run_worker_burst
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -158,3 +162,46 @@ def test_progress_of_an_attempt_that_lost_the_job_is_dropped(user: User) -> None
     Job.objects.filter(pk=job.pk).update(status=JobStatus.QUEUED)  # the reconciler took it back
     ProgressReporter(job)(0.5, "half")
     assert Job.objects.get(pk=job.pk).progress is None and job_events_read(job.pk, after=STREAM_START) == []
+
+
+def _body_in_parts(*, announce_length: bool) -> Callable[[BaseHTTPRequestHandler], None]:
+    def answer(request: BaseHTTPRequestHandler) -> None:
+        request.send_response(200)
+        if announce_length:
+            request.send_header("Content-Length", str(len(BODY_PART) * 4))
+        else:
+            request.close_connection = True  # the body ends with the connection
+        request.end_headers()
+        for _ in range(4):
+            request.wfile.write(BODY_PART)
+            request.wfile.flush()
+
+    return answer
+
+
+BODY_PART = b"x" * 1024
+
+
+@pytest.mark.parametrize("announce_length", [True, False], ids=["content-length", "no-length"])
+def test_fetch_reports_the_bytes_read(
+    settings: Any, http_server: Callable[..., LocalHTTPServer], announce_length: bool
+) -> None:
+    settings.CALLBACK_ALLOW_PRIVATE = True
+    server = http_server(_body_in_parts(announce_length=announce_length))
+    reports: list[tuple[float | None, str]] = []
+    context = RunContext(owner_id=0, job_id="t", progress=lambda fraction, message: reports.append((fraction, message)))
+    result = KINDS["fetch"].run({"url": f"{server.url}/parts"}, context)
+    assert result["bytes"] == 4096 and reports
+    assert reports[-1][1] == "4096 bytes read"
+    fractions = [fraction for fraction, _ in reports]
+    if announce_length:
+        assert fractions[-1] == 1.0 and fractions == sorted(fractions)
+    else:
+        assert set(fractions) == {None}
+
+
+def test_hash_reports_at_its_steps() -> None:
+    reports: list[tuple[float | None, str]] = []
+    context = RunContext(owner_id=0, job_id="t", progress=lambda fraction, message: reports.append((fraction, message)))
+    KINDS["hash"].run({"data": "steps", "iterations": 3 * STEP_ITERATIONS}, context)
+    assert reports == [(step / 3, f"{step * STEP_ITERATIONS} of {3 * STEP_ITERATIONS} iterations") for step in range(3)]
