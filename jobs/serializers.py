@@ -41,13 +41,38 @@ def callback_url_field(**kwargs: Any) -> CallbackUrlField:
     return CallbackUrlField(max_length=CALLBACK_URL_MAX_LENGTH, **kwargs)
 
 
-def webhook_events_field() -> serializers.ListField:
-    return serializers.ListField(
-        child=ListedChoiceField(choices=WebhookEvent.choices),
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": {"type": "string", "enum": WebhookEvent.values},
+        "uniqueItems": True,
+        "maxItems": len(WebhookEvent.values),
+    }
+)
+class WebhookEventsField(serializers.ListField):
+    """Events sent to callback_url besides the final webhook, each named once."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(child=ListedChoiceField(choices=WebhookEvent.choices), **kwargs)
+
+    def to_internal_value(self, data: Any) -> list[str]:
+        events = super().to_internal_value(data)
+        if len(set(events)) != len(events):
+            raise serializers.ValidationError("Name each event once.")
+        return events
+
+
+def webhook_events_field() -> WebhookEventsField:
+    return WebhookEventsField(
         required=False,
-        max_length=len(WebhookEvent.choices),
-        help_text="Events sent to callback_url besides the final webhook (always sent): job.started, job.progress.",
+        max_length=len(WebhookEvent.values),
+        help_text="Events sent to callback_url besides the final webhook (always sent): job.started, job.progress. "
+        "Needs a callback_url.",
     )
+
+
+WEBHOOK_EVENTS_NEED = {"webhook_events": ["callback_url"]}
+"""JSON Schema `dependentRequired` of an async submission: webhook events are sent to its callback_url."""
 
 
 def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
@@ -62,7 +87,10 @@ def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
         fields["callback_url"] = callback_url_field(required=False)
         fields["webhook_events"] = webhook_events_field()
     name = f"{kind.name.title()}{mode.title()}JobRequest"
-    return type(name, (serializers.Serializer,), {**fields, "__doc__": f"A `{kind.name}` job ({mode})."})
+    attributes = {**fields, "__doc__": f"A `{kind.name}` job ({mode})."}
+    if mode == JobMode.ASYNC:
+        attributes["dependent_required"] = WEBHOOK_EVENTS_NEED  # jobsite.api.ApiSchema writes it in the schema
+    return type(name, (serializers.Serializer,), attributes)
 
 
 KIND_REQUESTS: dict[str, dict[str, type[serializers.Serializer]]] = {

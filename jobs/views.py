@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from accounts.api import EndpointView
 from accounts.endpoints import Endpoint
 from accounts.requests import AuthenticatedRequest
+from jobs.events import PROGRESS_EVENT, STATUS_EVENT
 from jobs.export import export_chunks, export_csv, export_jsonl
 from jobs.idempotency import KEY_HEADER, KEY_MAX_LENGTH, KEY_PATTERN, idempotent_response
 from jobs.kind_settings import get_kind_settings
@@ -39,7 +40,7 @@ from jobs.serializers import (
     job_request_schema,
 )
 from jobs.services import job_cancel
-from jobs.streams import LAST_EVENT_ID_PATTERN, is_stream_event_id, job_event_stream_open
+from jobs.streams import JOB_EVENT, LAST_EVENT_ID_PATTERN, job_event_stream_open
 from jobs.webhooks import webhook_redeliver, webhook_secret_rotate, webhook_test_send
 from jobsite.api import BODY_STATUSES, GATE_STATUSES, NewestFirstPagination, PageQuerySerializer, paginated, problems
 from jobsite.errors import InvalidInput, NotFound
@@ -258,6 +259,19 @@ LAST_EVENT_ID_PARAMETER = OpenApiParameter(
 )
 
 
+EVENT_STREAM_SCHEMA = {
+    "type": "object",
+    "description": "One event: `status` and `progress` carry a JobEvent as JSON text, `job` the final Job.",
+    "properties": {
+        "event": {"type": "string", "enum": [STATUS_EVENT, PROGRESS_EVENT, JOB_EVENT]},
+        "id": {"type": "string", "pattern": LAST_EVENT_ID_PATTERN},
+        "data": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+"""OpenAPI: an event of the stream (fields of the SSE format)."""
+
+
 class JobEventsView(EndpointView):
     endpoint = Endpoint.JOBS_READ
     renderer_classes = [JSONRenderer, EventStreamRenderer]
@@ -268,14 +282,14 @@ class JobEventsView(EndpointView):
         "a stream lasts at most STREAM_MAX_SECONDS, then ends with `retry:` (reconnect with Last-Event-ID)",
         parameters=[LAST_EVENT_ID_PARAMETER],
         responses={
-            (200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description="The event stream."),
+            (200, "text/event-stream"): OpenApiResponse(EVENT_STREAM_SCHEMA, description="The event stream."),
             204: OpenApiResponse(description="Last-Event-ID: final; the stream has nothing more to send."),
             **problems(*GATE_STATUSES, 404),
         },
     )
     def get(self, request: AuthenticatedRequest, job_id: UUID) -> HttpResponseBase:
         last_event_id = request.headers.get("Last-Event-ID")
-        if last_event_id is not None and not is_stream_event_id(last_event_id):
+        if last_event_id is not None and not re.fullmatch(LAST_EVENT_ID_PATTERN, last_event_id):
             raise InvalidInput(
                 [{"field": "Last-Event-ID", "message": "Not an event id this service sent."}],
                 "The Last-Event-ID header is not an event id of a job stream.",
