@@ -233,6 +233,16 @@ class EndpointPolicy(models.Model):
         default=Priority.NORMAL,
         help_text="Highest `priority` a submission may ask (403 priority_not_allowed above it); low is always allowed.",
     )
+    max_wait_seconds = models.PositiveIntegerField(
+        "max Prefer wait (s)",
+        default=30,
+        help_text="Longest `Prefer: wait=N` an async submission is held for its job to finish; 0: never wait.",
+    )
+    max_streams_per_user = models.PositiveIntegerField(
+        "max event streams per user",
+        default=5,
+        help_text="Job event streams (SSE) one user may have open at once; beyond it 429. 0: no cap.",
+    )
     updated_at = models.DateTimeField("updated", auto_now=True)
 
     class Meta:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import replace
 from datetime import datetime
 from functools import cache, partial
 from typing import Any
@@ -29,6 +30,7 @@ from jobs.holding import Settled, job_dependents_settle, job_settle
 from jobs.kind_settings import get_kind_settings, job_expiry
 from jobs.kinds import KINDS, KindError, RunContext
 from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
+from jobs.progress import ProgressReporter, job_final_announce, job_requeued_announce, job_started_announce
 from jobs.retries import retry_delay
 from jobs.stop import StopSignal
 from jobsite.logs import bind_context
@@ -177,6 +179,7 @@ def _outcome_write(job: Job, rows: QuerySet[Job], outcome: dict[str, Any]) -> in
 def job_on_final(job: Job) -> None:
     """Everything that follows a job reaching a final state."""
     job_refund_if_due(job)
+    job_final_announce(job)
     logger.info("job finished", extra={"job_id": str(job.id), "status": job.status, "kind": job.kind})
     metrics.JOBS_FINISHED.labels(kind=job.kind, mode=job.mode, outcome=job.status).inc()
     if job.run_ms is not None:
@@ -219,7 +222,12 @@ def _job_retry_later(job: Job, *, code: str, message: str) -> bool:
     log = attempt_log_with(job, code=code, message=message)
     if job.mode == JobMode.SYNC:
         return bool(owned.update(attempts=F("attempts") + 1, attempt_log=log))
-    return bool(owned.update(status=JobStatus.QUEUED, started_at=None, queued_at=timezone.now(), attempt_log=log))
+    requeued = owned.update(
+        status=JobStatus.QUEUED, started_at=None, queued_at=timezone.now(), attempt_log=log, progress=None
+    )
+    if requeued:
+        job_requeued_announce(job)
+    return bool(requeued)
 
 
 def job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
@@ -240,11 +248,15 @@ def job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
         message = f"the {job.kind} circuit of {target} is open after repeated upstream failures"
         job_finish(job, status=JobStatus.FAILED, error_code="circuit_open", error_message=message)
         return None
+    context = RunContext(owner_id=job.owner_id, job_id=str(job.id), deadline=deadline)
+    if job.mode == JobMode.ASYNC:  # a sync run has no one to tell
+        job_started_announce(job)
+        context = replace(context, progress=ProgressReporter(job))
     started = time.perf_counter()
     attributes: dict[str, str | int] = {"job.id": str(job.id), "job.kind": job.kind, "job.attempt": job.attempts}
     try:
         with tracer.start_as_current_span("job.run", attributes=attributes):
-            result = kind.run(params, RunContext(owner_id=job.owner_id, job_id=str(job.id), deadline=deadline))
+            result = kind.run(params, context)
     except KindError as exc:
         if exc.transient:  # the upstream failed; our refusals and the caller's errors say nothing about it
             circuit_record(kind_settings, target, failed=True)

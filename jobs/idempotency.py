@@ -39,7 +39,7 @@ KEY_MAX_LENGTH = 255
 KEY_PATTERN = r"^[\x21-\x7e]+( +[\x21-\x7e]+)*$"
 """Printable ASCII, no leading or trailing space (HTTP strips those anyway); also the schema's pattern."""
 
-REPLAYED_RESPONSE_HEADERS = ("Location",)
+REPLAYED_RESPONSE_HEADERS = ("Location", "Retry-After", "Preference-Applied", "Vary")
 """Response headers stored with the body and replayed."""
 
 EXECUTED_ERRORS = (JobFailed,)

@@ -41,6 +41,13 @@ class CallbackStatus(models.TextChoices):
     FAILED = "failed"
 
 
+class WebhookEvent(models.TextChoices):
+    """Events a submission may subscribe its callback_url to, besides the final webhook (always sent)."""
+
+    STARTED = "job.started"
+    PROGRESS = "job.progress"
+
+
 class Job(models.Model):
     """The record of one job; the database, not Redis, is the source of truth for it."""
 
@@ -100,6 +107,12 @@ class Job(models.Model):
         help_text="Took a concurrency slot when admitted or requeued (its endpoint had a cap): its final state "
         "gives the slot back. Jobs of uncapped endpoints take none, and their finish writes no counter.",
     )
+    progress = models.JSONField(
+        null=True, blank=True, help_text="The last progress the kind reported: fraction, message, updated_at."
+    )
+    webhook_events = models.CharField(
+        max_length=64, blank=True, help_text="Comma list of the events sent besides the final webhook (job.started...)."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -133,6 +146,10 @@ class Job(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    @property
+    def webhook_event_list(self) -> list[str]:
+        return split_list(self.webhook_events)
 
 
 class JobTombstone(models.Model):
@@ -267,6 +284,11 @@ class KindSettings(models.Model):
         max_length=32,
         default=DEFAULT_POOL,
         help_text="Worker pool (RQ queue) its async jobs run on: one of RQ_POOLS, or jobs.",
+    )
+    typical_run_seconds = models.PositiveIntegerField(
+        "typical run time (s)",
+        default=1,
+        help_text="Retry-After of a 202: seconds a job of this kind usually takes (see jobsite_job_run_seconds).",
     )
     updated_at = models.DateTimeField("updated", auto_now=True)
 

@@ -53,6 +53,7 @@ def job_submit(
     mode: str,
     callback_url: str = "",
     priority: str | None = None,
+    webhook_events: list[str] | None = None,
     free: bool = False,
     client_ip: str | None = None,
     run_at: datetime | None = None,
@@ -66,6 +67,7 @@ def job_submit(
     not asked: normal, or the policy's max if that is lower.
     `free` jobs cost nothing: anonymous callers of the compatible routes have no credits to spend.
     `client_ip` is recorded on the job (anonymous callers see only the jobs submitted from their address).
+    `webhook_events` (job.started, job.progress) are sent to callback_url besides the final webhook.
     """
     ceiling = Priority(policy.max_priority)
     priority = priority or min(Priority.NORMAL, ceiling, key=PRIORITY_RANK.__getitem__)
@@ -99,6 +101,7 @@ def job_submit(
         mode=mode,
         callback_url=callback_url,
         priority=priority,
+        webhook_events=",".join(webhook_events or ()),
         cost=0 if free else kind_settings.cost,
         client_ip=client_ip,
         run_at=run_at,
@@ -133,6 +136,8 @@ class _JobRequest:
     run_at: datetime | None = None
     depends_on: tuple[UUID, ...] = ()
     allow_dependency_failure: bool = False
+    webhook_events: str = ""
+    """Comma list, as stored."""
 
 
 def _hold_status(*, policy: EndpointPolicy, run_at: datetime | None, depends_on: Sequence[UUID]) -> str | None:
@@ -159,6 +164,7 @@ def _job_create(request: _JobRequest, **state: Any) -> Job:
         mode=request.mode,
         input=seal_input(request.kind_settings, request.params),
         callback_url=request.callback_url,
+        webhook_events=request.webhook_events,
         callback_status=CallbackStatus.PENDING if request.callback_url else CallbackStatus.NONE,
         trace_context=inject_context(),
         client_ip=request.client_ip,

@@ -1,10 +1,11 @@
 """RQ queues Jobsite uses, and enqueueing that never loses a job: the database row comes first."""
 
 import logging
+import math
 import time
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
-from typing import cast
+from typing import Any, cast
 from uuid import UUID
 
 import django_rq
@@ -244,6 +245,19 @@ def enqueue_webhook_or_defer(job_id: UUID, *, n: int, retries_left: int) -> None
         enqueue_webhook(job_id, n=n, retries_left=retries_left)
     except RedisError:
         logger.warning("enqueue failed; the reconciler will deliver the webhook of job %s", job_id, exc_info=True)
+
+
+def enqueue_webhook_event(
+    job_id: UUID | str, *, event: str, data: dict[str, Any], msg_id: str, retries_left: int = 1, delay: float = 0.0
+) -> None:
+    """Put a subscribed event's webhook (job.started, job.progress) on the callbacks queue, now or after `delay`."""
+    queue = get_queue(CALLBACKS_QUEUE)
+    task, args = "jobs.tasks.deliver_webhook_event", (str(job_id), event, data, msg_id, retries_left)
+    options = {"job_timeout": webhook_job_timeout(), "result_ttl": RESULT_TTL, "failure_ttl": RESULT_TTL}
+    if delay > 0:
+        queue.enqueue_in(timedelta(seconds=math.ceil(delay)), task, *args, **options)
+    else:
+        queue.enqueue(task, *args, **options)
 
 
 def enqueue_webhook_test(*, user_id: int, url: str, msg_id: str) -> RQJob:

@@ -4,7 +4,7 @@ from drf_spectacular.utils import OpenApiResponse, OpenApiWebhook, extend_schema
 from rest_framework.serializers import Serializer
 
 from jobs.compat import CompatCallbackSerializer
-from jobs.serializers import JobSerializer
+from jobs.serializers import JobSerializer, JobWebhookEventSerializer
 
 SIGNATURE_HEADERS = """
 
@@ -26,9 +26,11 @@ RECEIVER_RESPONSES = {
 }
 
 
-def _webhook(name: str, *, summary: str, body: str, request: type[Serializer]) -> OpenApiWebhook:
+def _webhook(
+    name: str, *, summary: str, body: str, request: type[Serializer], retries: str = RETRIES
+) -> OpenApiWebhook:
     decorator = extend_schema(
-        summary=summary, description=body + RETRIES + SIGNATURE_HEADERS, request=request, responses=RECEIVER_RESPONSES
+        summary=summary, description=body + retries + SIGNATURE_HEADERS, request=request, responses=RECEIVER_RESPONSES
     )
     return OpenApiWebhook(name=name, decorator=decorator)
 
@@ -38,6 +40,27 @@ JOB_FINISHED = _webhook(
     summary="An async job with a callback_url reached its final status",
     body="The body is the job as `GET /api/v1/jobs/{id}/` shows it.",
     request=JobSerializer,
+)
+
+EVENT_BODY = (
+    " Sent only where the submission's `webhook_events` names it, best effort and never delaying the job; it"
+    " may arrive after the final webhook, which alone is authoritative. `webhook-id` is unique per event."
+)
+
+JOB_STARTED = _webhook(
+    "jobStarted",
+    summary="An async job subscribed to `job.started` began an attempt",
+    body="`type: job.started`, `data`: the job's id, status (`running`), attempt and progress." + EVENT_BODY,
+    request=JobWebhookEventSerializer,
+    retries=" A failed delivery (anything but 2xx or 410) is retried once, 5 s later.",
+)
+
+JOB_PROGRESS = _webhook(
+    "jobProgress",
+    summary="An async job subscribed to `job.progress` reported progress (throttled)",
+    body="`type: job.progress`, `data`: the job's id, status, attempt and progress." + EVENT_BODY,
+    request=JobWebhookEventSerializer,
+    retries=" Never retried, and dropped once the job is final: the next report, or the final webhook, supersedes it.",
 )
 
 COMPAT_REQUEST_FINISHED = _webhook(

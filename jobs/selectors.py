@@ -8,6 +8,7 @@ from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
+from jobs.events import held_request, job_wait_final
 from jobs.models import CallbackStatus, Job, JobTombstone
 from jobsite.errors import JobExpired, NotFound
 
@@ -95,6 +96,22 @@ def jobs_awaiting_purge(*, now: datetime | None = None) -> QuerySet[Job]:
     """The jobs the next purge runs will delete: expired, on the purge's own index (job_expires_id), unless
     their webhook is still being delivered (its retries end within CALLBACK_MAX_AGE; the purge waits)."""
     return Job.objects.filter(expires_at__lte=now or timezone.now()).exclude(callback_status=CallbackStatus.PENDING)
+
+
+def job_await(*, user: User, job: Job, seconds: int) -> tuple[Job, bool]:
+    """The job, final if it became final within `seconds` (a held request: Prefer: wait), and whether the wait
+    was applied: False when this process holds all the requests it may (the job is answered as it is).
+
+    One XREAD BLOCK per BLOCK_MAX_SECONDS on the job's final stream, then (woken) the job read again: 2 queries.
+    """
+    if job.is_final:
+        return job, True
+    with held_request() as held:
+        if not held:
+            return job, False
+        if job_wait_final(job.pk, seconds=seconds):
+            job = job_get(user=user, job_id=job.pk) or job
+    return job, True
 
 
 def job_stats_for_owner(*, owner_id: int) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from jobs.dependencies import DEPENDS_ON_MAX
 from jobs.encryption import masked_input, open_result
 from jobs.kind_settings import get_kind_settings
 from jobs.kinds import KINDS, Kind
-from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus
+from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus, WebhookEvent
 from jobsite.errors import CallbackUrlForbidden
 from jobsite.fields import (
     HTTP_URL_PATTERN,
@@ -95,7 +95,7 @@ def _held_fields() -> dict[str, serializers.Field]:
     }
 
 
-ASYNC_ONLY_FIELDS = ("callback_url", "priority", *_held_fields())
+ASYNC_ONLY_FIELDS = ("callback_url", "priority", "webhook_events", *_held_fields())
 """Members of the submission envelope that only async submissions take."""
 
 
@@ -107,6 +107,40 @@ def priority_field() -> ListedChoiceField:
         "priority_not_allowed); default normal (or the policy's max, if lower). Higher goes first by weight "
         "(high 4 : normal 2 : low 1 by default), so low is never starved.",
     )
+
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": {"type": "string", "enum": WebhookEvent.values},
+        "uniqueItems": True,
+        "maxItems": len(WebhookEvent.values),
+    }
+)
+class WebhookEventsField(serializers.ListField):
+    """Events sent to callback_url besides the final webhook, each named once."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(child=ListedChoiceField(choices=WebhookEvent.choices), **kwargs)
+
+    def to_internal_value(self, data: Any) -> list[str]:
+        events = super().to_internal_value(data)
+        if len(set(events)) != len(events):
+            raise serializers.ValidationError("Name each event once.")
+        return events
+
+
+def webhook_events_field() -> WebhookEventsField:
+    return WebhookEventsField(
+        required=False,
+        max_length=len(WebhookEvent.values),
+        help_text="Events sent to callback_url besides the final webhook (always sent): job.started, job.progress. "
+        "Needs a callback_url.",
+    )
+
+
+WEBHOOK_EVENTS_NEED = {"webhook_events": ["callback_url"]}
+"""JSON Schema `dependentRequired` of an async submission: webhook events are sent to its callback_url."""
 
 
 def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
@@ -121,8 +155,12 @@ def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
         fields["callback_url"] = callback_url_field(required=False)
         fields.update(_held_fields())
         fields["priority"] = priority_field()
+        fields["webhook_events"] = webhook_events_field()
     name = f"{kind.name.title()}{mode.title()}JobRequest"
-    return type(name, (serializers.Serializer,), {**fields, "__doc__": f"A `{kind.name}` job ({mode})."})
+    attributes = {**fields, "__doc__": f"A `{kind.name}` job ({mode})."}
+    if mode == JobMode.ASYNC:
+        attributes["dependent_required"] = WEBHOOK_EVENTS_NEED  # jobsite.api.ApiSchema writes it in the schema
+    return type(name, (serializers.Serializer,), attributes)
 
 
 KIND_REQUESTS: dict[str, dict[str, type[serializers.Serializer]]] = {
@@ -149,10 +187,18 @@ class JobRequestSerializer(serializers.Serializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         mode = self.context["mode"]
         if mode != JobMode.ASYNC and (named := [name for name in ASYNC_ONLY_FIELDS if name in self.initial_data]):
-            raise serializers.ValidationError({name: [f"Only async jobs take a {name}."] for name in named})
+            raise serializers.ValidationError({name: [f"Only async jobs take {name}."] for name in named})
         request = KIND_REQUESTS[mode][attrs["kind"]](data=self.initial_data)
         request.is_valid(raise_exception=True)
-        return {"callback_url": "", **request.validated_data, "input": dict(request.validated_data["input"])}
+        data = {"callback_url": "", **request.validated_data, "input": dict(request.validated_data["input"])}
+        events = data.pop("webhook_events", [])
+        if events and not data["callback_url"]:
+            raise serializers.ValidationError(
+                {"webhook_events": ["Webhook events are sent to a callback_url: give one."]}
+            )
+        if len(set(events)) != len(events):
+            raise serializers.ValidationError({"webhook_events": ["Name each event once."]})
+        return {**data, "webhook_events": events}
 
 
 class CallbackAttemptSerializer(serializers.ModelSerializer):
@@ -178,6 +224,10 @@ class JobCallbackSerializer(serializers.Serializer):
     url = serializers.CharField(allow_blank=True, help_text="The callback URL, or empty.")
     status = serializers.ChoiceField(choices=CallbackStatus.choices)
     attempts = CallbackAttemptSerializer(many=True)
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=WebhookEvent.choices),
+        help_text="Events sent besides the final webhook (webhook_events of the submission).",
+    )
 
 
 @extend_schema_field(OpenApiTypes.DATETIME)
@@ -197,6 +247,33 @@ class AttemptLogEntrySerializer(serializers.Serializer):
     started_at = StoredInstantField(required=False, help_text="When the attempt started.")
 
 
+class JobProgressSerializer(serializers.Serializer):
+    """How far a running job is, as its kind last reported (throttled: about every half second at most)."""
+
+    fraction = serializers.FloatField(
+        min_value=0, max_value=1, allow_null=True, help_text="Share of the work done; null: unknown (bytes only)."
+    )
+    message = serializers.CharField(allow_blank=True)
+    updated_at = StoredInstantField()
+
+
+class JobEventSerializer(serializers.Serializer):
+    """A job's `status` or `progress` event (event streams' data, `job.started`/`job.progress` webhooks' data)."""
+
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    attempts = serializers.IntegerField()
+    progress = JobProgressSerializer(allow_null=True)
+
+
+class JobWebhookEventSerializer(serializers.Serializer):
+    """The body of a `job.started` or `job.progress` webhook (the final webhook's body is the job itself)."""
+
+    type = serializers.ChoiceField(choices=WebhookEvent.choices)
+    timestamp = serializers.DateTimeField()
+    data = JobEventSerializer()  # type: ignore[assignment]  # a field: DRF's metaclass leaves the property
+
+
 class JobSerializer(serializers.ModelSerializer):
     input = serializers.SerializerMethodField()
     result = serializers.SerializerMethodField()
@@ -206,6 +283,7 @@ class JobSerializer(serializers.ModelSerializer):
     depends_on = serializers.ListField(
         child=serializers.UUIDField(), read_only=True, help_text="The jobs it waits for (submission order)."
     )
+    progress = JobProgressSerializer(allow_null=True, read_only=True)
 
     class Meta:
         model = Job
@@ -231,6 +309,7 @@ class JobSerializer(serializers.ModelSerializer):
             "run_at",
             "depends_on",
             "allow_dependency_failure",
+            "progress",
             "callback",
         ]
         read_only_fields = fields
@@ -257,6 +336,7 @@ class JobSerializer(serializers.ModelSerializer):
             "url": job.callback_url,
             "status": callback_status_of(job, rows),
             "attempts": CallbackAttemptSerializer(rows, many=True).data,
+            "events": job.webhook_event_list,
         }
 
 

@@ -18,6 +18,7 @@ from accounts.models import User
 from jobs import metrics, queues
 from jobs.concurrency import concurrency_release, concurrency_retake
 from jobs.dependencies import waiting_jobs_settleable
+from jobs.events import job_events_clear
 from jobs.execution import attempt_log_with, job_finish, job_held_settle, job_on_final
 from jobs.holding import Settled
 from jobs.kind_settings import get_kind_settings, job_expiry
@@ -31,6 +32,7 @@ from jobs.models import (
     JobStatus,
     JobTombstone,
 )
+from jobs.progress import job_requeued_announce
 from jobs.selectors import job_get_or_raise, jobs_awaiting_purge
 from jobs.stop import stop_request
 from jobsite.db import keyset_batches
@@ -103,9 +105,11 @@ def job_requeue(*, job_id: UUID) -> bool:
             queue_wait_ms=None,
             queued_at=timezone.now(),
             holds_slot=True,
+            progress=None,
         )
         if requeued:
             concurrency_retake(job)
+            transaction.on_commit(partial(job_events_clear, job.pk))  # its old final event would end streams
             queues.enqueue_job_on_commit(job, time_limit=kind_settings.time_limit)
     return bool(requeued)
 
@@ -127,9 +131,10 @@ def _job_requeue_or_fail(job: Job, *, reason: str, now: datetime) -> str:
         kind_settings = get_kind_settings(job.kind)
         job.pool = queues.job_pool(kind_settings)
         requeued = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts).update(
-            status=JobStatus.QUEUED, started_at=None, queued_at=now, attempt_log=log, pool=job.pool
+            status=JobStatus.QUEUED, started_at=None, queued_at=now, attempt_log=log, pool=job.pool, progress=None
         )
         if requeued:  # still active: it keeps the slot it holds (taking another would count it twice)
+            job_requeued_announce(job)
             queues.enqueue_job(job, time_limit=kind_settings.time_limit)
             return "requeued"
         return "skipped"

@@ -11,7 +11,13 @@ from credits.selectors import credit_accounts_out_of_balance
 from jobs.execution import job_execute, job_held_settle
 from jobs.metrics import LEDGER_CHECK_KEY, RECONCILER_LAST_RUN_KEY
 from jobs.services import held_jobs_reconcile, jobs_purge_expired, jobs_reconcile
-from jobs.webhooks import webhook_deliver, webhook_deliver_first, webhook_test_deliver, webhooks_reconcile
+from jobs.webhooks import (
+    webhook_deliver,
+    webhook_deliver_first,
+    webhook_event_deliver,
+    webhook_test_deliver,
+    webhooks_reconcile,
+)
 from jobsite.logs import log_context
 from jobsite.redis import get_redis
 from jobsite.tracing import TRACE_META_KEY, extract_context
@@ -38,6 +44,11 @@ def release_job(job_id: str) -> str:
 def deliver_callback(job_id: str, n: int, retries_left: int, give_up_at: float | None = None) -> str:
     with log_context(job_id=job_id, webhook_attempt=n):
         return webhook_deliver(job_id=job_id, n=n, retries_left=retries_left, give_up_at=give_up_at)
+
+
+def deliver_webhook_event(job_id: str, event: str, data: dict[str, Any], msg_id: str, retries_left: int) -> str:
+    with log_context(job_id=job_id, webhook_id=msg_id):
+        return webhook_event_deliver(job_id=job_id, event=event, data=data, msg_id=msg_id, retries_left=retries_left)
 
 
 def send_test_webhook(user_id: int, url: str, msg_id: str) -> dict[str, Any]:

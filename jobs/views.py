@@ -1,25 +1,31 @@
 """Thin views: validate, call one service or selector, serialise."""
 
 import hashlib
+import re
 from functools import partial
+from typing import Any
 from uuid import UUID
 
 from django.http import StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.utils.cache import patch_vary_headers
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status
-from rest_framework.renderers import JSONRenderer
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 
 from accounts.api import EndpointView
 from accounts.endpoints import Endpoint
 from accounts.requests import AuthenticatedRequest
+from jobs.events import PROGRESS_EVENT, STATUS_EVENT
 from jobs.export import export_chunks, export_csv, export_jsonl
 from jobs.idempotency import KEY_HEADER, KEY_MAX_LENGTH, KEY_PATTERN, idempotent_response
+from jobs.kind_settings import get_kind_settings
 from jobs.limits import caller_limits
 from jobs.models import Job, JobMode, JobStatus
 from jobs.pipeline import job_submit
-from jobs.selectors import job_get_or_raise, job_list, webhook_delivery_list
+from jobs.selectors import job_await, job_get_or_raise, job_list, webhook_delivery_list
 from jobs.serializers import (
     ExportQuerySerializer,
     JobListQuerySerializer,
@@ -34,8 +40,10 @@ from jobs.serializers import (
     job_request_schema,
 )
 from jobs.services import job_cancel
+from jobs.streams import JOB_EVENT, LAST_EVENT_ID_PATTERN, job_event_stream_open
 from jobs.webhooks import webhook_redeliver, webhook_secret_rotate, webhook_test_send
 from jobsite.api import BODY_STATUSES, GATE_STATUSES, NewestFirstPagination, PageQuerySerializer, paginated, problems
+from jobsite.errors import InvalidInput
 
 IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
     KEY_HEADER,
@@ -47,6 +55,50 @@ IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
 
 SUBMIT_STATUSES = (*GATE_STATUSES, *BODY_STATUSES, 402, 409, 422)
 """A submission can also be refused for credits, an idempotency key in flight or reused."""
+
+PREFER_PARAMETER = OpenApiParameter(
+    "Prefer",
+    {"type": "string", "pattern": r"^.{0,200}$"},
+    OpenApiParameter.HEADER,
+    description="RFC 7240 `wait=N`: hold the request up to N seconds (capped by the policy's max_wait_seconds) "
+    "for the job to finish; the wait applied is answered in `Preference-Applied`. Other preferences are ignored.",
+)
+
+DELIVERY_RETRY_AFTER = 1
+"""Retry-After of a redelivery's 202: seconds a delivery attempt usually takes to answer."""
+
+
+def prefer_wait(header: str) -> int | None:
+    """The seconds of RFC 7240's `wait` preference, if the Prefer header states one (the first one counts);
+    malformed preferences are ignored, as the RFC asks."""
+    for preference in header.split(","):
+        name, _, value = preference.split(";", 1)[0].partition("=")
+        if name.strip().lower() == "wait":
+            value = value.strip().strip('"')
+            return int(value) if re.fullmatch(r"[0-9]{1,9}", value) else None
+    return None
+
+
+def _held_job(request: AuthenticatedRequest, job: Job) -> tuple[Job, dict[str, str]]:
+    """The job after the wait its request prefers (if any), and the headers saying what was applied."""
+    wait = prefer_wait(request.headers.get("Prefer", ""))
+    if wait is None:
+        return job, {}
+    seconds = min(wait, request.policy.max_wait_seconds)
+    if seconds <= 0:
+        return job, {}
+    job, applied = job_await(user=request.user, job=job, seconds=seconds)
+    return job, {"Preference-Applied": f"wait={seconds}"} if applied else {}
+
+
+def _retry_after(job: Job) -> dict[str, str]:
+    """When to look at an unfinished job again: its kind's typical run time (KindSettings, cached per process)."""
+    return {"Retry-After": str(max(1, get_kind_settings(job.kind).typical_run_seconds))}
+
+
+def _varying_on_prefer(response: Response) -> Response:
+    patch_vary_headers(response, ["Prefer"])
+    return response
 
 
 class JobSubmitView(EndpointView):
@@ -67,13 +119,17 @@ class JobSubmitView(EndpointView):
             depends_on=envelope.validated_data.get("depends_on", ()),
             allow_dependency_failure=envelope.validated_data.get("allow_dependency_failure", False),
             priority=envelope.validated_data.get("priority"),
+            webhook_events=envelope.validated_data.get("webhook_events", []),
         )
         return idempotent_response(
             request=request,
             policy=request.policy,
-            run=lambda: self.job_response(submit()),
+            run=lambda: self.submitted_response(request, submit()),
             render_job=self.job_response,
         )
+
+    def submitted_response(self, request: AuthenticatedRequest, job: Job) -> Response:
+        return self.job_response(job)
 
     def job_response(self, job: Job) -> Response:
         return Response(JobSerializer(job).data, status=status.HTTP_200_OK)
@@ -96,22 +152,34 @@ class JobSyncView(JobSubmitView):
 @extend_schema_view(
     post=extend_schema(
         operation_id="jobs_async",
-        summary="Queue a job (or hold it: run_at, depends_on); poll its Location or receive a signed webhook",
-        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+        summary="Queue a job (or hold it: run_at, depends_on); poll its Location, stream its events or receive signed "
+        "webhooks; Prefer: wait=N answers 200 with the final job if it finishes within N seconds",
+        parameters=[IDEMPOTENCY_KEY_PARAMETER, PREFER_PARAMETER],
         request=job_request_schema(JobMode.ASYNC),
-        responses={202: JobSerializer, **problems(*SUBMIT_STATUSES)},
+        responses={
+            200: OpenApiResponse(JobSerializer, description="Prefer: wait=N, and the job finished in time."),
+            202: JobSerializer,
+            **problems(*SUBMIT_STATUSES),
+        },
     )
 )
 class JobAsyncView(JobSubmitView):
     endpoint = Endpoint.JOBS_ASYNC
     mode = JobMode.ASYNC
 
+    def submitted_response(self, request: AuthenticatedRequest, job: Job) -> Response:
+        job, applied = _held_job(request, job)
+        if applied and job.is_final:
+            response = Response(JobSerializer(job).data, status=status.HTTP_200_OK, headers=applied)
+        else:
+            response = self.job_response(job)
+            for name, value in applied.items():
+                response[name] = value
+        return _varying_on_prefer(response)
+
     def job_response(self, job: Job) -> Response:
-        return Response(
-            JobSerializer(job).data,
-            status=status.HTTP_202_ACCEPTED,
-            headers={"Location": f"/api/v1/jobs/{job.id}/"},
-        )
+        headers = {"Location": f"/api/v1/jobs/{job.id}/", **_retry_after(job)}
+        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers=headers)
 
 
 class JobListView(EndpointView):
@@ -150,9 +218,11 @@ class JobDetailView(EndpointView):
 
     @extend_schema(
         operation_id="jobs_detail",
-        summary="One job with its webhook delivery attempts; ETag / If-None-Match supported",
+        summary="One job with its webhook delivery attempts; ETag / If-None-Match supported; Prefer: wait=N "
+        "holds the request until the job is final or N seconds passed",
         parameters=[
-            OpenApiParameter("If-None-Match", str, OpenApiParameter.HEADER, description="An ETag seen before.")
+            OpenApiParameter("If-None-Match", str, OpenApiParameter.HEADER, description="An ETag seen before."),
+            PREFER_PARAMETER,
         ],
         responses={
             200: JobSerializer,
@@ -162,11 +232,79 @@ class JobDetailView(EndpointView):
     )
     def get(self, request: AuthenticatedRequest, job_id: UUID) -> Response:
         job = job_get_or_raise(user=request.user, job_id=job_id)
+        job, applied = _held_job(request, job)
         data = JobSerializer(job).data
         etag = _etag(JSONRenderer().render(data))
         if _etag_matches(request.headers.get("If-None-Match", ""), etag):
-            return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-        return Response(data, headers={"ETag": etag})
+            response = Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag, **applied})
+        else:
+            response = Response(data, headers={"ETag": etag, **applied, **({} if job.is_final else _retry_after(job))})
+        return _varying_on_prefer(response)
+
+
+class EventStreamRenderer(BaseRenderer):
+    """Lets `Accept: text/event-stream` (EventSource's) through content negotiation; the stream writes itself."""
+
+    media_type = "text/event-stream"
+    format = "event-stream"
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        return b""
+
+
+LAST_EVENT_ID_PARAMETER = OpenApiParameter(
+    "Last-Event-ID",
+    {"type": "string", "pattern": LAST_EVENT_ID_PATTERN},
+    OpenApiParameter.HEADER,
+    description="The id of the last event received (EventSource sends it when it reconnects): the stream resumes "
+    "after it. `final` (the `job` event's id): 204, nothing more to send.",
+)
+
+
+EVENT_STREAM_SCHEMA = {
+    "type": "object",
+    "description": "One event: `status` and `progress` carry a JobEvent as JSON text, `job` the final Job.",
+    "properties": {
+        "event": {"type": "string", "enum": [STATUS_EVENT, PROGRESS_EVENT, JOB_EVENT]},
+        "id": {"type": "string", "pattern": LAST_EVENT_ID_PATTERN},
+        "data": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+"""OpenAPI: an event of the stream (fields of the SSE format)."""
+
+
+class JobEventsView(EndpointView):
+    endpoint = Endpoint.JOBS_READ
+    renderer_classes = [JSONRenderer, EventStreamRenderer]
+
+    @extend_schema(
+        operation_id="jobs_events",
+        summary="Server-Sent Events of one job: `status`, `progress`, then `job` (the final job) and the end; "
+        "a stream lasts at most STREAM_MAX_SECONDS, then ends with `retry:` (reconnect with Last-Event-ID)",
+        parameters=[LAST_EVENT_ID_PARAMETER],
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(EVENT_STREAM_SCHEMA, description="The event stream."),
+            204: OpenApiResponse(description="Last-Event-ID: final; the stream has nothing more to send."),
+            **problems(*GATE_STATUSES, 404),
+        },
+    )
+    def get(self, request: AuthenticatedRequest, job_id: UUID) -> HttpResponseBase:
+        last_event_id = request.headers.get("Last-Event-ID")
+        if last_event_id is not None and not re.fullmatch(LAST_EVENT_ID_PATTERN, last_event_id):
+            raise InvalidInput(
+                [{"field": "Last-Event-ID", "message": "Not an event id this service sent."}],
+                "The Last-Event-ID header is not an event id of a job stream.",
+            )
+        stream = job_event_stream_open(
+            user=request.user, policy=request.policy, job_id=job_id, last_event_id=last_event_id
+        )
+        if stream is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        response = StreamingHttpResponse(stream, content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # proxies (nginx) pass each event on at once
+        return response
 
 
 class JobCancelView(EndpointView):
@@ -286,7 +424,8 @@ class WebhookRedeliverView(EndpointView):
     )
     def post(self, request: AuthenticatedRequest, job_id: UUID) -> Response:
         job = webhook_redeliver(user=request.user, job_id=job_id)
-        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+        headers = {"Retry-After": str(DELIVERY_RETRY_AFTER)}
+        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers=headers)
 
 
 class LimitsView(EndpointView):

@@ -43,12 +43,21 @@ from jobs import metrics, queues, ssrf
 from jobs.billing import refund_due
 from jobs.compat import COMPAT_ASYNC, CompatCallbackSerializer
 from jobs.kind_settings import get_kind_settings
-from jobs.models import ATTEMPT_IN_PROGRESS, FINAL_STATUSES, CallbackAttempt, CallbackStatus, Job, WebhookSecret
+from jobs.leases import lease_acquire, lease_release
+from jobs.models import (
+    ATTEMPT_IN_PROGRESS,
+    FINAL_STATUSES,
+    CallbackAttempt,
+    CallbackStatus,
+    Job,
+    WebhookEvent,
+    WebhookSecret,
+)
 from jobs.selectors import job_missing
 from jobs.serializers import JobSerializer
 from jobsite import crypto
 from jobsite.errors import CallbackUrlForbidden, NotRedeliverable, WebhookSecretMissing
-from jobsite.redis import redis_key, run_lua
+from jobsite.redis import redis_key
 from jobsite.tracing import extract_context, get_tracer
 
 logger = logging.getLogger(__name__)
@@ -70,22 +79,6 @@ Scaled by the kind's `callback_backoff` (1.0: as written); the kind's `callback_
 
 FREE_BUDGET_SCOPE = "webhooks-free"
 """Rate-limiter scope of the per-owner budget for webhooks of jobs that cost nothing."""
-
-HOST_SLOT_ACQUIRE = """
--- KEYS[1]  sorted set: one member per attempt in flight to a receiver host, scored by its lease's end (ms)
--- ARGV[1]  slots per host, ARGV[2] lease (ms), ARGV[3] the attempt's unique member
--- Expired leases (their worker died) are dropped first; returns {acquired (0|1), ms until the next lease ends}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {0, tonumber(first[2]) - now}
-end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
-return {1, 0}
-"""
 
 USER_AGENT = "Jobsite-webhooks/1"
 
@@ -283,17 +276,8 @@ def _host_slot_acquire(url: str) -> tuple[str, str] | None:
 
     The lease outlives the attempt's deadline, so a worker that dies holding a slot frees it on its own.
     """
-    key, member = _host_key(url), uuid.uuid4().hex
     lease_ms = int((settings.CALLBACK_TOTAL_TIMEOUT + settings.CALLBACK_INTERRUPT_MARGIN) * 1000)
-    acquired, _ = cast(
-        list[int], run_lua(HOST_SLOT_ACQUIRE, keys=[key], args=[settings.CALLBACK_MAX_PER_HOST, lease_ms, member])
-    )
-    return (key, member) if acquired else None
-
-
-def _host_slot_release(slot: tuple[str, str]) -> None:
-    key, member = slot
-    queues.get_queue(queues.CALLBACKS_QUEUE).connection.zrem(key, member)
+    return lease_acquire(_host_key(url), slots=settings.CALLBACK_MAX_PER_HOST, lease_ms=lease_ms)
 
 
 def _free_budget_wait(job: Job) -> float:
@@ -351,7 +335,7 @@ def _webhook_deliver_job(job: Job, *, n: int, retries_left: int, give_up: dateti
             return _webhook_defer(job, n=n, retries_left=retries_left, give_up=give_up, wait=wait, why="free budget")
         result = _webhook_attempt(job, n=n, retries_left=retries_left, give_up=give_up, inline=inline)
     finally:
-        _host_slot_release(slot)
+        lease_release(slot)
     metrics.WEBHOOK_DELIVERIES.labels(outcome=result, attempt=str(n)).inc()
     return result
 
@@ -512,6 +496,41 @@ def webhook_redeliver(*, user: User, job_id: UUID) -> Job:
         raise NotRedeliverable("A delivery of this webhook is still pending: wait until it is delivered or failed.")
     job.refresh_from_db()  # callback_status: pending again
     return job
+
+
+def webhook_event_deliver(
+    *, job_id: UUID | str, event: str, data: dict[str, Any], msg_id: str, retries_left: int
+) -> str:
+    """Send one subscribed event (job.started, job.progress) to the job's callback_url, signed as its final webhook.
+
+    Best effort, apart from the final webhook's delivery (its attempts, status and log are untouched): one
+    attempt under the receiver host's lease; a `job.started` event that fails (or finds the host busy) is
+    retried once WEBHOOK_SCHEDULE[0] later; a `job.progress` event never is, and is dropped once the job is
+    final: the next report, or the final webhook, supersedes it.
+    """
+    job = Job.objects.select_related("owner").filter(pk=job_id).first()
+    if job is None or (event == WebhookEvent.PROGRESS and job.is_final):
+        return "skipped"
+    body = JSONRenderer().render({"type": event, "timestamp": timezone.now(), "data": data}).decode()
+    slot = _host_slot_acquire(job.callback_url)
+    if slot is None:
+        outcome = _Outcome(error="host busy")
+    else:
+        try:
+            headers = _signed_headers(user=job.owner, msg_id=msg_id, body=body)
+            outcome = _post_within(job.callback_url, body, headers, seconds=settings.CALLBACK_TOTAL_TIMEOUT)
+        finally:
+            lease_release(slot)
+    if outcome.delivered:
+        return "delivered"
+    if event == WebhookEvent.STARTED and outcome.retryable and retries_left > 0:
+        delay = webhook_retry_delay(scale=1.0, retry_index=0, retry_after=outcome.retry_after)
+        queues.enqueue_webhook_event(
+            job.pk, event=event, data=data, msg_id=msg_id, retries_left=retries_left - 1, delay=delay
+        )
+        return "retrying"
+    logger.info("%s webhook of job %s not delivered: %s", event, job.pk, outcome.error)
+    return "failed"
 
 
 TEST_EVENT_TYPE = "webhook.test"

@@ -108,6 +108,14 @@ class ApiSchema(AutoSchema):
     def get_description(self) -> str:  # type: ignore[override]  # spectacular's signature, not DRF's it shadows
         return ""
 
+    def _map_serializer(self, serializer: Any, direction: str, bypass_extensions: bool = False) -> dict[str, Any]:
+        schema: dict[str, Any] = super()._map_serializer(serializer, direction, bypass_extensions)
+        # JSON Schema's dependentRequired, which DRF cannot state: a member that needs another (OpenAPI 3.1).
+        dependent = getattr(serializer, "dependent_required", None)
+        if dependent:
+            schema["dependentRequired"] = dependent
+        return schema
+
     def _get_request_for_media_type(self, serializer: Any, direction: str = "request") -> tuple[Any, bool]:
         schema, required = super()._get_request_for_media_type(serializer, direction)
         # drf-spectacular cannot see into a union; every variant requires `kind`, so the body is required.

@@ -155,6 +155,10 @@ class RateLimited(ServiceError):
     status, code, title = 429, "rate_limited", "Rate limited"
 
 
+class TooManyStreams(ServiceError):
+    status, code, title = 429, "too_many_streams", "Too many event streams"
+
+
 class JobFailed(ServiceError):
     status, code, title = 502, "job_failed", "Job failed"
 

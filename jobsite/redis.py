@@ -40,6 +40,22 @@ def get_redis() -> Redis:
     )
 
 
+BLOCK_MAX_SECONDS = 10.0
+"""Longest one blocking read (XREAD BLOCK) waits; longer waits are several reads, so the blocking client's
+socket timeout stays short enough that a dead Redis is noticed."""
+
+
+@lru_cache(maxsize=1)
+def get_blocking_redis() -> Redis:
+    """A second pool for blocking reads: its socket timeout covers BLOCK_MAX_SECONDS, the shared one's does not."""
+    return Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=BLOCK_MAX_SECONDS + settings.REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        health_check_interval=30,
+    )
+
+
 @lru_cache(maxsize=64)
 def _script(source: str) -> Script:
     return get_redis().register_script(source)

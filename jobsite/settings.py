@@ -198,7 +198,12 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "OAS_VERSION": "3.1.0",  # for `webhooks`
-    "WEBHOOKS": ["jobs.schema.JOB_FINISHED", "jobs.schema.COMPAT_REQUEST_FINISHED"],
+    "WEBHOOKS": [
+        "jobs.schema.JOB_FINISHED",
+        "jobs.schema.JOB_STARTED",
+        "jobs.schema.JOB_PROGRESS",
+        "jobs.schema.COMPAT_REQUEST_FINISHED",
+    ],
     # One per kind: the discriminator of the submission union (a new kind adds its line; the schema test says so).
     "ENUM_NAME_OVERRIDES": {
         "HashKindEnum": ["hash"],
@@ -206,6 +211,7 @@ SPECTACULAR_SETTINGS = {
         "StatsKindEnum": ["stats"],
         "DeliveryStatusEnum": ["pending", "delivered", "failed"],
         "PriorityEnum": "accounts.models.Priority",
+        "WebhookEventEnum": "jobs.models.WebhookEvent.choices",
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -330,3 +336,23 @@ CONCURRENCY_CAP_RETRY_AFTER = env_int("CONCURRENCY_CAP_RETRY_AFTER", 1, minimum=
 IDEMPOTENCY_LOCK_TIMEOUT = env_int("IDEMPOTENCY_LOCK_TIMEOUT", 60, minimum=1)
 """Seconds an in-flight request that created no job holds its key (gunicorn's request timeout): after that its
 process is taken for dead and a retry takes the key over. Once the request created a job, the job answers."""
+
+# Held requests (issue 19): a submission held for its job (`Prefer: wait`) and job event streams (SSE) each keep a
+# gunicorn thread, so both are bounded per process and in time.
+HELD_REQUESTS_PER_PROCESS = env_int(
+    "HELD_REQUESTS_PER_PROCESS", max(1, env_int("GUNICORN_THREADS", 8, minimum=1) // 2), minimum=0
+)
+"""Requests one web process holds at once (Prefer waits and event streams together); the other threads stay free
+for the rest. Beyond it a wait answers 202 at once and a stream 503."""
+STREAM_MAX_SECONDS = env_float("STREAM_MAX_SECONDS", 25.0, minimum=1.0)
+"""Seconds one event stream lives; it then ends with a `retry:` hint and EventSource resumes with Last-Event-ID."""
+STREAM_HEARTBEAT_SECONDS = env_float("STREAM_HEARTBEAT_SECONDS", 10.0, minimum=0.1)
+"""Seconds without an event after which a stream sends a `: keep-alive` comment (proxies close idle connections)."""
+STREAM_RETRY_MS = env_int("STREAM_RETRY_MS", 1000, minimum=0)
+"""The `retry:` an ended stream sends: milliseconds EventSource waits before it reconnects."""
+JOB_EVENTS_TTL = env_int("JOB_EVENTS_TTL", 3600, minimum=60)
+"""Seconds a job's event stream stays in Redis after its last event: the window in which Last-Event-ID resumes."""
+PROGRESS_MIN_INTERVAL = env_float("PROGRESS_MIN_INTERVAL", 0.5, minimum=0.0)
+"""Seconds between two recorded progress reports of one run (runs shorter than this record none)."""
+PROGRESS_MIN_STEP = env_float("PROGRESS_MIN_STEP", 0.05, minimum=0.0)
+"""Fraction a report must have advanced since the last recorded one (reports without a fraction: time only)."""

@@ -28,6 +28,9 @@ COMPONENTS: dict[type, str] = {
     jc.Job: "Job",
     jc.JobError: "JobError",
     jc.Callback: "JobCallback",
+    jc.Progress: "JobProgress",
+    jc.JobEvent: "JobEvent",
+    jc.JobWebhookEvent: "JobWebhookEvent",
     jc.CallbackAttempt: "CallbackAttempt",
     jc.AttemptLogEntry: "AttemptLogEntry",
     jc.JobPage: "PaginatedJobList",
@@ -189,7 +192,8 @@ def _job(status: str) -> dict[str, Any]:
         "run_at": None,
         "depends_on": [],
         "allow_dependency_failure": False,
-        "callback": {"url": "", "status": "none", "attempts": []},
+        "progress": None,
+        "callback": {"url": "", "status": "none", "attempts": [], "events": []},
         "a_member_from_a_newer_service": True,
     }
 

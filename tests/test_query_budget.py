@@ -14,6 +14,8 @@ global concurrency cap, a rate limit (Redis), a credit charge, the result cache 
   ties the key to the job (a request that dies is answered by its job), one UPDATE stores the response.
 - an anonymous sync job on the compatible route /sync, 10: the sync job less the charge (anonymous jobs are
   free) and without a key to look up; the anonymous owner is cached per process like the policies.
+- async acknowledgement held by `Prefer: wait` until the job is final, +2: the wait itself blocks on Redis (one
+  XREAD BLOCK per 10 s), not the database; woken, it reads the final job once (the job, its delivery attempts).
 - job detail, 2: the job, its delivery attempts (one prefetch).
 - job list, 3: COUNT for the page, the page, the delivery attempts of the whole page (one prefetch):
   the same at 1 and at 50 jobs.
@@ -48,6 +50,7 @@ REPLAY = 2
 COMPAT_ANONYMOUS_SYNC = 10
 JOB_DETAIL = 2
 JOB_LIST = 3
+HELD_WAKE = 2
 
 EVERY_POLICY = {
     "rate_limit_algorithm": "token_bucket",
@@ -90,6 +93,18 @@ def test_a_submission_stays_within_its_budget(
     submit(api, path, key=key)  # the first request fills the per-process caches
     with django_assert_max_num_queries(budget + (IDEMPOTENCY_KEY if key else 0)):
         submit(api, path, key=key)
+
+
+def test_a_held_submission_waits_on_redis_and_reads_the_job_once(
+    api: APIClient, start_worker: Callable[..., Any], django_assert_max_num_queries: Any
+) -> None:
+    submit(api, "/api/v1/jobs/async/", key=False)
+    run_worker_burst()  # the first request filled the caches; its job is out of the way
+    start_worker("jobs")  # its queries are its own process's
+    with django_assert_max_num_queries(ASYNC_ACK + HELD_WAKE):
+        response = api.post("/api/v1/jobs/async/", unique_hash(), format="json", headers={"Prefer": "wait=30"})
+    assert response.status_code == 200 and response.json()["status"] == "succeeded", response.content
+    assert response["Preference-Applied"] == "wait=30"
 
 
 def test_an_anonymous_compat_sync_job_reads_nothing(django_assert_max_num_queries: Any) -> None:

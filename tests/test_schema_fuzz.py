@@ -168,6 +168,7 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
         ALLOWED_HOSTS="127.0.0.1,localhost",
         PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
         HASH_MAX_ITERATIONS=HASH_MAX_ITERATIONS,
+        STREAM_MAX_SECONDS="1",  # an event stream of a job that never finishes holds the fuzzer 1 s, not 25
         SCHEMATHESIS_HOOKS="tests.schemathesis_hooks",
         PYTHONPATH=str(ROOT),
     )

@@ -70,7 +70,7 @@ def status(code: int, **headers: str) -> Callable[[BaseHTTPRequestHandler], None
 def submit_and_deliver(api: APIClient, url: str) -> Job:
     response = api.post("/api/v1/jobs/async/", {**HASH, "callback_url": url}, format="json")
     assert response.status_code == 202, response.content
-    assert response.json()["callback"] == {"url": url, "status": "pending", "attempts": []}
+    assert response.json()["callback"] == {"url": url, "status": "pending", "attempts": [], "events": []}
     run_worker_burst()
     drain_callbacks()
     return Job.objects.get(pk=response.json()["id"])

@@ -4,7 +4,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("accounts", "0005_seed_webhooks_test_policy")]
+    dependencies = [("accounts", "0006_policy_wait_and_streams")]
 
     operations = [
         migrations.AddField(

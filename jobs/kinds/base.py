@@ -32,6 +32,14 @@ class RunContext:
     job_id: str
     deadline: Deadline = field(default_factory=Deadline.never)
     """Ends the run: I/O is held to it (Deadline.http_watch), CPU kinds check it between steps."""
+    progress: Callable[[float | None, str], None] | None = None
+    """Receives report_progress (async runs: jobs.progress.ProgressReporter, which throttles); None: no one."""
+
+    def report_progress(self, fraction: float | None, message: str = "") -> None:
+        """How far the run is, at a step boundary: `fraction` of the work done (0..1; None: unknown) and a short
+        message. Cheap to call often: the receiver throttles what it records."""
+        if self.progress is not None:
+            self.progress(fraction, message)
 
 
 @dataclass(frozen=True)

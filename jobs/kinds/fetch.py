@@ -43,9 +43,11 @@ def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
             deadline.http_watch() as watch,
             ssrf.guarded_stream("GET", params["url"], headers=REQUEST_HEADERS, timeout=timeout, auth=watch) as response,
         ):
+            expected = _content_length(response)
             for chunk in response.iter_bytes():
                 deadline.check()  # a cancel (jobs.stop) is seen between chunks
                 size += len(chunk)
+                context.report_progress(size / expected if expected else None, f"{size} bytes read")
                 if size > settings.FETCH_MAX_BYTES:
                     raise KindError(
                         "response_too_large", f"body exceeds {settings.FETCH_MAX_BYTES} bytes", callers_fault=True
@@ -62,6 +64,12 @@ def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
     if response.status_code >= 500:
         raise KindError("upstream_error", f"upstream answered {response.status_code}", transient=True)
     return {"status_code": response.status_code, "bytes": size, "sha256": digest.hexdigest()}
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    """The body's announced length, if any (the fraction of progress reports; None: bytes read only)."""
+    value = response.headers.get("Content-Length", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def target_host(params: dict[str, Any]) -> str:

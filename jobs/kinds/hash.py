@@ -7,7 +7,6 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
-from jobs.deadline import Deadline
 from jobs.kinds.base import Kind, RunContext
 from jobsite.fields import StrictCharField, StrictIntegerField
 
@@ -32,22 +31,24 @@ class HashInput(serializers.Serializer):
     iterations = StrictIntegerField(min_value=1, max_value=MAX_ITERATIONS, default=1000)
 
 
-DEADLINE_CHECK_EVERY = 10_000
-"""Iterations between deadline checks: about 10 ms of CPU, a negligible cost per check."""
+STEP_ITERATIONS = 10_000
+"""Iterations of one step, between which the deadline is checked and progress reported: about 10 ms of CPU,
+a negligible cost per check."""
 
 
-def compute_hash(data: str, iterations: int, deadline: Deadline | None = None) -> dict[str, Any]:
+def compute_hash(data: str, iterations: int, context: RunContext | None = None) -> dict[str, Any]:
     input_hash = hashlib.sha256(data.encode("utf-8")).hexdigest()
     current = input_hash
     for i in range(iterations):
-        if deadline is not None and i % DEADLINE_CHECK_EVERY == 0:
-            deadline.check()
+        if context is not None and i % STEP_ITERATIONS == 0:
+            context.deadline.check()
+            context.report_progress(i / iterations, f"{i} of {iterations} iterations")
         current = hashlib.sha256(f"{current}:{i}".encode()).hexdigest()
     return {"input_hash": input_hash, "output_hash": current, "iterations": iterations}
 
 
 def run(params: dict[str, Any], context: RunContext) -> dict[str, Any]:
-    return compute_hash(params["data"], params["iterations"], context.deadline)
+    return compute_hash(params["data"], params["iterations"], context)
 
 
 KIND = Kind(

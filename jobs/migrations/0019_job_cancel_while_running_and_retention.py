@@ -43,7 +43,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("jobs", "0017_job_owner_deliveries_index"),
+        ("jobs", "0018_job_progress_and_webhook_events"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

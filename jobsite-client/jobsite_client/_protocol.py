@@ -24,6 +24,7 @@ from jobsite_client.models import (
     Job,
     Limits,
     Me,
+    StreamEvent,
     WebhookSecret,
     WebhookTestResult,
     parse,
@@ -44,6 +45,12 @@ MAX_POLL_INTERVAL = 5.0
 MAX_PREFER_WAIT = 10
 """Longest `Prefer: wait=N` sent: a server that honours it holds the request this long, well within the
 client's default read timeout (30 s)."""
+
+FINAL_STREAM_EVENT = "job"
+"""The last event of a job's stream: the final job."""
+
+NO_CONTENT = 204
+"""What a job's stream answers once its final event was received: nothing more to send."""
 
 DELIVERIES_PATH = "/api/v1/me/webhook-deliveries/"
 """The caller's webhook delivery log."""
@@ -95,6 +102,10 @@ class SubmitOptions(TypedDict, total=False):
     """What an async submission may add to its kind and input: all optional, named as the API names them."""
 
     callback_url: str
+    webhook_events: Sequence[str]
+    """Events sent to callback_url besides the final webhook: `job.started`, `job.progress`."""
+    wait: int
+    """Seconds the service may hold the request for the job to finish (`Prefer: wait=N`, capped by its policy)."""
     run_at: datetime
     """Queue it no earlier than this (timezone-aware); until then the job is `scheduled`."""
     depends_on: Sequence[str]
@@ -104,15 +115,22 @@ class SubmitOptions(TypedDict, total=False):
     """`high`, `normal` or `low`, up to the policy's max_priority (above: `PermissionDenied`, `priority_not_allowed`)."""
 
 
+SEQUENCES = frozenset({"depends_on", "webhook_events"})
+"""Options sent as JSON arrays."""
+
+
 def _post_job(
     mode: str, kind: str, job_input: Mapping[str, Any], idempotency_key: str | None, **options: Any
 ) -> Flow[Job]:
     body: dict[str, Any] = {"kind": kind, "input": dict(job_input)}
+    wait = options.pop("wait", None)
     for name, value in options.items():
         if name == "run_at" and value.tzinfo is None:
             raise ValueError("run_at must be timezone-aware: the API takes RFC 3339 instants with an offset")
-        body[name] = value.isoformat() if name == "run_at" else list(value) if name == "depends_on" else value
+        body[name] = value.isoformat() if name == "run_at" else list(value) if name in SEQUENCES else value
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+    if wait is not None:
+        headers["Prefer"] = f"wait={wait}"
     return _one(Call("POST", f"{JOBS_PATH}{mode}/", json=body, headers=headers), Job)
 
 
@@ -121,6 +139,7 @@ def run(kind: str, job_input: Mapping[str, Any], idempotency_key: str | None) ->
 
 
 def submit(kind: str, job_input: Mapping[str, Any], idempotency_key: str | None, options: SubmitOptions) -> Flow[Job]:
+    """200 (the final job: `options["wait"]` sufficed) or 202 (queued, held or running) both answer the job."""
     return _post_job("async", kind, job_input, idempotency_key, **options)
 
 
@@ -159,6 +178,39 @@ def wait(job_id: str, timeout: float, poll_interval: float) -> Flow[Job]:
         delay = int(retry_after) if retry_after.strip().isdigit() else interval
         interval = min(interval * 2, MAX_POLL_INTERVAL)
         yield Pause(min(delay, remaining))
+
+
+def events_call(job_id: str, last_event_id: str | None) -> Call:
+    """One connection to the job's event stream, resuming after `last_event_id` if given."""
+    headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_event_id} if last_event_id else {})}
+    return Call("GET", f"{_job_path(job_id)}events/", headers=headers)
+
+
+class EventStreamParser:
+    """Server-Sent Events, line by line: `feed` returns each complete event; comments (keep-alives) are skipped."""
+
+    def __init__(self) -> None:
+        self._fields: dict[str, str] = {}
+        self.last_event_id: str | None = None
+        self.retry_ms: int | None = None
+
+    def feed(self, line: str) -> StreamEvent | None:
+        if line.startswith(":"):
+            return None
+        if line:
+            name, _, value = line.partition(":")
+            self._fields[name] = value.removeprefix(" ")
+            return None
+        fields, self._fields = self._fields, {}
+        if "retry" in fields and fields["retry"].isdigit():
+            self.retry_ms = int(fields["retry"])
+        if "data" not in fields:
+            return None
+        event = StreamEvent(
+            event=fields.get("event", "message"), id=fields.get("id", ""), data=json.loads(fields["data"])
+        )
+        self.last_event_id = event.id or self.last_event_id
+        return event
 
 
 def _filters(**filters: Any) -> dict[str, str]:

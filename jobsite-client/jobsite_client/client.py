@@ -24,6 +24,7 @@ from jobsite_client.models import (
     JobPage,
     Limits,
     Me,
+    StreamEvent,
     WebhookDelivery,
     WebhookDeliveryPage,
     WebhookSecret,
@@ -84,7 +85,9 @@ class Client:
         **options: Unpack[SubmitOptions],
     ) -> Job:
         """Queue a job (POST /jobs/async/): the job, `queued` (or final at once when cached); with `run_at`
-        ahead `scheduled`, with `depends_on` `waiting`. Options: `callback_url`, `run_at`, `depends_on`,
+        ahead `scheduled`, with `depends_on` `waiting`. Options: `callback_url`, `webhook_events` (`job.started`,
+        `job.progress`, sent to `callback_url` besides the final webhook), `wait` (seconds the service may hold
+        the request, `Prefer: wait=N`: the final job if it finished in time), `run_at`, `depends_on`,
         `allow_dependency_failure`, `priority` (`high|normal|low` up to the policy's max_priority; above:
         `PermissionDenied`, code `priority_not_allowed`)."""
         return self._drive(protocol.submit(kind, input, idempotency_key, options))
@@ -102,6 +105,28 @@ class Client:
     def wait(self, job_id: str, timeout: float = 60.0, *, poll_interval: float = protocol.POLL_INTERVAL) -> Job:
         """Poll until the job is final; `WaitTimeout` (with the last state) after `timeout` seconds."""
         return self._drive(protocol.wait(job_id, timeout, poll_interval))
+
+    def events(self, job_id: str) -> Iterator[StreamEvent]:
+        """The job's events as they happen (`status`, `progress`), the last one `job` (the final job).
+
+        Each stream the service sends lasts a bounded time; this reconnects with Last-Event-ID (after the
+        `retry:` it asked for), so no event comes twice and none is missed.
+        """
+        parser = protocol.EventStreamParser()
+        while True:
+            call = protocol.events_call(job_id, parser.last_event_id)
+            with self._http.stream(call.method, call.path, headers=call.headers) as response:
+                if not response.is_success:
+                    response.read()
+                    protocol.checked(response)
+                if response.status_code == protocol.NO_CONTENT:
+                    return
+                for line in response.iter_lines():
+                    if (event := parser.feed(line)) is not None:
+                        yield event
+                        if event.event == protocol.FINAL_STREAM_EVENT:
+                            return
+            time.sleep((parser.retry_ms or 0) / 1000)
 
     def page(self, **filters: Unpack[JobFilters]) -> JobPage:
         """The first page of the caller's jobs, newest first (staff: everyone's)."""
@@ -216,6 +241,24 @@ class AsyncClient:
     async def wait(self, job_id: str, timeout: float = 60.0, *, poll_interval: float = protocol.POLL_INTERVAL) -> Job:
         """See `Client.wait`."""
         return await self._drive(protocol.wait(job_id, timeout, poll_interval))
+
+    async def events(self, job_id: str) -> AsyncIterator[StreamEvent]:
+        """See `Client.events`."""
+        parser = protocol.EventStreamParser()
+        while True:
+            call = protocol.events_call(job_id, parser.last_event_id)
+            async with self._http.stream(call.method, call.path, headers=call.headers) as response:
+                if not response.is_success:
+                    await response.aread()
+                    protocol.checked(response)
+                if response.status_code == protocol.NO_CONTENT:
+                    return
+                async for line in response.aiter_lines():
+                    if (event := parser.feed(line)) is not None:
+                        yield event
+                        if event.event == protocol.FINAL_STREAM_EVENT:
+                            return
+            await asyncio.sleep((parser.retry_ms or 0) / 1000)
 
     async def page(self, **filters: Unpack[JobFilters]) -> JobPage:
         """See `Client.page`."""

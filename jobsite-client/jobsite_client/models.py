@@ -98,11 +98,22 @@ class CallbackAttempt:
 
 @dataclass(frozen=True)
 class Callback:
-    """The webhook of an async job: where, how it went (`none|pending|delivered|failed`), each attempt."""
+    """The webhook of an async job: where, how it went (`none|pending|delivered|failed`), each attempt, and the
+    events (`job.started`, `job.progress`) sent besides the final one."""
 
     url: str
     status: str
     attempts: list[CallbackAttempt]
+    events: list[str]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a running job is, as its kind last reported: `fraction` 0..1 (None: unknown) and a message."""
+
+    fraction: float | None
+    message: str
+    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -145,12 +156,51 @@ class Job:
     run_at: datetime | None
     depends_on: list[str]
     allow_dependency_failure: bool
+    progress: Progress | None
     callback: Callback
 
     @property
     def finished(self) -> bool:
         """True once the job is succeeded, failed or canceled (`canceling` is not final: it is being stopped)."""
         return self.status in FINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """A `status` or `progress` event of a job (event streams, `job.started`/`job.progress` webhooks' data)."""
+
+    id: str
+    status: str
+    attempts: int
+    progress: Progress | None
+
+
+@dataclass(frozen=True)
+class JobWebhookEvent:
+    """The body of a `job.started` or `job.progress` webhook."""
+
+    type: str
+    timestamp: datetime
+    data: JobEvent
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One Server-Sent Event of a job's stream: `status` and `progress` (data: a JobEvent), then `job`."""
+
+    event: str
+    id: str
+    data: dict[str, Any]
+
+    @property
+    def job_event(self) -> JobEvent:
+        """A `status` or `progress` event's data."""
+        return parse(JobEvent, self.data)
+
+    @property
+    def job(self) -> Job:
+        """The `job` event's data: the final job."""
+        return parse(Job, self.data)
 
 
 @dataclass(frozen=True)
