@@ -326,6 +326,11 @@ def test_export_rows_read_exactly_like_the_api(user: User) -> None:
     whole, half = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), datetime(2026, 1, 2, 3, 4, 5, 500000, tzinfo=UTC)
     Job.objects.filter(pk=jobs[1].pk).update(created_at=whole, started_at=half, finished_at=whole)
     Job.objects.filter(pk=jobs[2].pk).update(input={"data": 'café ✓ "quoted"\n'})
+    # What newer fields add: a priority, progress (an integer fraction is served as a float), event subscriptions
+    progress = {"fraction": 1, "message": "done", "updated_at": "2026-01-02T03:04:05.5+00:00"}
+    Job.objects.filter(pk=jobs[0].pk).update(
+        priority="high", progress=progress, webhook_events="job.started,job.progress"
+    )
 
     jobs_qs = job_list(user=user, own_only=True)
     exported = [row for chunk in export_chunks(jobs_qs, chunk_size=4) for row in chunk]
