@@ -209,6 +209,14 @@ class EndpointPolicy(models.Model):
     idempotency_ttl = models.PositiveIntegerField(
         "idempotency TTL (s)", default=86400, help_text="Seconds an Idempotency-Key replays its first response."
     )
+    batch_max_jobs = models.PositiveIntegerField(
+        "max jobs per batch", default=1000, help_text="Batches: job requests one batch may hold (inline or uploaded)."
+    )
+    upload_max_bytes = models.PositiveBigIntegerField(
+        "max upload size (bytes)",
+        default=50 * 1024 * 1024,
+        help_text="Batches: the largest JSONL file an upload may announce (Upload-Length); larger: 413.",
+    )
     updated_at = models.DateTimeField("updated", auto_now=True)
 
     class Meta:

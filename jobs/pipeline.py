@@ -52,11 +52,7 @@ def job_submit(
     `free` jobs cost nothing: anonymous callers of the compatible routes have no credits to spend.
     `client_ip` is recorded on the job (anonymous callers see only the jobs submitted from their address).
     """
-    if callback_url:
-        try:
-            ssrf.check_url(callback_url, allow_unresolved=True)
-        except ssrf.UrlForbidden as exc:
-            raise CallbackUrlForbidden(exc.reason) from None
+    callback_url_check(callback_url)
     kind_settings = get_kind_settings(kind_name)
     target = circuit_target(kind_settings, params)
     if circuit_acquire(kind_settings, target, take_trial=False) == CircuitState.OPEN:
@@ -86,6 +82,34 @@ def job_submit(
         job = _job_enqueue(request)
     metrics.JOBS_SUBMITTED.labels(kind=kind_name, mode=mode).inc()
     return job
+
+
+def callback_url_check(callback_url: str) -> None:
+    """The SSRF guard on a callback URL at submission (400 callback_url_forbidden); delivery checks it again."""
+    if not callback_url:
+        return
+    try:
+        ssrf.check_url(callback_url, allow_unresolved=True)
+    except ssrf.UrlForbidden as exc:
+        raise CallbackUrlForbidden(exc.reason) from None
+
+
+def queue_admit(policy: EndpointPolicy) -> None:
+    """Back-pressure before an async acknowledgement: wait a little for room on the jobs queue, else 503 queue_full."""
+    capacity = min(policy.queue_max_depth, settings.QUEUE_ADMISSION_DEPTH)
+    try:
+        depth = queues.queue_wait_for_room(limit=capacity, wait=settings.QUEUE_ADMISSION_WAIT)
+    except RedisError:
+        raise ServiceUnavailable("The job queue is unreachable; try again shortly.") from None
+    if depth >= capacity:
+        raise QueueFull(
+            f"The queue holds {depth} jobs (cap {capacity}).",
+            headers={"Retry-After": str(settings.QUEUE_FULL_RETRY_AFTER)},
+            limit={"policy": policy.name, "queue_max_depth": policy.queue_max_depth},
+            queue_depth=depth,
+            queue_capacity=capacity,
+            retry_after=settings.QUEUE_FULL_RETRY_AFTER,
+        )
 
 
 @dataclass(frozen=True)
@@ -176,20 +200,7 @@ def _job_run_sync(request: _JobRequest) -> Job:
 
 def _job_enqueue(request: _JobRequest) -> Job:
     policy = request.policy
-    capacity = min(policy.queue_max_depth, settings.QUEUE_ADMISSION_DEPTH)
-    try:
-        depth = queues.queue_wait_for_room(limit=capacity, wait=settings.QUEUE_ADMISSION_WAIT)
-    except RedisError:
-        raise ServiceUnavailable("The job queue is unreachable; try again shortly.") from None
-    if depth >= capacity:
-        raise QueueFull(
-            f"The queue holds {depth} jobs (cap {capacity}).",
-            headers={"Retry-After": str(settings.QUEUE_FULL_RETRY_AFTER)},
-            limit={"policy": policy.name, "queue_max_depth": policy.queue_max_depth},
-            queue_depth=depth,
-            queue_capacity=capacity,
-            retry_after=settings.QUEUE_FULL_RETRY_AFTER,
-        )
+    queue_admit(policy)
     attributes = {"job.kind": request.kind_settings.kind}
     with transaction.atomic(), tracer.start_as_current_span("job.enqueue", attributes=attributes) as span:
         concurrency_admit(user=request.user, policy=policy)

@@ -98,6 +98,32 @@ def enqueue_job_on_commit(job_id: UUID, *, time_limit: int, trace_context: dict[
     transaction.on_commit(partial(_enqueue_job_or_defer, job_id, time_limit=time_limit, trace_context=trace_context))
 
 
+def _enqueue_jobs_or_defer(entries: list[tuple[UUID, int]], *, trace_context: dict[str, str]) -> None:
+    """After commit: enqueue many jobs in one Redis pipeline, or leave them queued in the database for the reconciler."""
+    queue = get_queue(JOBS_QUEUE)
+    data = [
+        Queue.prepare_data(
+            "jobs.tasks.execute_job",
+            (str(job_id),),
+            job_id=str(job_id),
+            timeout=time_limit + RQ_TIMEOUT_MARGIN,
+            result_ttl=RESULT_TTL,
+            failure_ttl=RESULT_TTL,
+            meta={TRACE_META_KEY: trace_context},
+        )
+        for job_id, time_limit in entries
+    ]
+    try:
+        queue.enqueue_many(data)
+    except RedisError:
+        logger.warning("enqueue of %d jobs failed; the reconciler will enqueue them", len(entries), exc_info=True)
+
+
+def enqueue_jobs_on_commit(entries: list[tuple[UUID, int]], *, trace_context: dict[str, str]) -> None:
+    """Enqueue many jobs, (id, time limit) each, as enqueue_job_on_commit does one: after commit, one round trip."""
+    transaction.on_commit(partial(_enqueue_jobs_or_defer, entries, trace_context=trace_context))
+
+
 def webhook_rq_id(job_id: UUID | str, n: int, *, deferral: str = "") -> str:
     """RQ's id for delivery attempt n of a job's webhook (a deferral of it adds a suffix): never reused."""
     return f"callback-{job_id}-{n}" + (f"-{deferral}" if deferral else "")
@@ -121,13 +147,35 @@ def enqueue_webhook(
     delay: float = 0.0,
     deferral: str = "",
 ) -> None:
-    """Put delivery attempt n on the callbacks queue, now or after `delay` seconds (RQ's scheduler).
+    """Put delivery attempt n of a job's webhook on the callbacks queue, now or after `delay` seconds."""
+    _enqueue_delivery(
+        "jobs.tasks.deliver_callback",
+        (str(job_id), n, retries_left, give_up_at),
+        subject_id=job_id,
+        rq_id=webhook_rq_id(job_id, n, deferral=deferral),
+        delay=delay,
+    )
 
-    The RQ id is remembered per job, so the reconciler can tell a delivery on its way from a lost one.
+
+def enqueue_batch_webhook(
+    batch_id: UUID | str, *, n: int, retries_left: int, delay: float = 0.0, deferral: str = ""
+) -> None:
+    """Put delivery attempt n of a batch's `batch.completed` webhook on the callbacks queue, as enqueue_webhook."""
+    _enqueue_delivery(
+        "jobs.tasks.deliver_batch_callback",
+        (str(batch_id), n, retries_left),
+        subject_id=batch_id,
+        rq_id=webhook_rq_id(batch_id, n, deferral=deferral),
+        delay=delay,
+    )
+
+
+def _enqueue_delivery(task: str, args: tuple[object, ...], *, subject_id: UUID | str, rq_id: str, delay: float) -> None:
+    """One delivery attempt of a job's or a batch's webhook on the callbacks queue (RQ's scheduler for a delay).
+
+    The RQ id is remembered per job or batch, so the reconciler can tell a delivery on its way from a lost one.
     """
     queue = get_queue(CALLBACKS_QUEUE)
-    rq_id = webhook_rq_id(job_id, n, deferral=deferral)
-    task, args = "jobs.tasks.deliver_callback", (str(job_id), n, retries_left, give_up_at)
     options = {
         "job_id": rq_id,
         "job_timeout": webhook_job_timeout(),
@@ -143,7 +191,7 @@ def enqueue_webhook(
     else:
         queue.enqueue(task, *args, **options)
     remember = int(delay) + settings.CALLBACK_RECONCILE_GRACE + webhook_job_timeout()
-    queue.connection.set(_webhook_next_key(job_id), rq_id, ex=remember)
+    queue.connection.set(_webhook_next_key(subject_id), rq_id, ex=remember)
 
 
 def enqueue_webhook_or_defer(job_id: UUID, *, n: int, retries_left: int) -> None:
@@ -152,6 +200,14 @@ def enqueue_webhook_or_defer(job_id: UUID, *, n: int, retries_left: int) -> None
         enqueue_webhook(job_id, n=n, retries_left=retries_left)
     except RedisError:
         logger.warning("enqueue failed; the reconciler will deliver the webhook of job %s", job_id, exc_info=True)
+
+
+def enqueue_batch_webhook_or_defer(batch_id: UUID, *, retries_left: int) -> None:
+    """After commit: enqueue a batch's first delivery, or leave it pending in the database for the reconciler."""
+    try:
+        enqueue_batch_webhook(batch_id, n=1, retries_left=retries_left)
+    except RedisError:
+        logger.warning("enqueue failed; the reconciler will deliver the webhook of batch %s", batch_id, exc_info=True)
 
 
 def enqueue_webhook_test(*, user_id: int, url: str, msg_id: str) -> RQJob:
@@ -169,7 +225,7 @@ def enqueue_webhook_test(*, user_id: int, url: str, msg_id: str) -> RQJob:
 
 
 def webhook_is_on_its_way(job_id: UUID | str) -> bool:
-    """Whether the job's latest delivery RQ job waits to run, or runs and is not yet past its time limit.
+    """Whether the job's (or batch's) latest delivery RQ job waits to run, or runs and is not yet past its time limit.
 
     A started one past its limit belongs to a killed worker: RQ would have stopped a live one by then.
     """

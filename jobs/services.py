@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from jobs import metrics, queues
+from jobs.batch_progress import batch_job_reopened
 from jobs.concurrency import concurrency_release, concurrency_retake
 from jobs.execution import attempt_log_with, job_finish, job_on_final
 from jobs.kind_settings import get_kind_settings
@@ -32,16 +33,26 @@ def job_cancel(*, user: User, job_id: UUID) -> Job:
     job = job_get(user=user, job_id=job_id)
     if job is None:
         raise NotFound("No such job.")
+    if not job_cancel_queued(job):
+        raise NotCancellable(f"The job is {job.status}; only queued jobs can be canceled.")
+    return job
+
+
+def job_cancel_queued(job: Job) -> bool:
+    """Cancel the job if it is still queued (refunded, its slot freed, dropped from RQ after commit); whether it was.
+
+    Call in a transaction: the cancel, the refund and the slot commit together.
+    """
     canceled = Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
         status=JobStatus.CANCELED, finished_at=timezone.now()
     )
     if not canceled:
-        raise NotCancellable(f"The job is {job.status}; only queued jobs can be canceled.")
+        return False
     job.refresh_from_db()
     concurrency_release(job)
     job_on_final(job)
     transaction.on_commit(partial(queues.discard_job, job.pk))
-    return job
+    return True
 
 
 def job_requeue(*, job_id: UUID) -> bool:
@@ -64,6 +75,8 @@ def job_requeue(*, job_id: UUID) -> bool:
         )
         if requeued:
             concurrency_retake(job)
+            if job.batch_id is not None:
+                batch_job_reopened(job)
             time_limit = get_kind_settings(job.kind).time_limit
             queues.enqueue_job_on_commit(job.pk, time_limit=time_limit, trace_context=job.trace_context)
     return bool(requeued)

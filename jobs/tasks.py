@@ -7,11 +7,19 @@ from opentelemetry import context
 from rq import Retry, get_current_job
 
 from credits.selectors import credit_accounts_out_of_balance
+from jobs.batches import batches_reconcile
 from jobs.execution import job_execute
 from jobs.idempotency import idempotency_purge_expired
 from jobs.metrics import LEDGER_CHECK_KEY, RECONCILER_LAST_RUN_KEY
 from jobs.services import jobs_reconcile
-from jobs.webhooks import webhook_deliver, webhook_deliver_first, webhook_test_deliver, webhooks_reconcile
+from jobs.uploads import uploads_purge_expired
+from jobs.webhooks import (
+    batch_webhook_deliver,
+    webhook_deliver,
+    webhook_deliver_first,
+    webhook_test_deliver,
+    webhooks_reconcile,
+)
 from jobsite.logs import log_context
 from jobsite.redis import get_redis
 from jobsite.tracing import TRACE_META_KEY, extract_context
@@ -34,13 +42,24 @@ def deliver_callback(job_id: str, n: int, retries_left: int, give_up_at: float |
         return webhook_deliver(job_id=job_id, n=n, retries_left=retries_left, give_up_at=give_up_at)
 
 
+def deliver_batch_callback(batch_id: str, n: int, retries_left: int) -> str:
+    with log_context(batch_id=batch_id, webhook_attempt=n):
+        return batch_webhook_deliver(batch_id=batch_id, n=n, retries_left=retries_left)
+
+
 def send_test_webhook(user_id: int, url: str, msg_id: str) -> dict[str, Any]:
     with log_context(webhook_id=msg_id):
         return webhook_test_deliver(user_id=user_id, url=url, msg_id=msg_id)
 
 
 def reconcile() -> dict[str, int]:
-    report = {**jobs_reconcile(), **webhooks_reconcile(), "idempotency_keys_purged": idempotency_purge_expired()}
+    report = {
+        **jobs_reconcile(),
+        **batches_reconcile(),
+        **webhooks_reconcile(),
+        "idempotency_keys_purged": idempotency_purge_expired(),
+        "uploads_purged": uploads_purge_expired(),
+    }
     get_redis().set(RECONCILER_LAST_RUN_KEY, time.time())  # /metrics: alerts fire when the cron stops
     return report
 

@@ -125,6 +125,8 @@ RECONCILE_INTERVAL = env_int("RECONCILE_INTERVAL", 15, minimum=1)
 RECONCILE_QUEUED_GRACE = env_int("RECONCILE_QUEUED_GRACE", 10, minimum=0)
 RECONCILE_RUNNING_GRACE = env_int("RECONCILE_RUNNING_GRACE", 30, minimum=0)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
+UPLOAD_RETENTION = env_int("UPLOAD_RETENTION", 86400, minimum=60)
+"""Seconds an upload (a batch's JSONL file) is kept for a batch to be made of it; the reconciler deletes it after."""
 
 CALLBACK_ALLOW_PRIVATE = env_bool("CALLBACK_ALLOW_PRIVATE", False)
 """Lets webhooks and `fetch` reach loopback and private (RFC 1918, ULA) addresses: local runs and tests only."""
