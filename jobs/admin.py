@@ -3,9 +3,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from accounts.requests import StaffHttpRequest
+from jobs.batches import batch_cancel
 from jobs.forms import KindSettingsForm
 from jobs.kinds import KINDS
-from jobs.batches import batch_cancel
 from jobs.models import (
     Batch,
     BatchStatus,

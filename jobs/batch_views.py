@@ -105,7 +105,7 @@ class BatchCollectionView(EndpointView):
 
     def render_job(self, job: Job) -> Response:
         """The answer a request that died would have given: its batch, from the first job it created."""
-        batch = Batch.objects.get(pk=job.batch_id)
+        batch = Batch.objects.get(jobs=job)
         batch.job_ids = list(batch_jobs(batch=batch).order_by("batch_index").values_list("id", flat=True))  # type: ignore[attr-defined]
         return self.created(batch)
 
@@ -143,7 +143,7 @@ class BatchJobsView(EndpointView):
 class RequestOrderPagination(NewestFirstPagination):
     """A batch's jobs in the order they were requested, the cursor a position (an index) in it."""
 
-    ordering = ("batch_index",)
+    ordering = ("batch_index", "id")
 
     def position_valid(self, position: str) -> bool:
         return position.isdigit()

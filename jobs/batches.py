@@ -63,7 +63,8 @@ def batch_requests_validate(raw: Iterable[tuple[int, Any]], *, label: str, max_j
 
     `label` names the position in the errors' field paths: `requests.3.input.data`, `line.4.kind`.
     """
-    requests, errors = [], {}
+    requests: list[BatchJobRequest] = []
+    errors: dict[str, Any] = {}
     for position, item in raw:
         if len(requests) + len(errors) >= max_jobs:
             raise InvalidInput(

@@ -157,7 +157,7 @@ def job_on_final(job: Job) -> None:
     """Everything that follows a job reaching a final state."""
     job_refund_if_due(job)
     if job.batch_id is not None:
-        batch_job_finished(job)
+        batch_job_finished(batch_id=job.batch_id, status=job.status)
     logger.info("job finished", extra={"job_id": str(job.id), "status": job.status, "kind": job.kind})
     metrics.JOBS_FINISHED.labels(kind=job.kind, mode=job.mode, outcome=job.status).inc()
     if job.run_ms is not None:
@@ -264,7 +264,7 @@ def job_execute(
     if job is None:
         return None
     if job.batch_id is not None:
-        batch_job_started(job)
+        batch_job_started(batch_id=job.batch_id, started_at=job.started_at)
     with _worker_delivers_first(deliver_first is not None):
         delay = job_run(job)
     if deliver_first is not None and job.is_final and job.callback_status == CallbackStatus.PENDING:

@@ -76,7 +76,7 @@ def job_requeue(*, job_id: UUID) -> bool:
         if requeued:
             concurrency_retake(job)
             if job.batch_id is not None:
-                batch_job_reopened(job)
+                batch_job_reopened(batch_id=job.batch_id)
             time_limit = get_kind_settings(job.kind).time_limit
             queues.enqueue_job_on_commit(job.pk, time_limit=time_limit, trace_context=job.trace_context)
     return bool(requeued)

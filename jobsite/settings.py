@@ -179,6 +179,10 @@ SPECTACULAR_SETTINGS = {
         "FetchKindEnum": ["fetch"],
         "StatsKindEnum": ["stats"],
         "DeliveryStatusEnum": ["pending", "delivered", "failed"],
+        # Three choice sets share the field name `status` (a job's, a webhook's, a batch's): named, not hashed.
+        "JobStatusEnum": "jobs.models.JobStatus",
+        "CallbackStatusEnum": "jobs.models.CallbackStatus",
+        "BatchStatusEnum": "jobs.models.BatchStatus",
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
