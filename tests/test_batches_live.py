@@ -112,7 +112,7 @@ def test_a_batch_of_20_completes_with_its_counts_results_and_one_signed_webhook(
     assert event.id == created.callback.webhook_id
     delivered = wait_until(lambda: (batch := client.batch(created.id)).callback.status == "delivered" and batch)
     assert [(attempt.n, attempt.status_code) for attempt in delivered.callback.attempts] == [(1, 204)]
-    assert [batch.id for batch in client.batches()][0] == created.id
+    assert [batch.id for batch in client.batches()] == [created.id]
 
 
 def _broken_patch(server_url: str, key: str, path: str, *, offset: int, chunk: bytes) -> None:
