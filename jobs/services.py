@@ -16,7 +16,7 @@ from jobs.batch_progress import batch_job_reopened
 from jobs.concurrency import concurrency_release, concurrency_retake
 from jobs.execution import attempt_log_with, job_finish, job_on_final
 from jobs.kind_settings import get_kind_settings
-from jobs.models import FINAL_STATUSES, Job, JobMode, JobStatus
+from jobs.models import FINAL_STATUSES, Batch, Job, JobMode, JobStatus
 from jobs.selectors import job_get
 from jobsite.db import keyset_batches
 from jobsite.errors import (
@@ -150,4 +150,7 @@ def jobs_purge(*, finished_before: datetime, batch_size: int = PURGE_BATCH) -> i
         deleted += purged
         metrics.JOBS_PURGED.inc(purged)
         logger.info("purge: %d job(s) deleted so far, up to finished_at %s", deleted, batch[-1]["finished_at"])
+    # Batches completed before the cutoff: every job of theirs finished before it too, and is gone by now.
+    _, per_model = Batch.objects.filter(completed_at__lt=finished_before).delete()
+    logger.info("purge: %d batch(es) deleted", per_model.get(Batch._meta.label, 0))
     return deleted

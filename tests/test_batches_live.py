@@ -206,3 +206,112 @@ def test_uploads_are_size_capped_and_validated_line_by_line(
     assert fields == ["2", "3", "6"]  # the blank line 4 is skipped; lines 1 and 5 are fine
     assert {error.field for error in invalid.value.problem.errors} >= {"line.2", "line.3.kind", "line.6.input.data"}
     assert client.balance().balance == 100 and list(client.batches()) == []
+
+
+def _snapshot(user: User) -> tuple[int, int, int, int]:
+    """What a refused batch must not change: the balance, the ledger, the batches and the jobs of the user."""
+    from credits.selectors import credit_balance, ledger_list
+    from jobs.models import Batch, Job
+
+    return (
+        credit_balance(user=user),
+        ledger_list(user=user).count(),
+        Batch.objects.filter(owner=user).count(),
+        Job.objects.filter(owner=user).count(),
+    )
+
+
+def test_a_bad_request_or_a_short_balance_refuses_the_whole_batch_and_changes_nothing(
+    client_of: Callable[[User], tuple[jc.Client, str]], make_user: Callable[..., User]
+) -> None:
+    user = make_user()
+    set_balance(user, 4)
+    client, _ = client_of(user)
+    before = _snapshot(user)
+    good = {"kind": "hash", "input": {"data": "ok"}}
+    bad = [good, {"kind": "hash", "input": {"data": ""}}, good, {"kind": "nope", "input": {}}, "not an object"]
+    with pytest.raises(jc.ValidationError) as invalid:
+        client.submit_batch(bad)
+    assert [(error.field, error.message != "") for error in invalid.value.errors] == [
+        ("requests.1.input.data", True),
+        ("requests.3.kind", True),
+        ("requests.4", True),
+    ]
+    with pytest.raises(jc.InsufficientCredits) as short:
+        client.submit_batch([good] * 5)
+    assert (short.value.status, short.value.body["cost"], short.value.body["balance"]) == (402, 5, 4)
+    set_policy("jobs.batch", batch_max_jobs=3)
+    with pytest.raises(jc.ValidationError) as too_many:
+        client.submit_batch([good] * 4)
+    assert too_many.value.errors[0].field == "requests"
+    assert _snapshot(user) == before
+
+
+def test_cancel_refunds_what_has_not_started_and_the_running_job_finishes(
+    client_of: Callable[[User], tuple[jc.Client, str]], make_user: Callable[..., User]
+) -> None:
+    from jobs.execution import job_claim, job_run
+    from jobs.models import Job
+
+    user = make_user()
+    set_balance(user, 10)
+    client, _ = client_of(user)
+    created = client.submit_batch([{"kind": "hash", "input": {"data": f"c{i}", "iterations": 2}} for i in range(5)])
+    assert client.balance().balance == 5
+    running = job_claim(Job.objects.get(pk=created.job_ids[2]).pk, worker_name="test")  # no worker: we run it
+    assert running is not None
+
+    canceling = client.cancel_batch(created.id)
+    assert canceling.status == "canceling" and canceling.canceled_at is not None
+    assert (canceling.request_counts.canceled, canceling.request_counts.running) == (4, 1)
+    assert client.balance().balance == 9  # the four unstarted refunded; the running one is still paid for
+    with pytest.raises(jc.Conflict):
+        client.cancel_batch(created.id)
+
+    job_run(running)
+    done = client.batch(created.id)
+    assert (done.status, done.request_counts.succeeded, done.request_counts.canceled) == ("canceled", 1, 4)
+    assert done.completed_at is not None and done.completed_at >= done.canceled_at
+    statuses = [line["status"] for line in client.batch_results(created.id)]
+    assert statuses == ["canceled", "canceled", "succeeded", "canceled", "canceled"]
+
+
+def test_a_batch_is_its_owners_alone(
+    client_of: Callable[[User], tuple[jc.Client, str]], make_user: Callable[..., User], server_url: str
+) -> None:
+    owner, _ = client_of(make_user())
+    created = owner.submit_batch([{"kind": "hash", "input": {"data": "mine"}}])
+    stranger, key = client_of(make_user())
+    with pytest.raises(jc.NotFound):
+        stranger.batch(created.id)
+    with pytest.raises(jc.NotFound):
+        stranger.cancel_batch(created.id)
+    with pytest.raises(jc.NotFound):
+        list(stranger.batch_jobs(created.id))
+    with pytest.raises(jc.NotFound):
+        list(stranger.batch_results(created.id))
+    upload = owner.upload(b'{"kind": "hash", "input": {"data": "x"}}\n')
+    with pytest.raises(jc.NotFound):
+        stranger.submit_batch(upload_id=upload.id)
+    patched = httpx.patch(
+        f"{server_url}/api/v1/uploads/{upload.id}/",
+        content=b"x",
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/offset+octet-stream",
+            "Upload-Offset": str(upload.offset),
+        },
+    )
+    assert patched.status_code == 404
+    assert list(stranger.batches()) == []
+
+
+def test_an_idempotency_key_replays_the_batch(
+    client_of: Callable[[User], tuple[jc.Client, str]], make_user: Callable[..., User]
+) -> None:
+    client, _ = client_of(make_user())
+    requests = [{"kind": "hash", "input": {"data": f"k{i}"}} for i in range(3)]
+    first = client.submit_batch(requests, idempotency_key="batch-key-1")
+    again = client.submit_batch(requests, idempotency_key="batch-key-1")
+    assert (again.id, again.job_ids) == (first.id, first.job_ids)
+    assert len(list(client.batches())) == 1

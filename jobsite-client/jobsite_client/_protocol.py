@@ -273,9 +273,7 @@ def submit_batch(
 ) -> Flow[BatchCreated]:
     if (requests is None) == (upload_id is None):
         raise ValueError("pass either requests or upload_id")
-    body: dict[str, Any] = (
-        {"requests": [dict(r) for r in requests]} if requests is not None else {"upload_id": upload_id}
-    )
+    body: dict[str, Any] = {"requests": list(requests)} if requests is not None else {"upload_id": upload_id}
     if callback_url is not None:
         body["callback_url"] = callback_url
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
