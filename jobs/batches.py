@@ -39,6 +39,7 @@ from jobs.selectors import batch_get
 from jobs.serializers import BATCH_ITEM, JobRequestSerializer
 from jobs.services import job_cancel_queued
 from jobs.uploads import upload_consume, upload_lines
+from jobs.webhooks import batch_webhooks_requeue_lost
 from jobsite.db import keyset_batches
 from jobsite.errors import InvalidInput, NotCancellable, NotFound
 from jobsite.tracing import inject_context
@@ -218,7 +219,8 @@ def batch_results_jsonl(batch: Batch) -> Iterator[str]:
 
 def batches_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     """Complete open batches whose every job is final but whose counters missed it (a counter that drifted):
-    the counters are recounted from the jobs first. Old enough only: a batch being created is not touched."""
+    the counters are recounted from the jobs first; old enough only (a batch being created is not touched).
+    Then enqueue the batch deliveries that lost their RQ job."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.RECONCILE_QUEUED_GRACE)
     completed = 0
@@ -235,4 +237,4 @@ def batches_reconcile(*, now: datetime | None = None) -> dict[str, int]:
                     canceled=counts[JobStatus.CANCELED],
                 )
                 completed += batch_complete(batch_id=row["pk"])
-    return {"batches_completed": completed}
+    return {"batches_completed": completed, "batch_callbacks_requeued": batch_webhooks_requeue_lost(now)}

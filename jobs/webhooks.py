@@ -602,7 +602,7 @@ def batch_webhook_deliver(*, batch_id: UUID | str, n: int, retries_left: int) ->
     return step.result
 
 
-def _batch_webhooks_requeue_lost(now: datetime) -> int:
+def batch_webhooks_requeue_lost(now: datetime) -> int:
     """Enqueue the next attempt of pending batch deliveries with no RQ job on its way (Redis lost it, a worker died)."""
     cutoff = now - timedelta(seconds=settings.CALLBACK_RECONCILE_GRACE)
     stuck = Batch.objects.filter(callback_status=CallbackStatus.PENDING, completed_at__lt=cutoff)
@@ -737,7 +737,6 @@ def webhooks_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     report = {
         "callbacks_interrupted": _webhooks_close_interrupted(now),
         "callbacks_requeued": _webhooks_requeue_lost(now),
-        "batch_callbacks_requeued": _batch_webhooks_requeue_lost(now),
     }
     if any(report.values()):
         logger.warning("reconciler: %s", report)

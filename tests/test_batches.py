@@ -14,7 +14,6 @@ from jobs.execution import job_claim, job_finish
 from jobs.models import Batch, BatchStatus, CallbackStatus, Job, JobStatus, Upload, UploadChunk
 from jobs.services import job_requeue, jobs_purge
 from jobs.uploads import uploads_purge_expired
-from jobs.webhooks import webhooks_reconcile
 from tests.conftest import run_worker_burst
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,13 +34,13 @@ def test_the_reconciler_completes_a_batch_whose_counters_missed_its_jobs_and_sen
     # A drift the job-final path cannot cause by itself (a counter lost to a hand edit): the reconciler repairs it.
     Batch.objects.filter(pk=batch.pk).update(succeeded=1, completed_at=None, status=BatchStatus.IN_PROGRESS)
     queues.get_queue(queues.CALLBACKS_QUEUE).empty()
-    assert batches_reconcile(now=timezone.now()) == {"batches_completed": 0}  # too young: might be being created
+    assert batches_reconcile(now=timezone.now())["batches_completed"] == 0  # too young: might be being created
     later = timezone.now() + timedelta(minutes=5)
-    assert batches_reconcile(now=later) == {"batches_completed": 1}
+    assert batches_reconcile(now=later)["batches_completed"] == 1
     batch.refresh_from_db()
     assert (batch.status, batch.succeeded, batch.failed, batch.canceled) == (BatchStatus.COMPLETED, 3, 0, 0)
     assert queues.get_queue(queues.CALLBACKS_QUEUE).count == 1  # its delivery, enqueued on commit
-    assert batches_reconcile(now=later) == {"batches_completed": 0}
+    assert batches_reconcile(now=later)["batches_completed"] == 0
 
 
 def test_the_reconciler_enqueues_a_batch_delivery_that_redis_lost(api: APIClient) -> None:
@@ -50,10 +49,10 @@ def test_the_reconciler_enqueues_a_batch_delivery_that_redis_lost(api: APIClient
     callbacks = queues.get_queue(queues.CALLBACKS_QUEUE)
     assert callbacks.count == 1
     callbacks.connection.flushdb()  # Redis lost everything: the queued delivery and the note of it
-    report = webhooks_reconcile(now=timezone.now() + timedelta(minutes=5))
-    assert report["batch_callbacks_requeued"] == 1
+    report = batches_reconcile(now=timezone.now() + timedelta(minutes=5))
+    assert report == {"batches_completed": 0, "batch_callbacks_requeued": 1}
     assert callbacks.count == 1
-    assert webhooks_reconcile(now=timezone.now() + timedelta(minutes=5))["batch_callbacks_requeued"] == 0
+    assert batches_reconcile(now=timezone.now() + timedelta(minutes=5))["batch_callbacks_requeued"] == 0
     assert Batch.objects.get(pk=created["id"]).callback_claimed == 0  # nothing was attempted yet
 
 
