@@ -14,7 +14,7 @@ from accounts.endpoints import Endpoint
 from accounts.requests import AuthenticatedRequest
 from jobs.batches import batch_cancel, batch_requests_validate, batch_results_jsonl, batch_submit, batch_submit_upload
 from jobs.idempotency import idempotent_response
-from jobs.models import Batch, Job
+from jobs.models import Batch, Job, JobStatus
 from jobs.selectors import batch_active_counts, batch_get, batch_jobs, batch_list
 from jobs.serializers import (
     BatchCreatedSerializer,
@@ -35,11 +35,16 @@ UPLOAD_HEADERS = {"Cache-Control": "no-store"}
 """An upload's offset changes with every chunk: never cached (tus)."""
 
 
-def _serialize(batches: list[Batch], serializer: type[BatchSerializer] = BatchSerializer, **kwargs: Any) -> Any:
-    context = {"active_counts": batch_active_counts(batches)}
-    if kwargs.get("many"):
-        return serializer(batches, many=True, context=context).data
-    return serializer(batches[0], context=context).data
+def _serialize(
+    batches: list[Batch],
+    serializer: type[BatchSerializer] = BatchSerializer,
+    *,
+    many: bool = False,
+    active: dict[UUID, dict[str, int]] | None = None,
+) -> Any:
+    """Batches with their queued and running counts (`active`, else one query for those not yet complete)."""
+    context = {"active_counts": batch_active_counts(batches) if active is None else active}
+    return serializer(batches if many else batches[0], many=many, context=context).data
 
 
 def _batch_or_404(request: AuthenticatedRequest, batch_id: UUID) -> Batch:
@@ -79,7 +84,7 @@ class BatchCollectionView(EndpointView):
         return idempotent_response(
             request=request,
             policy=request.policy,
-            run=lambda: self.created(self.submit(request, body.validated_data)),
+            run=lambda: self.accepted(self.submit(request, body.validated_data)),
             render_job=self.render_job,
         )
 
@@ -96,9 +101,13 @@ class BatchCollectionView(EndpointView):
         )
         return batch_submit(requests=requests, **common)
 
-    def created(self, batch: Batch) -> Response:
+    def accepted(self, batch: Batch) -> Response:
+        """The answer as the batch was accepted: every job queued (no query to count them)."""
+        return self.created(batch, active={batch.pk: {JobStatus.QUEUED: batch.total}})
+
+    def created(self, batch: Batch, active: dict[UUID, dict[str, int]] | None = None) -> Response:
         return Response(
-            _serialize([batch], BatchCreatedSerializer),
+            _serialize([batch], BatchCreatedSerializer, active=active),
             status=status.HTTP_202_ACCEPTED,
             headers={"Location": f"/api/v1/batches/{batch.id}/"},
         )

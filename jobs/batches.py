@@ -33,7 +33,7 @@ from jobs.encryption import open_result, seal_input
 from jobs.export import stream_chunks
 from jobs.idempotency import idempotency_bind_job
 from jobs.kind_settings import get_kind_settings
-from jobs.models import FINAL_BATCH_STATUSES, Batch, BatchStatus, CallbackStatus, Job, JobMode, JobStatus
+from jobs.models import Batch, BatchStatus, CallbackStatus, Job, JobMode, JobStatus
 from jobs.pipeline import callback_url_check, queue_admit
 from jobs.selectors import batch_get
 from jobs.serializers import BATCH_ITEM, JobRequestSerializer
@@ -170,22 +170,29 @@ def batch_submit_upload(*, user: User, policy: EndpointPolicy, upload_id: UUID, 
     return batch_submit(user=user, policy=policy, requests=requests, callback_url=callback_url, upload_id=upload_id)
 
 
-@transaction.atomic
 def batch_cancel(*, user: User, batch_id: UUID) -> Batch:
     """Cancel every job of the batch that has not started (each refunded as job_cancel refunds one); running jobs
-    finish. The batch is `canceling` until its last job is final, then `canceled`."""
-    batch = Batch.objects.select_for_update().filter(pk=batch_id, owner=user).first()
+    finish. The batch is `canceling` until its last job is final, then `canceled`.
+
+    Each job is canceled in a transaction of its own, which locks the job and then the batch row (its counter),
+    the order a worker's finish takes them in: one transaction over all of them, holding the batch row while it
+    waits for a job a worker is finishing, would deadlock with that worker.
+    """
+    batch = batch_get(user=user, batch_id=batch_id)
     if batch is None:
         raise NotFound("No such batch.")
-    if batch.status in FINAL_BATCH_STATUSES or batch.canceled_at is not None:
+    marked = Batch.objects.filter(pk=batch.pk, canceled_at__isnull=True, completed_at__isnull=True).update(
+        canceled_at=timezone.now(), status=BatchStatus.CANCELING
+    )
+    if not marked:
         raise NotCancellable(f"The batch is {batch.status}; only a batch in progress can be canceled.")
-    Batch.objects.filter(pk=batch.pk).update(canceled_at=timezone.now(), status=BatchStatus.CANCELING)
     queued = Job.objects.filter(batch=batch, status=JobStatus.QUEUED).order_by("batch_index")
-    for job in queued:
-        job_cancel_queued(job)  # the last one to become final completes the batch (as canceled)
-    result = batch_get(user=user, batch_id=batch.pk)
-    assert result is not None  # locked above
-    return result
+    for job in list(queued.only("pk")):  # each is read again by its own cancel
+        with transaction.atomic():
+            job_cancel_queued(job)  # the last job to become final completes the batch, as canceled
+    canceled = batch_get(user=user, batch_id=batch.pk)
+    assert canceled is not None  # batches are deleted only when purged, long after they completed
+    return canceled
 
 
 RESULTS_CHUNK = 500

@@ -40,10 +40,6 @@ class BatchStatus(models.TextChoices):
     CANCELED = "canceled"
 
 
-FINAL_BATCH_STATUSES = frozenset({BatchStatus.COMPLETED, BatchStatus.CANCELED})
-"""A batch in one of these has every job final: its counts never change again."""
-
-
 class Batch(models.Model):
     """A group of async jobs submitted, charged and tracked as one; its jobs point at it (Job.batch).
 
