@@ -172,7 +172,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "OAS_VERSION": "3.1.0",  # for `webhooks`
-    "WEBHOOKS": ["jobs.schema.JOB_FINISHED", "jobs.schema.COMPAT_REQUEST_FINISHED"],
+    "WEBHOOKS": ["jobs.schema.JOB_FINISHED", "jobs.schema.COMPAT_REQUEST_FINISHED", "jobs.schema.BATCH_COMPLETED"],
     # One per kind: the discriminator of the submission union (a new kind adds its line; the schema test says so).
     "ENUM_NAME_OVERRIDES": {
         "HashKindEnum": ["hash"],

@@ -107,8 +107,9 @@ def test_a_batch_of_20_completes_with_its_counts_results_and_one_signed_webhook(
     time.sleep(1.0)  # a second event would be on its way by now
     assert refused == [] and len(events) == 1
     (event,) = events
-    assert event.data["type"] == "batch.completed"
-    assert event.data["data"]["id"] == created.id and event.data["data"]["request_counts"]["succeeded"] == 20
+    completed = event.batch_completed
+    assert completed.type == "batch.completed" and completed.data.id == created.id
+    assert completed.data.request_counts.succeeded == 20 and completed.timestamp == completed.data.completed_at
     assert event.id == created.callback.webhook_id
     delivered = wait_until(lambda: (batch := client.batch(created.id)).callback.status == "delivered" and batch)
     assert [(attempt.n, attempt.status_code) for attempt in delivered.callback.attempts] == [(1, 204)]

@@ -51,6 +51,7 @@ COMPONENTS: dict[type, str] = {
     jc.BatchJob: "BatchJob",
     jc.BatchJobPage: "PaginatedBatchJobList",
     jc.Upload: "Upload",
+    jc.BatchCompletedEvent: "BatchCompletedEvent",
 }
 """Each client model and the schema component it mirrors."""
 

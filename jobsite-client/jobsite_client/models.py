@@ -364,6 +364,15 @@ class Upload:
 
 
 @dataclass(frozen=True)
+class BatchCompletedEvent:
+    """The body of a batch's one webhook: `type` is `batch.completed`, `data` the batch."""
+
+    type: str
+    timestamp: datetime
+    data: Batch
+
+
+@dataclass(frozen=True)
 class WebhookEvent:
     """A verified webhook delivery: its id (stable across retries), its timestamp and its JSON body."""
 
@@ -375,3 +384,8 @@ class WebhookEvent:
     def job(self) -> Job:
         """The body as a Job (the service's own webhooks; the compatible routes send another shape)."""
         return parse(Job, self.data)
+
+    @property
+    def batch_completed(self) -> BatchCompletedEvent:
+        """The body as a batch's `batch.completed` event."""
+        return parse(BatchCompletedEvent, self.data)
