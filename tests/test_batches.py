@@ -2,9 +2,12 @@
 upload store."""
 
 from datetime import timedelta
+from io import StringIO
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
+from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -101,3 +104,24 @@ def test_a_completed_batch_is_purged_with_its_jobs(api: APIClient) -> None:
     assert Batch.objects.filter(pk=created["id"]).exists()
     assert jobs_purge(finished_before=timezone.now() + timedelta(seconds=1)) == 2
     assert not Batch.objects.filter(pk=created["id"]).exists()
+
+
+def test_rotate_keys_re_encrypts_the_chunks_of_uploads_in_progress(api: APIClient, settings: Any) -> None:
+    old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.ENCRYPTION_KEYS = [old_key]
+    line = b'{"kind": "hash", "input": {"data": "rotated"}}\n'
+    created = api.post("/api/v1/uploads/", headers={"Upload-Length": str(len(line))}).json()
+    api.generic(
+        "PATCH",
+        f"/api/v1/uploads/{created['id']}/",
+        line,
+        content_type="application/offset+octet-stream",
+        headers={"Upload-Offset": "0"},
+    )
+    settings.ENCRYPTION_KEYS = [new_key, old_key]
+    out = StringIO()
+    call_command("rotate_keys", stdout=out)
+    assert "1 upload chunk(s)" in out.getvalue()
+    settings.ENCRYPTION_KEYS = [new_key]  # the old key is gone: only rotated chunks can still be read
+    response = api.post("/api/v1/batches/", {"upload_id": created["id"]}, format="json")
+    assert response.status_code == 202, response.content
