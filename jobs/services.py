@@ -152,5 +152,6 @@ def jobs_purge(*, finished_before: datetime, batch_size: int = PURGE_BATCH) -> i
         logger.info("purge: %d job(s) deleted so far, up to finished_at %s", deleted, batch[-1]["finished_at"])
     # Batches completed before the cutoff: every job of theirs finished before it too, and is gone by now.
     _, per_model = Batch.objects.filter(completed_at__lt=finished_before).delete()
-    logger.info("purge: %d batch(es) deleted", per_model.get(Batch._meta.label, 0))
+    if batches := per_model.get(Batch._meta.label, 0):
+        logger.info("purge: %d batch(es) deleted", batches)
     return deleted
