@@ -17,11 +17,12 @@ from jobs.idempotency import idempotent_response
 from jobs.models import Batch, Job, JobStatus
 from jobs.selectors import batch_active_counts, batch_get, batch_jobs, batch_list
 from jobs.serializers import (
+    BATCH_REQUEST_SCHEMA,
     BatchCreatedSerializer,
-    BatchCreateSerializer,
     BatchJobSerializer,
     BatchSerializer,
     UploadSerializer,
+    batch_request_validate,
 )
 from jobs.uploads import upload_append, upload_create, upload_get
 from jobs.views import IDEMPOTENCY_KEY_PARAMETER, SUBMIT_STATUSES
@@ -65,7 +66,7 @@ def _batch_or_404(request: AuthenticatedRequest, batch_id: UUID) -> Batch:
         operation_id="batches_create",
         summary="Queue a batch of jobs (inline or from an upload), validated and charged as a whole",
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
-        request=BatchCreateSerializer,
+        request=BATCH_REQUEST_SCHEMA,
         responses={202: BatchCreatedSerializer, **problems(*SUBMIT_STATUSES, 404)},
     ),
 )
@@ -79,12 +80,11 @@ class BatchCollectionView(EndpointView):
         return paginator.get_paginated_response(_serialize(page or [], many=True))
 
     def post(self, request: AuthenticatedRequest) -> Response:
-        body = BatchCreateSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        data = batch_request_validate(request.data)
         return idempotent_response(
             request=request,
             policy=request.policy,
-            run=lambda: self.accepted(self.submit(request, body.validated_data)),
+            run=lambda: self.accepted(self.submit(request, data)),
             render_job=self.render_job,
         )
 

@@ -299,27 +299,47 @@ class BatchJobRequestsField(serializers.ListField):
     """A batch's job requests, each validated by JobRequestSerializer (batch mode) when the batch is built."""
 
 
-class BatchCreateSerializer(serializers.Serializer):
-    """A batch: its job requests inline, or the id of a complete JSONL upload holding one request a line."""
-
-    requests = BatchJobRequestsField(
-        child=serializers.JSONField(),
-        required=False,
-        min_length=1,
-        help_text="The job requests (as a single async job takes them, without callback_url); at most the "
-        "policy's batch_max_jobs. Or upload_id.",
-    )
-    upload_id = serializers.UUIDField(
-        required=False, help_text="A complete upload (JSONL: one job request a line) instead of requests."
-    )
-    callback_url = callback_url_field(
+def _batch_callback_url() -> CallbackUrlField:
+    return callback_url_field(
         required=False, help_text="Receives one signed `batch.completed` event when every job is final."
     )
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if ("requests" in attrs) == ("upload_id" in attrs):
-            raise serializers.ValidationError("Send either requests or upload_id, not both nor neither.")
-        return attrs
+
+class BatchInlineSerializer(serializers.Serializer):
+    """A batch of job requests sent inline."""
+
+    requests = BatchJobRequestsField(
+        child=serializers.JSONField(),
+        min_length=1,
+        help_text="The job requests (as a single async job takes them, without callback_url); at most the "
+        "policy's batch_max_jobs.",
+    )
+    callback_url = _batch_callback_url()
+
+
+class BatchFromUploadSerializer(serializers.Serializer):
+    """A batch made of a complete upload: a JSONL file, one job request a line."""
+
+    upload_id = serializers.UUIDField(help_text="A complete upload (POST /api/v1/uploads/, then PATCHes).")
+    callback_url = _batch_callback_url()
+
+
+BATCH_REQUEST_SCHEMA = PolymorphicProxySerializer(
+    component_name="BatchCreate",
+    serializers=[BatchInlineSerializer, BatchFromUploadSerializer],
+    resource_type_field_name=None,
+)
+"""OpenAPI: a batch's body is one of the two (requests inline, or an upload's id), never both."""
+
+
+def batch_request_validate(data: Any) -> dict[str, Any]:
+    """The body of POST /batches/, validated by the serializer of the one form it takes."""
+    if not isinstance(data, dict) or ("requests" in data) == ("upload_id" in data):
+        raise serializers.ValidationError("Send either requests or upload_id, not both nor neither.")
+    form = BatchInlineSerializer if "requests" in data else BatchFromUploadSerializer
+    body = form(data=data)
+    body.is_valid(raise_exception=True)
+    return dict(body.validated_data)
 
 
 class RequestCountsSerializer(serializers.Serializer):

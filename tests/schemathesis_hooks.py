@@ -64,7 +64,8 @@ def _urls(body: Any) -> list[Any]:
     if not isinstance(body, dict):
         return []
     found = [body.get(name) for name in URL_FIELDS]
-    return found + _urls(body.get("input"))
+    in_batch = body.get("requests") if isinstance(body.get("requests"), list) else []
+    return found + _urls(body.get("input")) + [url for request in in_batch for url in _urls(request)]
 
 
 @schemathesis.hook
