@@ -1,8 +1,10 @@
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
+from drf_spectacular.utils import Direction, PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
 from jobs.encryption import masked_input, open_result
@@ -299,13 +301,27 @@ class BatchJobRequestsField(serializers.ListField):
     """A batch's job requests, each validated by JobRequestSerializer (batch mode) when the batch is built."""
 
 
+class ClosedSerializer(serializers.Serializer):
+    """A body that names every member it takes: the schema says `additionalProperties: false`, and
+    closed_validate refuses any other member (the forms of a `oneOf` body cannot be told apart otherwise)."""
+
+
+class ClosedSerializerExtension(OpenApiSerializerExtension):
+    target_class = ClosedSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: AutoSchema, direction: Direction) -> dict[str, Any]:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        return {**schema, "additionalProperties": False}
+
+
 def _batch_callback_url() -> CallbackUrlField:
     return callback_url_field(
         required=False, help_text="Receives one signed `batch.completed` event when every job is final."
     )
 
 
-class BatchInlineSerializer(serializers.Serializer):
+class BatchInlineSerializer(ClosedSerializer):
     """A batch of job requests sent inline."""
 
     requests = BatchJobRequestsField(
@@ -317,7 +333,7 @@ class BatchInlineSerializer(serializers.Serializer):
     callback_url = _batch_callback_url()
 
 
-class BatchFromUploadSerializer(serializers.Serializer):
+class BatchFromUploadSerializer(ClosedSerializer):
     """A batch made of a complete upload: a JSONL file, one job request a line."""
 
     upload_id = serializers.UUIDField(help_text="A complete upload (POST /api/v1/uploads/, then PATCHes).")
@@ -338,6 +354,8 @@ def batch_request_validate(data: Any) -> dict[str, Any]:
         raise serializers.ValidationError("Send either requests or upload_id, not both nor neither.")
     form = BatchInlineSerializer if "requests" in data else BatchFromUploadSerializer
     body = form(data=data)
+    if unknown := sorted(set(data) - set(body.fields)):
+        raise serializers.ValidationError({name: ["Not a member of this body."] for name in unknown})
     body.is_valid(raise_exception=True)
     return dict(body.validated_data)
 

@@ -8,6 +8,7 @@ They act on whole cases (`filter_case`, `map_case`), the hooks every phase appli
 - So are URLs whose explicit port the deployment's port policy refuses (OUTBOUND_ALLOWED_PORTS minus
   OUTBOUND_DENIED_PORTS, read through jobs.ssrf.allowed_ports from the server's own settings): also a policy, not
   a schema; tests/test_ssrf.py covers it.
+- An upload's chunk (`application/offset+octet-stream`, tus) is sent as raw bytes, as `application/octet-stream` is.
 - Each generated Idempotency-Key gets a unique suffix: reusing a key with another body is a documented refusal
   (422 idempotency_key_reused), and tests/test_idempotency.py covers it; here a key must not tie unrelated cases.
 """
@@ -79,3 +80,6 @@ def map_case(context: Any, case: Any) -> Any:
     if isinstance(key, str) and len(key) <= KEY_MAX_LENGTH and re.fullmatch(KEY_PATTERN, key):
         case.headers[KEY_HEADER] = f"{key[: KEY_MAX_LENGTH - _KEY_SUFFIX_LENGTH]}-{uuid.uuid4().hex}"
     return case
+
+
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
