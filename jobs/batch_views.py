@@ -258,9 +258,10 @@ class UploadDetailView(EndpointView):
         responses={200: UploadSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES, 404, 409)},
     )
     def patch(self, request: AuthenticatedRequest, upload_id: UUID) -> Response:
+        data = request._request.body
         media_type = request.content_type.split(";")[0].strip()
-        if media_type != UPLOAD_CONTENT_TYPE:
+        if data and media_type != UPLOAD_CONTENT_TYPE:  # an empty PATCH appends nothing, whatever its type
             raise UnsupportedMediaType(media_type)
         offset = _header_int(request, "Upload-Offset")
-        upload = upload_append(user=request.user, upload_id=upload_id, offset=offset, data=request._request.body)
+        upload = upload_append(user=request.user, upload_id=upload_id, offset=offset, data=data)
         return _upload_response(upload)
