@@ -125,3 +125,20 @@ def test_rotate_keys_re_encrypts_the_chunks_of_uploads_in_progress(api: APIClien
     settings.ENCRYPTION_KEYS = [new_key]  # the old key is gone: only rotated chunks can still be read
     response = api.post("/api/v1/batches/", {"upload_id": created["id"]}, format="json")
     assert response.status_code == 202, response.content
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"requests": [{"kind": "hash", "input": {"data": "x"}}], "upload_id": "00000000-0000-0000-0000-000000000000"},
+        {"requests": [{"kind": "hash", "input": {"data": "x"}}], "priority": "high"},
+        {"requests": []},
+        [{"kind": "hash", "input": {"data": "x"}}],
+    ],
+    ids=["neither", "both", "unknown-member", "empty", "not-an-object"],
+)
+def test_a_batch_body_takes_one_of_its_two_forms_exactly(api: APIClient, body: Any) -> None:
+    response = api.post("/api/v1/batches/", body, format="json")
+    assert (response.status_code, response.json()["code"]) == (400, "validation_error")
+    assert not Batch.objects.exists() and not Job.objects.exists()
