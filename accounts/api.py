@@ -42,19 +42,27 @@ class EndpointView(APIView):
     """
 
     endpoint: ClassVar[Endpoint]
+    method_endpoints: ClassVar[dict[str, Endpoint]] = {}
+    """Methods governed by another policy than `endpoint` (a collection read under jobs.read, added to under another)."""
     authentication_classes = AUTHENTICATION_CLASSES
     permission_classes = POLICY_PERMISSIONS
     throttle_classes: Sequence[type[LimiterThrottle]] = POLICY_THROTTLES
     schema = EndpointSchema()
 
+    @classmethod
+    def endpoint_for(cls, method: str) -> Endpoint:
+        """The endpoint whose policy governs a call with this HTTP method."""
+        return cls.method_endpoints.get(method.upper(), cls.endpoint)
+
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         gated = cast(PolicyRequest, request)
-        also = AUTHENTICATED_ALSO_GOVERNED_BY.get(self.endpoint)
-        gated.policy = get_endpoint_policy(self.endpoint)
+        endpoint = self.endpoint_for(request.method or "GET")
+        also = AUTHENTICATED_ALSO_GOVERNED_BY.get(endpoint)
+        gated.policy = get_endpoint_policy(endpoint)
         gated.authenticated_policy = get_endpoint_policy(also) if also else None
         # On the HttpRequest too: the browsable API re-checks permissions on clones that only share it.
         request._request.__dict__.update(policy=gated.policy, authenticated_policy=gated.authenticated_policy)
-        bind_context(endpoint=self.endpoint)
+        bind_context(endpoint=endpoint)
         super().initial(request, *args, **kwargs)
 
     def perform_authentication(self, request: Request) -> None:

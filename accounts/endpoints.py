@@ -16,10 +16,11 @@ class Endpoint(StrEnum):
     AUTH_TOKEN = "auth.token"
     METRICS_READ = "metrics.read"
     WEBHOOKS_TEST = "webhooks.test"
+    JOBS_BATCH = "jobs.batch"
 
 
 JOB_CREATING_ENDPOINTS = frozenset(
-    {Endpoint.JOBS_SYNC, Endpoint.JOBS_ASYNC, Endpoint.COMPAT_SYNC, Endpoint.COMPAT_ASYNC}
+    {Endpoint.JOBS_SYNC, Endpoint.JOBS_ASYNC, Endpoint.JOBS_BATCH, Endpoint.COMPAT_SYNC, Endpoint.COMPAT_ASYNC}
 )
 """Endpoints that start work that costs: their rate limiter fails closed (503) when Redis is unreachable."""
 

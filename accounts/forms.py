@@ -51,7 +51,7 @@ class EndpointPolicyForm(forms.ModelForm):
                     self.add_error(field, f"Must be at least 1 when the rate limit algorithm is {algorithm}.")
             if algorithm == RateLimitAlgorithm.TOKEN_BUCKET and data.get("refill_rate") == 0:
                 self.add_error("refill_rate", "Must be at least 1 for a token bucket.")
-        for field in ("queue_max_depth", "idempotency_ttl"):
+        for field in ("queue_max_depth", "idempotency_ttl", "batch_max_jobs", "upload_max_bytes"):
             if data.get(field) == 0:
                 self.add_error(field, "Must be at least 1.")
         if data.get("auth_required") is False and data.get("mfa_required"):

@@ -243,6 +243,14 @@ class EndpointPolicy(models.Model):
         default=5,
         help_text="Job event streams (SSE) one user may have open at once; beyond it 429. 0: no cap.",
     )
+    batch_max_jobs = models.PositiveIntegerField(
+        "max jobs per batch", default=1000, help_text="Batches: job requests one batch may hold (inline or uploaded)."
+    )
+    upload_max_bytes = models.PositiveBigIntegerField(
+        "max upload size (bytes)",
+        default=50 * 1024 * 1024,
+        help_text="Batches: the largest JSONL file an upload may announce (Upload-Length); larger: 413.",
+    )
     updated_at = models.DateTimeField("updated", auto_now=True)
 
     class Meta:

@@ -74,6 +74,8 @@ ENDPOINT_DEFAULTS: dict[str, dict[str, Any]] = {
         "rate_window": 60,
         "refill_rate": 10,
     },
+    # Batches and their uploads: one call may queue batch_max_jobs jobs, and a file comes in many PATCHes.
+    Endpoint.JOBS_BATCH: {**_JOB_SUBMIT, "rate_limit": 600, "refill_rate": 600},
 }
 """Every endpoint policy that exists, with what differs from the model's field defaults."""
 

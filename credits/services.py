@@ -1,13 +1,15 @@
 """Writes of credits: every balance change is one conditional UPDATE plus its ledger entry, in one transaction."""
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from uuid import UUID
 
 from django.db import connection, transaction
 
 from accounts.models import User
 from credits.models import CreditAccount, EntryType, LedgerEntry
-from jobsite.db import insert_unless_conflict
+from jobsite.db import insert_many_unless_conflict, insert_unless_conflict
 from jobsite.errors import InsufficientCredits, InvalidInput
 
 REASON_MAX_LENGTH = LedgerEntry._meta.get_field("reason").max_length
@@ -134,6 +136,55 @@ def credit_charge(*, user_id: int, amount: int, job_id: UUID | str, reason: str 
         job_id=job_id,
         posting_key=charge_key(job_id),
     )
+
+
+@dataclass(frozen=True)
+class JobCharge:
+    """One job's part of a charge of many (credit_charge_jobs)."""
+
+    job_id: UUID
+    amount: int
+    reason: str = ""
+
+
+def credit_charge_jobs(*, user_id: int, charges: Sequence[JobCharge], what: str = "batch") -> int:
+    """Spend the total of many jobs' charges at once: all or nothing, one ledger entry per job (its posting key,
+    as credit_charge writes it, so credit_refund refunds each job alone). Returns the total charged.
+
+    Two statements in the caller's transaction however many jobs: the balance's conditional UPDATE for the
+    total and a multi-row INSERT ... ON CONFLICT DO NOTHING of the entries; a replayed posting key writes
+    nothing and its amount is given back. Raises InsufficientCredits (cost: the total) and writes nothing if short.
+    """
+    due = [charge for charge in charges if charge.amount]
+    total = sum(charge.amount for charge in due)
+    if not total:
+        return 0
+    with transaction.atomic(savepoint=False):
+        balance = _move_balance(user_id=user_id, amount=-total)
+        if balance is None and _account_opened(user_id):
+            balance = _move_balance(user_id=user_id, amount=-total)
+        if balance is None:
+            have = CreditAccount.objects.filter(user_id=user_id).values_list("balance", flat=True).first() or 0
+            raise InsufficientCredits(balance=have, cost=total, what=what)
+        entries, after = [], balance + total
+        for charge in due:
+            after -= charge.amount
+            entries.append(
+                LedgerEntry(
+                    account_id=user_id,
+                    type=EntryType.CHARGE,
+                    amount=-charge.amount,
+                    reason=charge.reason[:REASON_MAX_LENGTH],
+                    job_id=charge.job_id,
+                    posting_key=charge_key(charge.job_id),
+                    balance_after=after,
+                )
+            )
+        written = insert_many_unless_conflict(entries, unique_field="posting_key")
+        replayed = sum(-entry.amount for entry in entries if entry.posting_key not in written)
+        if replayed:
+            _move_balance(user_id=user_id, amount=replayed)
+    return total - replayed
 
 
 def credit_refund(*, job_id: UUID | str, reason: str) -> LedgerEntry | None:

@@ -6,10 +6,13 @@ from django.db.models.expressions import Combinable
 from django.http import HttpRequest
 
 from accounts.requests import StaffHttpRequest
+from jobs.batches import batch_cancel
 from jobs.forms import KindSettingsForm
 from jobs.kinds import KINDS
 from jobs.models import (
     HELD_STATUSES,
+    Batch,
+    BatchStatus,
     CallbackAttempt,
     CallbackStatus,
     Job,
@@ -18,6 +21,7 @@ from jobs.models import (
     JobStatus,
     JobTombstone,
     KindSettings,
+    Upload,
     WebhookSecret,
 )
 from jobs.selectors import jobs_awaiting_purge
@@ -184,6 +188,49 @@ class JobTombstoneAdmin(ScaleAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: JobTombstone | None = None) -> bool:
+        return False
+
+
+@admin.register(Batch)
+class BatchAdmin(ScaleAdmin):
+    """Batches are records: read-only, changed through the cancel action; their jobs are in the job list."""
+
+    list_display = ["id", "owner", "status", "total", "succeeded", "failed", "canceled", "cost", "created_at"]
+    list_filter = ["status", "callback_status"]
+    search_fields = ["id", "owner__username"]
+    search_help_text = "A batch id or its first hex digits (at least 4), or a username or its beginning."
+    id_search_field = "id"
+    username_search_field = "owner__username"
+    actions = ["cancel_batches"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Batch | None = None) -> list[str]:
+        return [field.name for field in Batch._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Batch | None = None) -> bool:
+        return False  # a view page, without Save buttons; the action still applies
+
+    @admin.action(description="Cancel the unstarted jobs of selected batches (refunded)")
+    def cancel_batches(self, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
+        batches = queryset.filter(status=BatchStatus.IN_PROGRESS).select_related("owner")
+        canceled = [batch_cancel(user=batch.owner, batch_id=batch.pk) for batch in batches]
+        self.message_user(request, f"Canceled {len(canceled)} batch(es).", messages.SUCCESS)
+
+
+@admin.register(Upload)
+class UploadAdmin(admin.ModelAdmin):
+    """Uploads in progress: their bytes are encrypted chunks, never shown; staff may delete one."""
+
+    list_display = ["id", "owner", "offset", "length", "created_at", "expires_at"]
+    search_fields = ["owner__username"]
+    fields = readonly_fields = ("id", "owner", "offset", "length", "created_at", "expires_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Upload | None = None) -> bool:
         return False
 
 

@@ -26,12 +26,12 @@ from jobsite.errors import RateLimited
 _SLOTS = ConcurrencySlot._meta.db_table
 
 _TAKE = (
-    f"INSERT INTO {_SLOTS} (endpoint, owner_id, in_use) VALUES (%s, %s, 1)"
-    f" ON CONFLICT (endpoint, owner_id) DO UPDATE SET in_use = {_SLOTS}.in_use + 1"
+    f"INSERT INTO {_SLOTS} (endpoint, owner_id, in_use) VALUES (%s, %s, %s)"
+    f" ON CONFLICT (endpoint, owner_id) DO UPDATE SET in_use = {_SLOTS}.in_use + excluded.in_use"
 )
-"""One more job holds a slot (PostgreSQL, SQLite >= 3.35); `_TAKE_BELOW` adds the cap's condition."""
+"""More jobs (excluded.in_use: how many) hold slots (PostgreSQL, SQLite >= 3.35); `_TAKE_BELOW` adds the cap."""
 
-_TAKE_BELOW = f"{_TAKE} WHERE {_SLOTS}.in_use < %s RETURNING in_use"
+_TAKE_BELOW = f"{_TAKE} WHERE {_SLOTS}.in_use + excluded.in_use <= %s RETURNING in_use"
 
 _RELEASE = f"UPDATE {_SLOTS} SET in_use = in_use - 1 WHERE endpoint = %s AND owner_id = %s AND in_use > 0"
 """One job fewer holds a slot; never below zero."""
@@ -60,10 +60,11 @@ def _refuse(cap: str, limit: int, active: int, policy: EndpointPolicy) -> RateLi
     )
 
 
-def concurrency_admit(*, user: User, policy: EndpointPolicy) -> bool:
-    """Take a slot for one more job of the user's, or raise RateLimited if a cap of the policy is reached (0 = no cap).
+def concurrency_admit(*, user: User, policy: EndpointPolicy, jobs: int = 1) -> bool:
+    """Take slots for `jobs` more jobs of the user's (a batch takes all of its jobs' at once), or raise RateLimited
+    if they would go over a cap of the policy (0 = no cap).
 
-    Returns whether a slot was taken (the job's `holds_slot`). Must run inside the job-creating transaction:
+    Returns whether slots were taken (the jobs' `holds_slot`). Must run inside the job-creating transaction:
     the slot and the job commit (or roll back) together.
     """
     cap = policy.max_concurrent_per_user
@@ -75,13 +76,15 @@ def concurrency_admit(*, user: User, policy: EndpointPolicy) -> bool:
     if policy.max_concurrent_global:
         _lock_endpoint(policy.name)
         count = ConcurrencySlot.objects.filter(endpoint=policy.name).aggregate(n=Sum("in_use"))["n"] or 0
-        if count >= policy.max_concurrent_global:
+        if count + jobs > policy.max_concurrent_global:
             raise _refuse("max_concurrent_global", policy.max_concurrent_global, count, policy)
+    if cap and jobs > cap:  # a first row is inserted without the cap's condition
+        raise _refuse("max_concurrent_per_user", cap, 0, policy)
     with connection.cursor() as cursor:
         if not cap:
-            cursor.execute(_TAKE, [policy.name, user.pk])
+            cursor.execute(_TAKE, [policy.name, user.pk, jobs])
             return True
-        cursor.execute(_TAKE_BELOW, [policy.name, user.pk, cap])
+        cursor.execute(_TAKE_BELOW, [policy.name, user.pk, jobs, cap])
         if cursor.fetchone() is None:
             raise _refuse("max_concurrent_per_user", cap, cap, policy)
     return True
@@ -101,4 +104,4 @@ def concurrency_retake(job: Job) -> None:
 
     The caller sets the job's `holds_slot` in the same transaction."""
     with connection.cursor() as cursor:
-        cursor.execute(_TAKE, [job.endpoint, job.owner_id])
+        cursor.execute(_TAKE, [job.endpoint, job.owner_id, 1])

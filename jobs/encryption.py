@@ -10,8 +10,8 @@ from typing import Any
 
 from django.db import transaction
 
-from jobs.models import Job, KindSettings, WebhookSecret
-from jobsite.crypto import decrypt, encrypt, rotate
+from jobs.models import Job, KindSettings, UploadChunk, WebhookSecret
+from jobsite.crypto import decrypt, encrypt, get_fernet, rotate
 
 SEALED = "$fernet"
 MASK = "***"
@@ -105,3 +105,14 @@ def webhook_secrets_rotate_keys() -> int:
         secret.secret_encrypted = rotate(secret.secret_encrypted)
     WebhookSecret.objects.bulk_update(secrets, ["secret_encrypted"])
     return len(secrets)
+
+
+@transaction.atomic
+def upload_chunks_rotate_keys() -> int:
+    """Re-encrypt every stored chunk of the uploads in progress under the newest key; returns how many."""
+    chunks = list(UploadChunk.objects.select_for_update().only("pk", "data"))
+    fernet = get_fernet()
+    for chunk in chunks:
+        chunk.data = fernet.rotate(bytes(chunk.data))
+    UploadChunk.objects.bulk_update(chunks, ["data"])
+    return len(chunks)

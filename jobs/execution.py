@@ -20,6 +20,7 @@ from rq import Retry
 from rq.timeouts import JobTimeoutException
 
 from jobs import metrics, queues
+from jobs.batch_progress import batch_job_finished, batch_job_started
 from jobs.billing import job_refund_if_due
 from jobs.cache import cache_set
 from jobs.circuit import CircuitState, circuit_acquire, circuit_record, circuit_target
@@ -180,6 +181,8 @@ def job_on_final(job: Job) -> None:
     """Everything that follows a job reaching a final state."""
     job_refund_if_due(job)
     job_final_announce(job)
+    if job.batch_id is not None:
+        batch_job_finished(batch_id=job.batch_id, status=job.status)
     logger.info("job finished", extra={"job_id": str(job.id), "status": job.status, "kind": job.kind})
     metrics.JOBS_FINISHED.labels(kind=job.kind, mode=job.mode, outcome=job.status).inc()
     if job.run_ms is not None:
@@ -312,6 +315,8 @@ def job_execute(
     job = job_claim(UUID(str(job_id)), worker_name=worker_name)
     if job is None:
         return None
+    if job.batch_id is not None:
+        batch_job_started(batch_id=job.batch_id, started_at=job.started_at)
     with _worker_delivers_first(deliver_first is not None):
         delay = job_run(job)
     if deliver_first is not None and job.is_final and job.callback_status == CallbackStatus.PENDING:

@@ -239,24 +239,33 @@ def _no_jit() -> None:
             cursor.execute("SET LOCAL jit = off")
 
 
-def export_chunks(jobs: QuerySet[Job], *, chunk_size: int = EXPORT_CHUNK) -> Iterator[list[dict[str, Any]]]:
-    """The jobs as exported rows, chunk by chunk, from one cursor in one transaction held only while iterated."""
+def stream_chunks(
+    rows_query: QuerySet[Any, tuple[Any, ...]], *, chunk_size: int = EXPORT_CHUNK, what: str = "export"
+) -> Generator[list[tuple[Any, ...]]]:
+    """A values_list query's tuples, chunk by chunk, from one cursor in one transaction held only while iterated."""
     sent = 0
     finished = False
     try:
         # QuerySet.iterator() is a generator (typed Iterator): closing it closes the server-side cursor.
         with (
             transaction.atomic(),
-            closing(cast(Generator[tuple[Any, ...]], export_query(jobs).iterator(chunk_size=chunk_size))) as rows,
+            closing(cast(Generator[tuple[Any, ...]], rows_query.iterator(chunk_size=chunk_size))) as rows,
         ):
             _no_jit()
             sizes = chain([min(FIRST_CHUNK, chunk_size)], repeat(chunk_size))
             while chunk := list(islice(rows, next(sizes))):
-                yield _rows(chunk)
+                yield chunk
                 sent += len(chunk)
             finished = True
     finally:  # GeneratorExit (client gone) has rolled back and closed the cursor by now
-        logger.info("export %s after %d row(s)", "finished" if finished else "stopped", sent)
+        logger.info("%s %s after %d row(s)", what, "finished" if finished else "stopped", sent)
+
+
+def export_chunks(jobs: QuerySet[Job], *, chunk_size: int = EXPORT_CHUNK) -> Iterator[list[dict[str, Any]]]:
+    """The jobs as exported rows, chunk by chunk, from one cursor in one transaction held only while iterated."""
+    with closing(stream_chunks(export_query(jobs), chunk_size=chunk_size)) as chunks:  # closed with this generator
+        for chunk in chunks:
+            yield _rows(chunk)
 
 
 def export_jsonl(chunks: Iterator[list[dict[str, Any]]]) -> Iterator[str]:

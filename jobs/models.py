@@ -48,6 +48,68 @@ class WebhookEvent(models.TextChoices):
     PROGRESS = "job.progress"
 
 
+class BatchStatus(models.TextChoices):
+    IN_PROGRESS = "in_progress"
+    CANCELING = "canceling"
+    COMPLETED = "completed"
+    CANCELED = "canceled"
+
+
+class Batch(models.Model):
+    """A group of async jobs submitted, charged and tracked as one; its jobs point at it (Job.batch).
+
+    The final-state counters are kept by the transaction that makes each job final (one UPDATE ... RETURNING
+    on this row), so completion is seen without counting the jobs; queued and running are counted on read.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="batches")
+    endpoint = models.CharField(max_length=64, help_text="Name of the endpoint policy it was submitted under.")
+    status = models.CharField(max_length=16, choices=BatchStatus.choices, default=BatchStatus.IN_PROGRESS)
+    total = models.PositiveIntegerField(help_text="Jobs in the batch.")
+    succeeded = models.PositiveIntegerField(default=0, help_text="Jobs that succeeded.")
+    failed = models.PositiveIntegerField(default=0, help_text="Jobs that failed.")
+    canceled = models.PositiveIntegerField(default=0, help_text="Jobs that were canceled.")
+    cost = models.PositiveIntegerField(default=0, help_text="Credits charged for all its jobs at submission.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    in_progress_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a worker first started one of its jobs."
+    )
+    canceled_at = models.DateTimeField(null=True, blank=True, help_text="When its owner canceled it.")
+    completed_at = models.DateTimeField(null=True, blank=True, help_text="When its last job became final.")
+    callback_url = models.URLField(max_length=2048, blank=True)
+    callback_status = models.CharField(max_length=16, choices=CallbackStatus.choices, default=CallbackStatus.NONE)
+    delivery_id = models.UUIDField(default=uuid.uuid4, editable=False, help_text="webhook-id, stable across retries")
+    callback_claimed = models.PositiveSmallIntegerField(
+        default=0, help_text="Delivery attempts claimed so far: attempt n is claimed by moving this from n-1 to n."
+    )
+    callback_attempts = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="One entry per finished delivery attempt: n, at, status_code, error, duration_ms.",
+    )
+    trace_context = models.JSONField(default=dict, blank=True, help_text="W3C trace context of the submission.")
+
+    class Meta:
+        verbose_name_plural = "batches"
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="batch_owner_created"),
+            # The reconciler's scans: unfinished batches, and completed ones whose webhook is still pending.
+            models.Index(fields=["created_at"], condition=Q(completed_at__isnull=True), name="batch_open"),
+            models.Index(
+                fields=["completed_at"], condition=Q(callback_status="pending"), name="batch_callback_pending"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"batch {self.id} ({self.status}, {self.finished}/{self.total})"
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed + self.canceled
+
+
 class Job(models.Model):
     """The record of one job; the database, not Redis, is the source of truth for it."""
 
@@ -113,6 +175,10 @@ class Job(models.Model):
     webhook_events = models.CharField(
         max_length=64, blank=True, help_text="Comma list of the events sent besides the final webhook (job.started...)."
     )
+    batch = models.ForeignKey(
+        Batch, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs", db_index=False
+    )  # indexed by the (batch, batch_index) unique constraint
+    batch_index = models.PositiveIntegerField(null=True, blank=True, help_text="Its position in its batch (from 0).")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -138,6 +204,14 @@ class Job(models.Model):
             models.Index(
                 fields=["owner", "-created_at"], condition=~Q(callback_status="none"), name="job_owner_deliveries"
             ),
+            # A batch's queued and running jobs, counted on read (its final ones are counters on the batch row).
+            models.Index(
+                fields=["batch", "status"], condition=Q(status__in=["queued", "running"]), name="job_batch_active"
+            ),
+        ]
+        constraints = [
+            # Also the index of a batch's job list and results, in submission order.
+            models.UniqueConstraint(fields=["batch", "batch_index"], name="job_batch_index_unique"),
         ]
 
     def __str__(self) -> str:
@@ -355,3 +429,45 @@ class WebhookSecret(models.Model):
 
     def __str__(self) -> str:
         return f"webhook secret of {self.user_id} ({'current' if self.expires_at is None else 'rotated'})"
+
+
+class Upload(models.Model):
+    """A JSONL file uploaded in chunks (tus-style offsets) to create a batch from; deleted once a batch is made
+    of it, or UPLOAD_RETENTION after it was created.
+
+    Stored in the database, not on disk under var/: every web host behind the load balancer must see the
+    chunks another host received, and the database is the one store they share (and back up).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="uploads")
+    length = models.PositiveBigIntegerField(help_text="Bytes announced (Upload-Length).")
+    offset = models.PositiveBigIntegerField(default=0, help_text="Bytes received so far (Upload-Offset).")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(help_text="Deleted by the reconciler after this unless a batch used it first.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["expires_at"], name="upload_expires")]
+
+    def __str__(self) -> str:
+        return f"upload {self.id} ({self.offset}/{self.length} bytes)"
+
+    @property
+    def complete(self) -> bool:
+        return self.offset == self.length
+
+
+class UploadChunk(models.Model):
+    """The bytes of one PATCH of an upload, encrypted at rest (jobsite.crypto: a Fernet token)."""
+
+    upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="chunks")
+    offset = models.PositiveBigIntegerField(help_text="Where in the file its bytes start.")
+    data = models.BinaryField(help_text="Fernet token of the chunk's bytes.")
+
+    class Meta:
+        ordering = ["upload", "offset"]
+        constraints = [models.UniqueConstraint(fields=["upload", "offset"], name="upload_chunk_offset_unique")]
+
+    def __str__(self) -> str:
+        return f"chunk of {self.upload_id} at {self.offset}"

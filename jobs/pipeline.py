@@ -69,18 +69,8 @@ def job_submit(
     `client_ip` is recorded on the job (anonymous callers see only the jobs submitted from their address).
     `webhook_events` (job.started, job.progress) are sent to callback_url besides the final webhook.
     """
-    ceiling = Priority(policy.max_priority)
-    priority = priority or min(Priority.NORMAL, ceiling, key=PRIORITY_RANK.__getitem__)
-    if PRIORITY_RANK[Priority(priority)] > PRIORITY_RANK[ceiling]:
-        raise PriorityNotAllowed(
-            f"Priority {priority} is above what {policy.name} allows ({policy.max_priority}); nothing was charged.",
-            limit={"policy": policy.name, "max_priority": policy.max_priority},
-        )
-    if callback_url:
-        try:
-            ssrf.check_url(callback_url, allow_unresolved=True)
-        except ssrf.UrlForbidden as exc:
-            raise CallbackUrlForbidden(exc.reason) from None
+    priority = priority_admit(policy, priority)
+    callback_url_check(callback_url)
     hold = _hold_status(policy=policy, run_at=run_at, depends_on=depends_on)
     kind_settings = get_kind_settings(kind_name)
     target = circuit_target(kind_settings, params)
@@ -118,6 +108,47 @@ def job_submit(
         job = _job_enqueue(request)
     metrics.JOBS_SUBMITTED.labels(kind=kind_name, mode=mode).inc()
     return job
+
+
+def callback_url_check(callback_url: str) -> None:
+    """The SSRF guard on a callback URL at submission (400 callback_url_forbidden); delivery checks it again."""
+    if not callback_url:
+        return
+    try:
+        ssrf.check_url(callback_url, allow_unresolved=True)
+    except ssrf.UrlForbidden as exc:
+        raise CallbackUrlForbidden(exc.reason) from None
+
+
+def priority_admit(policy: EndpointPolicy, asked: str | None = None) -> str:
+    """The priority a submission runs at: what it asked, up to the policy's max_priority (above: 403
+    priority_not_allowed); not asked: normal, or the policy's max if that is lower."""
+    ceiling = Priority(policy.max_priority)
+    priority = asked or min(Priority.NORMAL, ceiling, key=PRIORITY_RANK.__getitem__)
+    if PRIORITY_RANK[Priority(priority)] > PRIORITY_RANK[ceiling]:
+        raise PriorityNotAllowed(
+            f"Priority {priority} is above what {policy.name} allows ({policy.max_priority}); nothing was charged.",
+            limit={"policy": policy.name, "max_priority": policy.max_priority},
+        )
+    return priority
+
+
+def queue_admit(policy: EndpointPolicy, *, pool: str) -> None:
+    """Back-pressure before an async acknowledgement: wait a little for room in the pool's queue, else 503 queue_full."""
+    capacity = min(policy.queue_max_depth, settings.QUEUE_ADMISSION_DEPTHS[pool])
+    try:
+        depth = queues.queue_wait_for_room(pool=pool, limit=capacity, wait=settings.QUEUE_ADMISSION_WAIT)
+    except RedisError:
+        raise ServiceUnavailable("The job queue is unreachable; try again shortly.") from None
+    if depth >= capacity:
+        raise QueueFull(
+            f"The {pool} queue holds {depth} jobs (cap {capacity}).",
+            headers={"Retry-After": str(settings.QUEUE_FULL_RETRY_AFTER)},
+            limit={"policy": policy.name, "queue_max_depth": policy.queue_max_depth},
+            queue_depth=depth,
+            queue_capacity=capacity,
+            retry_after=settings.QUEUE_FULL_RETRY_AFTER,
+        )
 
 
 @dataclass(frozen=True)
@@ -235,20 +266,7 @@ def _job_run_sync(request: _JobRequest) -> Job:
 def _job_enqueue(request: _JobRequest) -> Job:
     policy = request.policy
     pool = queues.job_pool(request.kind_settings)
-    capacity = min(policy.queue_max_depth, settings.QUEUE_ADMISSION_DEPTHS[pool])
-    try:
-        depth = queues.queue_wait_for_room(pool=pool, limit=capacity, wait=settings.QUEUE_ADMISSION_WAIT)
-    except RedisError:
-        raise ServiceUnavailable("The job queue is unreachable; try again shortly.") from None
-    if depth >= capacity:
-        raise QueueFull(
-            f"The {pool} queue holds {depth} jobs (cap {capacity}).",
-            headers={"Retry-After": str(settings.QUEUE_FULL_RETRY_AFTER)},
-            limit={"policy": policy.name, "queue_max_depth": policy.queue_max_depth},
-            queue_depth=depth,
-            queue_capacity=capacity,
-            retry_after=settings.QUEUE_FULL_RETRY_AFTER,
-        )
+    queue_admit(policy, pool=pool)
     attributes = {"job.kind": request.kind_settings.kind}
     with transaction.atomic(), tracer.start_as_current_span("job.enqueue", attributes=attributes) as span:
         holds_slot = concurrency_admit(user=request.user, policy=policy)

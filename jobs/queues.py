@@ -3,6 +3,7 @@
 import logging
 import math
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
 from typing import Any, cast
@@ -117,36 +118,47 @@ def _lane(job: Job) -> Lane:
     return Lane.of(priority=job.priority, owner_id=job.owner_id)
 
 
-def enqueue_job(job: Job, *, time_limit: int) -> None:
-    """Stage a job in its pool (job.pool) under its priority and owner; RQ's job id is ours, RQ backs the kind's
-    time limit, meta carries the trace."""
-    queue = get_queue(job.pool, lane=_lane(job))
-    # One round trip (MULTI/EXEC): RQ's registration of the queue, the job and its staging, which it would send apart.
-    with queue.connection.pipeline() as pipeline:
-        queue.enqueue(
-            "jobs.tasks.execute_job",
-            str(job.pk),
-            job_id=str(job.pk),
-            job_timeout=time_limit + RQ_TIMEOUT_MARGIN,
-            result_ttl=RESULT_TTL,
-            failure_ttl=RESULT_TTL,
-            meta={TRACE_META_KEY: job.trace_context or {}},
-            pipeline=pipeline,
-        )
+def enqueue_jobs(entries: Sequence[tuple[Job, int]]) -> None:
+    """Stage jobs, (job, time limit) each, in their pools (job.pool) under their priority and owner; RQ's job id is
+    ours, RQ backs the kind's time limit, meta carries the trace."""
+    if not entries:
+        return
+    pipeline = get_queue(entries[0][0].pool).connection.pipeline()
+    # One round trip (MULTI/EXEC): RQ's registration of the queues, the jobs and their staging, which it sends apart.
+    with pipeline:
+        for job, time_limit in entries:
+            get_queue(job.pool, lane=_lane(job)).enqueue(
+                "jobs.tasks.execute_job",
+                str(job.pk),
+                job_id=str(job.pk),
+                job_timeout=time_limit + RQ_TIMEOUT_MARGIN,
+                result_ttl=RESULT_TTL,
+                failure_ttl=RESULT_TTL,
+                meta={TRACE_META_KEY: job.trace_context or {}},
+                pipeline=pipeline,
+            )
         pipeline.execute()
 
 
-def _enqueue_job_or_defer(job: Job, *, time_limit: int) -> None:
-    """After commit: enqueue now, or leave the job queued in the database for the reconciler."""
+def enqueue_job(job: Job, *, time_limit: int) -> None:
+    enqueue_jobs([(job, time_limit)])
+
+
+def _enqueue_jobs_or_defer(entries: Sequence[tuple[Job, int]]) -> None:
+    """After commit: enqueue now, or leave the jobs queued in the database for the reconciler."""
     try:
-        enqueue_job(job, time_limit=time_limit)
+        enqueue_jobs(entries)
     except RedisError:
-        logger.warning("enqueue failed; the reconciler will enqueue job %s", job.pk, exc_info=True)
+        logger.warning("enqueue of %d job(s) failed; the reconciler will enqueue them", len(entries), exc_info=True)
+
+
+def enqueue_jobs_on_commit(entries: Sequence[tuple[Job, int]]) -> None:
+    """Enqueue the jobs once the transaction that recorded them commits (a rolled-back job is never run)."""
+    transaction.on_commit(partial(_enqueue_jobs_or_defer, entries))
 
 
 def enqueue_job_on_commit(job: Job, *, time_limit: int) -> None:
-    """Enqueue the job once the transaction that recorded it commits (a rolled-back job is never run)."""
-    transaction.on_commit(partial(_enqueue_job_or_defer, job, time_limit=time_limit))
+    enqueue_jobs_on_commit([(job, time_limit)])
 
 
 def _no_earlier_than(due: datetime) -> datetime:
@@ -218,13 +230,35 @@ def enqueue_webhook(
     delay: float = 0.0,
     deferral: str = "",
 ) -> None:
-    """Put delivery attempt n on the callbacks queue, now or after `delay` seconds (RQ's scheduler).
+    """Put delivery attempt n of a job's webhook on the callbacks queue, now or after `delay` seconds."""
+    _enqueue_delivery(
+        "jobs.tasks.deliver_callback",
+        (str(job_id), n, retries_left, give_up_at),
+        subject_id=job_id,
+        rq_id=webhook_rq_id(job_id, n, deferral=deferral),
+        delay=delay,
+    )
 
-    The RQ id is remembered per job, so the reconciler can tell a delivery on its way from a lost one.
+
+def enqueue_batch_webhook(
+    batch_id: UUID | str, *, n: int, retries_left: int, delay: float = 0.0, deferral: str = ""
+) -> None:
+    """Put delivery attempt n of a batch's `batch.completed` webhook on the callbacks queue, as enqueue_webhook."""
+    _enqueue_delivery(
+        "jobs.tasks.deliver_batch_callback",
+        (str(batch_id), n, retries_left),
+        subject_id=batch_id,
+        rq_id=webhook_rq_id(batch_id, n, deferral=deferral),
+        delay=delay,
+    )
+
+
+def _enqueue_delivery(task: str, args: tuple[object, ...], *, subject_id: UUID | str, rq_id: str, delay: float) -> None:
+    """One delivery attempt of a job's or a batch's webhook on the callbacks queue (RQ's scheduler for a delay).
+
+    The RQ id is remembered per job or batch, so the reconciler can tell a delivery on its way from a lost one.
     """
     queue = get_queue(CALLBACKS_QUEUE)
-    rq_id = webhook_rq_id(job_id, n, deferral=deferral)
-    task, args = "jobs.tasks.deliver_callback", (str(job_id), n, retries_left, give_up_at)
     options = {
         "job_id": rq_id,
         "job_timeout": webhook_job_timeout(),
@@ -236,7 +270,7 @@ def enqueue_webhook(
     else:
         queue.enqueue(task, *args, **options)
     remember = int(delay) + settings.CALLBACK_RECONCILE_GRACE + webhook_job_timeout()
-    queue.connection.set(_webhook_next_key(job_id), rq_id, ex=remember)
+    queue.connection.set(_webhook_next_key(subject_id), rq_id, ex=remember)
 
 
 def enqueue_webhook_or_defer(job_id: UUID, *, n: int, retries_left: int) -> None:
@@ -260,6 +294,14 @@ def enqueue_webhook_event(
         queue.enqueue(task, *args, **options)
 
 
+def enqueue_batch_webhook_or_defer(batch_id: UUID, *, retries_left: int) -> None:
+    """After commit: enqueue a batch's first delivery, or leave it pending in the database for the reconciler."""
+    try:
+        enqueue_batch_webhook(batch_id, n=1, retries_left=retries_left)
+    except RedisError:
+        logger.warning("enqueue failed; the reconciler will deliver the webhook of batch %s", batch_id, exc_info=True)
+
+
 def enqueue_webhook_test(*, user_id: int, url: str, msg_id: str) -> RQJob:
     """Put a test event on the callbacks queue: sent like a delivery attempt, in a worker's main thread."""
     return get_queue(CALLBACKS_QUEUE).enqueue(
@@ -275,7 +317,7 @@ def enqueue_webhook_test(*, user_id: int, url: str, msg_id: str) -> RQJob:
 
 
 def webhook_is_on_its_way(job_id: UUID | str) -> bool:
-    """Whether the job's latest delivery RQ job waits to run, or runs and is not yet past its time limit.
+    """Whether the job's (or batch's) latest delivery RQ job waits to run, or runs and is not yet past its time limit.
 
     A started one past its limit belongs to a killed worker: RQ would have stopped a live one by then.
     """

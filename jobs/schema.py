@@ -1,10 +1,12 @@
 """OpenAPI 3.1 `webhooks`: what Jobsite POSTs to a job's callback_url, signed per Standard Webhooks."""
 
 from drf_spectacular.utils import OpenApiResponse, OpenApiWebhook, extend_schema
+from rest_framework import serializers
 from rest_framework.serializers import Serializer
 
 from jobs.compat import CompatCallbackSerializer
-from jobs.serializers import JobSerializer, JobWebhookEventSerializer
+from jobs.serializers import BatchSerializer, JobSerializer, JobWebhookEventSerializer
+from jobs.webhooks import BATCH_EVENT_TYPE
 
 SIGNATURE_HEADERS = """
 
@@ -68,4 +70,19 @@ COMPAT_REQUEST_FINISHED = _webhook(
     summary="A request of `POST /async` (compatible route) finished",
     body="The original backend's callback body.",
     request=CompatCallbackSerializer,
+)
+
+
+class BatchCompletedEventSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=[BATCH_EVENT_TYPE])
+    timestamp = serializers.DateTimeField(help_text="When the batch's last job became final.")
+    data = BatchSerializer()  # type: ignore[assignment]  # a field: DRF's metaclass leaves the property
+
+
+BATCH_COMPLETED = _webhook(
+    "batchCompleted",
+    summary="Every job of a batch with a callback_url is final (one event per batch)",
+    body="The body is `{type: batch.completed, timestamp, data}`, `data` the batch as `GET /api/v1/batches/{id}/` "
+    "shows it; `webhook-id` is the batch's `callback.webhook_id`.",
+    request=BatchCompletedEventSerializer,
 )

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from jobs.events import held_request, job_wait_final
-from jobs.models import CallbackStatus, Job, JobTombstone
+from jobs.models import Batch, CallbackStatus, Job, JobStatus, JobTombstone
 from jobsite.errors import JobExpired, NotFound
 
 
@@ -119,3 +119,35 @@ def job_stats_for_owner(*, owner_id: int) -> dict[str, Any]:
     by_status = dict(jobs.values_list("status").annotate(n=Count("id")).order_by())
     by_kind = dict(jobs.values_list("kind").annotate(n=Count("id")).order_by())
     return {"total": sum(by_status.values()), "by_status": by_status, "by_kind": by_kind}
+
+
+def batch_get(*, user: User, batch_id: UUID) -> Batch | None:
+    """One of the user's batches; another user's (staff included: a batch is its owner's) is not there."""
+    return Batch.objects.filter(pk=batch_id, owner=user).first()
+
+
+def batch_list(*, user: User) -> QuerySet[Batch]:
+    """The user's batches, newest first."""
+    return Batch.objects.filter(owner=user)
+
+
+def batch_active_counts(batches: list[Batch]) -> dict[UUID, dict[str, int]]:
+    """Queued and running jobs per batch, for the batches not yet complete: one query (index job_batch_active)."""
+    open_ids = [batch.pk for batch in batches if batch.finished < batch.total]
+    if not open_ids:
+        return {}
+    active = (
+        Job.objects.filter(batch_id__in=open_ids, status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
+        .values_list("batch_id", "status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    counts: dict[UUID, dict[str, int]] = {}
+    for batch_id, status, n in active:
+        counts.setdefault(batch_id, {})[status] = n
+    return counts
+
+
+def batch_jobs(*, batch: Batch) -> QuerySet[Job]:
+    """The batch's jobs, in request order, with their delivery attempts."""
+    return Job.objects.filter(batch=batch).prefetch_related("callback_attempts")

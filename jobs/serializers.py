@@ -5,8 +5,10 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
+from drf_spectacular.utils import Direction, PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
 from accounts.models import Priority
@@ -14,7 +16,17 @@ from jobs.dependencies import DEPENDS_ON_MAX
 from jobs.encryption import masked_input, open_result
 from jobs.kind_settings import get_kind_settings
 from jobs.kinds import KINDS, Kind
-from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus, WebhookEvent
+from jobs.models import (
+    Batch,
+    BatchStatus,
+    CallbackAttempt,
+    CallbackStatus,
+    Job,
+    JobMode,
+    JobStatus,
+    Upload,
+    WebhookEvent,
+)
 from jobsite.errors import CallbackUrlForbidden
 from jobsite.fields import (
     HTTP_URL_PATTERN,
@@ -163,11 +175,20 @@ def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
     return type(name, (serializers.Serializer,), attributes)
 
 
+BATCH_ITEM = "batch"
+"""The KIND_REQUESTS entry of a job request inside a batch: an async job without a callback_url of its own."""
+
 KIND_REQUESTS: dict[str, dict[str, type[serializers.Serializer]]] = {
     mode: {name: _kind_request_class(kind, mode) for name, kind in sorted(KINDS.items())}
-    for mode in (JobMode.SYNC, JobMode.ASYNC)
+    for mode in (JobMode.SYNC, JobMode.ASYNC, BATCH_ITEM)
 }
-"""Per mode, per kind: the serializer that validates a submission and documents it (one source)."""
+"""Per mode (and for a batch's items), per kind: the serializer that validates a submission and documents it."""
+
+CALLBACK_URL_REFUSALS = {
+    JobMode.SYNC: "Only async jobs take a callback_url.",
+    BATCH_ITEM: "The jobs of a batch report through the batch's callback_url (one batch.completed webhook).",
+}
+"""Why a submission of this mode cannot carry a callback_url."""
 
 
 def job_request_schema(mode: str) -> PolymorphicProxySerializer:
@@ -186,6 +207,8 @@ class JobRequestSerializer(serializers.Serializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         mode = self.context["mode"]
+        if mode in CALLBACK_URL_REFUSALS and "callback_url" in self.initial_data:
+            raise serializers.ValidationError({"callback_url": [CALLBACK_URL_REFUSALS[mode]]})
         if mode != JobMode.ASYNC and (named := [name for name in ASYNC_ONLY_FIELDS if name in self.initial_data]):
             raise serializers.ValidationError({name: [f"Only async jobs take {name}."] for name in named})
         request = KIND_REQUESTS[mode][attrs["kind"]](data=self.initial_data)
@@ -438,3 +461,161 @@ class _EndpointLimitsSerializer(serializers.Serializer):
 class LimitsSerializer(serializers.Serializer):
     balance = serializers.IntegerField(help_text="Credits available.")
     endpoints = _EndpointLimitsSerializer(many=True)
+
+
+@extend_schema_field(
+    PolymorphicProxySerializer(
+        component_name="BatchJobRequest",
+        serializers={**KIND_REQUESTS[BATCH_ITEM]},
+        resource_type_field_name="kind",
+        many=True,
+    )
+)
+class BatchJobRequestsField(serializers.ListField):
+    """A batch's job requests, each validated by JobRequestSerializer (batch mode) when the batch is built."""
+
+
+class ClosedSerializer(serializers.Serializer):
+    """A body that names every member it takes: the schema says `additionalProperties: false`, and
+    closed_validate refuses any other member (the forms of a `oneOf` body cannot be told apart otherwise)."""
+
+
+class ClosedSerializerExtension(OpenApiSerializerExtension):
+    target_class = ClosedSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: AutoSchema, direction: Direction) -> dict[str, Any]:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        return {**schema, "additionalProperties": False}
+
+
+def _batch_callback_url() -> CallbackUrlField:
+    return callback_url_field(
+        required=False, help_text="Receives one signed `batch.completed` event when every job is final."
+    )
+
+
+class BatchInlineSerializer(ClosedSerializer):
+    """A batch of job requests sent inline."""
+
+    requests = BatchJobRequestsField(
+        child=serializers.JSONField(),
+        min_length=1,
+        help_text="The job requests (as a single async job takes them, without callback_url); at most the "
+        "policy's batch_max_jobs.",
+    )
+    callback_url = _batch_callback_url()
+
+
+class BatchFromUploadSerializer(ClosedSerializer):
+    """A batch made of a complete upload: a JSONL file, one job request a line."""
+
+    upload_id = serializers.UUIDField(help_text="A complete upload (POST /api/v1/uploads/, then PATCHes).")
+    callback_url = _batch_callback_url()
+
+
+BATCH_REQUEST_SCHEMA = PolymorphicProxySerializer(
+    component_name="BatchCreate",
+    serializers=[BatchInlineSerializer, BatchFromUploadSerializer],
+    resource_type_field_name=None,
+)
+"""OpenAPI: a batch's body is one of the two (requests inline, or an upload's id), never both."""
+
+
+def batch_request_validate(data: Any) -> dict[str, Any]:
+    """The body of POST /batches/, validated by the serializer of the one form it takes."""
+    if not isinstance(data, dict) or ("requests" in data) == ("upload_id" in data):
+        raise serializers.ValidationError("Send either requests or upload_id, not both nor neither.")
+    form = BatchInlineSerializer if "requests" in data else BatchFromUploadSerializer
+    body = form(data=data)
+    if unknown := sorted(set(data) - set(body.fields)):
+        raise serializers.ValidationError({name: ["Not a member of this body."] for name in unknown})
+    body.is_valid(raise_exception=True)
+    return dict(body.validated_data)
+
+
+class RequestCountsSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    queued = serializers.IntegerField()
+    running = serializers.IntegerField()
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    canceled = serializers.IntegerField()
+
+
+class BatchCallbackSerializer(serializers.Serializer):
+    url = serializers.CharField(allow_blank=True, help_text="The callback URL, or empty.")
+    status = serializers.ChoiceField(choices=CallbackStatus.choices)
+    webhook_id = serializers.UUIDField(help_text="The webhook-id header of the batch.completed event.")
+    attempts = CallbackAttemptSerializer(many=True)
+
+
+class BatchSerializer(serializers.ModelSerializer):
+    """A batch with its request counts; `job_ids` (in request order) only in the answer that created it."""
+
+    status = serializers.ChoiceField(choices=BatchStatus.choices)
+    request_counts = serializers.SerializerMethodField()
+    callback = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Batch
+        fields = [
+            "id",
+            "status",
+            "request_counts",
+            "cost",
+            "created_at",
+            "in_progress_at",
+            "canceled_at",
+            "completed_at",
+            "callback",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(RequestCountsSerializer)
+    def get_request_counts(self, batch: Batch) -> dict[str, int]:
+        active: dict[str, int] = self.context.get("active_counts", {}).get(batch.pk, {})
+        return {
+            "total": batch.total,
+            "queued": active.get(JobStatus.QUEUED, 0),
+            "running": active.get(JobStatus.RUNNING, 0),
+            "succeeded": batch.succeeded,
+            "failed": batch.failed,
+            "canceled": batch.canceled,
+        }
+
+    @extend_schema_field(BatchCallbackSerializer)
+    def get_callback(self, batch: Batch) -> dict[str, Any]:
+        return {
+            "url": batch.callback_url,
+            "status": batch.callback_status,
+            "webhook_id": str(batch.delivery_id),
+            "attempts": CallbackAttemptSerializer(batch.callback_attempts, many=True).data,
+        }
+
+
+class BatchCreatedSerializer(BatchSerializer):
+    job_ids = serializers.ListField(
+        child=serializers.UUIDField(), read_only=True, help_text="The jobs' ids, in the order they were requested."
+    )
+
+    class Meta(BatchSerializer.Meta):
+        fields = [*BatchSerializer.Meta.fields, "job_ids"]
+        read_only_fields = fields
+
+
+class BatchJobSerializer(JobSerializer):
+    """A job of a batch: the job, and its position in the batch's requests."""
+
+    index = serializers.IntegerField(source="batch_index", read_only=True, help_text="Its request's position (from 0).")
+
+    class Meta(JobSerializer.Meta):
+        fields = [*JobSerializer.Meta.fields, "index"]
+        read_only_fields = fields
+
+
+class UploadSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Upload
+        fields = ["id", "length", "offset", "created_at", "expires_at"]
+        read_only_fields = fields

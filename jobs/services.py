@@ -11,11 +11,12 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
 from jobs import metrics, queues
+from jobs.batch_progress import batch_job_reopened
 from jobs.concurrency import concurrency_release, concurrency_retake
 from jobs.dependencies import waiting_jobs_settleable
 from jobs.events import job_events_clear
@@ -25,6 +26,7 @@ from jobs.kind_settings import get_kind_settings, job_expiry
 from jobs.models import (
     FINAL_STATUSES,
     HELD_STATUSES,
+    Batch,
     CallbackStatus,
     IdempotencyRecord,
     Job,
@@ -56,21 +58,8 @@ def job_cancel(*, user: User, job_id: UUID) -> Job:
     a release or a finish leaves exactly one final state.
     """
     job = job_get_or_raise(user=user, job_id=job_id)
-    now = timezone.now()
-    # The status read first, then queued: a held job may have been released since the read.
-    candidates = (job.status, JobStatus.QUEUED) if job.status in HELD_STATUSES else (JobStatus.QUEUED,)
-    for status in candidates:
-        if Job.objects.filter(pk=job.pk, status=status).update(
-            status=JobStatus.CANCELED, finished_at=now, expires_at=job_expiry(job.kind, now)
-        ):
-            job.refresh_from_db()
-            if status == JobStatus.QUEUED:  # a held job took no slot
-                concurrency_release(job)
-                transaction.on_commit(partial(queues.discard_job, job))
-            elif status == JobStatus.SCHEDULED:
-                transaction.on_commit(partial(queues.discard_release, job.pk))
-            job_on_final(job)
-            return job
+    if job_cancel_unstarted(job):
+        return job
     asking = Job.objects.filter(pk=job.pk, mode=JobMode.ASYNC, status__in=[JobStatus.RUNNING, JobStatus.CANCELING])
     if asking.update(status=JobStatus.CANCELING):
         job.refresh_from_db()
@@ -81,6 +70,27 @@ def job_cancel(*, user: User, job_id: UUID) -> Job:
     if job.mode == JobMode.SYNC:
         raise NotCancellable("A sync job runs within its request and cannot be canceled.")
     raise NotCancellable(f"The job is {job.status}: only queued, held and running jobs can be canceled.")
+
+
+def job_cancel_unstarted(job: Job) -> bool:
+    """Cancel the job if it has not started, queued or held (scheduled, waiting): refunded in full, its slot (if
+    any) freed, dropped from RQ after commit; whether it was. Call in a transaction: all of it commits together."""
+    now = timezone.now()
+    # The status read first, then queued: a held job may have been released since the read.
+    candidates = (job.status, JobStatus.QUEUED) if job.status in HELD_STATUSES else (JobStatus.QUEUED,)
+    for status in candidates:
+        if Job.objects.filter(pk=job.pk, status=status).update(
+            status=JobStatus.CANCELED, finished_at=now, expires_at=job_expiry(job.kind, now)
+        ):
+            job.refresh_from_db()
+            concurrency_release(job)  # a held job took no slot (holds_slot is false): nothing to give back
+            if status == JobStatus.QUEUED:
+                transaction.on_commit(partial(queues.discard_job, job))
+            elif status == JobStatus.SCHEDULED:
+                transaction.on_commit(partial(queues.discard_release, job.pk))
+            job_on_final(job)
+            return True
+    return False
 
 
 def job_requeue(*, job_id: UUID) -> bool:
@@ -110,6 +120,8 @@ def job_requeue(*, job_id: UUID) -> bool:
         if requeued:
             concurrency_retake(job)
             transaction.on_commit(partial(job_events_clear, job.pk))  # its old final event would end streams
+            if job.batch_id is not None:
+                batch_job_reopened(batch_id=job.batch_id)
             queues.enqueue_job_on_commit(job, time_limit=kind_settings.time_limit)
     return bool(requeued)
 
@@ -245,6 +257,17 @@ def _jobs_delete(ids: list[UUID], *, due: QuerySet[Job], now: datetime) -> int:
     return purged
 
 
+def _batches_purge_emptied(bounds: dict[str, int]) -> int:
+    """Completed batches whose jobs are all purged (a batch's results are its jobs'): bounded like the jobs."""
+    emptied = Batch.objects.filter(completed_at__isnull=False).exclude(Exists(Job.objects.filter(batch=OuterRef("pk"))))
+    return _purge_in_batches(
+        emptied.values("pk", "completed_at"),
+        field="completed_at",
+        delete=lambda ids: emptied.filter(pk__in=ids).delete()[1].get(Batch._meta.label, 0),
+        **bounds,
+    )
+
+
 def _purge_bounds(batch_size: int, max_batches: int | None) -> dict[str, int]:
     return {"batch_size": batch_size, "max_batches": max_batches or settings.PURGE_MAX_BATCHES}
 
@@ -279,7 +302,13 @@ def jobs_purge_expired(
         delete=lambda ids: old_tombstones.filter(pk__in=ids).delete()[0],
         **bounds,
     )
-    return {"jobs_purged": jobs, "idempotency_keys_purged": keys, "tombstones_purged": tombstones}
+    batches = _batches_purge_emptied(bounds)
+    return {
+        "jobs_purged": jobs,
+        "batches_purged": batches,
+        "idempotency_keys_purged": keys,
+        "tombstones_purged": tombstones,
+    }
 
 
 def jobs_purge_finished_before(
@@ -292,4 +321,8 @@ def jobs_purge_finished_before(
     )
     finished = due.values("pk", "finished_at")
     delete = partial(_jobs_delete, due=due, now=timezone.now())
-    return _purge_in_batches(finished, field="finished_at", delete=delete, **_purge_bounds(batch_size, max_batches))
+    bounds = _purge_bounds(batch_size, max_batches)
+    jobs = _purge_in_batches(finished, field="finished_at", delete=delete, **bounds)
+    if batches := _batches_purge_emptied(bounds):
+        logger.info("purge: %d batch(es) deleted", batches)
+    return jobs

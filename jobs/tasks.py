@@ -8,10 +8,13 @@ from opentelemetry import context
 from rq import Retry, get_current_job
 
 from credits.selectors import credit_accounts_out_of_balance
+from jobs.batches import batches_reconcile
 from jobs.execution import job_execute, job_held_settle
 from jobs.metrics import LEDGER_CHECK_KEY, RECONCILER_LAST_RUN_KEY
 from jobs.services import held_jobs_reconcile, jobs_purge_expired, jobs_reconcile
+from jobs.uploads import uploads_purge_expired
 from jobs.webhooks import (
+    batch_webhook_deliver,
     webhook_deliver,
     webhook_deliver_first,
     webhook_event_deliver,
@@ -51,19 +54,29 @@ def deliver_webhook_event(job_id: str, event: str, data: dict[str, Any], msg_id:
         return webhook_event_deliver(job_id=job_id, event=event, data=data, msg_id=msg_id, retries_left=retries_left)
 
 
+def deliver_batch_callback(batch_id: str, n: int, retries_left: int) -> str:
+    with log_context(batch_id=batch_id, webhook_attempt=n):
+        return batch_webhook_deliver(batch_id=batch_id, n=n, retries_left=retries_left)
+
+
 def send_test_webhook(user_id: int, url: str, msg_id: str) -> dict[str, Any]:
     with log_context(webhook_id=msg_id):
         return webhook_test_deliver(user_id=user_id, url=url, msg_id=msg_id)
 
 
 def reconcile() -> dict[str, int]:
-    report = {**jobs_reconcile(), **held_jobs_reconcile(), **webhooks_reconcile()}
+    report = {
+        **jobs_reconcile(),
+        **held_jobs_reconcile(),
+        **batches_reconcile(),
+        **webhooks_reconcile(),
+    }
     get_redis().set(RECONCILER_LAST_RUN_KEY, time.time())  # /metrics: alerts fire when the cron stops
     return report
 
 
 def purge_expired() -> dict[str, int]:
-    return jobs_purge_expired()
+    return {**jobs_purge_expired(), "uploads_purged": uploads_purge_expired()}
 
 
 def check_ledger() -> int:

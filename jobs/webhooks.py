@@ -40,6 +40,7 @@ from standardwebhooks.webhooks import Webhook
 from accounts.models import RateLimitAlgorithm, User
 from accounts.ratelimit import rate_limit_hit, rate_limit_state_key
 from jobs import metrics, queues, ssrf
+from jobs.batch_progress import BATCH_WEBHOOK_RETRIES
 from jobs.billing import refund_due
 from jobs.compat import COMPAT_ASYNC, CompatCallbackSerializer
 from jobs.kind_settings import get_kind_settings
@@ -47,6 +48,7 @@ from jobs.leases import lease_acquire, lease_release
 from jobs.models import (
     ATTEMPT_IN_PROGRESS,
     FINAL_STATUSES,
+    Batch,
     CallbackAttempt,
     CallbackStatus,
     Job,
@@ -54,7 +56,7 @@ from jobs.models import (
     WebhookSecret,
 )
 from jobs.selectors import job_missing
-from jobs.serializers import JobSerializer
+from jobs.serializers import BatchSerializer, JobSerializer
 from jobsite import crypto
 from jobsite.errors import CallbackUrlForbidden, NotRedeliverable, WebhookSecretMissing
 from jobsite.redis import redis_key
@@ -407,6 +409,34 @@ def _webhook_attempt(job: Job, *, n: int, retries_left: int, give_up: datetime, 
     return _attempt_close(attempt, outcome=outcome, duration_ms=int((time.perf_counter() - started) * 1000))
 
 
+@dataclass(frozen=True)
+class _Step:
+    """What follows an attempt: its result, the delivery status to settle (None: not yet), the next attempt."""
+
+    result: str
+    settle: str | None
+    retry_delay: float | None
+    retries_left: int
+
+
+def _next_step(outcome: _Outcome, *, retries_left: int, retries: int, scale: float, give_up: datetime) -> _Step:
+    """Delivered, failed, or retried after the schedule's next step (within `retries` and the age cap)."""
+    retry_delay, left = None, retries_left - 1
+    if outcome.cut_short:
+        retry_delay, left = 0.0, retries_left
+    elif not outcome.delivered and outcome.retryable and retries_left > 0:
+        retry_delay = webhook_retry_delay(
+            scale=scale, retry_index=retries - retries_left, retry_after=outcome.retry_after
+        )
+    if retry_delay is not None and timezone.now() + timedelta(seconds=retry_delay) > give_up:
+        retry_delay = None
+    if outcome.delivered:
+        return _Step("delivered", CallbackStatus.DELIVERED, None, left)
+    if retry_delay is not None:
+        return _Step("retrying", None, retry_delay, left)
+    return _Step("failed", CallbackStatus.FAILED, None, left)
+
+
 def _attempt_close(attempt: CallbackAttempt, *, outcome: _Outcome, duration_ms: int) -> str:
     """Record an attempt's outcome and what follows from it (delivered, failed, or the next attempt's date).
 
@@ -415,25 +445,15 @@ def _attempt_close(attempt: CallbackAttempt, *, outcome: _Outcome, duration_ms: 
     `interrupted`) is dropped and the schedule the reconciler started goes on.
     """
     job = attempt.job
-    retry_delay, retries_left = None, attempt.retries_left - 1
-    if outcome.cut_short:
-        retry_delay, retries_left = 0.0, attempt.retries_left
-    elif not outcome.delivered and outcome.retryable and attempt.retries_left > 0:
-        kind_settings = get_kind_settings(job.kind)
-        retry_delay = webhook_retry_delay(
-            scale=kind_settings.callback_backoff,
-            retry_index=kind_settings.callback_retries - attempt.retries_left,
-            retry_after=outcome.retry_after,
-        )
-    give_up = attempt.give_up_at or _give_up_at(job, None)
-    if retry_delay is not None and timezone.now() + timedelta(seconds=retry_delay) > give_up:
-        retry_delay = None
-    if outcome.delivered:
-        result, settle = "delivered", CallbackStatus.DELIVERED
-    elif retry_delay is not None:
-        result, settle = "retrying", None
-    else:
-        result, settle = "failed", CallbackStatus.FAILED
+    kind_settings = get_kind_settings(job.kind)
+    step = _next_step(
+        outcome,
+        retries_left=attempt.retries_left,
+        retries=kind_settings.callback_retries,
+        scale=kind_settings.callback_backoff,
+        give_up=attempt.give_up_at or _give_up_at(job, None),
+    )
+    result, settle, retry_delay, retries_left = step.result, step.settle, step.retry_delay, step.retries_left
     with transaction.atomic():
         closed = CallbackAttempt.objects.filter(pk=attempt.pk, error=ATTEMPT_IN_PROGRESS).update(
             status_code=outcome.status_code, error=outcome.error[:255], duration_ms=duration_ms
@@ -531,6 +551,87 @@ def webhook_event_deliver(
         return "retrying"
     logger.info("%s webhook of job %s not delivered: %s", event, job.pk, outcome.error)
     return "failed"
+
+
+BATCH_EVENT_TYPE = "batch.completed"
+"""The `type` of a batch's event, sent once when its last job is final: `data` is the batch."""
+
+
+def batch_webhook_body(batch: Batch) -> str:
+    """`{type: batch.completed, timestamp, data: the batch}` (its request counts are final: no job is active)."""
+    event = {"type": BATCH_EVENT_TYPE, "timestamp": batch.completed_at, "data": BatchSerializer(batch).data}
+    return JSONRenderer().render(event).decode()
+
+
+def batch_webhook_deliver(*, batch_id: UUID | str, n: int, retries_left: int) -> str:
+    """Make delivery attempt n of a completed batch's webhook, signed, guarded and retried as a job's.
+
+    Attempt n is claimed by moving `callback_claimed` from n-1 to n (one worker wins); its outcome is recorded
+    only while no later attempt was claimed (the reconciler's, after this worker died), with the status it settles.
+    """
+    batch = Batch.objects.select_related("owner").filter(pk=batch_id).first()
+    if batch is None or batch.callback_status != CallbackStatus.PENDING or batch.completed_at is None:
+        return "skipped"
+    give_up = batch.completed_at + timedelta(seconds=settings.CALLBACK_MAX_AGE)
+    slot = _host_slot_acquire(batch.callback_url)
+    if slot is None:
+        wait = settings.CALLBACK_HOST_BUSY_DELAY * random.uniform(1, 2)
+        if timezone.now() + timedelta(seconds=wait) > give_up:
+            Batch.objects.filter(pk=batch.pk, callback_status=CallbackStatus.PENDING).update(
+                callback_status=CallbackStatus.FAILED
+            )
+            return "failed"
+        queues.enqueue_batch_webhook(
+            batch.pk, n=n, retries_left=retries_left, delay=wait, deferral=uuid.uuid4().hex[:12]
+        )
+        return "deferred"
+    try:
+        claimed = Batch.objects.filter(pk=batch.pk, callback_claimed=n - 1, callback_status=CallbackStatus.PENDING)
+        if not claimed.update(callback_claimed=n):
+            return "skipped"
+        body = batch_webhook_body(batch)
+        started = time.perf_counter()
+        headers = _signed_headers(user=batch.owner, msg_id=str(batch.delivery_id), body=body)
+        outcome = _post_within(batch.callback_url, body, headers, seconds=settings.CALLBACK_TOTAL_TIMEOUT)
+    finally:
+        lease_release(slot)
+    duration_ms = int((time.perf_counter() - started) * 1000)
+    step = _next_step(outcome, retries_left=retries_left, retries=BATCH_WEBHOOK_RETRIES, scale=1.0, give_up=give_up)
+    entry = {
+        "n": n,
+        "at": timezone.now().isoformat(),
+        "status_code": outcome.status_code,
+        "error": outcome.error[:255],
+        "duration_ms": duration_ms,
+    }
+    recorded = Batch.objects.filter(pk=batch.pk, callback_claimed=n).update(
+        callback_attempts=[*batch.callback_attempts, entry], callback_status=step.settle or CallbackStatus.PENDING
+    )
+    if not recorded:
+        return "late"
+    if step.retry_delay is not None:
+        queues.enqueue_batch_webhook(batch.pk, n=n + 1, retries_left=step.retries_left, delay=step.retry_delay)
+    metrics.WEBHOOK_DELIVERIES.labels(outcome=step.result, attempt=str(n)).inc()
+    return step.result
+
+
+def batch_webhooks_requeue_lost(now: datetime) -> int:
+    """Enqueue the next attempt of pending batch deliveries with no RQ job on its way (Redis lost it, a worker died)."""
+    cutoff = now - timedelta(seconds=settings.CALLBACK_RECONCILE_GRACE)
+    stuck = Batch.objects.filter(callback_status=CallbackStatus.PENDING, completed_at__lt=cutoff)
+    requeued = 0
+    for batch in stuck.only("pk", "callback_claimed").iterator():
+        if queues.webhook_is_on_its_way(batch.pk):
+            continue
+        retries_left = BATCH_WEBHOOK_RETRIES - batch.callback_claimed
+        if retries_left < 0:
+            Batch.objects.filter(pk=batch.pk, callback_status=CallbackStatus.PENDING).update(
+                callback_status=CallbackStatus.FAILED
+            )
+            continue
+        queues.enqueue_batch_webhook(batch.pk, n=batch.callback_claimed + 1, retries_left=retries_left)
+        requeued += 1
+    return requeued
 
 
 TEST_EVENT_TYPE = "webhook.test"

@@ -95,11 +95,15 @@ class NewestFirstPagination(CursorPagination):
         # A cursor names a page; one this service did not issue names no page (404, as DRF decides).
         try:
             cursor = super().decode_cursor(request)
-            if cursor is not None and cursor.position is not None and parse_datetime(str(cursor.position)) is None:
+            if cursor is not None and cursor.position is not None and not self.position_valid(str(cursor.position)):
                 raise ValueError(cursor.position)
         except (exceptions.NotFound, ValueError):
             raise NotFound("No such page: the cursor is not one this service issued.") from None
         return cursor
+
+    def position_valid(self, position: str) -> bool:
+        """Whether a decoded cursor's position is a value of the ordering's first field (here: an instant)."""
+        return parse_datetime(position) is not None
 
 
 class ApiSchema(AutoSchema):

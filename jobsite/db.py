@@ -99,3 +99,36 @@ def insert_unless_conflict(instance: Model, *, unique_fields: Sequence[str]) -> 
         instance.pk = row[0]
     instance._state.adding = False
     return True
+
+
+INSERT_MANY_ROWS = 500
+"""Rows per multi-row INSERT of insert_many_unless_conflict: well under SQLite's 32766 bound parameters."""
+
+
+def insert_many_unless_conflict(instances: Sequence[Model], *, unique_field: str) -> set[Any]:
+    """Multi-row `INSERT ... ON CONFLICT (unique_field) DO NOTHING RETURNING unique_field` of new instances
+    (no auto primary key): the unique values written, so the caller knows which rows a conflict skipped.
+
+    One round trip per INSERT_MANY_ROWS rows, where bulk_create(ignore_conflicts=True) cannot tell what it wrote.
+    """
+    if not instances:
+        return set()
+    meta = instances[0]._meta
+    fields = [field for field in meta.concrete_fields if not isinstance(field, AutoFieldMixin)]
+    columns = ", ".join(_quoted_column(field) for field in fields)
+    unique = meta.get_field(unique_field)
+    row = f"({', '.join(['%s'] * len(fields))})"
+    written: set[Any] = set()
+    for start in range(0, len(instances), INSERT_MANY_ROWS):
+        chunk = instances[start : start + INSERT_MANY_ROWS]
+        values = [
+            field.get_db_prep_save(field.pre_save(item, add=True), connection) for item in chunk for field in fields
+        ]
+        sql = (
+            f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES {', '.join([row] * len(chunk))}"
+            f" ON CONFLICT ({_quoted_column(unique)}) DO NOTHING RETURNING {_quoted_column(unique)}"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, values)
+            written.update(value for (value,) in cursor.fetchall())
+    return written

@@ -143,6 +143,21 @@ class WebhookSecretMissing(ServiceError):
     status, code, title = 409, "webhook_secret_missing", "No webhook signing secret"
 
 
+class UploadOffsetMismatch(ServiceError):
+    status, code, title = 409, "upload_offset_mismatch", "Upload offset mismatch"
+
+    def __init__(self, *, offset: int, sent: int):
+        super().__init__(
+            f"The upload holds {offset} bytes; this chunk claims to start at {sent}: resume from {offset}.",
+            headers={"Upload-Offset": str(offset)},
+            offset=offset,
+        )
+
+
+class UploadIncomplete(ServiceError):
+    status, code, title = 409, "upload_incomplete", "Upload incomplete"
+
+
 class IdempotencyInFlight(ServiceError):
     status, code, title = 409, "idempotency_in_flight", "Idempotent request in flight"
 
@@ -170,8 +185,8 @@ class QueueFull(ServiceError):
 class InsufficientCredits(ServiceError):
     status, code, title = 402, "insufficient_credits", "Insufficient credits"
 
-    def __init__(self, *, balance: int, cost: int):
-        super().__init__(f"The job costs {cost} credits; the balance is {balance}.", balance=balance, cost=cost)
+    def __init__(self, *, balance: int, cost: int, what: str = "job"):
+        super().__init__(f"The {what} costs {cost} credits; the balance is {balance}.", balance=balance, cost=cost)
 
 
 class CircuitOpen(ServiceError):

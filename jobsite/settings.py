@@ -145,6 +145,8 @@ RECONCILE_INTERVAL = env_int("RECONCILE_INTERVAL", 15, minimum=1)
 RECONCILE_QUEUED_GRACE = env_int("RECONCILE_QUEUED_GRACE", 10, minimum=0)
 RECONCILE_RUNNING_GRACE = env_int("RECONCILE_RUNNING_GRACE", 30, minimum=0)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
+UPLOAD_RETENTION = env_int("UPLOAD_RETENTION", 86400, minimum=60)
+"""Seconds an upload (a batch's JSONL file) is kept for a batch to be made of it; the reconciler deletes it after."""
 
 # Retention: final jobs expire after their kind's `retention`; the purge deletes them in bounded runs.
 PURGE_INTERVAL = env_int("PURGE_INTERVAL", 300, minimum=1)
@@ -203,6 +205,7 @@ SPECTACULAR_SETTINGS = {
         "jobs.schema.JOB_STARTED",
         "jobs.schema.JOB_PROGRESS",
         "jobs.schema.COMPAT_REQUEST_FINISHED",
+        "jobs.schema.BATCH_COMPLETED",
     ],
     # One per kind: the discriminator of the submission union (a new kind adds its line; the schema test says so).
     "ENUM_NAME_OVERRIDES": {
@@ -212,6 +215,10 @@ SPECTACULAR_SETTINGS = {
         "DeliveryStatusEnum": ["pending", "delivered", "failed"],
         "PriorityEnum": "accounts.models.Priority",
         "WebhookEventEnum": "jobs.models.WebhookEvent.choices",
+        # Three choice sets share the field name `status` (a job's, a webhook's, a batch's): named, not hashed.
+        "JobStatusEnum": "jobs.models.JobStatus",
+        "CallbackStatusEnum": "jobs.models.CallbackStatus",
+        "BatchStatusEnum": "jobs.models.BatchStatus",
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -1,4 +1,6 @@
-"""Helpers for tests of jobs and credits: kind settings rows, the ledger invariant."""
+"""Helpers for tests of jobs and credits: kind settings rows, the ledger invariant, the hash kind's output."""
+
+import hashlib
 
 from accounts.models import User
 from credits.selectors import credit_balance, ledger_sum
@@ -21,3 +23,11 @@ def set_balance(user: User, balance: int) -> None:
     delta = balance - credit_balance(user=user)
     if delta:
         credit_adjust(user=user, amount=delta, reason="test setup")
+
+
+def hash_output(data: str, iterations: int) -> str:
+    """The hash kind's output (API.md), computed here independently of the service."""
+    h = hashlib.sha256(data.encode()).hexdigest()
+    for i in range(iterations):
+        h = hashlib.sha256(f"{h}:{i}".encode()).hexdigest()
+    return h

@@ -12,6 +12,7 @@ They act on whole cases (`filter_case`, `map_case`), the hooks every phase appli
   is moved to a minute ahead: which
   ids name the caller's jobs is data, and how far ahead a job may be scheduled is a policy (`max_schedule_ahead`,
   7 days by default), neither of which a schema can state; tests/test_held_jobs.py covers both refusals.
+- An upload's chunk (`application/offset+octet-stream`, tus) is sent as raw bytes, as `application/octet-stream` is.
 - Each generated Idempotency-Key gets a unique suffix: reusing a key with another body is a documented refusal
   (422 idempotency_key_reused), and tests/test_idempotency.py covers it; here a key must not tie unrelated cases.
 """
@@ -71,7 +72,8 @@ def _urls(body: Any) -> list[Any]:
     if not isinstance(body, dict):
         return []
     found = [body.get(name) for name in URL_FIELDS]
-    return found + _urls(body.get("input"))
+    in_batch = body.get("requests") if isinstance(body.get("requests"), list) else []
+    return found + _urls(body.get("input")) + [url for request in in_batch for url in _urls(request)]
 
 
 @schemathesis.hook
@@ -120,3 +122,6 @@ def map_case(context: Any, case: Any) -> Any:
         case.headers[KEY_HEADER] = f"{key[: KEY_MAX_LENGTH - _KEY_SUFFIX_LENGTH]}-{uuid.uuid4().hex}"
     _hold_within_policy(case.body)
     return case
+
+
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")

@@ -261,6 +261,8 @@ def test_admin_policy_form_validates(make_user: Callable[..., User]) -> None:
         "max_concurrent_global": "0",
         "queue_max_depth": "100",
         "idempotency_ttl": "60",
+        "batch_max_jobs": "1000",
+        "upload_max_bytes": "1000000",
     }
     refused = admin.post(url, form)
     assert refused.status_code == 200
@@ -288,6 +290,8 @@ def test_policy_command_validates_like_the_admin_and_changes_nothing_on_error(
         ("kind.stats", "cache_algorithm=lru"),
         ("kind.nope", "cost=1"),
         ("jobs.sync", "no-equals-sign"),
+        ("jobs.batch", "batch_max_jobs=0"),
+        ("jobs.batch", "upload_max_bytes=0"),
     ):
         with pytest.raises(CommandError):
             call_command("policy", "set", *bad)

@@ -7,6 +7,7 @@ for an authenticated caller, to the API policy of the same action (accounts.endp
 so the IP and MFA scenarios switch those on in the API policy only.
 """
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,7 +25,7 @@ from accounts.endpoints import AUTHENTICATED_ALSO_GOVERNED_BY
 from accounts.models import SCOPES, User, split_list
 from accounts.policies import ENDPOINT_DEFAULTS
 from accounts.services import api_key_create, api_key_revoke, ip_allow_entry_create, mfa_verify, role_grant
-from jobs.models import Job, JobMode, JobStatus
+from jobs.models import Batch, Job, JobMode, JobStatus, Upload
 from jobsite.redis import get_redis
 from tests.access_helpers import confirmed_device, set_policy, totp_code, wrong_code
 from tests.conftest import bearer
@@ -107,7 +108,50 @@ def finished_with_webhook(job: Job) -> Job:
     return job
 
 
+def batch_of(ctx: Ctx) -> Batch:
+    """A batch holding ctx.job (queued: the batch can be canceled), owned as ctx.job is."""
+    batch = Batch.objects.create(owner=ctx.job.owner, endpoint="jobs.batch", total=1)
+    Job.objects.filter(pk=ctx.job.pk).update(batch=batch, batch_index=0, endpoint="jobs.batch")
+    return batch
+
+
+def upload_of(ctx: Ctx) -> Upload:
+    """An upload owned as ctx.job is, with room for one more byte."""
+    return Upload.objects.create(owner=ctx.job.owner, length=10, expires_at=timezone.now() + timedelta(hours=1))
+
+
+def upload_patch(client: APIClient, ctx: Ctx) -> Any:
+    return client.generic(
+        "PATCH",
+        f"/api/v1/uploads/{upload_of(ctx).pk}/",
+        b"x",
+        content_type="application/offset+octet-stream",
+        HTTP_UPLOAD_OFFSET="0",
+    )
+
+
 CASES: dict[tuple[str, str], Case] = {
+    ("api/v1/batches/", "get"): Case(lambda c, x: c.get("/api/v1/batches/"), 200),
+    ("api/v1/batches/", "post"): Case(
+        lambda c, x: c.post("/api/v1/batches/", {"requests": [HASH]}, format="json"), 202
+    ),
+    ("api/v1/batches/<uuid:batch_id>/", "get"): Case(
+        lambda c, x: c.get(f"/api/v1/batches/{batch_of(x).pk}/"), 200, another_users=404
+    ),
+    ("api/v1/batches/<uuid:batch_id>/jobs/", "get"): Case(
+        lambda c, x: c.get(f"/api/v1/batches/{batch_of(x).pk}/jobs/"), 200, another_users=404
+    ),
+    ("api/v1/batches/<uuid:batch_id>/results/", "get"): Case(
+        lambda c, x: c.get(f"/api/v1/batches/{batch_of(x).pk}/results/"), 200, another_users=404
+    ),
+    ("api/v1/batches/<uuid:batch_id>/cancel/", "post"): Case(
+        lambda c, x: c.post(f"/api/v1/batches/{batch_of(x).pk}/cancel/"), 200, another_users=404
+    ),
+    ("api/v1/uploads/", "post"): Case(lambda c, x: c.post("/api/v1/uploads/", HTTP_UPLOAD_LENGTH="10"), 201),
+    ("api/v1/uploads/<uuid:upload_id>/", "get"): Case(
+        lambda c, x: c.get(f"/api/v1/uploads/{upload_of(x).pk}/"), 200, another_users=404
+    ),
+    ("api/v1/uploads/<uuid:upload_id>/", "patch"): Case(upload_patch, 200, another_users=404),
     ("api/v1/jobs/", "get"): Case(lambda c, x: c.get("/api/v1/jobs/"), 200),
     ("api/v1/jobs/sync/", "post"): Case(lambda c, x: c.post("/api/v1/jobs/sync/", HASH, format="json"), 200),
     ("api/v1/jobs/async/", "post"): Case(lambda c, x: c.post("/api/v1/jobs/async/", HASH, format="json"), 202),
@@ -181,12 +225,12 @@ REFUSED = {
 }
 
 
-def view_policy(route: str) -> str:
-    """The EndpointPolicy name governing a route; every API route has one."""
-    match = get_resolver().resolve("/" + route.replace("<uuid:job_id>", "00000000-0000-0000-0000-000000000000"))
+def view_policy(route: str, method: str) -> str:
+    """The EndpointPolicy name governing a route's method; every API route has one."""
+    match = get_resolver().resolve("/" + re.sub(r"<uuid:\w+>", "00000000-0000-0000-0000-000000000000", route))
     view_class = getattr(match.func, "view_class", None)
     assert view_class and issubclass(view_class, EndpointView), f"/{route} is not policy-governed (EndpointView)"
-    return view_class.endpoint
+    return view_class.endpoint_for(method)
 
 
 def api_policy(policy: str) -> str:
@@ -226,7 +270,7 @@ def test_authorization_matrix(route: str, method: str, scenario: str, make_user:
     case = CASES.get((route, method))
     if case is None:
         pytest.fail(f"{method.upper()} /{route} is not in CASES: say how a valid call looks and what governs it")
-    policy = view_policy(route)
+    policy = view_policy(route, method)
     governing = api_policy(policy)
     user = make_user()
     role_grant(user=user, role_name="viewer")

@@ -1,7 +1,6 @@
 """jobsite-client against the real service: gunicorn, an RQ worker, a webhook receiver on 127.0.0.1."""
 
 import asyncio
-import hashlib
 import json
 import sys
 import threading
@@ -20,6 +19,7 @@ from jobs.services import jobs_purge_expired
 from tests import conftest
 from tests.access_helpers import set_policy
 from tests.conftest import ROOT, LocalHTTPServer, respond
+from tests.job_helpers import hash_output
 from tests.waiting import wait_until
 
 sys.path.insert(0, str(ROOT / "jobsite-client"))  # until requirements-dev installs ./jobsite-client
@@ -27,14 +27,6 @@ sys.path.insert(0, str(ROOT / "jobsite-client"))  # until requirements-dev insta
 import jobsite_client as jc
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def _hash(data: str, iterations: int) -> str:
-    """The hash kind's output (API.md), computed here independently of the service."""
-    h = hashlib.sha256(data.encode()).hexdigest()
-    for i in range(iterations):
-        h = hashlib.sha256(f"{h}:{i}".encode()).hexdigest()
-    return h
 
 
 @pytest.fixture
@@ -58,7 +50,7 @@ def test_run_sync_and_read_the_account(client_of: Callable[[User], jc.Client], m
     before = client.balance().balance
     job = client.run("hash", {"data": "hello", "iterations": 10})
     assert (job.status, job.mode, job.kind, job.finished) == ("succeeded", "sync", "hash", True)
-    assert job.result is not None and job.result["output_hash"] == _hash("hello", 10)
+    assert job.result is not None and job.result["output_hash"] == hash_output("hello", 10)
     assert job.finished_at is not None and job.created_at <= job.finished_at
     assert client.balance().balance == before - job.cost
     me = client.me()

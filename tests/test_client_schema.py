@@ -46,6 +46,15 @@ COMPONENTS: dict[type, str] = {
     jc.WebhookDelivery: "WebhookDelivery",
     jc.WebhookDeliveryPage: "PaginatedWebhookDeliveryList",
     jc.WebhookTestResult: "WebhookTestResult",
+    jc.Batch: "Batch",
+    jc.BatchCreated: "BatchCreated",
+    jc.RequestCounts: "RequestCounts",
+    jc.BatchCallback: "BatchCallback",
+    jc.BatchPage: "PaginatedBatchList",
+    jc.BatchJob: "BatchJob",
+    jc.BatchJobPage: "PaginatedBatchJobList",
+    jc.Upload: "Upload",
+    jc.BatchCompletedEvent: "BatchCompletedEvent",
 }
 """Each client model and the schema component it mirrors."""
 

@@ -16,6 +16,9 @@ global concurrency cap, a rate limit (Redis), a credit charge, the result cache 
   free) and without a key to look up; the anonymous owner is cached per process like the policies.
 - async acknowledgement held by `Prefer: wait` until the job is final, +2: the wait itself blocks on Redis (one
   XREAD BLOCK per 10 s), not the database; woken, it reads the final job once (the job, its delivery attempts).
+- a batch, 9 however many jobs: BEGIN, [global cap: advisory lock, SUM], the per-user counter's upsert (all the
+  batch's slots at once), INSERT batch, INSERT jobs (one multi-row INSERT; SQLite: one per ~30 jobs, Django's
+  bound-parameter limit there), UPDATE account (the total), INSERT ledger entries (one multi-row INSERT), COMMIT.
 - job detail, 2: the job, its delivery attempts (one prefetch).
 - job list, 3: COUNT for the page, the page, the delivery attempts of the whole page (one prefetch):
   the same at 1 and at 50 jobs.
@@ -48,6 +51,7 @@ IDEMPOTENCY_KEY = 3
 REPLAY = 2
 """A replayed key: the claim's INSERT finds the key taken, one SELECT reads the stored response."""
 COMPAT_ANONYMOUS_SYNC = 10
+BATCH = 9
 JOB_DETAIL = 2
 JOB_LIST = 3
 HELD_WAKE = 2
@@ -65,7 +69,7 @@ EVERY_POLICY = {
 
 @pytest.fixture
 def api(client_for: Callable[[User], APIClient], user: User) -> APIClient:
-    for name in ("jobs.sync", "jobs.async"):
+    for name in ("jobs.sync", "jobs.async", "jobs.batch"):
         set_policy(name, **EVERY_POLICY)
     kind_settings("hash", cost=1, cache_algorithm="lru")
     return client_for(user)
@@ -149,3 +153,16 @@ def test_a_job_list_costs_the_same_at_1_and_at_50_jobs(api: APIClient) -> None:
     run_worker_burst()
     assert len(api.get("/api/v1/jobs/").json()["results"]) == 50
     assert list_queries(api) == at_one <= JOB_LIST
+
+
+@pytest.mark.parametrize("jobs", [1, 25])
+def test_a_batch_costs_the_same_round_trips_at_1_and_at_25_jobs(
+    api: APIClient, jobs: int, django_assert_max_num_queries: Any
+) -> None:
+    def batch() -> None:
+        response = api.post("/api/v1/batches/", {"requests": [unique_hash() for _ in range(jobs)]}, format="json")
+        assert response.status_code == 202, response.content
+
+    batch()  # the first request fills the per-process caches
+    with django_assert_max_num_queries(BATCH):
+        batch()

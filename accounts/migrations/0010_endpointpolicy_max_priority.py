@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accounts', '0008_endpointpolicy_max_schedule_ahead'),
+        ('accounts', '0009_batch_policy_fields'),
     ]
 
     operations = [

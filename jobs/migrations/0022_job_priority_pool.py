@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0020_scheduled_and_waiting_jobs'),
+        ('jobs', '0021_batches_uploads'),
     ]
 
     operations = [

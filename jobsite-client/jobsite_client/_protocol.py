@@ -21,10 +21,13 @@ import httpx
 from jobsite_client.errors import WaitTimeout, error_for
 from jobsite_client.models import (
     Balance,
+    Batch,
+    BatchCreated,
     Job,
     Limits,
     Me,
     StreamEvent,
+    Upload,
     WebhookSecret,
     WebhookTestResult,
     parse,
@@ -55,6 +58,18 @@ NO_CONTENT = 204
 DELIVERIES_PATH = "/api/v1/me/webhook-deliveries/"
 """The caller's webhook delivery log."""
 
+BATCHES_PATH = "/api/v1/batches/"
+"""The caller's batches; each batch's jobs, results and cancel live under it."""
+
+UPLOADS_PATH = "/api/v1/uploads/"
+"""Chunked uploads of JSONL files for batches."""
+
+UPLOAD_CONTENT_TYPE = "application/offset+octet-stream"
+"""The media type of an upload's chunk (tus)."""
+
+UPLOAD_CHUNK = 1024 * 1024
+"""Bytes per PATCH of an upload by default: well under the service's 2.5 MB request body limit."""
+
 EXPORT_FORMATS = ("jsonl", "csv")
 """What `GET /api/v1/jobs/export/?format=` accepts."""
 
@@ -68,6 +83,8 @@ class Call:
     params: dict[str, str] = field(default_factory=dict)
     json: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    content: bytes | None = None
+    """A raw body instead of `json` (an upload's chunk)."""
 
 
 @dataclass(frozen=True)
@@ -309,3 +326,72 @@ def me() -> Flow[Me]:
 
 def rotate_webhook_secret() -> Flow[WebhookSecret]:
     return _one(Call("POST", "/api/v1/me/webhook-secret/"), WebhookSecret)
+
+
+def _batch_path(batch_id: str) -> str:
+    return f"{BATCHES_PATH}{quote(batch_id, safe='')}/"
+
+
+def submit_batch(
+    requests: Sequence[Mapping[str, Any]] | None,
+    upload_id: str | None,
+    callback_url: str | None,
+    idempotency_key: str | None,
+) -> Flow[BatchCreated]:
+    if (requests is None) == (upload_id is None):
+        raise ValueError("pass either requests or upload_id")
+    body: dict[str, Any] = {"requests": list(requests)} if requests is not None else {"upload_id": upload_id}
+    if callback_url is not None:
+        body["callback_url"] = callback_url
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+    return _one(Call("POST", BATCHES_PATH, json=body, headers=headers), BatchCreated)
+
+
+def get_batch(batch_id: str) -> Flow[Batch]:
+    return _one(Call("GET", _batch_path(batch_id)), Batch)
+
+
+def cancel_batch(batch_id: str) -> Flow[Batch]:
+    return _one(Call("POST", f"{_batch_path(batch_id)}cancel/"), Batch)
+
+
+def batches_call() -> Call:
+    return Call("GET", BATCHES_PATH)
+
+
+def batch_jobs_call(batch_id: str, page_size: int | None) -> Call:
+    return Call("GET", f"{_batch_path(batch_id)}jobs/", params=_filters(page_size=page_size))
+
+
+def batch_results_call(batch_id: str) -> Call:
+    return Call("GET", f"{_batch_path(batch_id)}results/")
+
+
+def upload(data: bytes, chunk_size: int) -> Flow[Upload]:
+    """Announce the file, then send it chunk by chunk from where the service says it stands."""
+    created = yield Call("POST", UPLOADS_PATH, headers={"Upload-Length": str(len(data))})
+    assert created is not None
+    return (yield from _send_chunks(parse(Upload, checked(created)), data, chunk_size))
+
+
+def resume_upload(upload_id: str, data: bytes, chunk_size: int) -> Flow[Upload]:
+    """Carry on an upload whose connection broke: ask where it stands, send the rest."""
+    current = yield Call("GET", f"{UPLOADS_PATH}{quote(upload_id, safe='')}/")
+    assert current is not None
+    return (yield from _send_chunks(parse(Upload, checked(current)), data, chunk_size))
+
+
+def _send_chunks(current: Upload, data: bytes, chunk_size: int) -> Flow[Upload]:
+    if len(data) != current.length:
+        raise ValueError(f"the upload announced {current.length} bytes; got {len(data)}")
+    while current.offset < current.length:
+        start = current.offset
+        response = yield Call(
+            "PATCH",
+            f"{UPLOADS_PATH}{quote(current.id, safe='')}/",
+            headers={"Upload-Offset": str(start), "Content-Type": UPLOAD_CONTENT_TYPE},
+            content=data[start : start + chunk_size],
+        )
+        assert response is not None
+        current = parse(Upload, checked(response))
+    return current

@@ -7,8 +7,9 @@ disagree about paths, bodies, errors or polling.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
@@ -20,11 +21,17 @@ from jobsite_client import _protocol as protocol
 from jobsite_client._protocol import Call, DeliveryFilters, Flow, JobFilters, Paged, Pause, SubmitOptions
 from jobsite_client.models import (
     Balance,
+    Batch,
+    BatchCreated,
+    BatchJob,
+    BatchJobPage,
+    BatchPage,
     Job,
     JobPage,
     Limits,
     Me,
     StreamEvent,
+    Upload,
     WebhookDelivery,
     WebhookDeliveryPage,
     WebhookSecret,
@@ -48,7 +55,9 @@ def _headers(api_key: str) -> dict[str, str]:
 
 
 def _request(http: httpx.Client | httpx.AsyncClient, call: Call) -> httpx.Request:
-    return http.build_request(call.method, call.path, params=call.params, json=call.json, headers=call.headers)
+    return http.build_request(
+        call.method, call.path, params=call.params, json=call.json, content=call.content, headers=call.headers
+    )
 
 
 class Client:
@@ -151,12 +160,54 @@ class Client:
         created_before: datetime | str | None = None,
     ) -> Iterator[str]:
         """The caller's jobs as JSON lines or CSV rows (first the header), streamed line by line."""
-        call = protocol.export_call(format, created_after, created_before)
+        return self._lines(protocol.export_call(format, created_after, created_before))
+
+    def _lines(self, call: Call) -> Iterator[str]:
+        """A streamed answer's lines, read as iteration goes."""
         with self._http.stream(call.method, call.path, params=call.params, headers=call.headers) as response:
             if not response.is_success:
                 response.read()
                 protocol.checked(response)
             yield from response.iter_lines()
+
+    def submit_batch(
+        self,
+        requests: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        upload_id: str | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> BatchCreated:
+        """Queue a batch (POST /batches/): job requests `{kind, input}`, or the id of a complete upload."""
+        return self._drive(protocol.submit_batch(requests, upload_id, callback_url, idempotency_key))
+
+    def batch(self, batch_id: str) -> Batch:
+        """One batch with its request counts."""
+        return self._drive(protocol.get_batch(batch_id))
+
+    def cancel_batch(self, batch_id: str) -> Batch:
+        """Cancel the batch's jobs that have not started (refunded); `Conflict` when it is over."""
+        return self._drive(protocol.cancel_batch(batch_id))
+
+    def batches(self) -> Iterator[Batch]:
+        """The caller's batches, newest first, page after page."""
+        return self._every(protocol.batches_call(), BatchPage)
+
+    def batch_jobs(self, batch_id: str, *, page_size: int | None = None) -> Iterator[BatchJob]:
+        """The batch's jobs in request order, page after page."""
+        return self._every(protocol.batch_jobs_call(batch_id, page_size), BatchJobPage)
+
+    def batch_results(self, batch_id: str) -> Iterator[dict[str, Any]]:
+        """The batch's results, `{id, index, status, result, error}` per job in request order, streamed."""
+        return (json.loads(line) for line in self._lines(protocol.batch_results_call(batch_id)) if line)
+
+    def upload(self, data: bytes, *, chunk_size: int = protocol.UPLOAD_CHUNK) -> Upload:
+        """Upload a JSONL file (one job request a line) in chunks, for `submit_batch(upload_id=...)`."""
+        return self._drive(protocol.upload(data, chunk_size))
+
+    def resume_upload(self, upload_id: str, data: bytes, *, chunk_size: int = protocol.UPLOAD_CHUNK) -> Upload:
+        """Carry on an upload after a broken connection, from the offset the service holds."""
+        return self._drive(protocol.resume_upload(upload_id, data, chunk_size))
 
     def balance(self) -> Balance:
         """The caller's credit balance."""
@@ -276,7 +327,7 @@ class AsyncClient:
                 yield item
             call = protocol.next_page_call(call, current.next)
 
-    async def export(
+    def export(
         self,
         format: str = "jsonl",
         *,
@@ -284,13 +335,57 @@ class AsyncClient:
         created_before: datetime | str | None = None,
     ) -> AsyncIterator[str]:
         """See `Client.export`."""
-        call = protocol.export_call(format, created_after, created_before)
+        return self._lines(protocol.export_call(format, created_after, created_before))
+
+    async def _lines(self, call: Call) -> AsyncIterator[str]:
+        """See `Client._lines`."""
         async with self._http.stream(call.method, call.path, params=call.params, headers=call.headers) as response:
             if not response.is_success:
                 await response.aread()
                 protocol.checked(response)
             async for line in response.aiter_lines():
                 yield line
+
+    async def submit_batch(
+        self,
+        requests: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        upload_id: str | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> BatchCreated:
+        """See `Client.submit_batch`."""
+        return await self._drive(protocol.submit_batch(requests, upload_id, callback_url, idempotency_key))
+
+    async def batch(self, batch_id: str) -> Batch:
+        """See `Client.batch`."""
+        return await self._drive(protocol.get_batch(batch_id))
+
+    async def cancel_batch(self, batch_id: str) -> Batch:
+        """See `Client.cancel_batch`."""
+        return await self._drive(protocol.cancel_batch(batch_id))
+
+    def batches(self) -> AsyncIterator[Batch]:
+        """See `Client.batches`."""
+        return self._every(protocol.batches_call(), BatchPage)
+
+    def batch_jobs(self, batch_id: str, *, page_size: int | None = None) -> AsyncIterator[BatchJob]:
+        """See `Client.batch_jobs`."""
+        return self._every(protocol.batch_jobs_call(batch_id, page_size), BatchJobPage)
+
+    async def batch_results(self, batch_id: str) -> AsyncIterator[dict[str, Any]]:
+        """See `Client.batch_results`."""
+        async for line in self._lines(protocol.batch_results_call(batch_id)):
+            if line:
+                yield json.loads(line)
+
+    async def upload(self, data: bytes, *, chunk_size: int = protocol.UPLOAD_CHUNK) -> Upload:
+        """See `Client.upload`."""
+        return await self._drive(protocol.upload(data, chunk_size))
+
+    async def resume_upload(self, upload_id: str, data: bytes, *, chunk_size: int = protocol.UPLOAD_CHUNK) -> Upload:
+        """See `Client.resume_upload`."""
+        return await self._drive(protocol.resume_upload(upload_id, data, chunk_size))
 
     async def balance(self) -> Balance:
         """See `Client.balance`."""

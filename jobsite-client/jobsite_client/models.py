@@ -333,6 +333,104 @@ class WebhookTestResult:
 
 
 @dataclass(frozen=True)
+class RequestCounts:
+    """How many of a batch's jobs are in each state."""
+
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    canceled: int
+
+
+@dataclass(frozen=True)
+class BatchCallback:
+    """A batch's one `batch.completed` webhook: where, how it went, its `webhook-id`, each attempt."""
+
+    url: str
+    status: str
+    webhook_id: str
+    attempts: list[CallbackAttempt]
+
+
+BATCH_FINAL_STATUSES = frozenset({"completed", "canceled"})
+"""Batch statuses that never change again (every job of the batch is final)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch of async jobs: `in_progress|canceling|completed|canceled`, its request counts and timestamps."""
+
+    id: str
+    status: str
+    request_counts: RequestCounts
+    cost: int
+    created_at: datetime
+    in_progress_at: datetime | None
+    canceled_at: datetime | None
+    completed_at: datetime | None
+    callback: BatchCallback
+
+    @property
+    def finished(self) -> bool:
+        """True once every job of the batch is final."""
+        return self.status in BATCH_FINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class BatchCreated(Batch):
+    """The answer to a batch's submission: the batch and its jobs' ids, in the order they were requested."""
+
+    job_ids: list[str]
+
+
+@dataclass(frozen=True)
+class BatchPage:
+    """One page of the caller's batches, newest first."""
+
+    results: list[Batch]
+    next: str | None
+    previous: str | None
+
+
+@dataclass(frozen=True)
+class BatchJob(Job):
+    """A job of a batch, with its request's position (`index`, from 0)."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class BatchJobPage:
+    """One page of a batch's jobs, in request order."""
+
+    results: list[BatchJob]
+    next: str | None
+    previous: str | None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A JSONL file being uploaded in chunks: `offset` of `length` bytes received."""
+
+    id: str
+    length: int
+    offset: int
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class BatchCompletedEvent:
+    """The body of a batch's one webhook: `type` is `batch.completed`, `data` the batch."""
+
+    type: str
+    timestamp: datetime
+    data: Batch
+
+
+@dataclass(frozen=True)
 class WebhookEvent:
     """A verified webhook delivery: its id (stable across retries), its timestamp and its JSON body."""
 
@@ -344,3 +442,8 @@ class WebhookEvent:
     def job(self) -> Job:
         """The body as a Job (the service's own webhooks; the compatible routes send another shape)."""
         return parse(Job, self.data)
+
+    @property
+    def batch_completed(self) -> BatchCompletedEvent:
+        """The body as a batch's `batch.completed` event."""
+        return parse(BatchCompletedEvent, self.data)
