@@ -263,6 +263,10 @@ def test_admin_policy_form_validates(make_user: Callable[..., User]) -> None:
         "idempotency_ttl": "60",
         "batch_max_jobs": "1000",
         "upload_max_bytes": "1000000",
+        "max_schedule_ahead": "3600",
+        "max_priority": "normal",
+        "max_wait_seconds": "30",
+        "max_streams_per_user": "5",
     }
     refused = admin.post(url, form)
     assert refused.status_code == 200

@@ -159,6 +159,10 @@ CASES: dict[tuple[str, str], Case] = {
     ("api/v1/jobs/<uuid:job_id>/", "get"): Case(
         lambda c, x: c.get(f"/api/v1/jobs/{x.job.pk}/"), 200, another_users=404
     ),
+    # A final job's stream sends its `job` event and ends at once (a running one's would hold the test).
+    ("api/v1/jobs/<uuid:job_id>/events/", "get"): Case(
+        lambda c, x: c.get(f"/api/v1/jobs/{finished_with_webhook(x.job).pk}/events/"), 200, another_users=404
+    ),
     ("api/v1/jobs/<uuid:job_id>/cancel/", "post"): Case(
         lambda c, x: c.post(f"/api/v1/jobs/{x.job.pk}/cancel/"), 200, another_users=404
     ),

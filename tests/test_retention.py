@@ -97,7 +97,7 @@ def test_idempotency_keys_and_tombstones_follow_the_clock(api: APIClient, user: 
 
     report = jobs_purge_expired()
 
-    assert report == {"jobs_purged": 0, "idempotency_keys_purged": 1, "tombstones_purged": 1}
+    assert report == {"jobs_purged": 0, "batches_purged": 0, "idempotency_keys_purged": 1, "tombstones_purged": 1}
     assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["live"]
     assert api.get(f"/api/v1/jobs/{old_id}/").status_code == 404  # its tombstone is gone too: as any unknown id
     assert api.get(f"/api/v1/jobs/{new_id}/").status_code == 410
