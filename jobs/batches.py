@@ -36,6 +36,7 @@ from jobs.dependencies import (
     batch_dependencies_add,
     batch_dependencies_faults,
     batch_dependency_edges_insert,
+    dependents_first,
 )
 from jobs.encryption import open_result, seal_input
 from jobs.execution import job_held_settle
@@ -102,7 +103,7 @@ def batch_requests_validate(
             errors[str(position)] = exc.detail
     if not errors and any(request.depends_on for request in requests):
         faults = batch_dependencies_faults(owner_id=owner.pk, depends_on=[request.depends_on for request in requests])
-        errors = {str(positions[index]): {"depends_on": [fault]} for index, fault in faults.items()}
+        errors = {str(positions[index]): {"depends_on": [fault]} for index, fault in sorted(faults.items())}
     if errors:
         raise serializers.ValidationError({label: errors})
     if not requests:
@@ -213,8 +214,8 @@ def batch_submit_upload(*, user: User, policy: EndpointPolicy, upload_id: UUID, 
 
 
 def batch_cancel(*, user: User, batch_id: UUID) -> Batch:
-    """Cancel every job of the batch that has not started (each refunded as job_cancel refunds one); running jobs
-    finish. The batch is `canceling` until its last job is final, then `canceled`.
+    """Cancel every job of the batch that has not started, queued or waiting (each refunded as job_cancel refunds
+    one); running jobs finish. The batch is `canceling` until its last job is final, then `canceled`.
 
     Each job is canceled in a transaction of its own, which locks the job and then the batch row (its counter),
     the order a worker's finish takes them in: one transaction over all of them, holding the batch row while it
@@ -228,12 +229,11 @@ def batch_cancel(*, user: User, batch_id: UUID) -> Batch:
     )
     if not marked:
         raise NotCancellable(f"The batch is {batch.status}; only a batch in progress can be canceled.")
-    # The waiting first: canceled, not failed dependency_failed by the cancel of a job they wait for.
-    for status in (JobStatus.WAITING, JobStatus.QUEUED):
-        unstarted = Job.objects.filter(batch=batch, status=status).order_by("batch_index")
-        for job in list(unstarted.only("pk", "status")):  # each is read again by its own cancel
-            with transaction.atomic():
-                job_cancel_unstarted(job)  # the last job to become final completes the batch, as canceled
+    unstarted = Job.objects.filter(batch=batch, status__in=[JobStatus.WAITING, JobStatus.QUEUED])
+    # A dependent before its dependency: canceled, not failed dependency_failed by the cancel of what it waits for.
+    for job in dependents_first(unstarted.order_by("batch_index").only("pk", "status", "depends_on")):
+        with transaction.atomic():  # each is read again by its own cancel
+            job_cancel_unstarted(job)  # the last job to become final completes the batch, as canceled
     canceled = batch_get(user=user, batch_id=batch.pk)
     assert canceled is not None  # batches are deleted only when purged, long after they completed
     return canceled

@@ -158,6 +158,13 @@ def batch_dependency_edges_insert(jobs: Iterable[Job]) -> None:
         JobDependency.objects.bulk_create(edges)
 
 
+def dependents_first(jobs: Iterable[Job]) -> list[Job]:
+    """The jobs ordered so that each comes before those of them it waits for (by their `depends_on`)."""
+    by_id = {str(job.pk): job for job in jobs}
+    graph = {key: [pk for pk in job.depends_on if pk in by_id] for key, job in by_id.items()}
+    return [by_id[key] for key in reversed(tuple(TopologicalSorter(graph).static_order()))]
+
+
 def _owned(*, owner_id: int, ids: Iterable[UUID]) -> QuerySet[Job]:
     return Job.objects.filter(pk__in=list(ids), owner_id=owner_id)
 
