@@ -2,9 +2,9 @@
 
 An edge is a JobDependency row (`job` waits for `depends_on`); the job keeps a copy of the ids for reads. A job
 that others depend on carries `has_dependents`, so finishing one of the (many) jobs without dependents costs no
-query (jobs.execution.job_on_final). Submissions and batches add edges with job_dependencies_add; jobs.holding
-moves a waiting job on once its dependencies allow it; batch_dependencies_faults and batch_dependencies_add do the
-same for the requests of a batch, which may also name each other by index (and so could form a cycle).
+query (jobs.execution.job_on_final). A submission adds edges with job_dependencies_add; a batch checks its
+requests' with batch_dependencies_faults (they may also name each other by index, so a cycle is possible among
+them) and adds them with batch_dependencies_add; jobs.holding moves a waiting job on once its dependencies allow.
 """
 
 from collections.abc import Iterable, Sequence

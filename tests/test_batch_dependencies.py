@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -19,7 +19,7 @@ from accounts.models import User
 from credits.models import LedgerEntry
 from credits.services import refund_key
 from jobs.models import ConcurrencySlot, Job, JobDependency
-from tests import test_client_live
+from tests import test_client_live, test_held_jobs
 from tests.access_helpers import set_policy
 from tests.conftest import ROOT, LocalHTTPServer, respond
 from tests.job_helpers import assert_ledger_explains_balance, kind_settings, set_balance
@@ -35,6 +35,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 client_of = test_client_live.client_of
 """A `jc.Client` on the session's gunicorn with a fresh key."""
 
+failing_target = test_held_jobs.failing_target
+"""A fetch target that answers 500: a failure that is not the caller's (refunded), without retries."""
+
 
 def _hash(data: str, **extra: Any) -> dict[str, Any]:
     return {"kind": "hash", "input": {"data": data, "iterations": 3}, **extra}
@@ -43,13 +46,6 @@ def _hash(data: str, **extra: Any) -> dict[str, Any]:
 def _later(client: jc.Client, *, hours: float = 1) -> jc.Job:
     """An own job that stays unfinished while the test runs: scheduled an hour ahead."""
     return client.submit("hash", {"data": uuid.uuid4().hex}, run_at=datetime.now(UTC) + timedelta(hours=hours))
-
-
-@pytest.fixture
-def failing_target(http_server: Callable[..., LocalHTTPServer]) -> Iterator[LocalHTTPServer]:
-    """A fetch target that answers 500: a failure that is not the caller's (refunded), without retries."""
-    kind_settings("fetch", retries=0)
-    yield http_server(lambda request: respond(request, 500, b"down"))
 
 
 @pytest.mark.slow
