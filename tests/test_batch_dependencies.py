@@ -14,14 +14,17 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
 
 from accounts.models import User
 from credits.models import LedgerEntry
 from credits.services import refund_key
-from jobs.models import ConcurrencySlot, Job, JobDependency
+from jobs.batches import batches_reconcile
+from jobs.models import Batch, BatchStatus, ConcurrencySlot, Job, JobDependency
 from tests import test_client_live, test_held_jobs
 from tests.access_helpers import set_policy
-from tests.conftest import ROOT, LocalHTTPServer, respond
+from tests.conftest import ROOT, LocalHTTPServer, respond, run_worker_burst
 from tests.job_helpers import assert_ledger_explains_balance, kind_settings, set_balance
 from tests.test_batches_live import _snapshot
 from tests.waiting import wait_until
@@ -234,3 +237,15 @@ def test_a_dependency_on_a_failed_own_job_fails_the_request_at_once_and_cancel_c
     assert [line["status"] for line in client.batch_results(waiting.id)] == ["canceled"] * 3  # none failed
     assert client.balance().balance == 50 - 2  # ... and the three canceled refunded
     assert_ledger_explains_balance(user)
+
+
+def test_the_reconciler_leaves_a_batch_open_while_a_job_of_it_waits(api: APIClient) -> None:
+    later = {"kind": "hash", "input": {"data": "later"}, "run_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}
+    existing = api.post("/api/v1/jobs/async/", later, format="json").json()["id"]
+    requests = [_hash("now"), _hash("later", depends_on=[existing])]
+    response = api.post("/api/v1/batches/", {"requests": requests}, format="json")
+    assert response.status_code == 202, response.content
+    run_worker_burst()
+    assert batches_reconcile(now=timezone.now() + timedelta(minutes=5))["batches_completed"] == 0
+    batch = Batch.objects.get(pk=response.json()["id"])
+    assert (batch.status, batch.succeeded, batch.completed_at) == (BatchStatus.IN_PROGRESS, 1, None)
