@@ -97,13 +97,13 @@ class BatchCollectionView(EndpointView):
         if "upload_id" in data:
             return batch_submit_upload(upload_id=data["upload_id"], **common)
         requests = batch_requests_validate(
-            enumerate(data["requests"]), label="requests", max_jobs=request.policy.batch_max_jobs
+            enumerate(data["requests"]), owner=request.user, label="requests", max_jobs=request.policy.batch_max_jobs
         )
         return batch_submit(requests=requests, **common)
 
     def accepted(self, batch: Batch) -> Response:
-        """The answer as the batch was accepted: every job queued (no query to count them)."""
-        return self.created(batch, active={batch.pk: {JobStatus.QUEUED: batch.total}})
+        """The answer as the batch was accepted: every job queued or waiting (no query to count them)."""
+        return self.created(batch, active={batch.pk: {JobStatus.QUEUED: batch.total - batch.waiting}})  # type: ignore[attr-defined]
 
     def created(self, batch: Batch, active: dict[UUID, dict[str, int]] | None = None) -> Response:
         return Response(

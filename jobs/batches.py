@@ -7,8 +7,10 @@ refunded alone) commit in one transaction; the jobs are enqueued after commit in
 Batches skip the result cache and the submission-time circuit check: their jobs run later in workers, which
 check the circuit again (a job refused there fails `circuit_open`, refunded).
 
-Coming (branch `schedule`): a request may name `depends_on` (indexes of requests in the same batch, or job ids
-of the owner's); the dependency service is wired into batch_submit where the job rows are built.
+A request may name `depends_on`: indexes of other requests of the batch, or ids of the owner's jobs
+(jobs.dependencies checks them with the rest of the batch, so a bad one is in the same 400). Such a job is
+recorded `waiting` without a concurrency slot, its edges inserted in the same transaction, and moves on as a
+single job's dependencies move it (jobs.holding); one that names a job final already is settled after commit.
 """
 
 import json
@@ -29,11 +31,19 @@ from credits.services import JobCharge, credit_charge_jobs
 from jobs import metrics, queues
 from jobs.batch_progress import batch_complete
 from jobs.concurrency import concurrency_admit
+from jobs.dependencies import (
+    BatchDependency,
+    batch_dependencies_add,
+    batch_dependencies_faults,
+    batch_dependency_edges_insert,
+    dependents_first,
+)
 from jobs.encryption import open_result, seal_input
+from jobs.execution import job_held_settle
 from jobs.export import stream_chunks
 from jobs.idempotency import idempotency_bind_job
 from jobs.kind_settings import get_kind_settings
-from jobs.models import Batch, BatchStatus, CallbackStatus, Job, JobMode, JobStatus
+from jobs.models import FINAL_STATUSES, Batch, BatchStatus, CallbackStatus, Job, JobMode, JobStatus
 from jobs.pipeline import callback_url_check, priority_admit, queue_admit
 from jobs.selectors import batch_get
 from jobs.serializers import BATCH_ITEM, JobRequestSerializer
@@ -51,20 +61,32 @@ class BatchJobRequest:
 
     kind: str
     params: dict[str, Any]
+    depends_on: tuple[BatchDependency, ...] = ()
+    allow_dependency_failure: bool = False
 
 
 def _validated(raw: Any) -> BatchJobRequest:
     envelope = JobRequestSerializer(data=raw, context={"mode": BATCH_ITEM})
     envelope.is_valid(raise_exception=True)
-    return BatchJobRequest(kind=envelope.validated_data["kind"], params=envelope.validated_data["input"])
+    data = envelope.validated_data
+    return BatchJobRequest(
+        kind=data["kind"],
+        params=data["input"],
+        depends_on=tuple(data.get("depends_on", ())),
+        allow_dependency_failure=data.get("allow_dependency_failure", False),
+    )
 
 
-def batch_requests_validate(raw: Iterable[tuple[int, Any]], *, label: str, max_jobs: int) -> list[BatchJobRequest]:
-    """Validate (position, request) pairs with the single job's serializers; one 400 lists every bad one.
+def batch_requests_validate(
+    raw: Iterable[tuple[int, Any]], *, owner: User, label: str, max_jobs: int
+) -> list[BatchJobRequest]:
+    """Validate (position, request) pairs with the single job's serializers, then their dependencies on each other
+    and on the owner's jobs; one 400 lists every bad one.
 
     `label` names the position in the errors' field paths: `requests.3.input.data`, `line.4.kind`.
     """
     requests: list[BatchJobRequest] = []
+    positions: list[int] = []
     errors: dict[str, Any] = {}
     for position, item in raw:
         if len(requests) + len(errors) >= max_jobs:
@@ -76,8 +98,12 @@ def batch_requests_validate(raw: Iterable[tuple[int, Any]], *, label: str, max_j
             continue
         try:
             requests.append(_validated(item))
+            positions.append(position)
         except serializers.ValidationError as exc:
             errors[str(position)] = exc.detail
+    if not errors and any(request.depends_on for request in requests):
+        faults = batch_dependencies_faults(owner_id=owner.pk, depends_on=[request.depends_on for request in requests])
+        errors = {str(positions[index]): {"depends_on": [fault]} for index, fault in sorted(faults.items())}
     if errors:
         raise serializers.ValidationError({label: errors})
     if not requests:
@@ -122,8 +148,9 @@ def batch_submit(
     for pool in set(pools.values()):
         queue_admit(policy, pool=pool)
     now, trace_context = timezone.now(), inject_context()
+    queued = sum(not request.depends_on for request in requests)  # the jobs that take a slot now
     with transaction.atomic():
-        holds_slot = concurrency_admit(user=user, policy=policy, jobs=len(requests))
+        holds_slot = bool(queued) and concurrency_admit(user=user, policy=policy, jobs=queued)
         batch = Batch.objects.create(
             owner=user,
             endpoint=policy.name,
@@ -146,37 +173,49 @@ def batch_submit(
                 trace_context=trace_context,
                 priority=priority,
                 pool=pools[request.kind],
-                holds_slot=holds_slot,
+                status=JobStatus.WAITING if request.depends_on else JobStatus.QUEUED,
+                holds_slot=holds_slot and not request.depends_on,  # a waiting job takes its slot at release
+                allow_dependency_failure=request.allow_dependency_failure,
                 batch=batch,
                 batch_index=index,
             )
             for index, request in enumerate(requests)
         ]
+        final_named: set[UUID] = set()
+        if queued < len(jobs):  # locks the named jobs before the charge, as a single submission does
+            final_named = batch_dependencies_add(jobs=jobs, depends_on=[request.depends_on for request in requests])
         Job.objects.bulk_create(jobs)
+        batch_dependency_edges_insert(jobs)
         charged = credit_charge_jobs(
             user_id=user.pk, charges=[JobCharge(job.id, job.cost, f"{job.kind} job") for job in jobs]
         )
         idempotency_bind_job(jobs[0])  # its batch answers the key if this request dies
         if upload_id is not None:
             upload_consume(user=user, upload_id=upload_id)
-        queues.enqueue_jobs_on_commit([(job, kinds[job.kind].time_limit) for job in jobs])
+        queues.enqueue_jobs_on_commit(
+            [(job, kinds[job.kind].time_limit) for job in jobs if job.status == JobStatus.QUEUED]
+        )
+    for job, request in zip(jobs, requests, strict=True):
+        if final_named.intersection(request.depends_on):  # no finish will come to settle it
+            job_held_settle(job_id=job.pk)
     metrics.CREDITS.labels(type="charged").inc(charged)
     for kind, count in Counter(request.kind for request in requests).items():
         metrics.JOBS_SUBMITTED.labels(kind=kind, mode=JobMode.ASYNC).inc(count)
     batch.job_ids = [job.id for job in jobs]  # type: ignore[attr-defined]  # for the 202 answer only
+    batch.waiting = len(jobs) - queued  # type: ignore[attr-defined]  # as accepted, for the 202 answer only
     return batch
 
 
 def batch_submit_upload(*, user: User, policy: EndpointPolicy, upload_id: UUID, callback_url: str = "") -> Batch:
     """A batch from a complete upload: one job request a JSONL line, validated line by line (errors by line number)."""
     lines = upload_lines(user=user, upload_id=upload_id)
-    requests = batch_requests_validate(jsonl_requests(lines), label="line", max_jobs=policy.batch_max_jobs)
+    requests = batch_requests_validate(jsonl_requests(lines), owner=user, label="line", max_jobs=policy.batch_max_jobs)
     return batch_submit(user=user, policy=policy, requests=requests, callback_url=callback_url, upload_id=upload_id)
 
 
 def batch_cancel(*, user: User, batch_id: UUID) -> Batch:
-    """Cancel every job of the batch that has not started (each refunded as job_cancel refunds one); running jobs
-    finish. The batch is `canceling` until its last job is final, then `canceled`.
+    """Cancel every job of the batch that has not started, queued or waiting (each refunded as job_cancel refunds
+    one); running jobs finish. The batch is `canceling` until its last job is final, then `canceled`.
 
     Each job is canceled in a transaction of its own, which locks the job and then the batch row (its counter),
     the order a worker's finish takes them in: one transaction over all of them, holding the batch row while it
@@ -190,9 +229,10 @@ def batch_cancel(*, user: User, batch_id: UUID) -> Batch:
     )
     if not marked:
         raise NotCancellable(f"The batch is {batch.status}; only a batch in progress can be canceled.")
-    queued = Job.objects.filter(batch=batch, status=JobStatus.QUEUED).order_by("batch_index")
-    for job in list(queued.only("pk")):  # each is read again by its own cancel
-        with transaction.atomic():
+    unstarted = Job.objects.filter(batch=batch, status__in=[JobStatus.WAITING, JobStatus.QUEUED])
+    # A dependent before its dependency: canceled, not failed dependency_failed by the cancel of what it waits for.
+    for job in dependents_first(unstarted.order_by("batch_index").only("pk", "status", "depends_on")):
+        with transaction.atomic():  # each is read again by its own cancel
             job_cancel_unstarted(job)  # the last job to become final completes the batch, as canceled
     canceled = batch_get(user=user, batch_id=batch.pk)
     assert canceled is not None  # batches are deleted only when purged, long after they completed
@@ -238,7 +278,7 @@ def batches_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     open_batches = Batch.objects.filter(completed_at__isnull=True, created_at__lt=cutoff).values("pk", "created_at")
     for page in keyset_batches(open_batches, field="created_at", size=500):
         for row in page:
-            if Job.objects.filter(batch_id=row["pk"], status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).exists():
+            if Job.objects.filter(batch_id=row["pk"]).exclude(status__in=FINAL_STATUSES).exists():
                 continue
             with transaction.atomic():
                 counts = Counter(Job.objects.filter(batch_id=row["pk"]).values_list("status", flat=True))

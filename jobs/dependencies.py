@@ -2,12 +2,14 @@
 
 An edge is a JobDependency row (`job` waits for `depends_on`); the job keeps a copy of the ids for reads. A job
 that others depend on carries `has_dependents`, so finishing one of the (many) jobs without dependents costs no
-query (jobs.execution.job_on_final). Submissions and batches add edges with job_dependencies_add; jobs.holding
-moves a waiting job on once its dependencies allow it.
+query (jobs.execution.job_on_final). A submission adds edges with job_dependencies_add; a batch checks its
+requests' with batch_dependencies_faults (they may also name each other by index, so a cycle is possible among
+them) and adds them with batch_dependencies_add; jobs.holding moves a waiting job on once its dependencies allow.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
+from graphlib import CycleError, TopologicalSorter
 from typing import NamedTuple
 from uuid import UUID
 
@@ -63,7 +65,7 @@ def job_dependencies_add(*, job: Job, depends_on: Sequence[UUID]) -> None:
         raise _invalid("Each job may be named once.")
     if not connection.in_atomic_block:
         raise RuntimeError("job_dependencies_add must run inside the job-creating transaction")
-    owned = Job.objects.select_for_update().filter(pk__in=ids, owner_id=job.owner_id).order_by("pk")
+    owned = _owned(owner_id=job.owner_id, ids=ids).select_for_update().order_by("pk")
     found = set(owned.values_list("pk", flat=True))
     if missing := [str(pk) for pk in ids if pk not in found]:
         raise _invalid(f"No job of yours has the id {', '.join(missing)}.")
@@ -74,6 +76,97 @@ def job_dependencies_add(*, job: Job, depends_on: Sequence[UUID]) -> None:
     if job.depends_on != (listed := [str(pk) for pk in ids]):  # a submission records them with the job
         job.depends_on = listed
         Job.objects.filter(pk=job.pk).update(depends_on=listed)
+
+
+BatchDependency = int | UUID
+"""What a batch's request may depend on: another request of the batch (its index) or an existing job (its id)."""
+
+
+def batch_dependencies_faults(*, owner_id: int, depends_on: Sequence[Sequence[BatchDependency]]) -> dict[int, str]:
+    """What is wrong with the `depends_on` of each request of a batch (`depends_on[i]` is request i's), by index.
+
+    The rules of job_dependencies_add, plus: an index names another request of the batch, and the requests'
+    dependencies on each other form no cycle. One query when job ids are named.
+    """
+    named = {dependency for entries in depends_on for dependency in entries if isinstance(dependency, UUID)}
+    owned = set(_owned(owner_id=owner_id, ids=named).values_list("pk", flat=True)) if named else set()
+    faults = {
+        index: fault
+        for index, entries in enumerate(depends_on)
+        if (fault := _batch_entries_fault(index, entries, total=len(depends_on), owned=owned))
+    }
+    if faults:
+        return faults
+    graph = {index: [entry for entry in entries if isinstance(entry, int)] for index, entries in enumerate(depends_on)}
+    try:
+        tuple(TopologicalSorter(graph).static_order())
+    except CycleError as exc:
+        cycle: list[int] = exc.args[1]  # first and last the same
+        return dict.fromkeys(cycle[:-1], "The requests' dependencies form a cycle: " + " -> ".join(map(str, cycle)))
+    return {}
+
+
+def _batch_entries_fault(index: int, entries: Sequence[BatchDependency], *, total: int, owned: set[UUID]) -> str:
+    """What is wrong with one request's depends_on, or empty."""
+    if len(entries) > DEPENDS_ON_MAX:
+        return f"A job may depend on at most {DEPENDS_ON_MAX} jobs."
+    if len(set(entries)) != len(entries):
+        return "Each job may be named once."
+    if out_of_range := [str(e) for e in entries if isinstance(e, int) and not 0 <= e < total]:
+        return f"No request of this batch has the index {', '.join(out_of_range)} (0 to {total - 1})."
+    if index in entries:
+        return "A request cannot depend on itself."
+    if missing := [str(e) for e in entries if isinstance(e, UUID) and e not in owned]:
+        return f"No job of yours has the id {', '.join(missing)}."
+    return ""
+
+
+def batch_dependencies_add(*, jobs: Sequence[Job], depends_on: Sequence[Sequence[BatchDependency]]) -> set[UUID]:
+    """Record the dependencies of a batch's jobs, found faultless by batch_dependencies_faults; call in the
+    transaction that records `jobs` (request order), before their INSERT: it sets their `depends_on` and
+    `has_dependents`. Returns the named existing jobs that are final already: their dependents need settling
+    after commit (the others, locked here, settle their dependents when they finish).
+
+    The named jobs are locked in id order and flagged `has_dependents` as job_dependencies_add does (two
+    statements, only when some are named); the edges are one multi-row INSERT after the jobs'
+    (batch_dependency_edges_insert).
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("batch_dependencies_add must run inside the job-creating transaction")
+    named = sorted({dependency for entries in depends_on for dependency in entries if isinstance(dependency, UUID)})
+    final: set[UUID] = set()
+    if named:
+        locked = dict(
+            _owned(owner_id=jobs[0].owner_id, ids=named).select_for_update().order_by("pk").values_list("pk", "status")
+        )
+        if gone := [str(pk) for pk in named if pk not in locked]:  # deleted since the check (retention)
+            raise _invalid(f"No job of yours has the id {', '.join(gone)}.")
+        Job.objects.filter(pk__in=named, has_dependents=False).update(has_dependents=True)
+        final = {pk for pk, status in locked.items() if status in FINAL_STATUSES}
+    for job, entries in zip(jobs, depends_on, strict=True):
+        job.depends_on = [str(jobs[entry].pk if isinstance(entry, int) else entry) for entry in entries]
+        for entry in entries:
+            if isinstance(entry, int):
+                jobs[entry].has_dependents = True
+    return final
+
+
+def batch_dependency_edges_insert(jobs: Iterable[Job]) -> None:
+    """The edges of a batch's jobs (their `depends_on`, set by batch_dependencies_add), in one multi-row INSERT."""
+    edges = [JobDependency(job_id=job.pk, depends_on_id=UUID(pk)) for job in jobs for pk in job.depends_on]
+    if edges:
+        JobDependency.objects.bulk_create(edges)
+
+
+def dependents_first(jobs: Iterable[Job]) -> list[Job]:
+    """The jobs ordered so that each comes before those of them it waits for (by their `depends_on`)."""
+    by_id = {str(job.pk): job for job in jobs}
+    graph = {key: [pk for pk in job.depends_on if pk in by_id] for key, job in by_id.items()}
+    return [by_id[key] for key in reversed(tuple(TopologicalSorter(graph).static_order()))]
+
+
+def _owned(*, owner_id: int, ids: Iterable[UUID]) -> QuerySet[Job]:
+    return Job.objects.filter(pk__in=list(ids), owner_id=owner_id)
 
 
 def _dependents_reach(start: UUID, targets: set[UUID]) -> bool:

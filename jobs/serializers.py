@@ -86,6 +86,48 @@ class JobIdField(serializers.UUIDField):
         return super().to_internal_value(data)
 
 
+BATCH_ITEM = "batch"
+"""The KIND_REQUESTS entry of a job request inside a batch: an async job without a callback_url of its own."""
+
+
+@extend_schema_field({"oneOf": [{"type": "integer", "minimum": 0}, {"type": "string", "format": "uuid"}]})
+class BatchDependencyField(serializers.Field):
+    """A batch request's dependency: the index of another request of the batch, or the id of an own job."""
+
+    default_error_messages = {"invalid": "Give the index of a request of this batch (from 0) or a job id."}
+
+    def to_internal_value(self, data: Any) -> int | UUID:
+        if isinstance(data, int) and not isinstance(data, bool) and data >= 0:
+            return data
+        if isinstance(data, str):
+            with contextlib.suppress(ValueError):
+                return UUID(data)
+        self.fail("invalid")
+
+    def to_representation(self, value: int | UUID) -> int | str:
+        return value if isinstance(value, int) else str(value)
+
+
+def _dependency_fields(mode: str) -> dict[str, serializers.Field]:
+    """What a job request may add to wait for other jobs (jobs.holding); a batch's requests may name each other."""
+    in_batch = mode == BATCH_ITEM
+    return {
+        "depends_on": serializers.ListField(
+            child=BatchDependencyField() if in_batch else JobIdField(),
+            required=False,
+            max_length=DEPENDS_ON_MAX,
+            help_text=(
+                "Indexes of other requests of this batch, or ids of own jobs, " if in_batch else "Ids of own jobs "
+            )
+            + "to wait for (`waiting`): queued once all succeed; failed `dependency_failed` (refunded) once one "
+            "fails or is canceled.",
+        ),
+        "allow_dependency_failure": StrictBooleanField(
+            required=False, help_text="Run once every dependency is final, whatever its outcome."
+        ),
+    }
+
+
 def _held_fields() -> dict[str, serializers.Field]:
     """What an async submission may add to be held until a condition holds (jobs.holding)."""
     return {
@@ -94,21 +136,15 @@ def _held_fields() -> dict[str, serializers.Field]:
             help_text="Queue it no earlier than this (RFC 3339 with offset), at most the policy's max_schedule_ahead "
             "ahead; now or past: at once. Until then `scheduled`.",
         ),
-        "depends_on": serializers.ListField(
-            child=JobIdField(),
-            required=False,
-            max_length=DEPENDS_ON_MAX,
-            help_text="Ids of own jobs to wait for (`waiting`): queued once all succeed; failed `dependency_failed` "
-            "(refunded) once one fails or is canceled.",
-        ),
-        "allow_dependency_failure": StrictBooleanField(
-            required=False, help_text="Run once every dependency is final, whatever its outcome."
-        ),
+        **_dependency_fields(JobMode.ASYNC),
     }
 
 
 ASYNC_ONLY_FIELDS = ("callback_url", "priority", "webhook_events", *_held_fields())
 """Members of the submission envelope that only async submissions take."""
+
+BATCH_ITEM_FIELDS = tuple(_dependency_fields(BATCH_ITEM))
+"""The members of ASYNC_ONLY_FIELDS a batch's request takes too."""
 
 
 def priority_field() -> ListedChoiceField:
@@ -163,6 +199,8 @@ def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
         "kind": ListedChoiceField(choices=[kind.name]),
         "input": kind.serializer_class(required=input_required, **input_options),
     }
+    if mode == BATCH_ITEM:
+        fields.update(_dependency_fields(BATCH_ITEM))
     if mode == JobMode.ASYNC:
         fields["callback_url"] = callback_url_field(required=False)
         fields.update(_held_fields())
@@ -174,9 +212,6 @@ def _kind_request_class(kind: Kind, mode: str) -> type[serializers.Serializer]:
         attributes["dependent_required"] = WEBHOOK_EVENTS_NEED  # jobsite.api.ApiSchema writes it in the schema
     return type(name, (serializers.Serializer,), attributes)
 
-
-BATCH_ITEM = "batch"
-"""The KIND_REQUESTS entry of a job request inside a batch: an async job without a callback_url of its own."""
 
 KIND_REQUESTS: dict[str, dict[str, type[serializers.Serializer]]] = {
     mode: {name: _kind_request_class(kind, mode) for name, kind in sorted(KINDS.items())}
@@ -209,7 +244,9 @@ class JobRequestSerializer(serializers.Serializer):
         mode = self.context["mode"]
         if mode in CALLBACK_URL_REFUSALS and "callback_url" in self.initial_data:
             raise serializers.ValidationError({"callback_url": [CALLBACK_URL_REFUSALS[mode]]})
-        if mode != JobMode.ASYNC and (named := [name for name in ASYNC_ONLY_FIELDS if name in self.initial_data]):
+        taken = BATCH_ITEM_FIELDS if mode == BATCH_ITEM else ()
+        named = [name for name in ASYNC_ONLY_FIELDS if name in self.initial_data and name not in taken]
+        if mode != JobMode.ASYNC and named:
             raise serializers.ValidationError({name: [f"Only async jobs take {name}."] for name in named})
         request = KIND_REQUESTS[mode][attrs["kind"]](data=self.initial_data)
         request.is_valid(raise_exception=True)
@@ -536,6 +573,9 @@ def batch_request_validate(data: Any) -> dict[str, Any]:
 
 class RequestCountsSerializer(serializers.Serializer):
     total = serializers.IntegerField()
+    waiting = serializers.IntegerField(
+        help_text="Waiting for the jobs they depend on (`depends_on`): the jobs neither final, queued nor running."
+    )
     queued = serializers.IntegerField()
     running = serializers.IntegerField()
     succeeded = serializers.IntegerField()
@@ -575,10 +615,13 @@ class BatchSerializer(serializers.ModelSerializer):
     @extend_schema_field(RequestCountsSerializer)
     def get_request_counts(self, batch: Batch) -> dict[str, int]:
         active: dict[str, int] = self.context.get("active_counts", {}).get(batch.pk, {})
+        queued, running = active.get(JobStatus.QUEUED, 0), active.get(JobStatus.RUNNING, 0)
         return {
             "total": batch.total,
-            "queued": active.get(JobStatus.QUEUED, 0),
-            "running": active.get(JobStatus.RUNNING, 0),
+            # The rest, not counted: a job's move between the batch row's read and its active counts' may show here.
+            "waiting": max(0, batch.total - batch.finished - queued - running),
+            "queued": queued,
+            "running": running,
             "succeeded": batch.succeeded,
             "failed": batch.failed,
             "canceled": batch.canceled,

@@ -76,7 +76,9 @@ def test_a_batch_of_20_completes_with_its_counts_results_and_one_signed_webhook(
 
     done = wait_until(lambda: (batch := client.batch(created.id)).finished and batch, timeout=60)
     assert done.status == "completed"
-    assert done.request_counts == jc.RequestCounts(total=20, queued=0, running=0, succeeded=20, failed=0, canceled=0)
+    assert done.request_counts == jc.RequestCounts(
+        total=20, waiting=0, queued=0, running=0, succeeded=20, failed=0, canceled=0
+    )
     assert done.in_progress_at is not None and done.completed_at is not None
     assert done.created_at <= done.in_progress_at <= done.completed_at
 

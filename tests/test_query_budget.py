@@ -19,6 +19,9 @@ global concurrency cap, a rate limit (Redis), a credit charge, the result cache 
 - a batch, 9 however many jobs: BEGIN, [global cap: advisory lock, SUM], the per-user counter's upsert (all the
   batch's slots at once), INSERT batch, INSERT jobs (one multi-row INSERT; SQLite: one per ~30 jobs, Django's
   bound-parameter limit there), UPDATE account (the total), INSERT ledger entries (one multi-row INSERT), COMMIT.
+- a batch whose requests depend on each other and on existing jobs, 13 however many jobs: the batch's 9, the
+  dependencies' edges (one multi-row INSERT), and for the named existing jobs: the check that they are the
+  owner's (before the transaction), their SELECT ... FOR UPDATE and the UPDATE of their has_dependents flag.
 - job detail, 2: the job, its delivery attempts (one prefetch).
 - job list, 3: COUNT for the page, the page, the delivery attempts of the whole page (one prefetch):
   the same at 1 and at 50 jobs.
@@ -29,8 +32,10 @@ The gate (authentication, policies, permissions) costs no statement: keys, roles
 cached per process (accounts.selectors, jobsite.process_cache); tests/test_gate.py holds it to that.
 """
 
+import contextlib
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -52,6 +57,7 @@ REPLAY = 2
 """A replayed key: the claim's INSERT finds the key taken, one SELECT reads the stored response."""
 COMPAT_ANONYMOUS_SYNC = 10
 BATCH = 9
+BATCH_WITH_DEPENDENCIES = 13
 JOB_DETAIL = 2
 JOB_LIST = 3
 HELD_WAKE = 2
@@ -166,3 +172,21 @@ def test_a_batch_costs_the_same_round_trips_at_1_and_at_25_jobs(
     batch()  # the first request fills the per-process caches
     with django_assert_max_num_queries(BATCH):
         batch()
+
+
+@pytest.mark.parametrize("jobs", [1, 25])
+def test_a_batch_with_dependencies_costs_the_same_round_trips_at_1_and_at_25_jobs(
+    api: APIClient, jobs: int, django_assert_max_num_queries: Any
+) -> None:
+    def batch(budget: int | None) -> None:
+        later = {**unique_hash(), "run_at": (datetime.now(UTC) + timedelta(days=1)).isoformat()}  # not final
+        existing = api.post("/api/v1/jobs/async/", later, format="json").json()["id"]
+        # Each request waits for the one before it, the first for the existing job.
+        requests = [{**unique_hash(), "depends_on": [i - 1 if i else existing]} for i in range(jobs)]
+        with django_assert_max_num_queries(budget) if budget else contextlib.nullcontext():
+            response = api.post("/api/v1/batches/", {"requests": requests}, format="json")
+        assert response.status_code == 202, response.content
+        assert response.json()["request_counts"]["waiting"] == jobs
+
+    batch(None)  # the first request fills the per-process caches
+    batch(BATCH_WITH_DEPENDENCIES)

@@ -178,7 +178,8 @@ class Client:
         callback_url: str | None = None,
         idempotency_key: str | None = None,
     ) -> BatchCreated:
-        """Queue a batch (POST /batches/): job requests `{kind, input}`, or the id of a complete upload."""
+        """Queue a batch (POST /batches/): job requests `{kind, input}` (`depends_on`: other requests by index, or
+        job ids), or the id of a complete upload."""
         return self._drive(protocol.submit_batch(requests, upload_id, callback_url, idempotency_key))
 
     def batch(self, batch_id: str) -> Batch:

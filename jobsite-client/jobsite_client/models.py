@@ -337,6 +337,7 @@ class RequestCounts:
     """How many of a batch's jobs are in each state."""
 
     total: int
+    waiting: int
     queued: int
     running: int
     succeeded: int
