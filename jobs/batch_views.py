@@ -97,7 +97,7 @@ class BatchCollectionView(EndpointView):
         if "upload_id" in data:
             return batch_submit_upload(upload_id=data["upload_id"], **common)
         requests = batch_requests_validate(
-            enumerate(data["requests"]), owner=request.user, label="requests", max_jobs=request.policy.batch_max_jobs
+            enumerate(data["requests"]), user=request.user, label="requests", max_jobs=request.policy.batch_max_jobs
         )
         return batch_submit(requests=requests, **common)
 

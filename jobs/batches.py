@@ -43,12 +43,13 @@ from jobs.execution import job_held_settle
 from jobs.export import stream_chunks
 from jobs.idempotency import idempotency_bind_job
 from jobs.kind_settings import get_kind_settings
+from jobs.kinds import KINDS
 from jobs.models import FINAL_STATUSES, Batch, BatchStatus, CallbackStatus, Job, JobMode, JobStatus
 from jobs.pipeline import callback_url_check, priority_admit, queue_admit
 from jobs.selectors import batch_get
 from jobs.serializers import BATCH_ITEM, JobRequestSerializer
 from jobs.services import job_cancel_unstarted
-from jobs.uploads import upload_consume, upload_lines
+from jobs.uploads import upload_consume, upload_input_take, upload_lines
 from jobs.webhooks import batch_webhooks_requeue_lost
 from jobsite.db import keyset_batches
 from jobsite.errors import InvalidInput, NotCancellable, NotFound
@@ -63,25 +64,30 @@ class BatchJobRequest:
     params: dict[str, Any]
     depends_on: tuple[BatchDependency, ...] = ()
     allow_dependency_failure: bool = False
+    upload_id: UUID | None = None
+    """The upload its input was read from (jobs.uploads.upload_input_take), consumed with the batch."""
 
 
-def _validated(raw: Any) -> BatchJobRequest:
+def _validated(raw: Any, *, user: User) -> BatchJobRequest:
     envelope = JobRequestSerializer(data=raw, context={"mode": BATCH_ITEM})
     envelope.is_valid(raise_exception=True)
     data = envelope.validated_data
+    params, upload_id = upload_input_take(user=user, kind=KINDS[data["kind"]], params=data["input"])
     return BatchJobRequest(
         kind=data["kind"],
-        params=data["input"],
+        params=params,
+        upload_id=upload_id,
         depends_on=tuple(data.get("depends_on", ())),
         allow_dependency_failure=data.get("allow_dependency_failure", False),
     )
 
 
 def batch_requests_validate(
-    raw: Iterable[tuple[int, Any]], *, owner: User, label: str, max_jobs: int
+    raw: Iterable[tuple[int, Any]], *, user: User, label: str, max_jobs: int
 ) -> list[BatchJobRequest]:
     """Validate (position, request) pairs with the single job's serializers, then their dependencies on each other
-    and on the owner's jobs; one 400 lists every bad one.
+    and on the user's jobs; one 400 lists every bad one. An input naming an upload of the user's gets its text (a
+    missing, incomplete or too large one refuses the batch).
 
     `label` names the position in the errors' field paths: `requests.3.input.data`, `line.4.kind`.
     """
@@ -97,12 +103,12 @@ def batch_requests_validate(
             errors[str(position)] = [f"Not JSON: {item.reason}."]
             continue
         try:
-            requests.append(_validated(item))
+            requests.append(_validated(item, user=user))
             positions.append(position)
         except serializers.ValidationError as exc:
             errors[str(position)] = exc.detail
     if not errors and any(request.depends_on for request in requests):
-        faults = batch_dependencies_faults(owner_id=owner.pk, depends_on=[request.depends_on for request in requests])
+        faults = batch_dependencies_faults(owner_id=user.pk, depends_on=[request.depends_on for request in requests])
         errors = {str(positions[index]): {"depends_on": [fault]} for index, fault in sorted(faults.items())}
     if errors:
         raise serializers.ValidationError({label: errors})
@@ -139,7 +145,8 @@ def batch_submit(
 ) -> Batch:
     """Admit, charge and record a validated batch in one transaction, then enqueue its jobs after commit.
 
-    The upload it was made from (if any) is deleted in the same transaction: its lines are the jobs' inputs now.
+    The upload it was made from (if any) and those its jobs' inputs were read from are deleted in the same
+    transaction: the jobs hold their inputs now.
     """
     callback_url_check(callback_url)
     priority = priority_admit(policy)
@@ -190,8 +197,9 @@ def batch_submit(
             user_id=user.pk, charges=[JobCharge(job.id, job.cost, f"{job.kind} job") for job in jobs]
         )
         idempotency_bind_job(jobs[0])  # its batch answers the key if this request dies
-        if upload_id is not None:
-            upload_consume(user=user, upload_id=upload_id)
+        consumed = {request.upload_id for request in requests if request.upload_id is not None}
+        for uploaded in sorted(consumed | ({upload_id} if upload_id is not None else set())):  # a fixed lock order
+            upload_consume(user=user, upload_id=uploaded)
         queues.enqueue_jobs_on_commit(
             [(job, kinds[job.kind].time_limit) for job in jobs if job.status == JobStatus.QUEUED]
         )
@@ -209,7 +217,7 @@ def batch_submit(
 def batch_submit_upload(*, user: User, policy: EndpointPolicy, upload_id: UUID, callback_url: str = "") -> Batch:
     """A batch from a complete upload: one job request a JSONL line, validated line by line (errors by line number)."""
     lines = upload_lines(user=user, upload_id=upload_id)
-    requests = batch_requests_validate(jsonl_requests(lines), owner=user, label="line", max_jobs=policy.batch_max_jobs)
+    requests = batch_requests_validate(jsonl_requests(lines), user=user, label="line", max_jobs=policy.batch_max_jobs)
     return batch_submit(user=user, policy=policy, requests=requests, callback_url=callback_url, upload_id=upload_id)
 
 

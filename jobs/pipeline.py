@@ -29,7 +29,9 @@ from jobs.execution import job_held_settle, job_on_final, job_run
 from jobs.holding import Settled
 from jobs.idempotency import idempotency_bind_job
 from jobs.kind_settings import get_kind_settings, job_expiry
+from jobs.kinds import KINDS
 from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
+from jobs.uploads import upload_discard, upload_input_take
 from jobsite.errors import (
     CallbackUrlForbidden,
     CircuitOpen,
@@ -68,7 +70,10 @@ def job_submit(
     `free` jobs cost nothing: anonymous callers of the compatible routes have no credits to spend.
     `client_ip` is recorded on the job (anonymous callers see only the jobs submitted from their address).
     `webhook_events` (job.started, job.progress) are sent to callback_url besides the final webhook.
+    An input naming an `upload_id` is given the upload's text, and the upload is deleted once the job is accepted
+    (a refused submission leaves it for another try); the job holds its own copy, so the cache keys on content.
     """
+    params, upload_id = upload_input_take(user=user, kind=KINDS[kind_name], params=params)
     priority = priority_admit(policy, priority)
     callback_url_check(callback_url)
     hold = _hold_status(policy=policy, run_at=run_at, depends_on=depends_on)
@@ -98,16 +103,26 @@ def job_submit(
         depends_on=tuple(depends_on),
         allow_dependency_failure=allow_dependency_failure,
     )
-    if hold is not None:
-        job = _job_hold(request, status=hold)
-    elif (cached := cache_get(kind_settings, params, owner_id=user.pk)) is not None:
-        job = _job_record_cached(request, result=cached)
-    elif mode == JobMode.SYNC:
-        job = _job_run_sync(request)
-    else:
-        job = _job_enqueue(request)
+    try:
+        if hold is not None:
+            job = _job_hold(request, status=hold)
+        elif (cached := cache_get(kind_settings, params, owner_id=user.pk)) is not None:
+            job = _job_record_cached(request, result=cached)
+        elif mode == JobMode.SYNC:
+            job = _job_run_sync(request)
+        else:
+            job = _job_enqueue(request)
+    except JobFailed:  # a sync job recorded and charged, then failed: it was accepted all the same
+        _upload_release(user=user, upload_id=upload_id)
+        raise
+    _upload_release(user=user, upload_id=upload_id)
     metrics.JOBS_SUBMITTED.labels(kind=kind_name, mode=mode).inc()
     return job
+
+
+def _upload_release(*, user: User, upload_id: UUID | None) -> None:
+    if upload_id is not None:
+        upload_discard(user=user, upload_id=upload_id)
 
 
 def callback_url_check(callback_url: str) -> None:

@@ -56,6 +56,9 @@ IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
 SUBMIT_STATUSES = (*GATE_STATUSES, *BODY_STATUSES, 402, 409, 422)
 """A submission can also be refused for credits, an idempotency key in flight or reused."""
 
+UPLOAD_INPUT_STATUSES = (404,)
+"""An input's `upload_id` that names no upload of the caller's (incomplete: 409, too large: 413, as above)."""
+
 PREFER_PARAMETER = OpenApiParameter(
     "Prefer",
     {"type": "string", "pattern": r"^.{0,200}$"},
@@ -141,7 +144,7 @@ class JobSubmitView(EndpointView):
         summary="Run a job now; the result is in the response",
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
         request=job_request_schema(JobMode.SYNC),
-        responses={200: JobSerializer, **problems(*SUBMIT_STATUSES, 502)},
+        responses={200: JobSerializer, **problems(*SUBMIT_STATUSES, *UPLOAD_INPUT_STATUSES, 502)},
     )
 )
 class JobSyncView(JobSubmitView):
@@ -159,7 +162,7 @@ class JobSyncView(JobSubmitView):
         responses={
             200: OpenApiResponse(JobSerializer, description="Prefer: wait=N, and the job finished in time."),
             202: JobSerializer,
-            **problems(*SUBMIT_STATUSES),
+            **problems(*SUBMIT_STATUSES, *UPLOAD_INPUT_STATUSES),
         },
     )
 )

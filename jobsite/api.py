@@ -118,6 +118,10 @@ class ApiSchema(AutoSchema):
         dependent = getattr(serializer, "dependent_required", None)
         if dependent:
             schema["dependentRequired"] = dependent
+        # Exactly one of alternative members (inline data or an upload_id), which DRF cannot state either.
+        alternatives = getattr(serializer, "one_of_required", None)
+        if alternatives:
+            schema["oneOf"] = [{"required": members} for members in alternatives]
         return schema
 
     def _get_request_for_media_type(self, serializer: Any, direction: str = "request") -> tuple[Any, bool]:

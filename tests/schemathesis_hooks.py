@@ -13,6 +13,8 @@ They act on whole cases (`filter_case`, `map_case`), the hooks every phase appli
   ids name the caller's jobs is data, and how far ahead a job may be scheduled is a policy (`max_schedule_ahead`,
   7 days by default), neither of which a schema can state; tests/test_held_jobs.py covers both refusals.
 - An upload's chunk (`application/offset+octet-stream`, tus) is sent as raw bytes, as `application/octet-stream` is.
+- A job input's well-formed `upload_id` (without `data`) is sent as inline `data` instead: which ids name the
+  caller's complete uploads is data, as with depends_on; tests/test_upload_inputs.py covers the refusals.
 - Each generated Idempotency-Key gets a unique suffix: reusing a key with another body is a documented refusal
   (422 idempotency_key_reused), and tests/test_idempotency.py covers it; here a key must not tie unrelated cases.
 """
@@ -81,14 +83,16 @@ def filter_case(context: Any, case: Any) -> bool:
     return not any(_is_address_literal(url) or _has_refused_port(url) for url in _urls(case.body))
 
 
-def _is_job_id_list(value: Any) -> bool:
-    """A depends_on the schema calls valid: at most DEPENDS_ON_MAX strings in UUID form."""
-    if not isinstance(value, list) or len(value) > DEPENDS_ON_MAX:
-        return False
+def _is_uuid(value: Any) -> bool:
     try:
-        return all(isinstance(item, str) and uuid.UUID(item) for item in value)
+        return isinstance(value, str) and bool(uuid.UUID(value))
     except ValueError:
         return False
+
+
+def _is_job_id_list(value: Any) -> bool:
+    """A depends_on the schema calls valid: at most DEPENDS_ON_MAX strings in UUID form."""
+    return isinstance(value, list) and len(value) <= DEPENDS_ON_MAX and all(_is_uuid(item) for item in value)
 
 
 def _far_ahead(value: Any) -> bool:
@@ -115,12 +119,25 @@ def _hold_within_policy(body: Any) -> None:
         body["run_at"] = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
 
 
+def _upload_inline(body: Any) -> None:
+    """An input naming an upload by a well-formed id alone gets the schema's other alternative, inline data."""
+    if not isinstance(body, dict):
+        return
+    job_input = body.get("input")
+    if isinstance(job_input, dict) and _is_uuid(job_input.get("upload_id")) and "data" not in job_input:
+        del job_input["upload_id"]
+        job_input["data"] = "uploaded"
+    for request in body.get("requests") if isinstance(body.get("requests"), list) else []:
+        _upload_inline(request)
+
+
 @schemathesis.hook
 def map_case(context: Any, case: Any) -> Any:
     key = case.headers.get(KEY_HEADER) if case.headers is not None else None
     if isinstance(key, str) and len(key) <= KEY_MAX_LENGTH and re.fullmatch(KEY_PATTERN, key):
         case.headers[KEY_HEADER] = f"{key[: KEY_MAX_LENGTH - _KEY_SUFFIX_LENGTH]}-{uuid.uuid4().hex}"
     _hold_within_policy(case.body)
+    _upload_inline(case.body)
     return case
 
 

@@ -59,3 +59,6 @@ class Kind:
     circuit_target: Callable[[dict[str, Any]], str] | None = None
     """The upstream a job talks to (e.g. its URL's host), given its validated input: one circuit breaker
     each (jobs.circuit). None: the kind has no upstream and no breaker."""
+    upload_field: str | None = None
+    """The text input field a submission may replace with `upload_id` (the caller's complete upload, read as
+    UTF-8: jobs.uploads.upload_input_take). None: the kind's input is inline only."""

@@ -60,4 +60,5 @@ KIND = Kind(
     public_results=True,
     does_io=False,
     time_limit=30,
+    upload_field="data",
 )

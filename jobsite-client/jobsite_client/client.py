@@ -203,7 +203,8 @@ class Client:
         return (json.loads(line) for line in self._lines(protocol.batch_results_call(batch_id)) if line)
 
     def upload(self, data: bytes, *, chunk_size: int = protocol.UPLOAD_CHUNK) -> Upload:
-        """Upload a JSONL file (one job request a line) in chunks, for `submit_batch(upload_id=...)`."""
+        """Upload a file in chunks: JSONL (one job request a line) for `submit_batch(upload_id=...)`, or the text
+        of a job's input for `submit("hash", {"upload_id": ...})`."""
         return self._drive(protocol.upload(data, chunk_size))
 
     def resume_upload(self, upload_id: str, data: bytes, *, chunk_size: int = protocol.UPLOAD_CHUNK) -> Upload:

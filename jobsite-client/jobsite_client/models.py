@@ -413,7 +413,8 @@ class BatchJobPage:
 
 @dataclass(frozen=True)
 class Upload:
-    """A JSONL file being uploaded in chunks: `offset` of `length` bytes received."""
+    """A file being uploaded in chunks (JSONL for a batch, or a job's text input): `offset` of `length` bytes
+    received."""
 
     id: str
     length: int
