@@ -8,7 +8,7 @@ They act on whole cases (`filter_case`, `map_case`), the hooks every phase appli
 - So are URLs whose explicit port the deployment's port policy refuses (OUTBOUND_ALLOWED_PORTS minus
   OUTBOUND_DENIED_PORTS, read through jobs.ssrf.allowed_ports from the server's own settings): also a policy, not
   a schema; tests/test_ssrf.py covers it.
-- A well-formed `depends_on` is sent empty, and a `run_at` more than a day ahead (or beyond the range of datetimes)
+- A well-formed `depends_on` (a job's, or a batch item's: indexes of the batch or job ids) is sent empty, and a `run_at` more than a day ahead (or beyond the range of datetimes)
   is moved to a minute ahead: which
   ids name the caller's jobs is data, and how far ahead a job may be scheduled is a policy (`max_schedule_ahead`,
   7 days by default), neither of which a schema can state; tests/test_held_jobs.py covers both refusals.
@@ -95,6 +95,15 @@ def _is_job_id_list(value: Any) -> bool:
     return isinstance(value, list) and len(value) <= DEPENDS_ON_MAX and all(_is_uuid(item) for item in value)
 
 
+def _is_batch_dependency_list(value: Any) -> bool:
+    """A batch item's depends_on the schema calls valid: at most DEPENDS_ON_MAX request indexes or job ids."""
+
+    def entry(item: Any) -> bool:
+        return (isinstance(item, int) and not isinstance(item, bool) and item >= 0) or _is_uuid(item)
+
+    return isinstance(value, list) and len(value) <= DEPENDS_ON_MAX and all(entry(item) for item in value)
+
+
 def _far_ahead(value: Any) -> bool:
     """More than a day ahead, or out of the range a server stores (year 1 at +14:00 is before UTC's year 1)."""
     try:
@@ -117,6 +126,9 @@ def _hold_within_policy(body: Any) -> None:
         body["depends_on"] = []
     if _far_ahead(body.get("run_at")):
         body["run_at"] = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    for request in body.get("requests") if isinstance(body.get("requests"), list) else []:
+        if isinstance(request, dict) and _is_batch_dependency_list(request.get("depends_on")):
+            request["depends_on"] = []
 
 
 def _upload_inline(body: Any) -> None:
