@@ -98,6 +98,8 @@ class BatchDependencyField(serializers.Field):
     default_error_messages = {"invalid": "Give the index of a request of this batch (from 0) or a job id."}
 
     def to_internal_value(self, data: Any) -> int | UUID:
+        if isinstance(data, float) and data.is_integer():  # JSON Schema's integer: 3.0 is one
+            data = int(data)
         if isinstance(data, int) and not isinstance(data, bool) and data >= 0:
             return data
         if isinstance(data, str):

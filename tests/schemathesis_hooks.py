@@ -99,7 +99,10 @@ def _is_batch_dependency_list(value: Any) -> bool:
     """A batch item's depends_on the schema calls valid: at most DEPENDS_ON_MAX request indexes or job ids."""
 
     def entry(item: Any) -> bool:
-        return (isinstance(item, int) and not isinstance(item, bool) and item >= 0) or _is_uuid(item)
+        integral = (isinstance(item, int) and not isinstance(item, bool)) or (
+            isinstance(item, float) and item.is_integer()
+        )
+        return (integral and item >= 0) or _is_uuid(item)
 
     return isinstance(value, list) and len(value) <= DEPENDS_ON_MAX and all(entry(item) for item in value)
 

@@ -9,12 +9,14 @@ import pytest
 from cryptography.fernet import Fernet
 from django.core.management import call_command
 from django.utils import timezone
+from rest_framework import serializers
 from rest_framework.test import APIClient
 
 from jobs import queues
 from jobs.batches import batches_reconcile
 from jobs.execution import job_claim, job_finish
 from jobs.models import Batch, BatchStatus, CallbackStatus, Job, JobStatus, Upload, UploadChunk
+from jobs.serializers import BatchDependencyField
 from jobs.services import job_requeue, jobs_purge_finished_before
 from jobs.uploads import uploads_purge_expired
 from tests.conftest import run_worker_burst
@@ -142,3 +144,12 @@ def test_a_batch_body_takes_one_of_its_two_forms_exactly(api: APIClient, body: A
     response = api.post("/api/v1/batches/", body, format="json")
     assert (response.status_code, response.json()["code"]) == (400, "validation_error")
     assert not Batch.objects.exists() and not Job.objects.exists()
+
+
+def test_a_dependency_index_is_a_json_schema_integer() -> None:
+    """3.0 is an integer to JSON Schema (and the fuzzer sends it); 3.5, -1, true and a non-id string are not."""
+    field = BatchDependencyField()
+    assert field.to_internal_value(3.0) == 3 and field.to_internal_value(3) == 3
+    for refused in (3.5, -1, True, "x"):
+        with pytest.raises(serializers.ValidationError):
+            field.to_internal_value(refused)
