@@ -261,8 +261,8 @@ def _batches_purge_emptied(bounds: dict[str, int]) -> int:
     """Completed batches whose jobs are all purged (a batch's results are its jobs'): bounded like the jobs."""
     emptied = Batch.objects.filter(completed_at__isnull=False).exclude(Exists(Job.objects.filter(batch=OuterRef("pk"))))
     return _purge_in_batches(
-        emptied.values("pk", "completed_at"),
-        field="completed_at",
+        emptied.values("pk"),
+        field="pk",  # on the primary key: no index orders completed batches, and their order does not matter
         delete=lambda ids: emptied.filter(pk__in=ids).delete()[1].get(Batch._meta.label, 0),
         **bounds,
     )
