@@ -44,7 +44,7 @@ from jobsite.errors import (
 )
 from jobsite.process_cache import settings_cache
 from jobsite.redis import get_redis
-from tests.access_helpers import confirmed_device, set_policy, totp_code
+from tests.access_helpers import clear_of_window_edge, confirmed_device, set_policy, totp_code
 from tests.conftest import bearer
 from tests.waiting import wait_until
 
@@ -166,6 +166,7 @@ def test_anonymous_budget_throttle(settings) -> None:
 @pytest.mark.django_db
 def test_policy_rate_throttle_sets_headers_and_refuses(user: User) -> None:
     limited = policy(rate_limit_algorithm=RateLimitAlgorithm.FIXED_WINDOW, rate_limit=1, rate_window=60)
+    clear_of_window_edge(60)
     request = gate_request(policy=limited, user=user)
     assert admitted(PolicyRateThrottle(), request)
     assert request.rate_limit_headers["RateLimit-Policy"] == '"account.read";q=1;w=60'

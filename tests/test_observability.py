@@ -23,6 +23,7 @@ from jobs import ssrf
 from jobs.models import Job, JobStatus, KindSettings
 from jobsite.logs import REDACTED, get_logger, logging_config
 from jobsite.tracing import instrument_django
+from tests.access_helpers import clear_of_window_edge
 from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst
 from tests.waiting import wait_until
 from tests.webhook_helpers import drain_callbacks
@@ -132,6 +133,7 @@ def test_metrics_of_limits_credits_cache_circuit_and_webhooks(
     EndpointPolicy.objects.update_or_create(
         name="jobs.sync", defaults={"rate_limit_algorithm": "fixed_window", "rate_limit": 1, "rate_window": 60}
     )
+    clear_of_window_edge(60)
     assert api.post("/api/v1/jobs/sync/", HASH, format="json").status_code == 200
     assert api.post("/api/v1/jobs/sync/", HASH, format="json").status_code == 429
     after = api.get("/metrics").content.decode()
