@@ -293,7 +293,8 @@ class JobRequestSerializer(serializers.Serializer):
         taken = BATCH_ITEM_FIELDS if mode == BATCH_ITEM else ()
         named = [name for name in ASYNC_ONLY_FIELDS if name in self.initial_data and name not in taken]
         if mode != JobMode.ASYNC and named:
-            raise serializers.ValidationError({name: [f"Only async jobs take {name}."] for name in named})
+            refusal = "A batch's jobs take no {} of their own." if mode == BATCH_ITEM else "Only async jobs take {}."
+            raise serializers.ValidationError({name: [refusal.format(name)] for name in named})
         request = KIND_REQUESTS[mode][attrs["kind"]](data=self.initial_data)
         request.is_valid(raise_exception=True)
         data = {"callback_url": "", **request.validated_data, "input": dict(request.validated_data["input"])}

@@ -26,6 +26,7 @@ from jobs import queues
 from jobs.pools import PoolQueue
 from jobsite.process_cache import credentials_cache, settings_cache
 from jobsite.redis import get_redis
+from tests.job_helpers import kind_settings
 from tests.processes import free_port
 from tests.redis_owner import claim_test_database, flush_test_database
 from tests.waiting import wait_answering
@@ -292,3 +293,26 @@ def http_server() -> Iterator[Callable[[Callable[[BaseHTTPRequestHandler], None]
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def client_of(server_url: str) -> Iterator[Callable[[User], Any]]:
+    """A `jc.Client` (tests.client_helpers) on the session's gunicorn with a fresh all-scopes API key of the user."""
+    from tests.client_helpers import jc  # it puts the client's package on the path
+
+    clients: list[jc.Client] = []
+
+    def make(user: User) -> jc.Client:
+        clients.append(jc.Client(server_url, auth_headers(user)["Authorization"].removeprefix("Bearer "), timeout=30))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def failing_target(http_server: Callable[..., LocalHTTPServer]) -> LocalHTTPServer:
+    """A fetch target that answers 500: a failure that is not the caller's (refunded), without retries."""
+    kind_settings("fetch", retries=0)
+    return http_server(lambda request: respond(request, 500, b"down"))

@@ -4,7 +4,6 @@ or for the owner's existing jobs (by id). Through the real service (gunicorn, RQ
 """
 
 import json
-import sys
 import threading
 import time
 import uuid
@@ -22,24 +21,13 @@ from credits.models import LedgerEntry
 from credits.services import refund_key
 from jobs.batches import batches_reconcile
 from jobs.models import Batch, BatchStatus, ConcurrencySlot, Job, JobDependency
-from tests import test_client_live, test_held_jobs
 from tests.access_helpers import set_policy
-from tests.conftest import ROOT, LocalHTTPServer, respond, run_worker_burst
+from tests.client_helpers import account_snapshot, jc
+from tests.conftest import LocalHTTPServer, respond, run_worker_burst
 from tests.job_helpers import assert_ledger_explains_balance, kind_settings, set_balance
-from tests.test_batches_live import _snapshot
 from tests.waiting import wait_until
 
-sys.path.insert(0, str(ROOT / "jobsite-client"))  # until requirements-dev installs ./jobsite-client
-
-import jobsite_client as jc
-
 pytestmark = pytest.mark.django_db(transaction=True)
-
-client_of = test_client_live.client_of
-"""A `jc.Client` on the session's gunicorn with a fresh key."""
-
-failing_target = test_held_jobs.failing_target
-"""A fetch target that answers 500: a failure that is not the caller's (refunded), without retries."""
 
 
 def _hash(data: str, **extra: Any) -> dict[str, Any]:
@@ -159,7 +147,7 @@ def test_a_cycle_a_bad_index_or_a_foreign_job_refuses_the_whole_batch_and_change
     client = client_of(user)
     own = _later(client)
     foreign = _later(client_of(make_user()))
-    before = _snapshot(user)
+    before = account_snapshot(user)
 
     def refused(requests: list[Any]) -> list[tuple[str, str]]:
         with pytest.raises(jc.ValidationError) as invalid:
@@ -190,7 +178,7 @@ def test_a_cycle_a_bad_index_or_a_foreign_job_refuses_the_whole_batch_and_change
     with pytest.raises(jc.ValidationError) as by_line:
         client.submit_batch(upload_id=upload.id)
     assert [error.field for error in by_line.value.errors] == ["line.1.depends_on", "line.3.depends_on"]
-    assert _snapshot(user) == before
+    assert account_snapshot(user) == before
     assert not Job.objects.get(pk=foreign.id).has_dependents and not Job.objects.get(pk=own.id).has_dependents
 
 

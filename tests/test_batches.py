@@ -153,3 +153,18 @@ def test_a_dependency_index_is_a_json_schema_integer() -> None:
     for refused in (3.5, -1, True, "x"):
         with pytest.raises(serializers.ValidationError):
             field.to_internal_value(refused)
+
+
+@pytest.mark.parametrize("member", [{"priority": "high"}, {"run_at": "2030-01-01T00:00:00Z"}])
+def test_a_batch_item_refuses_what_only_a_single_async_job_takes_and_says_so(
+    api: APIClient, member: dict[str, str]
+) -> None:
+    item = {"kind": "hash", "input": {"data": "x"}, **member}
+    response = api.post("/api/v1/batches/", {"requests": [item]}, format="json")
+    assert response.status_code == 400
+    [name] = member
+    assert {
+        "field": f"requests.0.{name}",
+        "message": f"A batch's jobs take no {name} of their own.",
+    } in response.json()["errors"]
+    assert not Batch.objects.exists() and not Job.objects.exists()

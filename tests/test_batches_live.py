@@ -2,12 +2,9 @@
 
 import json
 import socket
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,21 +12,14 @@ import httpx
 import pytest
 
 from accounts.models import User
-from tests import conftest, test_client_live
+from tests import conftest
 from tests.access_helpers import set_policy
-from tests.conftest import ROOT, LocalHTTPServer, respond
+from tests.client_helpers import VerifyingReceiver, account_snapshot, jc
+from tests.conftest import LocalHTTPServer
 from tests.job_helpers import hash_output, set_balance
 from tests.waiting import wait_until
 
-sys.path.insert(0, str(ROOT / "jobsite-client"))  # until requirements-dev installs ./jobsite-client
-
-import jobsite_client as jc
-
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-client_of = test_client_live.client_of
-"""The fixture of the client's own live tests: a `jc.Client` on the session's gunicorn with a fresh key."""
 
 
 def api_key(user: User) -> str:
@@ -47,24 +37,8 @@ def test_a_batch_of_20_completes_with_its_counts_results_and_one_signed_webhook(
     set_balance(user, 100)
     client = client_of(user)
     secret = client.rotate_webhook_secret()
-    events: list[jc.WebhookEvent] = []
-    refused: list[str] = []
-    lock = threading.Lock()
-
-    def receive(request: BaseHTTPRequestHandler) -> None:
-        delivery = receiver.requests[-1]
-        try:
-            event = jc.verify_webhook(delivery["body"], delivery["headers"], secret)
-        except jc.InvalidWebhook as exc:
-            with lock:
-                refused.append(str(exc))
-            respond(request, 400)
-            return
-        with lock:
-            events.append(event)
-        respond(request, 204)
-
-    receiver = http_server(receive)
+    receiver = VerifyingReceiver(http_server, secret)
+    events, refused = receiver.events, receiver.refused
     tag = uuid.uuid4().hex
     requests = [{"kind": "hash", "input": {"data": f"{tag}-{i}", "iterations": 5}} for i in range(20)]
     created = client.submit_batch(requests, callback_url=f"{receiver.url}/hook")
@@ -197,26 +171,13 @@ def test_uploads_are_size_capped_and_validated_line_by_line(
     assert client.balance().balance == 100 and list(client.batches()) == []
 
 
-def _snapshot(user: User) -> tuple[int, int, int, int]:
-    """What a refused batch must not change: the balance, the ledger, the batches and the jobs of the user."""
-    from credits.selectors import credit_balance, ledger_list
-    from jobs.models import Batch, Job
-
-    return (
-        credit_balance(user=user),
-        ledger_list(user=user).count(),
-        Batch.objects.filter(owner=user).count(),
-        Job.objects.filter(owner=user).count(),
-    )
-
-
 def test_a_bad_request_or_a_short_balance_refuses_the_whole_batch_and_changes_nothing(
     client_of: Callable[[User], jc.Client], make_user: Callable[..., User]
 ) -> None:
     user = make_user()
     set_balance(user, 4)
     client = client_of(user)
-    before = _snapshot(user)
+    before = account_snapshot(user)
     good = {"kind": "hash", "input": {"data": "ok"}}
     bad = [good, {"kind": "hash", "input": {"data": ""}}, good, {"kind": "nope", "input": {}}, "not an object"]
     with pytest.raises(jc.ValidationError) as invalid:
@@ -233,7 +194,7 @@ def test_a_bad_request_or_a_short_balance_refuses_the_whole_batch_and_changes_no
     with pytest.raises(jc.ValidationError) as too_many:
         client.submit_batch([good] * 4)
     assert too_many.value.errors[0].field == "requests"
-    assert _snapshot(user) == before
+    assert account_snapshot(user) == before
 
 
 def test_cancel_refunds_what_has_not_started_and_the_running_job_finishes(

@@ -2,12 +2,9 @@
 
 import asyncio
 import json
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,30 +15,12 @@ from jobs.models import Job
 from jobs.services import jobs_purge_expired
 from tests import conftest
 from tests.access_helpers import set_policy
-from tests.conftest import ROOT, LocalHTTPServer, respond
+from tests.client_helpers import VerifyingReceiver, jc
+from tests.conftest import LocalHTTPServer
 from tests.job_helpers import hash_output
 from tests.waiting import wait_until
 
-sys.path.insert(0, str(ROOT / "jobsite-client"))  # until requirements-dev installs ./jobsite-client
-
-import jobsite_client as jc
-
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def client_of(server_url: str) -> Iterator[Callable[[User], jc.Client]]:
-    """A `jc.Client` on the session's gunicorn with a fresh all-scopes API key of the user."""
-    clients: list[jc.Client] = []
-
-    def make(user: User) -> jc.Client:
-        key = conftest.auth_headers(user)["Authorization"].removeprefix("Bearer ")
-        clients.append(jc.Client(server_url, key, timeout=30))
-        return clients[-1]
-
-    yield make
-    for client in clients:
-        client.close()
 
 
 def test_run_sync_and_read_the_account(client_of: Callable[[User], jc.Client], make_user: Callable[..., User]) -> None:
@@ -72,24 +51,8 @@ def test_submit_wait_and_a_verified_webhook(
     client = client_of(make_user())
     secret = client.rotate_webhook_secret()
     assert secret.startswith("whsec_")
-    events: list[jc.WebhookEvent] = []
-    refused: list[str] = []
-    lock = threading.Lock()
-
-    def receive(request: BaseHTTPRequestHandler) -> None:
-        delivery = receiver.requests[-1]  # LocalHTTPServer records each request before calling its handler
-        try:
-            event = jc.verify_webhook(delivery["body"], delivery["headers"], secret)
-        except jc.InvalidWebhook as exc:
-            with lock:
-                refused.append(str(exc))
-            respond(request, 400)
-            return
-        with lock:
-            events.append(event)
-        respond(request, 204)
-
-    receiver = http_server(receive)
+    receiver = VerifyingReceiver(http_server, secret)
+    events, refused = receiver.events, receiver.refused
     start_worker("jobs", "callbacks")
     queued = client.submit(
         "hash", {"data": f"webhook-{uuid.uuid4()}", "iterations": 5}, callback_url=f"{receiver.url}/hook"

@@ -32,8 +32,8 @@ from jobs.tasks import reconcile
 from jobsite.errors import InvalidInput
 from jobsite.redis import get_redis
 from tests.access_helpers import set_policy
-from tests.conftest import ROOT, LocalHTTPServer, auth_headers, respond, run_worker_burst
-from tests.job_helpers import assert_ledger_explains_balance, kind_settings
+from tests.conftest import ROOT, LocalHTTPServer, auth_headers, run_worker_burst
+from tests.job_helpers import assert_ledger_explains_balance
 from tests.traffic_http import fire_concurrently
 from tests.waiting import wait_until
 
@@ -51,13 +51,6 @@ def _problem_fields(response: Any) -> list[str]:
     body = response.json()
     assert body["code"] == "validation_error"
     return [error["field"] for error in body["errors"]]
-
-
-@pytest.fixture
-def failing_target(http_server: Callable[..., LocalHTTPServer]) -> Iterator[LocalHTTPServer]:
-    """A fetch target that answers 500: a failure that is not the caller's (refunded), without retries."""
-    kind_settings("fetch", retries=0)
-    yield http_server(lambda request: respond(request, 500, b"down"))
 
 
 class Api:

@@ -7,17 +7,14 @@ from typing import Any
 import pytest
 
 from accounts.models import User
-from tests import test_batches_live
+from tests.client_helpers import jc
 from tests.job_helpers import hash_output, set_balance
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-client_of = test_batches_live.client_of
-"""The fixture of the client's own live tests: a `jc.Client` on the session's gunicorn with a fresh key."""
-
 
 def test_an_async_job_from_a_chunked_upload_runs_on_a_worker_as_inline_data_does(
-    client_of: Callable[[User], Any], make_user: Callable[..., User], start_worker: Callable[..., Any]
+    client_of: Callable[[User], jc.Client], make_user: Callable[..., User], start_worker: Callable[..., Any]
 ) -> None:
     user = make_user()
     set_balance(user, 10)
