@@ -89,7 +89,8 @@ CreditAccount.objects.update(balance=10**12)
 JOBS_SQL = """
 INSERT INTO jobs_job (id, owner_id, endpoint, kind, mode, status, input, result, error_code, error_message, cost,
     attempts, cached, attempt_log, created_at, started_at, finished_at, queue_wait_ms, run_ms, callback_url,
-    callback_status, delivery_id, trace_context, worker_name, expires_at)
+    callback_status, delivery_id, trace_context, worker_name, expires_at, webhook_events, depends_on,
+    allow_dependency_failure, has_dependents, priority, pool, holds_slot)
 SELECT gen_random_uuid(),
     CASE WHEN g %% 2 = 0 THEN %(heavy)s ELSE (%(others)s)[1 + (g / 2) %% cardinality(%(others)s)] END,
     'jobs.async', (ARRAY['hash', 'stats', 'fetch'])[1 + g %% 3], 'async',
@@ -99,7 +100,8 @@ SELECT gen_random_uuid(),
     t, t + interval '5 ms', t + interval '20 ms', 5, 15,
     CASE WHEN g %% 10 = 0 THEN 'http://127.0.0.1:9/hook/' || g ELSE '' END,
     CASE WHEN g %% 10 = 0 THEN 'delivered' ELSE 'none' END, gen_random_uuid(), '{}'::jsonb, '',
-    t + interval '20 ms' + %(retention_days)s::bigint * interval '1 day'
+    t + interval '20 ms' + %(retention_days)s::bigint * interval '1 day', '', '[]'::jsonb, false, false, 'normal',
+    'jobs', false
 FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g,
     LATERAL (SELECT (now() - %(newest_age)s::bigint * interval '1 second') - (%(last)s::bigint - g) * %(spacing)s::bigint * interval '1 second' AS t) AS at
 """
