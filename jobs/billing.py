@@ -23,7 +23,7 @@ def refund_due(job: Job) -> bool:
 
 
 def job_refund_if_due(job: Job) -> None:
-    if not refund_due(job):
+    if job.cost == 0 or not refund_due(job):  # a free job was never charged: no ledger look-up
         return
     reason = f"job {job.status}" + (f": {job.error_code}" if job.error_code else "")
     refund = credit_refund(job_id=job.id, reason=reason)

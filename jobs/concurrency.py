@@ -60,6 +60,11 @@ def _refuse(cap: str, limit: int, active: int, policy: EndpointPolicy) -> RateLi
     )
 
 
+def concurrency_capped(policy: EndpointPolicy) -> bool:
+    """Whether jobs of the policy's endpoint take slots (it has a per-user or a global cap)."""
+    return bool(policy.max_concurrent_per_user or policy.max_concurrent_global)
+
+
 def concurrency_admit(*, user: User, policy: EndpointPolicy, jobs: int = 1) -> bool:
     """Take slots for `jobs` more jobs of the user's (a batch takes all of its jobs' at once), or raise RateLimited
     if they would go over a cap of the policy (0 = no cap).
@@ -67,9 +72,9 @@ def concurrency_admit(*, user: User, policy: EndpointPolicy, jobs: int = 1) -> b
     Returns whether slots were taken (the jobs' `holds_slot`). Must run inside the job-creating transaction:
     the slot and the job commit (or roll back) together.
     """
-    cap = policy.max_concurrent_per_user
-    if not (cap or policy.max_concurrent_global):
+    if not concurrency_capped(policy):
         return False
+    cap = policy.max_concurrent_per_user
     if not connection.in_atomic_block:
         raise RuntimeError("concurrency_admit must run inside the job-creating transaction")
     # Lock order is always endpoint, then the user's row: no deadlock between the two caps.

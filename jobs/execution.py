@@ -151,6 +151,12 @@ def job_finish(
         "run_ms": elapsed_ms(job.started_at or now, now),  # a running job always has started_at
         "queue_wait_ms": job.queue_wait_ms,
     }
+    if job._state.adding:  # a sync job with nothing to account for (jobs.pipeline) is recorded with its outcome
+        for name, value in outcome.items():
+            setattr(job, name, value)
+        job.save(force_insert=True)
+        job_on_final(job)
+        return True
     owned = Job.objects.filter(pk=job.pk, attempts=job.attempts)
     with transaction.atomic():
         # One statement on the usual path; the second only when the first found the job no longer running.
@@ -223,6 +229,9 @@ def _job_retry_later(job: Job, *, code: str, message: str) -> bool:
     """Record a transiently failed attempt and hand the job back: async to the queue, sync to its caller."""
     owned = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts)
     log = attempt_log_with(job, code=code, message=message)
+    if job._state.adding:  # not recorded yet: only this request knows the job
+        job.attempts, job.attempt_log = job.attempts + 1, log
+        return True
     if job.mode == JobMode.SYNC:
         return bool(owned.update(attempts=F("attempts") + 1, attempt_log=log))
     requeued = owned.update(

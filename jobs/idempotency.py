@@ -159,6 +159,11 @@ def _complete_from_job(record: IdempotencyRecord, job: Job, render_job: Callable
     idempotency_complete(user=record.owner, key=record.key, status=status, body=body, headers=headers)
 
 
+def idempotency_key_held() -> bool:
+    """Whether the current request holds an Idempotency-Key (its job must be tied to it)."""
+    return _held_key.get() is not None
+
+
 def idempotency_bind_job(job: Job) -> None:
     """Tie the key the current request holds (if any) to the job it creates; call in the job's transaction."""
     held = _held_key.get()

@@ -21,13 +21,13 @@ from jobs import metrics, queues, ssrf
 from jobs.billing import job_charge
 from jobs.cache import cache_get
 from jobs.circuit import CircuitState, circuit_acquire, circuit_target
-from jobs.concurrency import concurrency_admit
+from jobs.concurrency import concurrency_admit, concurrency_capped
 from jobs.deadline import Deadline
 from jobs.dependencies import job_dependencies_add
 from jobs.encryption import seal_input, seal_result
 from jobs.execution import job_held_settle, job_on_final, job_run
 from jobs.holding import Settled
-from jobs.idempotency import idempotency_bind_job
+from jobs.idempotency import idempotency_bind_job, idempotency_key_held
 from jobs.kind_settings import get_kind_settings, job_expiry
 from jobs.kinds import KINDS
 from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
@@ -199,11 +199,17 @@ def _hold_status(*, policy: EndpointPolicy, run_at: datetime | None, depends_on:
 
 
 def _job_create(request: _JobRequest, **state: Any) -> Job:
-    """Record an accepted job: input sealed, trace context and callback status set; `state` says the rest.
+    """Record an accepted job (_job_new); the request's Idempotency-Key (if any) is tied to it in the same
+    transaction."""
+    job = _job_new(request, **state)
+    job.save(force_insert=True)
+    idempotency_bind_job(job)
+    return job
 
-    The request's Idempotency-Key (if any) is tied to the job in the same transaction.
-    """
-    job = Job.objects.create(
+
+def _job_new(request: _JobRequest, **state: Any) -> Job:
+    """An accepted job, not saved yet: input sealed, trace context and callback status set; `state` says the rest."""
+    job = Job(
         owner=request.user,
         endpoint=request.policy.name,
         kind=request.kind_settings.kind,
@@ -220,10 +226,9 @@ def _job_create(request: _JobRequest, **state: Any) -> Job:
         priority=request.priority,
         **state,
     )
-    # A job just recorded has no webhook delivery attempts: serialising it need not ask the database.
+    # A new job has no webhook delivery attempts: serialising it need not ask the database.
     prefetched = {"callback_attempts": job.callback_attempts.none()}
     job._prefetched_objects_cache = prefetched  # type: ignore[attr-defined]  # Django's private prefetch store
-    idempotency_bind_job(job)
     return job
 
 
@@ -252,23 +257,20 @@ def _job_record_cached(request: _JobRequest, *, result: Any) -> Job:
 def _job_run_sync(request: _JobRequest) -> Job:
     # One deadline for the whole request, retries included: it bounds how long a web thread is held.
     deadline = Deadline.after(request.kind_settings.time_limit)
-    with transaction.atomic():
-        holds_slot = concurrency_admit(user=request.user, policy=request.policy)
-        now = timezone.now()  # created and started at once: started_at never precedes created_at
-        job = _job_create(
-            request,
-            status=JobStatus.RUNNING,
-            cost=request.cost,
-            attempts=1,
-            created_at=now,
-            started_at=now,
-            queue_wait_ms=0,
-            holds_slot=holds_slot,
-        )
-        job_charge(job)
+    now = timezone.now()  # created and started at once: started_at never precedes created_at
+    running = {"status": JobStatus.RUNNING, "attempts": 1, "created_at": now, "started_at": now, "queue_wait_ms": 0}
+    if _nothing_to_account(request):
+        # Recorded once, with its outcome (job_finish inserts it): no charge, slot or key needs the row first.
+        job = _job_new(request, cost=0, holds_slot=False, **running)
+    else:
+        with transaction.atomic():
+            holds_slot = concurrency_admit(user=request.user, policy=request.policy)
+            job = _job_create(request, cost=request.cost, holds_slot=holds_slot, **running)
+            job_charge(job)
     while (delay := job_run(job, deadline=deadline)) is not None:
         time.sleep(delay)
-        job.refresh_from_db()
+        if not job._state.adding:
+            job.refresh_from_db()
     if not job.is_final:
         job.refresh_from_db()  # another hand (the reconciler) finished it: read what it wrote
     if job.status == JobStatus.FAILED:
@@ -276,6 +278,11 @@ def _job_run_sync(request: _JobRequest) -> Job:
             job.error_message, job_id=str(job.id), error={"code": job.error_code, "message": job.error_message}
         )
     return job
+
+
+def _nothing_to_account(request: _JobRequest) -> bool:
+    """A free job of an uncapped endpoint without an Idempotency-Key: nothing must commit before it runs."""
+    return request.cost == 0 and not concurrency_capped(request.policy) and not idempotency_key_held()
 
 
 def _job_enqueue(request: _JobRequest) -> Job:

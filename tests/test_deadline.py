@@ -14,6 +14,7 @@ from credits.selectors import credit_balance
 from jobs.deadline import Deadline, DeadlineExceeded
 from jobs.kinds import KINDS, RunContext
 from jobs.models import Job, JobStatus
+from tests.access_helpers import set_policy
 from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst
 from tests.job_helpers import assert_ledger_explains_balance, kind_settings
 from tests.waiting import wait_until
@@ -154,3 +155,22 @@ def test_the_deadline_holds_during_a_dripped_tls_handshake(settings, tls_handsha
     with pytest.raises(DeadlineExceeded):
         KINDS["fetch"].run({"url": url}, RunContext(owner_id=0, job_id="t", deadline=Deadline.after(1)))
     wait_until(closed.is_set, timeout=5)
+
+
+def test_a_free_uncapped_sync_job_retries_and_is_recorded_once_with_its_attempts(
+    api: APIClient, settings, http_server: Callable[..., LocalHTTPServer]
+) -> None:
+    """Nothing to account for (free, no cap, no key): the job is inserted after its run, retries and all."""
+    settings.CALLBACK_ALLOW_PRIVATE = True
+    set_policy("jobs.sync", max_concurrent_per_user=0, max_concurrent_global=0)
+    kind_settings("fetch", cost=0, retries=2, retry_backoff=0)
+    answers = iter([503, 200])
+    server = http_server(lambda request: respond(request, next(answers), b"fine"))
+    response = api.post("/api/v1/jobs/sync/", {"kind": "fetch", "input": {"url": server.url}}, format="json")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["status"], body["attempts"], body["cost"]) == ("succeeded", 2, 0)
+    assert len(server.requests) == 2
+    job = Job.objects.get()
+    assert (str(job.pk), job.status, job.attempts) == (body["id"], JobStatus.SUCCEEDED, 2)
+    assert [entry["code"] for entry in job.attempt_log] == ["upstream_error"]

@@ -14,6 +14,9 @@ global concurrency cap, a rate limit (Redis), a credit charge, the result cache 
   ties the key to the job (a request that dies is answered by its job), one UPDATE stores the response.
 - an anonymous sync job on the compatible route /sync, 10: the sync job less the charge (anonymous jobs are
   free) and without a key to look up; the anonymous owner is cached per process like the policies.
+- the same as shipped (the compatible routes have no caps), 1: a free job of an uncapped endpoint without an
+  Idempotency-Key has nothing that must commit before it runs, so it is recorded once, with its outcome: one
+  INSERT in autocommit (before: BEGIN, INSERT, COMMIT, the run, BEGIN, UPDATE, COMMIT).
 - async acknowledgement held by `Prefer: wait` until the job is final, +2: the wait itself blocks on Redis (one
   XREAD BLOCK per 10 s), not the database; woken, it reads the final job once (the job, its delivery attempts).
 - a batch, 9 however many jobs: BEGIN, [global cap: advisory lock, SUM], the per-user counter's upsert (all the
@@ -44,6 +47,7 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from accounts.models import User
+from jobs.models import Job, JobStatus
 from tests.access_helpers import open_compat_to_anonymous, set_policy
 from tests.conftest import run_worker_burst
 from tests.job_helpers import kind_settings
@@ -56,6 +60,7 @@ IDEMPOTENCY_KEY = 3
 REPLAY = 2
 """A replayed key: the claim's INSERT finds the key taken, one SELECT reads the stored response."""
 COMPAT_ANONYMOUS_SYNC = 10
+COMPAT_ANONYMOUS_SYNC_AS_SHIPPED = 1
 BATCH = 9
 BATCH_WITH_DEPENDENCIES = 13
 JOB_DETAIL = 2
@@ -124,6 +129,20 @@ def test_an_anonymous_compat_sync_job_reads_nothing(django_assert_max_num_querie
     assert anonymous.post("/sync", {"data": uuid.uuid4().hex, "iterations": 1}, format="json").status_code == 200
     with django_assert_max_num_queries(COMPAT_ANONYMOUS_SYNC):
         assert anonymous.post("/sync", {"data": uuid.uuid4().hex, "iterations": 1}, format="json").status_code == 200
+
+
+def test_an_anonymous_compat_sync_job_as_shipped_is_one_insert(django_assert_num_queries: Any) -> None:
+    open_compat_to_anonymous()
+    anonymous = APIClient()
+    assert anonymous.post("/sync", {"data": uuid.uuid4().hex, "iterations": 1}, format="json").status_code == 200
+    with django_assert_num_queries(COMPAT_ANONYMOUS_SYNC_AS_SHIPPED) as captured:
+        response = anonymous.post("/sync", {"data": uuid.uuid4().hex, "iterations": 1}, format="json")
+    assert response.status_code == 200
+    assert captured.captured_queries[0]["sql"].startswith('INSERT INTO "jobs_job"')
+    job = Job.objects.order_by("-created_at").first()
+    assert job is not None
+    assert (job.status, job.attempts, job.cost) == (JobStatus.SUCCEEDED, 1, 0)
+    assert job.created_at == job.started_at <= job.finished_at
 
 
 def test_a_replayed_key_is_one_failed_insert_and_one_read(api: APIClient, django_assert_max_num_queries: Any) -> None:
