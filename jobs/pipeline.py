@@ -3,6 +3,7 @@ checks, rate limits) and validation, a job request passes the SSRF check, the ci
 cache, then is admitted by the concurrency caps, charged and recorded in one transaction, and run now (sync)
 or queued (async)."""
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -290,7 +291,9 @@ def _job_enqueue(request: _JobRequest) -> Job:
     pool = queues.job_pool(request.kind_settings)
     queue_admit(policy, pool=pool)
     attributes = {"job.kind": request.kind_settings.kind}
-    with transaction.atomic(), tracer.start_as_current_span("job.enqueue", attributes=attributes) as span:
+    # Nothing to account for: the INSERT alone is atomic (autocommit), and the enqueue follows it at once.
+    recording = contextlib.nullcontext() if _nothing_to_account(request) else transaction.atomic()
+    with recording, tracer.start_as_current_span("job.enqueue", attributes=attributes) as span:
         holds_slot = concurrency_admit(user=request.user, policy=policy)
         job = _job_create(request, cost=request.cost, pool=pool, holds_slot=holds_slot)
         span.set_attribute("job.id", str(job.id))
