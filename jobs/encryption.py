@@ -53,6 +53,12 @@ def input_masker(kind_settings: KindSettings) -> Callable[[dict[str, Any]], dict
     return mask
 
 
+def could_be_sealed(json_text: str) -> bool:
+    """Whether a stored value's JSON text may hold a sealed value (without the marker it holds none: the export then
+    neither opens nor checks it)."""
+    return SEALED in json_text
+
+
 def masked_input(kind_settings: KindSettings, stored: dict[str, Any]) -> dict[str, Any]:
     return input_masker(kind_settings)(stored)
 

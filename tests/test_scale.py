@@ -24,13 +24,15 @@ from rest_framework.test import APIClient
 from accounts.models import User
 from credits.admin import RECENT_LEDGER_ENTRIES
 from credits.models import CreditAccount, EntryType, LedgerEntry
+from jobs.encryption import seal_input, seal_result
 from jobs.export import FIRST_CHUNK, export_chunks, export_jsonl, export_query
-from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus, JobTombstone
+from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus, JobTombstone, KindSettings
 from jobs.selectors import job_list
 from jobs.serializers import JobSerializer
 from jobs.services import jobs_purge_expired, jobs_reconcile
 from jobs.webhooks import webhooks_reconcile
 from tests.conftest import auth_headers
+from tests.job_helpers import kind_settings
 from tests.waiting import wait_until
 
 postgres_only = pytest.mark.skipif(
@@ -332,8 +334,19 @@ def test_export_rows_read_exactly_like_the_api(user: User) -> None:
         priority="high", progress=progress, webhook_events="job.started,job.progress"
     )
 
+    # Encryption at rest: a sealed input field and result (masked and opened as the API does), and a field sealed
+    # under an earlier setting of a kind that no longer lists it (masked all the same)
+    kind_settings("stats", encrypt_fields="data,result")
+    sealing = KindSettings.objects.get(kind="stats")
+    make_jobs(
+        user, 1, kind="stats", input=seal_input(sealing, {"data": "secret"}), result=seal_result(sealing, {"n": 6})
+    )
+    make_jobs(user, 1, input=seal_input(sealing, {"data": "old secret", "iterations": 3}))
+
     jobs_qs = job_list(user=user, own_only=True)
     exported = [row for chunk in export_chunks(jobs_qs, chunk_size=4) for row in chunk]
+    assert {"data": "***"} in [row["input"] for row in exported] and {"n": 6} in [row["result"] for row in exported]
+    assert {"data": "***", "iterations": 3} in [row["input"] for row in exported]
     expected = JobSerializer(jobs_qs.prefetch_related("callback_attempts"), many=True).data
     assert json.loads(json.dumps(exported)) == json.loads(json.dumps(expected))
     # Byte for byte what json.dumps writes of the API's representation (compact, ASCII)
