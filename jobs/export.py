@@ -312,8 +312,9 @@ def export_csv(chunks: Iterator[list[dict[str, Any]]]) -> Iterator[str]:
         buffer.truncate()
         return text
 
-    writer.writerow(CSV_COLUMNS)
-    yield flush()
+    writer.writerow(CSV_COLUMNS)  # sent with the first rows: a write of its own waited on the client's delayed ACK
     for chunk in chunks:
         writer.writerows(map(_csv_cells, chunk))
+        yield flush()
+    if buffer.tell():  # no jobs: the header alone
         yield flush()

@@ -7,6 +7,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from accounts.models import EndpointPolicy, User
+from jobs.export import CSV_COLUMNS
 from jobs.models import Job, JobStatus
 from tests.conftest import run_worker_burst
 
@@ -95,7 +96,7 @@ def test_other_users_job_is_404(api: APIClient, other_user: User, client_for: Ca
     assert intruder.get("/api/v1/jobs/").json()["results"] == []
     assert intruder.get("/api/v1/jobs/?status=queued&kind=hash&mode=async").json()["results"] == []
     assert intruder.get("/api/v1/jobs/export/?format=jsonl").getvalue() == b""
-    assert job_id not in intruder.get("/api/v1/jobs/export/?format=csv").getvalue().decode()
+    assert intruder.get("/api/v1/jobs/export/?format=csv").getvalue().decode().splitlines() == [",".join(CSV_COLUMNS)]
     stats = intruder.post("/api/v1/jobs/sync/", {"kind": "stats", "input": {}}, format="json").json()["result"]
     assert stats["by_kind"] == {"stats": 1}  # only the intruder's own stats job, nothing of the victim's
     assert Job.objects.get(pk=job_id).status == JobStatus.QUEUED
