@@ -83,11 +83,12 @@ run_sync, run_async, handle = generator.run_sync_test, generator.run_async_test,
 
 
 async def timed_sync(self, num_requests):
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     try:
         return await run_sync(self, num_requests)
     finally:
         marks["sync_wall_s"] = time.perf_counter() - started
+        marks["sync_generator_cpu_s"] = time.process_time() - cpu
 
 
 async def timed_async(self, num_requests):
@@ -149,6 +150,7 @@ def parse_report(text: str) -> dict[str, Any]:
     marks = json.loads(timing.removeprefix(TIMING_PREFIX)) if timing else {}
     if "sync" in parsed:
         parsed["sync"]["wall_s"] = marks.get("sync_wall_s")
+        parsed["sync"]["generator_cpu_s"] = marks.get("sync_generator_cpu_s")
     if "async" in parsed:
         complete = _all_callbacks(parsed)
         parsed["async"]["all_callbacks_wall_s"] = marks.get("async_last_callback_s") if complete else None
@@ -185,6 +187,14 @@ def _throughput(run: dict[str, Any]) -> float | None:
 FIGURES = [
     Figure("sync: all requests, wall (s)", lambda run: run["sync"].get("wall_s")),
     Figure("sync throughput (req/s)", _throughput, ">= 3x"),
+    Figure(
+        "sync: the load generator's own CPU per request (ms)",
+        lambda run: (
+            1000 * run["sync"]["generator_cpu_s"] / run["sync"]["total"]
+            if run["sync"].get("generator_cpu_s") is not None
+            else None
+        ),
+    ),
     Figure("sync latency p50 (ms)", lambda run: run["sync"].get("latency_p50_ms"), "<= 1x"),
     Figure("sync latency p99 (ms)", lambda run: run["sync"].get("latency_p99_ms"), "<= 0.2x"),
     Figure("async acknowledgement p50 (ms)", lambda run: run["async"].get("latency_p50_ms"), "<= 1x"),
