@@ -51,9 +51,8 @@ def elapsed_ms(start: datetime, end: datetime) -> int:
 
 
 @cache
-def _claim_sql() -> tuple[str, tuple[tuple[str, Any, list[Any]], ...]]:
-    """The claim statement (PostgreSQL, SQLite >= 3.35: UPDATE ... RETURNING) and, per returned column, the field's
-    attname, its column expression and the converters the ORM applies to it (looked up once, not per claim)."""
+def _claim_sql() -> tuple[str, tuple[Any, ...]]:
+    """The claim statement (PostgreSQL, SQLite >= 3.35: UPDATE ... RETURNING) and the fields it returns."""
     fields = tuple(field for field in Job._meta.concrete_fields if field.column)
     quote = connection.ops.quote_name
     sql = (
@@ -62,23 +61,18 @@ def _claim_sql() -> tuple[str, tuple[tuple[str, Any, list[Any]], ...]]:
         f" WHERE {quote('id')} = %s AND {quote('status')} = %s"
         f" RETURNING {', '.join(quote(str(field.column)) for field in fields)}"
     )
-    columns = []
-    for field in fields:
-        column = field.get_col(Job._meta.db_table)
-        columns.append(
-            (field.attname, column, connection.ops.get_db_converters(column) + column.get_db_converters(connection))
-        )
-    return sql, tuple(columns)
+    return sql, fields
 
 
-def _job_from_row(row: tuple[Any, ...], columns: tuple[tuple[str, Any, list[Any]], ...]) -> Job:
+def _job_from_row(row: tuple[Any, ...], fields: tuple[Any, ...]) -> Job:
     """A Job from a raw row, through the same converters the ORM applies (JSON, UUIDs, SQLite datetimes)."""
     values = []
-    for (_, column, converters), value in zip(columns, row, strict=True):
-        for converter in converters:
+    for field, value in zip(fields, row, strict=True):
+        column = field.get_col(Job._meta.db_table)
+        for converter in connection.ops.get_db_converters(column) + column.get_db_converters(connection):
             value = converter(value, column, connection)
         values.append(value)
-    return Job.from_db(connection.alias, [attname for attname, _, _ in columns], values)
+    return Job.from_db(connection.alias, [field.attname for field in fields], values)
 
 
 def job_claim(job_id: UUID, *, worker_name: str = "") -> Job | None:
@@ -88,7 +82,7 @@ def job_claim(job_id: UUID, *, worker_name: str = "") -> Job | None:
     and written by the finish UPDATE (job_finish), not by a statement of its own.
     """
     now = timezone.now()
-    sql, columns = _claim_sql()
+    sql, fields = _claim_sql()
     params = (
         JobStatus.RUNNING,
         Job._meta.get_field("started_at").get_db_prep_value(now, connection),
@@ -101,7 +95,7 @@ def job_claim(job_id: UUID, *, worker_name: str = "") -> Job | None:
         rows = cursor.fetchall()  # to the end: SQLite finishes (and commits) the statement only then
     if not rows:
         return None
-    job = _job_from_row(rows[0], columns)
+    job = _job_from_row(rows[0], fields)
     # Only the last wait: a job back on the queue (retry, lost worker) counts from when it went back.
     job.queue_wait_ms = elapsed_ms(job.queued_at or job.created_at, now)
     labels = {"kind": job.kind, "queue": job.pool or metrics.WEB_QUEUE_LABEL, "priority": job.priority}
@@ -166,11 +160,12 @@ def job_finish(
     owned = Job.objects.filter(pk=job.pk, attempts=job.attempts)
     with transaction.atomic():
         # One statement on the usual path; the second only when the first found the job no longer running.
-        finished = status != JobStatus.CANCELED and _outcome_write(job, owned.filter(status=JobStatus.RUNNING), outcome)
+        running, canceling = owned.filter(status=JobStatus.RUNNING), owned.filter(status=JobStatus.CANCELING)
+        finished = status != JobStatus.CANCELED and _outcome_write(job, running, outcome)
         if not finished and job.mode == JobMode.ASYNC:
             if status != JobStatus.SUCCEEDED:
                 outcome.update(status=JobStatus.CANCELED, result=None, error_code="", error_message="")
-            finished = _outcome_write(job, owned.filter(status=JobStatus.CANCELING), outcome)
+            finished = _outcome_write(job, canceling, outcome)
         if finished:
             for name, value in outcome.items():  # the row now holds exactly these: no need to read it back
                 setattr(job, name, value)
