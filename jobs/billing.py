@@ -13,7 +13,10 @@ def job_charge(job: Job) -> None:
 
 
 def refund_due(job: Job) -> bool:
-    """Canceled before it started, or failed for any reason but the caller's own bad input to a kind that ran."""
+    """Canceled before it started, or failed for any reason but the caller's own bad input to a kind that ran; never
+    for a free job (nothing was charged)."""
+    if job.cost == 0:
+        return False
     if job.status == JobStatus.CANCELED:
         return job.started_at is None
     if job.status != JobStatus.FAILED:
@@ -23,7 +26,7 @@ def refund_due(job: Job) -> bool:
 
 
 def job_refund_if_due(job: Job) -> None:
-    if job.cost == 0 or not refund_due(job):  # a free job was never charged: no ledger look-up
+    if not refund_due(job):
         return
     reason = f"job {job.status}" + (f": {job.error_code}" if job.error_code else "")
     refund = credit_refund(job_id=job.id, reason=reason)
