@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from jobsite.__main__ import WORKER_CLASS
 from jobsite.sizing import CALLBACK_WORKERS, default_job_workers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +23,8 @@ BENCH_USER = "bench"
 
 @dataclass(frozen=True)
 class Topology:
-    """The processes of a stack: gunicorn gthread workers x threads, one RQ SimpleWorker per queue list, rq cron."""
+    """The processes of a stack: gunicorn gthread workers x threads, one RQ worker (the run command's class, a
+    SimpleWorker) per queue list, rq cron."""
 
     web_workers: int = 2
     threads: int = 16
@@ -137,7 +139,7 @@ def running_stack(
                         *queues,
                         "--with-scheduler",
                         "--worker-class",
-                        "rq.worker.SimpleWorker",
+                        WORKER_CLASS,
                     ],
                     **quiet,
                 )

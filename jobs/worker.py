@@ -62,6 +62,9 @@ class ResilientWorker(SimpleWorker):
     """SimpleWorker whose main loop survives Redis outages: each step that touches Redis waits and retries."""
 
     max_connection_wait_time = RECONNECT_MAX_DELAY  # RQ's own dequeue retry backs off to 60 s otherwise
+    # RQ's "Result is kept for N seconds" after every job says nothing per job (RESULT_TTL is fixed) and cost ~3%
+    # of a worker's CPU on light jobs (bench/README.md); "Job OK" and the job's own "job finished" line remain.
+    log_result_lifespan = False
 
     @property
     def dequeue_timeout(self) -> int:
@@ -90,11 +93,16 @@ class ResilientWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         return self._retrying(lambda: super(ResilientWorker, self).dequeue_job_and_maintain_ttl(timeout, max_idle_time))
 
+    _next_recovery_check = 0.0
+    """time.monotonic() after which the next heartbeat checks the registration and the scheduler."""
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         self._retrying(lambda: super(ResilientWorker, self).heartbeat(timeout, pipeline))
-        if pipeline is None:
+        # RQ beats twice per job: checking at most once per interval (a SISMEMBER round trip) recovers as soon.
+        if pipeline is None and time.monotonic() >= self._next_recovery_check:
             self._retrying(self._ensure_registered)
             self._retrying(self._ensure_scheduler)
+            self._next_recovery_check = time.monotonic() + SCHEDULER_CHECK_INTERVAL
 
     def _ensure_registered(self) -> None:
         """Register again after Redis lost its data (restart, FLUSHALL): dashboards and /healthz count workers."""
