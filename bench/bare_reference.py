@@ -1,0 +1,165 @@
+"""Jobsite's compatible `/sync` against the original backend and against a bare DRF view, one sync load (issue 11).
+
+The bare view (bench/bare_urls.py: validate, hash, INSERT one row) runs under the same gunicorn, settings,
+database and Redis as the service; it is the ceiling a Django service reaches on this machine, and the distance
+from it to Jobsite is the pipeline's overhead. Method as bench/versus_original.py's sync phase: the original's own
+load generator (`--mode sync`, its bind patched to loopback), rounds of original, bare, Jobsite (A B C A B C), the
+figures parsed from its report; plus the CPU of each server's processes per request (/proc, user + system).
+
+    .venv/bin/python -m bench.bare_reference [-n 2000] [-c 20] [--rounds 2]
+        [--database-url postgres://postgres@127.0.0.1:5432/h_bench] [--json FILE]
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench import versus_original as vo
+from bench.stack import ROOT, RUN_COMMAND, Stack, free_port, running_stack
+
+TARGETS = ("original", "bare", "jobsite")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_s(root: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (gunicorn's master and its workers)."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            times[int(entry)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    total, pending = 0.0, [root]
+    while pending:
+        pid = pending.pop()
+        total += times.get(pid, 0.0)
+        pending.extend(children.get(pid, []))
+    return total
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _server_pid(command_line: str) -> int:
+    """The oldest process started with this command line (gunicorn's master, not its workers)."""
+    found = subprocess.run(["pgrep", "-of", command_line], capture_output=True, text=True, check=True)
+    return int(found.stdout.split()[0])
+
+
+@contextlib.contextmanager
+def running_bare(stack: Stack) -> Iterator[tuple[str, int]]:
+    """gunicorn with the bare settings, sized as the run command's, on the stack's database and Redis."""
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}"]
+    command += ["--workers", str(RUN_COMMAND.web_workers), "--threads", str(RUN_COMMAND.threads)]
+    env = dict(stack.env, DJANGO_SETTINGS_MODULE="bench.bare_settings")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        vo._wait_ready(url, process, "the bare reference")
+        yield url, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def run_sync(python: Path, timer: Path, url: str, requests: int, concurrency: int, server: int) -> dict[str, Any]:
+    command = [str(python), str(timer), "--url", url, "-n", str(requests), "-c", str(concurrency), "--mode", "sync"]
+    before = _tree_cpu_s(server)
+    done = subprocess.run(command, cwd=timer.parent, capture_output=True, text=True, timeout=900)
+    cpu = _tree_cpu_s(server) - before
+    if done.returncode != 0:
+        sys.exit(f"load generator failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    sync = vo.parse_report(done.stdout)["sync"]
+    return {**sync, "throughput": sync["total"] / sync["wall_s"], "server_cpu_ms": 1000 * cpu / sync["total"]}
+
+
+FIGURES = {
+    "throughput (req/s)": "throughput",
+    "latency p50 (ms)": "latency_p50_ms",
+    "latency p99 (ms)": "latency_p99_ms",
+    "server CPU per request (ms)": "server_cpu_ms",
+    "failed requests": "failed",
+}
+
+
+def _ratio(medians: dict[str, float], numerator: str, denominator: str) -> str:
+    return f"{medians[numerator] / medians[denominator]:.2f}x" if medians[denominator] else "-"
+
+
+def format_table(rounds: list[dict[str, dict[str, Any]]]) -> str:
+    lines = ["| figure | original | bare DRF view | Jobsite | bare / original | Jobsite / original | Jobsite / bare |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for label, key in FIGURES.items():
+        values = {target: [run[target][key] for run in rounds] for target in TARGETS}
+        medians = {target: statistics.median(values[target]) for target in TARGETS}
+        ratios = [("bare", "original"), ("jobsite", "original"), ("jobsite", "bare")]
+        spans = " | ".join(vo._span(values[target]) for target in TARGETS)
+        shown = " | ".join("-" if key == "failed" else _ratio(medians, *pair) for pair in ratios)
+        lines.append(f"| {label} | {spans} | {shown} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--original", type=Path, default=vo.DEFAULT_ORIGINAL, help="work tree or bare git dir")
+    parser.add_argument("-n", type=int, default=2000, help="sync requests per target and round")
+    parser.add_argument("-c", type=int, default=20, help="concurrency")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--database-url", help="the service's database (default: a fresh SQLite file)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/7", help="the service's Redis db (FLUSHed)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    rounds: list[dict[str, dict[str, Any]]] = []
+    load_average = {"start": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="jobsite-bare-reference-") as scratch:
+        original = Path(scratch) / "original"
+        vo.extract_original(args.original, original)
+        python = vo.original_python(original / "requirements.txt")
+        timer = vo.prepare_generator(original, Path(scratch) / "generator")
+        stack_env = {"ANONYMOUS_BUDGET": str(vo.ANONYMOUS_BUDGET_LIFTED)}
+        with (
+            vo.running_original(original, python) as original_url,
+            running_stack(
+                topology=RUN_COMMAND, redis_url=args.redis_url, database_url=args.database_url, env=stack_env
+            ) as stack,
+            running_bare(stack) as (bare_url, bare_pid),
+        ):
+            stack.manage("policy", "set", "compat.sync", *vo.COMPAT_POLICY)
+            original_pid = _server_pid(f"uvicorn app.main:app --host 127.0.0.1 --port {_port(original_url)}")
+            jobsite_pid = _server_pid(f"gunicorn jobsite.wsgi --bind 127.0.0.1:{_port(stack.url)}")
+            servers = {
+                "original": (original_url, original_pid),
+                "bare": (bare_url, bare_pid),
+                "jobsite": (stack.url, jobsite_pid),
+            }
+            for url, _ in servers.values():
+                vo.check_and_warm(url, 50)
+            for index in range(args.rounds):
+                rounds.append({})
+                for target, (url, pid) in servers.items():
+                    print(f"round {index + 1}/{args.rounds}: {target} ...", flush=True)
+                    rounds[-1][target] = run_sync(python, timer, url, args.n, args.c, pid)
+    load_average["end"] = os.getloadavg()
+    database = "PostgreSQL" if args.database_url else "SQLite"
+    print(f"\nsync, n={args.n} c={args.c}, {args.rounds} rounds, {database}; load average {load_average}\n")
+    print(format_table(rounds))
+    if args.json:
+        config = {"n": args.n, "c": args.c, "rounds": args.rounds, "database": database, "load_average": load_average}
+        args.json.write_text(json.dumps({"config": config, "rounds": rounds}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
