@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 from accounts.models import EndpointPolicy, User
 from jobs import ssrf
 from jobs.models import Job, JobStatus, KindSettings
-from jobsite.logs import REDACTED, get_logger, logging_config
+from jobsite.logs import REDACTED, get_logger, logging_config, redact
 from jobsite.tracing import instrument_django
 from tests.access_helpers import clear_of_window_edge
 from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst
@@ -217,6 +217,24 @@ def test_secrets_are_redacted_in_every_record(json_logs: io.StringIO) -> None:
     assert len(records) == 4
     assert records[2]["headers"] == {"X-MFA-Code": REDACTED, "Accept": "json"}
     assert records[3]["job_id"] == "j-1"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("Authorization: Bearer abc.def-123", f"Authorization: Bearer {REDACTED}"),
+        ("basic Zm9vOmJhcg==", f"basic {REDACTED}"),
+        ("signing with whsec_c2VjcmV0", f"signing with {REDACTED}"),
+        ("key jsk_ab12cd.0123456789abcdef", f"key jsk_ab12cd.{REDACTED}"),
+        ("token gAAAAA" + "b" * 24, f"token {REDACTED}"),
+        ('{"X-MFA-Code": "123456"}', f'{{"X-MFA-Code": "{REDACTED}"}}'),
+        ("sig v1," + "c" * 24, f"sig {REDACTED}"),
+        ("GET HTTPS://h.example/p?token=t&x=1 done", f"GET HTTPS://h.example/p?{REDACTED} done"),
+    ],
+)
+def test_every_kind_of_secret_inside_a_text_is_redacted(text: str, shown: str) -> None:
+    """Each pattern on its own: the one-pass check that lets a secret-free string through must not let one by."""
+    assert redact(None, "info", {"event": text, "status": "succeeded"}) == {"event": shown, "status": "succeeded"}
 
 
 @override_settings(CALLBACK_ALLOW_PRIVATE=True)  # the target is a receiver on 127.0.0.1
