@@ -9,7 +9,7 @@ their resumption. Raw RQ: the same N calls of the kind's own function
 (jobs.kinds.hash.compute_hash) enqueued on the same queue from C threads and run by the same W workers,
 jobs/s = N / (last RQ ended_at - first enqueue). Heavy: Jobsite async with 100 000 iterations on the default
 worker count (end to end, and the workers' side as above) against the same loop in a multiprocessing pool of as
-many processes as cores (no Jobsite, no RQ).
+many processes as cores (no Jobsite, no RQ), run before and after Jobsite's (the mean is the reference).
 
     .venv/bin/python -m bench.async_throughput [--workers 1 2 3 4] [-n 400] [-c 20] [--heavy-n 40]
         [--database-url postgres://...] [--redis-url redis://127.0.0.1:6379/7] [--json FILE]
@@ -43,7 +43,7 @@ RQ's ended_at), so the interval decides only when to stop looking; every 0.1 s, 
 N RQ job reads) took ~15 ms of the cores per heavy job from the workers they measure."""
 
 
-def _jobsite_jobs_per_s(
+def jobsite_jobs_per_s(
     stack: Stack, *, n: int, concurrency: int, iterations: int, redis_url: str, drain: bool = False
 ) -> float:
     """End to end (from the first submission), or with `drain` the workers' side alone: the jobs are
@@ -125,14 +125,14 @@ def _hashlib_jobs_per_s(*, n: int, iterations: int) -> float:
         return n / (time.perf_counter() - started)
 
 
-def _stack(workers: int, args: argparse.Namespace) -> Any:
+def job_workers_stack(workers: int, args: argparse.Namespace) -> Any:
     topology = Topology(threads=8, worker_queues=(("jobs",),) * workers)
     # The drain measure queues all N jobs before any runs: the admission bound must not refuse them.
     env = {"QUEUE_ADMISSION_DEPTH": str(10 * args.n)}
     return running_stack(topology=topology, redis_url=args.redis_url, database_url=args.database_url, env=env)
 
 
-def _unlimited(stack: Stack) -> None:
+def unlimited(stack: Stack) -> None:
     stack.manage("policy", "set", "jobs.async", *UNLIMITED)
     stack.manage("policy", "set", "kind.hash", "cache_algorithm=none")
 
@@ -149,12 +149,12 @@ def main() -> None:
     args = parser.parse_args()
     report: dict[str, Any] = {"cores": cpu_cores(), "light": {}, "heavy": {}}
     for workers in args.workers:
-        with _stack(workers, args) as stack:
-            _unlimited(stack)
+        with job_workers_stack(workers, args) as stack:
+            unlimited(stack)
             light = {"n": args.n, "concurrency": args.c, "iterations": LIGHT_ITERATIONS, "redis_url": args.redis_url}
-            _jobsite_jobs_per_s(stack, **{**light, "n": args.c})  # warm-up
-            jobsite = _jobsite_jobs_per_s(stack, **light)
-            drained = _jobsite_jobs_per_s(stack, **light, drain=True)
+            jobsite_jobs_per_s(stack, **{**light, "n": args.c})  # warm-up
+            jobsite = jobsite_jobs_per_s(stack, **light)
+            drained = jobsite_jobs_per_s(stack, **light, drain=True)
             raw = _raw_rq_jobs_per_s(args.redis_url, n=args.n, concurrency=args.c, iterations=LIGHT_ITERATIONS)
         report["light"][workers] = {"jobsite": jobsite, "jobsite_drain": drained, "raw_rq": raw}
         print(
@@ -163,24 +163,28 @@ def main() -> None:
             flush=True,
         )
     workers = default_job_workers()
-    with _stack(workers, args) as stack:
-        _unlimited(stack)
+    # Before and after: this VM's speed drifts from one minute to the next; their mean is the reference.
+    alone_before = _hashlib_jobs_per_s(n=args.heavy_n, iterations=HEAVY_ITERATIONS)
+    with job_workers_stack(workers, args) as stack:
+        unlimited(stack)
         heavy = {"n": args.heavy_n, "concurrency": args.c, "iterations": HEAVY_ITERATIONS, "redis_url": args.redis_url}
-        jobsite = _jobsite_jobs_per_s(stack, **heavy)
-        drained = _jobsite_jobs_per_s(stack, **heavy, drain=True)
-    alone = _hashlib_jobs_per_s(n=args.heavy_n, iterations=HEAVY_ITERATIONS)
+        jobsite = jobsite_jobs_per_s(stack, **heavy)
+        drained = jobsite_jobs_per_s(stack, **heavy, drain=True)
+    alone_after = _hashlib_jobs_per_s(n=args.heavy_n, iterations=HEAVY_ITERATIONS)
+    alone = (alone_before + alone_after) / 2
     report["heavy"] = {
         "workers": workers,
         "jobsite": jobsite,
         "jobsite_drain": drained,
         "hashlib": alone,
+        "hashlib_before_after": [alone_before, alone_after],
         "ratio": jobsite / alone,
         "ratio_drain": drained / alone,
     }
     print(
         f"heavy (100 000 iterations), W={workers}: Jobsite end to end {jobsite:.2f} jobs/s ({jobsite / alone:.2f}x),"
         f" workers' side {drained:.2f} jobs/s ({drained / alone:.2f}x), hashlib alone on {cpu_cores()} processes"
-        f" {alone:.2f} jobs/s"
+        f" {alone:.2f} jobs/s (before {alone_before:.2f}, after {alone_after:.2f})"
     )
     if args.json:
         with open(args.json, "w") as out:

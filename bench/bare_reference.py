@@ -23,29 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import versus_original as vo
-from bench.stack import ROOT, RUN_COMMAND, Stack, free_port, running_stack
+from bench.stack import ROOT, RUN_COMMAND, Stack, free_port, process_cpu_s, running_stack
 
 TARGETS = ("original", "bare", "jobsite")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _tree_cpu_s(root: int) -> float:
-    """User + system CPU seconds of a process and its live descendants (gunicorn's master and its workers)."""
-    children: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(entry))
-            times[int(entry)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    total, pending = 0.0, [root]
-    while pending:
-        pid = pending.pop()
-        total += times.get(pid, 0.0)
-        pending.extend(children.get(pid, []))
-    return total
 
 
 def _port(url: str) -> int:
@@ -77,9 +57,9 @@ def running_bare(stack: Stack) -> Iterator[tuple[str, int]]:
 
 def run_sync(python: Path, timer: Path, url: str, requests: int, concurrency: int, server: int) -> dict[str, Any]:
     command = [str(python), str(timer), "--url", url, "-n", str(requests), "-c", str(concurrency), "--mode", "sync"]
-    before = _tree_cpu_s(server)
+    before = process_cpu_s(server)
     done = subprocess.run(command, cwd=timer.parent, capture_output=True, text=True, timeout=900)
-    cpu = _tree_cpu_s(server) - before
+    cpu = process_cpu_s(server) - before
     if done.returncode != 0:
         sys.exit(f"load generator failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     sync = vo.parse_report(done.stdout)["sync"]
@@ -139,11 +119,10 @@ def main() -> None:
         ):
             stack.manage("policy", "set", "compat.sync", *vo.COMPAT_POLICY)
             original_pid = _server_pid(f"uvicorn app.main:app --host 127.0.0.1 --port {_port(original_url)}")
-            jobsite_pid = _server_pid(f"gunicorn jobsite.wsgi --bind 127.0.0.1:{_port(stack.url)}")
             servers = {
                 "original": (original_url, original_pid),
                 "bare": (bare_url, bare_pid),
-                "jobsite": (stack.url, jobsite_pid),
+                "jobsite": (stack.url, stack.web_pid),
             }
             for url, _ in servers.values():
                 vo.check_and_warm(url, 50)

@@ -19,6 +19,7 @@ from jobsite.sizing import CALLBACK_WORKERS, default_job_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_USER = "bench"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class Stack:
     url: str
     api_key: str
     env: dict[str, str]
+    web_pid: int = 0
+    """gunicorn's master."""
+    worker_pids: tuple[int, ...] = ()
+    """The RQ workers, in Topology.worker_queues' order."""
 
     def manage(self, *args: str) -> str:
         done = subprocess.run(
@@ -61,6 +66,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def process_cpu_s(*roots: int) -> float:
+    """User + system CPU seconds, so far, of these processes and their live descendants (/proc)."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            times[int(entry)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    total, pending = 0.0, list(roots)
+    while pending:
+        pid = pending.pop()
+        total += times.get(pid, 0.0)
+        pending.extend(children.get(pid, []))
+    return total
 
 
 def _reset_database(stack: Stack) -> None:
@@ -129,6 +153,7 @@ def running_stack(
                 **quiet,
             )
         )
+        stack.web_pid = processes[-1].pid
         for queues in topology.worker_queues:
             processes.append(
                 subprocess.Popen(
@@ -144,6 +169,7 @@ def running_stack(
                     **quiet,
                 )
             )
+        stack.worker_pids = tuple(process.pid for process in processes[1:])
         if topology.cron:
             processes.append(subprocess.Popen([sys.executable, "manage.py", "rqcron", "jobs.cron"], **quiet))
         workers = len(topology.worker_queues)
