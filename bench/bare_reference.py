@@ -23,29 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from bench import versus_original as vo
-from bench.stack import ROOT, RUN_COMMAND, Stack, free_port, process_cpu_s, running_stack
+from bench.stack import ROOT, RUN_COMMAND, Stack, free_port, gunicorn_command, process_cpu_s, running_stack
 
 TARGETS = ("original", "bare", "jobsite")
-
-
-def _port(url: str) -> int:
-    return int(url.rsplit(":", 1)[1])
-
-
-def _server_pid(command_line: str) -> int:
-    """The oldest process started with this command line (gunicorn's master, not its workers)."""
-    found = subprocess.run(["pgrep", "-of", command_line], capture_output=True, text=True, check=True)
-    return int(found.stdout.split()[0])
 
 
 @contextlib.contextmanager
 def running_bare(stack: Stack) -> Iterator[tuple[str, int]]:
     """gunicorn with the bare settings, sized as the run command's, on the stack's database and Redis."""
     port = free_port()
-    command = [sys.executable, "-m", "gunicorn", "jobsite.wsgi", "--bind", f"127.0.0.1:{port}"]
-    command += ["--workers", str(RUN_COMMAND.web_workers), "--threads", str(RUN_COMMAND.threads)]
     env = dict(stack.env, DJANGO_SETTINGS_MODULE="bench.bare_settings")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        gunicorn_command(port, RUN_COMMAND), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         vo._wait_ready(url, process, "the bare reference")
@@ -111,14 +101,13 @@ def main() -> None:
         timer = vo.prepare_generator(original, Path(scratch) / "generator")
         stack_env = {"ANONYMOUS_BUDGET": str(vo.ANONYMOUS_BUDGET_LIFTED)}
         with (
-            vo.running_original(original, python) as original_url,
+            vo.running_original(original, python) as (original_url, original_pid),
             running_stack(
                 topology=RUN_COMMAND, redis_url=args.redis_url, database_url=args.database_url, env=stack_env
             ) as stack,
             running_bare(stack) as (bare_url, bare_pid),
         ):
             stack.manage("policy", "set", "compat.sync", *vo.COMPAT_POLICY)
-            original_pid = _server_pid(f"uvicorn app.main:app --host 127.0.0.1 --port {_port(original_url)}")
             servers = {
                 "original": (original_url, original_pid),
                 "bare": (bare_url, bare_pid),

@@ -68,6 +68,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def gunicorn_command(port: int, topology: Topology) -> list[str]:
+    """The web process of a stack: gunicorn gthread, the topology's workers x threads, on 127.0.0.1:port."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "jobsite.wsgi",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(topology.web_workers),
+        "--threads",
+        str(topology.threads),
+        "--worker-class",
+        "gthread",
+    ]
+
+
 def process_cpu_s(*roots: int) -> float:
     """User + system CPU seconds, so far, of these processes and their live descendants (/proc)."""
     children: dict[int, list[int]] = {}
@@ -134,25 +152,7 @@ def running_stack(
         with contextlib.suppress(RuntimeError):
             stack.manage("grant_credits", BENCH_USER, "100000000")
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT, "env": env}
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "jobsite.wsgi",
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    "--workers",
-                    str(topology.web_workers),
-                    "--threads",
-                    str(topology.threads),
-                    "--worker-class",
-                    "gthread",
-                ],
-                **quiet,
-            )
-        )
+        processes.append(subprocess.Popen(gunicorn_command(port, topology), **quiet))
         stack.web_pid = processes[-1].pid
         for queues in topology.worker_queues:
             processes.append(

@@ -309,7 +309,8 @@ def _wait_ready(url: str, process: subprocess.Popen, what: str) -> None:
 
 
 @contextlib.contextmanager
-def running_original(original: Path, python: Path) -> Iterator[str]:
+def running_original(original: Path, python: Path) -> Iterator[tuple[str, int]]:
+    """The original backend served by uvicorn on a free port: its URL and its process id."""
     port = free_port()
     env = dict(os.environ, APP_CALLBACK_BLOCK_PRIVATE_IPS="false")
     process = subprocess.Popen(
@@ -322,7 +323,7 @@ def running_original(original: Path, python: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, process, "the original backend")
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         try:
@@ -389,7 +390,7 @@ def main() -> None:
             "ANONYMOUS_BUDGET": str(ANONYMOUS_BUDGET_LIFTED),
         }
         with (
-            running_original(original, python) as original_url,
+            running_original(original, python) as (original_url, _),
             running_stack(
                 topology=RUN_COMMAND, redis_url=args.redis_url, database_url=args.database_url, env=stack_env
             ) as stack,

@@ -65,6 +65,8 @@ class ResilientWorker(SimpleWorker):
     # RQ's "Result is kept for N seconds" after every job says nothing per job (RESULT_TTL is fixed) and cost ~3%
     # of a worker's CPU on light jobs (bench/README.md); "Job OK" and the job's own "job finished" line remain.
     log_result_lifespan = False
+    _next_recovery_check = 0.0
+    """time.monotonic() after which the next heartbeat checks the registration and the scheduler."""
 
     @property
     def dequeue_timeout(self) -> int:
@@ -92,9 +94,6 @@ class ResilientWorker(SimpleWorker):
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         return self._retrying(lambda: super(ResilientWorker, self).dequeue_job_and_maintain_ttl(timeout, max_idle_time))
-
-    _next_recovery_check = 0.0
-    """time.monotonic() after which the next heartbeat checks the registration and the scheduler."""
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         self._retrying(lambda: super(ResilientWorker, self).heartbeat(timeout, pipeline))
