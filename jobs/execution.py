@@ -13,7 +13,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import connection, transaction
-from django.db.models import F, QuerySet
+from django.db.models import F
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rq import Retry
@@ -34,6 +34,7 @@ from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
 from jobs.progress import ProgressReporter, job_final_announce, job_requeued_announce, job_started_announce
 from jobs.retries import retry_delay
 from jobs.stop import StopSignal
+from jobsite.db import insert_new, update_where
 from jobsite.logs import bind_context
 from jobsite.tracing import get_tracer
 
@@ -154,18 +155,16 @@ def job_finish(
     if job._state.adding:  # a sync job with nothing to account for (jobs.pipeline) is recorded with its outcome
         for name, value in outcome.items():
             setattr(job, name, value)
-        job.save(force_insert=True)
+        insert_new(job)
         job_on_final(job)
         return True
-    owned = Job.objects.filter(pk=job.pk, attempts=job.attempts)
     with transaction.atomic():
         # One statement on the usual path; the second only when the first found the job no longer running.
-        running, canceling = owned.filter(status=JobStatus.RUNNING), owned.filter(status=JobStatus.CANCELING)
-        finished = status != JobStatus.CANCELED and _outcome_write(job, running, outcome)
+        finished = status != JobStatus.CANCELED and _outcome_write(job, JobStatus.RUNNING, outcome)
         if not finished and job.mode == JobMode.ASYNC:
             if status != JobStatus.SUCCEEDED:
                 outcome.update(status=JobStatus.CANCELED, result=None, error_code="", error_message="")
-            finished = _outcome_write(job, canceling, outcome)
+            finished = _outcome_write(job, JobStatus.CANCELING, outcome)
         if finished:
             for name, value in outcome.items():  # the row now holds exactly these: no need to read it back
                 setattr(job, name, value)
@@ -174,11 +173,15 @@ def job_finish(
     return bool(finished)
 
 
-def _outcome_write(job: Job, rows: QuerySet[Job], outcome: dict[str, Any]) -> int:
+def _outcome_write(job: Job, status_now: str, outcome: dict[str, Any]) -> int:
+    """Write the outcome if this attempt still owns the job in `status_now`: the rows written (0 or 1)."""
     # The flag is matched, not trusted: a dependent added since the claim fails the first UPDATE and the
     # second tells us (the flag is never cleared), so no dependent is left waiting. Usually one UPDATE.
-    written = (rows if job.has_dependents else rows.filter(has_dependents=False)).update(**outcome)
-    if not written and not job.has_dependents and rows.update(**outcome):
+    owned = {"id": job.pk, "attempts": job.attempts, "status": status_now}
+    written = update_where(
+        Job, where=owned if job.has_dependents else {**owned, "has_dependents": False}, values=outcome
+    )
+    if not written and not job.has_dependents and update_where(Job, where=owned, values=outcome):
         written, job.has_dependents = 1, True
     return written
 

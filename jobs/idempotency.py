@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from accounts.models import EndpointPolicy, User
 from accounts.requests import AuthenticatedRequest
 from jobs.models import FINAL_STATUSES, IdempotencyRecord, IdempotencyStatus, Job, JobMode, JobStatus
-from jobsite.db import insert_unless_conflict
+from jobsite.db import insert_unless_conflict, update_where
 from jobsite.errors import (
     PROBLEM_CONTENT_TYPE,
     IdempotencyInFlight,
@@ -169,12 +169,20 @@ def idempotency_bind_job(job: Job) -> None:
     held = _held_key.get()
     if held is not None:
         owner_id, key = held
-        IdempotencyRecord.objects.filter(owner_id=owner_id, key=key, status=IdempotencyStatus.IN_FLIGHT).update(job=job)
+        in_flight = {"owner_id": owner_id, "key": key, "status": IdempotencyStatus.IN_FLIGHT}
+        update_where(IdempotencyRecord, where=in_flight, values={"job_id": job.pk})
 
 
 def idempotency_complete(*, user: User, key: str, status: int, body: Any, headers: dict[str, str]) -> None:
-    IdempotencyRecord.objects.filter(owner=user, key=key, status=IdempotencyStatus.IN_FLIGHT).update(
-        status=IdempotencyStatus.COMPLETED, response_status=status, response_body=body, response_headers=headers
+    update_where(
+        IdempotencyRecord,
+        where={"owner_id": user.pk, "key": key, "status": IdempotencyStatus.IN_FLIGHT},
+        values={
+            "status": IdempotencyStatus.COMPLETED,
+            "response_status": status,
+            "response_body": body,
+            "response_headers": headers,
+        },
     )
 
 

@@ -34,6 +34,7 @@ from jobs.kind_settings import get_kind_settings, job_expiry
 from jobs.kinds import KINDS
 from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus, KindSettings
 from jobs.uploads import upload_discard, upload_input_take
+from jobsite.db import insert_new
 from jobsite.errors import (
     CallbackUrlForbidden,
     CircuitOpen,
@@ -204,7 +205,7 @@ def _job_create(request: _JobRequest, **state: Any) -> Job:
     """Record an accepted job (_job_new); the request's Idempotency-Key (if any) is tied to it in the same
     transaction."""
     job = _job_new(request, **state)
-    job.save(force_insert=True)
+    insert_new(job)
     idempotency_bind_job(job)
     return job
 

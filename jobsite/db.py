@@ -1,5 +1,6 @@
-"""Database helpers that keep memory and transactions bounded however large a table grows."""
+"""Database helpers that keep memory and transactions bounded however large a table grows, and hot statements cheap."""
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -74,31 +75,86 @@ def _quoted_column(field: "Field[Any, Any] | ForeignObjectRel | None") -> str:
     return connection.ops.quote_name(column)
 
 
+# The statements of the hot paths are written once per shape and vendor: Model.save() and QuerySet.update() build
+# and compile theirs on every call (0.2-0.4 ms of CPU each, more than the round trip), and no library caches them.
+
+
+@functools.cache
+def _insert_statement(
+    model: type[Model], unique_fields: tuple[str, ...] | None, vendor: str
+) -> tuple[str, list["Field[Any, Any]"]]:
+    """`INSERT ... [ON CONFLICT (unique_fields) DO NOTHING] RETURNING pk` of every concrete field but an auto key."""
+    meta = model._meta
+    fields = [field for field in meta.concrete_fields if not isinstance(field, AutoFieldMixin)]
+    columns = ", ".join(_quoted_column(field) for field in fields)
+    sql = (
+        f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
+    )
+    if unique_fields is not None:
+        sql += f" ON CONFLICT ({', '.join(_quoted_column(meta.get_field(name)) for name in unique_fields)}) DO NOTHING"
+    return f"{sql} RETURNING {_quoted_column(meta.pk)}", fields
+
+
+def _insert(instance: Model, unique_fields: tuple[str, ...] | None) -> bool:
+    sql, fields = _insert_statement(type(instance), unique_fields, connection.vendor)
+    values = [field.get_db_prep_save(field.pre_save(instance, add=True), connection) for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    if isinstance(instance._meta.pk, AutoFieldMixin):
+        instance.pk = row[0]
+    instance._state.adding, instance._state.db = False, connection.alias
+    return True
+
+
+def insert_new(instance: Model) -> None:
+    """One `INSERT` of a new instance, as save(force_insert=True) but without its per-call query building (and
+    without the save signals: use it only for models nothing listens to)."""
+    _insert(instance, None)
+
+
 def insert_unless_conflict(instance: Model, *, unique_fields: Sequence[str]) -> bool:
     """One `INSERT ... ON CONFLICT (unique_fields) DO NOTHING` of a new instance: whether it was written.
 
     Unlike create() in a savepoint, a conflict costs no extra round trips and leaves the transaction usable
     (PostgreSQL, SQLite >= 3.24). An auto primary key is set on the instance from RETURNING.
     """
-    meta = instance._meta
-    auto_pk = meta.pk if isinstance(meta.pk, AutoFieldMixin) else None
-    fields = [field for field in meta.concrete_fields if field is not auto_pk]
-    columns = ", ".join(_quoted_column(field) for field in fields)
-    conflict = ", ".join(_quoted_column(meta.get_field(name)) for name in unique_fields)
-    values = [field.get_db_prep_save(field.pre_save(instance, add=True), connection) for field in fields]
-    sql = (
-        f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
-        f" ON CONFLICT ({conflict}) DO NOTHING RETURNING {_quoted_column(meta.pk)}"
+    return _insert(instance, tuple(unique_fields))
+
+
+@functools.cache
+def _update_statement(
+    model: type[Model], assigned: tuple[str, ...], matched: tuple[str, ...], vendor: str
+) -> tuple[str, list["Field[Any, Any]"], list["Field[Any, Any]"]]:
+    meta = model._meta
+    set_fields = [cast("Field[Any, Any]", meta.get_field(name)) for name in assigned]
+    where_fields = [cast("Field[Any, Any]", meta.get_field(name)) for name in matched]
+    assignments = ", ".join(f"{_quoted_column(field)} = %s" for field in set_fields)
+    conditions = " AND ".join(f"{_quoted_column(field)} = %s" for field in where_fields)
+    return (
+        f"UPDATE {connection.ops.quote_name(meta.db_table)} SET {assignments} WHERE {conditions}",
+        set_fields,
+        where_fields,
     )
+
+
+def update_where(model: type[Model], *, where: dict[str, Any], values: dict[str, Any]) -> int:
+    """`filter(**where).update(**values)` for equalities on concrete fields (names or attnames), its statement
+    written once per shape: the rows updated. A None in `where` is refused (SQL's `= NULL` matches nothing)."""
+    if not where or any(value is None for value in where.values()):
+        raise ValueError(f"update_where needs non-null conditions: {where!r}")
+    sql, set_fields, where_fields = _update_statement(model, tuple(values), tuple(where), connection.vendor)
+    params = [
+        field.get_db_prep_save(value, connection) for field, value in zip(set_fields, values.values(), strict=True)
+    ]
+    params += [
+        field.get_db_prep_value(value, connection) for field, value in zip(where_fields, where.values(), strict=True)
+    ]
     with connection.cursor() as cursor:
-        cursor.execute(sql, values)
-        row = cursor.fetchone()
-    if row is None:
-        return False
-    if auto_pk is not None:
-        instance.pk = row[0]
-    instance._state.adding = False
-    return True
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 INSERT_MANY_ROWS = 500
