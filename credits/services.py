@@ -1,16 +1,21 @@
 """Writes of credits: every balance change is one conditional UPDATE plus its ledger entry, in one transaction."""
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from django.db import connection, transaction
 
 from accounts.models import User
 from credits.models import CreditAccount, EntryType, LedgerEntry
-from jobsite.db import insert_many_unless_conflict, insert_unless_conflict
+from jobsite.db import insert_many_unless_conflict, insert_unless_conflict, quoted_column
 from jobsite.errors import InsufficientCredits, InvalidInput
+
+if TYPE_CHECKING:
+    from django.db.models.fields import Field
 
 REASON_MAX_LENGTH = LedgerEntry._meta.get_field("reason").max_length
 """A ledger entry's reason is cut to its column (job kinds and error codes can make it long)."""
@@ -25,6 +30,7 @@ def refund_key(job_id: UUID | str) -> str:
 
 
 _ACCOUNTS = CreditAccount._meta.db_table
+_LEDGER = LedgerEntry._meta.db_table
 
 
 def _move_balance(*, user_id: int, amount: int) -> int | None:
@@ -39,6 +45,43 @@ def _move_balance(*, user_id: int, amount: int) -> int | None:
     return None if row is None else row[0]
 
 
+def _apply(entry: LedgerEntry) -> tuple[int | None, bool]:
+    """Move the balance by the entry's amount and record the entry unless its posting key was used: the balance
+    after (None: no account, or short) and whether the entry was written."""
+    if connection.vendor == "postgresql":
+        sql, fields = _apply_statement()
+        values = [field.get_db_prep_save(field.pre_save(entry, add=True), connection) for field in fields]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [entry.amount, entry.account_id, entry.amount, *values])
+            balance, written = cursor.fetchone()
+        if written:
+            entry.balance_after, entry._state.adding = balance, False
+        return balance, written
+    balance = _move_balance(user_id=entry.account_id, amount=entry.amount)
+    if balance is None:
+        return None, False
+    entry.balance_after = balance
+    return balance, insert_unless_conflict(entry, unique_fields=["posting_key"])
+
+
+@functools.cache
+def _apply_statement() -> tuple[str, list["Field[Any, Any]"]]:
+    """PostgreSQL: the balance's conditional UPDATE and the entry's INSERT in one data-modifying statement (one round
+    trip where _move_balance and insert_unless_conflict take two); the CHECK keeps a balance >= 0, so the condition
+    `balance + amount >= 0` only ever refuses a spend. Parameters: amount, user id, amount, then `fields`' values."""
+    fields = [field for field in LedgerEntry._meta.concrete_fields if field.attname != "balance_after"]
+    columns = ", ".join(quoted_column(field) for field in fields)
+    sql = (
+        f"WITH moved AS (UPDATE {_ACCOUNTS} SET balance = balance + %s WHERE user_id = %s AND balance + %s >= 0"
+        " RETURNING balance),"
+        f" written AS (INSERT INTO {_LEDGER} ({columns}, balance_after)"
+        f" SELECT {', '.join(['%s'] * len(fields))}, moved.balance FROM moved"
+        " ON CONFLICT (posting_key) DO NOTHING RETURNING 1)"
+        " SELECT (SELECT balance FROM moved), EXISTS (SELECT FROM written)"
+    )
+    return sql, fields
+
+
 def _post(
     *,
     user_id: int,
@@ -51,9 +94,9 @@ def _post(
 ) -> LedgerEntry | None:
     """Apply `amount` to the balance and record it; a replayed posting key writes nothing (returns None).
 
-    Two statements when the posting goes through (the UPDATE, then the entry's INSERT ... ON CONFLICT DO
-    NOTHING), in the caller's transaction if there is one, without a savepoint. Off that path: an account
-    row missing (users get one when created: credits.signals) is opened once, and a replay undoes its UPDATE.
+    One statement on PostgreSQL when the posting goes through, two elsewhere (_apply), in the caller's
+    transaction if there is one, without a savepoint. Off that path: an account row missing (users get one
+    when created: credits.signals) is opened once, and a replay undoes its UPDATE.
     """
     entry = LedgerEntry(
         account_id=user_id,
@@ -65,13 +108,12 @@ def _post(
         created_by=created_by,
     )
     with transaction.atomic(savepoint=False):
-        balance = _move_balance(user_id=user_id, amount=amount)
+        balance, written = _apply(entry)
         if balance is None and _account_opened(user_id):
-            balance = _move_balance(user_id=user_id, amount=amount)
+            balance, written = _apply(entry)
+        if written:
+            return entry
         if balance is not None:
-            entry.balance_after = balance
-            if insert_unless_conflict(entry, unique_fields=["posting_key"]):
-                return entry
             # Replayed: the posting with this key is done already; our UPDATE is undone in the same transaction.
             _move_balance(user_id=user_id, amount=-amount)
             return None

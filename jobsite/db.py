@@ -67,7 +67,7 @@ class AddIndexWithoutLock(migrations.AddIndex):
             schema_editor.remove_index(model, self.index)
 
 
-def _quoted_column(field: "Field[Any, Any] | ForeignObjectRel | None") -> str:
+def quoted_column(field: "Field[Any, Any] | ForeignObjectRel | None") -> str:
     """A concrete field's column, quoted (the stubs also allow None and reverse relations, which have none)."""
     column = getattr(field, "column", None)
     if not isinstance(column, str):
@@ -86,13 +86,13 @@ def _insert_statement(
     """`INSERT ... [ON CONFLICT (unique_fields) DO NOTHING] RETURNING pk` of every concrete field but an auto key."""
     meta = model._meta
     fields = [field for field in meta.concrete_fields if not isinstance(field, AutoFieldMixin)]
-    columns = ", ".join(_quoted_column(field) for field in fields)
+    columns = ", ".join(quoted_column(field) for field in fields)
     sql = (
         f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
     )
     if unique_fields is not None:
-        sql += f" ON CONFLICT ({', '.join(_quoted_column(meta.get_field(name)) for name in unique_fields)}) DO NOTHING"
-    return f"{sql} RETURNING {_quoted_column(meta.pk)}", fields
+        sql += f" ON CONFLICT ({', '.join(quoted_column(meta.get_field(name)) for name in unique_fields)}) DO NOTHING"
+    return f"{sql} RETURNING {quoted_column(meta.pk)}", fields
 
 
 def _insert(instance: Model, unique_fields: tuple[str, ...] | None) -> bool:
@@ -131,8 +131,8 @@ def _update_statement(
     meta = model._meta
     set_fields = [cast("Field[Any, Any]", meta.get_field(name)) for name in assigned]
     where_fields = [cast("Field[Any, Any]", meta.get_field(name)) for name in matched]
-    assignments = ", ".join(f"{_quoted_column(field)} = %s" for field in set_fields)
-    conditions = " AND ".join(f"{_quoted_column(field)} = %s" for field in where_fields)
+    assignments = ", ".join(f"{quoted_column(field)} = %s" for field in set_fields)
+    conditions = " AND ".join(f"{quoted_column(field)} = %s" for field in where_fields)
     return (
         f"UPDATE {connection.ops.quote_name(meta.db_table)} SET {assignments} WHERE {conditions}",
         set_fields,
@@ -171,7 +171,7 @@ def insert_many_unless_conflict(instances: Sequence[Model], *, unique_field: str
         return set()
     meta = instances[0]._meta
     fields = [field for field in meta.concrete_fields if not isinstance(field, AutoFieldMixin)]
-    columns = ", ".join(_quoted_column(field) for field in fields)
+    columns = ", ".join(quoted_column(field) for field in fields)
     unique = meta.get_field(unique_field)
     row = f"({', '.join(['%s'] * len(fields))})"
     written: set[Any] = set()
@@ -182,7 +182,7 @@ def insert_many_unless_conflict(instances: Sequence[Model], *, unique_field: str
         ]
         sql = (
             f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES {', '.join([row] * len(chunk))}"
-            f" ON CONFLICT ({_quoted_column(unique)}) DO NOTHING RETURNING {_quoted_column(unique)}"
+            f" ON CONFLICT ({quoted_column(unique)}) DO NOTHING RETURNING {quoted_column(unique)}"
         )
         with connection.cursor() as cursor:
             cursor.execute(sql, values)
