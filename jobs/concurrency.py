@@ -26,12 +26,18 @@ from jobsite.errors import RateLimited
 _SLOTS = ConcurrencySlot._meta.db_table
 
 _TAKE = (
-    f"INSERT INTO {_SLOTS} (endpoint, owner_id, in_use) VALUES (%s, %s, %s)"
+    f"INSERT INTO {_SLOTS} (endpoint, owner_id, in_use) {{rows}}"
     f" ON CONFLICT (endpoint, owner_id) DO UPDATE SET in_use = {_SLOTS}.in_use + excluded.in_use"
 )
-"""More jobs (excluded.in_use: how many) hold slots (PostgreSQL, SQLite >= 3.35); `_TAKE_BELOW` adds the cap."""
-
-_TAKE_BELOW = f"{_TAKE} WHERE {_SLOTS}.in_use + excluded.in_use <= %s RETURNING in_use"
+"""More jobs (excluded.in_use: how many) hold slots (PostgreSQL, SQLite >= 3.35), `rows` being one of:"""
+_ROW = "VALUES (%s, %s, %s)"
+"""endpoint, owner id, jobs."""
+_ROW_WITHIN_GLOBAL = (
+    f"SELECT %s, %s, %s WHERE (SELECT COALESCE(SUM(in_use), 0) FROM {_SLOTS} WHERE endpoint = %s) + %s <= %s"
+)
+"""endpoint, owner id, jobs, then endpoint, jobs, global cap: no row to take if the endpoint's total would go over."""
+_BELOW_CAP = f" WHERE {_SLOTS}.in_use + excluded.in_use <= %s"
+"""The per-user cap on an existing counter (a first row is inserted without it)."""
 
 _RELEASE = f"UPDATE {_SLOTS} SET in_use = in_use - 1 WHERE endpoint = %s AND owner_id = %s AND in_use > 0"
 """One job fewer holds a slot; never below zero."""
@@ -74,25 +80,29 @@ def concurrency_admit(*, user: User, policy: EndpointPolicy, jobs: int = 1) -> b
     """
     if not concurrency_capped(policy):
         return False
-    cap = policy.max_concurrent_per_user
+    cap, global_cap = policy.max_concurrent_per_user, policy.max_concurrent_global
     if not connection.in_atomic_block:
         raise RuntimeError("concurrency_admit must run inside the job-creating transaction")
-    # Lock order is always endpoint, then the user's row: no deadlock between the two caps.
-    if policy.max_concurrent_global:
-        _lock_endpoint(policy.name)
-        count = ConcurrencySlot.objects.filter(endpoint=policy.name).aggregate(n=Sum("in_use"))["n"] or 0
-        if count + jobs > policy.max_concurrent_global:
-            raise _refuse("max_concurrent_global", policy.max_concurrent_global, count, policy)
     if cap and jobs > cap:  # a first row is inserted without the cap's condition
         raise _refuse("max_concurrent_per_user", cap, 0, policy)
+    rows, params = _ROW, [policy.name, user.pk, jobs]
+    if global_cap:
+        # Lock order is always endpoint, then the user's row: no deadlock between the two caps. The next
+        # statement sums the counters in a snapshot taken after the lock: every earlier admission is counted.
+        _lock_endpoint(policy.name)
+        rows, params = _ROW_WITHIN_GLOBAL, [*params, policy.name, jobs, global_cap]
+    sql = _TAKE.format(rows=rows)
+    if cap:
+        sql, params = f"{sql}{_BELOW_CAP}", [*params, cap]
     with connection.cursor() as cursor:
-        if not cap:
-            cursor.execute(_TAKE, [policy.name, user.pk, jobs])
+        cursor.execute(f"{sql} RETURNING in_use", params)
+        if cursor.fetchone() is not None:
             return True
-        cursor.execute(_TAKE_BELOW, [policy.name, user.pk, jobs, cap])
-        if cursor.fetchone() is None:
-            raise _refuse("max_concurrent_per_user", cap, cap, policy)
-    return True
+    # Refused: which cap says so is read again (the lock is still held, so the total is the one that refused).
+    count = ConcurrencySlot.objects.filter(endpoint=policy.name).aggregate(n=Sum("in_use"))["n"] or 0
+    if global_cap and (count + jobs > global_cap or not cap):
+        raise _refuse("max_concurrent_global", global_cap, count, policy)
+    raise _refuse("max_concurrent_per_user", cap, cap, policy)
 
 
 def concurrency_release(job: Job) -> None:
@@ -109,4 +119,4 @@ def concurrency_retake(job: Job) -> None:
 
     The caller sets the job's `holds_slot` in the same transaction."""
     with connection.cursor() as cursor:
-        cursor.execute(_TAKE, [job.endpoint, job.owner_id, 1])
+        cursor.execute(_TAKE.format(rows=_ROW), [job.endpoint, job.owner_id, 1])
