@@ -85,7 +85,8 @@ def concurrency_admit(*, user: User, policy: EndpointPolicy, jobs: int = 1) -> b
         raise RuntimeError("concurrency_admit must run inside the job-creating transaction")
     if cap and jobs > cap:  # a first row is inserted without the cap's condition
         raise _refuse("max_concurrent_per_user", cap, 0, policy)
-    rows, params = _ROW, [policy.name, user.pk, jobs]
+    params: list[str | int] = [policy.name, user.pk, jobs]
+    rows = _ROW
     if global_cap:
         # Lock order is always endpoint, then the user's row: no deadlock between the two caps. The next
         # statement sums the counters in a snapshot taken after the lock: every earlier admission is counted.
