@@ -6,30 +6,32 @@ the API key, its user and roles, the endpoint policies and the kind settings in 
 authentication and policy checks cost 0 statements. Every policy is on and never refuses: a per-user and a
 global concurrency cap, a rate limit (Redis), a credit charge, the result cache (a miss: unique data).
 
-- async acknowledgement, 8 = BEGIN, [global cap: advisory lock, SUM of the endpoint's counters], the
-  per-user counter's conditional upsert, INSERT job, UPDATE account (charge), INSERT ledger entry, COMMIT.
-- sync job, 12 = the same transaction (8), the run, then BEGIN, UPDATE job (finish), UPDATE counter
+- async acknowledgement, 6 = BEGIN, [global cap: advisory lock], the per-user counter's conditional upsert
+  (which also sums the endpoint's counters against the global cap), INSERT job, the charge (PostgreSQL: one
+  statement, the account's UPDATE and the ledger entry's INSERT; SQLite: those two), COMMIT.
+- sync job, 10 = the same transaction (6), the run, then BEGIN, UPDATE job (finish), UPDATE counter
   (release), COMMIT. The response serialises the job in memory: nothing is read back.
 - with an Idempotency-Key, +3: one INSERT claims the key (autocommit), one UPDATE in the job's transaction
   ties the key to the job (a request that dies is answered by its job), one UPDATE stores the response.
-- an anonymous sync job on the compatible route /sync, 10: the sync job less the charge (anonymous jobs are
+- an anonymous sync job on the compatible route /sync, 9: the sync job less the charge (anonymous jobs are
   free) and without a key to look up; the anonymous owner is cached per process like the policies.
 - the same as shipped (the compatible routes have no caps), 1: a free job of an uncapped endpoint without an
   Idempotency-Key has nothing that must commit before it runs, so it is recorded once, with its outcome: one
   INSERT in autocommit (before: BEGIN, INSERT, COMMIT, the run, BEGIN, UPDATE, COMMIT).
 - async acknowledgement held by `Prefer: wait` until the job is final, +2: the wait itself blocks on Redis (one
   XREAD BLOCK per 10 s), not the database; woken, it reads the final job once (the job, its delivery attempts).
-- a batch, 9 however many jobs: BEGIN, [global cap: advisory lock, SUM], the per-user counter's upsert (all the
-  batch's slots at once), INSERT batch, INSERT jobs (one multi-row INSERT; SQLite: one per ~30 jobs, Django's
+- a batch, 8 however many jobs: BEGIN, [global cap: advisory lock], the per-user counter's upsert (all the
+  batch's slots at once, summed against the global cap), INSERT batch, INSERT jobs (one multi-row INSERT; SQLite: one per ~30 jobs, Django's
   bound-parameter limit there), UPDATE account (the total), INSERT ledger entries (one multi-row INSERT), COMMIT.
-- a batch whose requests depend on each other and on existing jobs, 13 however many jobs: the batch's 9, the
+- a batch whose requests depend on each other and on existing jobs, 12 however many jobs: the batch's 8, the
   dependencies' edges (one multi-row INSERT), and for the named existing jobs: the check that they are the
   owner's (before the transaction), their SELECT ... FOR UPDATE and the UPDATE of their has_dependents flag.
 - job detail, 2: the job, its delivery attempts (one prefetch).
 - job list, 3: COUNT for the page, the page, the delivery attempts of the whole page (one prefetch):
   the same at 1 and at 50 jobs.
-Without the global cap a submission costs 2 fewer (no lock, no SUM); SQLite takes no advisory lock (its write
-transactions are serialised from BEGIN IMMEDIATE), so there each submission costs 1 fewer than the budget.
+Without the global cap a submission costs 1 fewer on PostgreSQL (no lock). SQLite takes no advisory lock (its
+write transactions are serialised from BEGIN IMMEDIATE) and charges in two statements: a charged submission
+costs the same there, a free one 1 fewer.
 
 The gate (authentication, policies, permissions) costs no statement: keys, roles, allowlists and policies are
 cached per process (accounts.selectors, jobsite.process_cache); tests/test_gate.py holds it to that.
@@ -54,15 +56,15 @@ from tests.job_helpers import kind_settings
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ASYNC_ACK = 8
-SYNC_JOB = 12
+ASYNC_ACK = 6
+SYNC_JOB = 10
 IDEMPOTENCY_KEY = 3
 REPLAY = 2
 """A replayed key: the claim's INSERT finds the key taken, one SELECT reads the stored response."""
-COMPAT_ANONYMOUS_SYNC = 10
+COMPAT_ANONYMOUS_SYNC = 9
 COMPAT_ANONYMOUS_SYNC_AS_SHIPPED = 1
-BATCH = 9
-BATCH_WITH_DEPENDENCIES = 13
+BATCH = 8
+BATCH_WITH_DEPENDENCIES = 12
 JOB_DETAIL = 2
 JOB_LIST = 3
 HELD_WAKE = 2
