@@ -19,8 +19,8 @@ The rule, per pool (docs/architecture.md states it for users):
 Written by hand: RQ has no fair or weighted dequeue (its workers pop their queues in order), and the fair
 queues of other libraries need their own workers; this keeps RQ's workers, registries and dashboard.
 
-Crash safety: every step is one atomic script; a staged job's RQ job exists (status queued), so the
-reconciler counts it as pending; a job lost with Redis is enqueued again by the reconciler from the database.
+Crash safety: every step is one atomic script; a staged job's RQ job exists (status queued) and its lane holds
+its id, so the reconciler counts it as pending (jobs.queues.pending_in_rq); a job lost with Redis is enqueued again by the reconciler from the database.
 Retries that RQ's scheduler brings back skip the stages (straight onto the RQ queue): they waited already.
 """
 

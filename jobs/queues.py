@@ -19,7 +19,7 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQJobStatus
 
 from jobs.models import Job, KindSettings
-from jobs.pools import Lane, PoolQueue
+from jobs.pools import Lane, PoolQueue, is_pool
 from jobsite.redis import redis_key
 from jobsite.sizing import DEFAULT_POOL
 from jobsite.tracing import TRACE_META_KEY
@@ -336,13 +336,44 @@ def webhook_is_on_its_way(job_id: UUID | str) -> bool:
     return status in _PENDING_RQ_STATUSES
 
 
-def is_pending_in_rq(job_id: UUID | str) -> bool:
-    """Whether RQ still holds this job (staged, queued, scheduled or running) and will (or does) run it."""
-    try:
-        rq_job = RQJob.fetch(str(job_id), connection=get_queue(JOBS_QUEUE).connection)
-    except NoSuchJobError:
-        return False
-    return rq_job.get_status(refresh=False) in _PENDING_RQ_STATUSES
+def pending_in_rq(jobs: Sequence[Job]) -> set[UUID]:
+    """Those of these queued jobs that RQ holds and will run: their RQ job has a pending status and their id is held
+    where RQ looks (staged in its lane, on its pool's queue or RQ's intermediate list, in the started, scheduled or
+    deferred registry).
+
+    A job whose RQ status says queued or started but that nothing holds was lost in flight: a worker's pop or start
+    whose reply a broken connection dropped (RQ's workers of several queues pop with BLPOP), so no worker will
+    ever take it. One pipelined round trip: each job's status, and each list and registry the jobs can be in.
+    """
+    if not jobs:
+        return set()
+    connection = get_queue(JOBS_QUEUE).connection
+    lists: set[str] = set()
+    registries: set[str] = set()
+    for job in jobs:
+        queue = get_queue(job.pool or JOBS_QUEUE)  # no pool: queued before pools
+        lists.update((queue.key, queue.intermediate_queue_key))
+        if is_pool(queue.name):
+            lists.add(_lane(job).keys(queue.name)[0])
+        registries.update(
+            registry.key
+            for registry in (queue.started_job_registry, queue.scheduled_job_registry, queue.deferred_job_registry)
+        )
+    with connection.pipeline(transaction=False) as pipeline:
+        for job in jobs:
+            pipeline.hget(RQJob.key_for(str(job.pk)), "status")
+        for key in lists:
+            pipeline.lrange(key, 0, -1)
+        for key in registries:
+            pipeline.zrange(key, 0, -1)
+        replies = pipeline.execute()
+    statuses, places = replies[: len(jobs)], replies[len(jobs) :]
+    held = {member.decode() for members in places for member in members}
+    return {
+        job.pk
+        for job, status in zip(jobs, statuses, strict=True)
+        if status is not None and status.decode() in _PENDING_RQ_STATUSES and str(job.pk) in held
+    }
 
 
 def discard_job(job: Job) -> None:

@@ -167,12 +167,14 @@ def jobs_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     stale_queued = stale_queued.only(
         "id", "kind", "trace_context", "created_at", "queued_at", "owner_id", "priority", "pool"
     )
-    for job in chain.from_iterable(keyset_batches(stale_queued, field="created_at", size=RECONCILE_BATCH)):
-        if job.queued_at and job.queued_at >= queued_cutoff:
-            continue  # back on the queue (a held job released, a retry) within the grace: its RQ job is on its way
-        if not queues.is_pending_in_rq(job.pk):
-            _job_enqueue_again(job)
-            report["requeued"] += 1
+    for page in keyset_batches(stale_queued, field="created_at", size=RECONCILE_BATCH):
+        # Back on the queue (a held job released, a retry) within the grace: its RQ job is on its way.
+        due = [job for job in page if not (job.queued_at and job.queued_at >= queued_cutoff)]
+        pending = queues.pending_in_rq(due)
+        for job in due:
+            if job.pk not in pending:
+                _job_enqueue_again(job)
+                report["requeued"] += 1
     grace = timedelta(seconds=settings.RECONCILE_RUNNING_GRACE)
     overdue = Job.objects.filter(status=JobStatus.RUNNING, started_at__lt=now - grace)
     for job in chain.from_iterable(keyset_batches(overdue, field="started_at", size=RECONCILE_BATCH)):

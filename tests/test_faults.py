@@ -362,7 +362,12 @@ def _settled(round_: Round) -> bool:
 
 def _finish(round_: Round, topology: Topology, *, recovered_at: float, restarts_before: dict[str, int]) -> dict:
     """Wait for the round to settle, assert the contract, return its figures."""
-    wait_until(lambda: _settled(round_), timeout=SETTLE_BOUND, interval=0.25)
+    try:
+        wait_until(lambda: _settled(round_), timeout=SETTLE_BOUND, interval=0.25)
+    except AssertionError:  # name what did not settle
+        unsettled = round_.jobs().exclude(status=JobStatus.SUCCEEDED, callback_status=CallbackStatus.DELIVERED)
+        left = list(unsettled.values_list("id", "status", "callback_status", "attempts"))
+        raise AssertionError(f"round {round_.name} unsettled after {SETTLE_BOUND} s: {left}") from None
     recovery = time.monotonic() - recovered_at
     subs = round_.submissions
     jobs = list(round_.jobs())

@@ -97,6 +97,26 @@ def test_redis_flushed_after_acceptance_loses_nothing(api: APIClient) -> None:
     assert set(Job.objects.filter(pk__in=ids).values_list("status", flat=True)) == {JobStatus.SUCCEEDED}
 
 
+@pytest.mark.django_db(transaction=True)
+@override_settings(RECONCILE_QUEUED_GRACE=0)
+@pytest.mark.parametrize("rq_status", ["queued", "started"])
+def test_a_job_lost_in_flight_is_requeued(api: APIClient, rq_status: str) -> None:
+    """A worker's pop (or its start) whose reply a broken connection dropped: RQ's job still says queued (started)
+    but no list or registry holds it, so no worker ever would take it (tests/test_faults.py's redis-down round)."""
+    redis = get_redis()
+    suspend(redis)
+    job_id = api.post("/api/v1/jobs/async/", {"kind": "hash", "input": {"data": "lost"}}, format="json").json()["id"]
+    assert jobs_reconcile()["requeued"] == 0  # staged: pending
+    held_in = [key for key in redis.scan_iter() if redis.type(key) == b"list" and redis.lrem(key, 0, job_id)]
+    assert held_in  # it was held somewhere, and is nowhere now
+    redis.hset(f"rq:job:{job_id}", "status", rq_status)
+    assert jobs_reconcile() == {"requeued": 1, "failed": 0, "canceled": 0}
+    assert jobs_reconcile()["requeued"] == 0  # held again
+    resume(redis)
+    run_worker_burst()
+    assert Job.objects.get(pk=job_id).status == JobStatus.SUCCEEDED
+
+
 def test_reconciler_is_registered_with_rq_cron() -> None:
     from rq import cron
 
