@@ -9,6 +9,7 @@ Method (figures and commands in bench/README.md):
   refuses, per-user and global concurrency caps, a credit charge (cost 1), a fresh Idempotency-Key per
   request and the LRU result cache (a miss: data is unique); `off` = no limit, no caps, cost 0, no
   Idempotency-Key, no cache. A change reaches every process within POLICY_CHECK_INTERVAL.
+- `--each-policy`: each of those policies alone on against every policy off, the same way (SINGLE_POLICIES).
 - Profile of POST /api/v1/jobs/sync/ in this process through Django's test client on the stack's database
   and Redis: SQL statements and database round trips (CaptureQueriesContext, which logs BEGIN/COMMIT too),
   and Redis round trips (commands, a pipeline counting once), by wrapping redis-py's execute methods here.
@@ -19,6 +20,7 @@ Method (figures and commands in bench/README.md):
   costs on a read that itself is one SELECT.
 
     .venv/bin/python -m bench.overhead [-n 200] [--database-url postgres://...] [--json FILE] [--no-comparison]
+        [--each-policy]
 """
 
 import argparse
@@ -121,6 +123,47 @@ def policies_on_vs_off(client: httpx.Client, n: int) -> dict[str, Any]:
         "policies_cost_ms": medians["on"] - medians["off"],
         "block_p50s_ms": block_p50s,
     }
+
+
+RATE_LIMIT_FIELDS = ("rate_limit_algorithm", "rate_limit", "refill_rate", "rate_window")
+CAP_FIELDS = ("max_concurrent_per_user", "max_concurrent_global")
+
+
+def _with(endpoint_fields: dict[str, Any] | None = None, **kind: Any) -> dict[str, dict[str, Any]]:
+    """POLICIES_OFF with these endpoint fields on both job endpoints and these kind.hash settings."""
+    endpoint = {**NO_POLICY, **(endpoint_fields or {})}
+    return {"jobs.sync": endpoint, "jobs.async": endpoint, "kind.hash": {**POLICIES_OFF["kind.hash"], **kind}}
+
+
+SINGLE_POLICIES: dict[str, tuple[dict[str, dict[str, Any]], bool]] = {
+    "rate limit": (_with({name: FULL_POLICY[name] for name in RATE_LIMIT_FIELDS}), False),
+    "per-user cap": (_with({"max_concurrent_per_user": FULL_POLICY["max_concurrent_per_user"]}), False),
+    "both caps": (_with({name: FULL_POLICY[name] for name in CAP_FIELDS}), False),
+    "charge": (_with(cost=1), False),
+    "result cache (miss)": (_with(cache_algorithm="lru"), False),
+    "Idempotency-Key": (POLICIES_OFF, True),
+}
+"""Each policy of POLICIES_ON alone: its policies, and whether requests carry a fresh Idempotency-Key."""
+
+
+def each_policy_alone(client: httpx.Client, n: int, blocks: int = 5) -> dict[str, float]:
+    """What each policy costs by itself: sync p50 with it alone on minus with every policy off, in blocks that
+    alternate (median of the blocks' p50s)."""
+
+    def send(key: bool) -> httpx.Response:
+        headers = {"Idempotency-Key": str(uuid.uuid4())} if key else {}
+        return client.post("/api/v1/jobs/sync/", json=hash_body(), headers=headers)
+
+    costs = {}
+    for name, (policies, key) in SINGLE_POLICIES.items():
+        block_p50s: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(blocks):
+            for on in (False, True):
+                apply_policies(policies if on else POLICIES_OFF)
+                sends_key = key and on
+                block_p50s[on].append(p50_ms(lambda sends_key=sends_key: send(sends_key), max(1, n // blocks)))
+        costs[name] = statistics.median(block_p50s[True]) - statistics.median(block_p50s[False])
+    return costs
 
 
 @contextlib.contextmanager
@@ -227,6 +270,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/8", help="the stack's Redis db (FLUSHed)")
     parser.add_argument("--json", type=Path, help="write every figure, and the profiled statements, here")
     parser.add_argument("--no-comparison", action="store_true", help="skip the policies on/off comparison (slow)")
+    parser.add_argument("--each-policy", action="store_true", help="also measure each policy alone (slow)")
     args = parser.parse_args()
     load_average = {"start": os.getloadavg()}
     with running_stack(topology=RUN_COMMAND, redis_url=args.redis_url, database_url=args.database_url) as stack:
@@ -242,6 +286,8 @@ def main() -> None:
             get_profile = profile_job_get(stack.api_key, job_id)
             if not args.no_comparison:
                 figures.update(policies_on_vs_off(client, args.n))
+            if args.each_policy:
+                figures["each_policy_alone_ms"] = each_policy_alone(client, args.n)
             profiles = profiles_off_and_on(stack.api_key)
     load_average["end"] = os.getloadavg()
     database = "PostgreSQL" if args.database_url else "SQLite"
@@ -254,6 +300,8 @@ def main() -> None:
             f"{figures['sync_policies_on_p50_ms']:.2f} ms p50: policies cost {figures['policies_cost_ms']:+.2f} ms"
             " (issue target <= 2 ms)"
         )
+    for name, cost in figures.get("each_policy_alone_ms", {}).items():
+        print(f"  sync, {name} alone: {cost:+.2f} ms p50 against every policy off")
     for title, figure in (("POST /api/v1/jobs/sync/", profile), ("GET /api/v1/jobs/{id}/", get_profile)):
         print(f"profile of {title} (policies as shipped, in process):")
         print(
