@@ -11,7 +11,7 @@ from django.db import connection, transaction
 
 from accounts.models import User
 from credits.models import CreditAccount, EntryType, LedgerEntry
-from jobsite.db import insert_many_unless_conflict, insert_unless_conflict, quoted_column
+from jobsite.db import insert_many_unless_conflict, insert_unless_conflict, insert_values, quoted_column
 from jobsite.errors import InsufficientCredits, InvalidInput
 
 if TYPE_CHECKING:
@@ -50,9 +50,8 @@ def _apply(entry: LedgerEntry) -> tuple[int | None, bool]:
     after (None: no account, or short) and whether the entry was written."""
     if connection.vendor == "postgresql":
         sql, fields = _apply_statement()
-        values = [field.get_db_prep_save(field.pre_save(entry, add=True), connection) for field in fields]
         with connection.cursor() as cursor:
-            cursor.execute(sql, [entry.amount, entry.account_id, entry.amount, *values])
+            cursor.execute(sql, [entry.amount, entry.account_id, entry.amount, *insert_values(entry, fields)])
             balance, written = cursor.fetchone()
         if written:
             entry.balance_after, entry._state.adding = balance, False

@@ -95,9 +95,14 @@ def _insert_statement(
     return f"{sql} RETURNING {quoted_column(meta.pk)}", fields
 
 
+def insert_values(instance: Model, fields: Sequence["Field[Any, Any]"]) -> list[Any]:
+    """The instance's values of these fields as an INSERT writes them (pre_save, then prepared for the database)."""
+    return [field.get_db_prep_save(field.pre_save(instance, add=True), connection) for field in fields]
+
+
 def _insert(instance: Model, unique_fields: tuple[str, ...] | None) -> bool:
     sql, fields = _insert_statement(type(instance), unique_fields, connection.vendor)
-    values = [field.get_db_prep_save(field.pre_save(instance, add=True), connection) for field in fields]
+    values = insert_values(instance, fields)
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
         row = cursor.fetchone()
@@ -177,9 +182,7 @@ def insert_many_unless_conflict(instances: Sequence[Model], *, unique_field: str
     written: set[Any] = set()
     for start in range(0, len(instances), INSERT_MANY_ROWS):
         chunk = instances[start : start + INSERT_MANY_ROWS]
-        values = [
-            field.get_db_prep_save(field.pre_save(item, add=True), connection) for item in chunk for field in fields
-        ]
+        values = [value for item in chunk for value in insert_values(item, fields)]
         sql = (
             f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES {', '.join([row] * len(chunk))}"
             f" ON CONFLICT ({quoted_column(unique)}) DO NOTHING RETURNING {quoted_column(unique)}"
