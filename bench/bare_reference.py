@@ -34,7 +34,11 @@ def running_bare(stack: Stack) -> Iterator[tuple[str, int]]:
     port = free_port()
     env = dict(stack.env, DJANGO_SETTINGS_MODULE="bench.bare_settings")
     process = subprocess.Popen(
-        gunicorn_command(port, RUN_COMMAND), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        gunicorn_command(port, workers=RUN_COMMAND.web_workers, threads=RUN_COMMAND.threads),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -68,8 +68,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def gunicorn_command(port: int, topology: Topology) -> list[str]:
-    """The web process of a stack: gunicorn gthread, the topology's workers x threads, on 127.0.0.1:port."""
+def gunicorn_command(port: int, *, workers: int, threads: int) -> list[str]:
+    """A web process: gunicorn gthread, workers x threads, on 127.0.0.1:port (stacks, the bare reference, faults)."""
     return [
         sys.executable,
         "-m",
@@ -78,9 +78,9 @@ def gunicorn_command(port: int, topology: Topology) -> list[str]:
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
-        str(topology.web_workers),
+        str(workers),
         "--threads",
-        str(topology.threads),
+        str(threads),
         "--worker-class",
         "gthread",
     ]
@@ -152,7 +152,9 @@ def running_stack(
         with contextlib.suppress(RuntimeError):
             stack.manage("grant_credits", BENCH_USER, "100000000")
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT, "env": env}
-        processes.append(subprocess.Popen(gunicorn_command(port, topology), **quiet))
+        processes.append(
+            subprocess.Popen(gunicorn_command(port, workers=topology.web_workers, threads=topology.threads), **quiet)
+        )
         stack.web_pid = processes[-1].pid
         for queues in topology.worker_queues:
             processes.append(

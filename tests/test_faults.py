@@ -35,6 +35,7 @@ from rq import Worker
 from standardwebhooks import Webhook
 
 from accounts.models import User
+from bench.stack import gunicorn_command
 from credits.models import EntryType, LedgerEntry
 from jobs.models import CallbackAttempt, CallbackStatus, IdempotencyRecord, Job, JobStatus, KindSettings
 from jobs.webhooks import webhook_secret_rotate
@@ -204,22 +205,7 @@ def topology(django_db_setup: None, django_db_blocker: Any) -> Iterator[Topology
     python = sys.executable
     worker = ["manage.py", "rqworker", "--worker-class", "jobs.worker.ResilientWorker", "--with-scheduler"]
     commands = {
-        "web": [
-            python,
-            "-m",
-            "gunicorn",
-            "jobsite.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--threads",
-            "4",
-            "--worker-class",
-            "gthread",
-            "--timeout",
-            "60",
-        ],
+        "web": [*gunicorn_command(port, workers=2, threads=4), "--timeout", "60"],
         "jobs-worker-1": [python, *worker, "jobs", "maintenance"],
         "jobs-worker-2": [python, *worker, "jobs", "maintenance"],
         "callbacks-worker-1": [python, *worker, "callbacks"],
