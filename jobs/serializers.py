@@ -308,13 +308,13 @@ class JobRequestSerializer(serializers.Serializer):
         return {**data, "webhook_events": events}
 
 
-class ModelFieldsOnce(serializers.ModelSerializer):
+class SharedRendererSerializer(serializers.ModelSerializer):
     """A read-only ModelSerializer whose fields are built and bound once per class: it renders through one shared
     instance of its class. DRF builds, deep-copies and binds every field for each instance (0.5-1 ms of each job
     response, and per job of a list); rendering reads no state of the instance, so its methods must not read
     `self.context` or `self.instance`."""
 
-    _renderer: "ModelFieldsOnce"
+    _renderer: "SharedRendererSerializer"
 
     def to_representation(self, instance: Any) -> dict[str, Any]:
         renderer = type(self).__dict__.get("_renderer")
@@ -324,7 +324,7 @@ class ModelFieldsOnce(serializers.ModelSerializer):
         return serializers.ModelSerializer.to_representation(renderer, instance)
 
 
-class CallbackAttemptSerializer(ModelFieldsOnce):
+class CallbackAttemptSerializer(SharedRendererSerializer):
     class Meta:
         model = CallbackAttempt
         fields = ["n", "at", "status_code", "error", "duration_ms"]
@@ -397,7 +397,7 @@ class JobWebhookEventSerializer(serializers.Serializer):
     data = JobEventSerializer()  # type: ignore[assignment]  # a field: DRF's metaclass leaves the property
 
 
-class JobSerializer(ModelFieldsOnce):
+class JobSerializer(SharedRendererSerializer):
     input = serializers.SerializerMethodField()
     result = serializers.SerializerMethodField()
     error = serializers.SerializerMethodField()
