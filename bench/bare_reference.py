@@ -32,21 +32,10 @@ TARGETS = ("original", "bare", "jobsite")
 def running_bare(stack: Stack) -> Iterator[tuple[str, int]]:
     """gunicorn with the bare settings, sized as the run command's, on the stack's database and Redis."""
     port = free_port()
+    argv = gunicorn_command(port, workers=RUN_COMMAND.web_workers, threads=RUN_COMMAND.threads)
     env = dict(stack.env, DJANGO_SETTINGS_MODULE="bench.bare_settings")
-    process = subprocess.Popen(
-        gunicorn_command(port, workers=RUN_COMMAND.web_workers, threads=RUN_COMMAND.threads),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        vo._wait_ready(url, process, "the bare reference")
-        yield url, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with vo.serving(argv, port=port, cwd=ROOT, env=env, what="the bare reference") as served:
+        yield served
 
 
 def run_sync(python: Path, timer: Path, url: str, requests: int, concurrency: int, server: int) -> dict[str, Any]:

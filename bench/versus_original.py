@@ -309,27 +309,30 @@ def _wait_ready(url: str, process: subprocess.Popen, what: str) -> None:
 
 
 @contextlib.contextmanager
-def running_original(original: Path, python: Path) -> Iterator[tuple[str, int]]:
-    """The original backend served by uvicorn on a free port: its URL and its process id."""
-    port = free_port()
-    env = dict(os.environ, APP_CALLBACK_BLOCK_PRIVATE_IPS="false")
-    process = subprocess.Popen(
-        [python, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=original,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def serving(argv: list[str], *, port: int, cwd: Path, env: dict[str, str], what: str) -> Iterator[tuple[str, int]]:
+    """A server started quietly, once it answers /healthz on 127.0.0.1:port: its URL and its process id; stopped
+    after (killed if it outlives SIGTERM by 30 s)."""
+    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, "the original backend")
+        _wait_ready(url, process, what)
         yield url, process.pid
     finally:
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextlib.contextmanager
+def running_original(original: Path, python: Path) -> Iterator[tuple[str, int]]:
+    """The original backend served by uvicorn on a free port: its URL and its process id."""
+    port = free_port()
+    argv = [str(python), "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    env = dict(os.environ, APP_CALLBACK_BLOCK_PRIVATE_IPS="false")
+    with serving(argv, port=port, cwd=original, env=env, what="the original backend") as served:
+        yield served
 
 
 def check_and_warm(url: str, requests: int) -> None:
