@@ -5,6 +5,9 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+BALANCE_NOT_NEGATIVE = "credit_balance_not_negative"
+"""The CHECK constraint that keeps every balance >= 0: a statement spending more than there is fails on it."""
+
 
 class CreditAccount(models.Model):
     """A user's balance; only credits.services changes it, always together with a ledger entry."""
@@ -16,7 +19,7 @@ class CreditAccount(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [models.CheckConstraint(condition=models.Q(balance__gte=0), name="credit_balance_not_negative")]
+        constraints = [models.CheckConstraint(condition=models.Q(balance__gte=0), name=BALANCE_NOT_NEGATIVE)]
 
     def __str__(self) -> str:
         return f"{self.user} ({self.balance})"

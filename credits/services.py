@@ -68,20 +68,42 @@ def _apply_statement() -> tuple[str, list["Field[Any, Any]"]]:
     """PostgreSQL: the balance's conditional UPDATE and the entry's INSERT in one data-modifying statement (one round
     trip where _move_balance and insert_unless_conflict take two); the CHECK keeps a balance >= 0, so the condition
     `balance + amount >= 0` only ever refuses a spend. Parameters: amount, user id, amount, then `fields`' values."""
-    fields = [field for field in LedgerEntry._meta.concrete_fields if field.attname != "balance_after"]
-    columns = ", ".join(quoted_column(field) for field in fields)
+    written, fields = _entry_written_after("moved")
     sql = (
         f"WITH moved AS (UPDATE {_ACCOUNTS} SET balance = balance + %s WHERE user_id = %s AND balance + %s >= 0"
-        " RETURNING balance),"
-        f" written AS (INSERT INTO {_LEDGER} ({columns}, balance_after)"
-        f" SELECT {', '.join(['%s'] * len(fields))}, moved.balance FROM moved"
-        " ON CONFLICT (posting_key) DO NOTHING RETURNING 1)"
+        f" RETURNING balance), written AS ({written} ON CONFLICT (posting_key) DO NOTHING RETURNING 1)"
         " SELECT (SELECT balance FROM moved), EXISTS (SELECT FROM written)"
     )
     return sql, fields
 
 
-def _post(
+def _entry_written_after(moved: str) -> tuple[str, list["Field[Any, Any]"]]:
+    """PostgreSQL: the INSERT of an entry whose balance_after is the balance the data-modifying CTE `moved` returned
+    (nothing if it returned no row); parameters: insert_values(entry, fields)."""
+    fields = [field for field in LedgerEntry._meta.concrete_fields if field.attname != "balance_after"]
+    columns = ", ".join(quoted_column(field) for field in fields)
+    sql = (
+        f"INSERT INTO {_LEDGER} ({columns}, balance_after)"
+        f" SELECT {', '.join(['%s'] * len(fields))}, {moved}.balance FROM {moved}"
+    )
+    return sql, fields
+
+
+@functools.cache
+def charge_after(condition: str) -> tuple[str, list["Field[Any, Any]"]]:
+    """PostgreSQL: a charge as two data-modifying CTEs, `charge_moved` and `charge_written`, for a statement that
+    writes more (jobs.acceptance): the balance's UPDATE, only if `condition` (SQL) holds, and its ledger entry.
+    Spending more than the balance fails the statement on BALANCE_NOT_NEGATIVE (credits_short says so); a missing
+    account moves nothing. Parameters: the entry's amount, its account id, then insert_values(entry, fields)."""
+    written, fields = _entry_written_after("charge_moved")
+    sql = (
+        f"charge_moved AS (UPDATE {_ACCOUNTS} SET balance = balance + %s WHERE user_id = %s AND {condition}"
+        f" RETURNING balance), charge_written AS ({written})"
+    )
+    return sql, fields
+
+
+def _new_entry(
     *,
     user_id: int,
     type: str,
@@ -90,14 +112,8 @@ def _post(
     reason: str = "",
     job_id: UUID | str | None = None,
     created_by: User | None = None,
-) -> LedgerEntry | None:
-    """Apply `amount` to the balance and record it; a replayed posting key writes nothing (returns None).
-
-    One statement on PostgreSQL when the posting goes through, two elsewhere (_apply), in the caller's
-    transaction if there is one, without a savepoint. Off that path: an account row missing (users get one
-    when created: credits.signals) is opened once, and a replay undoes its UPDATE.
-    """
-    entry = LedgerEntry(
+) -> LedgerEntry:
+    return LedgerEntry(
         account_id=user_id,
         type=type,
         amount=amount,
@@ -106,6 +122,28 @@ def _post(
         posting_key=posting_key,
         created_by=created_by,
     )
+
+
+def charge_entry(*, user_id: int, amount: int, job_id: UUID | str, reason: str = "") -> LedgerEntry:
+    """The ledger entry of a job's charge of `amount`, not written yet (its posting key makes it once per job)."""
+    return _new_entry(
+        user_id=user_id,
+        type=EntryType.CHARGE,
+        amount=-amount,
+        reason=reason,
+        job_id=job_id,
+        posting_key=charge_key(job_id),
+    )
+
+
+def _post(entry: LedgerEntry) -> LedgerEntry | None:
+    """Apply the entry's amount to the balance and record it; a replayed posting key writes nothing (returns None).
+
+    One statement on PostgreSQL when the posting goes through, two elsewhere (_apply), in the caller's
+    transaction if there is one, without a savepoint. Off that path: an account row missing (users get one
+    when created: credits.signals) is opened once, and a replay undoes its UPDATE.
+    """
+    user_id, amount, posting_key = entry.account_id, entry.amount, entry.posting_key
     with transaction.atomic(savepoint=False):
         balance, written = _apply(entry)
         if balance is None and _account_opened(user_id):
@@ -119,8 +157,13 @@ def _post(
         replayed = LedgerEntry.objects.filter(posting_key=posting_key).exists()
     if replayed:
         return None
+    raise credits_short(user_id=user_id, cost=-amount)
+
+
+def credits_short(*, user_id: int, cost: int, what: str = "job") -> InsufficientCredits:
+    """The refusal of a spend of `cost` the user's balance could not cover, with the balance now."""
     balance = CreditAccount.objects.filter(user_id=user_id).values_list("balance", flat=True).first() or 0
-    raise InsufficientCredits(balance=balance, cost=-amount)
+    return InsufficientCredits(balance=balance, cost=cost, what=what)
 
 
 def _account_opened(user_id: int) -> bool:
@@ -141,12 +184,14 @@ def credit_grant(
     if amount <= 0:
         raise InvalidInput([{"field": "amount", "message": "A grant must be positive."}])
     return _post(
-        user_id=user.pk,
-        type=EntryType.GRANT,
-        amount=amount,
-        reason=reason,
-        created_by=created_by,
-        posting_key=posting_key or f"grant:{uuid.uuid4()}",
+        _new_entry(
+            user_id=user.pk,
+            type=EntryType.GRANT,
+            amount=amount,
+            reason=reason,
+            created_by=created_by,
+            posting_key=posting_key or f"grant:{uuid.uuid4()}",
+        )
     )
 
 
@@ -156,12 +201,14 @@ def credit_adjust(
     """Correct a balance either way; it cannot go below zero (402 insufficient_credits)."""
     _require_nonzero(amount)
     return _post(
-        user_id=user.pk,
-        type=EntryType.ADJUSTMENT,
-        amount=amount,
-        reason=reason,
-        created_by=created_by,
-        posting_key=posting_key or f"adjustment:{uuid.uuid4()}",
+        _new_entry(
+            user_id=user.pk,
+            type=EntryType.ADJUSTMENT,
+            amount=amount,
+            reason=reason,
+            created_by=created_by,
+            posting_key=posting_key or f"adjustment:{uuid.uuid4()}",
+        )
     )
 
 
@@ -169,14 +216,7 @@ def credit_charge(*, user_id: int, amount: int, job_id: UUID | str, reason: str 
     """Spend `amount` for a job, once per job; raises InsufficientCredits and writes nothing if short."""
     if amount == 0:
         return None
-    return _post(
-        user_id=user_id,
-        type=EntryType.CHARGE,
-        amount=-amount,
-        reason=reason,
-        job_id=job_id,
-        posting_key=charge_key(job_id),
-    )
+    return _post(charge_entry(user_id=user_id, amount=amount, job_id=job_id, reason=reason))
 
 
 @dataclass(frozen=True)
@@ -205,22 +245,13 @@ def credit_charge_jobs(*, user_id: int, charges: Sequence[JobCharge], what: str 
         if balance is None and _account_opened(user_id):
             balance = _move_balance(user_id=user_id, amount=-total)
         if balance is None:
-            have = CreditAccount.objects.filter(user_id=user_id).values_list("balance", flat=True).first() or 0
-            raise InsufficientCredits(balance=have, cost=total, what=what)
+            raise credits_short(user_id=user_id, cost=total, what=what)
         entries, after = [], balance + total
         for charge in due:
             after -= charge.amount
-            entries.append(
-                LedgerEntry(
-                    account_id=user_id,
-                    type=EntryType.CHARGE,
-                    amount=-charge.amount,
-                    reason=charge.reason[:REASON_MAX_LENGTH],
-                    job_id=charge.job_id,
-                    posting_key=charge_key(charge.job_id),
-                    balance_after=after,
-                )
-            )
+            entry = charge_entry(user_id=user_id, amount=charge.amount, job_id=charge.job_id, reason=charge.reason)
+            entry.balance_after = after
+            entries.append(entry)
         written = insert_many_unless_conflict(entries, unique_field="posting_key")
         replayed = sum(-entry.amount for entry in entries if entry.posting_key not in written)
         if replayed:
@@ -234,10 +265,12 @@ def credit_refund(*, job_id: UUID | str, reason: str) -> LedgerEntry | None:
     if charge is None:
         return None
     return _post(
-        user_id=charge.account_id,
-        type=EntryType.REFUND,
-        amount=-charge.amount,
-        reason=reason,
-        job_id=job_id,
-        posting_key=refund_key(job_id),
+        _new_entry(
+            user_id=charge.account_id,
+            type=EntryType.REFUND,
+            amount=-charge.amount,
+            reason=reason,
+            job_id=job_id,
+            posting_key=refund_key(job_id),
+        )
     )

@@ -1,15 +1,30 @@
 """What a job costs: charged on acceptance, refunded in full when it ends for a reason not the caller's, or
 canceled before it started (once it ran, the work was done: a cancel then refunds nothing)."""
 
-from credits.services import credit_charge, credit_refund
+from credits.models import LedgerEntry
+from credits.services import charge_entry, credit_charge, credit_refund
 from jobs import metrics
 from jobs.models import Job, JobStatus
 
 
 def job_charge(job: Job) -> None:
     """Charge the job's cost once (posting key per job); InsufficientCredits rolls back the acceptance."""
-    if credit_charge(user_id=job.owner_id, amount=job.cost, job_id=job.id, reason=f"{job.kind} job"):
-        metrics.CREDITS.labels(type="charged").inc(job.cost)
+    if credit_charge(user_id=job.owner_id, amount=job.cost, job_id=job.id, reason=_charge_reason(job)):
+        job_charge_counted(job)
+
+
+def job_charge_entry(job: Job) -> LedgerEntry:
+    """The ledger entry of job_charge, for a statement that writes it with the job (jobs.acceptance)."""
+    return charge_entry(user_id=job.owner_id, amount=job.cost, job_id=job.id, reason=_charge_reason(job))
+
+
+def job_charge_counted(job: Job) -> None:
+    """The job's charge is written: count it."""
+    metrics.CREDITS.labels(type="charged").inc(job.cost)
+
+
+def _charge_reason(job: Job) -> str:
+    return f"{job.kind} job"
 
 
 def refund_due(job: Job) -> bool:

@@ -1,8 +1,8 @@
 """Concurrency caps: at most N queued-or-running jobs per user and per endpoint, counted in the database.
 
 Every (endpoint, owner) under a cap has a hot counter (ConcurrencySlot.in_use). A job admitted under a cap
-takes a slot with one conditional upsert in the transaction that creates it (no row back = the per-user cap
-is reached) and gives it back in the transaction that makes it final (job_finish, job_cancel; a lost worker's
+takes a slot with one conditional upsert in the transaction that creates it, or in the one statement that
+does (jobs.acceptance; no row back = the per-user cap is reached) and gives it back in the transaction, or the statement, that makes it final (job_finish, job_cancel; a lost worker's
 job is failed through job_finish); a requeued final job takes it again. The database stays the source of
 truth: a Redis flush cannot lose a slot, and `in_use == COUNT(queued or running jobs)` holds at every commit
 for jobs admitted while the policy had a cap. Endpoints without caps (the compatible routes, whose anonymous
@@ -13,6 +13,7 @@ cap sums an endpoint's counters under a lock that serialises competing submissio
 """
 
 import hashlib
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -32,10 +33,10 @@ _TAKE = (
 """More jobs (excluded.in_use: how many) hold slots (PostgreSQL, SQLite >= 3.35), `rows` being one of:"""
 _ROW = "VALUES (%s, %s, %s)"
 """endpoint, owner id, jobs."""
-_ROW_WITHIN_GLOBAL = (
-    f"SELECT %s, %s, %s WHERE (SELECT COALESCE(SUM(in_use), 0) FROM {_SLOTS} WHERE endpoint = %s) + %s <= %s"
-)
-"""endpoint, owner id, jobs, then endpoint, jobs, global cap: no row to take if the endpoint's total would go over."""
+_ROW_WHERE = "SELECT %s, %s, %s WHERE {conditions}"
+"""endpoint, owner id, jobs, then the conditions' parameters: no row to take unless they hold."""
+_WITHIN_GLOBAL = f"(SELECT COALESCE(SUM(in_use), 0) FROM {_SLOTS} WHERE endpoint = %s) + %s <= %s"
+"""endpoint, jobs, global cap: the endpoint's total would not go over."""
 _BELOW_CAP = f" WHERE {_SLOTS}.in_use + excluded.in_use <= %s"
 """The per-user cap on an existing counter (a first row is inserted without it)."""
 
@@ -43,7 +44,7 @@ _RELEASE = f"UPDATE {_SLOTS} SET in_use = in_use - 1 WHERE endpoint = %s AND own
 """One job fewer holds a slot; never below zero."""
 
 
-def _lock_endpoint(name: str) -> None:
+def lock_endpoint(name: str) -> None:
     """Serialise submissions to one endpoint until the transaction ends.
 
     PostgreSQL: a transaction-scoped advisory lock (no row needed). SQLite: every write transaction
@@ -80,39 +81,66 @@ def concurrency_admit(*, user: User, policy: EndpointPolicy, jobs: int = 1) -> b
     """
     if not concurrency_capped(policy):
         return False
-    cap, global_cap = policy.max_concurrent_per_user, policy.max_concurrent_global
     if not connection.in_atomic_block:
         raise RuntimeError("concurrency_admit must run inside the job-creating transaction")
-    if cap and jobs > cap:  # a first row is inserted without the cap's condition
-        raise _refuse("max_concurrent_per_user", cap, 0, policy)
-    params: list[str | int] = [policy.name, user.pk, jobs]
-    rows = _ROW
-    if global_cap:
-        # Lock order is always endpoint, then the user's row: no deadlock between the two caps. The next
-        # statement sums the counters in a snapshot taken after the lock: every earlier admission is counted.
-        _lock_endpoint(policy.name)
-        rows, params = _ROW_WITHIN_GLOBAL, [*params, policy.name, jobs, global_cap]
-    sql = _TAKE.format(rows=rows)
-    if cap:
-        sql, params = f"{sql}{_BELOW_CAP}", [*params, cap]
+    if policy.max_concurrent_global:
+        lock_endpoint(policy.name)
+    sql, params = slot_take_statement(policy, owner_id=user.pk, jobs=jobs)
     with connection.cursor() as cursor:
         cursor.execute(f"{sql} RETURNING in_use", params)
         if cursor.fetchone() is not None:
             return True
-    # Refused: which cap says so is read again (the lock is still held, so the total is the one that refused).
-    count = ConcurrencySlot.objects.filter(endpoint=policy.name).aggregate(n=Sum("in_use"))["n"] or 0
-    if global_cap and (count + jobs > global_cap or not cap):
-        raise _refuse("max_concurrent_global", global_cap, count, policy)
-    raise _refuse("max_concurrent_per_user", cap, cap, policy)
+    raise concurrency_refusal(policy, jobs=jobs)
+
+
+def slot_take_statement(
+    policy: EndpointPolicy, *, owner_id: int, jobs: int = 1, condition: str = ""
+) -> tuple[str, list[Any]]:
+    """The conditional upsert that takes `jobs` slots of the owner's under the policy's caps, and its parameters; it
+    writes no row if a cap (or `condition`, SQL without parameters) says no: concurrency_refusal says which cap.
+
+    A global cap's sum counts every earlier admission only in a snapshot taken after lock_endpoint (same
+    transaction): lock order is always endpoint, then the user's row, so the two caps cannot deadlock.
+    """
+    cap, global_cap = policy.max_concurrent_per_user, policy.max_concurrent_global
+    if cap and jobs > cap:  # a first row is inserted without the cap's condition
+        raise _refuse("max_concurrent_per_user", cap, 0, policy)
+    conditions, params = [], [policy.name, owner_id, jobs]
+    if global_cap:
+        conditions.append(_WITHIN_GLOBAL)
+        params += [policy.name, jobs, global_cap]
+    if condition:
+        conditions.append(condition)
+    rows = _ROW_WHERE.format(conditions=" AND ".join(conditions)) if conditions else _ROW
+    sql = _TAKE.format(rows=rows)
+    if cap:
+        sql, params = f"{sql}{_BELOW_CAP}", [*params, cap]
+    return sql, params
+
+
+def concurrency_refusal(policy: EndpointPolicy, *, jobs: int = 1) -> RateLimited:
+    """Which cap refused slot_take_statement's slots; run in its transaction (a global cap's lock still held, so the
+    total read is the one that refused)."""
+    cap, global_cap = policy.max_concurrent_per_user, policy.max_concurrent_global
+    if global_cap:
+        count = ConcurrencySlot.objects.filter(endpoint=policy.name).aggregate(n=Sum("in_use"))["n"] or 0
+        if count + jobs > global_cap or not cap:
+            return _refuse("max_concurrent_global", global_cap, count, policy)
+    return _refuse("max_concurrent_per_user", cap, cap, policy)
 
 
 def concurrency_release(job: Job) -> None:
     """The job reached a final state: its slot, if it took one, is free. Call in the transaction that made it final."""
     if not job.holds_slot:
         return  # admitted without a cap: no counter to write (the compatible routes' finish stays one UPDATE)
-    # in_use > 0: rows from before `holds_slot` existed may count a job admitted before its policy had a cap.
     with connection.cursor() as cursor:  # by hand, like _TAKE: the ORM's UPDATE costs more CPU to build than to run
-        cursor.execute(_RELEASE, [job.endpoint, job.owner_id])
+        cursor.execute(*concurrency_release_statement(job))
+
+
+def concurrency_release_statement(job: Job) -> tuple[str, list[Any]]:
+    """concurrency_release's UPDATE and its parameters, for a statement that makes the job final too (a CTE)."""
+    # in_use > 0: rows from before `holds_slot` existed may count a job admitted before its policy had a cap.
+    return _RELEASE, [job.endpoint, job.owner_id]
 
 
 def concurrency_retake(job: Job) -> None:

@@ -4,7 +4,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import replace
 from datetime import datetime
@@ -24,7 +24,7 @@ from jobs.batch_progress import batch_job_finished, batch_job_started
 from jobs.billing import job_refund_if_due
 from jobs.cache import cache_set
 from jobs.circuit import CircuitState, circuit_acquire, circuit_record, circuit_target
-from jobs.concurrency import concurrency_release
+from jobs.concurrency import concurrency_release, concurrency_release_statement
 from jobs.deadline import Deadline, DeadlineExceeded, StopRequested
 from jobs.encryption import open_input, seal_result
 from jobs.holding import Settled, job_dependents_settle, job_settle
@@ -34,7 +34,7 @@ from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
 from jobs.progress import ProgressReporter, job_final_announce, job_requeued_announce, job_started_announce
 from jobs.retries import retry_delay
 from jobs.stop import StopSignal
-from jobsite.db import insert_new, update_where
+from jobsite.db import insert_new, update_where, update_where_statement
 from jobsite.logs import bind_context
 from jobsite.tracing import get_tracer
 
@@ -158,32 +158,55 @@ def job_finish(
         insert_new(job)
         job_on_final(job)
         return True
-    with transaction.atomic():
+    # PostgreSQL writes the outcome and gives the slot back in one statement. A success outside a batch then needs no
+    # transaction: job_on_final writes nothing else for it (no refund, no batch count).
+    release_with_outcome = job.holds_slot and connection.vendor == "postgresql"
+    alone = status == JobStatus.SUCCEEDED and job.batch_id is None and (release_with_outcome or not job.holds_slot)
+    with nullcontext() if alone else transaction.atomic():
         # One statement on the usual path; the second only when the first found the job no longer running.
-        finished = status != JobStatus.CANCELED and _outcome_write(job, JobStatus.RUNNING, outcome)
+        finished = status != JobStatus.CANCELED and _outcome_write(
+            job, JobStatus.RUNNING, outcome, release=release_with_outcome
+        )
         if not finished and job.mode == JobMode.ASYNC:
             if status != JobStatus.SUCCEEDED:
                 outcome.update(status=JobStatus.CANCELED, result=None, error_code="", error_message="")
-            finished = _outcome_write(job, JobStatus.CANCELING, outcome)
+            finished = _outcome_write(job, JobStatus.CANCELING, outcome, release=release_with_outcome)
         if finished:
             for name, value in outcome.items():  # the row now holds exactly these: no need to read it back
                 setattr(job, name, value)
-            concurrency_release(job)
+            if not release_with_outcome:
+                concurrency_release(job)
             job_on_final(job)
     return bool(finished)
 
 
-def _outcome_write(job: Job, status_now: str, outcome: dict[str, Any]) -> int:
-    """Write the outcome if this attempt still owns the job in `status_now`: the rows written (0 or 1)."""
+def _outcome_write(job: Job, status_now: str, outcome: dict[str, Any], *, release: bool) -> int:
+    """Write the outcome if this attempt still owns the job in `status_now`: the rows written (0 or 1); `release`
+    (PostgreSQL): give the job's slot back in the same statement, if it wrote."""
     # The flag is matched, not trusted: a dependent added since the claim fails the first UPDATE and the
     # second tells us (the flag is never cleared), so no dependent is left waiting. Usually one UPDATE.
     owned = {"id": job.pk, "attempts": job.attempts, "status": status_now}
-    written = update_where(
-        Job, where=owned if job.has_dependents else {**owned, "has_dependents": False}, values=outcome
+    written = _outcome_update(
+        job, owned if job.has_dependents else {**owned, "has_dependents": False}, outcome, release
     )
-    if not written and not job.has_dependents and update_where(Job, where=owned, values=outcome):
+    if not written and not job.has_dependents and _outcome_update(job, owned, outcome, release):
         written, job.has_dependents = 1, True
     return written
+
+
+def _outcome_update(job: Job, where: dict[str, Any], outcome: dict[str, Any], release: bool) -> int:
+    if not release:
+        return update_where(Job, where=where, values=outcome)
+    sql, params = update_where_statement(Job, where=where, values=outcome)
+    release_sql, release_params = concurrency_release_statement(job)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH finished AS ({sql} RETURNING 1), released AS ({release_sql} AND EXISTS (SELECT FROM finished))"
+            " SELECT count(*) FROM finished",
+            [*params, *release_params],
+        )
+        (written,) = cursor.fetchone()
+    return int(written)
 
 
 def job_on_final(job: Job) -> None:

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 from rest_framework.response import Response
@@ -22,7 +23,7 @@ from rest_framework.response import Response
 from accounts.models import EndpointPolicy, User
 from accounts.requests import AuthenticatedRequest
 from jobs.models import FINAL_STATUSES, IdempotencyRecord, IdempotencyStatus, Job, JobMode, JobStatus
-from jobsite.db import insert_unless_conflict, update_where
+from jobsite.db import insert_unless_conflict, update_where, update_where_statement
 from jobsite.errors import (
     PROBLEM_CONTENT_TYPE,
     IdempotencyInFlight,
@@ -166,11 +167,20 @@ def idempotency_key_held() -> bool:
 
 def idempotency_bind_job(job: Job) -> None:
     """Tie the key the current request holds (if any) to the job it creates; call in the job's transaction."""
+    if (statement := idempotency_bind_statement(job)) is not None:
+        with connection.cursor() as cursor:
+            cursor.execute(*statement)
+
+
+def idempotency_bind_statement(job: Job) -> tuple[str, list[Any]] | None:
+    """idempotency_bind_job's UPDATE and its parameters (for a statement that writes the job too: jobs.acceptance);
+    None when the request holds no key."""
     held = _held_key.get()
-    if held is not None:
-        owner_id, key = held
-        in_flight = {"owner_id": owner_id, "key": key, "status": IdempotencyStatus.IN_FLIGHT}
-        update_where(IdempotencyRecord, where=in_flight, values={"job_id": job.pk})
+    if held is None:
+        return None
+    owner_id, key = held
+    in_flight = {"owner_id": owner_id, "key": key, "status": IdempotencyStatus.IN_FLIGHT}
+    return update_where_statement(IdempotencyRecord, where=in_flight, values={"job_id": job.pk})
 
 
 def idempotency_complete(*, user: User, key: str, status: int, body: Any, headers: dict[str, str]) -> None:

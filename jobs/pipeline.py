@@ -1,9 +1,8 @@
 """Submission of a job, top to bottom: after the gate (accounts.api.EndpointView: authentication, policy
 checks, rate limits) and validation, a job request passes the SSRF check, the circuit breaker and the result
-cache, then is admitted by the concurrency caps, charged and recorded in one transaction, and run now (sync)
-or queued (async)."""
+cache, then is admitted by the concurrency caps, charged and recorded at once (one statement on PostgreSQL:
+jobs.acceptance; one transaction elsewhere), and run now (sync) or queued (async)."""
 
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from redis.exceptions import RedisError
 
 from accounts.models import PRIORITY_RANK, EndpointPolicy, Priority, User
 from jobs import metrics, queues, ssrf
+from jobs.acceptance import job_accept
 from jobs.billing import job_charge
 from jobs.cache import cache_get
 from jobs.circuit import CircuitState, circuit_acquire, circuit_target
@@ -202,11 +202,29 @@ def _hold_status(*, policy: EndpointPolicy, run_at: datetime | None, depends_on:
 
 
 def _job_create(request: _JobRequest, **state: Any) -> Job:
-    """Record an accepted job (_job_new); the request's Idempotency-Key (if any) is tied to it in the same
-    transaction."""
+    """Record an accepted job (_job_new) in the caller's transaction (_job_insert)."""
     job = _job_new(request, **state)
+    _job_insert(job)
+    return job
+
+
+def _job_insert(job: Job) -> None:
+    """INSERT the job; the request's Idempotency-Key (if any) is tied to it in the same transaction."""
     insert_new(job)
     idempotency_bind_job(job)
+
+
+def _job_admit(request: _JobRequest, **state: Any) -> Job:
+    """Record an accepted job that runs now or is queued, with what must commit before it runs: its concurrency
+    slot, its charge and the request's Idempotency-Key. One statement where jobs.acceptance can, else one transaction."""
+    job = _job_new(request, cost=request.cost, holds_slot=concurrency_capped(request.policy), **state)
+    if _nothing_to_account(request):
+        insert_new(job)  # the INSERT alone is atomic (autocommit)
+    elif not job_accept(job, policy=request.policy):
+        with transaction.atomic():
+            concurrency_admit(user=request.user, policy=request.policy)
+            _job_insert(job)
+            job_charge(job)
     return job
 
 
@@ -275,10 +293,7 @@ def _job_run_sync(request: _JobRequest) -> Job:
         # Recorded once, with its outcome (job_finish inserts it): no charge, slot or key needs the row first.
         job = _job_new(request, cost=0, holds_slot=False, **running)
     else:
-        with transaction.atomic():
-            holds_slot = concurrency_admit(user=request.user, policy=request.policy)
-            job = _job_create(request, cost=request.cost, holds_slot=holds_slot, **running)
-            job_charge(job)
+        job = _job_admit(request, **running)
     while (delay := job_run(job, deadline=deadline)) is not None:
         time.sleep(delay)
         if not job._state.adding:
@@ -302,13 +317,9 @@ def _job_enqueue(request: _JobRequest) -> Job:
     pool = queues.job_pool(request.kind_settings)
     queue_admit(policy, pool=pool)
     attributes = {"job.kind": request.kind_settings.kind}
-    # Nothing to account for: the INSERT alone is atomic (autocommit), and the enqueue follows it at once.
-    recording = contextlib.nullcontext() if _nothing_to_account(request) else transaction.atomic()
-    with recording, tracer.start_as_current_span("job.enqueue", attributes=attributes) as span:
-        holds_slot = concurrency_admit(user=request.user, policy=policy)
-        job = _job_create(request, cost=request.cost, pool=pool, holds_slot=holds_slot)
+    with tracer.start_as_current_span("job.enqueue", attributes=attributes) as span:
+        job = _job_admit(request, pool=pool)
         span.set_attribute("job.id", str(job.id))
-        job_charge(job)
         queues.enqueue_job_on_commit(job, time_limit=request.kind_settings.time_limit)
     return job
 

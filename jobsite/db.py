@@ -80,16 +80,23 @@ def quoted_column(field: "Field[Any, Any] | ForeignObjectRel | None") -> str:
 
 
 @functools.cache
+def insert_into(model: type[Model], vendor: str) -> tuple[str, list["Field[Any, Any]"]]:
+    """`INSERT INTO table (columns)` of every concrete field but an auto key, and those fields (their values:
+    insert_values). The caller adds the rows (VALUES, or a SELECT) and any clause after them."""
+    meta = model._meta
+    fields = [field for field in meta.concrete_fields if not isinstance(field, AutoFieldMixin)]
+    columns = ", ".join(quoted_column(field) for field in fields)
+    return f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns})", fields
+
+
+@functools.cache
 def _insert_statement(
     model: type[Model], unique_fields: tuple[str, ...] | None, vendor: str
 ) -> tuple[str, list["Field[Any, Any]"]]:
     """`INSERT ... [ON CONFLICT (unique_fields) DO NOTHING] RETURNING pk` of every concrete field but an auto key."""
     meta = model._meta
-    fields = [field for field in meta.concrete_fields if not isinstance(field, AutoFieldMixin)]
-    columns = ", ".join(quoted_column(field) for field in fields)
-    sql = (
-        f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
-    )
+    into, fields = insert_into(model, vendor)
+    sql = f"{into} VALUES ({', '.join(['%s'] * len(fields))})"
     if unique_fields is not None:
         sql += f" ON CONFLICT ({', '.join(quoted_column(meta.get_field(name)) for name in unique_fields)}) DO NOTHING"
     return f"{sql} RETURNING {quoted_column(meta.pk)}", fields
@@ -148,6 +155,16 @@ def _update_statement(
 def update_where(model: type[Model], *, where: dict[str, Any], values: dict[str, Any]) -> int:
     """`filter(**where).update(**values)` for equalities on concrete fields (names or attnames), its statement
     written once per shape: the rows updated. A None in `where` is refused (SQL's `= NULL` matches nothing)."""
+    sql, params = update_where_statement(model, where=where, values=values)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+def update_where_statement(
+    model: type[Model], *, where: dict[str, Any], values: dict[str, Any]
+) -> tuple[str, list[Any]]:
+    """update_where's statement and parameters, for a caller that adds a condition (` AND ...`) or runs it in a CTE."""
     if not where or any(value is None for value in where.values()):
         raise ValueError(f"update_where needs non-null conditions: {where!r}")
     sql, set_fields, where_fields = _update_statement(model, tuple(values), tuple(where), connection.vendor)
@@ -157,9 +174,7 @@ def update_where(model: type[Model], *, where: dict[str, Any], values: dict[str,
     params += [
         field.get_db_prep_value(value, connection) for field, value in zip(where_fields, where.values(), strict=True)
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.rowcount
+    return sql, params
 
 
 INSERT_MANY_ROWS = 500
@@ -174,17 +189,15 @@ def insert_many_unless_conflict(instances: Sequence[Model], *, unique_field: str
     """
     if not instances:
         return set()
-    meta = instances[0]._meta
-    fields = [field for field in meta.concrete_fields if not isinstance(field, AutoFieldMixin)]
-    columns = ", ".join(quoted_column(field) for field in fields)
-    unique = meta.get_field(unique_field)
+    into, fields = insert_into(type(instances[0]), connection.vendor)
+    unique = instances[0]._meta.get_field(unique_field)
     row = f"({', '.join(['%s'] * len(fields))})"
     written: set[Any] = set()
     for start in range(0, len(instances), INSERT_MANY_ROWS):
         chunk = instances[start : start + INSERT_MANY_ROWS]
         values = [value for item in chunk for value in insert_values(item, fields)]
         sql = (
-            f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES {', '.join([row] * len(chunk))}"
+            f"{into} VALUES {', '.join([row] * len(chunk))}"
             f" ON CONFLICT ({quoted_column(unique)}) DO NOTHING RETURNING {quoted_column(unique)}"
         )
         with connection.cursor() as cursor:
