@@ -22,7 +22,7 @@ from jobs.billing import job_charge_counted, job_charge_entry
 from jobs.concurrency import concurrency_refusal, lock_endpoint, slot_take_statement
 from jobs.idempotency import idempotency_bind_statement
 from jobs.models import Job
-from jobsite.db import insert_into, insert_values
+from jobsite.db import insert_into_not_null, insert_values
 
 _ACCOUNTS = CreditAccount._meta.db_table
 
@@ -71,9 +71,9 @@ def _statement(job: Job, policy: EndpointPolicy) -> tuple[str, list[Any]]:
         parts.append(f"slot AS ({take} RETURNING 1)")
         params += take_params
         written = "EXISTS (SELECT FROM slot)"
-    into, fields = insert_into(Job, connection.vendor)
-    parts.append(f"job AS ({into} SELECT {', '.join(['%s'] * len(fields))} WHERE {written} RETURNING 1)")
-    params += insert_values(job, fields)
+    into, values = insert_into_not_null(job)
+    parts.append(f"job AS ({into} SELECT {', '.join(['%s'] * len(values))} WHERE {written} RETURNING 1)")
+    params += values
     if job.cost:
         entry = job_charge_entry(job)
         charge, entry_fields = charge_after("EXISTS (SELECT FROM job)")

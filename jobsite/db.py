@@ -107,6 +107,23 @@ def insert_values(instance: Model, fields: Sequence["Field[Any, Any]"]) -> list[
     return [field.get_db_prep_save(field.pre_save(instance, add=True), connection) for field in fields]
 
 
+def insert_into_not_null(instance: Model) -> tuple[str, list[Any]]:
+    """`INSERT INTO table (columns)` of the instance's fields whose values are not NULL, and those values (as
+    insert_values prepares them). A column left out is NULL (no model here has a database default); the shorter
+    list keeps a statement of many parts under psycopg's 50 parameters, above which it parses it on every call."""
+    _, fields = insert_into(type(instance), connection.vendor)
+    values = insert_values(instance, fields)
+    kept = tuple(index for index, value in enumerate(values) if value is not None)
+    return _insert_into_some(type(instance), kept, connection.vendor), [values[index] for index in kept]
+
+
+@functools.cache
+def _insert_into_some(model: type[Model], kept: tuple[int, ...], vendor: str) -> str:
+    _, fields = insert_into(model, vendor)
+    columns = ", ".join(quoted_column(fields[index]) for index in kept)
+    return f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({columns})"
+
+
 def _insert(instance: Model, unique_fields: tuple[str, ...] | None) -> bool:
     sql, fields = _insert_statement(type(instance), unique_fields, connection.vendor)
     values = insert_values(instance, fields)

@@ -1,11 +1,12 @@
 """jobsite.db's statements written once per shape: they write what the ORM would, on SQLite and PostgreSQL."""
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from accounts.models import User
 from jobs.models import IdempotencyRecord, IdempotencyStatus, Job, JobMode, JobStatus
-from jobsite.db import insert_new, insert_unless_conflict, update_where
+from jobsite.db import insert_into_not_null, insert_new, insert_unless_conflict, update_where
 
 pytestmark = pytest.mark.django_db
 
@@ -27,6 +28,24 @@ def test_insert_new_writes_every_field_as_save_would(user: User) -> None:
         "127.0.0.1",
     )
     assert stored.input == {"data": "x"} and stored.result is None and stored.created_at == job.created_at
+
+
+def test_insert_into_not_null_leaves_out_null_columns_and_writes_the_rest(user: User) -> None:
+    job = _job(user, status=JobStatus.RUNNING, attempts=1, attempt_log=[{"n": 1}], client_ip="127.0.0.1")
+    into, values = insert_into_not_null(job)
+    assert '"result"' not in into and '"started_at"' not in into and '"client_ip"' in into
+    assert None not in values
+    with connection.cursor() as cursor:
+        cursor.execute(f"{into} VALUES ({', '.join(['%s'] * len(values))})", values)
+    stored = Job.objects.get(pk=job.pk)
+    assert (stored.status, stored.attempts, stored.attempt_log, stored.client_ip) == (
+        JobStatus.RUNNING,
+        1,
+        [{"n": 1}],
+        "127.0.0.1",
+    )
+    assert stored.result is None and stored.started_at is None and stored.created_at == job.created_at
+    assert Job.objects.filter(pk=job.pk, result__isnull=True).exists()  # SQL NULL, as save() writes None
 
 
 def test_insert_unless_conflict_sets_the_auto_key_and_reports_a_conflict(user: User) -> None:
