@@ -183,15 +183,8 @@ def credit_grant(
     """Add credits (staff grants, new-user credits)."""
     if amount <= 0:
         raise InvalidInput([{"field": "amount", "message": "A grant must be positive."}])
-    return _post(
-        _new_entry(
-            user_id=user.pk,
-            type=EntryType.GRANT,
-            amount=amount,
-            reason=reason,
-            created_by=created_by,
-            posting_key=posting_key or f"grant:{uuid.uuid4()}",
-        )
+    return _post_by_hand(
+        type=EntryType.GRANT, user=user, amount=amount, reason=reason, created_by=created_by, posting_key=posting_key
     )
 
 
@@ -200,16 +193,29 @@ def credit_adjust(
 ) -> LedgerEntry | None:
     """Correct a balance either way; it cannot go below zero (402 insufficient_credits)."""
     _require_nonzero(amount)
-    return _post(
-        _new_entry(
-            user_id=user.pk,
-            type=EntryType.ADJUSTMENT,
-            amount=amount,
-            reason=reason,
-            created_by=created_by,
-            posting_key=posting_key or f"adjustment:{uuid.uuid4()}",
-        )
+    return _post_by_hand(
+        type=EntryType.ADJUSTMENT,
+        user=user,
+        amount=amount,
+        reason=reason,
+        created_by=created_by,
+        posting_key=posting_key,
     )
+
+
+def _post_by_hand(
+    *, type: str, user: User, amount: int, reason: str, created_by: User | None, posting_key: str
+) -> LedgerEntry | None:
+    """A grant or an adjustment: once per `posting_key` if given, else under a fresh key of its type."""
+    entry = _new_entry(
+        user_id=user.pk,
+        type=type,
+        amount=amount,
+        reason=reason,
+        created_by=created_by,
+        posting_key=posting_key or f"{type}:{uuid.uuid4()}",
+    )
+    return _post(entry)
 
 
 def credit_charge(*, user_id: int, amount: int, job_id: UUID | str, reason: str = "") -> LedgerEntry | None:
