@@ -4,10 +4,11 @@ seven round trips (BEGIN, a global cap's lock, slot, job, charge, key, COMMIT; 0
 
 Each part writes only if the part before it wrote, so a refusal writes nothing: no slot (a cap said no, or the
 owner has no credit account yet), then no job, then no charge and no key; a charge beyond the balance fails the
-whole statement on the balance's CHECK constraint. Without a global cap the statement runs alone, in autocommit; a
-global cap's sum counts every earlier admission only in a snapshot taken after the endpoint's lock, so there it
-follows the lock in a transaction. SQLite (no data-modifying CTEs) and an owner without a credit account (opened
-on a first charge) take jobs.pipeline's transaction of separate statements instead.
+whole statement on the balance's CHECK constraint. It runs in autocommit. A global cap's sum must count every
+earlier admission, so it is read in a snapshot taken after the endpoint's lock: the lock's SELECT and the statement
+go as one query, which PostgreSQL runs as one transaction with a snapshot per statement (one round trip still).
+SQLite (no data-modifying CTEs) and an owner without a credit account (opened on a first charge) take
+jobs.pipeline's transaction of separate statements instead.
 """
 
 import contextlib
@@ -19,7 +20,7 @@ from accounts.models import EndpointPolicy
 from credits.models import BALANCE_NOT_NEGATIVE, CreditAccount
 from credits.services import charge_after, credits_short
 from jobs.billing import job_charge_counted, job_charge_entry
-from jobs.concurrency import concurrency_refusal, lock_endpoint, slot_take_statement
+from jobs.concurrency import ENDPOINT_IN_USE, concurrency_refusal, lock_endpoint_statement, slot_take_statement
 from jobs.idempotency import idempotency_bind_statement
 from jobs.models import Job
 from jobsite.db import insert_into_not_null, insert_values
@@ -34,21 +35,24 @@ def job_accept(job: Job, *, policy: EndpointPolicy) -> bool:
     if connection.vendor != "postgresql":
         return False
     sql, params = _statement(job, policy)
-    # A global cap's lock, or a caller's transaction (a savepoint then), wraps it; else autocommit makes it atomic.
-    guarded = bool(policy.max_concurrent_global) or connection.in_atomic_block
+    locked = bool(policy.max_concurrent_global)
+    if locked:
+        lock, lock_params = lock_endpoint_statement(policy.name)
+        sql, params = f"{lock}; {sql}", [*lock_params, *params]
     try:
-        with transaction.atomic() if guarded else contextlib.nullcontext():
-            if policy.max_concurrent_global:
-                lock_endpoint(policy.name)
-            with connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                has_account, accepted = cursor.fetchone()
-            if has_account and not accepted:
-                raise concurrency_refusal(policy)  # read under the lock, if any: the total that refused
+        # In a caller's transaction, a savepoint keeps it usable if the statement fails.
+        savepoint = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+        with savepoint, connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            if locked:
+                cursor.nextset()  # past the lock's result
+            has_account, accepted, in_use = cursor.fetchone()
     except IntegrityError as error:
         if getattr(getattr(error.__cause__, "diag", None), "constraint_name", None) != BALANCE_NOT_NEGATIVE:
             raise
         raise credits_short(user_id=job.owner_id, cost=job.cost) from None
+    if has_account and not accepted:
+        raise concurrency_refusal(policy, in_use=in_use)
     if not has_account:
         return False
     job._state.adding, job._state.db = False, connection.alias
@@ -58,7 +62,8 @@ def job_accept(job: Job, *, policy: EndpointPolicy) -> bool:
 
 
 def _statement(job: Job, policy: EndpointPolicy) -> tuple[str, list[Any]]:
-    """`WITH [account], [slot], job, [charge], [bound key] SELECT has_account, accepted`: each CTE conditioned on the last."""
+    """`WITH [account], [slot], job, [charge], [bound key] SELECT has_account, accepted, the endpoint's slots in use
+    (a global cap's count, else NULL)`: each CTE conditioned on the last."""
     parts: list[str] = []
     params: list[Any] = []
     written = "true"
@@ -83,4 +88,7 @@ def _statement(job: Job, policy: EndpointPolicy) -> tuple[str, list[Any]]:
         parts.append(f"bound AS ({bind[0]} AND EXISTS (SELECT FROM job))")
         params += bind[1]
     has_account = "EXISTS (SELECT FROM account)" if job.cost else "true"
-    return f"WITH {', '.join(parts)} SELECT {has_account}, EXISTS (SELECT FROM job)", params
+    # The main query's snapshot is the CTEs': a global cap's count as the slot's condition saw it.
+    in_use = ENDPOINT_IN_USE if policy.max_concurrent_global else "NULL"
+    params += [policy.name] if policy.max_concurrent_global else []
+    return f"WITH {', '.join(parts)} SELECT {has_account}, EXISTS (SELECT FROM job), {in_use}", params

@@ -35,7 +35,9 @@ _ROW = "VALUES (%s, %s, %s)"
 """endpoint, owner id, jobs."""
 _ROW_WHERE = "SELECT %s, %s, %s WHERE {conditions}"
 """endpoint, owner id, jobs, then the conditions' parameters: no row to take unless they hold."""
-_WITHIN_GLOBAL = f"(SELECT COALESCE(SUM(in_use), 0) FROM {_SLOTS} WHERE endpoint = %s) + %s <= %s"
+ENDPOINT_IN_USE = f"(SELECT COALESCE(SUM(in_use), 0) FROM {_SLOTS} WHERE endpoint = %s)"
+"""endpoint: the slots its jobs hold, what a global cap counts."""
+_WITHIN_GLOBAL = f"{ENDPOINT_IN_USE} + %s <= %s"
 """endpoint, jobs, global cap: the endpoint's total would not go over."""
 _BELOW_CAP = f" WHERE {_SLOTS}.in_use + excluded.in_use <= %s"
 """The per-user cap on an existing counter (a first row is inserted without it)."""
@@ -52,9 +54,14 @@ def lock_endpoint(name: str) -> None:
     """
     if connection.vendor != "postgresql":
         return
-    digest = hashlib.sha256(f"jobsite:concurrency:{name}".encode()).digest()
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [int.from_bytes(digest[:8], "big", signed=True)])
+        cursor.execute(*lock_endpoint_statement(name))
+
+
+def lock_endpoint_statement(name: str) -> tuple[str, list[Any]]:
+    """PostgreSQL: lock_endpoint's statement and its parameter, for a query that runs more after it."""
+    digest = hashlib.sha256(f"jobsite:concurrency:{name}".encode()).digest()
+    return "SELECT pg_advisory_xact_lock(%s)", [int.from_bytes(digest[:8], "big", signed=True)]
 
 
 def _refuse(cap: str, limit: int, active: int, policy: EndpointPolicy) -> RateLimited:
@@ -118,12 +125,14 @@ def slot_take_statement(
     return sql, params
 
 
-def concurrency_refusal(policy: EndpointPolicy, *, jobs: int = 1) -> RateLimited:
-    """Which cap refused slot_take_statement's slots; run in its transaction (a global cap's lock still held, so the
-    total read is the one that refused)."""
+def concurrency_refusal(policy: EndpointPolicy, *, jobs: int = 1, in_use: int | None = None) -> RateLimited:
+    """Which cap refused slot_take_statement's slots. A global cap's count is `in_use` (ENDPOINT_IN_USE as the
+    refusing statement saw it), else read again in its transaction, the lock still held: the total that refused."""
     cap, global_cap = policy.max_concurrent_per_user, policy.max_concurrent_global
     if global_cap:
-        count = ConcurrencySlot.objects.filter(endpoint=policy.name).aggregate(n=Sum("in_use"))["n"] or 0
+        count = in_use
+        if count is None:
+            count = ConcurrencySlot.objects.filter(endpoint=policy.name).aggregate(n=Sum("in_use"))["n"] or 0
         if count + jobs > global_cap or not cap:
             return _refuse("max_concurrent_global", global_cap, count, policy)
     return _refuse("max_concurrent_per_user", cap, cap, policy)

@@ -104,10 +104,15 @@ def test_a_global_cap_counts_every_owner(
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite has no data-modifying CTEs")
-def test_on_postgresql_an_acknowledgement_writes_in_one_statement(api: APIClient, user: User) -> None:
+@pytest.mark.parametrize("global_cap", [0, 100], ids=["per-user-cap", "global-cap-too"])
+def test_on_postgresql_an_acknowledgement_is_one_round_trip(api: APIClient, user: User, global_cap: int) -> None:
+    set_policy("jobs.async", max_concurrent_per_user=2, max_concurrent_global=global_cap)
     set_balance(user, 10)
     submit(api)  # fills the per-process caches
     with CaptureQueriesContext(connection) as queries:
         response = submit(api)
     assert response.status_code == 202, response.content
-    assert [query["sql"].split(" AS ")[0] for query in queries.captured_queries] == ["WITH account"]
+    (statement,) = [query["sql"] for query in queries.captured_queries]
+    # A global cap's lock goes first in the same query: the statement's sum is read in a snapshot taken after it.
+    assert statement.startswith("SELECT pg_advisory_xact_lock(" if global_cap else "WITH account AS"), statement
+    assert written(user)[2] == 2

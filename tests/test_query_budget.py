@@ -6,21 +6,20 @@ the API key, its user and roles, the endpoint policies and the kind settings in 
 authentication and policy checks cost 0 statements. Every policy is on and never refuses: a per-user and a
 global concurrency cap, a rate limit (Redis), a credit charge, the result cache (a miss: unique data).
 
-PostgreSQL writes an acceptance in one data-modifying statement (jobs.acceptance: slot, job, charge, key) and a
-success's finish in another (outcome and slot), SQLite in separate statements:
+PostgreSQL writes an acceptance in one data-modifying statement (jobs.acceptance: slot, job, charge, key; a global
+cap's advisory lock goes in the same query) and a success's finish in another (outcome and slot), SQLite in
+separate statements:
 
-- async acknowledgement, PostgreSQL 4 = BEGIN, the global cap's advisory lock, the acceptance, COMMIT (without a
-  global cap, as the API's endpoints ship: the acceptance alone, 1). SQLite 6 = BEGIN, the per-user counter's
+- async acknowledgement, PostgreSQL 1: the acceptance, in autocommit. SQLite 6 = BEGIN, the per-user counter's
   conditional upsert (which also sums the endpoint's counters against the global cap), INSERT job, UPDATE
   account, INSERT ledger entry, COMMIT.
-- sync job, PostgreSQL 5 = the acknowledgement's 4, the run, then the outcome's UPDATE with the slot's release
-  (autocommit: a success writes nothing else); without a global cap 2. SQLite 10 = the acknowledgement's 6, the
-  run, then BEGIN, UPDATE job (finish), UPDATE counter (release), COMMIT. The response serialises the job in
-  memory: nothing is read back.
+- sync job, PostgreSQL 2 = the acceptance, the run, then the outcome's UPDATE with the slot's release (autocommit:
+  a success writes nothing else). SQLite 10 = the acknowledgement's 6, the run, then BEGIN, UPDATE job (finish),
+  UPDATE counter (release), COMMIT. The response serialises the job in memory: nothing is read back.
 - with an Idempotency-Key, PostgreSQL +2, SQLite +3: one INSERT claims the key (autocommit), the job's
   acceptance ties the key to the job (PostgreSQL: in its statement; SQLite: one UPDATE in its transaction; a
   request that dies is answered by its job), one UPDATE stores the response.
-- an anonymous sync job on the compatible route /sync, PostgreSQL 5, SQLite 8: the sync job less the charge
+- an anonymous sync job on the compatible route /sync, PostgreSQL 2, SQLite 8: the sync job less the charge
   (anonymous jobs are free) and without a key to look up; the anonymous owner is cached per process like the policies.
 - the same as shipped (the compatible routes have no caps), 1: a free job of an uncapped endpoint without an
   Idempotency-Key has nothing that must commit before it runs, so it is recorded once, with its outcome: one
@@ -62,14 +61,12 @@ from tests.job_helpers import kind_settings
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ON_POSTGRESQL = connection.vendor == "postgresql"
-ASYNC_ACK = 4 if ON_POSTGRESQL else 6
-ASYNC_ACK_WITHOUT_GLOBAL_CAP = 1 if ON_POSTGRESQL else ASYNC_ACK
-SYNC_JOB = 5 if ON_POSTGRESQL else 10
-SYNC_JOB_WITHOUT_GLOBAL_CAP = 2 if ON_POSTGRESQL else SYNC_JOB
+ASYNC_ACK = 1 if ON_POSTGRESQL else 6
+SYNC_JOB = 2 if ON_POSTGRESQL else 10
 IDEMPOTENCY_KEY = 2 if ON_POSTGRESQL else 3
 REPLAY = 2
 """A replayed key: the claim's INSERT finds the key taken, one SELECT reads the stored response."""
-COMPAT_ANONYMOUS_SYNC = 5 if ON_POSTGRESQL else 8
+COMPAT_ANONYMOUS_SYNC = 2 if ON_POSTGRESQL else 8
 COMPAT_ANONYMOUS_SYNC_AS_SHIPPED = 1
 BATCH = 8
 BATCH_WITH_DEPENDENCIES = 12
@@ -118,21 +115,6 @@ def test_a_submission_stays_within_its_budget(
     submit(api, path, key=key)  # the first request fills the per-process caches
     with django_assert_max_num_queries(budget + (IDEMPOTENCY_KEY if key else 0)):
         submit(api, path, key=key)
-
-
-@pytest.mark.parametrize(
-    ("path", "budget"),
-    [("/api/v1/jobs/sync/", SYNC_JOB_WITHOUT_GLOBAL_CAP), ("/api/v1/jobs/async/", ASYNC_ACK_WITHOUT_GLOBAL_CAP)],
-    ids=["sync", "async"],
-)
-def test_without_a_global_cap_a_submission_takes_no_lock(
-    api: APIClient, path: str, budget: int, django_assert_max_num_queries: Any
-) -> None:
-    for name in ("jobs.sync", "jobs.async"):
-        set_policy(name, **{**EVERY_POLICY, "max_concurrent_global": 0})
-    submit(api, path, key=False)
-    with django_assert_max_num_queries(budget):
-        submit(api, path, key=False)
 
 
 def test_a_held_submission_waits_on_redis_and_reads_the_job_once(
