@@ -88,7 +88,8 @@ def _statement(job: Job, policy: EndpointPolicy) -> tuple[str, list[Any]]:
         parts.append(f"bound AS ({bind[0]} AND EXISTS (SELECT FROM job))")
         params += bind[1]
     has_account = "EXISTS (SELECT FROM account)" if job.cost else "true"
-    # The main query's snapshot is the CTEs': a global cap's count as the slot's condition saw it.
-    in_use = ENDPOINT_IN_USE if policy.max_concurrent_global else "NULL"
-    params += [policy.name] if policy.max_concurrent_global else []
+    in_use = "NULL"
+    if policy.max_concurrent_global:  # the main query's snapshot is the CTEs': the count the slot's condition saw
+        in_use = ENDPOINT_IN_USE
+        params.append(policy.name)
     return f"WITH {', '.join(parts)} SELECT {has_account}, EXISTS (SELECT FROM job), {in_use}", params

@@ -83,10 +83,13 @@ def quoted_column(field: "Field[Any, Any] | ForeignObjectRel | None") -> str:
 def insert_into(model: type[Model], vendor: str) -> tuple[str, list["Field[Any, Any]"]]:
     """`INSERT INTO table (columns)` of every concrete field but an auto key, and those fields (their values:
     insert_values). The caller adds the rows (VALUES, or a SELECT) and any clause after them."""
-    meta = model._meta
-    fields = [field for field in meta.concrete_fields if not isinstance(field, AutoFieldMixin)]
+    fields = [field for field in model._meta.concrete_fields if not isinstance(field, AutoFieldMixin)]
+    return _into(model, fields), fields
+
+
+def _into(model: type[Model], fields: Sequence["Field[Any, Any]"]) -> str:
     columns = ", ".join(quoted_column(field) for field in fields)
-    return f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns})", fields
+    return f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({columns})"
 
 
 @functools.cache
@@ -120,8 +123,7 @@ def insert_into_not_null(instance: Model) -> tuple[str, list[Any]]:
 @functools.cache
 def _insert_into_some(model: type[Model], kept: tuple[int, ...], vendor: str) -> str:
     _, fields = insert_into(model, vendor)
-    columns = ", ".join(quoted_column(fields[index]) for index in kept)
-    return f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({columns})"
+    return _into(model, [fields[index] for index in kept])
 
 
 def _insert(instance: Model, unique_fields: tuple[str, ...] | None) -> bool:
