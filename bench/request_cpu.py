@@ -10,7 +10,7 @@ Routes (`hash`, 1000 iterations as in the original backend's benchmark, unique d
 answers): `compat_sync` = anonymous POST /sync, `compat_async` = anonymous POST /async with a callback URL
 (compat.sync and compat.async set `auth_required=false rate_limit_algorithm=none`, as bench.versus_original
 does), `api_sync` = POST /api/v1/jobs/sync/ and `api_async` = POST /api/v1/jobs/async/ with an API key
-(policies as shipped). No worker runs: the jobs queue is emptied between async requests, outside the
+(policies as shipped), `api_sync_keyed` and `api_async_keyed` the same with a new Idempotency-Key each. No worker runs: the jobs queue is emptied between async requests, outside the
 measurement, so back-pressure never waits. `hash_only` is `compute_hash` alone, the work inside each request.
 
 Per route: CPU per request (median and mean), wall p50, SQL statements and database round trips (with
@@ -63,6 +63,8 @@ class Route:
     body: Callable[[], dict[str, Any]]
     authenticated: bool
     queues_a_job: bool = False
+    keyed: bool = False
+    """Sends a new Idempotency-Key with each request."""
 
 
 ROUTES = {
@@ -81,6 +83,19 @@ ROUTES = {
         lambda: {"kind": "hash", "input": {"data": _data(), "iterations": HASH_ITERATIONS}},
         True,
         queues_a_job=True,
+    ),
+    "api_sync_keyed": Route(
+        "/api/v1/jobs/sync/",
+        lambda: {"kind": "hash", "input": {"data": _data(), "iterations": HASH_ITERATIONS}},
+        True,
+        keyed=True,
+    ),
+    "api_async_keyed": Route(
+        "/api/v1/jobs/async/",
+        lambda: {"kind": "hash", "input": {"data": _data(), "iterations": HASH_ITERATIONS}},
+        True,
+        queues_a_job=True,
+        keyed=True,
     ),
 }
 
@@ -103,6 +118,8 @@ def _environ(route: Route, api_key: str) -> dict[str, Any]:
     }
     if route.authenticated:
         environ["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
+    if route.keyed:
+        environ["HTTP_IDEMPOTENCY_KEY"] = _data()
     setup_testing_defaults(environ)
     return environ
 

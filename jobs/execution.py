@@ -28,6 +28,7 @@ from jobs.concurrency import concurrency_release, concurrency_release_statement
 from jobs.deadline import Deadline, DeadlineExceeded, StopRequested
 from jobs.encryption import open_input, seal_result
 from jobs.holding import Settled, job_dependents_settle, job_settle
+from jobs.idempotency import idempotency_answer, idempotency_answered
 from jobs.kind_settings import get_kind_settings, job_expiry
 from jobs.kinds import KINDS, KindError, RunContext
 from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
@@ -195,17 +196,24 @@ def _outcome_write(job: Job, status_now: str, outcome: dict[str, Any], *, releas
 
 
 def _outcome_update(job: Job, where: dict[str, Any], outcome: dict[str, Any], release: bool) -> int:
-    if not release:
+    """The outcome's UPDATE; on PostgreSQL, in the same statement and only if it wrote: the slot's release
+    (`release`) and the answer to the job's Idempotency-Key (a sync job's request holding one)."""
+    answer = idempotency_answer(job, outcome=outcome) if connection.vendor == "postgresql" else None
+    if not release and answer is None:
         return update_where(Job, where=where, values=outcome)
     sql, params = update_where_statement(Job, where=where, values=outcome)
-    release_sql, release_params = concurrency_release_statement(job)
+    followers = [concurrency_release_statement(job)] if release else []
+    if answer is not None:
+        followers.append(answer.statement)
+    parts = [f"finished AS ({sql} RETURNING 1)"]
+    for n, (follower_sql, follower_params) in enumerate(followers):
+        parts.append(f"then_{n} AS ({follower_sql} AND EXISTS (SELECT FROM finished))")
+        params += follower_params
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"WITH finished AS ({sql} RETURNING 1), released AS ({release_sql} AND EXISTS (SELECT FROM finished))"
-            " SELECT count(*) FROM finished",
-            [*params, *release_params],
-        )
+        cursor.execute(f"WITH {', '.join(parts)} SELECT count(*) FROM finished", params)
         (written,) = cursor.fetchone()
+    if written and answer is not None:
+        transaction.on_commit(partial(idempotency_answered, answer))
     return int(written)
 
 

@@ -5,14 +5,17 @@ and nothing accepted is kept only in Redis; the unique (owner, key) constraint m
 across processes without a second source of truth that a Redis flush could lose.
 """
 
+import copy
 import hashlib
 import json
 import math
 import re
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
 from django.db import connection
@@ -51,8 +54,32 @@ _CLAIM_ATTEMPTS = 3
 JOB_IN_FLIGHT_RETRY_AFTER = 1
 """Seconds a 409 tells the client to wait while the key's job runs (a sync job answers when it is final)."""
 
-_held_key: ContextVar[tuple[int, str] | None] = ContextVar("idempotency_held_key", default=None)
-"""(owner id, key) this request holds, so that the job it creates is tied to the key in the job's transaction."""
+
+@dataclass
+class _HeldKey:
+    """The key this request holds: the job it creates is tied to it in the job's transaction, and a sync job's
+    outcome may store the request's answer in the same statement (idempotency_answer)."""
+
+    owner_id: int
+    key: str
+    render_job: Callable[[Job], Response]
+    job_id: UUID | None = None
+    """The job the key was tied to."""
+    answered: bool = False
+    """Whether the answer was stored with that job's outcome (then nothing more is stored)."""
+    response: Response | None = None
+    """That answer as rendered (None for a failed job: its request raises JobFailed), sent as stored."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A request's answer rendered from its sync job's final state, and the UPDATE that stores it on the key."""
+
+    statement: tuple[str, list[Any]]
+    response: Response | None
+
+
+_held_key: ContextVar[_HeldKey | None] = ContextVar("idempotency_held_key", default=None)
 
 
 def request_fingerprint(*, method: str, path: str, data: Any) -> str:
@@ -147,17 +174,29 @@ def _in_flight_retry_after(record: IdempotencyRecord, now: datetime) -> int:
 
 def _complete_from_job(record: IdempotencyRecord, job: Job, render_job: Callable[[Job], Response]) -> None:
     """Store, for a request that died, the response its job (record.job) gives: the one it would have sent."""
+    stored, _ = _job_answer(job, render_job)
+    idempotency_complete(user=record.owner, key=record.key, **stored)
+
+
+def _job_answer(job: Job, render_job: Callable[[Job], Response]) -> tuple[dict[str, Any], Response | None]:
+    """The response a job answering its request gives (_answers_request), as idempotency_complete stores it and as
+    rendered (None for a failed sync job: its request raises JobFailed, which the error handler renders)."""
     if job.mode == JobMode.SYNC and job.status == JobStatus.FAILED:
         error = JobFailed(
             job.error_message, job_id=str(job.id), error={"code": job.error_code, "message": job.error_message}
         )
-        body = problem(error.status, error.code, error.title, error.detail, **error.extra)
-        status, headers = error.status, {}
-    else:
-        response = render_job(job)
-        status, body = response.status_code, response.data
-        headers = {name: response[name] for name in REPLAYED_RESPONSE_HEADERS if response.has_header(name)}
-    idempotency_complete(user=record.owner, key=record.key, status=status, body=body, headers=headers)
+        return {"status": error.status, "body": _problem_of(error), "headers": {}}, None
+    response = render_job(job)
+    return _stored(response), response
+
+
+def _problem_of(error: JobFailed) -> dict[str, Any]:
+    return problem(error.status, error.code, error.title, error.detail, **error.extra)
+
+
+def _stored(response: Response) -> dict[str, Any]:
+    headers = {name: response[name] for name in REPLAYED_RESPONSE_HEADERS if response.has_header(name)}
+    return {"status": response.status_code, "body": response.data, "headers": headers}
 
 
 def idempotency_key_held() -> bool:
@@ -178,22 +217,60 @@ def idempotency_bind_statement(job: Job) -> tuple[str, list[Any]] | None:
     held = _held_key.get()
     if held is None:
         return None
-    owner_id, key = held
-    in_flight = {"owner_id": owner_id, "key": key, "status": IdempotencyStatus.IN_FLIGHT}
-    return update_where_statement(IdempotencyRecord, where=in_flight, values={"job_id": job.pk})
+    held.job_id = job.pk
+    return update_where_statement(
+        IdempotencyRecord, where=_in_flight(held.owner_id, held.key), values={"job_id": job.pk}
+    )
+
+
+def _in_flight(owner_id: int, key: str) -> dict[str, Any]:
+    return {"owner_id": owner_id, "key": key, "status": IdempotencyStatus.IN_FLIGHT}
+
+
+def idempotency_answer(job: Job, *, outcome: dict[str, Any]) -> Answer | None:
+    """For a statement that writes a sync job's outcome (jobs.execution on PostgreSQL): the answer of the request
+    that holds the job's key, rendered from the job as the outcome leaves it, and the UPDATE that stores it, so the
+    key completes without a commit of its own. None when no key is tied to this job.
+
+    Call idempotency_answered once the statement's write commits."""
+    held = _held_key.get()
+    if held is None or held.job_id != job.pk or job.mode != JobMode.SYNC:
+        return None
+    final = copy.copy(job)
+    for name, value in outcome.items():
+        setattr(final, name, value)
+    stored, response = _job_answer(final, held.render_job)
+    statement = update_where_statement(
+        IdempotencyRecord, where=_in_flight(held.owner_id, held.key), values=_completed(**stored)
+    )
+    return Answer(statement=statement, response=response)
+
+
+def idempotency_answered(answer: Answer) -> None:
+    """The answer's UPDATE wrote with the job's outcome: the request sends that response, and stores nothing more."""
+    if (held := _held_key.get()) is not None:
+        held.answered, held.response = True, answer.response
+
+
+def idempotency_answered_response(job: Job) -> Response | None:
+    """The response stored with this job's outcome for the current request (idempotency_answer), if any."""
+    held = _held_key.get()
+    return held.response if held is not None and held.job_id == job.pk else None
 
 
 def idempotency_complete(*, user: User, key: str, status: int, body: Any, headers: dict[str, str]) -> None:
     update_where(
-        IdempotencyRecord,
-        where={"owner_id": user.pk, "key": key, "status": IdempotencyStatus.IN_FLIGHT},
-        values={
-            "status": IdempotencyStatus.COMPLETED,
-            "response_status": status,
-            "response_body": body,
-            "response_headers": headers,
-        },
+        IdempotencyRecord, where=_in_flight(user.pk, key), values=_completed(status=status, body=body, headers=headers)
     )
+
+
+def _completed(*, status: int, body: Any, headers: dict[str, str]) -> dict[str, Any]:
+    return {
+        "status": IdempotencyStatus.COMPLETED,
+        "response_status": status,
+        "response_body": body,
+        "response_headers": headers,
+    }
 
 
 def idempotency_release(*, user: User, key: str) -> None:
@@ -235,18 +312,19 @@ def idempotent_response(
     )
     if record is not None:
         return _replay(record)
-    held = _held_key.set((user.pk, key))
+    held = _HeldKey(owner_id=user.pk, key=key, render_job=render_job)
+    token = _held_key.set(held)
     try:
         response = run()
     except EXECUTED_ERRORS as exc:
-        body = problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
-        idempotency_complete(user=user, key=key, status=exc.status, body=body, headers={})
+        if not held.answered:
+            idempotency_complete(user=user, key=key, status=exc.status, body=_problem_of(exc), headers={})
         raise
     except BaseException:
         idempotency_release(user=user, key=key)
         raise
     finally:
-        _held_key.reset(held)
-    headers = {name: response[name] for name in REPLAYED_RESPONSE_HEADERS if response.has_header(name)}
-    idempotency_complete(user=user, key=key, status=response.status_code, body=response.data, headers=headers)
+        _held_key.reset(token)
+    if not held.answered:
+        idempotency_complete(user=user, key=key, **_stored(response))
     return response

@@ -20,7 +20,13 @@ from accounts.endpoints import Endpoint
 from accounts.requests import AuthenticatedRequest
 from jobs.events import PROGRESS_EVENT, STATUS_EVENT
 from jobs.export import export_chunks, export_csv, export_jsonl
-from jobs.idempotency import KEY_HEADER, KEY_MAX_LENGTH, KEY_PATTERN, idempotent_response
+from jobs.idempotency import (
+    KEY_HEADER,
+    KEY_MAX_LENGTH,
+    KEY_PATTERN,
+    idempotency_answered_response,
+    idempotent_response,
+)
 from jobs.kind_settings import get_kind_settings
 from jobs.limits import caller_limits
 from jobs.models import Job, JobMode, JobStatus
@@ -132,7 +138,8 @@ class JobSubmitView(EndpointView):
         )
 
     def submitted_response(self, request: AuthenticatedRequest, job: Job) -> Response:
-        return self.job_response(job)
+        answered = idempotency_answered_response(job)  # rendered when its outcome stored it: sent as stored
+        return answered if answered is not None else self.job_response(job)
 
     def job_response(self, job: Job) -> Response:
         return Response(JobSerializer(job).data, status=status.HTTP_200_OK)
