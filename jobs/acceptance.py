@@ -21,7 +21,7 @@ from credits.models import BALANCE_NOT_NEGATIVE, CreditAccount
 from credits.services import charge_after, credits_short
 from jobs.billing import job_charge_counted, job_charge_entry
 from jobs.concurrency import ENDPOINT_IN_USE, concurrency_refusal, lock_endpoint_statement, slot_take_statement
-from jobs.idempotency import idempotency_bind_statement
+from jobs.idempotency import KeyWrite, idempotency_bind_statement, idempotency_written
 from jobs.models import Job
 from jobsite.db import insert_into_not_null, insert_values
 
@@ -34,7 +34,7 @@ def job_accept(job: Job, *, policy: EndpointPolicy) -> bool:
     (SQLite, or no credit account yet); raises RateLimited (a cap) or InsufficientCredits, having written nothing."""
     if connection.vendor != "postgresql":
         return False
-    sql, params = _statement(job, policy)
+    sql, params, key_write = _statement(job, policy)
     locked = bool(policy.max_concurrent_global)
     if locked:
         lock, lock_params = lock_endpoint_statement(policy.name)
@@ -56,12 +56,14 @@ def job_accept(job: Job, *, policy: EndpointPolicy) -> bool:
     if not has_account:
         return False
     job._state.adding, job._state.db = False, connection.alias
+    if key_write is not None:
+        idempotency_written(key_write)
     if job.cost:
         job_charge_counted(job)
     return True
 
 
-def _statement(job: Job, policy: EndpointPolicy) -> tuple[str, list[Any]]:
+def _statement(job: Job, policy: EndpointPolicy) -> tuple[str, list[Any], KeyWrite | None]:
     """`WITH [account], [slot], job, [charge], [bound key] SELECT has_account, accepted, the endpoint's slots in use
     (a global cap's count, else NULL)`: each CTE conditioned on the last."""
     parts: list[str] = []
@@ -84,12 +86,13 @@ def _statement(job: Job, policy: EndpointPolicy) -> tuple[str, list[Any]]:
         charge, entry_fields = charge_after("EXISTS (SELECT FROM job)")
         parts.append(charge)
         params += [entry.amount, entry.account_id, *insert_values(entry, entry_fields)]
-    if (bind := idempotency_bind_statement(job)) is not None:
-        parts.append(f"bound AS ({bind[0]} AND EXISTS (SELECT FROM job))")
-        params += bind[1]
+    if (key_write := idempotency_bind_statement(job)) is not None:
+        bind, bind_params = key_write.statement
+        parts.append(f"bound AS ({bind} AND EXISTS (SELECT FROM job))")
+        params += bind_params
     has_account = "EXISTS (SELECT FROM account)" if job.cost else "true"
     in_use = "NULL"
     if policy.max_concurrent_global:  # the main query's snapshot is the CTEs': the count the slot's condition saw
         in_use = ENDPOINT_IN_USE
         params.append(policy.name)
-    return f"WITH {', '.join(parts)} SELECT {has_account}, EXISTS (SELECT FROM job), {in_use}", params
+    return f"WITH {', '.join(parts)} SELECT {has_account}, EXISTS (SELECT FROM job), {in_use}", params, key_write

@@ -28,7 +28,7 @@ from jobs.concurrency import concurrency_release, concurrency_release_statement
 from jobs.deadline import Deadline, DeadlineExceeded, StopRequested
 from jobs.encryption import open_input, seal_result
 from jobs.holding import Settled, job_dependents_settle, job_settle
-from jobs.idempotency import idempotency_answer, idempotency_answered
+from jobs.idempotency import idempotency_answer, idempotency_written
 from jobs.kind_settings import get_kind_settings, job_expiry
 from jobs.kinds import KINDS, KindError, RunContext
 from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
@@ -213,7 +213,7 @@ def _outcome_update(job: Job, where: dict[str, Any], outcome: dict[str, Any], re
         cursor.execute(f"WITH {', '.join(parts)} SELECT count(*) FROM finished", params)
         (written,) = cursor.fetchone()
     if written and answer is not None:
-        transaction.on_commit(partial(idempotency_answered, answer))
+        idempotency_written(answer)
     return int(written)
 
 

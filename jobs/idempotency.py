@@ -14,11 +14,12 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 from rest_framework.response import Response
@@ -57,26 +58,31 @@ JOB_IN_FLIGHT_RETRY_AFTER = 1
 
 @dataclass
 class _HeldKey:
-    """The key this request holds: the job it creates is tied to it in the job's transaction, and a sync job's
-    outcome may store the request's answer in the same statement (idempotency_answer)."""
+    """The key this request holds: the job it creates is tied to it in the statement or transaction that writes the
+    job, and the request's answer may be stored there too (KeyWrite)."""
 
     owner_id: int
     key: str
     render_job: Callable[[Job], Response]
+    answered_on_acceptance: bool
     job_id: UUID | None = None
     """The job the key was tied to."""
     answered: bool = False
-    """Whether the answer was stored with that job's outcome (then nothing more is stored)."""
+    """Whether the answer was stored with the job (then nothing more is stored)."""
     response: Response | None = None
     """That answer as rendered (None for a failed job: its request raises JobFailed), sent as stored."""
 
 
 @dataclass(frozen=True)
-class Answer:
-    """A request's answer rendered from its sync job's final state, and the UPDATE that stores it on the key."""
+class KeyWrite:
+    """An UPDATE of the held key's record, for the statement (or transaction) that writes its job; call
+    idempotency_written once that wrote."""
 
     statement: tuple[str, list[Any]]
-    response: Response | None
+    answers: bool = False
+    """It stores the request's answer too: the job accepted (an acknowledgement) or its sync outcome."""
+    response: Response | None = None
+    """The answer as rendered (None for a failed sync job: its request raises JobFailed)."""
 
 
 _held_key: ContextVar[_HeldKey | None] = ContextVar("idempotency_held_key", default=None)
@@ -206,20 +212,26 @@ def idempotency_key_held() -> bool:
 
 def idempotency_bind_job(job: Job) -> None:
     """Tie the key the current request holds (if any) to the job it creates; call in the job's transaction."""
-    if (statement := idempotency_bind_statement(job)) is not None:
+    if (write := idempotency_bind_statement(job)) is not None:
         with connection.cursor() as cursor:
-            cursor.execute(*statement)
+            cursor.execute(*write.statement)
+        idempotency_written(write)
 
 
-def idempotency_bind_statement(job: Job) -> tuple[str, list[Any]] | None:
-    """idempotency_bind_job's UPDATE and its parameters (for a statement that writes the job too: jobs.acceptance);
-    None when the request holds no key."""
+def idempotency_bind_statement(job: Job) -> KeyWrite | None:
+    """idempotency_bind_job's UPDATE (for a statement that writes the job too: jobs.acceptance); it also stores the
+    answer of a request answered by its job as accepted (`answered_on_acceptance`: an acknowledgement that waits for
+    nothing) if the job is queued. None when the request holds no key."""
     held = _held_key.get()
     if held is None:
         return None
     held.job_id = job.pk
-    return update_where_statement(
-        IdempotencyRecord, where=_in_flight(held.owner_id, held.key), values={"job_id": job.pk}
+    if held.answered_on_acceptance and job.status == JobStatus.QUEUED:
+        return _answering(held, job, tie={"job_id": job.pk})
+    return KeyWrite(
+        statement=update_where_statement(
+            IdempotencyRecord, where=_in_flight(held.owner_id, held.key), values={"job_id": job.pk}
+        )
     )
 
 
@@ -227,33 +239,40 @@ def _in_flight(owner_id: int, key: str) -> dict[str, Any]:
     return {"owner_id": owner_id, "key": key, "status": IdempotencyStatus.IN_FLIGHT}
 
 
-def idempotency_answer(job: Job, *, outcome: dict[str, Any]) -> Answer | None:
-    """For a statement that writes a sync job's outcome (jobs.execution on PostgreSQL): the answer of the request
-    that holds the job's key, rendered from the job as the outcome leaves it, and the UPDATE that stores it, so the
-    key completes without a commit of its own. None when no key is tied to this job.
-
-    Call idempotency_answered once the statement's write commits."""
+def idempotency_answer(job: Job, *, outcome: dict[str, Any]) -> KeyWrite | None:
+    """For a statement that writes a sync job's outcome (jobs.execution on PostgreSQL): the UPDATE that stores the
+    answer of the request holding the job's key, rendered from the job as the outcome leaves it, so the key
+    completes without a commit of its own. None when no key is tied to this job."""
     held = _held_key.get()
     if held is None or held.job_id != job.pk or job.mode != JobMode.SYNC:
         return None
     final = copy.copy(job)
     for name, value in outcome.items():
         setattr(final, name, value)
-    stored, response = _job_answer(final, held.render_job)
-    statement = update_where_statement(
-        IdempotencyRecord, where=_in_flight(held.owner_id, held.key), values=_completed(**stored)
-    )
-    return Answer(statement=statement, response=response)
+    return _answering(held, final)
 
 
-def idempotency_answered(answer: Answer) -> None:
-    """The answer's UPDATE wrote with the job's outcome: the request sends that response, and stores nothing more."""
+def _answering(held: _HeldKey, job: Job, tie: dict[str, Any] | None = None) -> KeyWrite:
+    stored, response = _job_answer(job, held.render_job)
+    values = {**(tie or {}), **_completed(**stored)}
+    statement = update_where_statement(IdempotencyRecord, where=_in_flight(held.owner_id, held.key), values=values)
+    return KeyWrite(statement=statement, answers=True, response=response)
+
+
+def idempotency_written(write: KeyWrite) -> None:
+    """The statement carrying `write` wrote: once it commits, an answer it stored is the request's (sent as stored;
+    nothing more is stored)."""
+    if write.answers:
+        transaction.on_commit(partial(_answered, write))
+
+
+def _answered(write: KeyWrite) -> None:
     if (held := _held_key.get()) is not None:
-        held.answered, held.response = True, answer.response
+        held.answered, held.response = True, write.response
 
 
 def idempotency_answered_response(job: Job) -> Response | None:
-    """The response stored with this job's outcome for the current request (idempotency_answer), if any."""
+    """The response stored with this job for the current request (KeyWrite), if any: sent as stored."""
     held = _held_key.get()
     return held.response if held is not None and held.job_id == job.pk else None
 
@@ -297,10 +316,13 @@ def idempotent_response(
     policy: EndpointPolicy,
     run: Callable[[], Response],
     render_job: Callable[[Job], Response],
+    answered_on_acceptance: bool = False,
 ) -> Response:
     """Run `run` once per (user, Idempotency-Key) within the policy's TTL; without the header, just run it.
 
     `render_job` renders a job as `run` would have answered: it answers the key if this request dies.
+    `answered_on_acceptance`: `run` answers render_job of its job as accepted, if queued (an acknowledgement that
+    waits for nothing), so the answer is stored in the statement that accepts the job.
     """
     raw = request.headers.get(KEY_HEADER)
     if raw is None:
@@ -312,7 +334,7 @@ def idempotent_response(
     )
     if record is not None:
         return _replay(record)
-    held = _HeldKey(owner_id=user.pk, key=key, render_job=render_job)
+    held = _HeldKey(owner_id=user.pk, key=key, render_job=render_job, answered_on_acceptance=answered_on_acceptance)
     token = _held_key.set(held)
     try:
         response = run()

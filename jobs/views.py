@@ -2,6 +2,7 @@
 
 import hashlib
 import re
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -88,12 +89,15 @@ def prefer_wait(header: str) -> int | None:
     return None
 
 
+def _wait_seconds(request: AuthenticatedRequest) -> int:
+    """How long the request is held for its job to finish: its Prefer wait up to the policy's max (0: not held)."""
+    wait = prefer_wait(request.headers.get("Prefer", ""))
+    return 0 if wait is None else min(wait, request.policy.max_wait_seconds)
+
+
 def _held_job(request: AuthenticatedRequest, job: Job) -> tuple[Job, dict[str, str]]:
     """The job after the wait its request prefers (if any), and the headers saying what was applied."""
-    wait = prefer_wait(request.headers.get("Prefer", ""))
-    if wait is None:
-        return job, {}
-    seconds = min(wait, request.policy.max_wait_seconds)
+    seconds = _wait_seconds(request)
     if seconds <= 0:
         return job, {}
     job, applied = job_await(user=request.user, job=job, seconds=seconds)
@@ -103,6 +107,12 @@ def _held_job(request: AuthenticatedRequest, job: Job) -> tuple[Job, dict[str, s
 def _retry_after(job: Job) -> dict[str, str]:
     """When to look at an unfinished job again: its kind's typical run time (KindSettings, cached per process)."""
     return {"Retry-After": str(max(1, get_kind_settings(job.kind).typical_run_seconds))}
+
+
+def _stored_or(job: Job, render_job: Callable[[Job], Response]) -> Response:
+    """The response its Idempotency-Key stored with the job (jobs.idempotency.KeyWrite), sent as stored; else rendered."""
+    stored = idempotency_answered_response(job)
+    return stored if stored is not None else render_job(job)
 
 
 def _varying_on_prefer(response: Response) -> Response:
@@ -135,11 +145,15 @@ class JobSubmitView(EndpointView):
             policy=request.policy,
             run=lambda: self.submitted_response(request, submit()),
             render_job=self.job_response,
+            answered_on_acceptance=self.answered_on_acceptance(request),
         )
 
+    def answered_on_acceptance(self, request: AuthenticatedRequest) -> bool:
+        """Whether the answer is job_response of the job as accepted (a sync job's is its outcome)."""
+        return False
+
     def submitted_response(self, request: AuthenticatedRequest, job: Job) -> Response:
-        answered = idempotency_answered_response(job)  # rendered when its outcome stored it: sent as stored
-        return answered if answered is not None else self.job_response(job)
+        return _stored_or(job, self.job_response)
 
     def job_response(self, job: Job) -> Response:
         return Response(JobSerializer(job).data, status=status.HTTP_200_OK)
@@ -177,19 +191,21 @@ class JobAsyncView(JobSubmitView):
     endpoint = Endpoint.JOBS_ASYNC
     mode = JobMode.ASYNC
 
+    def answered_on_acceptance(self, request: AuthenticatedRequest) -> bool:
+        return _wait_seconds(request) <= 0
+
     def submitted_response(self, request: AuthenticatedRequest, job: Job) -> Response:
         job, applied = _held_job(request, job)
         if applied and job.is_final:
-            response = Response(JobSerializer(job).data, status=status.HTTP_200_OK, headers=applied)
-        else:
-            response = self.job_response(job)
-            for name, value in applied.items():
-                response[name] = value
-        return _varying_on_prefer(response)
+            return _varying_on_prefer(Response(JobSerializer(job).data, status=status.HTTP_200_OK, headers=applied))
+        response = _stored_or(job, self.job_response)
+        for name, value in applied.items():
+            response[name] = value
+        return response
 
     def job_response(self, job: Job) -> Response:
         headers = {"Location": f"/api/v1/jobs/{job.id}/", **_retry_after(job)}
-        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers=headers)
+        return _varying_on_prefer(Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers=headers))
 
 
 class JobListView(EndpointView):
