@@ -23,8 +23,9 @@ HASH = {"kind": "hash", "input": {"data": "hello", "iterations": 10}}
 OTHER = {"kind": "hash", "input": {"data": "other", "iterations": 10}}
 
 
-def post(client: APIClient, path: str, body: dict, key: str | None = "key-1"):
-    headers = {"HTTP_IDEMPOTENCY_KEY": key} if key is not None else {}
+def post(client: APIClient, path: str, body: dict, key: str | None = "key-1", **headers: str):
+    if key is not None:
+        headers["HTTP_IDEMPOTENCY_KEY"] = key
     return client.post(path, body, format="json", **headers)
 
 
@@ -199,3 +200,25 @@ def test_in_flight_409_without_a_job_says_when_the_key_frees(api: APIClient, use
     assert response.status_code == 409
     assert 28 <= int(response["Retry-After"]) <= 30
     assert response.json()["retry_after"] == int(response["Retry-After"])
+
+
+def test_an_acknowledgement_is_stored_as_sent_and_one_held_by_prefer_wait_with_what_the_wait_applied(
+    api: APIClient,
+) -> None:
+    # Without a wait the answer is stored with the job's acceptance: the replay is the acknowledgement as sent.
+    first = post(api, "/api/v1/jobs/async/", HASH)
+    again = post(api, "/api/v1/jobs/async/", HASH)
+    assert (first.status_code, again.status_code, again["Idempotent-Replayed"]) == (202, 202, "true")
+    assert again.json() == first.json()
+    assert [again[name] for name in ("Location", "Retry-After", "Vary")] == [
+        first[name] for name in ("Location", "Retry-After", "Vary")
+    ]
+    assert "prefer" in first["Vary"].lower()
+    # A wait decides the answer after the acceptance (no worker runs here: the wait ends, 202 says what it applied).
+    set_policy("jobs.async", max_wait_seconds=1)
+    held = post(api, "/api/v1/jobs/async/", OTHER, key="key-2", HTTP_PREFER="wait=5")
+    replay = post(api, "/api/v1/jobs/async/", OTHER, key="key-2", HTTP_PREFER="wait=5")
+    assert (held.status_code, held["Preference-Applied"]) == (202, "wait=1")
+    assert (replay.status_code, replay["Preference-Applied"], replay["Idempotent-Replayed"]) == (202, "wait=1", "true")
+    assert replay.json() == held.json()
+    assert Job.objects.count() == 2
