@@ -23,7 +23,7 @@ from jobs.billing import job_charge_counted, job_charge_entry
 from jobs.concurrency import ENDPOINT_IN_USE, concurrency_refusal, lock_endpoint_statement, slot_take_statement
 from jobs.idempotency import KeyWrite, idempotency_bind_statement, idempotency_written
 from jobs.models import Job
-from jobsite.db import insert_into_not_null, insert_values
+from jobsite.db import insert_row, insert_values
 
 _ACCOUNTS = CreditAccount._meta.db_table
 
@@ -78,8 +78,8 @@ def _statement(job: Job, policy: EndpointPolicy) -> tuple[str, list[Any], KeyWri
         parts.append(f"slot AS ({take} RETURNING 1)")
         params += take_params
         written = "EXISTS (SELECT FROM slot)"
-    into, values = insert_into_not_null(job)
-    parts.append(f"job AS ({into} SELECT {', '.join(['%s'] * len(values))} WHERE {written} RETURNING 1)")
+    into, row, values = insert_row(job)
+    parts.append(f"job AS ({into} SELECT {row} WHERE {written} RETURNING 1)")
     params += values
     if job.cost:
         entry = job_charge_entry(job)

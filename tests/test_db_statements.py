@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from jobs.models import IdempotencyRecord, IdempotencyStatus, Job, JobMode, JobStatus
-from jobsite.db import insert_into_not_null, insert_new, insert_unless_conflict, update_where
+from jobsite.db import insert_new, insert_row, insert_unless_conflict, update_where
 
 pytestmark = pytest.mark.django_db
 
@@ -30,13 +30,17 @@ def test_insert_new_writes_every_field_as_save_would(user: User) -> None:
     assert stored.input == {"data": "x"} and stored.result is None and stored.created_at == job.created_at
 
 
-def test_insert_into_not_null_leaves_out_null_columns_and_writes_the_rest(user: User) -> None:
-    job = _job(user, status=JobStatus.RUNNING, attempts=1, attempt_log=[{"n": 1}], client_ip="127.0.0.1")
-    into, values = insert_into_not_null(job)
+def test_insert_row_leaves_out_null_columns_writes_empty_values_as_literals_and_the_rest_as_parameters(
+    user: User,
+) -> None:
+    job = _job(
+        user, status=JobStatus.RUNNING, attempts=1, attempt_log=[{"n": 1}], client_ip="127.0.0.1", queue_wait_ms=0
+    )
+    into, row, values = insert_row(job)
     assert '"result"' not in into and '"started_at"' not in into and '"client_ip"' in into
-    assert None not in values
+    assert None not in values and "" not in values and False not in values
     with connection.cursor() as cursor:
-        cursor.execute(f"{into} VALUES ({', '.join(['%s'] * len(values))})", values)
+        cursor.execute(f"{into} VALUES ({row})", values)
     stored = Job.objects.get(pk=job.pk)
     assert (stored.status, stored.attempts, stored.attempt_log, stored.client_ip) == (
         JobStatus.RUNNING,
@@ -44,6 +48,8 @@ def test_insert_into_not_null_leaves_out_null_columns_and_writes_the_rest(user: 
         [{"n": 1}],
         "127.0.0.1",
     )
+    assert (stored.error_code, stored.cached, stored.depends_on, stored.trace_context) == ("", False, [], {})
+    assert (stored.queue_wait_ms, stored.holds_slot) == (0, job.holds_slot)
     assert stored.result is None and stored.started_at is None and stored.created_at == job.created_at
     assert Job.objects.filter(pk=job.pk, result__isnull=True).exists()  # SQL NULL, as save() writes None
 
