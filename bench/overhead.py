@@ -13,8 +13,8 @@ Method (figures and commands in bench/README.md):
 - Profile of POST /api/v1/jobs/sync/ in this process through Django's test client on the stack's database
   and Redis: SQL statements and database round trips (CaptureQueriesContext, which logs BEGIN/COMMIT too),
   and Redis round trips (commands, a pipeline counting once), by wrapping redis-py's execute methods here.
-  Under gunicorn a request also runs the connection health check (a `SELECT 1` on PostgreSQL), which the
-  test client skips.
+  Under gunicorn a request also runs the connection health check, which the test client skips; on a quiet
+  connection it sends nothing (jobsite.postgresql: Django's own sent a `SELECT 1`).
 
 - Profile of GET /api/v1/jobs/{id}/ the same way: what the gate (authentication, policy checks, rate limit)
   costs on a read that itself is one SELECT.

@@ -14,7 +14,8 @@ does), `api_sync` = POST /api/v1/jobs/sync/ and `api_async` = POST /api/v1/jobs/
 measurement, so back-pressure never waits. `hash_only` is `compute_hash` alone, the work inside each request.
 
 Per route: CPU per request (median and mean), wall p50, SQL statements and database round trips (with
-BEGIN/COMMIT and the connection health check) and Redis round trips of one request. `--profile` runs the
+BEGIN/COMMIT; the connection health check sends nothing on a quiet connection, jobsite.postgresql) and Redis round
+trips of one request. `--profile` runs the
 routes once more under cProfile and prints where the CPU goes, by package and by function.
 
     .venv/bin/python -m bench.request_cpu --database-url postgres://postgres@127.0.0.1:5432/h_bench \
