@@ -34,7 +34,6 @@ from jobsite.errors import (
     IdempotencyKeyReused,
     InvalidInput,
     JobFailed,
-    problem,
 )
 
 KEY_HEADER = "Idempotency-Key"
@@ -191,13 +190,9 @@ def _job_answer(job: Job, render_job: Callable[[Job], Response]) -> tuple[dict[s
         error = JobFailed(
             job.error_message, job_id=str(job.id), error={"code": job.error_code, "message": job.error_message}
         )
-        return {"status": error.status, "body": _problem_of(error), "headers": {}}, None
+        return {"status": error.status, "body": error.problem_body(), "headers": {}}, None
     response = render_job(job)
     return _stored(response), response
-
-
-def _problem_of(error: JobFailed) -> dict[str, Any]:
-    return problem(error.status, error.code, error.title, error.detail, **error.extra)
 
 
 def _stored(response: Response) -> dict[str, Any]:
@@ -226,12 +221,11 @@ def idempotency_bind_statement(job: Job) -> KeyWrite | None:
     if held is None:
         return None
     held.job_id = job.pk
+    tie = {"job_id": job.pk}
     if held.answered_on_acceptance and job.status == JobStatus.QUEUED:
-        return _answering(held, job, tie={"job_id": job.pk})
+        return _answering(held, job, tie=tie)
     return KeyWrite(
-        statement=update_where_statement(
-            IdempotencyRecord, where=_in_flight(held.owner_id, held.key), values={"job_id": job.pk}
-        )
+        statement=update_where_statement(IdempotencyRecord, where=_in_flight(held.owner_id, held.key), values=tie)
     )
 
 
@@ -340,7 +334,7 @@ def idempotent_response(
         response = run()
     except EXECUTED_ERRORS as exc:
         if not held.answered:
-            idempotency_complete(user=user, key=key, status=exc.status, body=_problem_of(exc), headers={})
+            idempotency_complete(user=user, key=key, status=exc.status, body=exc.problem_body(), headers={})
         raise
     except BaseException:
         idempotency_release(user=user, key=key)

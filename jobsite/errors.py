@@ -55,6 +55,10 @@ class ServiceError(drf.APIException):
     def status_code(self) -> int:  # type: ignore[override]  # DRF's name for `status`, read-only: one source
         return self.status
 
+    def problem_body(self) -> dict[str, Any]:
+        """This error as an RFC 9457 problem document."""
+        return problem(self.status, self.code, self.title, self.detail, **self.extra)
+
 
 class InvalidInput(ServiceError):
     status, code, title = 400, "validation_error", "Invalid input"
@@ -283,7 +287,7 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
     # Problems are JSON whatever the Accept header asked for (RFC 9457); never the browsable API's HTML.
     context["request"].accepted_renderer = JSONRenderer()
     context["request"].accepted_media_type = PROBLEM_CONTENT_TYPE
-    body = problem(error.status, error.code, error.title, error.detail, **error.extra)
+    body = error.problem_body()
     headers = dict(error.headers)
     auth_header = getattr(exc, "auth_header", None) if isinstance(exc, drf.APIException) else None
     if auth_header:
@@ -302,7 +306,7 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
 
 def problem_response(error: ServiceError) -> JsonResponse:
     """Plain-Django twin of the DRF handler, for code outside DRF views (middleware, handler404/500)."""
-    body = problem(error.status, error.code, error.title, error.detail, **error.extra)
+    body = error.problem_body()
     response = JsonResponse(body, status=error.status, content_type=PROBLEM_CONTENT_TYPE)
     for name, value in error.headers.items():
         response[name] = value
