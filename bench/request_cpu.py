@@ -10,13 +10,14 @@ Routes (`hash`, 1000 iterations as in the original backend's benchmark, unique d
 answers): `compat_sync` = anonymous POST /sync, `compat_async` = anonymous POST /async with a callback URL
 (compat.sync and compat.async set `auth_required=false rate_limit_algorithm=none`, as bench.versus_original
 does), `api_sync` = POST /api/v1/jobs/sync/ and `api_async` = POST /api/v1/jobs/async/ with an API key
-(policies as shipped), `api_sync_keyed` and `api_async_keyed` the same with a new Idempotency-Key each. No worker runs: the jobs queue is emptied between async requests, outside the
-measurement, so back-pressure never waits. `hash_only` is `compute_hash` alone, the work inside each request.
+(policies as shipped), `api_sync_keyed` and `api_async_keyed` the same with a new Idempotency-Key each. No
+worker runs: the jobs queue is emptied between async requests, outside the measurement, so back-pressure never
+waits. `hash_only` is `compute_hash` alone, the work inside each request.
 
 Per route: CPU per request (median and mean), wall p50, SQL statements and database round trips (with
 BEGIN/COMMIT; the connection health check sends nothing on a quiet connection, jobsite.postgresql) and Redis round
-trips of one request. `--profile` runs the
-routes once more under cProfile and prints where the CPU goes, by package and by function.
+trips of one request. `--profile` runs the routes once more under cProfile and prints where the CPU goes, by
+package and by function.
 
     .venv/bin/python -m bench.request_cpu --database-url postgres://postgres@127.0.0.1:5432/h_bench \
         [--redis-url redis://127.0.0.1:6379/10] [-n 300] [--routes compat_sync api_sync] [--profile] [--json FILE]
@@ -36,7 +37,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from wsgiref.util import setup_testing_defaults
@@ -68,6 +69,13 @@ class Route:
     """Sends a new Idempotency-Key with each request."""
 
 
+def _api_body() -> dict[str, Any]:
+    return {"kind": "hash", "input": {"data": _data(), "iterations": HASH_ITERATIONS}}
+
+
+_API_SYNC = Route("/api/v1/jobs/sync/", _api_body, True)
+_API_ASYNC = Route("/api/v1/jobs/async/", _api_body, True, queues_a_job=True)
+
 ROUTES = {
     "compat_sync": Route("/sync", lambda: {"data": _data(), "iterations": HASH_ITERATIONS}, False),
     "compat_async": Route(
@@ -76,28 +84,10 @@ ROUTES = {
         False,
         queues_a_job=True,
     ),
-    "api_sync": Route(
-        "/api/v1/jobs/sync/", lambda: {"kind": "hash", "input": {"data": _data(), "iterations": HASH_ITERATIONS}}, True
-    ),
-    "api_async": Route(
-        "/api/v1/jobs/async/",
-        lambda: {"kind": "hash", "input": {"data": _data(), "iterations": HASH_ITERATIONS}},
-        True,
-        queues_a_job=True,
-    ),
-    "api_sync_keyed": Route(
-        "/api/v1/jobs/sync/",
-        lambda: {"kind": "hash", "input": {"data": _data(), "iterations": HASH_ITERATIONS}},
-        True,
-        keyed=True,
-    ),
-    "api_async_keyed": Route(
-        "/api/v1/jobs/async/",
-        lambda: {"kind": "hash", "input": {"data": _data(), "iterations": HASH_ITERATIONS}},
-        True,
-        queues_a_job=True,
-        keyed=True,
-    ),
+    "api_sync": _API_SYNC,
+    "api_async": _API_ASYNC,
+    "api_sync_keyed": replace(_API_SYNC, keyed=True),
+    "api_async_keyed": replace(_API_ASYNC, keyed=True),
 }
 
 

@@ -132,8 +132,10 @@ def _literal(value: Any) -> str | None:
     """The SQL of an empty, zero or false value; None for any other (it stays a parameter)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str | int) and not value:
-        return "''" if isinstance(value, str) else "0"
+    if isinstance(value, str) and not value:
+        return "''"
+    if isinstance(value, int) and not value:
+        return "0"
     if isinstance(value, Jsonb) and value.obj in ([], {}):
         return f"'{json.dumps(value.obj)}'::jsonb"
     return None
