@@ -173,6 +173,7 @@ def redis_round_trips() -> Iterator[list[str]]:
 
     trips: list[str] = []
     execute_command, execute_pipeline = Redis.execute_command, Pipeline.execute
+    execute_immediate = Pipeline.immediate_execute_command
 
     def counted_command(self: Redis, *args: Any, **options: Any) -> Any:
         trips.append(str(args[0]))
@@ -182,11 +183,17 @@ def redis_round_trips() -> Iterator[list[str]]:
         trips.append(f"pipeline[{' '.join(str(command[0][0]) for command in self.command_stack)}]")
         return execute_pipeline(self, *args, **options)
 
+    def counted_immediate(self: Pipeline, *args: Any, **options: Any) -> Any:
+        trips.append(str(args[0]))  # what a pipeline sends ahead of itself (SCRIPT EXISTS for its scripts, WATCH)
+        return execute_immediate(self, *args, **options)
+
     Redis.execute_command, Pipeline.execute = counted_command, counted_pipeline
+    Pipeline.immediate_execute_command = counted_immediate  # type: ignore[method-assign]
     try:
         yield trips
     finally:
         Redis.execute_command, Pipeline.execute = execute_command, execute_pipeline
+        Pipeline.immediate_execute_command = execute_immediate  # type: ignore[method-assign]
 
 
 TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK")

@@ -5,6 +5,7 @@ from functools import lru_cache
 
 from django.conf import settings
 from redis import Redis
+from redis.client import Pipeline
 from redis.commands.core import Script
 from redis.typing import EncodableT
 
@@ -64,5 +65,8 @@ def _script(source: str) -> Script:
 def run_lua(source: str, *, keys: list[str], args: Sequence[EncodableT], client: Redis | None = None) -> object:
     """Run a Lua script by its SHA (registered once per process; redis-py reloads it after a Redis restart).
 
-    `client`: another connection or a pipeline (the script then runs inside its transaction)."""
+    `client`: another connection or a pipeline (the script then runs inside its transaction). A pipeline gets the
+    script whole (EVAL): by SHA, redis-py would first ask SCRIPT EXISTS, a round trip of its own before the pipeline's."""
+    if isinstance(client, Pipeline):
+        return client.eval(source, len(keys), *keys, *args)
     return _script(source)(keys=keys, args=args, client=client or get_redis())

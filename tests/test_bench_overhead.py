@@ -18,7 +18,7 @@ from tests.access_helpers import open_compat_to_anonymous
 
 def test_redis_round_trips_count_each_command_and_a_pipeline_once():
     redis = get_redis()
-    original = Redis.execute_command, Pipeline.execute
+    original = Redis.execute_command, Pipeline.execute, Pipeline.immediate_execute_command
 
     with redis_round_trips() as trips:
         redis.set(redis_key("bench", "a"), 1)
@@ -26,11 +26,16 @@ def test_redis_round_trips_count_each_command_and_a_pipeline_once():
         pipeline.incr(redis_key("bench", "a"))
         pipeline.get(redis_key("bench", "a"))
         assert pipeline.execute() == [2, b"2"]
+        with redis.pipeline() as watching:
+            watching.watch(redis_key("bench", "a"))  # sent at once, ahead of the pipeline
+            watching.multi()
+            watching.get(redis_key("bench", "a"))
+            assert watching.execute() == [b"2"]
 
-    assert trips == ["SET", "pipeline[INCRBY GET]"]  # redis-py sends INCR as INCRBY
-    assert (Redis.execute_command, Pipeline.execute) == original
+    assert trips == ["SET", "pipeline[INCRBY GET]", "WATCH", "pipeline[GET]"]  # redis-py sends INCR as INCRBY
+    assert (Redis.execute_command, Pipeline.execute, Pipeline.immediate_execute_command) == original
     redis.get(redis_key("bench", "a"))
-    assert len(trips) == 2  # nothing counted once the block is left
+    assert len(trips) == 4  # nothing counted once the block is left
 
 
 @pytest.mark.django_db(transaction=True)

@@ -39,6 +39,9 @@ separate statements:
   the same at 1 and at 50 jobs.
 SQLite takes no advisory lock: its write transactions are serialised from BEGIN IMMEDIATE.
 
+Redis round trips, exact: a sync job 3 (the rate limits in one script, the cache lookup, the cache store), an
+async acknowledgement 4 (the rate limits, the cache lookup, the queue's depth, the enqueue in one MULTI).
+
 The gate (authentication, policies, permissions) costs no statement: keys, roles, allowlists and policies are
 cached per process (accounts.selectors, jobsite.process_cache); tests/test_gate.py holds it to that.
 """
@@ -55,6 +58,7 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from accounts.models import User
+from bench.overhead import redis_round_trips
 from jobs.models import Job, JobStatus
 from tests.access_helpers import open_compat_to_anonymous, set_policy
 from tests.conftest import run_worker_burst
@@ -120,6 +124,23 @@ def test_a_submission_stays_within_its_budget(
     submit(api, path, key=key)  # the first request fills the per-process caches
     with django_assert_num_queries(budget + (key_budget if key else 0)):
         submit(api, path, key=key)
+
+
+@pytest.mark.parametrize(
+    ("path", "trips"),
+    [
+        ("/api/v1/jobs/sync/", ["EVALSHA", "EVALSHA", "EVALSHA"]),
+        ("/api/v1/jobs/async/", ["EVALSHA", "EVALSHA", "pipeline[LLEN MGET]", "pipeline[SADD HSET HSET EVAL EVAL]"]),
+    ],
+    ids=["sync", "async"],
+)
+def test_a_submission_makes_its_redis_round_trips(api: APIClient, path: str, trips: list[str]) -> None:
+    """The rate limits (one script for all), the cache lookup; then the cache store (sync), or the queue's depth and
+    the enqueue (async: RQ's records and the lane's staging in one MULTI, nothing sent ahead of it)."""
+    submit(api, path, key=False)
+    with redis_round_trips() as sent:
+        submit(api, path, key=False)
+    assert sent == trips
 
 
 def test_a_held_submission_waits_on_redis_and_reads_the_job_once(
