@@ -57,6 +57,10 @@ def wait_for_redis(connection: Redis, *, who: str, should_stop: Callable[[], boo
 SCHEDULER_CHECK_INTERVAL = 5
 """Seconds an idle worker blocks on its queues before its loop runs again (heartbeat, scheduler check)."""
 
+HEARTBEAT_MIN_INTERVAL = 1.0
+"""Seconds within which a worker's heartbeat is not sent again unless it asks for a longer life: RQ beats before
+and after each dequeue and after each job, against a registration that lives worker_ttl + 60 (480 s)."""
+
 
 class ResilientWorker(SimpleWorker):
     """SimpleWorker whose main loop survives Redis outages: each step that touches Redis waits and retries."""
@@ -67,6 +71,8 @@ class ResilientWorker(SimpleWorker):
     log_result_lifespan = False
     _next_recovery_check = 0.0
     """time.monotonic() after which the next heartbeat checks the registration and the scheduler."""
+    _last_beat = (float("-inf"), 0)
+    """time.monotonic() of the last heartbeat, and the seconds it gave the registration to live."""
 
     @property
     def dequeue_timeout(self) -> int:
@@ -95,13 +101,31 @@ class ResilientWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         return self._retrying(lambda: super(ResilientWorker, self).dequeue_job_and_maintain_ttl(timeout, max_idle_time))
 
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        if pipeline is None and state == self.get_state():
+            return  # RQ writes "idle" after a job and again before the next dequeue: one round trip is enough
+        super().set_state(state, pipeline)
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        self._retrying(lambda: super(ResilientWorker, self).heartbeat(timeout, pipeline))
-        # RQ beats twice per job: checking at most once per interval (a SISMEMBER round trip) recovers as soon.
+        timeout = timeout or self.worker_ttl + 60
+        beaten_at, lives = self._last_beat
+        if pipeline is not None:  # part of RQ's own transaction
+            super().heartbeat(timeout, pipeline)
+            self._last_beat = (time.monotonic(), timeout)
+        elif time.monotonic() - beaten_at >= HEARTBEAT_MIN_INTERVAL or timeout > lives:
+            self._retrying(lambda: self._heartbeat_sent(timeout))
+            self._last_beat = (time.monotonic(), timeout)
+        # RQ beats several times per job: checking once per interval (a SISMEMBER round trip) recovers as soon.
         if pipeline is None and time.monotonic() >= self._next_recovery_check:
             self._retrying(self._ensure_registered)
             self._retrying(self._ensure_scheduler)
             self._next_recovery_check = time.monotonic() + SCHEDULER_CHECK_INTERVAL
+
+    def _heartbeat_sent(self, timeout: int) -> None:
+        """RQ's heartbeat (HSET and two EXPIREs) in one round trip instead of three."""
+        with self.connection.pipeline(transaction=False) as beat:
+            super().heartbeat(timeout, beat)
+            beat.execute()
 
     def _ensure_registered(self) -> None:
         """Register again after Redis lost its data (restart, FLUSHALL): dashboards and /healthz count workers."""

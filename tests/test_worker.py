@@ -1,0 +1,71 @@
+"""jobs.worker.ResilientWorker's own bookkeeping in Redis: what RQ's loop repeats per job is sent once."""
+
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts.models import User
+from bench.overhead import redis_round_trips
+from jobs import queues, worker
+from jobs.models import Job, JobStatus
+from jobs.pools import PoolQueue
+from jobs.worker import ResilientWorker
+
+
+@pytest.fixture
+def rq_worker() -> ResilientWorker:
+    queue = queues.get_queue(queues.JOBS_QUEUE)
+    return ResilientWorker([queue], connection=queue.connection, queue_class=PoolQueue)
+
+
+def test_a_heartbeat_is_one_round_trip_and_not_repeated_within_the_interval(rq_worker: ResilientWorker) -> None:
+    with redis_round_trips() as trips:
+        rq_worker.heartbeat()
+        rq_worker.heartbeat()  # RQ's next beat, moments later: the registration has 480 s to live
+    assert trips == ["pipeline[HSET EXPIRE EXPIRE]"]
+    assert 470 < rq_worker.connection.ttl(rq_worker.key) <= rq_worker.worker_ttl + 60
+
+    with redis_round_trips() as trips:
+        rq_worker.heartbeat(1000)  # a longer life is never skipped
+    assert trips == ["pipeline[HSET EXPIRE EXPIRE]"]
+    assert rq_worker.connection.ttl(rq_worker.key) > 990
+
+
+def test_a_heartbeat_after_the_interval_is_sent(rq_worker: ResilientWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    rq_worker.heartbeat()
+    monkeypatch.setattr(worker, "HEARTBEAT_MIN_INTERVAL", 0.0)
+    with redis_round_trips() as trips:
+        rq_worker.heartbeat()
+    assert trips == ["pipeline[HSET EXPIRE EXPIRE]"]
+
+
+def test_a_state_is_written_once(rq_worker: ResilientWorker) -> None:
+    with redis_round_trips() as trips:
+        rq_worker.set_state("idle")
+        rq_worker.set_state("idle")  # RQ's second "idle", before its next dequeue
+        rq_worker.set_state("busy")
+    assert trips == ["HSET", "HSET"]
+    assert rq_worker.connection.hget(rq_worker.key, "state") == b"busy"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_running_jobs_beats_without_a_round_trip_per_command(
+    api: APIClient, user: User, rq_worker: ResilientWorker, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.CALLBACK_ALLOW_PRIVATE = True
+    monkeypatch.setattr(ResilientWorker, "dequeue_timeout", 1)
+    for data in ("a", "b", "c"):
+        response = api.post("/api/v1/jobs/async/", {"kind": "hash", "input": {"data": data}}, format="json")
+        assert response.status_code == 202, response.content
+
+    with redis_round_trips() as trips:
+        assert rq_worker.work(burst=True, with_scheduler=False)
+
+    assert Job.objects.filter(status=JobStatus.SUCCEEDED).count() == 3
+    # RQ sent its heartbeat (HSET last_heartbeat, EXPIRE, EXPIRE) a command per round trip, 3 times per job
+    assert "EXPIRE" not in trips
+    assert trips.count("pipeline[HSET EXPIRE EXPIRE]") == 3  # after each job; the next dequeue's are skipped
+    # per job: RQ's job heartbeat at its end and the worker's "idle" once (RQ writes it twice); the worker's start: 2
+    assert trips.count("HSET") == 2 + 2 * 3
+    assert rq_worker.connection.ttl(rq_worker.key) > 0
