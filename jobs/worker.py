@@ -67,7 +67,7 @@ class ResilientWorker(SimpleWorker):
 
     max_connection_wait_time = RECONNECT_MAX_DELAY  # RQ's own dequeue retry backs off to 60 s otherwise
     # RQ's "Result is kept for N seconds" after every job says nothing per job (RESULT_TTL is fixed) and cost ~3%
-    # of a worker's CPU on light jobs (bench/README.md); "Job OK" and the job's own "job finished" line remain.
+    # of a worker's CPU on light jobs (bench/README.md); its other per-job lines: jobsite.logs.RqPerJobLinesFilter.
     log_result_lifespan = False
     _next_recovery_check = 0.0
     """time.monotonic() after which the next heartbeat checks the registration and the scheduler."""
@@ -102,14 +102,19 @@ class ResilientWorker(SimpleWorker):
         return self._retrying(lambda: super(ResilientWorker, self).dequeue_job_and_maintain_ttl(timeout, max_idle_time))
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
-        if pipeline is None and state == self.get_state():
-            return  # RQ writes "idle" after a job and again before the next dequeue: one round trip is enough
-        super().set_state(state, pipeline)
+        if pipeline is not None:
+            super().set_state(state, pipeline)
+        elif state != self.get_state():  # RQ writes "idle" again before its next dequeue: nothing new to send
+            # RQ beats right after a job's "idle": the state carries that heartbeat, one round trip for both
+            with self.connection.pipeline(transaction=False) as both:
+                super().set_state(state, both)
+                self.heartbeat(pipeline=both)
+                both.execute()
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         timeout = timeout or self.worker_ttl + 60
         beaten_at, lives = self._last_beat
-        if pipeline is not None:  # part of RQ's own transaction
+        if pipeline is not None:  # part of RQ's own transaction, or of a state's round trip
             super().heartbeat(timeout, pipeline)
             self._last_beat = (time.monotonic(), timeout)
         elif time.monotonic() - beaten_at >= HEARTBEAT_MIN_INTERVAL or timeout > lives:

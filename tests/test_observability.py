@@ -1,5 +1,6 @@
 """Traces, metrics and logs: what operators see."""
 
+import contextlib
 import io
 import json
 import logging
@@ -19,8 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
 from accounts.models import EndpointPolicy, User
-from jobs import ssrf
+from jobs import queues, ssrf
 from jobs.models import Job, JobStatus, KindSettings
+from jobs.pools import PoolQueue
+from jobs.worker import ResilientWorker
 from jobsite.logs import REDACTED, get_logger, logging_config, redact
 from jobsite.tracing import instrument_django
 from tests.access_helpers import clear_of_window_edge
@@ -173,21 +176,48 @@ def test_one_scrape_shows_what_the_worker_processes_did(
     assert run_counts - _metric_value(before, "jobsite_job_run_seconds_count", worker_runs) == 3
 
 
-@pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
-    """The production logging configuration (JSON, DEBUG) writing into a buffer the test reads."""
+@contextlib.contextmanager
+def logs_at(level: str) -> Iterator[io.StringIO]:
+    """The production logging configuration (JSON, at `level`) writing into a buffer the test reads."""
     stream = io.StringIO()
-    config = logging_config("DEBUG", "json")
+    config = logging_config(level, "json")
     config["handlers"]["console"]["stream"] = stream
     config["root"]["handlers"] = ["console"]
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
+    root, rq_worker = logging.getLogger(), logging.getLogger("rq.worker")
+    saved = root.handlers[:], root.level, rq_worker.filters[:], rq_worker.level
+    rq_worker.filters.clear()  # dictConfig adds a logger's filters to those it has (the settings' at startup)
     logging.config.dictConfig(config)
     try:
         yield stream
     finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
+        root.handlers[:], level_before, rq_worker.filters[:], rq_level = saved
+        root.setLevel(level_before)
+        rq_worker.setLevel(rq_level)
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    with logs_at("DEBUG") as stream:
+        yield stream
+
+
+def _records(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("level", "rq_lines"), [("INFO", 0), ("DEBUG", 3)])
+def test_rqs_lines_of_every_job_are_left_to_the_job_finished_line(api: APIClient, level: str, rq_lines: int) -> None:
+    job_id = api.post("/api/v1/jobs/async/", HASH, format="json").json()["id"]
+    queue = queues.get_queue(queues.JOBS_QUEUE)
+    with logs_at(level) as stream:
+        ResilientWorker([queue], connection=queue.connection, queue_class=PoolQueue).work(burst=True)
+    records = _records(stream)
+    finished = [record for record in records if record["event"] == "job finished"]
+    assert [(record["job_id"], record["status"]) for record in finished] == [(job_id, "succeeded")]
+    per_job = [r for r in records if r["logger"] == "rq.worker" and r["level"] == "info" and job_id in r["event"]]
+    assert len(per_job) == rq_lines  # dequeued, Job OK, successfully completed
+    assert any(r["logger"] == "rq.worker" and "done, quitting" in r["event"] for r in records)  # the rest stays
 
 
 @pytest.mark.django_db(transaction=True)
@@ -196,7 +226,7 @@ def test_log_records_carry_request_user_job_and_endpoint(api: APIClient, user: U
     assert sync["X-Request-ID"] == "req-42"
     queued = api.post("/api/v1/jobs/async/", {**HASH, "input": {"data": "later"}}, format="json").json()["id"]
     run_worker_burst()
-    records = [json.loads(line) for line in json_logs.getvalue().splitlines() if line.startswith("{")]
+    records = _records(json_logs)
     finished = {record["job_id"]: record for record in records if record["event"] == "job finished"}
     web = finished[sync.json()["id"]]
     assert (web["request_id"], web["user_id"], web["endpoint"]) == ("req-42", user.pk, "jobs.sync")

@@ -40,13 +40,15 @@ def test_a_heartbeat_after_the_interval_is_sent(rq_worker: ResilientWorker, monk
     assert trips == ["pipeline[HSET EXPIRE EXPIRE]"]
 
 
-def test_a_state_is_written_once(rq_worker: ResilientWorker) -> None:
+def test_a_state_carries_a_heartbeat_and_is_written_once(rq_worker: ResilientWorker) -> None:
     with redis_round_trips() as trips:
         rq_worker.set_state("idle")
+        rq_worker.heartbeat()  # what RQ sends after a job's "idle": carried already
         rq_worker.set_state("idle")  # RQ's second "idle", before its next dequeue
         rq_worker.set_state("busy")
-    assert trips == ["HSET", "HSET"]
+    assert trips == ["pipeline[HSET HSET EXPIRE EXPIRE]"] * 2
     assert rq_worker.connection.hget(rq_worker.key, "state") == b"busy"
+    assert rq_worker.connection.ttl(rq_worker.key) > 470
 
 
 @pytest.mark.django_db(transaction=True)
@@ -65,7 +67,7 @@ def test_a_worker_running_jobs_beats_without_a_round_trip_per_command(
     assert Job.objects.filter(status=JobStatus.SUCCEEDED).count() == 3
     # RQ sent its heartbeat (HSET last_heartbeat, EXPIRE, EXPIRE) a command per round trip, 3 times per job
     assert "EXPIRE" not in trips
-    assert trips.count("pipeline[HSET EXPIRE EXPIRE]") == 3  # after each job; the next dequeue's are skipped
-    # per job: RQ's job heartbeat at its end and the worker's "idle" once (RQ writes it twice); the worker's start: 2
-    assert trips.count("HSET") == 2 + 2 * 3
+    # the worker's "started" and first "idle", then each job's "idle", each with a heartbeat; RQ's next ones skipped
+    assert trips.count("pipeline[HSET HSET EXPIRE EXPIRE]") == 2 + 3
+    assert trips.count("HSET") == 3  # RQ's heartbeat of each job as it ends
     assert rq_worker.connection.ttl(rq_worker.key) > 0
