@@ -95,8 +95,8 @@ def job_pool(kind_settings: KindSettings) -> str:
 ADMISSION_POLL_FIRST = 0.005
 """Seconds before an acknowledgement waiting for room looks at the queue again; doubled up to the max."""
 ADMISSION_POLL_MAX = 0.04
-"""Longest pause between looks: shorter than the time the workers take to run the bounded queue's jobs, so
-they never starve while acknowledgements wait."""
+"""Longest pause between looks of one waiting acknowledgement; under saturation many wait and look in turn, so the
+workers do not run dry (20 ms: more looks, no more jobs per second; bench/README.md)."""
 
 
 def queue_wait_for_room(*, pool: str, limit: int, wait: float) -> int:

@@ -16,10 +16,11 @@ waiting only on short database writes); more add context switches, not throughpu
 MIN_JOB_WORKERS = 2
 """At least two, so that one worker busy with a long job (or restarting) never stops the queue."""
 
-ADMISSION_PER_JOB_WORKER = 16
-"""Default bound of waiting jobs per job worker (QUEUE_ADMISSION_DEPTH): enough that workers never starve
-between acknowledgements and that a burst of submissions is taken at once, few enough that a job accepted
-under saturation waits a fraction of a second (16 hash jobs of 1000 iterations take ~0.1 s on one worker)."""
+ADMISSION_PER_JOB_WORKER = 4
+"""Default bound of waiting jobs per job worker (QUEUE_ADMISSION_DEPTH): under saturation a job accepted waits
+behind at most this many per worker (4 hash jobs of 1000 iterations: ~25 ms). Against 16, under the original's
+burst: time to callback p50 -30 to -45%, the same jobs per second (the acknowledgements waiting for room look in
+turn often enough that the workers do not run dry); 2 per worker: within the runs' spread (bench/README.md)."""
 
 CALLBACK_WORKERS = 3
 """Webhook retry workers: more than CALLBACK_MAX_PER_HOST (2), so one slow receiver never holds them all.

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import connection
 from django.test.utils import override_settings
 from rest_framework.test import APIClient
@@ -33,6 +34,17 @@ from tests.waiting import wait_answering
 
 ROOT = Path(__file__).resolve().parent.parent
 (ROOT / "var").mkdir(exist_ok=True)  # the SQLite test database and server logs live there
+
+
+TEST_ADMISSION_DEPTH = "1000"
+"""QUEUE_ADMISSION_DEPTH of the test processes: tests queue jobs with no worker running, so only the tests of
+back-pressure, which set their own bound, meet it (the default, 4 per worker, is a sizing for live workers)."""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _unbounded_admission() -> Iterator[None]:
+    with override_settings(QUEUE_ADMISSION_DEPTHS=dict.fromkeys(django_settings.JOB_POOLS, int(TEST_ADMISSION_DEPTH))):
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -150,6 +162,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
         # request in every server process, without waiting out an interval.
         POLICY_CHECK_INTERVAL="0",
         PROMETHEUS_MULTIPROC_DIR=METRICS_DIR,
+        QUEUE_ADMISSION_DEPTH=TEST_ADMISSION_DEPTH,
     )
     env.update(extra)
     return env
