@@ -77,7 +77,8 @@ three more formatted lines a job cost a worker ~3% of its time on light jobs (be
 
 
 class RqPerJobLinesFilter(logging.Filter):
-    """Drops RQ_PER_JOB_LINES below DEBUG; its start, stop, suspension and error lines stay."""
+    """Drops RQ's INFO lines of every job (RQ_PER_JOB_LINES); set unless LOG_LEVEL is DEBUG. Its start, stop,
+    suspension and error lines stay."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno != logging.INFO or record.msg not in RQ_PER_JOB_LINES
