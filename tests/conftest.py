@@ -36,14 +36,14 @@ ROOT = Path(__file__).resolve().parent.parent
 (ROOT / "var").mkdir(exist_ok=True)  # the SQLite test database and server logs live there
 
 
-TEST_ADMISSION_DEPTH = "1000"
+TEST_ADMISSION_DEPTH = 1000
 """QUEUE_ADMISSION_DEPTH of the test processes: tests queue jobs with no worker running, so only the tests of
 back-pressure, which set their own bound, meet it (the default, 4 per worker, is a sizing for live workers)."""
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _unbounded_admission() -> Iterator[None]:
-    with override_settings(QUEUE_ADMISSION_DEPTHS=dict.fromkeys(django_settings.JOB_POOLS, int(TEST_ADMISSION_DEPTH))):
+    with override_settings(QUEUE_ADMISSION_DEPTHS=dict.fromkeys(django_settings.JOB_POOLS, TEST_ADMISSION_DEPTH)):
         yield
 
 
@@ -162,7 +162,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
         # request in every server process, without waiting out an interval.
         POLICY_CHECK_INTERVAL="0",
         PROMETHEUS_MULTIPROC_DIR=METRICS_DIR,
-        QUEUE_ADMISSION_DEPTH=TEST_ADMISSION_DEPTH,
+        QUEUE_ADMISSION_DEPTH=str(TEST_ADMISSION_DEPTH),
     )
     env.update(extra)
     return env

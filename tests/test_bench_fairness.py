@@ -32,9 +32,8 @@ def test_the_light_user_is_served_while_the_heavy_backlog_waits(
         user = make_user(name)
         credit_grant(user=user, amount=1000, reason="bench")
         keys[name] = api_key_create(owner=user, name="bench", scopes=list(SCOPES))[1]
-    env = {"QUEUE_ADMISSION_DEPTH": "1000"}
-    with gunicorn_server("bench-fairness", **env) as url:
-        start_worker("jobs", **env)
+    with gunicorn_server("bench-fairness") as url:
+        start_worker("jobs")
         result = measure(
             url=url,
             heavy_key=keys["heavy"],

@@ -168,7 +168,7 @@ def test_a_light_users_jobs_run_before_a_heavy_backlog_drains(
     """Fair: the light user's 3 jobs run within the first 8 (owners in turn); unfair, after the whole backlog."""
     kind_settings("hash", cache_algorithm="none")
     heavy, light = make_user("heavy"), make_user("light")
-    env = {"QUEUE_FAIRNESS": str(fairness).lower(), "QUEUE_ADMISSION_DEPTH": "1000"}
+    env = {"QUEUE_FAIRNESS": str(fairness).lower()}
     with gunicorn_server(f"pools-fairness-{fairness}", **env) as url:
         heavy_ids, light_ids = _heavy_then_light(url, heavy, light, n_heavy=60)
     start_worker("jobs", **env)

@@ -35,9 +35,6 @@ ASYNC_PER_USER = 15
 SYNC_PER_USER = 5
 CREDITS_PER_USER = 18
 """Fewer credits than jobs submitted (20 a user at cost 1): some submissions must be refused 402, none overdrawn."""
-UNBOUNDED_ADMISSION = {"QUEUE_ADMISSION_DEPTH": "1000"}
-"""The whole burst fits the jobs queue: this test checks invariants under scale-out, not back-pressure (a slow
-machine would answer some submissions 503 queue_full; tests/test_backpressure.py covers that answer)."""
 
 
 def _receiver() -> tuple[Callable[[BaseHTTPRequestHandler], None], collections.Counter[str]]:
@@ -84,8 +81,8 @@ def test_two_web_servers_and_many_workers_keep_every_invariant(
     receiver = http_server(handler)
     report: dict[str, Any] = {}
     with (
-        gunicorn_server("scale-web-1", **UNBOUNDED_ADMISSION) as web1,
-        gunicorn_server("scale-web-2", **UNBOUNDED_ADMISSION) as web2,
+        gunicorn_server("scale-web-1") as web1,  # the tests' admission bound: the whole burst fits the queue
+        gunicorn_server("scale-web-2") as web2,
     ):
         for _ in range(3):
             start_worker(JOBS_QUEUE, MAINTENANCE_QUEUE)
