@@ -7,10 +7,12 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from playwright.sync_api import BrowserContext, Page, Request, sync_playwright
 
@@ -142,6 +144,7 @@ def staff_with_a_job(make_user: Any) -> Job:
         result={"status_code": 200},
         cost=1,
         attempts=1,
+        expires_at=timezone.now() + timedelta(days=30),
     )
 
 
