@@ -44,10 +44,18 @@ N RQ job reads) took ~15 ms of the cores per heavy job from the workers they mea
 
 
 def jobsite_jobs_per_s(
-    stack: Stack, *, n: int, concurrency: int, iterations: int, redis_url: str, drain: bool = False
+    stack: Stack,
+    *,
+    n: int,
+    concurrency: int,
+    iterations: int,
+    redis_url: str,
+    drain: bool = False,
+    callback_url: str = "",
 ) -> float:
     """End to end (from the first submission), or with `drain` the workers' side alone: the jobs are
-    submitted while RQ's workers are suspended, and timed from their resumption."""
+    submitted while RQ's workers are suspended, and timed from their resumption. With a `callback_url` each job
+    has a webhook, whose first attempt its worker makes."""
     connection = Redis.from_url(redis_url)
     if drain:
         suspend(connection)
@@ -56,10 +64,12 @@ def jobsite_jobs_per_s(
     with httpx.Client(base_url=stack.url, headers=headers, timeout=60, limits=limits) as client:
 
         def submit(i: int) -> str:
-            body = {
+            body: dict[str, Any] = {
                 "kind": "hash",
                 "input": {"data": f"async-{iterations}-{i}-{time.time()}", "iterations": iterations},
             }
+            if callback_url:
+                body["callback_url"] = callback_url
             response = client.post("/api/v1/jobs/async/", json=body)
             response.raise_for_status()
             return response.json()["id"]
@@ -125,10 +135,10 @@ def _hashlib_jobs_per_s(*, n: int, iterations: int) -> float:
         return n / (time.perf_counter() - started)
 
 
-def job_workers_stack(workers: int, args: argparse.Namespace) -> Any:
+def job_workers_stack(workers: int, args: argparse.Namespace, env: dict[str, str] | None = None) -> Any:
     topology = Topology(threads=8, worker_queues=(("jobs",),) * workers)
     # The drain measure queues all N jobs before any runs: the admission bound must not refuse them.
-    env = {"QUEUE_ADMISSION_DEPTH": str(10 * args.n)}
+    env = {"QUEUE_ADMISSION_DEPTH": str(10 * args.n), **(env or {})}
     return running_stack(topology=topology, redis_url=args.redis_url, database_url=args.database_url, env=env)
 
 

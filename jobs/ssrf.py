@@ -198,9 +198,11 @@ def forbidden_reason(address: IPAddress, *, allow_private: bool) -> str | None:
     return block.rule
 
 
-def allowed_ports() -> frozenset[int]:
-    """Ports outgoing requests may use: OUTBOUND_ALLOWED_PORTS minus OUTBOUND_DENIED_PORTS (settings)."""
-    return frozenset(settings.OUTBOUND_ALLOWED_PORTS) - frozenset(settings.OUTBOUND_DENIED_PORTS)
+def port_allowed(port: int) -> bool:
+    """Whether outgoing requests may use a port: in OUTBOUND_ALLOWED_PORTS, not in OUTBOUND_DENIED_PORTS (settings).
+
+    Two lookups, not the set difference: the allowed set holds ~64 000 ports, and copying it cost ~0.25 ms a URL."""
+    return port in settings.OUTBOUND_ALLOWED_PORTS and port not in settings.OUTBOUND_DENIED_PORTS
 
 
 def _parse_ipv4_number(part: str) -> int:
@@ -272,7 +274,7 @@ def _parse(url: str) -> httpx.URL:
     if parsed.userinfo:
         raise UrlForbidden("credentials in the URL are not allowed")
     port = url_port(parsed)
-    if port not in allowed_ports():
+    if not port_allowed(port):
         raise UrlForbidden(f"port {port} is not allowed for outgoing requests")
     return parsed
 

@@ -37,6 +37,7 @@ from rest_framework.renderers import JSONRenderer
 from rq.results import Result
 from standardwebhooks.webhooks import Webhook
 
+from accounts.credentials import credentials_changed
 from accounts.models import RateLimitAlgorithm, User
 from accounts.ratelimit import rate_limit_hit, rate_limit_state_key
 from jobs import metrics, queues, ssrf
@@ -59,6 +60,7 @@ from jobs.selectors import job_missing
 from jobs.serializers import BatchSerializer, JobSerializer
 from jobsite import crypto
 from jobsite.errors import CallbackUrlForbidden, NotRedeliverable, WebhookSecretMissing
+from jobsite.process_cache import credentials_cache
 from jobsite.redis import redis_key
 from jobsite.tracing import extract_context, get_tracer
 
@@ -85,9 +87,10 @@ FREE_BUDGET_SCOPE = "webhooks-free"
 USER_AGENT = "Jobsite-webhooks/1"
 
 
-def _secret_create(user: User) -> str:
+def _secret_create(user_id: int) -> str:
     secret = SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
-    WebhookSecret.objects.create(user=user, secret_encrypted=crypto.encrypt(secret))
+    WebhookSecret.objects.create(user_id=user_id, secret_encrypted=crypto.encrypt(secret))
+    credentials_changed()
     return secret
 
 
@@ -102,24 +105,37 @@ def webhook_secret_rotate(*, user: User) -> str:
     rotated = WebhookSecret.objects.filter(user=user, expires_at__gt=now).order_by("-created_at", "-pk")
     retired = list(rotated.values_list("pk", flat=True)[settings.WEBHOOK_SECRETS_MAX_ACTIVE - 1 :])
     WebhookSecret.objects.filter(pk__in=retired).update(expires_at=now)
-    return _secret_create(user)
+    return _secret_create(user.pk)  # which tells every process's cache
+
+
+def _secrets_unexpired(user_id: int) -> tuple[tuple[str, datetime | None], ...]:
+    """The user's secrets with their ends (None: current), newest first, decrypted; cached per process like the
+    gate's credentials (a rotation reaches every process within POLICY_CHECK_INTERVAL), so an attempt reads none."""
+
+    def load() -> tuple[tuple[str, datetime | None], ...]:
+        rows = WebhookSecret.objects.filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()), user_id=user_id
+        ).order_by("-created_at")
+        return tuple((crypto.decrypt(row.secret_encrypted), row.expires_at) for row in rows)
+
+    return credentials_cache.get((WebhookSecret, user_id), load)
 
 
 def webhook_secrets_active(*, user_id: int, now: datetime) -> list[str]:
     """The user's secrets that sign now, newest first (none created: see webhook_signing_secrets)."""
-    rows = WebhookSecret.objects.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now), user_id=user_id)
-    return [crypto.decrypt(row.secret_encrypted) for row in rows.order_by("-created_at")]
+    return [secret for secret, ends in _secrets_unexpired(user_id) if ends is None or ends > now]
 
 
-def webhook_signing_secrets(*, user: User) -> list[str]:
+def webhook_signing_secrets(*, user_id: int) -> list[str]:
     """The secrets that sign the user's webhooks, newest first; one is created if the user has none."""
     now = timezone.now()
-    active = webhook_secrets_active(user_id=user.pk, now=now)
+    active = webhook_secrets_active(user_id=user_id, now=now)
     if active:
         return active
     with transaction.atomic():
-        User.objects.select_for_update().filter(pk=user.pk).first()
-        return webhook_secrets_active(user_id=user.pk, now=now) or [_secret_create(user)]
+        User.objects.select_for_update().filter(pk=user_id).first()
+        credentials_cache.clear()  # under the lock: another process may have created one since
+        return webhook_secrets_active(user_id=user_id, now=now) or [_secret_create(user_id)]
 
 
 def webhook_sign(*, secrets_: list[str], msg_id: str, timestamp: datetime, body: str) -> str:
@@ -224,7 +240,7 @@ def _post(url: str, body: str, headers: dict[str, str]) -> _Outcome:
     )
 
 
-def _signed_headers(*, user: User, msg_id: str, body: str) -> dict[str, str]:
+def _signed_headers(*, user_id: int, msg_id: str, body: str) -> dict[str, str]:
     """Standard Webhooks headers for one attempt, signed with every secret of the user's that still signs."""
     now = timezone.now()
     return {
@@ -233,7 +249,7 @@ def _signed_headers(*, user: User, msg_id: str, body: str) -> dict[str, str]:
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(now.timestamp())),
         "webhook-signature": webhook_sign(
-            secrets_=webhook_signing_secrets(user=user), msg_id=msg_id, timestamp=now, body=body
+            secrets_=webhook_signing_secrets(user_id=user_id), msg_id=msg_id, timestamp=now, body=body
         ),
     }
 
@@ -241,7 +257,7 @@ def _signed_headers(*, user: User, msg_id: str, body: str) -> dict[str, str]:
 def _send(job: Job, body: str, *, inline: bool = False) -> _Outcome:
     """One signed POST, all of it (DNS, connect, headers, body) within CALLBACK_TOTAL_TIMEOUT (inline:
     CALLBACK_INLINE_TIMEOUT, then it is cut short)."""
-    headers = _signed_headers(user=job.owner, msg_id=str(job.delivery_id), body=body)
+    headers = _signed_headers(user_id=job.owner_id, msg_id=str(job.delivery_id), body=body)
     cut = inline and settings.CALLBACK_INLINE_TIMEOUT < settings.CALLBACK_TOTAL_TIMEOUT
     seconds = settings.CALLBACK_INLINE_TIMEOUT if cut else settings.CALLBACK_TOTAL_TIMEOUT
     return _post_within(job.callback_url, body, headers, seconds=seconds, cut=cut)
@@ -316,7 +332,7 @@ def webhook_deliver(*, job_id: UUID | str, n: int, retries_left: int, give_up_at
 
     `give_up_at` (epoch seconds) ends the delivery's retries; None: CALLBACK_MAX_AGE after the job finished.
     """
-    job = Job.objects.select_related("owner").filter(pk=job_id).first()
+    job = Job.objects.filter(pk=job_id).first()
     if job is None or job.callback_status != CallbackStatus.PENDING or job.status not in FINAL_STATUSES:
         return "skipped"
     return _webhook_deliver_job(job, n=n, retries_left=retries_left, give_up=_give_up_at(job, give_up_at))
@@ -528,7 +544,7 @@ def webhook_event_deliver(
     retried once WEBHOOK_SCHEDULE[0] later; a `job.progress` event never is, and is dropped once the job is
     final: the next report, or the final webhook, supersedes it.
     """
-    job = Job.objects.select_related("owner").filter(pk=job_id).first()
+    job = Job.objects.filter(pk=job_id).first()
     if job is None or (event == WebhookEvent.PROGRESS and job.is_final):
         return "skipped"
     body = JSONRenderer().render({"type": event, "timestamp": timezone.now(), "data": data}).decode()
@@ -537,7 +553,7 @@ def webhook_event_deliver(
         outcome = _Outcome(error="host busy")
     else:
         try:
-            headers = _signed_headers(user=job.owner, msg_id=msg_id, body=body)
+            headers = _signed_headers(user_id=job.owner_id, msg_id=msg_id, body=body)
             outcome = _post_within(job.callback_url, body, headers, seconds=settings.CALLBACK_TOTAL_TIMEOUT)
         finally:
             lease_release(slot)
@@ -569,7 +585,7 @@ def batch_webhook_deliver(*, batch_id: UUID | str, n: int, retries_left: int) ->
     Attempt n is claimed by moving `callback_claimed` from n-1 to n (one worker wins); its outcome is recorded
     only while no later attempt was claimed (the reconciler's, after this worker died), with the status it settles.
     """
-    batch = Batch.objects.select_related("owner").filter(pk=batch_id).first()
+    batch = Batch.objects.filter(pk=batch_id).first()
     if batch is None or batch.callback_status != CallbackStatus.PENDING or batch.completed_at is None:
         return "skipped"
     give_up = batch.completed_at + timedelta(seconds=settings.CALLBACK_MAX_AGE)
@@ -591,7 +607,7 @@ def batch_webhook_deliver(*, batch_id: UUID | str, n: int, retries_left: int) ->
             return "skipped"
         body = batch_webhook_body(batch)
         started = time.perf_counter()
-        headers = _signed_headers(user=batch.owner, msg_id=str(batch.delivery_id), body=body)
+        headers = _signed_headers(user_id=batch.owner_id, msg_id=str(batch.delivery_id), body=body)
         outcome = _post_within(batch.callback_url, body, headers, seconds=settings.CALLBACK_TOTAL_TIMEOUT)
     finally:
         lease_release(slot)
@@ -650,12 +666,11 @@ def webhook_test_deliver(*, user_id: int, url: str, msg_id: str) -> dict[str, An
 
     Runs in a callbacks worker: the attempt's deadline is SIGALRM, which needs a main thread.
     """
-    user = User.objects.get(pk=user_id)
     event = {"type": TEST_EVENT_TYPE, "timestamp": timezone.now(), "data": {"webhook_id": msg_id, "url": url}}
     body = JSONRenderer().render(event).decode()
     started = time.perf_counter()
     outcome = _post_within(
-        url, body, _signed_headers(user=user, msg_id=msg_id, body=body), seconds=settings.CALLBACK_TOTAL_TIMEOUT
+        url, body, _signed_headers(user_id=user_id, msg_id=msg_id, body=body), seconds=settings.CALLBACK_TOTAL_TIMEOUT
     )
     return _test_event_result(msg_id, outcome, duration_ms=int((time.perf_counter() - started) * 1000))
 

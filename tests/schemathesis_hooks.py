@@ -6,7 +6,7 @@ They act on whole cases (`filter_case`, `map_case`), the hooks every phase appli
   generated bodies: which addresses may be reached is the SSRF guard's policy (API.md: 400 for unspecified,
   link-local, reserved... addresses), which no JSON Schema can state; tests/test_ssrf.py covers it.
 - So are URLs whose explicit port the deployment's port policy refuses (OUTBOUND_ALLOWED_PORTS minus
-  OUTBOUND_DENIED_PORTS, read through jobs.ssrf.allowed_ports from the server's own settings): also a policy, not
+  OUTBOUND_DENIED_PORTS, read through jobs.ssrf.port_allowed from the server's own settings): also a policy, not
   a schema; tests/test_ssrf.py covers it.
 - A well-formed `depends_on` (a job's, or a batch item's: indexes of the batch or job ids) is sent empty, and a `run_at` more than a day ahead (or beyond the range of datetimes)
   is moved to a minute ahead: which
@@ -59,7 +59,7 @@ def _is_address_literal(url: Any) -> bool:
 
 
 def _has_refused_port(url: Any) -> bool:
-    from jobs.ssrf import allowed_ports  # the server's settings: DJANGO_SETTINGS_MODULE is in this environment
+    from jobs.ssrf import port_allowed  # the server's settings: DJANGO_SETTINGS_MODULE is in this environment
 
     if not isinstance(url, str):
         return False
@@ -67,7 +67,7 @@ def _has_refused_port(url: Any) -> bool:
         port = urlsplit(url).port
     except ValueError:
         return False  # not a valid port at all: the schema's pattern refuses it, a case worth sending
-    return port is not None and port not in allowed_ports()
+    return port is not None and not port_allowed(port)
 
 
 def _urls(body: Any) -> list[Any]:

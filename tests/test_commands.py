@@ -49,7 +49,7 @@ def test_seed_demo_prints_urls_and_credentials(capsys: pytest.CaptureFixture[str
     assert client.get("/api/v1/me/").json()["username"] == demo.username
     assert client.get("/api/v1/credits/").json()["balance"] == 1_000_000
     secret = next(line for line in out.splitlines() if line.startswith("Demo webhook signing secret")).split()[4]
-    assert webhook_signing_secrets(user=demo)[0] == secret
+    assert webhook_signing_secrets(user_id=demo.pk)[0] == secret
     settings_cache.changed()  # this process cached the policies before seed_demo wrote them
     assert get_endpoint_policy("jobs.sync").max_concurrent_per_user == 0  # load runs from the one demo key
     call_command("seed_demo")  # again: a fresh key, the balance topped up, not doubled

@@ -119,4 +119,4 @@ def test_rotate_keys_keeps_every_row_readable_under_the_new_key_alone(api: APICl
         assert SECRET not in raw_row(job_id)
     run_worker_burst()
     assert api.get(f"/api/v1/jobs/{queued}/").json()["result"] == compute_hash(SECRET, 1000)
-    assert webhook_signing_secrets(user=User.objects.get(jobs__pk=queued)) == [signing_secret]
+    assert webhook_signing_secrets(user_id=User.objects.get(jobs__pk=queued).pk) == [signing_secret]

@@ -145,7 +145,7 @@ def test_seed_demo_keeps_its_credentials_across_runs(tmp_path: Path) -> None:
     call_command("seed_demo", "--credentials", str(stored), stdout=StringIO())
     first = json.loads(stored.read_text())
     demo = User.objects.get(username="demo")
-    secrets_signing = webhook_signing_secrets(user=demo)
+    secrets_signing = webhook_signing_secrets(user_id=demo.pk)
     assert secrets_signing == [first["webhook_secret"]], "a fresh demo signs with one secret, not two"
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
     out = StringIO()
@@ -155,7 +155,7 @@ def test_seed_demo_keeps_its_credentials_across_runs(tmp_path: Path) -> None:
     assert first["webhook_secret"] in out.getvalue()
     assert APIClient(HTTP_AUTHORIZATION=f"Bearer {first['demo_key']}").get("/api/v1/me/").status_code == 200
     assert User.objects.get(username="admin").check_password(first["admin_password"])
-    assert webhook_signing_secrets(user=demo) == secrets_signing  # not rotated again
+    assert webhook_signing_secrets(user_id=demo.pk) == secrets_signing  # not rotated again
 
     api_key_revoke(prefix=api_key_get_active(raw_key=first["demo_key"]).prefix)  # staff revoked it meanwhile
     call_command("seed_demo", "--credentials", str(stored), stdout=StringIO())
