@@ -225,6 +225,15 @@ class Job(models.Model):
     def webhook_event_list(self) -> list[str]:
         return split_list(self.webhook_events)
 
+    def attempts_known_empty(self) -> None:
+        """Say the job has no webhook delivery attempts, so that serialising it asks the database nothing: Django's
+        private prefetch store, which job.callback_attempts.all() reads, gets an evaluated empty queryset (an
+        unevaluated .none() still runs the SQL compiler, ~0.2 ms)."""
+        attempts = CallbackAttempt.objects.none()
+        attempts._result_cache = []
+        attempts._prefetch_done = True  # type: ignore[attr-defined]  # private, as the prefetch that sets it
+        self._prefetched_objects_cache = {"callback_attempts": attempts}
+
 
 class JobTombstone(models.Model):
     """What is left of a purged job: enough to answer its owner 410 job_expired instead of 404."""

@@ -13,7 +13,6 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import QuerySet
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -32,7 +31,7 @@ from jobs.holding import Settled
 from jobs.idempotency import idempotency_bind_job, idempotency_key_held
 from jobs.kind_settings import get_kind_settings, job_expiry
 from jobs.kinds import KINDS
-from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus, KindSettings
+from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
 from jobs.uploads import upload_discard, upload_input_take
 from jobsite.db import insert_new
 from jobsite.errors import (
@@ -247,19 +246,8 @@ def _job_new(request: _JobRequest, **state: Any) -> Job:
         priority=request.priority,
         **state,
     )
-    # A new job has no webhook delivery attempts: serialising it need not ask the database (Django's private
-    # prefetch store, which the serializer's job.callback_attempts.all() reads).
-    job._prefetched_objects_cache = {"callback_attempts": _no_attempts()}  # type: ignore[attr-defined]
+    job.attempts_known_empty()  # a new job: its response reads no attempts
     return job
-
-
-def _no_attempts() -> QuerySet[CallbackAttempt]:
-    """An empty queryset already evaluated, as Django's prefetch leaves one: reading it compiles no query (an
-    unevaluated .none() still runs the SQL compiler, ~0.2 ms a response)."""
-    attempts = CallbackAttempt.objects.none()
-    attempts._result_cache = []
-    attempts._prefetch_done = True  # type: ignore[attr-defined]  # private, as the prefetch that sets it
-    return attempts
 
 
 def _job_record_cached(request: _JobRequest, *, result: Any) -> Job:

@@ -407,6 +407,8 @@ def _webhook_defer(job: Job, *, n: int, retries_left: int, give_up: datetime, wa
 
 
 def _webhook_attempt(job: Job, *, n: int, retries_left: int, give_up: datetime, inline: bool = False) -> str:
+    if n == 1:
+        job.attempts_known_empty()  # the body is sent only if attempt 1's row is new below: it lists no attempt
     body = webhook_body(job)
     try:
         with transaction.atomic():

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -10,6 +11,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
+from standardwebhooks.webhooks import Webhook
 
 from accounts.models import User
 from jobs import queues
@@ -17,7 +19,7 @@ from jobs.encryption import open_result, seal_input
 from jobs.execution import job_execute
 from jobs.kind_settings import get_kind_settings
 from jobs.models import CallbackAttempt, CallbackStatus, Job, JobMode, JobStatus, KindSettings
-from jobs.webhooks import _host_key, webhooks_reconcile
+from jobs.webhooks import _host_key, webhook_deliver_first, webhook_signing_secrets, webhooks_reconcile
 from jobsite.redis import get_redis
 from tests.conftest import LocalHTTPServer, respond
 from tests.waiting import wait_until
@@ -107,6 +109,33 @@ def test_the_job_worker_makes_the_first_attempt_itself(
     assert attempts_of(job_id) == [(1, 200, "")]
     assert len(receiver.requests) == 1 and receiver.requests[0]["headers"]["webhook-id"] == str(job.delivery_id)
     assert queues.get_queue(queues.CALLBACKS_QUEUE).count == 0  # no second RQ hop was made
+
+
+FIRST_ATTEMPT_BUDGET = 7
+"""Statements of a worker's first webhook attempt: its row claimed (BEGIN, INSERT, COMMIT), then closed with the
+job's delivery status (BEGIN, UPDATE attempt, UPDATE job, COMMIT). Its body and signature read nothing: the
+owner's signing secrets are cached per process, the owner's id is on the job, attempt 1 lists no attempts."""
+
+
+def test_the_first_attempt_reads_no_row_to_build_and_sign_its_webhook(
+    api: APIClient,
+    user: User,
+    webhooks_to_loopback: dict[str, str],
+    http_server: Callable[..., LocalHTTPServer],
+    django_assert_max_num_queries: Callable[..., Any],
+) -> None:
+    receiver = http_server(lambda request: respond(request, 200, b"ok"))
+    secret = api.post("/api/v1/me/webhook-secret/").json()["secret"]
+    job_id = submit(api, receiver.url)
+    assert webhook_signing_secrets(user_id=user.pk) == [secret]  # per-process caches, as a worker's after its first
+    get_kind_settings("hash")
+    with django_assert_max_num_queries(CLAIM_RUN_FINISH_BUDGET + FIRST_ATTEMPT_BUDGET) as captured:
+        assert job_execute(job_id=job_id, worker_name="w1", deliver_first=webhook_deliver_first) is None
+    statements = [query["sql"].split()[0].upper() for query in captured.captured_queries]
+    assert statements.count("SELECT") == 0, captured.captured_queries
+    assert attempts_of(job_id) == [(1, 200, "")]
+    delivered = Webhook(secret).verify(receiver.requests[0]["body"], receiver.requests[0]["headers"])
+    assert delivered["id"] == str(job_id) and delivered["callback"]["attempts"] == []
 
 
 def test_a_failed_first_attempt_is_retried_from_the_callbacks_queue(
