@@ -108,33 +108,40 @@ def webhook_secret_rotate(*, user: User) -> str:
     return _secret_create(user.pk)  # which tells every process's cache
 
 
-def _secrets_unexpired(user_id: int) -> tuple[tuple[str, datetime | None], ...]:
-    """The user's secrets with their ends (None: current), newest first, decrypted; cached per process like the
-    gate's credentials (a rotation reaches every process within POLICY_CHECK_INTERVAL), so an attempt reads none."""
+SecretRows = tuple[tuple[str, datetime | None], ...]
+"""A user's signing secrets, decrypted, with their ends (None: the current one), newest first."""
 
-    def load() -> tuple[tuple[str, datetime | None], ...]:
-        rows = WebhookSecret.objects.filter(
-            Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()), user_id=user_id
-        ).order_by("-created_at")
-        return tuple((crypto.decrypt(row.secret_encrypted), row.expires_at) for row in rows)
 
-    return credentials_cache.get((WebhookSecret, user_id), load)
+def _secrets_unexpired(user_id: int) -> SecretRows:
+    rows = WebhookSecret.objects.filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()), user_id=user_id
+    ).order_by("-created_at")
+    return tuple((crypto.decrypt(row.secret_encrypted), row.expires_at) for row in rows)
+
+
+def _signing_now(rows: SecretRows, now: datetime) -> list[str]:
+    return [secret for secret, ends in rows if ends is None or ends > now]
 
 
 def webhook_secrets_active(*, user_id: int, now: datetime) -> list[str]:
-    """The user's secrets that sign now, newest first (none created: see webhook_signing_secrets)."""
-    return [secret for secret, ends in _secrets_unexpired(user_id) if ends is None or ends > now]
+    """The user's secrets that sign now, newest first, as the database has them (none created: see
+    webhook_signing_secrets)."""
+    return _signing_now(_secrets_unexpired(user_id), now)
 
 
 def webhook_signing_secrets(*, user_id: int) -> list[str]:
-    """The secrets that sign the user's webhooks, newest first; one is created if the user has none."""
+    """The secrets that sign the user's webhooks, newest first; one is created if the user has none.
+
+    Cached per process like the gate's credentials, so an attempt reads no row: a creation or rotation reaches
+    every process within POLICY_CHECK_INTERVAL, and a rotated secret's end applies at use."""
     now = timezone.now()
-    active = webhook_secrets_active(user_id=user_id, now=now)
-    if active:
+    cached = credentials_cache.get(
+        (WebhookSecret, user_id), lambda: _secrets_unexpired(user_id) or None, keep_none=False
+    )
+    if active := _signing_now(cached or (), now):
         return active
     with transaction.atomic():
-        User.objects.select_for_update().filter(pk=user_id).first()
-        credentials_cache.clear()  # under the lock: another process may have created one since
+        User.objects.select_for_update().filter(pk=user_id).first()  # another process may have created one since
         return webhook_secrets_active(user_id=user_id, now=now) or [_secret_create(user_id)]
 
 
