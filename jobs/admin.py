@@ -31,9 +31,9 @@ from jobsite.admin import PolicyAdmin, ScaleAdmin
 from jobsite.errors import NotCancellable
 
 SHORT_ID_DIGITS = 8
+"""Hex digits of a job id in the change list: unique enough to read, one line at 1366 px."""
 LIST_INSTANT_FORMAT = "%Y-%m-%d\u00a0%H:%M"
 """Timestamps in the job list: to the minute (the job's page has the rest), fixed width, unbroken by a no-break space."""
-"""Hex digits of a job id in the change list: unique enough to read, one line at 1366 px."""
 
 
 class CallbackAttemptInline(admin.TabularInline):
