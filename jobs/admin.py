@@ -143,7 +143,7 @@ class JobAdmin(ScaleAdmin):
     def created(self, job: Job) -> str:
         return job.created_at.strftime(LIST_INSTANT_FORMAT)
 
-    @admin.display(description="expires at", ordering="expires_at", empty_value="-")
+    @admin.display(description="expires at", ordering="expires_at")
     def expires(self, job: Job) -> str | None:
         return job.expires_at.strftime(LIST_INSTANT_FORMAT) if job.expires_at else None
 
