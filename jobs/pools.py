@@ -50,6 +50,13 @@ that arrives later (higher priority, another owner) is at most one dispatched jo
 SHARED_OWNER = "*"
 """The one owner every job is staged under when QUEUE_FAIRNESS is off: first come, first served."""
 
+ROOM_SIGNALS_MAX = 16
+"""Wake-ups a pool's room list keeps: with nobody waiting they pile up to this many, and the first waiters of the
+next burst spend one depth read on each stale one."""
+
+ROOM_SIGNALS_TTL_MS = 60_000
+"""The room list goes when no worker of the pool has taken a job for this long."""
+
 
 def _key(pool: str, *parts: object) -> str:
     return ":".join((POOL_KEY_PREFIX, pool, *(str(part) for part in parts)))
@@ -71,6 +78,12 @@ def _turns_key(pool: str) -> str:
     return _key(pool, "turns")
 
 
+def room_key(pool: str) -> str:
+    """The pool's room list: a worker that takes a job pushes a wake-up there for an acknowledgement waiting for room
+    (jobs.queues.queue_wait_for_room blocks on it)."""
+    return _key(pool, "room")
+
+
 STAGE_LUA = """
 -- Stage one job under its owner at its priority, then count it.
 -- KEYS[1] the owner's list of staged job ids, KEYS[2] the ring of owners with jobs staged at this priority,
@@ -89,9 +102,17 @@ DISPATCH_LUA = """
 -- KEYS[2+p] the owners ring of priority p, KEYS[2+n+p] its staged counter, for p = 1..n.
 -- ARGV[1] ready depth, ARGV[2] n, ARGV[2+p] the name of priority p, ARGV[2+n+p] its weight,
 -- ARGV[2+2n+p] its owner-list key prefix (the owner is appended: one Redis, no cluster).
+-- After a worker took a job, also KEYS[3+2n] the pool's room list, ARGV[3+3n] the wake-ups it keeps at most,
+-- ARGV[4+3n] its TTL in ms: one wake-up is pushed for an acknowledgement waiting for room.
 -- Returns the number of jobs moved.
 local depth, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local moved = 0
+local room = KEYS[3 + 2 * n]
+if room then
+  redis.call('RPUSH', room, 1)
+  redis.call('LTRIM', room, -tonumber(ARGV[3 + 3 * n]), -1)
+  redis.call('PEXPIRE', room, ARGV[4 + 3 * n])
+end
 while redis.call('LLEN', KEYS[1]) < depth do
   local best, best_turn, total, turns = nil, nil, 0, {}
   for p = 1, n do
@@ -154,8 +175,8 @@ def is_pool(name: str) -> bool:
     return name in settings.JOB_POOLS
 
 
-def _dispatch_call(queue: Queue) -> tuple[list[str], list[Any]]:
-    """DISPATCH_LUA's KEYS and ARGV for a pool."""
+def _dispatch_call(queue: Queue, *, took_job: bool = False) -> tuple[list[str], list[Any]]:
+    """DISPATCH_LUA's KEYS and ARGV for a pool (`took_job`: a worker just took one, so a waiter is woken)."""
     pool = queue.name
     keys = [queue.key, _turns_key(pool)]
     keys += [_owners_key(pool, priority) for priority in PRIORITIES]
@@ -163,12 +184,16 @@ def _dispatch_call(queue: Queue) -> tuple[list[str], list[Any]]:
     args: list[Any] = [READY_DEPTH, len(PRIORITIES), *PRIORITIES]
     args += [settings.PRIORITY_WEIGHTS[priority] for priority in PRIORITIES]
     args += [_owner_prefix(pool, priority) for priority in PRIORITIES]
+    if took_job:
+        keys.append(room_key(pool))
+        args += [ROOM_SIGNALS_MAX, ROOM_SIGNALS_TTL_MS]
     return keys, args
 
 
-def pool_dispatch(queue: Queue) -> int:
-    """Top up a pool's RQ queue from its stages by the rule; returns how many jobs it moved."""
-    keys, args = _dispatch_call(queue)
+def pool_dispatch(queue: Queue, *, took_job: bool = False) -> int:
+    """Top up a pool's RQ queue from its stages by the rule; returns how many jobs it moved. `took_job`: a worker
+    just took one off the queue, so one acknowledgement waiting for room is woken in the same call."""
+    keys, args = _dispatch_call(queue, took_job=took_job)
     return int(run_lua(DISPATCH_LUA, keys=keys, args=args, client=queue.connection))  # type: ignore[call-overload]
 
 
@@ -250,5 +275,5 @@ class PoolQueue(DjangoRQ):
             death_penalty_class=death_penalty_class,
         )
         if result is not None and is_pool(result[1].name):
-            pool_dispatch(result[1])  # the next job is on the queue before this one ends: no worker waits
+            pool_dispatch(result[1], took_job=True)  # the next job is ready before this one ends: no worker waits
         return result

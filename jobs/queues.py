@@ -19,7 +19,7 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQJobStatus
 
 from jobs.models import Job, KindSettings
-from jobs.pools import Lane, PoolQueue, is_pool
+from jobs.pools import Lane, PoolQueue, is_pool, room_key
 from jobsite.redis import redis_key
 from jobsite.sizing import DEFAULT_POOL
 from jobsite.tracing import TRACE_META_KEY
@@ -92,24 +92,26 @@ def job_pool(kind_settings: KindSettings) -> str:
     return JOBS_QUEUE
 
 
-ADMISSION_POLL_FIRST = 0.005
-"""Seconds before an acknowledgement waiting for room looks at the queue again; doubled up to the max."""
-ADMISSION_POLL_MAX = 0.04
-"""Longest pause between looks of one waiting acknowledgement; under saturation many wait and look in turn, so the
-workers do not run dry (20 ms: more looks, no more jobs per second; bench/README.md)."""
+ADMISSION_RECHECK = 0.25
+"""Longest an acknowledgement waiting for room blocks on the pool's room list before it reads the depth anyway: a
+job that leaves the pool other than through a worker (canceled, reconciled) sends no wake-up."""
+ADMISSION_RECHECK_MIN = 0.01
+"""Shortest block: BLPOP's timeout 0 would mean forever."""
 
 
 def queue_wait_for_room(*, pool: str, limit: int, wait: float) -> int:
     """The pool's depth as soon as it is below `limit`, or after `wait` seconds (then >= limit).
 
     Back-pressure for async acknowledgements, per pool: under saturation a caller waits for room instead of
-    adding to a backlog that every accepted job would wait behind. One round trip when there is room.
+    adding to a backlog that every accepted job would wait behind. One round trip when there is room; else it
+    blocks on the pool's room list (BLPOP: the longest waiter first), where every worker that takes a job pushes a
+    wake-up, and reads the depth again: no polling, and a freed place is taken as soon as it is free.
     """
     depth = queue_depth(pool)
-    deadline, pause = time.monotonic() + wait, ADMISSION_POLL_FIRST
+    deadline = time.monotonic() + wait
+    block_max = min(ADMISSION_RECHECK, settings.REDIS_SOCKET_TIMEOUT / 2)  # an answer within the socket timeout
     while depth >= limit and (left := deadline - time.monotonic()) > 0:
-        time.sleep(min(pause, left))
-        pause = min(pause * 2, ADMISSION_POLL_MAX)
+        get_queue(pool).connection.blpop([room_key(pool)], timeout=max(ADMISSION_RECHECK_MIN, min(left, block_max)))
         depth = queue_depth(pool)
     return depth
 

@@ -8,7 +8,9 @@ import pytest
 from accounts.models import User
 from jobs import queues
 from jobs.models import Job, JobStatus
+from jobsite.redis import get_redis
 from tests.conftest import auth_headers, gunicorn_server, run_worker_burst
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -19,6 +21,13 @@ BOUND = 3
 def submit(client: httpx.Client, n: int) -> httpx.Response:
     body = {"kind": "hash", "input": {"data": f"backpressure-{n}", "iterations": 10}}
     return client.post("/api/v1/jobs/async/", json=body)
+
+
+def blocked_on_room() -> int:
+    """Redis clients of the test's database blocked in BLPOP: acknowledgements waiting on a pool's room list."""
+    redis = get_redis()
+    database = str(redis.connection_pool.connection_kwargs.get("db", 0))
+    return sum(1 for client in redis.client_list() if client["cmd"] == "blpop" and client["db"] == database)
 
 
 def test_a_full_queue_holds_acknowledgements_then_refuses_them(user: User) -> None:
@@ -39,7 +48,8 @@ def test_a_full_queue_holds_acknowledgements_then_refuses_them(user: User) -> No
         waiting: dict[str, httpx.Response] = {}
         sender = threading.Thread(target=lambda: waiting.update(response=submit(client, BOUND + 1)))
         sender.start()
-        run_worker_burst()  # a worker runs the queued jobs: room comes, the waiting acknowledgement is taken
+        wait_until(lambda: blocked_on_room() == 1, timeout=10)  # it waits on the room list: it does not poll
+        run_worker_burst()  # a worker takes a queued job and wakes it: the waiting acknowledgement is taken
         sender.join(30)
         assert waiting["response"].status_code == 202, waiting["response"].text
     run_worker_burst()

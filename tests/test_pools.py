@@ -16,9 +16,10 @@ from rq.job import Job as RQJob
 
 from accounts.models import User
 from credits.selectors import credit_balance
+from jobs import queues
 from jobs.forms import KindSettingsForm
 from jobs.models import Job, JobStatus, KindSettings
-from jobs.pools import pool_staged
+from jobs.pools import ROOM_SIGNALS_MAX, ROOM_SIGNALS_TTL_MS, pool_dispatch, pool_staged, room_key
 from jobsite.redis import get_redis
 from tests.access_helpers import set_policy
 from tests.conftest import ROOT, auth_headers, gunicorn_server, subprocess_env
@@ -204,3 +205,14 @@ def test_the_rq_dashboard_counts_a_pools_staged_jobs(api: APIClient, make_user: 
     assert {"jobs", "callbacks", "maintenance"} <= set(queues)
     assert queues["jobs"]["jobs"] == 3  # one on RQ's list, two staged
     assert get_redis().llen("rq:queue:jobs") == 1
+
+
+def test_a_take_leaves_one_wake_up_for_a_waiting_acknowledgement_and_idle_ones_pile_up_no_further() -> None:
+    queue, redis = queues.get_queue("jobs"), get_redis()
+    for _ in range(ROOM_SIGNALS_MAX + 5):  # takes with nobody waiting
+        pool_dispatch(queue, took_job=True)
+    assert redis.llen(room_key("jobs")) == ROOM_SIGNALS_MAX
+    assert 0 < redis.pttl(room_key("jobs")) <= ROOM_SIGNALS_TTL_MS
+    # A waiter on a full pool spends the stale wake-ups on depth reads, and still waits its time out.
+    assert queues.queue_wait_for_room(pool="jobs", limit=0, wait=0.5) == 0
+    assert redis.llen(room_key("jobs")) == 0
