@@ -157,7 +157,7 @@ def queue_admit(policy: EndpointPolicy, *, pool: str) -> None:
         depth = queues.queue_wait_for_room(pool=pool, limit=capacity, wait=settings.QUEUE_ADMISSION_WAIT)
     except RedisError:
         raise ServiceUnavailable("The job queue is unreachable; try again shortly.") from None
-    if depth >= capacity:
+    if depth is not None:
         raise QueueFull(
             f"The {pool} queue holds {depth} jobs (cap {capacity}).",
             headers={"Retry-After": str(settings.QUEUE_FULL_RETRY_AFTER)},

@@ -92,28 +92,34 @@ def job_pool(kind_settings: KindSettings) -> str:
     return JOBS_QUEUE
 
 
-ADMISSION_RECHECK = 0.25
+ADMISSION_RECHECK = 1.0
 """Longest an acknowledgement waiting for room blocks on the pool's room list before it reads the depth anyway: a
-job that leaves the pool other than through a worker (canceled, reconciled) sends no wake-up."""
+job that leaves the pool other than through a worker (canceled, reconciled) sends no wake-up. Long, because a
+waiter that blocks again joins the back of the line."""
 ADMISSION_RECHECK_MIN = 0.01
 """Shortest block: BLPOP's timeout 0 would mean forever."""
 
 
-def queue_wait_for_room(*, pool: str, limit: int, wait: float) -> int:
-    """The pool's depth as soon as it is below `limit`, or after `wait` seconds (then >= limit).
+def queue_wait_for_room(*, pool: str, limit: int, wait: float) -> int | None:
+    """None as soon as the pool has room for one more job; else its depth (>= limit) after `wait` seconds.
 
     Back-pressure for async acknowledgements, per pool: under saturation a caller waits for room instead of
-    adding to a backlog that every accepted job would wait behind. One round trip when there is room; else it
-    blocks on the pool's room list (BLPOP: the longest waiter first), where every worker that takes a job pushes a
-    wake-up, and reads the depth again: no polling, and a freed place is taken as soon as it is free.
+    adding to a backlog that every accepted job would wait behind. One round trip when the depth is below `limit`;
+    else it blocks on the pool's room list (BLPOP: the longest waiter first), where every worker that takes a job
+    pushes a wake-up: no polling, and a freed place is taken as soon as it is free. A woken waiter owns the place its
+    wake-up stands for, so a request that arrived meanwhile and took it pushes the depth one over `limit`, not the
+    waiter to the back of the line.
     """
     depth = queue_depth(pool)
     deadline = time.monotonic() + wait
     block_max = min(ADMISSION_RECHECK, settings.REDIS_SOCKET_TIMEOUT / 2)  # an answer within the socket timeout
     while depth >= limit and (left := deadline - time.monotonic()) > 0:
-        get_queue(pool).connection.blpop([room_key(pool)], timeout=max(ADMISSION_RECHECK_MIN, min(left, block_max)))
+        timeout = max(ADMISSION_RECHECK_MIN, min(left, block_max))
+        woken = get_queue(pool).connection.blpop([room_key(pool)], timeout=timeout)
         depth = queue_depth(pool)
-    return depth
+        if woken and depth == limit:
+            return None
+    return depth if depth >= limit else None
 
 
 def _lane(job: Job) -> Lane:

@@ -213,6 +213,8 @@ def test_a_take_leaves_one_wake_up_for_a_waiting_acknowledgement_and_idle_ones_p
         pool_dispatch(queue, took_job=True)
     assert redis.llen(room_key("jobs")) == ROOM_SIGNALS_MAX
     assert 0 < redis.pttl(room_key("jobs")) <= ROOM_SIGNALS_TTL_MS
-    # A waiter on a full pool spends the stale wake-ups on depth reads, and still waits its time out.
-    assert queues.queue_wait_for_room(pool="jobs", limit=0, wait=0.5) == 0
-    assert redis.llen(room_key("jobs")) == 0
+    # A wake-up stands for a freed place: it lets in one waiter of a pool at its bound (0 here).
+    assert queues.queue_wait_for_room(pool="jobs", limit=0, wait=5) is None
+    assert redis.llen(room_key("jobs")) == ROOM_SIGNALS_MAX - 1
+    redis.delete(room_key("jobs"))  # with none, a waiter waits its time out and is told the depth
+    assert queues.queue_wait_for_room(pool="jobs", limit=0, wait=0.3) == 0
