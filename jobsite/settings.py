@@ -293,7 +293,7 @@ QUEUE_ADMISSION_DEPTHS = {
     pool: QUEUE_ADMISSION_DEPTH or ADMISSION_PER_JOB_WORKER * size for pool, size in JOB_POOLS.items()
 }
 """Per pool: async jobs waiting in it beyond which an acknowledgement waits for room (back-pressure),
-ADMISSION_PER_JOB_WORKER (4) per worker of the pool by default: a job accepted under saturation waits behind at
+ADMISSION_PER_JOB_WORKER (2) per worker of the pool by default: a job accepted under saturation waits behind at
 most this many, so its time to callback does not grow with the backlog."""
 QUEUE_ADMISSION_WAIT = env_float("QUEUE_ADMISSION_WAIT", 2.0, minimum=0.0)
 """Seconds an async acknowledgement waits for room below QUEUE_ADMISSION_DEPTH before answering 503 queue_full."""

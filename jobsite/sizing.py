@@ -16,11 +16,11 @@ waiting only on short database writes); more add context switches, not throughpu
 MIN_JOB_WORKERS = 2
 """At least two, so that one worker busy with a long job (or restarting) never stops the queue."""
 
-ADMISSION_PER_JOB_WORKER = 4
+ADMISSION_PER_JOB_WORKER = 2
 """Default bound of waiting jobs per job worker (QUEUE_ADMISSION_DEPTH): under saturation a job accepted waits
-behind at most this many per worker (4 hash jobs of 1000 iterations: ~25 ms). Against 16, under the original's
-burst: time to callback p50 -30 to -45%, the same jobs per second (the acknowledgements waiting for room look in
-turn often enough that the workers do not run dry); 2 per worker: within the runs' spread (bench/README.md)."""
+behind at most this many per worker (2 hash jobs of 1000 iterations: ~15 ms). Acknowledgements waiting for room
+are woken by the worker that takes a job, so a short queue does not run dry: against 4 per worker, under the
+original's burst, time to callback p50 -17%, the same jobs per second; 1 per worker: no better (bench/README.md)."""
 
 CALLBACK_WORKERS = 3
 """Webhook retry workers: more than CALLBACK_MAX_PER_HOST (2), so one slow receiver never holds them all.

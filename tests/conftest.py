@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 TEST_ADMISSION_DEPTH = 1000
 """QUEUE_ADMISSION_DEPTH of the test processes: tests queue jobs with no worker running, so only the tests of
-back-pressure, which set their own bound, meet it (the default, 4 per worker, is a sizing for live workers)."""
+back-pressure, which set their own bound, meet it (the default, 2 per worker, is a sizing for live workers)."""
 
 
 @pytest.fixture(autouse=True, scope="session")
