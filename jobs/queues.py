@@ -110,13 +110,14 @@ def queue_wait_for_room(*, pool: str, limit: int, wait: float) -> int | None:
     wake-up stands for, so a request that arrived meanwhile and took it pushes the depth one over `limit`, not the
     waiter to the back of the line.
     """
-    depth = queue_depth(pool)
+    queue = get_queue(pool)
+    depth = queue.count
     deadline = time.monotonic() + wait
     block_max = min(ADMISSION_RECHECK, settings.REDIS_SOCKET_TIMEOUT / 2)  # an answer within the socket timeout
     while depth >= limit and (left := deadline - time.monotonic()) > 0:
         timeout = max(ADMISSION_RECHECK_MIN, min(left, block_max))
-        woken = get_queue(pool).connection.blpop([room_key(pool)], timeout=timeout)
-        depth = queue_depth(pool)
+        woken = queue.connection.blpop([room_key(pool)], timeout=timeout)
+        depth = queue.count
         if woken and depth == limit:
             return None
     return depth if depth >= limit else None

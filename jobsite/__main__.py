@@ -171,11 +171,11 @@ def _local_secret_key() -> None:
     its own: loadgen's jobs/s -5 to -10%, bench/README.md)."""
     if "SECRET_KEY" in os.environ:
         return
-    if not SECRET_KEY_FILE.exists() and "DATABASE_URL" not in os.environ and (VAR / "jobsite.sqlite3").exists():
-        # Made by a run before this file existed: its rows are encrypted under the development key of DEBUG on.
-        os.environ.setdefault("DEBUG", "true")
-        return
     if not SECRET_KEY_FILE.exists():
+        if "DATABASE_URL" not in os.environ and (VAR / "jobsite.sqlite3").exists():
+            # Made by a run before this file existed: its rows are encrypted under the development key of DEBUG on.
+            os.environ.setdefault("DEBUG", "true")
+            return
         SECRET_KEY_FILE.touch(mode=0o600)
         SECRET_KEY_FILE.write_text(secrets.token_urlsafe(50))
     os.environ["SECRET_KEY"] = SECRET_KEY_FILE.read_text().strip()
