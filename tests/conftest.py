@@ -33,7 +33,11 @@ from tests.redis_owner import claim_test_database, flush_test_database
 from tests.waiting import wait_answering
 
 ROOT = Path(__file__).resolve().parent.parent
-(ROOT / "var").mkdir(exist_ok=True)  # the SQLite test database and server logs live there
+(ROOT / "var").mkdir(exist_ok=True)  # the SQLite test database lives there
+TEST_VAR = ROOT / "var" / f"tests-{connection.vendor}"
+"""This session's server logs and reports: one directory per database, so that .ci/run's SQLite and PostgreSQL
+sessions, which run side by side, never write the same file."""
+TEST_VAR.mkdir(exist_ok=True)
 
 
 TEST_ADMISSION_DEPTH = 1000
@@ -172,7 +176,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 def gunicorn_server(name: str = "test-gunicorn", **env: str) -> Iterator[str]:
     """A real gunicorn (threads) on the test database; `env` adds to subprocess_env (e.g. a settings module)."""
     port = free_port()
-    log = open(ROOT / "var" / f"{name}.log", "w")  # noqa: SIM115 - closed below
+    log = open(TEST_VAR / f"{name}.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [
             sys.executable,

@@ -64,11 +64,12 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def required_tool(name: str) -> str:
-    """A Debian tool the suite needs (.ci/run installs it); outside CI a machine without it skips, CI fails."""
+def required_tool(name: str, *, package: str = "") -> str:
+    """A Debian tool the suite needs (.ci/run installs it; `package`: the Debian package that ships it, when its
+    name differs); outside CI a machine without it skips, CI fails."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (apt-get install -y {name}; .ci/run does it)"
+        message = f"{name} is not installed (apt-get install -y {package or name}; .ci/run does it)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

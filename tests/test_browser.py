@@ -3,6 +3,7 @@
 Swagger UI and ReDoc, served from drf-spectacular-sidecar, render every operation, authorize with an API key and
 run a sync job without a request leaving 127.0.0.1; the admin fits a 1366 px screen and speaks plain words."""
 
+import fcntl
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from accounts.models import SCOPES, User
 from accounts.services import api_key_create
 from jobs.models import Job, JobMode, JobStatus
 from tests.api_operations import schema_operations
-from tests.conftest import ROOT, gunicorn_server
+from tests.conftest import ROOT, TEST_VAR, gunicorn_server
 from tests.processes import required_tool
 
 CHROMIUM_FLAGS = [
@@ -39,7 +40,10 @@ CHROMIUM_FLAGS = [
 @pytest.fixture(scope="module")
 def docs_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
     """A gunicorn of its own, started after collectstatic (WhiteNoise indexes the static files at start-up)."""
-    subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT, check=True)
+    # Under a lock: .ci/run's two sessions reach this at about the same time, and a file being copied is a torn file.
+    with (ROOT / "var" / "collectstatic.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT, check=True)
     with gunicorn_server("docs-gunicorn") as url:
         yield url
 
@@ -173,7 +177,7 @@ def test_admin_fits_1366_px_and_names_things_plainly(
     assert table_width <= page.evaluate("document.querySelector('#changelist-filter').getBoundingClientRect().left")
     assert page.evaluate("document.documentElement.scrollWidth") <= 1366
     assert max(cell.bounding_box()["height"] for cell in row.locator("td, th").all()) < 40  # one line per row
-    page.screenshot(path=str(ROOT / "var" / "admin-job-list-1366.png"))
+    page.screenshot(path=str(TEST_VAR / "admin-job-list-1366.png"))
 
     page.goto(f"{docs_server}/admin/jobs/job/{staff_with_a_job.id}/change/")
     assert page.locator("input[name=_save], input[name=_continue], input[name=_addanother]").count() == 0

@@ -51,7 +51,7 @@ def test_compose_runs_the_procfile_processes_with_postgres_redis_and_prometheus(
 
 
 def test_alert_rules_pass_their_unit_tests() -> None:
-    promtool = required_tool("promtool")
+    promtool = required_tool("promtool", package="prometheus")
     for argv in (["check", "config", "prometheus.yml"], ["test", "rules", "alerts_test.yml"]):
         done = subprocess.run([promtool, *argv], cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -61,7 +61,7 @@ def test_alert_rules_pass_their_unit_tests() -> None:
 
 
 def test_dashboard_queries_parse(tmp_path: Path) -> None:
-    promtool = required_tool("promtool")
+    promtool = required_tool("promtool", package="prometheus")
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "jobsite-dashboard.json").read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     assert len(exprs) >= 10

@@ -7,7 +7,7 @@ cuts the connections). Each round submits N async jobs with webhooks to a signed
 127.0.0.1, injects one fault, recovers, and asserts: every accepted job final within a bound after recovery,
 none lost, one job per Idempotency-Key, one charge per job, every webhook delivered and recorded once, no 500.
 The figures of each round (time to recover, re-runs, duplicate deliveries) are printed and written to
-var/faults-report.json.
+var/tests-postgresql/faults-report.json.
 """
 
 import contextlib
@@ -40,7 +40,7 @@ from credits.models import EntryType, LedgerEntry
 from jobs.models import CallbackAttempt, CallbackStatus, IdempotencyRecord, Job, JobStatus, KindSettings
 from jobs.webhooks import webhook_secret_rotate
 from jobsite.supervisor import Supervisor
-from tests.conftest import ROOT, LocalHTTPServer, auth_headers, respond, subprocess_env
+from tests.conftest import ROOT, TEST_VAR, LocalHTTPServer, auth_headers, respond, subprocess_env
 from tests.processes import RedisServer, free_port, group_alive
 from tests.waiting import wait_until
 
@@ -77,7 +77,7 @@ can wait for RQ's scheduler lock on `callbacks` (61 s) when a dead worker's sche
 HASH_ITERATIONS = 150_000
 """Work per job: long enough (~0.1-0.3 s) that a fault lands while jobs run."""
 
-REPORT = ROOT / "var" / "faults-report.json"
+REPORT = TEST_VAR / "faults-report.json"
 
 TOPOLOGY_ENV = {
     "RECONCILE_INTERVAL": "2",
@@ -215,7 +215,7 @@ def topology(django_db_setup: None, django_db_blocker: Any) -> Iterator[Topology
     lines: list[str] = []
     supervisor = Supervisor(log=lines.append)
     for name, argv in commands.items():
-        log = open(ROOT / "var" / f"faults-{name}.log", "w")  # noqa: SIM115 - closed below
+        log = open(TEST_VAR / f"faults-{name}.log", "w")  # noqa: SIM115 - closed below
         logs.append(log)
         supervisor.add(name, argv, cwd=ROOT, env=env, stdout=log)
     supervisor.start()
@@ -232,7 +232,7 @@ def topology(django_db_setup: None, django_db_blocker: Any) -> Iterator[Topology
         supervisor.stop_all()
         for log in logs:
             log.close()
-        (ROOT / "var" / "faults-supervisor.log").write_text("\n".join(lines) + "\n")
+        (TEST_VAR / "faults-supervisor.log").write_text("\n".join(lines) + "\n")
         redis_proxy.close()
         db_proxy.close()
         redis_server.kill()

@@ -7,7 +7,6 @@ import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,7 +30,7 @@ from jobs.selectors import job_list
 from jobs.serializers import JobSerializer
 from jobs.services import jobs_purge_expired, jobs_reconcile
 from jobs.webhooks import webhooks_reconcile
-from tests.conftest import auth_headers
+from tests.conftest import TEST_VAR, auth_headers
 from tests.job_helpers import kind_settings
 from tests.waiting import wait_until
 
@@ -387,7 +386,7 @@ def test_export_streams_over_http_and_stops_when_the_client_leaves(server_url: s
         assert first["callback"]["status"] == "delivered"
     # The client is gone with ~29 000 rows unsent: the server notices on its next write and closes the stream
 
-    server_log = Path(__file__).resolve().parent.parent / "var" / "test-gunicorn.log"
+    server_log = TEST_VAR / "test-gunicorn.log"
     wait_until(lambda: "export stopped after" in server_log.read_text(), timeout=30)
     if connection.vendor == "postgresql":
         wait_until(lambda: _busy_backends() == 0, timeout=10)  # no transaction nor cursor left open

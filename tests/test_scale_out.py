@@ -2,7 +2,7 @@
 host would start it (its own command line, sharing only the database and Redis), under a mixed load of sync and
 async jobs with webhooks from several users. Every invariant holds: no job lost, every webhook delivered once,
 no balance below zero and every balance explained by its ledger, the per-user sync cap never exceeded.
-Throughput against worker count goes to var/scale-report.json (figures, not assertions: no timed unit tests)."""
+Throughput against worker count goes to var/tests-<database>/scale-report.json (figures, not assertions: no timed unit tests)."""
 
 import collections
 import json
@@ -27,7 +27,7 @@ from jobs.models import FINAL_STATUSES, CallbackStatus, Job, JobStatus
 from jobs.queues import CALLBACKS_QUEUE, JOBS_QUEUE, MAINTENANCE_QUEUE
 from jobs.webhooks import webhook_secret_rotate
 from jobsite.redis import get_redis
-from tests.conftest import ROOT, LocalHTTPServer, gunicorn_server, respond
+from tests.conftest import TEST_VAR, LocalHTTPServer, gunicorn_server, respond
 from tests.waiting import wait_until
 
 USERS = 4
@@ -114,13 +114,13 @@ def test_two_web_servers_and_many_workers_keep_every_invariant(
     for user, key in zip(users, keys, strict=True):
         spent = Job.objects.filter(owner=user, pk__in=accepted).count()
         assert CreditAccount.objects.get(user=user).balance == CREDITS_PER_USER - spent, key[:8]
-    (ROOT / "var" / "scale-report.json").write_text(json.dumps({**report, "responses": dict(statuses)}, indent=2))
+    (TEST_VAR / "scale-report.json").write_text(json.dumps({**report, "responses": dict(statuses)}, indent=2))
 
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_throughput_against_worker_count(user: User, start_worker: Callable[..., Any], server_url: str) -> None:
-    """Async hash jobs through one web server, drained by 1 then 3 job workers; figures to var/scale-report.json."""
+    """Async hash jobs through one web server, drained by 1 then 3 job workers; figures to var/tests-<database>/scale-report.json."""
     key = api_key_create(owner=user, name="bench", scopes=list(SCOPES))[1]
     figures: dict[str, float] = {}
     workers: list[Any] = []
@@ -142,6 +142,6 @@ def test_throughput_against_worker_count(user: User, start_worker: Callable[...,
         wait_until(lambda done=succeeded, total=total: done.count() == total, timeout=120)
         figures[f"jobs_per_second_{count}_workers"] = len(ids) / (time.monotonic() - started)
         assert Job.objects.filter(pk__in=ids).exclude(status=JobStatus.SUCCEEDED).count() == 0
-    report_path = ROOT / "var" / "scale-report.json"
+    report_path = TEST_VAR / "scale-report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     report_path.write_text(json.dumps({**report, "throughput": figures}, indent=2))
