@@ -23,6 +23,7 @@ from uuid import UUID
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from jobs.stop import StopSignal
 from jobsite.redis import BLOCK_MAX_SECONDS, get_blocking_redis, get_redis, redis_key
 
 logger = logging.getLogger(__name__)
@@ -55,17 +56,26 @@ class JobEvent:
     data: dict[str, Any]
 
 
-def job_event_publish(job_id: UUID | str, event: str, data: dict[str, Any]) -> None:
-    """Append an event to the job's stream (one round trip); the final one is also added to its final stream."""
+def job_event_publish(job_id: UUID | str, event: str, data: dict[str, Any], *, stop: StopSignal | None = None) -> None:
+    """Append an event to the job's stream (one round trip); the final one is also added to its final stream.
+
+    With `stop`, the same round trip reads the run's stop flag: a run announces itself as it starts, when its
+    first read of the flag is due.
+    """
     pipe = get_redis().pipeline(transaction=False)
     keys = [_events_key(job_id), *([_final_key(job_id)] if event == FINAL_EVENT else [])]
     for key in keys:
         pipe.xadd(key, {"event": event, "data": json.dumps(data)}, maxlen=EVENTS_MAXLEN, approximate=True)
         pipe.expire(key, settings.JOB_EVENTS_TTL)
+    if stop is not None:
+        pipe.exists(stop.key)
     try:
-        pipe.execute()
+        answers = pipe.execute()
     except RedisError:
         logger.warning("event %s of job %s lost: Redis failed", event, job_id, exc_info=True)
+        return
+    if stop is not None:
+        stop.read_elsewhere(bool(answers[-1]))
 
 
 def job_events_clear(job_id: UUID | str) -> None:

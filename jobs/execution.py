@@ -296,7 +296,7 @@ def job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
         return None
     context = RunContext(owner_id=job.owner_id, job_id=str(job.id), deadline=deadline)
     if job.mode == JobMode.ASYNC:  # a sync run has no one to tell
-        job_started_announce(job)
+        job_started_announce(job, stop=stop)
         context = replace(context, progress=ProgressReporter(job))
     started = time.perf_counter()
     attributes: dict[str, str | int] = {"job.id": str(job.id), "job.kind": job.kind, "job.attempt": job.attempts}

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from jobs import queues
 from jobs.events import FINAL_EVENT, PROGRESS_EVENT, STATUS_EVENT, job_event_publish
 from jobs.models import Job, JobMode, JobStatus, WebhookEvent
+from jobs.stop import StopSignal
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +45,11 @@ def _webhook_event_send(job: Job, event: str, data: dict[str, Any], *, name: str
         logger.warning("%s webhook of job %s dropped: Redis failed", event, job.pk, exc_info=True)
 
 
-def job_started_announce(job: Job) -> None:
-    """A claimed async job runs: a `status` event, and the `job.started` webhook if subscribed."""
+def job_started_announce(job: Job, *, stop: StopSignal | None = None) -> None:
+    """A claimed async job runs: a `status` event (with `stop`: and the run's stop flag read in the same round trip),
+    and the `job.started` webhook if subscribed."""
     data = job_event_data(job)
-    job_event_publish(job.pk, STATUS_EVENT, data)
+    job_event_publish(job.pk, STATUS_EVENT, data, stop=stop)
     _webhook_event_send(job, WebhookEvent.STARTED, data, name=f"started-{job.attempts}")
 
 

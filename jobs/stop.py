@@ -39,16 +39,21 @@ class StopSignal:
     """Whether a stop of one job's run was asked for, read from Redis at most every STOP_POLL_INTERVAL."""
 
     def __init__(self, job_id: UUID | str):
-        self._key = stop_key(job_id)
+        self.key = stop_key(job_id)
         self._next_read = 0.0
         self._requested = False
+
+    def read_elsewhere(self, requested: bool) -> None:
+        """The flag as a round trip the run made anyway just read it (EXISTS): the next read is one interval away."""
+        self._requested = self._requested or requested
+        self._next_read = time.monotonic() + STOP_POLL_INTERVAL
 
     def __call__(self) -> bool:
         now = time.monotonic()
         if self._requested or now < self._next_read:
             return self._requested
         try:
-            self._requested = bool(get_redis().exists(self._key))
+            self._requested = bool(get_redis().exists(self.key))
             self._next_read = now + STOP_POLL_INTERVAL
         except RedisError:
             self._next_read = now + STOP_POLL_BACKOFF

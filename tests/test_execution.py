@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 from standardwebhooks.webhooks import Webhook
 
 from accounts.models import User
+from bench.overhead import redis_round_trips
 from jobs import queues
 from jobs.encryption import open_result, seal_input
 from jobs.execution import job_execute
@@ -64,6 +65,20 @@ def test_claim_run_finish_of_a_hash_job_stays_in_its_statement_budget(
     assert open_result(job.result)["iterations"] == 1000  # sealed if the kind's settings say so
     assert job.queue_wait_ms >= 50 and job.run_ms is not None  # written by the finish UPDATE
     assert job.started_at <= job.finished_at
+
+
+CLAIM_RUN_FINISH_REDIS = ["pipeline[XADD EXPIRE EXISTS]", "pipeline[XADD EXPIRE XADD EXPIRE]", "EVALSHA"]
+"""Redis round trips of the same run, besides RQ's own: the `running` event with the run's first read of its stop
+flag, the final event (on the job's stream and its final stream), the result cache's store (one script)."""
+
+
+def test_claim_run_finish_of_a_hash_job_makes_its_redis_round_trips(user: User) -> None:
+    job = queued_job(user)
+    get_kind_settings("hash")
+    with redis_round_trips() as trips:
+        assert job_execute(job_id=job.pk, worker_name="w1") is None
+    assert trips == CLAIM_RUN_FINISH_REDIS
+    assert Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED
 
 
 def test_a_claimed_job_is_not_claimed_again(user: User) -> None:
