@@ -35,7 +35,7 @@ from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
 from jobs.progress import ProgressReporter, job_final_announce, job_requeued_announce, job_started_announce
 from jobs.retries import retry_delay
 from jobs.stop import StopSignal
-from jobsite.db import insert_new, update_where, update_where_statement
+from jobsite.db import insert_new, update_then, update_where, update_where_statement
 from jobsite.logs import bind_context
 from jobsite.tracing import get_tracer
 
@@ -201,20 +201,13 @@ def _outcome_update(job: Job, where: dict[str, Any], outcome: dict[str, Any], re
     answer = idempotency_answer(job, outcome=outcome) if connection.vendor == "postgresql" else None
     if not release and answer is None:
         return update_where(Job, where=where, values=outcome)
-    sql, params = update_where_statement(Job, where=where, values=outcome)
     followers = [concurrency_release_statement(job)] if release else []
     if answer is not None:
         followers.append(answer.statement)
-    parts = [f"finished AS ({sql} RETURNING 1)"]
-    for n, (follower_sql, follower_params) in enumerate(followers):
-        parts.append(f"then_{n} AS ({follower_sql} AND EXISTS (SELECT FROM finished))")
-        params += follower_params
-    with connection.cursor() as cursor:
-        cursor.execute(f"WITH {', '.join(parts)} SELECT count(*) FROM finished", params)
-        (written,) = cursor.fetchone()
+    written = update_then(update_where_statement(Job, where=where, values=outcome), followers)
     if written and answer is not None:
         idempotency_written(answer)
-    return int(written)
+    return written
 
 
 def job_on_final(job: Job) -> None:

@@ -217,6 +217,21 @@ def update_where_statement(
     return sql, params
 
 
+def update_then(update: tuple[str, list[Any]], followers: Sequence[tuple[str, list[Any]]]) -> int:
+    """PostgreSQL: an UPDATE (update_where_statement's) and statements that run only if it wrote, as one statement
+    (data-modifying CTEs): the rows the UPDATE wrote. Each follower's SQL ends in a WHERE clause the condition
+    ` AND EXISTS (...)` is added to."""
+    sql, params = update
+    parts, params = [f"written AS ({sql} RETURNING 1)"], list(params)
+    for n, (follower_sql, follower_params) in enumerate(followers):
+        parts.append(f"then_{n} AS ({follower_sql} AND EXISTS (SELECT FROM written))")
+        params += follower_params
+    with connection.cursor() as cursor:
+        cursor.execute(f"WITH {', '.join(parts)} SELECT count(*) FROM written", params)
+        (rows,) = cursor.fetchone()
+    return int(rows)
+
+
 INSERT_MANY_ROWS = 500
 """Rows per multi-row INSERT of insert_many_unless_conflict: well under SQLite's 32766 bound parameters."""
 
