@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -29,7 +29,7 @@ from uuid import UUID
 
 import httpx
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 from redis.exceptions import RedisError
@@ -59,6 +59,7 @@ from jobs.models import (
 from jobs.selectors import job_missing
 from jobs.serializers import BatchSerializer, JobSerializer
 from jobsite import crypto
+from jobsite.db import insert_unless_conflict, update_then, update_where, update_where_statement
 from jobsite.errors import CallbackUrlForbidden, NotRedeliverable, WebhookSecretMissing
 from jobsite.process_cache import credentials_cache
 from jobsite.redis import redis_key
@@ -324,8 +325,16 @@ def _free_budget_wait(job: Job) -> float:
     return 0.0 if decision.allowed else decision.retry_after_ms / 1000
 
 
+def _webhook_settle_statement(job_id: UUID, status: str) -> tuple[str, list[Any]]:
+    """The job's delivery status from pending to `status` (the UPDATE and its parameters)."""
+    return update_where_statement(
+        Job, where={"id": job_id, "callback_status": CallbackStatus.PENDING}, values={"callback_status": status}
+    )
+
+
 def _webhook_settle(job_id: UUID, status: str) -> None:
-    Job.objects.filter(pk=job_id, callback_status=CallbackStatus.PENDING).update(callback_status=status)
+    with connection.cursor() as cursor:
+        cursor.execute(*_webhook_settle_statement(job_id, status))
 
 
 def _give_up_at(job: Job, give_up_at: float | None) -> datetime:
@@ -417,12 +426,8 @@ def _webhook_attempt(job: Job, *, n: int, retries_left: int, give_up: datetime, 
     if n == 1:
         job.attempts_known_empty()  # the body is sent only if attempt 1's row is new below: it lists no attempt
     body = webhook_body(job)
-    try:
-        with transaction.atomic():
-            attempt = CallbackAttempt.objects.create(
-                job=job, n=n, error=ATTEMPT_IN_PROGRESS, retries_left=retries_left, give_up_at=give_up
-            )
-    except IntegrityError:
+    attempt = CallbackAttempt(job=job, n=n, error=ATTEMPT_IN_PROGRESS, retries_left=retries_left, give_up_at=give_up)
+    if not insert_unless_conflict(attempt, unique_fields=["job", "n"]):
         return "skipped"  # another worker claimed this attempt
     started = time.perf_counter()
     attributes: dict[str, str | int] = {"job.id": str(job.pk), "webhook.attempt": n, "webhook.id": str(job.delivery_id)}
@@ -479,17 +484,10 @@ def _attempt_close(attempt: CallbackAttempt, *, outcome: _Outcome, duration_ms: 
         give_up=attempt.give_up_at or _give_up_at(job, None),
     )
     result, settle, retry_delay, retries_left = step.result, step.settle, step.retry_delay, step.retries_left
-    with transaction.atomic():
-        closed = CallbackAttempt.objects.filter(pk=attempt.pk, error=ATTEMPT_IN_PROGRESS).update(
-            status_code=outcome.status_code, error=outcome.error[:255], duration_ms=duration_ms
-        )
-        if not closed:
-            logger.warning(
-                "webhook of job %s: attempt %s ended after it was closed; outcome dropped", job.pk, attempt.n
-            )
-            return "late"
-        if settle is not None:
-            _webhook_settle(job.pk, settle)
+    closing = {"status_code": outcome.status_code, "error": outcome.error[:255], "duration_ms": duration_ms}
+    if not _attempt_close_write(attempt, closing, settle=settle):
+        logger.warning("webhook of job %s: attempt %s ended after it was closed; outcome dropped", job.pk, attempt.n)
+        return "late"
     if retry_delay is not None:
         queues.enqueue_webhook(
             job.pk,
@@ -504,6 +502,20 @@ def _attempt_close(attempt: CallbackAttempt, *, outcome: _Outcome, duration_ms: 
     elif settle == CallbackStatus.FAILED:
         logger.warning("webhook of job %s failed after attempt %s: %s", job.pk, attempt.n, outcome.error)
     return result
+
+
+def _attempt_close_write(attempt: CallbackAttempt, closing: dict[str, Any], *, settle: str | None) -> bool:
+    """Write an attempt's outcome if it is still in progress and, with it, the job's delivery status (`settle`, if
+    any): one statement on PostgreSQL, one transaction elsewhere. Whether the attempt was still in progress."""
+    in_progress = {"id": attempt.pk, "error": ATTEMPT_IN_PROGRESS}
+    if connection.vendor == "postgresql":
+        settling = [] if settle is None else [_webhook_settle_statement(attempt.job_id, settle)]
+        return bool(update_then(update_where_statement(CallbackAttempt, where=in_progress, values=closing), settling))
+    with nullcontext() if settle is None else transaction.atomic():
+        closed = update_where(CallbackAttempt, where=in_progress, values=closing)
+        if closed and settle is not None:
+            _webhook_settle(attempt.job_id, settle)
+    return bool(closed)
 
 
 def _next_attempt_n(job_id: UUID) -> int:
