@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -508,12 +508,14 @@ def _attempt_close_write(attempt: CallbackAttempt, closing: dict[str, Any], *, s
     """Write an attempt's outcome if it is still in progress and, with it, the job's delivery status (`settle`, if
     any): one statement on PostgreSQL, one transaction elsewhere. Whether the attempt was still in progress."""
     in_progress = {"id": attempt.pk, "error": ATTEMPT_IN_PROGRESS}
+    if settle is None:  # a retry to come: the job's delivery status stays pending
+        return bool(update_where(CallbackAttempt, where=in_progress, values=closing))
     if connection.vendor == "postgresql":
-        settling = [] if settle is None else [_webhook_settle_statement(attempt.job_id, settle)]
-        return bool(update_then(update_where_statement(CallbackAttempt, where=in_progress, values=closing), settling))
-    with nullcontext() if settle is None else transaction.atomic():
+        closing_statement = update_where_statement(CallbackAttempt, where=in_progress, values=closing)
+        return bool(update_then(closing_statement, [_webhook_settle_statement(attempt.job_id, settle)]))
+    with transaction.atomic():
         closed = update_where(CallbackAttempt, where=in_progress, values=closing)
-        if closed and settle is not None:
+        if closed:
             _webhook_settle(attempt.job_id, settle)
     return bool(closed)
 
