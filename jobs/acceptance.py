@@ -1,10 +1,10 @@
-"""A job accepted in one statement on PostgreSQL: its concurrency slot, its row, its charge and its Idempotency-Key's
-binding written together by one data-modifying statement, where a transaction of their own statements takes up to
+"""A job accepted in one statement on PostgreSQL: its concurrency slot, its row, its charge and its Idempotency-Key
+(its record, or the binding of a key claimed before) written together by one data-modifying statement, where a transaction of their own statements takes up to
 seven round trips (BEGIN, a global cap's lock, slot, job, charge, key, COMMIT; 0.2-0.3 ms each on this machine).
 
 Each part writes only if the part before it wrote, so a refusal writes nothing: no slot (a cap said no, or the
 owner has no credit account yet), then no job, then no charge and no key; a charge beyond the balance fails the
-whole statement on the balance's CHECK constraint. It runs in autocommit. A global cap's sum must count every
+whole statement on the balance's CHECK constraint, and a key recorded already on its unique constraint. It runs in autocommit. A global cap's sum must count every
 earlier admission, so it is read in a snapshot taken after the endpoint's lock: the lock's SELECT and the statement
 go as one query, which PostgreSQL runs as one transaction with a snapshot per statement (one round trip still).
 SQLite (no data-modifying CTEs) and an owner without a credit account (opened on a first charge) take
@@ -21,8 +21,8 @@ from credits.models import BALANCE_NOT_NEGATIVE, CreditAccount
 from credits.services import charge_after, credits_short
 from jobs.billing import job_charge_counted, job_charge_entry
 from jobs.concurrency import ENDPOINT_IN_USE, concurrency_refusal, lock_endpoint_statement, slot_take_statement
-from jobs.idempotency import KeyWrite, idempotency_bind_statement, idempotency_written
-from jobs.models import Job
+from jobs.idempotency import KeyClaimNeeded, KeyWrite, idempotency_bind_statement, idempotency_written
+from jobs.models import IDEMPOTENCY_KEY_UNIQUE, Job
 from jobsite.db import insert_row, insert_values
 
 _ACCOUNTS = CreditAccount._meta.db_table
@@ -31,7 +31,8 @@ _ACCOUNTS = CreditAccount._meta.db_table
 def job_accept(job: Job, *, policy: EndpointPolicy) -> bool:
     """Write a new job with what must commit with it, in one statement: a slot if `job.holds_slot`, the charge of
     `job.cost`, and the request's Idempotency-Key tied to it. False, having written nothing, where this cannot
-    (SQLite, or no credit account yet); raises RateLimited (a cap) or InsufficientCredits, having written nothing."""
+    (SQLite, or no credit account yet); raises RateLimited (a cap), InsufficientCredits or KeyClaimNeeded (a key
+    claimed with the job is recorded already), having written nothing."""
     if connection.vendor != "postgresql":
         return False
     sql, params, key_write = _statement(job, policy)
@@ -48,7 +49,10 @@ def job_accept(job: Job, *, policy: EndpointPolicy) -> bool:
                 cursor.nextset()  # past the lock's result
             has_account, accepted, in_use = cursor.fetchone()
     except IntegrityError as error:
-        if getattr(getattr(error.__cause__, "diag", None), "constraint_name", None) != BALANCE_NOT_NEGATIVE:
+        constraint = getattr(getattr(error.__cause__, "diag", None), "constraint_name", None)
+        if constraint == IDEMPOTENCY_KEY_UNIQUE:
+            raise KeyClaimNeeded from None
+        if constraint != BALANCE_NOT_NEGATIVE:
             raise
         raise credits_short(user_id=job.owner_id, cost=job.cost) from None
     if has_account and not accepted:
@@ -87,7 +91,7 @@ def _statement(job: Job, policy: EndpointPolicy) -> tuple[str, list[Any], KeyWri
         parts.append(charge)
         params += [entry.amount, entry.account_id, *insert_values(entry, entry_fields)]
     if (key_write := idempotency_bind_statement(job)) is not None:
-        bind, bind_params = key_write.statement
+        bind, bind_params = key_write.statement  # a key recorded already fails the statement (unique constraint)
         parts.append(f"bound AS ({bind} AND EXISTS (SELECT FROM job))")
         params += bind_params
     has_account = "EXISTS (SELECT FROM account)" if job.cost else "true"

@@ -3,6 +3,13 @@
 Records live in the database, not Redis: the stored response belongs to an accepted request (a job),
 and nothing accepted is kept only in Redis; the unique (owner, key) constraint makes the claim atomic
 across processes without a second source of truth that a Redis flush could lose.
+
+A job submission claims its key with its job (`claim_on_acceptance`): the record is INSERTed by the statement
+(or transaction) that accepts the job, so a first request pays no statement of its own for its key. Everything
+before the acceptance only reads, and a key found recorded there writes nothing (KeyClaimNeeded): the request is
+then answered as a claim made first would have answered it (replay, 409 or 422). A request refused before its
+acceptance (a full queue, an open circuit) looks the key up before it answers, so a retry of a recorded request
+still gets the recorded answer.
 """
 
 import copy
@@ -27,7 +34,7 @@ from rest_framework.response import Response
 from accounts.models import EndpointPolicy, User
 from accounts.requests import AuthenticatedRequest
 from jobs.models import FINAL_STATUSES, IdempotencyRecord, IdempotencyStatus, Job, JobMode, JobStatus
-from jobsite.db import insert_unless_conflict, update_where, update_where_statement
+from jobsite.db import insert_row, insert_unless_conflict, update_where, update_where_statement
 from jobsite.errors import (
     PROBLEM_CONTENT_TYPE,
     IdempotencyInFlight,
@@ -49,10 +56,18 @@ REPLAYED_RESPONSE_HEADERS = ("Location", "Retry-After", "Preference-Applied", "V
 EXECUTED_ERRORS = (JobFailed,)
 """Errors raised after the job ran: their responses are stored and replayed; any other error releases the key."""
 
+KEY_FIELDS = ("owner", "key")
+"""The record's unique fields: one record per user and key."""
+
 _CLAIM_ATTEMPTS = 3
 
 JOB_IN_FLIGHT_RETRY_AFTER = 1
 """Seconds a 409 tells the client to wait while the key's job runs (a sync job answers when it is final)."""
+
+
+class KeyClaimNeeded(Exception):
+    """The key this request holds unclaimed cannot be written with its job: recorded already (nothing was written),
+    or a path that records its job otherwise (a cache hit, a held job) needs it claimed first."""
 
 
 @dataclass
@@ -64,6 +79,10 @@ class _HeldKey:
     key: str
     render_job: Callable[[Job], Response]
     answered_on_acceptance: bool
+    record: IdempotencyRecord | None = None
+    """The key's record to write with the job (claim_on_acceptance); None once written, or if claimed before."""
+    claimed_with_job: bool = False
+    """Its record was written with the job: never released (its job answers it, or a rollback took both away)."""
     job_id: UUID | None = None
     """The job the key was tied to."""
     answered: bool = False
@@ -78,6 +97,9 @@ class KeyWrite:
     idempotency_written once that wrote."""
 
     statement: tuple[str, list[Any]]
+    """An UPDATE of the claimed key's record, or the INSERT of `record`; either ends in a WHERE clause."""
+    record: IdempotencyRecord | None = None
+    """The key's record, tied to the job: it claims the key (a unique violation means it was recorded already)."""
     answers: bool = False
     """It stores the request's answer too: the job accepted (an acknowledgement) or its sync outcome."""
     response: Response | None = None
@@ -114,17 +136,8 @@ def idempotency_claim(
     """
     for _ in range(_CLAIM_ATTEMPTS):
         now = timezone.now()
-        fresh: dict[str, object] = {
-            "fingerprint": fingerprint,
-            "status": IdempotencyStatus.IN_FLIGHT,
-            "response_status": None,
-            "response_body": None,
-            "response_headers": {},
-            "created_at": now,
-            "locked_until": now + timedelta(seconds=settings.IDEMPOTENCY_LOCK_TIMEOUT),
-            "expires_at": now + timedelta(seconds=ttl),
-        }
-        if insert_unless_conflict(IdempotencyRecord(owner=user, key=key, **fresh), unique_fields=["owner", "key"]):
+        fresh = _fresh(fingerprint=fingerprint, ttl=ttl, now=now)
+        if insert_unless_conflict(IdempotencyRecord(owner=user, key=key, **fresh), unique_fields=KEY_FIELDS):
             return None
         record = IdempotencyRecord.objects.filter(owner=user, key=key).select_related("job").first()
         if record is None:
@@ -159,6 +172,20 @@ def idempotency_claim(
     )
 
 
+def _fresh(*, fingerprint: str, ttl: int, now: datetime) -> dict[str, Any]:
+    """A new claim's fields: in flight, locked for the request's timeout, kept for the policy's TTL."""
+    return {
+        "fingerprint": fingerprint,
+        "status": IdempotencyStatus.IN_FLIGHT,
+        "response_status": None,
+        "response_body": None,
+        "response_headers": {},
+        "created_at": now,
+        "locked_until": now + timedelta(seconds=settings.IDEMPOTENCY_LOCK_TIMEOUT),
+        "expires_at": now + timedelta(seconds=ttl),
+    }
+
+
 def _stale(record: IdempotencyRecord, now: datetime) -> bool:
     """Expired, or in flight past its lock without a job: its request is over (the replay path reads it first)."""
     if record.expires_at <= now:
@@ -180,7 +207,7 @@ def _in_flight_retry_after(record: IdempotencyRecord, now: datetime) -> int:
 def _complete_from_job(record: IdempotencyRecord, job: Job, render_job: Callable[[Job], Response]) -> None:
     """Store, for a request that died, the response its job (record.job) gives: the one it would have sent."""
     stored, _ = _job_answer(job, render_job)
-    idempotency_complete(user=record.owner, key=record.key, **stored)
+    idempotency_complete(user_id=record.owner_id, key=record.key, **stored)
 
 
 def _job_answer(job: Job, render_job: Callable[[Job], Response]) -> tuple[dict[str, Any], Response | None]:
@@ -205,28 +232,54 @@ def idempotency_key_held() -> bool:
     return _held_key.get() is not None
 
 
+def idempotency_claim_first() -> None:
+    """Raise KeyClaimNeeded if the current request's key is to be claimed with its job: call before recording a job
+    any other way than idempotency_bind_job or jobs.acceptance."""
+    held = _held_key.get()
+    if held is not None and held.record is not None:
+        raise KeyClaimNeeded
+
+
 def idempotency_bind_job(job: Job) -> None:
-    """Tie the key the current request holds (if any) to the job it creates; call in the job's transaction."""
-    if (write := idempotency_bind_statement(job)) is not None:
+    """Tie the key the current request holds (if any) to the job it creates; call in the job's transaction.
+    Raises KeyClaimNeeded, having written nothing, if the key is recorded already (roll the transaction back)."""
+    if (write := idempotency_bind_statement(job)) is None:
+        return
+    if write.record is not None:
+        if not insert_unless_conflict(write.record, unique_fields=KEY_FIELDS):
+            raise KeyClaimNeeded
+    else:
         with connection.cursor() as cursor:
             cursor.execute(*write.statement)
-        idempotency_written(write)
+    idempotency_written(write)
 
 
 def idempotency_bind_statement(job: Job) -> KeyWrite | None:
-    """idempotency_bind_job's UPDATE (for a statement that writes the job too: jobs.acceptance); it also stores the
-    answer of a request answered by its job as accepted (`answered_on_acceptance`: an acknowledgement that waits for
-    nothing) if the job is queued. None when the request holds no key."""
+    """idempotency_bind_job's write (for a statement that writes the job too: jobs.acceptance): the key's record
+    INSERTed with the job if it is claimed on acceptance, else an UPDATE of the claimed record. Either also stores
+    the answer of a request answered by its job as accepted (`answered_on_acceptance`: an acknowledgement that
+    waits for nothing) if the job is queued. None when the request holds no key."""
     held = _held_key.get()
     if held is None:
         return None
     held.job_id = job.pk
-    tie = {"job_id": job.pk}
-    if held.answered_on_acceptance and job.status == JobStatus.QUEUED:
-        return _answering(held, job, tie=tie)
-    return KeyWrite(
-        statement=update_where_statement(IdempotencyRecord, where=_in_flight(held.owner_id, held.key), values=tie)
-    )
+    values: dict[str, Any] = {"job_id": job.pk}
+    response = None
+    answers = held.answered_on_acceptance and job.status == JobStatus.QUEUED
+    if answers:
+        stored, response = _job_answer(job, held.render_job)
+        values.update(_completed(**stored))
+    if held.record is not None:
+        record = copy.copy(held.record)
+        for name, value in values.items():
+            setattr(record, name, value)
+        into, row, params = insert_row(record)
+        return KeyWrite(
+            statement=(f"{into} SELECT {row} WHERE true", params), record=record, answers=answers, response=response
+        )
+    where = _in_flight(held.owner_id, held.key)
+    statement = update_where_statement(IdempotencyRecord, where=where, values=values)
+    return KeyWrite(statement=statement, answers=answers, response=response)
 
 
 def _in_flight(owner_id: int, key: str) -> dict[str, Any]:
@@ -243,19 +296,18 @@ def idempotency_answer(job: Job, *, outcome: dict[str, Any]) -> KeyWrite | None:
     final = copy.copy(job)
     for name, value in outcome.items():
         setattr(final, name, value)
-    return _answering(held, final)
-
-
-def _answering(held: _HeldKey, job: Job, tie: dict[str, Any] | None = None) -> KeyWrite:
-    stored, response = _job_answer(job, held.render_job)
-    values = {**(tie or {}), **_completed(**stored)}
-    statement = update_where_statement(IdempotencyRecord, where=_in_flight(held.owner_id, held.key), values=values)
+    stored, response = _job_answer(final, held.render_job)
+    where = _in_flight(held.owner_id, held.key)
+    statement = update_where_statement(IdempotencyRecord, where=where, values=_completed(**stored))
     return KeyWrite(statement=statement, answers=True, response=response)
 
 
 def idempotency_written(write: KeyWrite) -> None:
-    """The statement carrying `write` wrote: once it commits, an answer it stored is the request's (sent as stored;
-    nothing more is stored)."""
+    """The statement carrying `write` wrote: the key is claimed (if `write` claims it), and once it commits, an
+    answer it stored is the request's (sent as stored; nothing more is stored)."""
+    held = _held_key.get()
+    if held is not None and write.record is not None:
+        held.record, held.claimed_with_job = None, True
     if write.answers:
         transaction.on_commit(partial(_answered, write))
 
@@ -271,9 +323,9 @@ def idempotency_answered_response(job: Job) -> Response | None:
     return held.response if held is not None and held.job_id == job.pk else None
 
 
-def idempotency_complete(*, user: User, key: str, status: int, body: Any, headers: dict[str, str]) -> None:
+def idempotency_complete(*, user_id: int, key: str, status: int, body: Any, headers: dict[str, str]) -> None:
     update_where(
-        IdempotencyRecord, where=_in_flight(user.pk, key), values=_completed(status=status, body=body, headers=headers)
+        IdempotencyRecord, where=_in_flight(user_id, key), values=_completed(status=status, body=body, headers=headers)
     )
 
 
@@ -286,12 +338,12 @@ def _completed(*, status: int, body: Any, headers: dict[str, str]) -> dict[str, 
     }
 
 
-def idempotency_release(*, user: User, key: str) -> None:
+def idempotency_release(*, user_id: int, key: str) -> None:
     """The request was rejected before it executed: store nothing, so the key can be used again.
 
     A key already tied to a job stays: that job answers it (see idempotency_claim).
     """
-    IdempotencyRecord.objects.filter(owner=user, key=key, status=IdempotencyStatus.IN_FLIGHT, job=None).delete()
+    IdempotencyRecord.objects.filter(owner_id=user_id, key=key, status=IdempotencyStatus.IN_FLIGHT, job=None).delete()
 
 
 def _replay(record: IdempotencyRecord) -> Response:
@@ -311,36 +363,69 @@ def idempotent_response(
     run: Callable[[], Response],
     render_job: Callable[[Job], Response],
     answered_on_acceptance: bool = False,
+    claim_on_acceptance: bool = False,
 ) -> Response:
     """Run `run` once per (user, Idempotency-Key) within the policy's TTL; without the header, just run it.
 
     `render_job` renders a job as `run` would have answered: it answers the key if this request dies.
     `answered_on_acceptance`: `run` answers render_job of its job as accepted, if queued (an acknowledgement that
     waits for nothing), so the answer is stored in the statement that accepts the job.
+    `claim_on_acceptance`: `run` only reads until it accepts a job through idempotency_bind_job or jobs.acceptance,
+    which claim the key with the job (the module's docstring).
     """
     raw = request.headers.get(KEY_HEADER)
     if raw is None:
         return run()
     user, key = request.user, _valid_key(raw)
     fingerprint = request_fingerprint(method=request.method or "", path=request.path, data=request.data)
-    record = idempotency_claim(
-        user=user, key=key, fingerprint=fingerprint, ttl=policy.idempotency_ttl, render_job=render_job
+    held = partial(
+        _HeldKey, owner_id=user.pk, key=key, render_job=render_job, answered_on_acceptance=answered_on_acceptance
     )
-    if record is not None:
+    claim = partial(
+        idempotency_claim,
+        user=user,
+        key=key,
+        fingerprint=fingerprint,
+        ttl=policy.idempotency_ttl,
+        render_job=render_job,
+    )
+    if claim_on_acceptance:
+        fresh = _fresh(fingerprint=fingerprint, ttl=policy.idempotency_ttl, now=timezone.now())
+        unclaimed = held(record=IdempotencyRecord(owner_id=user.pk, key=key, **fresh))
+        try:
+            return _run_holding(unclaimed, run)
+        except KeyClaimNeeded:
+            pass  # answered below as a claim made first answers
+        except Exception:
+            if unclaimed.record is None:
+                raise
+            # Refused before its key was written: a request recorded under the key is answered as recorded instead.
+            if (record := claim()) is not None:
+                return _replay(record)
+            idempotency_release(user_id=user.pk, key=key)
+            raise
+    if (record := claim()) is not None:
         return _replay(record)
-    held = _HeldKey(owner_id=user.pk, key=key, render_job=render_job, answered_on_acceptance=answered_on_acceptance)
+    return _run_holding(held(), run)
+
+
+def _run_holding(held: _HeldKey, run: Callable[[], Response]) -> Response:
+    """`run` holding the key: its answer is stored (if `run` did not store it with its job), an executed error's
+    too; any other error releases a claimed key. A key still unclaimed afterwards is the caller's to settle."""
+    user_id, key = held.owner_id, held.key
     token = _held_key.set(held)
     try:
         response = run()
     except EXECUTED_ERRORS as exc:
-        if not held.answered:
-            idempotency_complete(user=user, key=key, status=exc.status, body=exc.problem_body(), headers={})
+        if held.record is None and not held.answered:
+            idempotency_complete(user_id=user_id, key=key, status=exc.status, body=exc.problem_body(), headers={})
         raise
     except BaseException:
-        idempotency_release(user=user, key=key)
+        if held.record is None and not held.claimed_with_job:
+            idempotency_release(user_id=user_id, key=key)
         raise
     finally:
         _held_key.reset(token)
-    if not held.answered:
-        idempotency_complete(user=user, key=key, **_stored(response))
+    if held.record is None and not held.answered:
+        idempotency_complete(user_id=user_id, key=key, **_stored(response))
     return response

@@ -392,6 +392,10 @@ class IdempotencyStatus(models.TextChoices):
     COMPLETED = "completed"
 
 
+IDEMPOTENCY_KEY_UNIQUE = "idempotency_owner_key_unique"
+"""One record per user and key: a statement that records a key recorded already fails on it."""
+
+
 class IdempotencyRecord(models.Model):
     """A user's Idempotency-Key: held while its first request runs, then the response it replays."""
 
@@ -417,7 +421,7 @@ class IdempotencyRecord(models.Model):
     )
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["owner", "key"], name="idempotency_owner_key_unique")]
+        constraints = [models.UniqueConstraint(fields=["owner", "key"], name=IDEMPOTENCY_KEY_UNIQUE)]
         indexes = [models.Index(fields=["expires_at"], name="idempotency_expires")]
 
     def __str__(self) -> str:

@@ -28,7 +28,7 @@ from jobs.dependencies import job_dependencies_add
 from jobs.encryption import seal_input, seal_result
 from jobs.execution import job_held_settle, job_on_final, job_run
 from jobs.holding import Settled
-from jobs.idempotency import idempotency_bind_job, idempotency_key_held
+from jobs.idempotency import idempotency_bind_job, idempotency_claim_first, idempotency_key_held
 from jobs.kind_settings import get_kind_settings, job_expiry
 from jobs.kinds import KINDS
 from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
@@ -201,7 +201,8 @@ def _hold_status(*, policy: EndpointPolicy, run_at: datetime | None, depends_on:
 
 
 def _job_create(request: _JobRequest, **state: Any) -> Job:
-    """Record an accepted job (_job_new) in the caller's transaction (_job_insert)."""
+    """Record an accepted job (_job_new) in the caller's transaction (_job_insert); claim its key first
+    (idempotency_claim_first), before that transaction."""
     job = _job_new(request, **state)
     _job_insert(job)
     return job
@@ -252,6 +253,7 @@ def _job_new(request: _JobRequest, **state: Any) -> Job:
 
 def _job_record_cached(request: _JobRequest, *, result: Any) -> Job:
     """A cache hit: the job is final at once, costs nothing, and still goes through job_on_final."""
+    idempotency_claim_first()
     now = timezone.now()
     with transaction.atomic():
         job = _job_create(
@@ -318,6 +320,7 @@ def _job_hold(request: _JobRequest, *, status: str) -> Job:
     Its dependencies are locked before the charge, in the order a finishing dependency takes them (its row,
     then its owner's balance for a refund), so the two cannot deadlock.
     """
+    idempotency_claim_first()
     with transaction.atomic():
         job = _job_create(request, status=status, cost=request.cost, holds_slot=False)  # a slot only at release
         job_dependencies_add(job=job, depends_on=request.depends_on)

@@ -146,6 +146,7 @@ class JobSubmitView(EndpointView):
             run=lambda: self.submitted_response(request, submit()),
             render_job=self.job_response,
             answered_on_acceptance=self.answered_on_acceptance(request),
+            claim_on_acceptance=True,
         )
 
     def answered_on_acceptance(self, request: AuthenticatedRequest) -> bool:

@@ -79,6 +79,18 @@ def test_rejected_requests_store_nothing_and_release_the_key(api: APIClient) -> 
     assert post(api, "/api/v1/jobs/sync/", HASH).status_code == 200
 
 
+def test_a_refusal_before_the_acceptance_answers_a_recorded_key_as_recorded(api: APIClient) -> None:
+    set_policy("jobs.async", max_concurrent_per_user=1)
+    first = post(api, "/api/v1/jobs/async/", HASH)  # queued (no worker here): it holds the only slot
+    again = post(api, "/api/v1/jobs/async/", HASH)
+    assert (first.status_code, again.status_code, again["Idempotent-Replayed"]) == (202, 202, "true")
+    assert again.json() == first.json()
+    # Another key meets the cap: refused, and its key stays free.
+    assert post(api, "/api/v1/jobs/async/", HASH, key="key-2").status_code == 429
+    assert not IdempotencyRecord.objects.filter(key="key-2").exists()
+    assert Job.objects.count() == 1
+
+
 @override_settings(CALLBACK_ALLOW_PRIVATE=True)  # the fetch target is a closed local port
 def test_failed_sync_job_is_stored_and_replayed(api: APIClient) -> None:
     fetch = {"kind": "fetch", "input": {"url": f"http://127.0.0.1:{free_port()}/"}}  # closed: nothing listens

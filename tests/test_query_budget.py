@@ -16,11 +16,11 @@ separate statements:
 - sync job, PostgreSQL 2 = the acceptance, the run, then the outcome's UPDATE with the slot's release (autocommit:
   a success writes nothing else). SQLite 10 = the acknowledgement's 6, the run, then BEGIN, UPDATE job (finish),
   UPDATE counter (release), COMMIT. The response serialises the job in memory: nothing is read back.
-- with an Idempotency-Key, async: PostgreSQL +1, SQLite +2: one INSERT claims the key (autocommit); the job's
-  acceptance ties the key to the job and stores the acknowledgement (PostgreSQL: in its statement; SQLite: one
-  UPDATE in its transaction). Sync: PostgreSQL +1, SQLite +3: the claim; the acceptance ties the key to the job (a
-  request that dies is answered by its job) and the outcome's statement stores the response (PostgreSQL; SQLite:
-  one UPDATE in the acceptance's transaction, one UPDATE after the run).
+- with an Idempotency-Key, async: PostgreSQL +0, SQLite +1: the job's acceptance claims the key, INSERTing its
+  record tied to the job with the acknowledgement stored (PostgreSQL: in its statement; SQLite: one INSERT in its
+  transaction). Sync: PostgreSQL +0, SQLite +2: the acceptance claims the key tied to the job (a request that dies
+  is answered by its job) and the outcome's statement stores the response (PostgreSQL; SQLite: one INSERT in the
+  acceptance's transaction, one UPDATE after the run).
 - an anonymous sync job on the compatible route /sync, PostgreSQL 2, SQLite 8: the sync job less the charge
   (anonymous jobs are free) and without a key to look up; the anonymous owner is cached per process like the policies.
 - the same as shipped (the compatible routes have no caps), 1: a free job of an uncapped endpoint without an
@@ -69,10 +69,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 ON_POSTGRESQL = connection.vendor == "postgresql"
 ASYNC_ACK = 1 if ON_POSTGRESQL else 6
 SYNC_JOB = 2 if ON_POSTGRESQL else 10
-ASYNC_IDEMPOTENCY_KEY = 1 if ON_POSTGRESQL else 2
-SYNC_IDEMPOTENCY_KEY = 1 if ON_POSTGRESQL else 3
+ASYNC_IDEMPOTENCY_KEY = 0 if ON_POSTGRESQL else 1
+SYNC_IDEMPOTENCY_KEY = 0 if ON_POSTGRESQL else 2
 REPLAY = 2
-"""A replayed key: the claim's INSERT finds the key taken, one SELECT reads the stored response."""
+"""A replayed key (its result cached: a cache hit claims the key first): the claim's INSERT finds the key taken,
+one SELECT reads the stored response."""
 COMPAT_ANONYMOUS_SYNC = 2 if ON_POSTGRESQL else 8
 COMPAT_ANONYMOUS_SYNC_AS_SHIPPED = 1
 BATCH = 8
