@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache, partial
 from typing import Any
@@ -52,9 +52,27 @@ def elapsed_ms(start: datetime, end: datetime) -> int:
     return max(0, int((end - start).total_seconds() * 1000))
 
 
+@dataclass(frozen=True)
+class _RowReader:
+    """How a raw job row becomes a Job: its fields' columns and the converters the ORM would apply to each (JSON,
+    UUIDs, SQLite datetimes), looked up once per process as a compiled query does once per query."""
+
+    attnames: list[str]
+    columns: tuple[Any, ...]
+    converters: tuple[tuple[Callable[..., Any], ...], ...]
+
+    def job(self, row: tuple[Any, ...]) -> Job:
+        values = []
+        for value, column, converters in zip(row, self.columns, self.converters, strict=True):
+            for converter in converters:
+                value = converter(value, column, connection)
+            values.append(value)
+        return Job.from_db(connection.alias, self.attnames, values)
+
+
 @cache
-def _claim_sql() -> tuple[str, tuple[Any, ...]]:
-    """The claim statement (PostgreSQL, SQLite >= 3.35: UPDATE ... RETURNING) and the fields it returns."""
+def _claim_sql() -> tuple[str, _RowReader]:
+    """The claim statement (PostgreSQL, SQLite >= 3.35: UPDATE ... RETURNING) and the reader of the row it returns."""
     fields = tuple(field for field in Job._meta.concrete_fields if field.column)
     quote = connection.ops.quote_name
     sql = (
@@ -63,18 +81,11 @@ def _claim_sql() -> tuple[str, tuple[Any, ...]]:
         f" WHERE {quote('id')} = %s AND {quote('status')} = %s"
         f" RETURNING {', '.join(quote(str(field.column)) for field in fields)}"
     )
-    return sql, fields
-
-
-def _job_from_row(row: tuple[Any, ...], fields: tuple[Any, ...]) -> Job:
-    """A Job from a raw row, through the same converters the ORM applies (JSON, UUIDs, SQLite datetimes)."""
-    values = []
-    for field, value in zip(fields, row, strict=True):
-        column = field.get_col(Job._meta.db_table)
-        for converter in connection.ops.get_db_converters(column) + column.get_db_converters(connection):
-            value = converter(value, column, connection)
-        values.append(value)
-    return Job.from_db(connection.alias, [field.attname for field in fields], values)
+    columns = tuple(field.get_col(Job._meta.db_table) for field in fields)
+    converters = tuple(
+        tuple(connection.ops.get_db_converters(column) + column.get_db_converters(connection)) for column in columns
+    )
+    return sql, _RowReader([field.attname for field in fields], columns, converters)
 
 
 def job_claim(job_id: UUID, *, worker_name: str = "") -> Job | None:
@@ -84,7 +95,7 @@ def job_claim(job_id: UUID, *, worker_name: str = "") -> Job | None:
     and written by the finish UPDATE (job_finish), not by a statement of its own.
     """
     now = timezone.now()
-    sql, fields = _claim_sql()
+    sql, reader = _claim_sql()
     params = (
         JobStatus.RUNNING,
         Job._meta.get_field("started_at").get_db_prep_value(now, connection),
@@ -97,7 +108,7 @@ def job_claim(job_id: UUID, *, worker_name: str = "") -> Job | None:
         rows = cursor.fetchall()  # to the end: SQLite finishes (and commits) the statement only then
     if not rows:
         return None
-    job = _job_from_row(rows[0], fields)
+    job = reader.job(rows[0])
     # Only the last wait: a job back on the queue (retry, lost worker) counts from when it went back.
     job.queue_wait_ms = elapsed_ms(job.queued_at or job.created_at, now)
     labels = {"kind": job.kind, "queue": job.pool or metrics.WEB_QUEUE_LABEL, "priority": job.priority}

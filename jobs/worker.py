@@ -21,6 +21,7 @@ from rq import worker_registration
 from rq.exceptions import StopRequested
 from rq.job import Job as RQJob
 from rq.queue import Queue
+from rq.utils import now
 from rq.worker import SimpleWorker
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,11 @@ class ResilientWorker(SimpleWorker):
         process = self.scheduler._process if self.scheduler else None
         if self.scheduler and not self._stop_requested and not (process and process.is_alive()):
             self.scheduler.acquire_locks(auto_start=True)
+
+    def handle_execution_ended(self, job: RQJob, queue: Queue, heartbeat_ttl: int) -> None:
+        # RQ also HSETs the job's last_heartbeat here, a round trip of its own per job that no liveness check reads
+        # (rq 3.0 tracks that by the execution); a success's save still writes the field with the job.
+        job.ended_at = job.last_heartbeat = now()
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
         # A job ran at most once here: if RQ's bookkeeping around it fails, the database row says what happened
