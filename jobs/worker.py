@@ -155,6 +155,32 @@ class ResilientWorker(SimpleWorker):
         # (rq 3.0 tracks that by the execution); a success's save still writes the field with the job.
         job.ended_at = job.last_heartbeat = now()
 
+    def handle_job_success(self, job: RQJob, queue: Queue, started_job_registry: Any, execution: Any) -> None:
+        if job.repeats_left or job.has_rate_limit:
+            super().handle_job_success(job, queue, started_job_registry, execution)
+            return
+        # RQ first WATCHes and reads the job's RQ dependents (two round trips per job); Jobsite gives RQ jobs no
+        # dependents (a job's dependencies live in the database: jobs.dependencies), so the outcome is one MULTI.
+        assert job.ended_at is not None and job.started_at is not None  # set by RQ before it calls this
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        with self.connection.pipeline() as pipeline:
+            self.increment_successful_job_count(pipeline=pipeline)
+            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+            if result_ttl != 0:
+                job._handle_success(
+                    result_ttl,
+                    pipeline=pipeline,
+                    worker_name=self.name,
+                    execution_id=execution.id,
+                    execution_started_at=execution.created_at,
+                    execution_ended_at=job.ended_at,
+                )
+            job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+            pipeline.execute()
+        elapsed = job.ended_at - job.started_at
+        self.log.info("Successfully completed job %s in %ss on worker %s", job.id, elapsed, self.name)  # as RQ's
+
     def execute_job(self, job: RQJob, queue: Queue) -> None:
         # A job ran at most once here: if RQ's bookkeeping around it fails, the database row says what happened
         # and the reconciler re-enqueues or rescues the job; never run it again from this loop.

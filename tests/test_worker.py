@@ -65,4 +65,7 @@ def test_a_worker_running_jobs_beats_without_a_round_trip_per_command(
     # the worker's "started" and first "idle", then each job's "idle", each with a heartbeat; RQ's next ones skipped
     assert trips.count("pipeline[HSET HSET EXPIRE EXPIRE]") == 2 + 3
     assert "HSET" not in trips  # RQ's heartbeat of each job as it ends, alone: its field is saved with the job
+    # Each success is one MULTI: RQ's WATCH and read of the job's RQ dependents before it are not sent.
+    assert "WATCH" not in trips
+    assert sum(trip.startswith("pipeline[HINCRBY HINCRBYFLOAT") for trip in trips) == 3
     assert rq_worker.connection.ttl(rq_worker.key) > 0
