@@ -27,6 +27,7 @@ from jobs.models import Job, JobMode, JobStatus
 from jobs.pipeline import job_submit
 from jobs.selectors import job_list
 from jobs.serializers import callback_url_field
+from jobsite.after_response import send_response_first
 from jobsite.api import BODY_STATUSES, GATE_STATUSES, problems
 from jobsite.client_ip import client_ip
 from jobsite.errors import NotFound
@@ -257,6 +258,7 @@ class CompatAsyncView(CompatSubmitView):
         responses={200: CompatAsyncResponse, **problems(*COMPAT_STATUSES, *BODY_STATUSES, 402, 409)},
     )
     def post(self, request: PolicyRequest) -> Response:
+        send_response_first()  # as the original's background task: its callback never precedes this answer
         job = self.submit(request)
         message = "Request accepted for processing" + (
             f"; the result will be sent to {job.callback_url}" if job.callback_url else ""

@@ -35,6 +35,7 @@ from jobs.models import CallbackStatus, Job, JobMode, JobStatus, KindSettings
 from jobs.progress import ProgressReporter, job_final_announce, job_requeued_announce, job_started_announce
 from jobs.retries import retry_delay
 from jobs.stop import StopSignal
+from jobsite.after_response import run_once_sent
 from jobsite.db import insert_new, update_then, update_where, update_where_statement
 from jobsite.logs import bind_context
 from jobsite.tracing import get_tracer
@@ -234,7 +235,8 @@ def job_on_final(job: Job) -> None:
         metrics.JOB_RUN_TIME.labels(kind=job.kind, queue=queue, priority=job.priority).observe(job.run_ms / 1000)
     if job.callback_status == CallbackStatus.PENDING and not _WORKER_DELIVERS_FIRST.get():
         retries = get_kind_settings(job.kind).callback_retries
-        transaction.on_commit(partial(queues.enqueue_webhook_or_defer, job.pk, n=1, retries_left=retries))
+        deliver = partial(queues.enqueue_webhook_or_defer, job.pk, n=1, retries_left=retries)
+        transaction.on_commit(partial(run_once_sent, deliver))  # a cache hit's webhook follows its acknowledgement
     if job.has_dependents:
         transaction.on_commit(partial(_dependents_settle, job.pk))
 

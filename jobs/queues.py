@@ -20,6 +20,7 @@ from rq.job import JobStatus as RQJobStatus
 
 from jobs.models import Job, KindSettings
 from jobs.pools import Lane, PoolQueue, is_pool, room_key
+from jobsite.after_response import run_once_sent
 from jobsite.redis import redis_key
 from jobsite.sizing import DEFAULT_POOL
 from jobsite.tracing import TRACE_META_KEY
@@ -162,8 +163,9 @@ def _enqueue_jobs_or_defer(entries: Sequence[tuple[Job, int]]) -> None:
 
 
 def enqueue_jobs_on_commit(entries: Sequence[tuple[Job, int]]) -> None:
-    """Enqueue the jobs once the transaction that recorded them commits (a rolled-back job is never run)."""
-    transaction.on_commit(partial(_enqueue_jobs_or_defer, entries))
+    """Enqueue the jobs once the transaction that recorded them commits (a rolled-back job is never run), and the
+    response is sent if the view asked for that (jobsite.after_response)."""
+    transaction.on_commit(partial(run_once_sent, partial(_enqueue_jobs_or_defer, entries)))
 
 
 def enqueue_job_on_commit(job: Job, *, time_limit: int) -> None:

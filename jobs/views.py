@@ -49,6 +49,7 @@ from jobs.serializers import (
 from jobs.services import job_cancel
 from jobs.streams import JOB_EVENT, LAST_EVENT_ID_PATTERN, job_event_stream_open
 from jobs.webhooks import webhook_redeliver, webhook_secret_rotate, webhook_test_send
+from jobsite.after_response import send_response_first
 from jobsite.api import BODY_STATUSES, GATE_STATUSES, NewestFirstPagination, PageQuerySerializer, paginated, problems
 from jobsite.errors import InvalidInput
 
@@ -194,6 +195,11 @@ class JobAsyncView(JobSubmitView):
 
     def answered_on_acceptance(self, request: AuthenticatedRequest) -> bool:
         return _wait_seconds(request) <= 0
+
+    def post(self, request: AuthenticatedRequest) -> Response:
+        if self.answered_on_acceptance(request):
+            send_response_first()  # the job is queued once its acknowledgement is sent; a wait needs it queued
+        return super().post(request)
 
     def submitted_response(self, request: AuthenticatedRequest, job: Job) -> Response:
         job, applied = _held_job(request, job)

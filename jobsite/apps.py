@@ -6,6 +6,7 @@ class JobsiteConfig(AppConfig):
     name = "jobsite"
 
     def ready(self) -> None:
+        from jobsite import after_response  # noqa: F401 - its request_finished receiver
         from jobsite.logs import configure_structlog
         from jobsite.tracing import configure_tracing
 
