@@ -1,14 +1,15 @@
 """A job accepted in one statement on PostgreSQL: its concurrency slot, its row, its charge and its Idempotency-Key
-(its record, or the binding of a key claimed before) written together by one data-modifying statement, where a transaction of their own statements takes up to
-seven round trips (BEGIN, a global cap's lock, slot, job, charge, key, COMMIT; 0.2-0.3 ms each on this machine).
+(its record, or the binding of a key claimed before) written together by one data-modifying statement, where a
+transaction of their own statements takes up to seven round trips (BEGIN, a global cap's lock, slot, job, charge,
+key, COMMIT; 0.2-0.3 ms each on this machine).
 
 Each part writes only if the part before it wrote, so a refusal writes nothing: no slot (a cap said no, or the
 owner has no credit account yet), then no job, then no charge and no key; a charge beyond the balance fails the
-whole statement on the balance's CHECK constraint, and a key recorded already on its unique constraint. It runs in autocommit. A global cap's sum must count every
-earlier admission, so it is read in a snapshot taken after the endpoint's lock: the lock's SELECT and the statement
-go as one query, which PostgreSQL runs as one transaction with a snapshot per statement (one round trip still).
-SQLite (no data-modifying CTEs) and an owner without a credit account (opened on a first charge) take
-jobs.pipeline's transaction of separate statements instead.
+whole statement on the balance's CHECK constraint, and a key recorded already on the key's unique constraint. It
+runs in autocommit. A global cap's sum must count every earlier admission, so it is read in a snapshot taken after
+the endpoint's lock: the lock's SELECT and the statement go as one query, which PostgreSQL runs as one transaction
+with a snapshot per statement (one round trip still). SQLite (no data-modifying CTEs) and an owner without a credit
+account (opened on a first charge) take jobs.pipeline's transaction of separate statements instead.
 """
 
 import contextlib
