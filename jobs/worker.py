@@ -21,6 +21,7 @@ from rq import worker_registration
 from rq.exceptions import StopRequested
 from rq.job import Job as RQJob
 from rq.queue import Queue
+from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import now
 from rq.worker import SimpleWorker
 
@@ -74,6 +75,8 @@ class ResilientWorker(SimpleWorker):
     """time.monotonic() after which the next heartbeat checks the registration and the scheduler."""
     _last_beat = (float("-inf"), 0)
     """time.monotonic() of the last heartbeat, and the seconds it gave the registration to live."""
+    _suspension_read = (float("-inf"), False)
+    """time.monotonic() of the last read of RQ's suspension flag that rode with a state write, and its answer."""
 
     @property
     def dequeue_timeout(self) -> int:
@@ -94,6 +97,10 @@ class ResilientWorker(SimpleWorker):
         self._retrying(lambda: super(ResilientWorker, self).bootstrap(*args, **kwargs))
 
     def check_for_suspension(self, burst: bool) -> None:
+        read_at, suspended = self._suspension_read
+        self._suspension_read = ResilientWorker._suspension_read  # an answer serves one check
+        if not suspended and time.monotonic() - read_at < HEARTBEAT_MIN_INTERVAL:
+            return  # read with the state this loop just wrote: RQ would ask again, in a round trip of its own
         self._retrying(lambda: super(ResilientWorker, self).check_for_suspension(burst))
 
     def run_maintenance_tasks(self) -> None:
@@ -106,11 +113,13 @@ class ResilientWorker(SimpleWorker):
         if pipeline is not None:
             super().set_state(state, pipeline)
         elif state != self.get_state():  # RQ writes "idle" again before its next dequeue: nothing new to send
-            # RQ beats right after a job's "idle": the state carries that heartbeat, one round trip for both
+            # RQ beats right after a job's "idle", then checks its suspension flag: one round trip for the three
             with self.connection.pipeline(transaction=False) as both:
                 super().set_state(state, both)
                 self.heartbeat(pipeline=both)
-                both.execute()
+                both.exists(WORKERS_SUSPENDED)
+                *_, suspended = both.execute()
+            self._suspension_read = (time.monotonic(), bool(suspended))
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         timeout = timeout or self.worker_ttl + 60

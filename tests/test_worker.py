@@ -2,6 +2,7 @@
 
 import pytest
 from rest_framework.test import APIClient
+from rq.suspension import resume, suspend
 
 from bench.overhead import redis_round_trips
 from jobs import queues, worker
@@ -43,7 +44,7 @@ def test_a_state_carries_a_heartbeat_and_is_written_once(rq_worker: ResilientWor
         rq_worker.heartbeat()  # what RQ sends after a job's "idle": carried already
         rq_worker.set_state("idle")  # RQ's second "idle", before its next dequeue
         rq_worker.set_state("busy")
-    assert trips == ["pipeline[HSET HSET EXPIRE EXPIRE]"] * 2
+    assert trips == ["pipeline[HSET HSET EXPIRE EXPIRE EXISTS]"] * 2  # and RQ's suspension flag, read next
     assert rq_worker.connection.hget(rq_worker.key, "state") == b"busy"
     assert rq_worker.connection.ttl(rq_worker.key) > 470
 
@@ -62,10 +63,23 @@ def test_a_worker_running_jobs_beats_without_a_round_trip_per_command(
     assert Job.objects.filter(status=JobStatus.SUCCEEDED).count() == 3
     # RQ sent its heartbeat (HSET last_heartbeat, EXPIRE, EXPIRE) a command per round trip, 3 times per job
     assert "EXPIRE" not in trips
-    # the worker's "started" and first "idle", then each job's "idle", each with a heartbeat; RQ's next ones skipped
-    assert trips.count("pipeline[HSET HSET EXPIRE EXPIRE]") == 2 + 3
+    # the worker's "started" and first "idle", then each job's "idle", each with a heartbeat and the suspension flag;
+    # RQ's next heartbeats are skipped, and so are its suspension checks (a heartbeat and EXISTS) before each dequeue
+    assert trips.count("pipeline[HSET HSET EXPIRE EXPIRE EXISTS]") == 2 + 3
+    assert "pipeline[HSET EXPIRE EXPIRE EXISTS]" not in trips
     assert "HSET" not in trips  # RQ's heartbeat of each job as it ends, alone: its field is saved with the job
     # Each success is one MULTI: RQ's WATCH and read of the job's RQ dependents before it are not sent.
     assert "WATCH" not in trips
     assert sum(trip.startswith("pipeline[HINCRBY HINCRBYFLOAT") for trip in trips) == 3
     assert rq_worker.connection.ttl(rq_worker.key) > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_suspended_worker_runs_nothing(api: APIClient, rq_worker: ResilientWorker) -> None:
+    assert api.post("/api/v1/jobs/async/", {"kind": "hash", "input": {"data": "a"}}, format="json").status_code == 202
+    suspend(rq_worker.connection)
+    try:
+        assert not rq_worker.work(burst=True, with_scheduler=False)  # RQ's burst mode leaves when suspended
+    finally:
+        resume(rq_worker.connection)
+    assert Job.objects.get().status == JobStatus.QUEUED
