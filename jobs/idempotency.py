@@ -134,15 +134,36 @@ def idempotency_claim(
     job at once, a sync one when it is final; a key whose request died before creating a job is taken over
     after IDEMPOTENCY_LOCK_TIMEOUT (the request timeout).
     """
+    return _claimed_or_recorded(user=user, key=key, fingerprint=fingerprint, ttl=ttl, render_job=render_job)
+
+
+def idempotency_lookup(
+    *, user: User, key: str, fingerprint: str, render_job: Callable[[Job], Response]
+) -> IdempotencyRecord | None:
+    """What a recorded key answers, as idempotency_claim would (its record to replay, IdempotencyKeyReused,
+    IdempotencyInFlight), without taking the key: None if it is free (or stale)."""
+    return _claimed_or_recorded(user=user, key=key, fingerprint=fingerprint, ttl=None, render_job=render_job)
+
+
+def _claimed_or_recorded(
+    *, user: User, key: str, fingerprint: str, ttl: int | None, render_job: Callable[[Job], Response] | None
+) -> IdempotencyRecord | None:
+    """idempotency_claim, or with `ttl` None idempotency_lookup."""
     for _ in range(_CLAIM_ATTEMPTS):
         now = timezone.now()
-        fresh = _fresh(fingerprint=fingerprint, ttl=ttl, now=now)
-        if insert_unless_conflict(IdempotencyRecord(owner=user, key=key, **fresh), unique_fields=KEY_FIELDS):
+        fresh = _fresh(fingerprint=fingerprint, ttl=ttl, now=now) if ttl is not None else {}
+        if ttl is not None and insert_unless_conflict(
+            IdempotencyRecord(owner=user, key=key, **fresh), unique_fields=KEY_FIELDS
+        ):
             return None
         record = IdempotencyRecord.objects.filter(owner=user, key=key).select_related("job").first()
+        if record is None and ttl is None:
+            return None
         if record is None:
             continue  # released between our insert and our read: try again
         if _stale(record, now):
+            if ttl is None:
+                return None
             # An expired record, or one whose first request died in flight before creating a job, goes to one taker.
             stale = Q(expires_at__lte=now) | Q(status=IdempotencyStatus.IN_FLIGHT, locked_until__lte=now, job=None)
             if IdempotencyRecord.objects.filter(stale, owner=user, key=key).update(**fresh):
@@ -399,10 +420,10 @@ def idempotent_response(
         except Exception:
             if unclaimed.record is None:
                 raise
-            # Refused before its key was written: a request recorded under the key is answered as recorded instead.
-            if (record := claim()) is not None:
+            # Refused before its key was written: a request recorded under the key is answered as recorded instead
+            # (looked up, not claimed: a claim held now could turn the key's own first request away).
+            if record := idempotency_lookup(user=user, key=key, fingerprint=fingerprint, render_job=render_job):
                 return _replay(record)
-            idempotency_release(user_id=user.pk, key=key)
             raise
     if (record := claim()) is not None:
         return _replay(record)
