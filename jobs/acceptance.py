@@ -5,7 +5,9 @@ key, COMMIT; 0.2-0.3 ms each on this machine).
 
 Each part writes only if the part before it wrote, so a refusal writes nothing: no slot (a cap said no, or the
 owner has no credit account yet), then no job, then no charge and no key; a charge beyond the balance fails the
-whole statement on the balance's CHECK constraint, and a key recorded already on the key's unique constraint. It
+whole statement on the balance's CHECK constraint, and a key recorded already on the key's unique constraint (the
+slot's row is taken first, as a sync job's outcome gives it back before it answers the key: jobsite.db.update_then
+runs its followers in order, so a duplicate's acceptance and the first request's outcome cannot deadlock). It
 runs in autocommit. A global cap's sum must count every earlier admission, so it is read in a snapshot taken after
 the endpoint's lock: the lock's SELECT and the statement go as one query, which PostgreSQL runs as one transaction
 with a snapshot per statement (one round trip still). SQLite (no data-modifying CTEs) and an owner without a credit

@@ -213,6 +213,7 @@ def _outcome_update(job: Job, where: dict[str, Any], outcome: dict[str, Any], re
     answer = idempotency_answer(job, outcome=outcome) if connection.vendor == "postgresql" else None
     if not release and answer is None:
         return update_where(Job, where=where, values=outcome)
+    # The slot before the key's record, as an acceptance takes them: a duplicate's acceptance cannot deadlock with this.
     followers = [concurrency_release_statement(job)] if release else []
     if answer is not None:
         followers.append(answer.statement)

@@ -219,12 +219,18 @@ def update_where_statement(
 
 def update_then(update: tuple[str, list[Any]], followers: Sequence[tuple[str, list[Any]]]) -> int:
     """PostgreSQL: an UPDATE (update_where_statement's) and statements that run only if it wrote, as one statement
-    (data-modifying CTEs): the rows the UPDATE wrote. Each follower's SQL ends in a WHERE clause the condition
-    ` AND EXISTS (...)` is added to."""
+    (data-modifying CTEs): the rows the UPDATE wrote. Each follower's SQL ends in a WHERE clause the conditions are
+    added to.
+
+    The followers run in the order given (each reads the one before it, which PostgreSQL then runs first; left alone
+    it runs unreferenced CTEs in an order of its own), so their row locks are taken in that order: a statement that
+    takes the same rows in the same order elsewhere (an acceptance: a slot, then an Idempotency-Key's record) waits
+    for this one instead of deadlocking with it."""
     sql, params = update
     parts, params = [f"written AS ({sql} RETURNING 1)"], list(params)
     for n, (follower_sql, follower_params) in enumerate(followers):
-        parts.append(f"then_{n} AS ({follower_sql} AND EXISTS (SELECT FROM written))")
+        after = f" AND (SELECT count(*) FROM then_{n - 1}) >= 0" if n else ""
+        parts.append(f"then_{n} AS ({follower_sql} AND EXISTS (SELECT FROM written){after} RETURNING 1)")
         params += follower_params
     with connection.cursor() as cursor:
         cursor.execute(f"WITH {', '.join(parts)} SELECT count(*) FROM written", params)
