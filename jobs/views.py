@@ -456,6 +456,7 @@ class WebhookRedeliverView(EndpointView):
         responses={202: JobSerializer, **problems(*GATE_STATUSES, *BODY_STATUSES, 404, 409, 410)},
     )
     def post(self, request: AuthenticatedRequest, job_id: UUID) -> Response:
+        send_response_first()  # the answer shows the delivery pending; the webhook follows it
         job = webhook_redeliver(user=request.user, job_id=job_id)
         headers = {"Retry-After": str(DELIVERY_RETRY_AFTER)}
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers=headers)

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any, cast
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -59,6 +60,7 @@ from jobs.models import (
 from jobs.selectors import job_missing
 from jobs.serializers import BatchSerializer, JobSerializer
 from jobsite import crypto
+from jobsite.after_response import run_once_sent
 from jobsite.db import insert_unless_conflict, update_then, update_where, update_where_statement
 from jobsite.errors import CallbackUrlForbidden, NotRedeliverable, WebhookSecretMissing
 from jobsite.process_cache import credentials_cache
@@ -538,7 +540,9 @@ def webhook_delivery_restart(*, job_id: UUID) -> bool:
         return False
     retries = get_kind_settings(job.kind).callback_retries
     give_up_at = time.time() + settings.CALLBACK_MAX_AGE
-    queues.enqueue_webhook(job.pk, n=_next_attempt_n(job.pk), retries_left=retries, give_up_at=give_up_at)
+    n = _next_attempt_n(job.pk)
+    # After the answer, if the view asked (the reconciler requeues a delivery left pending by a failed enqueue).
+    run_once_sent(partial(queues.enqueue_webhook, job.pk, n=n, retries_left=retries, give_up_at=give_up_at))
     return True
 
 
@@ -553,7 +557,7 @@ def webhook_redeliver(*, user: User, job_id: UUID) -> Job:
         raise NotRedeliverable("The job has no callback_url: there is no webhook to redeliver.")
     if not webhook_delivery_restart(job_id=job.pk):
         raise NotRedeliverable("A delivery of this webhook is still pending: wait until it is delivered or failed.")
-    job.refresh_from_db()  # callback_status: pending again
+    job.refresh_from_db()  # callback_status: pending again (the delivery is queued once the answer is sent)
     return job
 
 
