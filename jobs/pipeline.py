@@ -201,8 +201,8 @@ def _hold_status(*, policy: EndpointPolicy, run_at: datetime | None, depends_on:
 
 
 def _job_create(request: _JobRequest, **state: Any) -> Job:
-    """Record an accepted job (_job_new) in the caller's transaction (_job_insert); claim its key first
-    (idempotency_claim_first), before that transaction."""
+    """Record an accepted job (_job_new) in the caller's transaction (_job_insert); the caller has made the request
+    claim its key before that transaction (idempotency_claim_first)."""
     job = _job_new(request, **state)
     _job_insert(job)
     return job

@@ -171,10 +171,11 @@ class ResilientWorker(SimpleWorker):
         # RQ first WATCHes and reads the job's RQ dependents (two round trips per job); Jobsite gives RQ jobs no
         # dependents (a job's dependencies live in the database: jobs.dependencies), so the outcome is one MULTI.
         assert job.ended_at is not None and job.started_at is not None  # set by RQ before it calls this
+        elapsed = job.ended_at - job.started_at
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         with self.connection.pipeline() as pipeline:
             self.increment_successful_job_count(pipeline=pipeline)
-            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+            self.increment_total_working_time(elapsed, pipeline)
             if result_ttl != 0:
                 job._handle_success(
                     result_ttl,
@@ -187,7 +188,6 @@ class ResilientWorker(SimpleWorker):
             job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
             self.cleanup_execution(job, pipeline=pipeline, execution=execution)
             pipeline.execute()
-        elapsed = job.ended_at - job.started_at
         self.log.info("Successfully completed job %s in %ss on worker %s", job.id, elapsed, self.name)  # as RQ's
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
