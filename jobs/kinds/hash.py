@@ -39,11 +39,13 @@ a negligible cost per check."""
 def compute_hash(data: str, iterations: int, context: RunContext | None = None) -> dict[str, Any]:
     input_hash = hashlib.sha256(data.encode("utf-8")).hexdigest()
     current = input_hash
-    for i in range(iterations):
-        if context is not None and i % STEP_ITERATIONS == 0:
+    for step in range(0, iterations, STEP_ITERATIONS):
+        if context is not None:
             context.deadline.check()
-            context.report_progress(i / iterations, f"{i} of {iterations} iterations")
-        current = hashlib.sha256(f"{current}:{i}".encode()).hexdigest()
+            context.report_progress(step / iterations, f"{step} of {iterations} iterations")
+        # The inner loop checks nothing: a check on every iteration cost ~7% of a run's CPU.
+        for i in range(step, min(step + STEP_ITERATIONS, iterations)):
+            current = hashlib.sha256(f"{current}:{i}".encode()).hexdigest()
     return {"input_hash": input_hash, "output_hash": current, "iterations": iterations}
 
 
