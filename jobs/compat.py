@@ -243,6 +243,7 @@ class CompatSyncView(CompatSubmitView):
         responses={200: CompatSyncResponse, **problems(*COMPAT_STATUSES, *BODY_STATUSES, 402, 409, 502)},
     )
     def post(self, request: PolicyRequest) -> Response:
+        send_response_first()  # the result's cache copy is stored once the result is sent
         return Response({"status": "success", "result": _compat_result(self.submit(request))})
 
 

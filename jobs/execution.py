@@ -337,9 +337,10 @@ def job_run(job: Job, *, deadline: Deadline | None = None) -> float | None:
     else:
         circuit_record(kind_settings, target, failed=False)
         stored = seal_result(kind_settings, result)
-        # The database first: the committed result is the outcome; the cache is a best-effort copy of it.
+        # The database first: the committed result is the outcome; the cache is a best-effort copy of it, which a
+        # sync job's caller does not wait for.
         if job_finish(job, status=JobStatus.SUCCEEDED, result=stored):
-            _cache_store(kind_settings, params, stored, owner_id=job.owner_id)
+            run_once_sent(partial(_cache_store, kind_settings, params, stored, owner_id=job.owner_id))
     return None
 
 

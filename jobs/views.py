@@ -174,6 +174,10 @@ class JobSyncView(JobSubmitView):
     endpoint = Endpoint.JOBS_SYNC
     mode = JobMode.SYNC
 
+    def post(self, request: AuthenticatedRequest) -> Response:
+        send_response_first()  # the result's cache copy is stored once the result is sent
+        return super().post(request)
+
 
 @extend_schema_view(
     post=extend_schema(

@@ -3,7 +3,8 @@
 A WSGI server calls the response's close() once it has written the body, and Django then sends request_finished:
 actions deferred with run_once_sent run there, in the request's thread. An async acknowledgement queues its job
 there, so the job's webhook can never reach a caller before the acknowledgement that names it (the original
-backend's background task ran after its response too, and its clients count on that). Written by hand: Django has
+backend's background task ran after its response too, and its clients count on that). A sync job's result is
+copied to the result cache there, off its caller's wait. Written by hand: Django has
 no per-request hook after the response, only the signal.
 """
 

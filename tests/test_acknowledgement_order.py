@@ -1,6 +1,7 @@
 """An async acknowledgement is sent before its job is queued (jobsite.after_response): the job's webhook can never
 reach a caller before the answer that names the job, as with the original backend, whose clients (its own load
-generator among them) note a request's id only once they have read its acknowledgement.
+generator among them) note a request's id only once they have read its acknowledgement. A sync job's result is
+copied to the result cache once it is sent: its caller does not wait on that copy.
 
 The application is called as gunicorn calls it: the response is complete when the application returns, and sent
 when the server calls its close(); nothing here closes it before looking at the queue.
@@ -16,9 +17,12 @@ import pytest
 
 from accounts.models import User
 from jobs import queues
+from jobs.cache import cache_size
+from jobs.kind_settings import get_kind_settings
 from jobsite.wsgi import application
 from tests.access_helpers import open_compat_to_anonymous, set_policy
 from tests.conftest import auth_headers
+from tests.job_helpers import kind_settings
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the enqueue follows a commit
 
@@ -66,3 +70,15 @@ def test_an_acknowledgement_that_waits_for_its_job_queues_it_first(user: User) -
     assert queued() == 1
     response.close()
     assert queued() == 1
+
+
+@pytest.mark.parametrize("path", ["/api/v1/jobs/sync/", "/sync"])
+def test_a_sync_result_is_cached_once_it_is_sent(user: User, path: str) -> None:
+    open_compat_to_anonymous()
+    kind_settings("hash", cache_algorithm="lru")
+    api = path.startswith("/api")
+    status, answer, response = wsgi_post(path, HASH if api else {"data": "ordered"}, auth_headers(user) if api else {})
+    assert status.startswith("200"), answer
+    assert cache_size(get_kind_settings("hash")) == 0  # the result is on its way; its cache copy waits for that
+    response.close()
+    assert cache_size(get_kind_settings("hash")) == 1
