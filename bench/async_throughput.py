@@ -4,16 +4,18 @@ work (`hash`, 100 000 iterations) against hashlib alone on the same cores (issue
 Method: for each job-worker count W, a fresh stack (bench/stack.py: gunicorn 2 x 8 threads, W SimpleWorkers on
 `jobs`, limits lifted, result cache off, admission bound above N). Jobsite end to end: N async `hash`
 submissions through the API at concurrency C, jobs/s = N / (last job's finished_at - first submission);
+in batches: the same N submitted as batches of --batch-size requests (POST /api/v1/batches/, C at a time);
 workers' side: the same with the workers suspended (RQ's suspension) while the N are submitted, timed from the
-moment every worker has claimed a job after their resumption, counting the jobs started from then. Raw RQ: the same N calls of the kind's own function
-(jobs.kinds.hash.compute_hash) enqueued on the same queue from C threads and run by the same W workers,
-jobs/s = N / (last RQ ended_at - first enqueue). Heavy: Jobsite async with 100 000 iterations (or
---heavy-iterations) on the default
-worker count (end to end, and the workers' side as above) against the same loop in a multiprocessing pool of as
-many processes as cores (no Jobsite, no RQ), run before and after Jobsite's (the mean is the reference).
+moment every worker has claimed a job after their resumption, counting the jobs started from then. Raw RQ: the
+same N calls of the kind's own function (jobs.kinds.hash.compute_hash) enqueued on the same queue from C threads
+and run by the same W workers, jobs/s = N / (last RQ ended_at - first enqueue). Heavy: Jobsite async with
+100 000 iterations (or --heavy-iterations) on the default worker count (end to end, and the workers' side as
+above) against the same loop in a multiprocessing pool of as many processes as cores (no Jobsite, no RQ), run
+before and after Jobsite's (the mean is the reference).
 
     .venv/bin/python -m bench.async_throughput [--workers 1 2 3 4] [-n 400] [-c 20] [--heavy-n 40]
-        [--heavy-iterations 100000] [--database-url postgres://...] [--redis-url redis://127.0.0.1:6379/7] [--json FILE]
+        [--heavy-iterations 100000] [--batch-size 20] [--database-url postgres://...]
+        [--redis-url redis://127.0.0.1:6379/7] [--json FILE]
 """
 
 import argparse
@@ -54,10 +56,12 @@ def jobsite_jobs_per_s(
     redis_url: str,
     drain: bool = False,
     callback_url: str = "",
+    batch_size: int = 1,
 ) -> float:
     """End to end (from the first submission), or with `drain` the workers' side alone: the jobs are
     submitted while RQ's workers are suspended, and timed from their resumption. With a `callback_url` each job
-    has a webhook, whose first attempt its worker makes."""
+    has a webhook, whose first attempt its worker makes. With a `batch_size` above 1, the jobs are submitted as
+    batches of that many requests (POST /api/v1/batches/), so a request's cost is shared by its jobs."""
     connection = Redis.from_url(redis_url)
     if drain:
         suspend(connection)
@@ -65,20 +69,28 @@ def jobsite_jobs_per_s(
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     with httpx.Client(base_url=stack.url, headers=headers, timeout=60, limits=limits) as client:
 
-        def submit(i: int) -> str:
-            body: dict[str, Any] = {
+        def job_request(i: int) -> dict[str, Any]:
+            return {
                 "kind": "hash",
                 "input": {"data": f"async-{iterations}-{i}-{time.time()}", "iterations": iterations},
             }
+
+        def submit(i: int) -> list[str]:
+            if batch_size > 1:
+                requests = [job_request(j) for j in range(i, min(i + batch_size, n))]
+                response = client.post("/api/v1/batches/", json={"requests": requests})
+                response.raise_for_status()
+                return response.json()["job_ids"]
+            body = job_request(i)
             if callback_url:
                 body["callback_url"] = callback_url
             response = client.post("/api/v1/jobs/async/", json=body)
             response.raise_for_status()
-            return response.json()["id"]
+            return [response.json()["id"]]
 
         started = time.time()
         with ThreadPoolExecutor(concurrency) as pool:
-            ids = set(pool.map(submit, range(n)))
+            ids = {job_id for job_ids in pool.map(submit, range(0, n, batch_size)) for job_id in job_ids}
         if drain:
             resumed = time.time()
             resume(connection)
@@ -178,7 +190,8 @@ def job_workers_stack(workers: int, args: argparse.Namespace, env: dict[str, str
 
 
 def unlimited(stack: Stack) -> None:
-    stack.manage("policy", "set", "jobs.async", *UNLIMITED)
+    for endpoint in ("jobs.async", "jobs.batch"):
+        stack.manage("policy", "set", endpoint, *UNLIMITED)
     stack.manage("policy", "set", "kind.hash", "cache_algorithm=none")
 
 
@@ -194,6 +207,7 @@ def main() -> None:
         default=HEAVY_ITERATIONS,
         help="iterations of a heavy job (the issue's machine took ~0.15 s for 100 000; this CPU hashes ~3.5x faster)",
     )
+    parser.add_argument("--batch-size", type=int, default=20, help="requests per batch of the batched end to end")
     parser.add_argument("--database-url")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/7")
     parser.add_argument("--json")
@@ -206,11 +220,18 @@ def main() -> None:
             jobsite_jobs_per_s(stack, **{**light, "n": args.c})  # warm-up
             jobsite = jobsite_jobs_per_s(stack, **light)
             drained = jobsite_jobs_per_s(stack, **light, drain=True)
+            batched = jobsite_jobs_per_s(stack, **light, batch_size=args.batch_size)
             raw = _raw_rq_jobs_per_s(args.redis_url, n=args.n, concurrency=args.c, iterations=LIGHT_ITERATIONS)
-        report["light"][workers] = {"jobsite": jobsite, "jobsite_drain": drained, "raw_rq": raw}
+        report["light"][workers] = {
+            "jobsite": jobsite,
+            "jobsite_drain": drained,
+            "jobsite_batches": batched,
+            "raw_rq": raw,
+        }
         print(
             f"W={workers}: Jobsite end to end {jobsite:7.1f} jobs/s ({jobsite / raw:.2f}x raw RQ), workers' side"
-            f" {drained:7.1f} jobs/s ({drained / raw:.2f}x), raw RQ {raw:7.1f} jobs/s",
+            f" {drained:7.1f} jobs/s ({drained / raw:.2f}x), in batches of {args.batch_size} {batched:7.1f} jobs/s"
+            f" ({batched / raw:.2f}x), raw RQ {raw:7.1f} jobs/s",
             flush=True,
         )
     workers = default_job_workers()
