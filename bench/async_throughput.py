@@ -11,7 +11,8 @@ same N calls of the kind's own function (jobs.kinds.hash.compute_hash) enqueued 
 and run by the same W workers, jobs/s = N / (last RQ ended_at - first enqueue). Heavy: Jobsite async with
 100 000 iterations (or --heavy-iterations) on the default worker count (end to end, and the workers' side as
 above) against the same loop in a multiprocessing pool of as many processes as cores (no Jobsite, no RQ), run
-before and after Jobsite's (the mean is the reference).
+before and after Jobsite's (the mean is the reference); with the CPU each process spent per heavy job end to end
+(/proc), against the hash alone.
 
     .venv/bin/python -m bench.async_throughput [--workers 1 2 3 4] [-n 400] [-c 20] [--heavy-n 40]
         [--heavy-iterations 100000] [--batch-size 20] [--database-url postgres://...]
@@ -22,6 +23,7 @@ import argparse
 import hashlib
 import json
 import multiprocessing
+import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +35,7 @@ from redis import Redis
 from rq import Queue
 from rq.suspension import resume, suspend
 
-from bench.stack import Stack, Topology, running_stack
+from bench.stack import Stack, Topology, process_cpu_s, running_stack
 from bench.throughput import UNLIMITED
 from jobsite.sizing import cpu_cores, default_job_workers
 
@@ -182,6 +184,17 @@ def _hashlib_jobs_per_s(*, n: int, iterations: int) -> float:
         return n / (time.perf_counter() - started)
 
 
+def _cpu_by_process(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far: gunicorn (the acknowledgements, and the harness's polls and final export), the job
+    workers, and this harness (its submitting threads; its children, the stack, not counted)."""
+    harness = os.times()
+    return {
+        "gunicorn": process_cpu_s(stack.web_pid),
+        "job workers": process_cpu_s(*stack.worker_pids),
+        "harness": harness.user + harness.system,
+    }
+
+
 def job_workers_stack(workers: int, args: argparse.Namespace, env: dict[str, str] | None = None) -> Any:
     topology = Topology(threads=8, worker_queues=(("jobs",),) * workers)
     # The drain measure queues all N jobs before any runs: the admission bound must not refuse them.
@@ -245,8 +258,15 @@ def main() -> None:
             "iterations": args.heavy_iterations,
             "redis_url": args.redis_url,
         }
+        cpu_before = _cpu_by_process(stack)
         jobsite = jobsite_jobs_per_s(stack, **heavy)
+        cpu_per_job = {
+            name: 1000 * (after - cpu_before[name]) / args.heavy_n for name, after in _cpu_by_process(stack).items()
+        }
         drained = jobsite_jobs_per_s(stack, **heavy, drain=True)
+    started = time.process_time()
+    _hash_alone("one job", args.heavy_iterations)
+    cpu_per_job["the hash alone, in this process"] = 1000 * (time.process_time() - started)
     alone_after = _hashlib_jobs_per_s(n=args.heavy_n, iterations=args.heavy_iterations)
     alone = (alone_before + alone_after) / 2
     report["heavy"] = {
@@ -258,12 +278,14 @@ def main() -> None:
         "hashlib_before_after": [alone_before, alone_after],
         "ratio": jobsite / alone,
         "ratio_drain": drained / alone,
+        "cpu_ms_per_job": cpu_per_job,
     }
     print(
         f"heavy ({args.heavy_iterations} iterations), W={workers}: Jobsite end to end {jobsite:.2f} jobs/s ({jobsite / alone:.2f}x),"
         f" workers' side {drained:.2f} jobs/s ({drained / alone:.2f}x), hashlib alone on {cpu_cores()} processes"
         f" {alone:.2f} jobs/s (before {alone_before:.2f}, after {alone_after:.2f})"
     )
+    print("  CPU per heavy job, end to end:", ", ".join(f"{name} {ms:.1f} ms" for name, ms in cpu_per_job.items()))
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=2)
