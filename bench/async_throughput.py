@@ -138,12 +138,18 @@ def _all_workers_busy_rate(stack: Stack, ids: set[str], *, resumed: float) -> fl
                 " for job in Job.objects.filter(pk__in=ids)]))",
             ).splitlines()[-1]
         )
+    return all_workers_busy_rate(rows, resumed=resumed)
+
+
+def all_workers_busy_rate(runs: list[tuple[str, float, float]], *, resumed: float) -> float:
+    """Jobs/s of these runs (worker, started_at, finished_at) from the moment every worker that ran one after
+    `resumed` had started its first, counting the runs started from then."""
     first_claims: dict[str, float] = {}
-    for worker, started_at, _ in rows:
+    for worker, started_at, _ in runs:
         if started_at >= resumed:
             first_claims[worker] = min(started_at, first_claims.get(worker, started_at))
     all_busy = max(first_claims.values())
-    counted = [finished_at for _, started_at, finished_at in rows if started_at >= all_busy]
+    counted = [finished_at for _, started_at, finished_at in runs if started_at >= all_busy]
     return len(counted) / (max(counted) - all_busy)
 
 
