@@ -91,28 +91,32 @@ ROUTES = {
 }
 
 
-def _environ(route: Route, api_key: str) -> dict[str, Any]:
-    """What gunicorn hands the application for one request (a keep-alive client on loopback)."""
-    body = json.dumps(route.body()).encode()
+def post_environ(path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """What gunicorn hands the application for one JSON POST (a keep-alive client on loopback)."""
+    raw = json.dumps(body).encode()
     environ: dict[str, Any] = {
         "REQUEST_METHOD": "POST",
-        "PATH_INFO": route.path,
+        "PATH_INFO": path,
         "SERVER_NAME": "127.0.0.1",
         "SERVER_PORT": "8000",
         "HTTP_HOST": "127.0.0.1:8000",
         "REMOTE_ADDR": "127.0.0.1",
         "CONTENT_TYPE": "application/json",
-        "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_LENGTH": str(len(raw)),
         "HTTP_ACCEPT": "*/*",
         "HTTP_USER_AGENT": "python-httpx/0.28.1",
-        "wsgi.input": io.BytesIO(body),
+        "wsgi.input": io.BytesIO(raw),
+        **{f"HTTP_{name.upper().replace('-', '_')}": value for name, value in (headers or {}).items()},
     }
-    if route.authenticated:
-        environ["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
-    if route.keyed:
-        environ["HTTP_IDEMPOTENCY_KEY"] = _data()
     setup_testing_defaults(environ)
     return environ
+
+
+def _environ(route: Route, api_key: str) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {api_key}"} if route.authenticated else {}
+    if route.keyed:
+        headers["Idempotency-Key"] = _data()
+    return post_environ(route.path, route.body(), headers)
 
 
 def _call(application: Any, environ: dict[str, Any]) -> tuple[str, bytes]:

@@ -7,15 +7,14 @@ The application is called as gunicorn calls it: the response is complete when th
 when the server calls its close(); nothing here closes it before looking at the queue.
 """
 
-import io
 import json
 from collections.abc import Iterator
 from typing import Any
-from wsgiref.util import setup_testing_defaults
 
 import pytest
 
 from accounts.models import User
+from bench.request_cpu import post_environ
 from jobs import queues
 from jobs.cache import cache_size
 from jobs.kind_settings import get_kind_settings
@@ -35,19 +34,10 @@ def queued() -> int:
 
 def wsgi_post(path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[str, dict[str, Any], Iterator[bytes]]:
     """POST through the WSGI application: its status, its JSON body and the response, not closed yet."""
-    raw = json.dumps(body).encode()
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": path,
-        "CONTENT_TYPE": "application/json",
-        "CONTENT_LENGTH": str(len(raw)),
-        "wsgi.input": io.BytesIO(raw),
-        **{f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items()},
-    }
-    setup_testing_defaults(environ)
-    environ["HTTP_HOST"] = "127.0.0.1"
     statuses: list[str] = []
-    response = application(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    response = application(
+        post_environ(path, body, headers), lambda status, headers, exc_info=None: statuses.append(status)
+    )
     return statuses[0], json.loads(b"".join(response)), response
 
 
