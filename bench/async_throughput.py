@@ -61,9 +61,10 @@ def jobsite_jobs_per_s(
     batch_size: int = 1,
 ) -> float:
     """End to end (from the first submission), or with `drain` the workers' side alone: the jobs are
-    submitted while RQ's workers are suspended, and timed from their resumption. With a `callback_url` each job
-    has a webhook, whose first attempt its worker makes. With a `batch_size` above 1, the jobs are submitted as
-    batches of that many requests (POST /api/v1/batches/), so a request's cost is shared by its jobs."""
+    submitted while RQ's workers are suspended, and timed once every worker runs (_all_workers_busy_rate). With a
+    `callback_url` each job has a webhook, whose first attempt its worker makes. With a `batch_size` above 1, the
+    jobs are submitted as batches of that many requests (POST /api/v1/batches/, no webhooks), so a request's cost
+    is shared by its jobs."""
     connection = Redis.from_url(redis_url)
     if drain:
         suspend(connection)
