@@ -134,7 +134,23 @@ def idempotency_claim(
     job at once, a sync one when it is final; a key whose request died before creating a job is taken over
     after IDEMPOTENCY_LOCK_TIMEOUT (the request timeout).
     """
-    return _claimed_or_recorded(user=user, key=key, fingerprint=fingerprint, ttl=ttl, render_job=render_job)
+    for _ in range(_CLAIM_ATTEMPTS):
+        now = timezone.now()
+        fresh = _fresh(fingerprint=fingerprint, ttl=ttl, now=now)
+        if insert_unless_conflict(IdempotencyRecord(owner=user, key=key, **fresh), unique_fields=KEY_FIELDS):
+            return None
+        record = _record(user=user, key=key)
+        if record is None:
+            continue  # released between our insert and our read: try again
+        if _stale(record, now):
+            # An expired record, or one whose first request died in flight before creating a job, goes to one taker.
+            stale = Q(expires_at__lte=now) | Q(status=IdempotencyStatus.IN_FLIGHT, locked_until__lte=now, job=None)
+            if IdempotencyRecord.objects.filter(stale, owner=user, key=key).update(**fresh):
+                return None
+            continue
+        if (recorded := _recorded(record, fingerprint=fingerprint, now=now, render_job=render_job)) is not None:
+            return recorded
+    raise _changing_hands(key)
 
 
 def idempotency_lookup(
@@ -142,50 +158,45 @@ def idempotency_lookup(
 ) -> IdempotencyRecord | None:
     """What a recorded key answers, as idempotency_claim would (its record to replay, IdempotencyKeyReused,
     IdempotencyInFlight), without taking the key: None if it is free (or stale)."""
-    return _claimed_or_recorded(user=user, key=key, fingerprint=fingerprint, ttl=None, render_job=render_job)
-
-
-def _claimed_or_recorded(
-    *, user: User, key: str, fingerprint: str, ttl: int | None, render_job: Callable[[Job], Response] | None
-) -> IdempotencyRecord | None:
-    """idempotency_claim, or with `ttl` None idempotency_lookup."""
     for _ in range(_CLAIM_ATTEMPTS):
         now = timezone.now()
-        fresh = _fresh(fingerprint=fingerprint, ttl=ttl, now=now) if ttl is not None else {}
-        if ttl is not None and insert_unless_conflict(
-            IdempotencyRecord(owner=user, key=key, **fresh), unique_fields=KEY_FIELDS
-        ):
+        record = _record(user=user, key=key)
+        if record is None or _stale(record, now):
             return None
-        record = IdempotencyRecord.objects.filter(owner=user, key=key).select_related("job").first()
-        if record is None and ttl is None:
-            return None
-        if record is None:
-            continue  # released between our insert and our read: try again
-        if _stale(record, now):
-            if ttl is None:
-                return None
-            # An expired record, or one whose first request died in flight before creating a job, goes to one taker.
-            stale = Q(expires_at__lte=now) | Q(status=IdempotencyStatus.IN_FLIGHT, locked_until__lte=now, job=None)
-            if IdempotencyRecord.objects.filter(stale, owner=user, key=key).update(**fresh):
-                return None
-            continue
-        if record.fingerprint != fingerprint:
-            raise IdempotencyKeyReused(
-                "This Idempotency-Key was used with a different request (method, path or body).", key=key
-            )
-        if record.status == IdempotencyStatus.IN_FLIGHT:
-            if record.job is not None and render_job is not None and _answers_request(record.job):
-                _complete_from_job(record, record.job, render_job)
-                continue  # read the completed record again (another taker may have completed it first)
-            retry_after = _in_flight_retry_after(record, now)
-            raise IdempotencyInFlight(
-                "A request with this Idempotency-Key is still in flight; retry later.",
-                headers={"Retry-After": str(retry_after)},
-                key=key,
-                retry_after=retry_after,
-            )
+        if (recorded := _recorded(record, fingerprint=fingerprint, now=now, render_job=render_job)) is not None:
+            return recorded
+    raise _changing_hands(key)
+
+
+def _record(*, user: User, key: str) -> IdempotencyRecord | None:
+    return IdempotencyRecord.objects.filter(owner=user, key=key).select_related("job").first()
+
+
+def _recorded(
+    record: IdempotencyRecord, *, fingerprint: str, now: datetime, render_job: Callable[[Job], Response] | None
+) -> IdempotencyRecord | None:
+    """A live record held by another request: the record to replay, or None once this request has completed it
+    from its job (read it again); raises IdempotencyKeyReused or IdempotencyInFlight."""
+    if record.fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was used with a different request (method, path or body).", key=record.key
+        )
+    if record.status != IdempotencyStatus.IN_FLIGHT:
         return record
+    if record.job is not None and render_job is not None and _answers_request(record.job):
+        _complete_from_job(record, record.job, render_job)
+        return None  # another taker may have completed it first
+    retry_after = _in_flight_retry_after(record, now)
     raise IdempotencyInFlight(
+        "A request with this Idempotency-Key is still in flight; retry later.",
+        headers={"Retry-After": str(retry_after)},
+        key=record.key,
+        retry_after=retry_after,
+    )
+
+
+def _changing_hands(key: str) -> IdempotencyInFlight:
+    return IdempotencyInFlight(
         "A request with this Idempotency-Key is changing hands; retry later.",
         headers={"Retry-After": str(JOB_IN_FLIGHT_RETRY_AFTER)},
         key=key,
