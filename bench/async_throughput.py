@@ -27,7 +27,6 @@ import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -36,7 +35,7 @@ from rq import Queue
 from rq.suspension import resume, suspend
 
 from bench.stack import Stack, Topology, process_cpu_s, running_stack
-from bench.throughput import UNLIMITED
+from bench.throughput import UNLIMITED, last_finished_s
 from jobsite.sizing import cpu_cores, default_job_workers
 
 LIGHT_ITERATIONS = 1000
@@ -113,11 +112,7 @@ def jobsite_jobs_per_s(
     assert len(done) == n and all(row["status"] == "succeeded" for row in done), "an async job did not succeed"
     if drain:
         return _all_workers_busy_rate(stack, ids, resumed=resumed)
-    return n / (max(_instant(row["finished_at"]) for row in done) - started)
-
-
-def _instant(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return n / (last_finished_s(done) - started)
 
 
 def _all_workers_busy_rate(stack: Stack, ids: set[str], *, resumed: float) -> float:

@@ -15,6 +15,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from typing import Any
 
 import httpx
 
@@ -29,6 +30,11 @@ UNLIMITED = [
     "max_concurrent_global=0",
     "queue_max_depth=100000",
 ]
+
+
+def last_finished_s(rows: list[dict[str, Any]]) -> float:
+    """The latest `finished_at` of exported job rows, as a Unix time."""
+    return max(datetime.fromisoformat(row["finished_at"].replace("Z", "+00:00")).timestamp() for row in rows)
 
 
 def _fire(client: httpx.Client, path: str, n: int, concurrency: int) -> tuple[float, list[tuple[float, dict]]]:
@@ -73,9 +79,7 @@ def main() -> None:
         rows = [json.loads(line) for line in export.text.splitlines()]
     async_rows = [row for row in rows if row["mode"] == "async"]
     assert all(row["status"] == "succeeded" for row in async_rows), "an async job did not succeed"
-    last_finished = max(
-        datetime.fromisoformat(row["finished_at"].replace("Z", "+00:00")).timestamp() for row in async_rows
-    )
+    last_finished = last_finished_s(async_rows)
     latencies_ms = [elapsed * 1000 for elapsed, _ in sync_results]
     overhead_ms = sorted(elapsed * 1000 - body["run_ms"] for elapsed, body in sync_results)
     serial_overhead_ms = sorted(elapsed * 1000 - body["run_ms"] for elapsed, body in serial_results)
