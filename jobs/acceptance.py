@@ -8,10 +8,11 @@ owner has no credit account yet), then no job, then no charge and no key; a char
 whole statement on the balance's CHECK constraint, and a key recorded already on the key's unique constraint (the
 slot's row is taken first, as a sync job's outcome gives it back before it answers the key: jobsite.db.update_then
 runs its followers in order, so a duplicate's acceptance and the first request's outcome cannot deadlock). It
-runs in autocommit. A global cap's sum must count every earlier admission, so it is read in a snapshot taken after
-the endpoint's lock: the lock's SELECT and the statement go as one query, which PostgreSQL runs as one transaction
-with a snapshot per statement (one round trip still). SQLite (no data-modifying CTEs) and an owner without a credit
-account (opened on a first charge) take jobs.pipeline's transaction of separate statements instead.
+runs in autocommit, as one statement the server binds and, once run a few times, has prepared (jobsite.settings).
+A global cap's sum must count every earlier admission, so it is read in a snapshot taken after the endpoint's lock:
+a function takes the lock, then sums in a snapshot of its own (jobs.concurrency.ENDPOINT_IN_USE_LOCKED). SQLite (no
+data-modifying CTEs) and an owner without a credit account (opened on a first charge) take jobs.pipeline's
+transaction of separate statements instead.
 """
 
 import contextlib
@@ -23,7 +24,7 @@ from accounts.models import EndpointPolicy
 from credits.models import BALANCE_NOT_NEGATIVE, CreditAccount
 from credits.services import charge_after, credits_short
 from jobs.billing import job_charge_counted, job_charge_entry
-from jobs.concurrency import ENDPOINT_IN_USE, concurrency_refusal, lock_endpoint_statement, slot_take_statement
+from jobs.concurrency import concurrency_refusal, endpoint_in_use_locked, slot_take_statement
 from jobs.idempotency import KeyClaimNeeded, KeyWrite, idempotency_bind_statement, idempotency_written
 from jobs.models import IDEMPOTENCY_KEY_UNIQUE, Job
 from jobsite.db import insert_row, insert_values
@@ -39,17 +40,11 @@ def job_accept(job: Job, *, policy: EndpointPolicy) -> bool:
     if connection.vendor != "postgresql":
         return False
     sql, params, key_write = _statement(job, policy)
-    locked = bool(policy.max_concurrent_global)
-    if locked:
-        lock, lock_params = lock_endpoint_statement(policy.name)
-        sql, params = f"{lock}; {sql}", [*lock_params, *params]
     try:
         # In a caller's transaction, a savepoint keeps it usable if the statement fails.
         savepoint = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
         with savepoint, connection.cursor() as cursor:
             cursor.execute(sql, params)
-            if locked:
-                cursor.nextset()  # past the lock's result
             has_account, accepted, in_use = cursor.fetchone()
     except IntegrityError as error:
         constraint = getattr(getattr(error.__cause__, "diag", None), "constraint_name", None)
@@ -71,8 +66,8 @@ def job_accept(job: Job, *, policy: EndpointPolicy) -> bool:
 
 
 def _statement(job: Job, policy: EndpointPolicy) -> tuple[str, list[Any], KeyWrite | None]:
-    """`WITH [account], [slot], job, [charge], [bound key] SELECT has_account, accepted, the endpoint's slots in use
-    (a global cap's count, else NULL)`: each CTE conditioned on the last."""
+    """`WITH [account], [endpoint_total, slot], job, [charge], [bound key] SELECT has_account, accepted, the endpoint's
+    slots in use (a global cap's count, else NULL)`: each CTE conditioned on the last."""
     parts: list[str] = []
     params: list[Any] = []
     written = "true"
@@ -80,8 +75,16 @@ def _statement(job: Job, policy: EndpointPolicy) -> tuple[str, list[Any], KeyWri
         parts.append(f"account AS (SELECT FROM {_ACCOUNTS} WHERE user_id = %s)")
         params.append(job.owner_id)
         written = "EXISTS (SELECT FROM account)"
+    endpoint_total = ""
     if job.holds_slot:
-        take, take_params = slot_take_statement(policy, owner_id=job.owner_id, condition=written)
+        if policy.max_concurrent_global:  # counted once, after the endpoint's lock: the count the cap's condition saw
+            total, total_params = endpoint_in_use_locked(policy.name)
+            parts.append(f"endpoint_total AS (SELECT {total} AS in_use)")
+            params += total_params
+            endpoint_total = "(SELECT in_use FROM endpoint_total)"
+        take, take_params = slot_take_statement(
+            policy, owner_id=job.owner_id, condition=written, endpoint_total=endpoint_total
+        )
         parts.append(f"slot AS ({take} RETURNING 1)")
         params += take_params
         written = "EXISTS (SELECT FROM slot)"
@@ -98,8 +101,8 @@ def _statement(job: Job, policy: EndpointPolicy) -> tuple[str, list[Any], KeyWri
         parts.append(f"bound AS ({bind} AND EXISTS (SELECT FROM job))")
         params += bind_params
     has_account = "EXISTS (SELECT FROM account)" if job.cost else "true"
-    in_use = "NULL"
-    if policy.max_concurrent_global:  # the main query's snapshot is the CTEs': the count the slot's condition saw
-        in_use = ENDPOINT_IN_USE
-        params.append(policy.name)
-    return f"WITH {', '.join(parts)} SELECT {has_account}, EXISTS (SELECT FROM job), {in_use}", params, key_write
+    return (
+        f"WITH {', '.join(parts)} SELECT {has_account}, EXISTS (SELECT FROM job), {endpoint_total or 'NULL'}",
+        params,
+        key_write,
+    )

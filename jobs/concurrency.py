@@ -37,8 +37,11 @@ _ROW_WHERE = "SELECT %s, %s, %s WHERE {conditions}"
 """endpoint, owner id, jobs, then the conditions' parameters: no row to take unless they hold."""
 ENDPOINT_IN_USE = f"(SELECT COALESCE(SUM(in_use), 0) FROM {_SLOTS} WHERE endpoint = %s)"
 """endpoint: the slots its jobs hold, what a global cap counts."""
-_WITHIN_GLOBAL = f"{ENDPOINT_IN_USE} + %s <= %s"
-"""endpoint, jobs, global cap: the endpoint's total would not go over."""
+ENDPOINT_IN_USE_LOCKED = "jobs_endpoint_in_use_locked(%s, %s)"
+"""endpoint, lock key (PostgreSQL, migration jobs 0024): lock_endpoint's lock, then ENDPOINT_IN_USE in a snapshot taken
+after it (a VOLATILE function's query takes its own), so one statement can lock, count and take a slot."""
+_WITHIN_GLOBAL = "{in_use} + %s <= %s"
+"""The endpoint's slots in use (SQL), then jobs, global cap: the endpoint's total would not go over."""
 _BELOW_CAP = f" WHERE {_SLOTS}.in_use + excluded.in_use <= %s"
 """The per-user cap on an existing counter (a first row is inserted without it)."""
 
@@ -55,13 +58,17 @@ def lock_endpoint(name: str) -> None:
     if connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
-        cursor.execute(*lock_endpoint_statement(name))
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_key(name)])
 
 
-def lock_endpoint_statement(name: str) -> tuple[str, list[Any]]:
-    """PostgreSQL: lock_endpoint's statement and its parameter, for a query that runs more after it."""
+def endpoint_in_use_locked(name: str) -> tuple[str, list[Any]]:
+    """PostgreSQL: ENDPOINT_IN_USE_LOCKED and its parameters, for a statement that takes a slot under a global cap."""
+    return ENDPOINT_IN_USE_LOCKED, [name, _lock_key(name)]
+
+
+def _lock_key(name: str) -> int:
     digest = hashlib.sha256(f"jobsite:concurrency:{name}".encode()).digest()
-    return "SELECT pg_advisory_xact_lock(%s)", [int.from_bytes(digest[:8], "big", signed=True)]
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _refuse(cap: str, limit: int, active: int, policy: EndpointPolicy) -> RateLimited:
@@ -101,21 +108,22 @@ def concurrency_admit(*, user: User, policy: EndpointPolicy, jobs: int = 1) -> b
 
 
 def slot_take_statement(
-    policy: EndpointPolicy, *, owner_id: int, jobs: int = 1, condition: str = ""
+    policy: EndpointPolicy, *, owner_id: int, jobs: int = 1, condition: str = "", endpoint_total: str = ""
 ) -> tuple[str, list[Any]]:
     """The conditional upsert that takes `jobs` slots of the owner's under the policy's caps, and its parameters; it
     writes no row if a cap (or `condition`, SQL without parameters) says no: concurrency_refusal says which cap.
 
-    A global cap's sum counts every earlier admission only in a snapshot taken after lock_endpoint (same
-    transaction): lock order is always endpoint, then the user's row, so the two caps cannot deadlock.
+    A global cap's sum counts every earlier admission only in a snapshot taken after the endpoint's lock: ENDPOINT_IN_USE
+    after lock_endpoint (same transaction), or `endpoint_total` (SQL without parameters) that reads one taken in the
+    statement (ENDPOINT_IN_USE_LOCKED). Lock order is always endpoint, then the user's row: the caps cannot deadlock.
     """
     cap, global_cap = policy.max_concurrent_per_user, policy.max_concurrent_global
     if cap and jobs > cap:  # a first row is inserted without the cap's condition
         raise _refuse("max_concurrent_per_user", cap, 0, policy)
     conditions, params = [], [policy.name, owner_id, jobs]
     if global_cap:
-        conditions.append(_WITHIN_GLOBAL)
-        params += [policy.name, jobs, global_cap]
+        conditions.append(_WITHIN_GLOBAL.format(in_use=endpoint_total or ENDPOINT_IN_USE))
+        params += [*([] if endpoint_total else [policy.name]), jobs, global_cap]
     if condition:
         conditions.append(condition)
     rows = _ROW_WHERE.format(conditions=" AND ".join(conditions)) if conditions else _ROW

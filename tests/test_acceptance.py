@@ -113,6 +113,20 @@ def test_on_postgresql_an_acknowledgement_is_one_round_trip(api: APIClient, user
         response = submit(api)
     assert response.status_code == 202, response.content
     (statement,) = [query["sql"] for query in queries.captured_queries]
-    # A global cap's lock goes first in the same query: the statement's sum is read in a snapshot taken after it.
-    assert statement.startswith("SELECT pg_advisory_xact_lock(" if global_cap else "WITH account AS"), statement
+    # A global cap's lock is taken inside the statement, by the function that then sums in a snapshot of its own.
+    assert statement.startswith("WITH account AS"), statement
+    assert ("jobs_endpoint_in_use_locked(" in statement) == bool(global_cap), statement
     assert written(user)[2] == 2
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements: PostgreSQL")
+def test_on_postgresql_a_repeated_acceptance_is_prepared(api: APIClient, user: User) -> None:
+    set_policy("jobs.async", max_concurrent_per_user=10, max_concurrent_global=100)
+    set_balance(user, 100)
+    assert [submit(api).status_code for _ in range(6)] == [202] * 6  # psycopg prepares on the fifth run
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [statement for (statement,) in cursor.fetchall()]
+    accepting = [statement for statement in prepared if "jobs_endpoint_in_use_locked(" in statement]
+    assert len(accepting) == 1 and accepting[0].startswith("WITH account AS"), prepared
+    assert written(user)[2] == 6
