@@ -35,7 +35,7 @@ from rq import Queue
 from rq.suspension import resume, suspend
 
 from bench.stack import Stack, Topology, process_cpu_s, running_stack
-from bench.throughput import UNLIMITED, last_finished_s
+from bench.throughput import UNLIMITED, exported_when_idle, last_finished_s
 from jobsite.sizing import cpu_cores, default_job_workers
 
 LIGHT_ITERATIONS = 1000
@@ -96,18 +96,7 @@ def jobsite_jobs_per_s(
         if drain:
             resumed = time.time()
             resume(connection)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            busy = [
-                client.get("/api/v1/jobs/", params={"mode": "async", "status": status, "page_size": 1})
-                for status in ("queued", "running")
-            ]
-            if not any(response.json()["results"] for response in busy):
-                break
-            time.sleep(POLL_INTERVAL)
-        rows = [
-            json.loads(line) for line in client.get("/api/v1/jobs/export/", params={"format": "jsonl"}).text.split()
-        ]
+        rows = exported_when_idle(client, poll_interval=POLL_INTERVAL, timeout=600)
     done = [row for row in rows if row["id"] in ids]
     assert len(done) == n and all(row["status"] == "succeeded" for row in done), "an async job did not succeed"
     if drain:

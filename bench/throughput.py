@@ -37,6 +37,21 @@ def last_finished_s(rows: list[dict[str, Any]]) -> float:
     return max(datetime.fromisoformat(row["finished_at"].replace("Z", "+00:00")).timestamp() for row in rows)
 
 
+def exported_when_idle(client: httpx.Client, *, poll_interval: float, timeout: float) -> list[dict[str, Any]]:
+    """Every job's exported row, once no async job is queued or running (or `timeout` seconds have passed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = [
+            client.get("/api/v1/jobs/", params={"mode": "async", "status": status, "page_size": 1})
+            for status in ("queued", "running")
+        ]
+        if not any(response.json()["results"] for response in busy):
+            break
+        time.sleep(poll_interval)
+    export = client.get("/api/v1/jobs/export/", params={"format": "jsonl"})
+    return [json.loads(line) for line in export.text.splitlines()]  # lines: a row's strings may hold spaces
+
+
 def _fire(client: httpx.Client, path: str, n: int, concurrency: int) -> tuple[float, list[tuple[float, dict]]]:
     def one(i: int) -> tuple[float, dict]:
         started = time.perf_counter()
@@ -68,15 +83,7 @@ def main() -> None:
             sync_wall, sync_results = _fire(client, "/api/v1/jobs/sync/", args.n, args.c)
             async_started = time.time()
             _fire(client, "/api/v1/jobs/async/", args.n, args.c)
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                pending = client.get("/api/v1/jobs/", params={"mode": "async", "status": "queued", "page_size": 1})
-                running = client.get("/api/v1/jobs/", params={"mode": "async", "status": "running", "page_size": 1})
-                if not pending.json()["results"] and not running.json()["results"]:
-                    break
-                time.sleep(0.2)
-            export = client.get("/api/v1/jobs/export/", params={"format": "jsonl"})
-        rows = [json.loads(line) for line in export.text.splitlines()]
+            rows = exported_when_idle(client, poll_interval=0.2, timeout=300)
     async_rows = [row for row in rows if row["mode"] == "async"]
     assert all(row["status"] == "succeeded" for row in async_rows), "an async job did not succeed"
     last_finished = last_finished_s(async_rows)
