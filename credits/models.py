@@ -36,7 +36,8 @@ class LedgerEntry(models.Model):
     """One posting; never updated nor deleted, so the sum of an account's entries is its balance."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)  # API.md: ids are UUIDs
-    account = models.ForeignKey(CreditAccount, on_delete=models.CASCADE, related_name="entries")
+    # No index of its own: ledger_account_created (account, -created_at, -id) serves every lookup by account.
+    account = models.ForeignKey(CreditAccount, on_delete=models.CASCADE, related_name="entries", db_index=False)
     type = models.CharField(max_length=16, choices=EntryType.choices)
     amount = models.BigIntegerField(help_text="Signed: + adds, - spends.")
     balance_after = models.BigIntegerField()

@@ -114,7 +114,9 @@ class Job(models.Model):
     """The record of one job; the database, not Redis, is the source of truth for it."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    # No index of its own: job_owner_created (owner, -created_at) serves every lookup by owner, and each index is
+    # written on every job INSERT and every claim's and outcome's UPDATE (they change indexed columns).
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, db_index=False, related_name="jobs")
     endpoint = models.CharField(max_length=64, help_text="Name of the endpoint policy it was submitted under.")
     kind = models.CharField(max_length=32)
     mode = models.CharField(max_length=8, choices=JobMode.choices)
@@ -399,7 +401,8 @@ IDEMPOTENCY_KEY_UNIQUE = "idempotency_owner_key_unique"
 class IdempotencyRecord(models.Model):
     """A user's Idempotency-Key: held while its first request runs, then the response it replays."""
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # No index of its own: the (owner, key) unique constraint serves every lookup by owner.
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, db_index=False, related_name="+")
     key = models.CharField(max_length=255)
     fingerprint = models.CharField(max_length=64, help_text="sha256 over method, path and canonical JSON body.")
     status = models.CharField(max_length=16, choices=IdempotencyStatus.choices, default=IdempotencyStatus.IN_FLIGHT)
