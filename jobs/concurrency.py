@@ -38,10 +38,9 @@ _ROW_WHERE = "SELECT %s, %s, %s WHERE {conditions}"
 ENDPOINT_IN_USE = f"(SELECT COALESCE(SUM(in_use), 0) FROM {_SLOTS} WHERE endpoint = %s)"
 """endpoint: the slots its jobs hold, what a global cap counts."""
 ENDPOINT_IN_USE_LOCKED = "jobs_endpoint_in_use_locked(%s, %s)"
-"""endpoint, lock key (PostgreSQL, migration jobs 0024): lock_endpoint's lock, then ENDPOINT_IN_USE in a snapshot taken
-after it (a VOLATILE function's query takes its own), so one statement can lock, count and take a slot."""
-_WITHIN_GLOBAL = "{in_use} + %s <= %s"
-"""The endpoint's slots in use (SQL), then jobs, global cap: the endpoint's total would not go over."""
+"""endpoint, lock key (PostgreSQL, migration jobs 0024): a transaction-scoped advisory lock that serialises submissions to
+the endpoint, then ENDPOINT_IN_USE in a snapshot taken after it (a VOLATILE function's query takes its own), so one
+statement can lock, count and take a slot."""
 _BELOW_CAP = f" WHERE {_SLOTS}.in_use + excluded.in_use <= %s"
 """The per-user cap on an existing counter (a first row is inserted without it)."""
 
@@ -49,21 +48,16 @@ _RELEASE = f"UPDATE {_SLOTS} SET in_use = in_use - 1 WHERE endpoint = %s AND own
 """One job fewer holds a slot; never below zero."""
 
 
-def lock_endpoint(name: str) -> None:
-    """Serialise submissions to one endpoint until the transaction ends.
-
-    PostgreSQL: a transaction-scoped advisory lock (no row needed). SQLite: every write transaction
-    already holds the database lock from BEGIN (settings: transaction_mode IMMEDIATE).
-    """
-    if connection.vendor != "postgresql":
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_key(name)])
-
-
 def endpoint_in_use_locked(name: str) -> tuple[str, list[Any]]:
     """PostgreSQL: ENDPOINT_IN_USE_LOCKED and its parameters, for a statement that takes a slot under a global cap."""
     return ENDPOINT_IN_USE_LOCKED, [name, _lock_key(name)]
+
+
+def _endpoint_in_use(name: str) -> tuple[str, list[Any]]:
+    """The endpoint's slots in use, counted after its lock (SQLite's write transaction holds one from BEGIN)."""
+    if connection.vendor == "postgresql":
+        return endpoint_in_use_locked(name)
+    return ENDPOINT_IN_USE, [name]
 
 
 def _lock_key(name: str) -> int:
@@ -97,8 +91,6 @@ def concurrency_admit(*, user: User, policy: EndpointPolicy, jobs: int = 1) -> b
         return False
     if not connection.in_atomic_block:
         raise RuntimeError("concurrency_admit must run inside the job-creating transaction")
-    if policy.max_concurrent_global:
-        lock_endpoint(policy.name)
     sql, params = slot_take_statement(policy, owner_id=user.pk, jobs=jobs)
     with connection.cursor() as cursor:
         cursor.execute(f"{sql} RETURNING in_use", params)
@@ -113,17 +105,20 @@ def slot_take_statement(
     """The conditional upsert that takes `jobs` slots of the owner's under the policy's caps, and its parameters; it
     writes no row if a cap (or `condition`, SQL without parameters) says no: concurrency_refusal says which cap.
 
-    A global cap's sum counts every earlier admission only in a snapshot taken after the endpoint's lock: ENDPOINT_IN_USE
-    after lock_endpoint (same transaction), or `endpoint_total` (SQL without parameters) that reads one taken in the
-    statement (ENDPOINT_IN_USE_LOCKED). Lock order is always endpoint, then the user's row: the caps cannot deadlock.
+    A global cap's sum counts every earlier admission only in a snapshot taken after the endpoint's lock:
+    ENDPOINT_IN_USE_LOCKED on PostgreSQL (or `endpoint_total`, SQL without parameters that reads its result, where the
+    statement reports the count too: jobs.acceptance); on SQLite every write transaction holds the database lock
+    from BEGIN (settings: transaction_mode IMMEDIATE). Lock order is always endpoint, then the user's row: the caps
+    cannot deadlock.
     """
     cap, global_cap = policy.max_concurrent_per_user, policy.max_concurrent_global
     if cap and jobs > cap:  # a first row is inserted without the cap's condition
         raise _refuse("max_concurrent_per_user", cap, 0, policy)
     conditions, params = [], [policy.name, owner_id, jobs]
     if global_cap:
-        conditions.append(_WITHIN_GLOBAL.format(in_use=endpoint_total or ENDPOINT_IN_USE))
-        params += [*([] if endpoint_total else [policy.name]), jobs, global_cap]
+        in_use, in_use_params = (endpoint_total, []) if endpoint_total else _endpoint_in_use(policy.name)
+        conditions.append(f"{in_use} + %s <= %s")  # the endpoint's total would not go over the global cap
+        params += [*in_use_params, jobs, global_cap]
     if condition:
         conditions.append(condition)
     rows = _ROW_WHERE.format(conditions=" AND ".join(conditions)) if conditions else _ROW

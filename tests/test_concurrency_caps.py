@@ -15,6 +15,7 @@ from jobs.concurrency import concurrency_admit
 from jobs.execution import job_finish
 from jobs.models import Job, JobStatus
 from jobs.services import jobs_reconcile
+from jobsite.errors import RateLimited
 from tests.access_helpers import set_policy
 from tests.conftest import LocalHTTPServer, auth_headers, respond, run_worker_burst
 from tests.traffic_http import fire_concurrently
@@ -79,6 +80,18 @@ def test_slot_released_when_a_stuck_job_is_reaped(api: APIClient, settings) -> N
 def test_global_cap(client_for: Callable[[User], APIClient], make_user: Callable[..., User]) -> None:
     set_policy("jobs.async", max_concurrent_global=2, max_concurrent_per_user=0)
     assert [submit(client_for(make_user())) for _ in range(3)] == [202, 202, 429]
+
+
+def test_a_global_cap_admits_in_a_transaction_up_to_the_cap(make_user: Callable[..., User]) -> None:
+    policy = set_policy("jobs.async", max_concurrent_global=2, max_concurrent_per_user=0)
+    first, second, third = make_user(), make_user(), make_user()
+    with transaction.atomic():  # the batch path: slots taken in the job-creating transaction
+        assert concurrency_admit(user=first, policy=policy)
+        assert concurrency_admit(user=second, policy=policy)
+        with pytest.raises(RateLimited) as refused:
+            concurrency_admit(user=third, policy=policy)
+    assert refused.value.extra["limit"] == {"policy": "jobs.async", "cap": "max_concurrent_global", "max": 2}
+    assert "2 of 2 jobs" in str(refused.value)
 
 
 def test_sync_jobs_count_while_running(api: APIClient, user: User) -> None:
