@@ -1,8 +1,10 @@
-from typing import Any
+import threading
+from typing import Any, ClassVar
 
 from django.contrib import admin
 from django.urls import URLPattern, include, path
 from django_rq.urls import get_admin_urlpatterns, get_api_urlpatterns
+from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from jobs import compat
@@ -18,8 +20,25 @@ def rq_dashboard_urlpatterns() -> list[URLPattern]:
     return api + get_admin_urlpatterns(view_wrapper=admin.site.admin_view)
 
 
+class OncePerProcessSchemaGenerator(SchemaGenerator):
+    """Generates the document once per process, under a lock: it changes only with the code, and drf-spectacular's
+    generation is not thread-safe (class-level extension registry and counters: two cold requests at once got a 500)."""
+
+    _lock: ClassVar = threading.Lock()
+    _documents: ClassVar[dict[tuple[str | None, bool], dict[str, Any]]] = {}
+
+    def get_schema(self, request: Any = None, public: bool = False) -> dict[str, Any]:
+        key = (self.api_version, public)
+        with self._lock:
+            if key not in self._documents:
+                self._documents[key] = super().get_schema(request=request, public=public)
+            return self._documents[key]
+
+
 class SchemaView(SpectacularAPIView):
     """The OpenAPI document: YAML, or JSON for `?format=json` (URL_FORMAT_OVERRIDE is off: `format` is the export's)."""
+
+    generator_class = OncePerProcessSchemaGenerator
 
     def get_format_suffix(self, **kwargs: Any) -> str | None:
         return self.request.query_params.get("format") or None

@@ -1,6 +1,10 @@
 """The published OpenAPI document: generated from the validating serializers, valid, and complete about errors."""
 
 import json
+import threading
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from io import StringIO
 from typing import Any
 
@@ -10,6 +14,7 @@ from django.test import Client
 
 from jobs.kinds import KINDS
 from jobsite.fields import HTTP_URL_PATTERN
+from tests.conftest import gunicorn_server
 
 PROBLEM_REF = "#/components/schemas/Problem"
 
@@ -101,3 +106,27 @@ def test_webhook_payloads_are_documented(schema: dict[str, Any]) -> None:
 def test_schema_answers_yaml_by_default() -> None:
     response = Client().get("/api/schema/")
     assert response.status_code == 200 and response.content.startswith(b"openapi:")
+
+
+@pytest.fixture
+def fresh_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
+    """A gunicorn of its own: no request has generated the document in its processes yet."""
+    with gunicorn_server("schema-gunicorn") as url:
+        yield url
+
+
+def test_concurrent_first_requests_all_get_the_document(fresh_server: str) -> None:
+    # drf-spectacular's generation is not thread-safe (class-level extension registry and stats); a cold
+    # process once answered two simultaneous first requests with a 500.
+    clients = 16
+    start = threading.Barrier(clients)
+
+    def fetch(_: int) -> tuple[int, bytes]:
+        start.wait()
+        with urllib.request.urlopen(f"{fresh_server}/api/schema/?format=json", timeout=60) as response:
+            return response.status, response.read()
+
+    with ThreadPoolExecutor(clients) as pool:
+        answers = list(pool.map(fetch, range(clients)))
+    assert {status for status, _ in answers} == {200}
+    assert len({body for _, body in answers}) == 1
