@@ -9,6 +9,10 @@ whole statement on the balance's CHECK constraint, and a key recorded already on
 slot's row is taken first, as a sync job's outcome gives it back before it answers the key: jobsite.db.update_then
 runs its followers in order, so a duplicate's acceptance and the first request's outcome cannot deadlock). It
 runs in autocommit, as one statement the server binds and, once run a few times, has prepared (jobsite.settings).
+A sync job's acceptance commits without waiting for the WAL's flush (synchronous_commit off for its own transaction):
+the job's outcome commits with the flush before the answer, and the flush covers every earlier record, so nothing
+answered can be lost; a crash before it loses the acceptance whole (slot, job, charge and key together) and the
+request, which was never answered, with it. An async job's acceptance is answered at once, so it waits for the flush.
 A global cap's sum must count every earlier admission, so it is read in a snapshot taken after the endpoint's lock:
 a function takes the lock, then sums in a snapshot of its own (jobs.concurrency.ENDPOINT_IN_USE_LOCKED). SQLite (no
 data-modifying CTEs) and an owner without a credit account (opened on a first charge) take jobs.pipeline's
@@ -26,7 +30,7 @@ from credits.services import charge_after, credits_short
 from jobs.billing import job_charge_counted, job_charge_entry
 from jobs.concurrency import concurrency_refusal, endpoint_in_use_locked, slot_take_statement
 from jobs.idempotency import KeyClaimNeeded, KeyWrite, idempotency_bind_statement, idempotency_written
-from jobs.models import IDEMPOTENCY_KEY_UNIQUE, Job
+from jobs.models import IDEMPOTENCY_KEY_UNIQUE, Job, JobMode
 from jobsite.db import insert_row, insert_values
 
 _ACCOUNTS = CreditAccount._meta.db_table
@@ -45,7 +49,7 @@ def job_accept(job: Job, *, policy: EndpointPolicy) -> bool:
         savepoint = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
         with savepoint, connection.cursor() as cursor:
             cursor.execute(sql, params)
-            has_account, accepted, in_use = cursor.fetchone()
+            has_account, accepted, in_use = cursor.fetchone()[:3]
     except IntegrityError as error:
         constraint = getattr(getattr(error.__cause__, "diag", None), "constraint_name", None)
         if constraint == IDEMPOTENCY_KEY_UNIQUE:
@@ -67,7 +71,8 @@ def job_accept(job: Job, *, policy: EndpointPolicy) -> bool:
 
 def _statement(job: Job, policy: EndpointPolicy) -> tuple[str, list[Any], KeyWrite | None]:
     """`WITH [account], [endpoint_total, slot], job, [charge], [bound key] SELECT has_account, accepted, the endpoint's
-    slots in use (a global cap's count, else NULL)`: each CTE conditioned on the last."""
+    slots in use (a global cap's count, else NULL)[, set_config(synchronous_commit off)]`: each CTE conditioned on the
+    last; the set_config for a sync job's acceptance (the module's docstring)."""
     parts: list[str] = []
     params: list[Any] = []
     written = "true"
@@ -101,8 +106,11 @@ def _statement(job: Job, policy: EndpointPolicy) -> tuple[str, list[Any], KeyWri
         parts.append(f"bound AS ({bind} AND EXISTS (SELECT FROM job))")
         params += bind_params
     has_account = "EXISTS (SELECT FROM account)" if job.cost else "true"
+    answered_later = job.mode == JobMode.SYNC and not connection.in_atomic_block  # see the module's docstring
+    no_flush_wait = ", set_config('synchronous_commit', 'off', true)" if answered_later else ""
     return (
-        f"WITH {', '.join(parts)} SELECT {has_account}, EXISTS (SELECT FROM job), {endpoint_total or 'NULL'}",
+        f"WITH {', '.join(parts)} SELECT {has_account}, EXISTS (SELECT FROM job), {endpoint_total or 'NULL'}"
+        f"{no_flush_wait}",
         params,
         key_write,
     )

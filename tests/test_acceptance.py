@@ -130,3 +130,32 @@ def test_on_postgresql_a_repeated_acceptance_is_prepared(api: APIClient, user: U
     accepting = [statement for statement in prepared if "jobs_endpoint_in_use_locked(" in statement]
     assert len(accepting) == 1 and accepting[0].startswith("WITH account AS"), prepared
     assert written(user)[2] == 6
+
+
+def _wal_flushes() -> int:
+    """The cluster's WAL flushes so far, this connection's pending statistics included."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")  # reported as the connection goes idle, before the next
+        cursor.execute("SELECT wal_sync FROM pg_stat_wal")
+        (flushes,) = cursor.fetchone()
+    return int(flushes)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the WAL's flushes: PostgreSQL")
+def test_on_postgresql_a_policed_sync_job_waits_for_one_wal_flush(api: APIClient, user: User) -> None:
+    # Its acceptance commits without waiting; its outcome's flush, which covers the acceptance, precedes the answer.
+    set_policy("jobs.sync", max_concurrent_per_user=10, max_concurrent_global=100)
+    set_balance(user, 100)
+    jobs = 20
+    before = _wal_flushes()
+    answers = [
+        api.post("/api/v1/jobs/sync/", {"kind": "hash", "input": {"data": f"{n}"}}, format="json") for n in range(jobs)
+    ]
+    flushes = _wal_flushes() - before
+    assert [answer.status_code for answer in answers] == [200] * jobs, answers[0].content
+    # One flush a job, plus the WAL writer's (every 200 ms) and another database's; two a job would be 40.
+    assert jobs <= flushes < jobs * 3 // 2, flushes
+    assert written(user)[::2] == (jobs, 0) and written(user)[3] == 100 - 3 * jobs  # the fixture's cost: 3
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")  # the acceptance's own transaction alone went without the wait
+        assert cursor.fetchone() == ("on",)
